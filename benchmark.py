@@ -1,0 +1,32 @@
+"""Speed and memory of KV-cache compression: vanilla Qwen3-8B vs DMS-8x vs kvpress presses, same prompts, same GPU.
+
+    uv run python benchmark.py                                   # Qwen3-8B, 8K/16K/32K, default methods
+    uv run python benchmark.py --random-weights                  # no weights needed: true speed and memory
+    uv run python benchmark.py --methods vanilla,knorm@0.875 --contexts 32K
+    uv run python benchmark.py --preset tiny                     # CPU pipeline check in about a minute
+"""
+
+import sys
+
+from kvcompress import cli, report, runner
+from kvcompress.results import BenchmarkResult  # noqa: F401  (the one result record; importable from here)
+from kvcompress.tasks.cell import Cell
+
+
+@cli.main
+def main(argv=None) -> int:
+    parser = cli.parser("benchmark.py", "Measure TTFT, decode speed, phase peaks and KV bytes for each method at "
+                        "each context length. The prompt is a needle-in-a-haystack prompt (needle at 50 %).")
+    args = parser.parse_args(argv)
+    cfg = cli.resolve(args, "benchmark")
+    cells = [Cell(target_tokens=n, depth=0.5, needle_kind="single", needle_seed=cfg.settings.sampling.seed,
+                  haystack=cfg.haystack) for n in cfg.contexts]
+    out = runner.run(cfg, cells, task="benchmark")
+    report.print_results(out.results, f"benchmark — {out.run.get('model')} ({out.run.get('weights')}), "
+                         f"{cfg.settings.max_new_tokens} output tokens, {cfg.repeats} repeats")
+    runner.console.print(f"wrote {cfg.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""kvcompress: benchmark KV-cache compression."""

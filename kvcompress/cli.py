@@ -1,0 +1,211 @@
+"""Options shared by all four scripts, their validation (one-line errors), and the metric definitions for --help."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import re
+import sys
+import traceback
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+from kvcompress import models
+from kvcompress.engine.generate import GenerationSettings
+from kvcompress.engine.sampling import SamplingConfig
+from kvcompress.errors import UserError
+from kvcompress.methods import Method, parse_methods
+from kvcompress.tasks.haystack import SOURCES
+
+METRICS = """\
+Metrics (every script, every method, measured the same way):
+  TTFT        start of the context prefill -> first sampled token on the host; includes the press's compression.
+              GPU: CUDA events; CPU: wall clock (CPU figures are pipeline checks, not performance).
+  TPOT        (end-to-end - TTFT) / (output tokens - 1), in ms; decode tok/s = 1000 / TPOT (batch 1).
+  prefill tok/s  input tokens / TTFT.
+  peak prefill / peak decode  the allocator's peak during each phase, reset when the phase starts
+              (CPU: the process's peak RSS).
+  KV bytes    summed over the cache's own tensors right after compression (and at the end of decoding).
+  kept / achieved  live tokens per layer (mean over heads) and 1 - kept / prefilled positions.
+  mem saved   whether the KV tensors really hold fewer bytes than uncompressed; false for mask-only presses.
+  Each cell: one warm-up generation, then --repeats timed ones; medians, with IQRs in the JSON.
+  Timing runs generate exactly --max-new-tokens tokens (EOS ignored) so every method does the same work.
+Protocol: the context is prefilled (and compressed), then the question is fed uncompressed (kvpress's
+  query-agnostic protocol); --query-aware compresses the question too. DMS-8x allows one prefill per cache, so
+  its context and question are prefilled together.
+"""
+
+DEFAULT_METHODS = "vanilla,dms-8x,knorm@0.5,expected_attention@0.5,snapkv@0.5,streaming_llm@0.5"
+
+
+@dataclass
+class RunConfig:
+    spec: models.ModelSpec
+    preset: str | None
+    device: torch.device
+    dtype: torch.dtype | None
+    attn_implementation: str
+    random_weights: bool
+    methods: list[Method]
+    contexts: list[int]
+    settings: GenerationSettings
+    repeats: int
+    engine: str
+    out: Path
+    resume: bool
+    haystack: str
+    dms_model: str
+    dms_revision: str | None
+    args: argparse.Namespace
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Per-script defaults for the options a preset changes."""
+
+    methods: str = DEFAULT_METHODS
+    contexts: str = "8K,16K,32K"
+    max_new_tokens: int = 512
+    repeats: int = 3
+
+
+TINY = Defaults(methods=DEFAULT_METHODS, contexts="256,512", max_new_tokens=32, repeats=2)
+
+
+def parser(prog: str, description: str, defaults: Defaults = Defaults(), tiny: Defaults = TINY
+           ) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=METRICS,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(_defaults=defaults, _tiny=tiny)
+    methods, contexts, max_new_tokens, repeats = (defaults.methods, defaults.contexts, defaults.max_new_tokens,
+                                                  defaults.repeats)
+    g = p.add_argument_group("what to run")
+    g.add_argument("--preset", choices=["tiny"], help="tiny: a 2-layer Qwen3 built in code, CPU, a few hundred "
+                   "tokens (pipeline check). Chosen automatically when no GPU is present.")
+    g.add_argument("--model", default=None, help=f"model: {', '.join(models.MODELS)}, a Hub id or a local folder "
+                   "(default qwen3-8b)")
+    g.add_argument("--methods", default=None, help="comma-separated methods: vanilla, dms-8x, or kvpress presses "
+                   f"as name@ratio, e.g. knorm@0.25,adakv+snapkv@0.5 (default {methods}); see test_kvpress_api.py --list")
+    g.add_argument("--contexts", default=None, help=f"prompt lengths in tokens, e.g. 8K,16K,32K or 1000 (default {contexts}; tiny: {tiny.contexts})")
+    g.add_argument("--random-weights", action="store_true", help="Qwen3-8B architecture with random bf16 weights, "
+                   "built on the GPU: true speed and memory, meaningless answers (recorded as weights: random)")
+    g.add_argument("--haystack", default="noise", choices=list(SOURCES), help="filler text: " +
+                   "; ".join(f"{k}: {v}" for k, v in SOURCES.items()))
+    g = p.add_argument_group("how to measure")
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"output tokens (default {max_new_tokens}; tiny: {tiny.max_new_tokens})")
+    g.add_argument("--repeats", type=int, default=None,
+                   help=f"timed repeats after one warm-up (default {repeats}; tiny: {tiny.repeats})")
+    g.add_argument("--engine", choices=["auto", "fast", "hf"], default="auto", help="decode engine: hf = transformers' "
+                   "own forward (what kvpress users run); fast = static buffers + CUDA graph + GQA-native attention. "
+                   "auto = fast on CUDA, hf on CPU")
+    g.add_argument("--query-aware", action="store_true", help="compress the question together with the context")
+    g.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
+    g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
+    g.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
+    g.add_argument("--seed", type=int, default=0, help="seed for sampling, needles and random weights (default 0)")
+    g.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when available)")
+    g.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
+                   help="default bfloat16 on GPU, float32 on CPU")
+    g.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
+                   help="attention implementation for vanilla and presses (default sdpa)")
+    g.add_argument("--dms-model", default="dms-8x", help="the DMS checkpoint for the dms-8x method "
+                   "(default nvidia/Qwen3-8B-DMS-8x; a local folder works too)")
+    g.add_argument("--dms-revision", default=None, help=f"Hub revision of the DMS checkpoint (default {models.DMS_8X_REVISION[:12]})")
+    g = p.add_argument_group("output")
+    g.add_argument("--out", type=Path, default=None, help="JSON result file (default results/<script>-<time>.json)")
+    g.add_argument("--resume", action="store_true", help="keep the records already in --out and skip those cells")
+    return p
+
+
+def parse_contexts(text: str) -> list[int]:
+    values = []
+    for part in filter(None, (s.strip() for s in text.split(","))):
+        match = re.fullmatch(r"(\d+)\s*([kK]?)", part)
+        if not match:
+            raise UserError(f"context {part!r} is not a token count (write 8K, 32768, ...)")
+        n = int(match[1]) * (1024 if match[2] else 1)
+        if n < 64:
+            raise UserError(f"context {part!r} is too short (at least 64 tokens)")
+        values.append(n)
+    if not values:
+        raise UserError("--contexts is empty")
+    return values
+
+
+def resolve(args: argparse.Namespace, script: str) -> RunConfig:
+    """Validate everything that can be checked before loading a model; apply the tiny preset when there is no GPU."""
+    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but no CUDA GPU is visible")
+    preset = args.preset
+    if preset is None and args.model is None and device.type != "cuda":
+        print("No CUDA GPU: running the tiny preset on CPU (a pipeline check; its figures are not performance).")
+        preset = "tiny"
+    fill = args._tiny if preset == "tiny" else args._defaults
+    for key in ("methods", "contexts", "max_new_tokens", "repeats"):
+        if getattr(args, key) is None:
+            setattr(args, key, getattr(fill, key))
+    if preset == "tiny":
+        args.model = args.model or "tiny"
+        if args.random_weights:
+            raise UserError("--random-weights builds Qwen3-8B; it cannot be combined with --preset tiny")
+    spec = models.resolve_spec(args.model or "qwen3-8b")
+    if args.random_weights and device.type != "cuda":
+        raise UserError("--random-weights measures GPU speed and memory; it needs a CUDA GPU (use --preset tiny on CPU)")
+    if device.type == "cpu" and spec.name in ("qwen3-8b", "dms-8x"):
+        raise UserError(f"{spec.name} needs a GPU (16 GB of bf16 weights); on CPU use --preset tiny")
+    if args.max_new_tokens < 2:
+        raise UserError("--max-new-tokens must be at least 2 (TPOT needs two tokens)")
+    if args.repeats < 1:
+        raise UserError("--repeats must be at least 1")
+    if not 0 < args.top_p <= 1 or args.temperature <= 0:
+        raise UserError("--top-p must be in (0, 1] and --temperature > 0")
+    methods = parse_methods(args.methods)
+    contexts = parse_contexts(args.contexts)
+    limit = spec_max_positions(spec)
+    too_long = [c for c in contexts if limit and c + args.max_new_tokens > limit]
+    if too_long:
+        raise UserError(f"context {too_long[0]} + {args.max_new_tokens} new tokens exceeds {spec.name}'s "
+                        f"{limit} positions")
+    engine = args.engine if args.engine != "auto" else ("fast" if device.type == "cuda" else "hf")
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    out = args.out or Path("results") / f"{script}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    sampling = SamplingConfig(args.temperature, args.top_p, args.greedy, args.seed)
+    settings = GenerationSettings(args.max_new_tokens, sampling, fixed_length=True, query_aware=args.query_aware)
+    return RunConfig(spec, preset, device, dtype, args.attn, args.random_weights, methods, contexts, settings,
+                     args.repeats, engine, out, args.resume, args.haystack, args.dms_model, args.dms_revision, args)
+
+
+def spec_max_positions(spec: models.ModelSpec) -> int | None:
+    return {"qwen3-8b": 40960, "dms-8x": 40960, "tiny": 8192, "smollm2": 8192}.get(spec.name)
+
+
+def main(fn):
+    """Run a script's main: user errors become one line on stderr and exit 2; Ctrl-C exits 130."""
+
+    @functools.wraps(fn)
+    def wrapper(argv=None):
+        logging.basicConfig(level=logging.WARNING, format="%(message)s")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        try:
+            return fn(argv)
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted: every finished record is already in the output file", file=sys.stderr)
+            return 130
+        except Exception as exc:  # noqa: BLE001 - last resort: still one line, details on request
+            if os.environ.get("KVCOMPRESS_DEBUG"):
+                traceback.print_exc()
+            print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                  "(set KVCOMPRESS_DEBUG=1 for the traceback)", file=sys.stderr)
+            return 1
+
+    return wrapper

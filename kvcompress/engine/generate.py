@@ -1,0 +1,151 @@
+"""One timed generation. The hot path is `generate_once`: prefill the context under the method, feed the question,
+sample the first token, hand the cache to the decode engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from kvcompress.engine.sampling import SamplingConfig, draw_uniforms, sample
+from kvcompress.engine.timing import Stopwatch
+from kvcompress.memory import KVState, PhasePeaks, clear_masks, kv_snapshot, kv_state
+from kvcompress.methods import Method, press_context
+
+
+@dataclass
+class Prompt:
+    context_ids: torch.Tensor  # (1, C): chat-template prefix + context, the part a press compresses
+    question_ids: torch.Tensor  # (1, Q): question + template suffix, fed after compression
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def context_tokens(self) -> int:
+        return int(self.context_ids.shape[1])
+
+    @property
+    def input_tokens(self) -> int:
+        return int(self.context_ids.shape[1] + self.question_ids.shape[1])
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int = 512
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    fixed_length: bool = True  # ignore end-of-sequence so every method generates the same number of tokens
+    query_aware: bool = False  # compress the question with the context (kvpress's query_aware)
+
+
+@dataclass
+class Generation:
+    ttft_s: float
+    e2e_s: float
+    token_ids: list[int]
+    kv_after: KVState
+    kv_end: KVState
+    peak_prefill: int
+    peak_decode: int
+    protocol: str
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def tpot_ms(self) -> float | None:
+        n = self.output_tokens
+        return (self.e2e_s - self.ttft_s) * 1000.0 / (n - 1) if n > 1 else None
+
+
+@torch.inference_mode()
+def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettings, decoder) -> Generation:
+    model, device = lm.model, lm.device
+    context = prompt.context_ids.to(device)
+    question = prompt.question_ids.to(device)
+    n_new = settings.max_new_tokens
+    uniforms = draw_uniforms(settings.sampling, n_new, device)
+    out_tokens = torch.empty(n_new, dtype=torch.long, device=device)
+    press = method.new_press(model)
+    clear_masks(model)
+    single_prefill = method.kind == "dms" or settings.query_aware
+    protocol = "single_prefill" if method.kind == "dms" else ("query_aware" if settings.query_aware else "query_agnostic")
+    # A prefill press acts on the context only (as in kvpress's pipeline); a decoding press stays hooked throughout.
+    whole_run, prefill_only = (press, None) if method.compresses_during_decoding else (None, press)
+
+    peaks = PhasePeaks(device)
+    clock = Stopwatch(device)
+    peaks.reset()
+    clock.start()
+    with press_context(whole_run, model):
+        if single_prefill:
+            # DMS-8x allows one prefill per cache; query-aware compresses the question too.
+            ids = torch.cat([context, question], dim=1)
+            cache = None if method.kind == "dms" else DynamicCache()
+            with press_context(prefill_only, model):
+                out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            cache = out.past_key_values
+            kv_after = kv_snapshot(cache, model, ids.shape[1])
+            logits = out.logits[:, -1]
+        else:
+            cache = DynamicCache()
+            with press_context(prefill_only, model):
+                model.model(input_ids=context, past_key_values=cache, use_cache=True)  # no LM head: only KV is kept
+            kv_after = kv_snapshot(cache, model, context.shape[1])
+            positions = torch.arange(context.shape[1], context.shape[1] + question.shape[1], device=device)[None]
+            logits = model(input_ids=question, past_key_values=cache, position_ids=positions, use_cache=True,
+                           logits_to_keep=1).logits[:, -1]
+        token = sample(logits, uniforms[0], settings.sampling)
+        out_tokens[0] = token
+        first_token = int(token.item())  # the first token is on the host: TTFT ends here
+        clock.mark("first")
+        peak_prefill = peaks.peak()
+        peaks.reset()
+        eos = _eos_ids(lm) if not settings.fixed_length else set()
+        n_generated, final_cache = 1, cache
+        if n_new > 1 and first_token not in eos:
+            n_generated, final_cache = decoder.decode(lm, cache, token, prompt.input_tokens, uniforms, settings,
+                                                      out_tokens, eos)
+        clock.mark("end")
+    ttft = clock.seconds("start", "first")
+    e2e = clock.seconds("start", "end")
+    peak_decode = peaks.peak()
+    positions_end = prompt.input_tokens + n_generated - 1
+    kv_end = kv_state(final_cache, model, positions_end)
+    tokens = out_tokens[:n_generated].tolist()
+    clear_masks(model)
+    return Generation(ttft, e2e, tokens, kv_after(), kv_end, peak_prefill, peak_decode, protocol)
+
+
+class HFDecoder:
+    """The reference decode: transformers' own forward over the method's cache, one token at a time.
+
+    This is what a kvpress user runs today; every eager kernel launch and Python step is part of the cost.
+    """
+
+    name = "hf"
+
+    def unsupported(self, method, lm) -> str | None:
+        return None
+
+    def decode(self, lm, cache, token, next_position, uniforms, settings, out_tokens, eos):
+        model = lm.model
+        position = torch.full((1, 1), next_position, dtype=torch.long, device=lm.device)
+        n = out_tokens.shape[0]
+        for step in range(1, n):
+            logits = model(input_ids=token.view(1, 1), past_key_values=cache, position_ids=position,
+                           use_cache=True).logits[:, -1]
+            token = sample(logits, uniforms[step], settings.sampling)
+            out_tokens[step] = token
+            position += 1
+            if eos and int(token.item()) in eos:  # quality runs only: timing runs never synchronise here
+                return step + 1, cache
+        return n, cache
+
+
+def _eos_ids(lm) -> set[int]:
+    ids = lm.model.generation_config.eos_token_id if lm.model.generation_config else None
+    ids = ids if isinstance(ids, list) else [ids] if ids is not None else []
+    if lm.tokenizer.eos_token_id is not None:
+        ids.append(lm.tokenizer.eos_token_id)
+    return set(ids)

@@ -1,0 +1,92 @@
+"""Warm-up, repeats, statistics: one BenchmarkResult per (model, method, prompt)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kvcompress.engine.generate import GenerationSettings, Prompt, generate_once
+from kvcompress.memory import PhasePeaks
+from kvcompress.results import BenchmarkResult
+
+
+def measure(lm, method, prompt: Prompt, settings: GenerationSettings, decoder, *, repeats: int = 3,
+            warmup: bool = True, task: str = "benchmark", target_tokens: int | None = None) -> BenchmarkResult:
+    """A warm-up generation (compilation, allocator, caches), then `repeats` timed ones; medians and IQRs."""
+    if warmup:
+        generate_once(lm, method, prompt, settings, decoder)
+    runs = [generate_once(lm, method, prompt, settings, decoder) for _ in range(repeats)]
+    last = runs[-1]
+    ttfts = [g.ttft_s for g in runs]
+    tpots = [g.tpot_ms for g in runs if g.tpot_ms is not None]
+    e2es = [g.e2e_s for g in runs]
+    ttft = float(np.median(ttfts))
+    tpot = float(np.median(tpots)) if tpots else None
+    answer_ids = _until_eos(last.token_ids, lm)
+    after, end = last.kv_after, last.kv_end
+    return BenchmarkResult(
+        model=lm.name,
+        weights=lm.weights,
+        method=method.name,
+        press=method.press_label(lm.model),
+        compression_ratio=method.compression_ratio,
+        context_tokens=prompt.context_tokens,
+        input_tokens=prompt.input_tokens,
+        output_tokens=last.output_tokens,
+        ttft_s=ttft,
+        prefill_tokens_per_s=prompt.input_tokens / ttft if ttft > 0 else None,
+        tpot_ms=tpot,
+        decode_tokens_per_s=1000.0 / tpot if tpot else None,
+        e2e_s=float(np.median(e2es)),
+        peak_mem_prefill_bytes=last.peak_prefill,
+        peak_mem_decode_bytes=last.peak_decode,
+        weights_bytes=lm.weights_bytes,
+        kv_cache_bytes=after.bytes,
+        kv_cache_bytes_end=end.bytes,
+        kv_tokens_kept=after.tokens_kept,
+        kv_compression_achieved=after.compression_achieved,
+        kv_memory_saved=after.memory_saved,
+        repeats=repeats,
+        ttft_iqr_s=_iqr(ttfts),
+        tpot_iqr_ms=_iqr(tpots),
+        answer=lm.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
+        engine=decoder.name,
+        protocol=last.protocol,
+        fixed_output_length=settings.fixed_length,
+        expected_memory=method.expected_memory,
+        phase=method.phase,
+        kv_tokens_kept_min=min(after.tokens_per_layer) if after.tokens_per_layer else None,
+        kv_tokens_kept_max=max(after.tokens_per_layer) if after.tokens_per_layer else None,
+        kv_cache_bytes_full=after.full_bytes,
+        kv_live_bytes=after.live_bytes,
+        kv_live_bytes_end=end.live_bytes,
+        kv_tokens_end=end.tokens_kept,
+        answer_tokens=len(answer_ids),
+        ttft_samples_s=ttfts,
+        tpot_samples_ms=tpots,
+        timing="cuda_events" if lm.device.type == "cuda" else "wall_clock",
+        memory_source=PhasePeaks(lm.device).source,
+        sampling=settings.sampling.describe(),
+        seed=settings.sampling.seed,
+        dtype=str(lm.dtype).removeprefix("torch."),
+        attn_implementation=lm.attn_implementation,
+        task=task,
+        target_tokens=target_tokens,
+        notes=list(lm.notes),
+    )
+
+
+def _iqr(values: list[float]) -> float | None:
+    if len(values) < 2:
+        return None
+    q75, q25 = np.percentile(values, [75, 25])
+    return float(q75 - q25)
+
+
+def _until_eos(token_ids: list[int], lm) -> list[int]:
+    from kvcompress.engine.generate import _eos_ids
+
+    eos = _eos_ids(lm)
+    for i, t in enumerate(token_ids):
+        if t in eos:
+            return token_ids[:i]
+    return token_ids

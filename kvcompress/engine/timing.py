@@ -1,0 +1,35 @@
+"""A stopwatch that is honest on both devices: CUDA events on GPU (device time, one synchronisation at the end),
+perf_counter on CPU."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+class Stopwatch:
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.marks: dict[str, object] = {}
+        self.kind = "cuda_events" if self.cuda else "wall_clock"
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()  # nothing queued before the start may leak into the measurement
+        self.mark("start")
+
+    def mark(self, name: str) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks[name] = event
+        else:
+            self.marks[name] = time.perf_counter()
+
+    def seconds(self, a: str, b: str) -> float:
+        """Seconds from mark a to mark b; synchronises once on CUDA."""
+        if self.cuda:
+            self.marks[b].synchronize()
+            return self.marks[a].elapsed_time(self.marks[b]) / 1000.0
+        return self.marks[b] - self.marks[a]

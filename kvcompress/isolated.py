@@ -1,0 +1,102 @@
+"""DMS-8x in a process of its own: `import kvpress` patches transformers' attention functions globally, so DMS
+must run where kvpress was never imported. The parent sends a job file; the child measures with the same engine
+and writes BenchmarkResult records back (atomically, after each one)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from kvcompress.results import BenchmarkResult
+
+
+def run_in_child(cfg, methods, cells, task: str) -> list[BenchmarkResult]:
+    job = {
+        "model": cfg.dms_model, "revision": cfg.dms_revision, "device": str(cfg.device),
+        "dtype": str(cfg.dtype).removeprefix("torch.") if cfg.dtype else None, "repeats": cfg.repeats,
+        "settings": {"max_new_tokens": cfg.settings.max_new_tokens, "fixed_length": cfg.settings.fixed_length,
+                     "query_aware": cfg.settings.query_aware, "sampling": vars(cfg.settings.sampling)},
+        "methods": [m.name for m in methods], "cells": [c.to_dict() for c in cells], "task": task,
+    }
+    with tempfile.TemporaryDirectory(prefix="kvcompress-dms-") as tmp:
+        job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "records.json"
+        job_path.write_text(json.dumps(job))
+        proc = subprocess.run([sys.executable, "-m", "kvcompress.isolated", str(job_path), str(out_path)],
+                              stdout=None, stderr=subprocess.PIPE, text=True)
+        records = [BenchmarkResult.from_dict(r) for r in json.loads(out_path.read_text())] if out_path.exists() else []
+    if proc.returncode != 0 and len(records) < len(cells) * len(methods):
+        reason = _last_line(proc.stderr) or f"exit code {proc.returncode}"
+        records += _error_records(job, methods, cells, task, f"DMS worker failed: {reason}", skip=len(records))
+    return records
+
+
+def _error_records(job, methods, cells, task, reason, skip=0) -> list[BenchmarkResult]:
+    records = []
+    for cell in cells:
+        for m in methods:
+            records.append(BenchmarkResult(model=job["model"], weights="pretrained", method=m.name, task=task,
+                                           target_tokens=cell.target_tokens, prompt_id=cell.prompt_id,
+                                           depth=cell.depth if cell.text is None else None, error=reason,
+                                           process="isolated", engine="hf"))
+    return records[skip:]
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1].removeprefix("error: ")[:300] if lines else ""
+
+
+def _child(job_path: str, out_path: str) -> int:
+    import torch
+
+    from kvcompress import models
+    from kvcompress.engine.generate import GenerationSettings, HFDecoder
+    from kvcompress.engine.sampling import SamplingConfig
+    from kvcompress.errors import UserError
+    from kvcompress.methods import parse_method
+    from kvcompress.results import write_json_atomic
+    from kvcompress.runner import console, progress_line, run_cell
+    from kvcompress.tasks.cell import Cell
+
+    job = json.loads(Path(job_path).read_text())
+    device = torch.device(job["device"])
+    dtype = getattr(torch, job["dtype"]) if job["dtype"] else None
+    spec = models.resolve_spec(job["model"])
+    if not spec.is_dms:
+        spec = models.ModelSpec(spec.name, spec.hub_id, spec.tokenizer_id, is_dms=True)
+    methods = [parse_method(name) for name in job["methods"]]
+    cells = [Cell(**c) for c in job["cells"]]
+    s = job["settings"]
+    settings = GenerationSettings(s["max_new_tokens"], SamplingConfig(**s["sampling"]), s["fixed_length"],
+                                  s["query_aware"])
+
+    class _Cfg:  # the slice of RunConfig that run_cell reads
+        repeats = job["repeats"]
+
+    _Cfg.settings = settings
+    try:
+        lm = models.load(spec, device=device, dtype=dtype, dms_revision=job["revision"])
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    decoders = {"hf": HFDecoder()}  # DMS keeps its own paged cache; the fast engine's buffers cannot hold it
+    records = []
+    for cell in cells:
+        prompt, needle = cell.build(lm.tokenizer)
+        for method in methods:
+            record = run_cell(lm, method, prompt, needle, cell, _Cfg, decoders, job["task"])
+            record.process = "isolated"
+            record.engine_note = "DMS keeps its own paged cache: measured with the hf engine"
+            if "kvpress" in sys.modules:  # the isolation this process exists for
+                record.error = "kvpress was imported in the DMS process; its attention patch may have altered DMS"
+            records.append(record)
+            write_json_atomic(Path(out_path), [r.to_dict() for r in records])  # type: ignore[arg-type]
+            console.print(progress_line(record))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1], sys.argv[2]))

@@ -1,0 +1,159 @@
+"""Memory accounting: phase peaks, and KV-cache bytes read from the cache's own tensors (never from a formula).
+
+Three caches are understood:
+- transformers' DynamicCache (vanilla and kvpress presses): `cache.layers[i].keys/values`, shape (B, H, S, D).
+  Mask-only presses leave S unchanged and record evicted entries in `self_attn.masked_key_indices`.
+- DMS-8x's paged cache: per layer a block pool `key_blocks/value_blocks` (num_blocks, block, 1, D) and the live
+  entry count per (batch x kv head) in `cache_seq_lengths`.
+- the fast engine's static buffers (see engine/fast.py), which report themselves in the same terms.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class KVState:
+    bytes: int  # bytes the cache's tensors occupy now (for DMS: its block pool)
+    live_bytes: int  # bytes of the entries attention can still see
+    full_bytes: int  # bytes the same entries would take for `positions` tokens with nothing evicted
+    tokens_per_layer: list[float]  # live tokens per layer, averaged over heads
+    positions: int  # sequence positions the cache has seen (context, or context + question + output)
+
+    @property
+    def tokens_kept(self) -> float:
+        return sum(self.tokens_per_layer) / max(1, len(self.tokens_per_layer))
+
+    @property
+    def compression_achieved(self) -> float:
+        """Fraction of positions evicted (kvpress's compression_ratio convention: 0 = nothing evicted)."""
+        return 1.0 - self.tokens_kept / self.positions if self.positions else 0.0
+
+    @property
+    def memory_saved(self) -> bool:
+        """True only when the tensors really hold fewer bytes than an uncompressed cache would."""
+        return self.bytes < self.full_bytes
+
+
+def kv_snapshot(cache, model: torch.nn.Module, positions: int):
+    """Capture the cache's size now without synchronising the device; call the result later for the KVState.
+
+    Used inside timed regions: DynamicCache sizes are host metadata, and DMS's live lengths are cloned on device.
+    """
+    layers = getattr(cache, "layers", None)
+    if layers and hasattr(layers[0], "key_blocks"):
+        frozen = [_FrozenDMSLayer(layer) for layer in layers if layer.key_blocks is not None]
+        return lambda: _paged_dms_state(frozen, positions)
+    state = kv_state(cache, model, positions)
+    return lambda: state
+
+
+class _FrozenDMSLayer:
+    def __init__(self, layer):
+        self.key_blocks, self.value_blocks = layer.key_blocks, layer.value_blocks
+        self.pool_bytes = layer.key_blocks.nbytes + layer.value_blocks.nbytes  # the pool can grow later: read now
+        self.cache_seq_lengths = layer.cache_seq_lengths.clone()
+
+
+def kv_state(cache, model: torch.nn.Module, positions: int) -> KVState:
+    layers = getattr(cache, "layers", None)
+    if layers and hasattr(layers[0], "key_blocks"):
+        return _paged_dms_state(layers, positions)
+    if hasattr(cache, "kv_state"):  # the fast engine's buffers
+        return cache.kv_state(positions)
+    return _dynamic_cache_state(cache, model, positions)
+
+
+def _dynamic_cache_state(cache, model, positions: int) -> KVState:
+    masked = masked_counts(model)
+    total = live = full = 0
+    tokens = []
+    for i, layer in enumerate(cache.layers):
+        keys, values = layer.keys, layer.values
+        batch, heads, length, _ = keys.shape
+        layer_bytes = keys.nbytes + values.nbytes
+        total += layer_bytes
+        per_token = layer_bytes / max(1, length)
+        full += round(per_token * positions)
+        evicted = masked.get(i, 0) / (batch * heads)  # mean masked entries per head
+        tokens.append(length - evicted)
+        live += round(per_token * (length - evicted))
+    return KVState(total, live, full, tokens, positions)
+
+
+def masked_counts(model: torch.nn.Module) -> dict[int, int]:
+    """Entries hidden by mask-only presses, per layer, from the indices kvpress stores on each attention module."""
+    counts = {}
+    for module in model.modules():
+        indices = getattr(module, "masked_key_indices", None)
+        if indices is not None and hasattr(module, "layer_idx"):
+            counts[module.layer_idx] = int(indices[0].numel())
+    return counts
+
+
+def clear_masks(model: torch.nn.Module) -> None:
+    """kvpress leaves `masked_key_indices` on modules after a press exits; clear them so runs stay independent."""
+    for module in model.modules():
+        if getattr(module, "masked_key_indices", None) is not None:
+            module.masked_key_indices = None
+
+
+def _paged_dms_state(layers, positions: int) -> KVState:
+    total = live = full = 0
+    tokens = []
+    for layer in layers:
+        if layer.key_blocks is None:
+            continue
+        pool = getattr(layer, "pool_bytes", None) or layer.key_blocks.nbytes + layer.value_blocks.nbytes
+        entry = layer.key_blocks[0, 0].nbytes + layer.value_blocks[0, 0].nbytes  # one token of one head, K and V
+        lengths = layer.cache_seq_lengths  # live entries per (batch x kv head)
+        total += pool
+        live += int(lengths.sum().item()) * entry
+        full += positions * lengths.numel() * entry
+        tokens.append(float(lengths.float().mean().item()))
+    return KVState(total, live, full, tokens, positions)
+
+
+class PhasePeaks:
+    """Peak memory of one phase: the CUDA allocator's peak on GPU, the process's peak RSS on CPU.
+
+    Both reset when a phase starts, so prefill and decode are measured separately. Reading them needs no device
+    synchronisation (the caching allocator counts on the host), so they can sit inside a timed region.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.source = "cuda_max_memory_allocated" if device.type == "cuda" else "process_peak_rss"
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            _reset_peak_rss()
+
+    def peak(self) -> int:
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        return _peak_rss()
+
+
+def _reset_peak_rss() -> None:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            return int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1)) * 1024
+    except (OSError, AttributeError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

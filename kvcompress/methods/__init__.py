@@ -1,0 +1,176 @@
+"""Methods: what is compared. `vanilla`, `dms-8x`, or a kvpress press written as text.
+
+Grammar (shared by every script):
+    vanilla
+    dms-8x
+    <press>@<ratio>                       knorm@0.5
+    <wrapper>+...+<scorer>@<ratio>        adakv+expected_attention@0.5
+    <press>[@<ratio>][<arg>=<value>,...]  decoding+knorm[compression_interval=8,target_size=64]
+`ratio` is kvpress's compression_ratio: the fraction of the context's KV entries to evict, in [0, 1).
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+from kvcompress.errors import UserError
+from kvcompress.methods import presses as registry
+
+DMS_NAME = "dms-8x"
+_SYNTAX = re.compile(r"^(?P<chain>[a-z0-9_+]+)(?:@(?P<ratio>[^\[]+))?(?:\[(?P<options>.*)\])?$")
+
+
+@dataclass
+class Method:
+    name: str  # canonical text, e.g. "knorm@0.5"
+    kind: str  # "vanilla" | "press" | "dms"
+    chain: list[registry.PressInfo] = field(default_factory=list)
+    compression_ratio: float | None = None
+    options: dict = field(default_factory=dict)
+
+    @property
+    def phase(self) -> str:
+        if not self.chain:
+            return "none"
+        if self.chain[0].name == "dmspress" and self.options.get("decoding"):
+            return "prefill+decoding"
+        return self.chain[0].phase
+
+    @property
+    def expected_memory(self) -> str:
+        """kvpress's documented memory behaviour of the outermost element that decides it."""
+        if not self.chain:
+            return "none" if self.kind == "vanilla" else "real"
+        kinds = [p.memory for p in self.chain]
+        for decisive in ("mask", "none", "uneven"):
+            if decisive in kinds:
+                return decisive
+        return "real"
+
+    @property
+    def needs_hub(self) -> str:
+        return "; ".join(p.needs_hub for p in self.chain if p.needs_hub)
+
+    @property
+    def needs_eager(self) -> bool:
+        return any(p.needs_eager for p in self.chain)
+
+    @property
+    def not_runnable(self) -> str:
+        return "; ".join(p.not_runnable for p in self.chain if p.not_runnable)
+
+    @property
+    def compresses_during_decoding(self) -> bool:
+        return "decoding" in self.phase
+
+    def new_press(self, model):
+        """A fresh press for one generation (decoding presses keep state between calls)."""
+        if self.kind != "press":
+            return None
+        return registry.build(self.chain, self.compression_ratio, self.options, model)
+
+    def press_label(self, model=None) -> str | None:
+        if self.kind != "press":
+            return None
+        try:
+            return repr(self.new_press(model))[:300]
+        except Exception:  # noqa: BLE001 - a label must never fail a run; the run reports the real error
+            return "+".join(p.class_name for p in self.chain)
+
+
+def press_context(press, model):
+    return press(model) if press is not None else nullcontext()
+
+
+def parse_method(text: str) -> Method:
+    text = text.strip()
+    if text in ("vanilla", "none", "no_press"):
+        return Method("vanilla", "vanilla", compression_ratio=0.0)
+    if text.lower() in (DMS_NAME, "dms"):
+        return Method(DMS_NAME, "dms")
+    match = _SYNTAX.match(text)
+    if not match:
+        raise UserError(f"cannot parse method {text!r}: write e.g. knorm@0.5, adakv+snapkv@0.25, vanilla or dms-8x")
+    chain_text = registry.ALIASES.get(match["chain"], match["chain"])
+    names = chain_text.split("+")
+    unknown = [n for n in names if n not in registry.PRESSES]
+    if unknown:
+        raise UserError(f"unknown press {unknown[0]!r}; valid: vanilla, dms-8x, {', '.join(registry.PRESSES)}")
+    chain = [registry.PRESSES[n] for n in names]
+    *wrappers, base = chain
+    if base.role in ("wrapper", "decoding"):
+        raise UserError(f"{base.name} wraps a scorer: write {base.name}+<scorer>, e.g. {base.name}+knorm@0.5")
+    for w in wrappers:
+        if w.role not in ("wrapper", "decoding"):
+            raise UserError(f"{w.name} is not a wrapper; only {', '.join(_wrapper_names())} go before '+'")
+    if wrappers and base.role != "scorer":
+        raise UserError(f"{wrappers[-1].name} needs a scorer press inside (e.g. knorm, snapkv), not {base.name}")
+    ratio = _parse_ratio(match["ratio"], text) if match["ratio"] is not None else None
+    ratio_taker = any(p.takes_ratio for p in chain) and chain[0].name not in ("decoding", "cam", "dmspress")
+    if ratio is None and ratio_taker:
+        raise UserError(f"{text!r} needs a compression ratio, e.g. {chain_text}@0.5")
+    if ratio is not None and not ratio_taker:
+        raise UserError(f"{chain[0].name} takes no ratio (its size is set by its own arguments); drop '@{match['ratio']}'")
+    options = _parse_options(match["options"] or "", text)
+    name = chain_text + (f"@{ratio:g}" if ratio is not None else "") + (f"[{match['options']}]" if options else "")
+    return Method(name, "press", chain, ratio, options)
+
+
+def parse_methods(text: str) -> list[Method]:
+    methods = [parse_method(part) for part in _split_top_level(text)]
+    if not methods:
+        raise UserError("--methods is empty")
+    return methods
+
+
+def _split_top_level(text: str) -> list[str]:
+    """Split on commas outside [...] so options can hold commas."""
+    parts, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch == "["
+        depth -= ch == "]"
+        if ch == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def _parse_ratio(raw: str, text: str) -> float:
+    try:
+        ratio = float(raw)
+    except ValueError:
+        raise UserError(f"ratio in {text!r} is not a number") from None
+    if not 0.0 <= ratio < 1.0:
+        raise UserError(f"ratio in {text!r} must be in [0, 1) (the fraction of KV entries evicted), got {ratio:g}")
+    return ratio
+
+
+def _parse_options(raw: str, text: str) -> dict:
+    options = {}
+    for item in filter(None, (s.strip() for s in raw.split(","))):
+        if "=" not in item:
+            raise UserError(f"option {item!r} in {text!r} must look like name=value")
+        key, value = (s.strip() for s in item.split("=", 1))
+        options[key] = _literal(value)
+    return options
+
+
+def _literal(value: str):
+    lowered = value.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _wrapper_names() -> list[str]:
+    return [p.name for p in registry.PRESSES.values() if p.role in ("wrapper", "decoding")]

@@ -1,0 +1,234 @@
+"""BenchmarkResult (the one record every script writes), the run header, and atomic, resumable JSON files.
+
+File layout: {"schema_version": 1, "run": {...}, "results": [BenchmarkResult, ...]}. The file is rewritten
+atomically after every record, so a run that dies half-way loses at most the record in flight, and `--resume`
+skips the records already there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+from kvcompress.errors import UserError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class BenchmarkResult:
+    # --- the contract: these names never change -------------------------------------------------------------------
+    model: str
+    weights: str  # "pretrained" | "random"
+    method: str  # "vanilla", "knorm@0.5", "dms-8x", ...
+    press: str | None = None  # the kvpress object as built, e.g. "KnormPress(compression_ratio=0.5)"
+    compression_ratio: float | None = None  # requested fraction of context KV entries to evict
+    context_tokens: int = 0  # tokens compressed (chat-template prefix + context)
+    input_tokens: int = 0  # context + question tokens
+    output_tokens: int = 0  # tokens generated per repeat
+    ttft_s: float | None = None  # median time to first token, compression included
+    prefill_tokens_per_s: float | None = None  # input_tokens / ttft_s
+    tpot_ms: float | None = None  # median of (e2e - ttft) / (output_tokens - 1)
+    decode_tokens_per_s: float | None = None  # 1000 / tpot_ms (batch 1)
+    e2e_s: float | None = None  # median end-to-end time of one generation
+    peak_mem_prefill_bytes: int | None = None  # peak during prefill + compression + question + first token
+    peak_mem_decode_bytes: int | None = None  # peak during decoding (reset after the first token)
+    weights_bytes: int | None = None
+    kv_cache_bytes: int | None = None  # bytes the cache tensors hold right after the context's prefill/compression
+    kv_cache_bytes_end: int | None = None  # bytes the cache tensors hold at the end of decoding
+    kv_tokens_kept: float | None = None  # live tokens after compression, mean over layers (and heads)
+    kv_compression_achieved: float | None = None  # 1 - kv_tokens_kept / positions prefilled
+    kv_memory_saved: bool | None = None  # measured bytes < bytes of the same cache uncompressed
+    repeats: int = 0
+    ttft_iqr_s: float | None = None
+    tpot_iqr_ms: float | None = None
+    answer: str | None = None
+    error: str | None = None  # null, or a one-line reason ("CUDA OOM", ...)
+    # --- extras --------------------------------------------------------------------------------------------------
+    engine: str | None = None  # "hf" | "fast"
+    engine_note: str | None = None  # why a requested engine was not used, if so
+    protocol: str | None = None  # "query_agnostic" | "query_aware" | "single_prefill" (DMS)
+    fixed_output_length: bool | None = None  # EOS ignored so every method does the same work
+    expected_memory: str | None = None  # kvpress's documented behaviour: real | uneven | mask | none
+    phase: str | None = None  # when the method compresses: prefill | decoding | prefill+decoding
+    kv_tokens_kept_min: float | None = None  # per layer (uneven presses differ)
+    kv_tokens_kept_max: float | None = None
+    kv_cache_bytes_full: int | None = None  # bytes the same cache would hold with nothing evicted
+    kv_live_bytes: int | None = None  # bytes of entries attention still sees (DMS pool: live part)
+    kv_live_bytes_end: int | None = None
+    kv_tokens_end: float | None = None
+    answer_tokens: int | None = None  # tokens up to the first end-of-sequence
+    ttft_samples_s: list[float] = field(default_factory=list)
+    tpot_samples_ms: list[float] = field(default_factory=list)
+    timing: str | None = None  # "cuda_events" | "wall_clock"
+    memory_source: str | None = None  # "cuda_max_memory_allocated" | "process_peak_rss"
+    sampling: str | None = None
+    seed: int | None = None
+    dtype: str | None = None
+    attn_implementation: str | None = None
+    process: str | None = None  # "main" | "isolated" (DMS runs where kvpress is not imported)
+    task: str | None = None  # "benchmark" | "niah" | "kvpress_api" | "dms_inference"
+    target_tokens: int | None = None  # the prompt length asked for (input_tokens lands within 1 % of it)
+    depth: float | None = None
+    needle: str | None = None
+    correct: bool | None = None
+    score: float | None = None  # fraction of needle values found
+    prompt_id: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def identity(self) -> tuple:
+        """What makes two records the same cell (used by --resume and by compare)."""
+        return (self.task, self.model, self.weights, self.method, self.target_tokens, self.depth, self.needle,
+                self.prompt_id, self.engine, self.output_tokens if self.fixed_output_length else None)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BenchmarkResult":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+FIELDS = [f.name for f in fields(BenchmarkResult)]
+CONTRACT_FIELDS = FIELDS[: FIELDS.index("error") + 1]
+
+
+def run_header(args_namespace=None, *, device=None, dtype=None, attn_implementation=None, seed=None, extra=None) -> dict:
+    import torch
+    import transformers
+
+    header = {
+        "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+        "arguments": {k: v for k, v in vars(args_namespace).items()} if args_namespace is not None else {},
+        "git_commit": _git_commit(),
+        "time_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "kvpress": _version("kvpress"),
+        "cuda": torch.version.cuda,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpu_driver": _driver_version(),
+        "device": str(device) if device is not None else None,
+        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+        "attn_implementation": attn_implementation,
+        "seed": seed,
+    }
+    header.update(extra or {})
+    return header
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _driver_version() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class ResultFile:
+    """A result file being written: records are appended and the file is replaced atomically each time."""
+
+    def __init__(self, path: Path, run: dict, resume: bool = False):
+        self.path = Path(path)
+        self.run = run
+        self.results: list[BenchmarkResult] = []
+        if resume and self.path.exists():
+            _, self.results = load(self.path)
+        check_writable(self.path)
+
+    def done(self, record_identity: tuple) -> bool:
+        return any(r.identity() == record_identity and r.error is None for r in self.results)
+
+    def add(self, result: BenchmarkResult) -> None:
+        # A retried cell replaces its failed attempt rather than standing beside it.
+        self.results = [r for r in self.results if r.identity() != result.identity()]
+        self.results.append(result)
+        self.save()
+
+    def save(self) -> None:
+        payload = {"schema_version": SCHEMA_VERSION, "run": self.run, "results": [r.to_dict() for r in self.results]}
+        write_json_atomic(self.path, payload)
+
+
+def check_writable(path: Path) -> None:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".probe-", delete=True):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot write results to {path}: {exc.strerror or exc}") from None
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(payload, f, indent=1, default=_jsonable)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def load(path: Path) -> tuple[dict, list[BenchmarkResult]]:
+    """Read a result file; a file that is not one (missing, truncated, other schema) raises UserError in one line."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: not valid JSON (truncated or corrupt?): {exc.msg if hasattr(exc, 'msg') else exc}") from None
+    if not isinstance(data, dict) or "results" not in data:
+        raise UserError(f"{path}: not a kvcompress result file (no 'results' list)")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise UserError(f"{path}: schema_version {version!r} is not supported (this kvcompress reads {SCHEMA_VERSION})")
+    try:
+        results = [BenchmarkResult.from_dict(r) for r in data["results"]]
+    except TypeError as exc:
+        raise UserError(f"{path}: a record is malformed ({exc})") from None
+    return data.get("run", {}), results

@@ -1,0 +1,34 @@
+"""A cell of a run grid: one prompt, described by parameters so any process can rebuild it token for token."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from kvcompress.engine.generate import Prompt
+from kvcompress.tasks import niah
+
+
+@dataclass
+class Cell:
+    target_tokens: int
+    depth: float = 0.5
+    needle_kind: str = "single"
+    needle_seed: int = 0
+    needle_count: int = 4
+    haystack: str = "noise"
+    thinking: bool = False
+    text: str | None = None  # a plain user prompt instead of a needle prompt (test_dms_inference.py)
+    prompt_id: str | None = None
+
+    def build(self, tokenizer) -> tuple[Prompt, niah.Needle | None]:
+        if self.text is not None:
+            context_ids, question_ids = niah.render(tokenizer, self.text, "", self.thinking)
+            return Prompt(torch.tensor([context_ids]), torch.tensor([question_ids])), None
+        needle = niah.make_needle(self.needle_kind, self.needle_seed, self.needle_count)
+        built = niah.build_prompt(tokenizer, self.target_tokens, self.depth, needle, self.haystack, self.thinking)
+        return built.prompt, needle
+
+    def to_dict(self) -> dict:
+        return asdict(self)

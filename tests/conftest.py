@@ -1,0 +1,45 @@
+"""Offline, CPU-only fixtures: the tiny Qwen3 built in code, prompts, and a quick measurement helper."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the test suite may reach the Hugging Face Hub
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from kvcompress import models  # noqa: E402
+from kvcompress.engine import GenerationSettings, measure  # noqa: E402
+from kvcompress.engine.generate import HFDecoder  # noqa: E402
+from kvcompress.engine.sampling import SamplingConfig  # noqa: E402
+from kvcompress.methods import parse_method  # noqa: E402
+from kvcompress.tasks import niah  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    return models.load(models.MODELS["tiny"], device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_prompt(tiny):
+    """A 400-token needle prompt for the tiny model (byte tokenizer)."""
+    return niah.build_prompt(tiny.tokenizer, 400, 0.5, niah.make_needle("single", 0)).prompt
+
+
+def bytes_per_token(model) -> int:
+    """K and V bytes of one token across all layers, from the config (used only to check measured bytes)."""
+    c = model.config
+    return 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * model.dtype.itemsize
+
+
+@pytest.fixture
+def run_method(tiny, tiny_prompt):
+    def run(name, prompt=None, max_new_tokens=8, repeats=1, greedy=True, seed=0, decoder=None, **settings):
+        config = GenerationSettings(max_new_tokens, SamplingConfig(greedy=greedy, seed=seed), **settings)
+        return measure(tiny, parse_method(name), prompt or tiny_prompt, config, decoder or HFDecoder(),
+                       repeats=repeats, warmup=False)
+
+    return run

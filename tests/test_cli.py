@@ -1,0 +1,63 @@
+"""benchmark.py as a user runs it: bad input gets one line and exit 2; the tiny preset writes a complete file."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import benchmark
+from test_results import CONTRACT
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "vanilla,nosuchpress@0.5"], "unknown press 'nosuchpress'"),
+    (["--methods", "knorm@1.5"], "must be in [0, 1)"),
+    (["--methods", "knorm"], "needs a compression ratio"),
+    (["--contexts", "9000"], "exceeds tiny's 8192 positions"),
+    (["--contexts", "abc"], "is not a token count"),
+    (["--out", "/proc/forbidden/x.json"], "cannot write results to"),
+    (["--model", "no-such-model"], "unknown model"),
+    (["--repeats", "0"], "--repeats must be at least 1"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    argv = ["--preset", "tiny", "--contexts", "320", "--out", str(tmp_path / "o.json")] + argv
+    assert benchmark.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+    assert "Traceback" not in err
+
+
+def test_random_weights_need_a_gpu(capsys):
+    assert benchmark.main(["--random-weights", "--device", "cpu", "--model", "qwen3-8b"]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_tiny_preset_end_to_end_writes_every_field(tmp_path):
+    """The real command, in a subprocess, with no GPU: falls back to the tiny preset and completes."""
+    out = tmp_path / "run.json"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "benchmark.py", "--contexts", "320", "--max-new-tokens", "6",
+                           "--repeats", "1", "--out", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "No CUDA GPU: running the tiny preset" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["run"]["preset"] == "tiny" and data["run"]["torch"] and data["run"]["command"].startswith("benchmark.py")
+    results = {r["method"]: r for r in data["results"]}
+    assert set(results) == {"vanilla", "dms-8x", "knorm@0.5", "expected_attention@0.5", "snapkv@0.5",
+                            "streaming_llm@0.5"}
+    for record in data["results"]:
+        assert set(CONTRACT) <= set(record)
+    measured = [r for r in data["results"] if r["method"] != "dms-8x"]
+    for r in measured:
+        assert r["error"] is None, r["error"]
+        for key in ("ttft_s", "tpot_ms", "decode_tokens_per_s", "e2e_s", "peak_mem_prefill_bytes",
+                    "peak_mem_decode_bytes", "weights_bytes", "kv_cache_bytes", "kv_cache_bytes_end"):
+            assert r[key] is not None and r[key] > 0, key
+    dms = results["dms-8x"]
+    assert dms["error"] and "\n" not in dms["error"] and dms["process"] == "isolated"

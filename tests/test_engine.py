@@ -1,0 +1,52 @@
+"""The timed generation: timing relations, fixed output length, protocols, sampling reproducibility."""
+
+import torch
+
+from kvcompress.engine.sampling import SamplingConfig, sample
+
+
+def test_ttft_is_positive_and_below_end_to_end(run_method):
+    r = run_method("knorm@0.5", max_new_tokens=12, repeats=2)
+    assert 0 < r.ttft_s < r.e2e_s
+    assert r.tpot_ms > 0 and abs(r.decode_tokens_per_s - 1000 / r.tpot_ms) < 1e-6
+    assert r.prefill_tokens_per_s == r.input_tokens / r.ttft_s
+    assert len(r.ttft_samples_s) == 2 and r.ttft_iqr_s is not None
+
+
+def test_timing_runs_generate_exactly_max_new_tokens(run_method):
+    r = run_method("vanilla", max_new_tokens=20)
+    assert r.output_tokens == 20 and r.fixed_output_length is True
+
+
+def test_same_seed_reproduces_and_other_seed_differs(tiny, tiny_prompt, run_method):
+    a = run_method("vanilla", greedy=False, seed=1, max_new_tokens=24)
+    b = run_method("vanilla", greedy=False, seed=1, max_new_tokens=24)
+    c = run_method("vanilla", greedy=False, seed=2, max_new_tokens=24)
+    assert a.answer == b.answer
+    assert a.answer != c.answer
+
+
+def test_query_aware_compresses_the_question_too(tiny_prompt, run_method):
+    agnostic = run_method("knorm@0.5")
+    aware = run_method("knorm@0.5", query_aware=True)
+    assert aware.protocol == "query_aware" and agnostic.protocol == "query_agnostic"
+    assert abs(aware.kv_tokens_kept - tiny_prompt.input_tokens / 2) <= 1
+    assert abs(agnostic.kv_tokens_kept - tiny_prompt.context_tokens / 2) <= 1
+
+
+def test_sampler_follows_the_nucleus_distribution():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, -3.0]])
+    config = SamplingConfig(temperature=1.0, top_p=0.8)
+    probs = torch.softmax(logits[0], -1)
+    # nucleus: smallest prefix of the sorted probabilities whose mass reaches 0.8
+    keep = (probs.cumsum(0) - probs) < 0.8
+    expected = torch.where(keep, probs, 0) / torch.where(keep, probs, 0).sum()
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(torch.stack([sample(logits, x, config) for x in u]).flatten(), minlength=5).float()
+    assert torch.allclose(counts / counts.sum(), expected, atol=0.01)
+    assert counts[~keep].sum() == 0
+
+
+def test_greedy_takes_the_argmax():
+    logits = torch.randn(3, 50)
+    assert torch.equal(sample(logits, torch.rand(3), SamplingConfig(greedy=True)), logits.argmax(-1))

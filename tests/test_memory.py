@@ -1,0 +1,52 @@
+"""KV accounting against physics: bytes read from the cache tensors must match what each press keeps."""
+
+import pytest
+
+from conftest import bytes_per_token
+
+
+def test_vanilla_kv_bytes_are_tokens_times_bytes_per_token(tiny, tiny_prompt, run_method):
+    r = run_method("vanilla")
+    assert r.kv_cache_bytes == tiny_prompt.context_tokens * bytes_per_token(tiny.model)
+    assert r.kv_tokens_kept == tiny_prompt.context_tokens
+    assert r.kv_compression_achieved == 0.0
+    # at the end the cache holds context + question + all generated tokens but the last one
+    assert r.kv_cache_bytes_end == (tiny_prompt.input_tokens + r.output_tokens - 1) * bytes_per_token(tiny.model)
+
+
+@pytest.mark.parametrize("press", ["knorm", "snapkv", "streaming_llm", "expected_attention"])
+def test_real_presses_halve_the_bytes_at_ratio_half(tiny, tiny_prompt, run_method, press):
+    r = run_method(f"{press}@0.5")
+    context = tiny_prompt.context_tokens
+    assert abs(r.kv_tokens_kept - context / 2) <= 1
+    assert r.kv_cache_bytes == round(r.kv_tokens_kept) * bytes_per_token(tiny.model)
+    assert r.kv_cache_bytes == pytest.approx(context * bytes_per_token(tiny.model) / 2, rel=0.01)
+    assert r.kv_memory_saved is True
+    assert r.kv_compression_achieved == pytest.approx(0.5, abs=0.01)
+
+
+def test_mask_only_press_saves_no_memory(tiny, tiny_prompt, run_method):
+    r = run_method("adakv+snapkv@0.5")
+    full = tiny_prompt.context_tokens * bytes_per_token(tiny.model)
+    assert r.kv_cache_bytes == full  # tensors keep their length
+    assert r.kv_memory_saved is False
+    assert abs(r.kv_tokens_kept - tiny_prompt.context_tokens / 2) <= 1  # ... though half the entries are hidden
+
+
+def test_pyramidkv_keeps_uneven_lengths_per_layer(run_method, tiny_prompt):
+    r = run_method("pyramidkv@0.5")
+    assert r.kv_tokens_kept_min < r.kv_tokens_kept_max
+    assert r.kv_memory_saved is True
+    assert r.kv_tokens_kept == pytest.approx(tiny_prompt.context_tokens / 2, abs=2)
+
+
+def test_decoding_press_holds_the_cache_at_its_target_size(run_method):
+    r = run_method("decoding+knorm[compression_interval=4,target_size=64]", max_new_tokens=17)
+    assert r.kv_tokens_end == 64
+    assert r.kv_cache_bytes_end < r.kv_cache_bytes
+
+
+def test_phase_peaks_are_recorded(run_method):
+    r = run_method("vanilla")
+    assert r.peak_mem_prefill_bytes > 0 and r.peak_mem_decode_bytes > 0
+    assert r.memory_source == "process_peak_rss"
