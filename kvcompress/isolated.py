@@ -40,7 +40,8 @@ def _error_records(job, methods, cells, task, reason, skip=0) -> list[BenchmarkR
             records.append(BenchmarkResult(model=job["model"], weights="pretrained", method=m.name, task=task,
                                            target_tokens=cell.target_tokens, prompt_id=cell.prompt_id,
                                            depth=cell.depth if cell.text is None else None, error=reason,
-                                           process="isolated", engine="hf"))
+                                           process="isolated", engine="hf",
+                                           max_new_tokens=job["settings"]["max_new_tokens"]))
     return records[skip:]
 
 

@@ -77,6 +77,7 @@ class BenchmarkResult:
     process: str | None = None  # "main" | "isolated" (DMS runs where kvpress is not imported)
     task: str | None = None  # "benchmark" | "niah" | "kvpress_api" | "dms_inference"
     target_tokens: int | None = None  # the prompt length asked for (input_tokens lands within 1 % of it)
+    max_new_tokens: int | None = None  # the output budget asked for
     depth: float | None = None
     needle: str | None = None
     correct: bool | None = None
@@ -87,7 +88,7 @@ class BenchmarkResult:
     def identity(self) -> tuple:
         """What makes two records the same cell (used by --resume and by compare)."""
         return (self.task, self.model, self.weights, self.method, self.target_tokens, self.depth, self.needle,
-                self.prompt_id, self.engine, self.output_tokens if self.fixed_output_length else None)
+                self.prompt_id, self.engine, self.max_new_tokens)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -51,7 +51,8 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
             prompt, needle = cell.build(lm.tokenizer)
             for method in local:
                 done += 1
-                identity_probe = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt)
+                identity_probe = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt,
+                                           cfg.settings)
                 if cfg.resume and out.done(identity_probe.identity()):
                     console.print(f"[{done}/{total}] {method.name} @ {cell.target_tokens}: already in {cfg.out}, skipped")
                     continue
@@ -74,8 +75,7 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, cfg: RunConfig, dec
              ) -> BenchmarkResult:
     """Measure one method on one prompt, or return a record that says in one line why it could not be measured."""
     decoder, engine_note = pick_decoder(decoders, method, lm)
-    skeleton = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt)
-    skeleton.engine = decoder.name
+    skeleton = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, cfg.settings)
     reason = preflight(method, lm)
     if reason:
         skeleton.error = reason
@@ -142,15 +142,15 @@ def pick_decoder(decoders: dict, method: Method, lm):
     return (decoders["hf"], f"fast engine cannot run this method ({reason}); measured with hf") if reason else (fast, None)
 
 
-def _skeleton(model, weights, method, cell, needle, task, decoders, prompt) -> BenchmarkResult:
+def _skeleton(model, weights, method, cell, needle, task, decoders, prompt, settings) -> BenchmarkResult:
     """A record holding only the identity of a cell: what an error record carries, and what --resume matches."""
-    engine = "fast" if "fast" in decoders else "hf"
+    engine = pick_decoder(decoders, method, None)[0].name if "fast" in decoders else "hf"
     return BenchmarkResult(
         model=model, weights=weights, method=method.name, compression_ratio=method.compression_ratio,
         context_tokens=prompt.context_tokens, input_tokens=prompt.input_tokens, engine=engine, task=task,
         target_tokens=cell.target_tokens, depth=cell.depth if needle else None,
         needle=needle.label if needle else None, prompt_id=cell.prompt_id, expected_memory=method.expected_memory,
-        phase=method.phase, fixed_output_length=True)
+        phase=method.phase, fixed_output_length=settings.fixed_length, max_new_tokens=settings.max_new_tokens)
 
 
 def one_line(exc: BaseException) -> str:

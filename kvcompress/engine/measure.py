@@ -71,6 +71,7 @@ def measure(lm, method, prompt: Prompt, settings: GenerationSettings, decoder, *
         attn_implementation=lm.attn_implementation,
         task=task,
         target_tokens=target_tokens,
+        max_new_tokens=settings.max_new_tokens,
         notes=list(lm.notes),
     )
 
