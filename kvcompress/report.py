@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from kvcompress.results import BenchmarkResult
@@ -34,7 +35,7 @@ def results_table(results: list[BenchmarkResult], title: str, answers: bool = Fa
     if answers:
         table.add_column("answer / error", overflow="fold", max_width=40)
     for r in results:
-        row = [r.method, str(r.input_tokens or r.target_tokens or "")]
+        row = [escape(r.method), str(r.input_tokens or r.target_tokens or "")]
         if r.error:
             row += ["—"] * 10 + [r.engine or ""]
             if answers:
@@ -65,14 +66,287 @@ def print_results(results: list[BenchmarkResult], title: str, console: Console |
     console.print(results_table(results, title))
     for r in results:
         if r.error:
-            console.print(f"[red]error[/red] {r.method} @ {r.input_tokens or r.target_tokens}: {r.error}")
+            console.print(f"[red]error[/red] {escape(r.method)} @ {r.input_tokens or r.target_tokens}: "
+                          f"{escape(r.error)}")
     answered = [r for r in results if not r.error and r.answer is not None and r.weights != "random"]
     if answered:
         console.print("answers (first 100 characters):")
         for r in answered:
             mark = "" if r.correct is None else ("[green]found[/green] " if r.correct else "[red]missed[/red] ")
-            console.print(f"  {r.method} @ {r.input_tokens}: {mark}{(r.answer or '').replace(chr(10), ' ')[:100]!r}")
+            answer = escape(repr((r.answer or "").replace(chr(10), " ")[:100]))
+            console.print(f"  {escape(r.method)} @ {r.input_tokens}: {mark}{answer}")
     if weights_note and any(r.weights == "random" for r in results):
         console.print("[yellow]weights: random — speed and memory are real; answers are noise.[/yellow]")
     if any(r.timing == "wall_clock" for r in results):
+        console.print("[yellow]CPU wall-clock timings: a pipeline check, not a performance figure.[/yellow]")
+
+
+# --- test_kvpress_api.py: the press x ratio grid and the registry -------------------------------------------------
+
+_GRID_METRICS = ("achieved", "KV (MiB)", "KV end (MiB)", "TTFT (s)", "decode (tok/s)", "mem saved", "answer")
+
+
+def press_grid_table(results: list[BenchmarkResult], ratios: list[float], title: str) -> Table:
+    """Grouped by press, requested ratios as columns; a press that sizes itself fills the 'own' column.
+
+    Rows per press: achieved ratio (1 - kept / positions; for decoding-phase presses at the end of decoding), KV bytes
+    after compression and at the end, TTFT, decode tok/s, whether memory was saved, and the first characters of the
+    answer. Errors show as 'error' and are listed under the table.
+    """
+    from kvcompress.press_sweep import group_of
+
+    groups: dict[str, list[BenchmarkResult]] = {}
+    for r in results:
+        groups.setdefault(group_of(r), []).append(r)
+    own = any(r.compression_ratio is None or r.method == "vanilla" for r in results)
+    table = Table(title=title, title_justify="left", header_style="bold", show_lines=False)
+    table.add_column("press", overflow="fold", max_width=34)
+    table.add_column("metric")
+    for ratio in ratios:
+        table.add_column(f"{ratio:g}", justify="right")
+    if own:
+        table.add_column("own\nsettings", justify="right")
+    for group, records in groups.items():
+        by_column = {(None if r.compression_ratio is None or r.method == "vanilla" else r.compression_ratio): r
+                     for r in records}
+        columns = list(ratios) + ([None] if own else [])
+        head = [escape(group), *_memory_lines(records)]
+        if all(r.error for r in records):  # one row: the reasons are listed under the table
+            table.add_row("\n".join(head), "not measured", *["[red]error[/red]" if by_column.get(c) else ""
+                                                              for c in columns], end_section=True)
+            continue
+        decoding = records[0].phase == "decoding"
+        for i, metric in enumerate(_GRID_METRICS):
+            label = f"{metric} (end)" if decoding and metric in ("achieved", "mem saved") else metric
+            cells = [_grid_cell(by_column.get(c), metric, decoding) for c in columns]
+            table.add_row(head[i] if i < len(head) else "", label, *cells, end_section=i == len(_GRID_METRICS) - 1)
+    return table
+
+
+def _memory_lines(records: list[BenchmarkResult]) -> list[str]:
+    if records[0].method == "vanilla":
+        return ["[dim]reference[/dim]"]
+    documented = records[0].expected_memory or "?"
+    measured = sorted({r.kv_memory_measured for r in records if r.kv_memory_measured})
+    if not measured:
+        return [f"[dim]documented {documented}[/dim]"]
+    style = "green" if measured == [documented] else "yellow"
+    return [f"[dim]documented {documented}[/dim]", f"[{style}]measured {'/'.join(measured)}[/{style}]"]
+
+
+def _grid_cell(r: BenchmarkResult | None, metric: str, decoding: bool) -> str:
+    if r is None:
+        return ""
+    if r.error:
+        return "[red]error[/red]" if metric == "achieved" else "—"
+    if metric == "achieved":
+        return _num(r.kv_compression_achieved_end if decoding else r.kv_compression_achieved, ".3f")
+    if metric == "KV (MiB)":
+        return _num(r.kv_cache_bytes, ",.2f", MIB)
+    if metric == "KV end (MiB)":
+        return _num(r.kv_cache_bytes_end, ",.2f", MIB)
+    if metric == "TTFT (s)":
+        return _num(r.ttft_s, ".3f")
+    if metric == "decode (tok/s)":
+        return _num(r.decode_tokens_per_s, ",.1f")
+    if metric == "mem saved":
+        if r.method == "vanilla":
+            return "n/a"
+        saved = r.kv_memory_measured in ("real", "uneven") if decoding else r.kv_memory_saved
+        if saved:
+            return "yes"
+        return "[yellow]no (mask)[/yellow]" if r.kv_memory_measured == "mask" else "[yellow]no[/yellow]"
+    answer = (r.answer or "").replace("\n", " ")
+    mark = "" if r.correct is None else ("[green]✓[/green] " if r.correct else "[red]✗[/red] ")  # needle found?
+    return mark + escape(repr(answer[:10]))
+
+
+def print_press_grid(results: list[BenchmarkResult], ratios: list[float], title: str,
+                     console: Console | None = None) -> None:
+    from kvcompress.press_sweep import group_of
+
+    console = console or make_console()
+    console.print(press_grid_table(results, ratios, title))
+    errors: dict[tuple[str, str], list[str]] = {}
+    for r in results:
+        if r.error:
+            where = "own" if r.compression_ratio is None else f"{r.compression_ratio:g}"
+            errors.setdefault((group_of(r), r.error), []).append(where)
+    if errors:
+        console.print("not measured (one line each):")
+        for (group, error), where in errors.items():
+            console.print(f"  {escape(group)} @ {', '.join(where)}: [red]{escape(error)}[/red]")
+    if any(r.timing == "wall_clock" for r in results):
+        console.print("[yellow]CPU wall-clock timings: a pipeline check, not a performance figure.[/yellow]")
+    if any(r.weights == "random" for r in results):
+        console.print("[yellow]weights: random — bytes are real; answers are noise.[/yellow]")
+
+
+def registry_table(rows: list[dict]) -> Table:
+    """The kvpress registry (test_kvpress_api.py --list): one row per press; notes go under it (print_registry)."""
+    table = Table(title="kvpress presses (kvcompress registry)", title_justify="left", header_style="bold")
+    headers = [("name", "name"), ("class", "class"), ("role", "role"), ("phase", "phase"), ("memory", "memory"),
+               ("@ratio", "ratio"), ("needs Hub", "hub"), ("attention", "attention")]
+    for header, _ in headers:
+        table.add_column(header, overflow="fold")
+    for row in rows:
+        cells = [escape(str(row[key])) for _, key in headers]
+        if row["memory"] == "mask":
+            cells[4] = f"[yellow]{cells[4]}[/yellow]"
+        table.add_row(*cells)
+    return table
+
+
+def print_registry(rows: list[dict], console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(registry_table(rows))
+    console.print("memory: real = tensors shrink; uneven = real, layers differ; mask = full-size tensors, entries "
+                  "hidden (no memory saved); none = no size change.")
+    console.print("@ratio: what name@ratio sets (scorer's = the wrapped scorer's compression_ratio; no = the press "
+                  "sizes itself). attention: eager = needs --attn eager; no eager = refuses it.")
+    console.print("notes:")
+    for row in rows:
+        if row["note"]:
+            console.print(f"  {escape(row['name'])}: {escape(row['note'])}")
+
+
+# --- test_dms_inference.py: methods side by side, one table per prompt --------------------------------------------
+
+_SIDE_BY_SIDE = (
+    ("input (tok)", lambda r: _num(r.input_tokens, ",.0f")),
+    ("TTFT (s)", lambda r: _num(r.ttft_s, ".3f")),
+    ("decode (tok/s)", lambda r: _num(r.decode_tokens_per_s, ",.1f")),
+    ("peak prefill (GiB)", lambda r: _num(r.peak_mem_prefill_bytes, ".3f", GIB)),
+    ("peak decode (GiB)", lambda r: _num(r.peak_mem_decode_bytes, ".3f", GIB)),
+    ("KV held (MiB)", lambda r: _num(r.kv_cache_bytes, ",.2f", MIB)),
+    ("KV live (MiB)", lambda r: _num(r.kv_live_bytes, ",.2f", MIB)),
+    ("KV held, end (MiB)", lambda r: _num(r.kv_cache_bytes_end, ",.2f", MIB)),
+    ("kept (tok/head)", lambda r: _num(r.kv_tokens_kept, ",.1f")),
+    ("live ratio (x)", lambda r: _ratio(r.kv_cache_bytes_full, r.kv_live_bytes)),
+    ("vanilla / held (x)", lambda r: _ratio(r.kv_cache_bytes_full, r.kv_cache_bytes)),
+    ("mem saved", lambda r: _saved(r)),
+)
+
+
+def _ratio(full, part) -> str:
+    return "—" if not full or not part else f"{full / part:.2f}"
+
+
+def side_by_side_tables(results: list[BenchmarkResult], title: str) -> list[Table]:
+    """One table per prompt: metrics as rows, methods as columns, the answers (truncated) last.
+
+    'KV held' is what the cache tensors occupy (for DMS its block pool, allocated), 'KV live' the entries attention
+    reads; 'live ratio' = positions / live entries (DMS's "8x" convention) and 'vanilla / held' = bytes a vanilla
+    cache holds for the same positions / bytes held, both from measured bytes (> 1: smaller than vanilla).
+    """
+    prompts: dict[str, list[BenchmarkResult]] = {}
+    for r in results:
+        prompts.setdefault(r.prompt_id or str(r.target_tokens), []).append(r)
+    tables = []
+    for prompt, records in prompts.items():
+        table = Table(title=f"{title} — {prompt}", title_justify="left", header_style="bold")
+        table.add_column("metric")
+        for r in records:
+            table.add_column(escape(r.method), justify="right", overflow="fold", max_width=60)
+        for label, cell in _SIDE_BY_SIDE:
+            table.add_row(label, *["—" if r.error else cell(r) for r in records])
+        answers = []
+        for r in records:
+            text = f"[red]{escape(r.error)}[/red]" if r.error else escape((r.answer or "").replace("\n", " ")[:200])
+            mark = "" if r.correct is None else ("[green]found[/green] " if r.correct else "[red]missed[/red] ")
+            answers.append(mark + text)
+        table.add_row("answer", *answers, end_section=True)
+        tables.append(table)
+    return tables
+
+
+def print_side_by_side(results: list[BenchmarkResult], title: str, console: Console | None = None) -> None:
+    console = console or make_console()
+    for table in side_by_side_tables(results, title):
+        console.print(table)
+    if any(r.weights == "random" for r in results):
+        console.print("[yellow]weights: random — speed and memory are real; answers are noise.[/yellow]")
+    if any(r.timing == "wall_clock" for r in results):
+        console.print("[yellow]CPU wall-clock timings and process RSS peaks: a pipeline check, not a performance "
+                      "figure.[/yellow]")
+
+
+# --- test_long_context.py: retrieval per (method, context, depth) cell ----------------------------------------------
+
+def niah_table(summaries, title: str) -> Table:
+    """One row per method x context x depth: found / trials, then the medians of the measured trials."""
+    from rich.markup import escape
+
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for header, justify in [("method", "left"), ("context\n(tok)", "right"), ("depth", "right"),
+                            ("reached\n(median)", "right"), ("found", "right"), ("TTFT\n(s)", "right"),
+                            ("decode\n(tok/s)", "right"), ("KV\n(MiB)", "right"), ("KV kept\n(tok)", "right"),
+                            ("answer\n(tok)", "right"), ("an answer's end (a missed one first)", "left")]:
+        table.add_column(header, justify=justify, overflow="fold", max_width=40 if header.startswith("an ") else None)
+    for i, s in enumerate(summaries):
+        last_of_method = i + 1 == len(summaries) or summaries[i + 1].method != s.method
+        if not s.total:
+            found = f"[red]error ×{s.errors}[/red]"
+        else:
+            style = "green" if s.found == s.total else ("red" if s.found == 0 else "yellow")
+            found = f"[{style}]{s.counts}[/{style}]" + (f" [red](+{s.errors} err)[/red]" if s.errors else "")
+        example = next((r for r in s.measured if not r.correct), s.measured[0] if s.measured else None)
+        answer = escape(_tail((example.answer or "").replace("\n", " "), 36)) if example else ""
+        table.add_row(escape(s.method), f"{s.target_tokens:,}", f"{s.depth:.0%}", _num(s.median("depth_achieved"), ".1%"),
+                      found, _num(s.median("ttft_s"), ".3f"), _num(s.median("decode_tokens_per_s"), ",.1f"),
+                      _num(s.median("kv_cache_bytes"), ",.1f", MIB), _num(s.median("kv_tokens_kept"), ",.0f"),
+                      _num(s.median("answer_tokens"), ".0f"), answer, end_section=last_of_method)
+    return table
+
+
+def _tail(text: str, n: int) -> str:
+    """The last n characters: an answer's value usually comes at its end."""
+    return text if len(text) <= n else "…" + text[-(n - 1):]
+
+
+def niah_overall_table(summaries, title: str) -> Table:
+    """Per method: found / measured over the whole grid and per context length."""
+    from kvcompress.tasks.niah_grid import by_method
+
+    contexts = sorted({s.target_tokens for s in summaries})
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("method")
+    table.add_column("overall", justify="right")
+    for n in contexts:
+        table.add_column(f"{n:,} tok", justify="right")
+    for method, cells in by_method(summaries).items():
+        found, total = sum(s.found for s in cells), sum(s.total for s in cells)
+        row = [method, f"{found}/{total}" + (f" ({found / total:.0%})" if total else "")]
+        for n in contexts:
+            at = [s for s in cells if s.target_tokens == n]
+            row.append(f"{sum(s.found for s in at)}/{sum(s.total for s in at)}" if at else "")
+        table.add_row(*row)
+    return table
+
+
+def print_niah(summaries, title: str, console: Console | None = None, max_misses: int = 20) -> None:
+    """Both tables, then the errors and the missed answers (the JSON holds every answer)."""
+    from rich.markup import escape
+
+    console = console or make_console()
+    console.print(niah_table(summaries, title))
+    console.print(niah_overall_table(summaries, "found / trials, per method"))
+    records = [r for s in summaries for r in s.records]
+    errors = {(r.method, r.error) for r in records if r.error}
+    for method, error in sorted(errors):
+        console.print(f"[red]error[/red] {escape(method)}: {escape(error)}")
+    missed = [r for r in records if r.error is None and not r.correct]
+    if missed and not all(r.weights == "random" for r in missed):
+        console.print(f"missed answers ({len(missed)}; expected values in the needle label):")
+        for r in missed[:max_misses]:
+            console.print(f"  {escape(r.method)} @ {r.target_tokens}, depth {r.depth:.0%}, {escape(r.needle or '')}: "
+                          f"{escape(repr((r.answer or '')[:100]))}")
+        if len(missed) > max_misses:
+            console.print(f"  … {len(missed) - max_misses} more in the JSON")
+    unfinished = sum(any("think block was not closed" in n for n in r.notes) for r in records)
+    if unfinished:
+        console.print(f"[yellow]{unfinished} answer(s) ended inside a think block (raise --max-new-tokens)[/yellow]")
+    if any(r.weights == "random" for r in records):
+        console.print("[yellow]weights: random — speed and memory are real; answers are noise.[/yellow]")
+    if any(r.timing == "wall_clock" for r in records):
         console.print("[yellow]CPU wall-clock timings: a pipeline check, not a performance figure.[/yellow]")

@@ -21,6 +21,9 @@ from pathlib import Path
 from kvcompress.errors import UserError
 
 SCHEMA_VERSION = 1
+# Loader policy. Within a version, fields are only ever added: a record that lacks a newer field takes its default,
+# and a field this code does not know is ignored. Any other version is refused by name: version 1 is the first, so
+# there is nothing older to migrate, and a newer file may mean something this code cannot know.
 
 
 @dataclass
@@ -65,6 +68,13 @@ class BenchmarkResult:
     kv_live_bytes: int | None = None  # bytes of entries attention still sees (DMS pool: live part)
     kv_live_bytes_end: int | None = None
     kv_tokens_end: float | None = None
+    # live tokens per [layer][kv head] after prefill and at the end, where heads keep different counts (DMS)
+    kv_tokens_per_head: list[list[int]] | None = None
+    kv_tokens_per_head_end: list[list[int]] | None = None
+    # test_kvpress_api.py: memory behaviour classified from the measured bytes (real | uneven | mask | none), at the
+    # end of decoding for decoding-phase presses; and the fraction evicted at the end of decoding.
+    kv_memory_measured: str | None = None
+    kv_compression_achieved_end: float | None = None
     answer_tokens: int | None = None  # tokens up to the first end-of-sequence
     ttft_samples_s: list[float] = field(default_factory=list)
     tpot_samples_ms: list[float] = field(default_factory=list)
@@ -79,6 +89,7 @@ class BenchmarkResult:
     target_tokens: int | None = None  # the prompt length asked for (input_tokens lands within 1 % of it)
     max_new_tokens: int | None = None  # the output budget asked for
     depth: float | None = None
+    depth_achieved: float | None = None  # where the needle really is (haystack tokens before it / haystack tokens)
     needle: str | None = None
     correct: bool | None = None
     score: float | None = None  # fraction of needle values found
@@ -86,9 +97,8 @@ class BenchmarkResult:
     notes: list[str] = field(default_factory=list)
 
     def identity(self) -> tuple:
-        """What makes two records the same cell (used by --resume and by compare)."""
-        return (self.task, self.model, self.weights, self.method, self.target_tokens, self.depth, self.needle,
-                self.prompt_id, self.engine, self.max_new_tokens)
+        """What makes two records the same cell (used by --resume and by compare); named by IDENTITY_FIELDS."""
+        return tuple(getattr(self, name) for name in IDENTITY_FIELDS)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,6 +110,8 @@ class BenchmarkResult:
 
 
 FIELDS = [f.name for f in fields(BenchmarkResult)]
+IDENTITY_FIELDS = ("task", "model", "weights", "method", "target_tokens", "depth", "needle", "prompt_id", "engine",
+                   "max_new_tokens")
 CONTRACT_FIELDS = FIELDS[: FIELDS.index("error") + 1]
 
 
@@ -140,6 +152,8 @@ def _version(package: str) -> str | None:
 
 
 def _git_commit() -> str | None:
+    if os.environ.get("KVCOMPRESS_GIT_COMMIT"):  # set where the tree travels without .git (e.g. a GPU machine)
+        return os.environ["KVCOMPRESS_GIT_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent)
@@ -223,13 +237,28 @@ def load(path: Path) -> tuple[dict, list[BenchmarkResult]]:
         raise UserError(f"{path}: no such file") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: not valid JSON (truncated or corrupt?): {exc.msg if hasattr(exc, 'msg') else exc}") from None
-    if not isinstance(data, dict) or "results" not in data:
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise UserError(f"{path}: not a kvcompress result file (no 'results' list)")
     version = data.get("schema_version")
+    if type(version) is not int:
+        raise UserError(f"{path}: schema_version {version!r} is not a version number (this kvcompress reads "
+                        f"{SCHEMA_VERSION})")
     if version != SCHEMA_VERSION:
-        raise UserError(f"{path}: schema_version {version!r} is not supported (this kvcompress reads {SCHEMA_VERSION})")
-    try:
-        results = [BenchmarkResult.from_dict(r) for r in data["results"]]
-    except TypeError as exc:
-        raise UserError(f"{path}: a record is malformed ({exc})") from None
-    return data.get("run", {}), results
+        why = ("written by a newer kvcompress: upgrade to read it" if version > SCHEMA_VERSION
+               else "an older format with no migration")
+        raise UserError(f"{path}: schema_version {version} is not supported ({why}; this kvcompress reads "
+                        f"{SCHEMA_VERSION})")
+    run = data.get("run", {})
+    if not isinstance(run, dict):
+        raise UserError(f"{path}: the 'run' header is not an object")
+    results = []
+    for i, record in enumerate(data["results"]):
+        if not isinstance(record, dict):
+            raise UserError(f"{path}: record {i} is not an object")
+        try:
+            results.append(BenchmarkResult.from_dict(record))
+        except TypeError as exc:
+            raise UserError(f"{path}: record {i} is malformed ({exc})") from None
+    return run, results

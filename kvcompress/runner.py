@@ -10,10 +10,13 @@ import gc
 import os
 import urllib.request
 from functools import lru_cache
+from typing import Callable
 
 import torch
+from rich.markup import escape
 
 from kvcompress import models
+from kvcompress.checks import architecture_of
 from kvcompress.cli import RunConfig
 from kvcompress.engine import measure
 from kvcompress.engine.generate import HFDecoder
@@ -27,7 +30,9 @@ from kvcompress.tasks.cell import Cell
 console = make_console()
 
 
-def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | None = None) -> ResultFile:
+def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | None = None,
+        annotate: Callable[[BenchmarkResult, Method], None] | None = None) -> ResultFile:
+    """`annotate(record, method)`, if given, adds a script's own fields to each record before it is saved."""
     dtype = cfg.dtype or models.default_dtype(cfg.device)
     header = run_header(_public_args(cfg), device=cfg.device, dtype=dtype, attn_implementation=cfg.attn_implementation,
                         seed=cfg.settings.sampling.seed,
@@ -43,7 +48,8 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
     if local:
         lm = models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
                          attn_implementation=cfg.attn_implementation, seed=cfg.settings.sampling.seed)
-        out.run.update(model=lm.name, weights=lm.weights, tokenizer=lm.tokenizer_source, notes=lm.notes)
+        out.run.update(model=lm.name, weights=lm.weights, tokenizer=lm.tokenizer_source, notes=lm.notes,
+                       architecture=architecture_of(lm.model.config))
         for note in lm.notes:
             console.print(f"[yellow]{note}[/yellow]")
         decoders = _decoders(cfg, lm)
@@ -57,6 +63,9 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
                     console.print(f"[{done}/{total}] {method.name} @ {cell.target_tokens}: already in {cfg.out}, skipped")
                     continue
                 record = run_cell(lm, method, prompt, needle, cell, cfg, decoders, task)
+                record.process = "main"
+                if annotate:
+                    annotate(record, method)
                 out.add(record)
                 console.print(f"[{done}/{total}] {progress_line(record)}")
         del lm
@@ -64,8 +73,12 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
     if isolated:
         from kvcompress import isolated as iso
 
-        for record in iso.run_in_child(cfg, isolated, cells, task):
+        by_name = {m.name: m for m in isolated}
+        done_ids = {r.identity() for r in out.results if r.error is None} if cfg.resume else set()
+        for record in iso.run_in_child(cfg, isolated, cells, task, done=done_ids):
             done += 1
+            if annotate and record.method in by_name:
+                annotate(record, by_name[record.method])
             out.add(record)
             console.print(f"[{done}/{total}] {progress_line(record)}")
     return out
@@ -99,12 +112,14 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, cfg: RunConfig, dec
     record.engine_note = engine_note
     record.depth, record.prompt_id = cell.depth if needle else None, cell.prompt_id
     if needle is not None:
-        record.needle = needle.label
-        record.correct, record.score = niah.score(record.answer or "", needle)
+        niah.grade(record, needle, prompt)  # needle, correct, score, depth reached, unfinished thinking
     return record
 
 
 def preflight(method: Method, lm) -> str | None:
+    if lm.spec.is_dms and method.kind != "dms":
+        # its forward swaps any cache it is given for its own paged one: another method would measure nothing
+        return "a DMS checkpoint runs only as method dms-8x: pass it with --dms-model, not --model"
     if method.not_runnable:
         return f"not runnable here: {method.not_runnable}"
     if method.needs_hub and not hub_available():
@@ -159,9 +174,10 @@ def one_line(exc: BaseException) -> str:
 
 
 def progress_line(r: BenchmarkResult) -> str:
-    where = f"{r.method} @ {r.target_tokens or r.input_tokens} tok" + (f", depth {r.depth:g}" if r.depth is not None else "")
+    where = escape(f"{r.method} @ {r.target_tokens or r.input_tokens} tok" +
+                   (f", depth {r.depth:g}" if r.depth is not None else ""))  # options in [...] are not rich markup
     if r.error:
-        return f"{where}: [red]error[/red] {r.error}"
+        return f"{where}: [red]error[/red] {escape(r.error)}"
     found = "" if r.correct is None else (" [green]found[/green]" if r.correct else " [red]missed[/red]")
     return (f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s, KV {r.kv_cache_bytes / 2**20:.1f} MiB"
             f" ({r.kv_tokens_kept:.0f} kept){found}")

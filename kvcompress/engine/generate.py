@@ -125,6 +125,11 @@ class HFDecoder:
 
     name = "hf"
 
+    def __init__(self, trace=None):
+        # Optional `trace(step, cache)` after every decode step (tests watch a decoding press hold the cache size).
+        # It must only read host metadata (shapes), so the timed path stays free of device synchronisation.
+        self.trace = trace
+
     def unsupported(self, method, lm) -> str | None:
         return None
 
@@ -135,6 +140,8 @@ class HFDecoder:
         for step in range(1, n):
             logits = model(input_ids=token.view(1, 1), past_key_values=cache, position_ids=position,
                            use_cache=True).logits[:, -1]
+            if self.trace is not None:
+                self.trace(step, cache)
             token = sample(logits, uniforms[step], settings.sampling)
             out_tokens[step] = token
             position += 1

@@ -1,0 +1,129 @@
+"""Figures (matplotlib, Agg backend: files only, no display needed). Each function draws one figure and writes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from kvcompress.results import BenchmarkResult  # noqa: E402
+
+MIB = 2**20
+# measured memory behaviour -> colour family, line style and drawing order: mask-only presses stand out in red
+_FAMILY = {"real": ("Blues", "-", "o", 2), "uneven": ("Greens", "-", "s", 2), "mask": ("Reds", "--", "x", 4),
+           "none": ("Greys", "-.", "d", 3)}
+
+
+def kv_bytes_vs_ratio(results: list[BenchmarkResult], path: Path, title: str) -> Path:
+    """KV bytes held (left) and KV bytes attention still sees (right) against the requested ratio, one line per press.
+
+    A press that really evicts falls along the dotted ideal (1 - ratio) x full in both panels; a mask-only press stays
+    flat at the full cache on the left while it falls on the right. Colours follow the measured behaviour (blue real,
+    green uneven, red mask, grey none). Presses that size themselves (no ratio) and decoding-only presses (their
+    ratio acts after the prefill) are in the table, not here.
+    """
+    from kvcompress.press_sweep import chain_of
+
+    measured = [r for r in results if not r.error and r.kv_cache_bytes is not None]
+    full = next((r.kv_cache_bytes_full for r in measured if r.kv_cache_bytes_full), None)
+    series: dict[str, list[BenchmarkResult]] = {}
+    for r in measured:
+        if r.compression_ratio is not None and r.method != "vanilla" and r.phase != "decoding":
+            series.setdefault(chain_of(r.method), []).append(r)
+    behaviour = {name: _behaviour(records) for name, records in series.items()}
+    order = sorted(series, key=lambda n: (list(_FAMILY).index(behaviour[n]), n))
+    fig, (held, seen) = plt.subplots(1, 2, figsize=(15, 6.5), sharex=True, sharey=True)
+    for name in order:
+        records = sorted(series[name], key=lambda r: r.compression_ratio)
+        family, linestyle, marker, z = _FAMILY[behaviour[name]]
+        same = [n for n in order if behaviour[n] == behaviour[name]]
+        color = plt.get_cmap(family)(0.45 + 0.5 * same.index(name) / max(1, len(same) - 1))
+        style = dict(color=color, linestyle=linestyle, marker=marker, linewidth=1.3, markersize=5, zorder=z)
+        x = [r.compression_ratio for r in records]
+        label = f"{name}  [{behaviour[name]}]"
+        held.plot(x, [r.kv_cache_bytes / MIB for r in records], label=label, **style)
+        seen.plot(x, [r.kv_live_bytes / MIB for r in records], **style)
+    ratios = sorted({r.compression_ratio for rs in series.values() for r in rs})
+    for ax, what in ((held, "KV bytes held in the cache tensors (MiB)"),
+                     (seen, "KV bytes attention can still see (MiB)")):
+        if full:
+            ax.axhline(full / MIB, color="black", linestyle=":", linewidth=1, label="uncompressed (vanilla)", zorder=1)
+            if ratios:
+                ax.plot([0, max(ratios)], [full / MIB, full * (1 - max(ratios)) / MIB], color="gray",
+                        linestyle=":", linewidth=1, label="ideal: (1 - ratio) x uncompressed", zorder=1)
+        ax.set_xlabel("requested compression ratio (fraction of context KV evicted)")
+        ax.set_ylabel(what)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    held.set_title("memory held: mask-only presses (red, dashed) stay at full size", fontsize=10)
+    seen.set_title("entries attention sees: mask-only presses evict here, without freeing bytes", fontsize=10)
+    handles, labels = held.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(0.80, 0.5), fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0, 0, 0.80, 0.96))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _behaviour(records: list[BenchmarkResult]) -> str:
+    """A press's measured behaviour over its ratios: mask or none if any ratio shows it, else uneven or real."""
+    seen = {r.kv_memory_measured or "real" for r in records}
+    return next(b for b in ("mask", "none", "uneven", "real") if b in seen or b == "real")
+
+
+def retrieval_heatmap(cells: dict[tuple[int, float], tuple[int, int]], path: Path, title: str
+                      ) -> dict[tuple[int, float], tuple[int, int, int, int]]:
+    """Depth (rows, top = start of the context) x context length (columns) for one method; colour = fraction of
+    trials found (red 0 → yellow → green 1), text = found/trials; a cell with no measured trial is grey.
+
+    `cells` maps (context tokens, depth) to (found, trials). The PNG carries the same numbers as JSON in its
+    'Description' text chunk. Returns each cell's box in the PNG's pixels (left, top, right, bottom), so a reader
+    (or a test) can check the colours against the records.
+    """
+    import json
+
+    import numpy as np
+
+    contexts = sorted({c for c, _ in cells})
+    depths = sorted({d for _, d in cells})
+    fraction = np.full((len(depths), len(contexts)), np.nan)
+    for (c, d), (found, total) in cells.items():
+        if total:
+            fraction[depths.index(d), contexts.index(c)] = found / total
+    fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(contexts), 1.6 + 0.55 * len(depths)), dpi=100)
+    cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#cccccc")
+    image = ax.imshow(np.ma.masked_invalid(fraction), cmap=cmap, vmin=0, vmax=1, aspect="auto")
+    for (c, d), (found, total) in cells.items():
+        dark = total and not 0.2 <= found / total <= 0.8  # the deep red and green ends need white text
+        ax.text(contexts.index(c), depths.index(d), f"{found}/{total}" if total else "error", ha="center",
+                va="center", fontsize=9, color="white" if dark else "black")
+    ax.set_xticks(range(len(contexts)), [_tokens_label(c) for c in contexts])
+    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("needle depth")
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03).set_label("fraction of trials found", fontsize=8)
+    fig.tight_layout()
+    fig.canvas.draw()
+    height = fig.bbox.height
+    boxes = {}
+    for c, d in cells:
+        x, y = contexts.index(c), depths.index(d)
+        (x0, y0), (x1, y1) = ax.transData.transform([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)])
+        boxes[(c, d)] = (round(min(x0, x1)), round(height - max(y0, y1)), round(max(x0, x1)), round(height - min(y0, y1)))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = [{"context_tokens": c, "depth": d, "found": f, "trials": t} for (c, d), (f, t) in sorted(cells.items())]
+    fig.savefig(path, dpi=fig.dpi, metadata={"Title": title, "Description": json.dumps(data)})
+    plt.close(fig)
+    return boxes
+
+
+def _tokens_label(n: int) -> str:
+    return f"{n // 1024}K" if n % 1024 == 0 else f"{n:,}"
