@@ -61,6 +61,9 @@ def tiny_config(vocab_size: int, eos_token_id: int, pad_token_id: int, num_layer
         eos_token_id=eos_token_id,
         pad_token_id=pad_token_id,
         bos_token_id=None,
+        # Wide random weights give peaked, input-sensitive logits, so engine-equivalence tests compare
+        # meaningful greedy tokens (at the default 0.02 every position predicts the same byte).
+        initializer_range=1.0,
     )
 
 

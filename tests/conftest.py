@@ -15,7 +15,7 @@ from kvcompress.engine.sampling import SamplingConfig  # noqa: E402
 from kvcompress.methods import parse_method  # noqa: E402
 from kvcompress.tasks import niah  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny models gain nothing from threads, and spin-waiting threads slow a busy 2-core box
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +37,10 @@ def bytes_per_token(model) -> int:
 
 @pytest.fixture
 def run_method(tiny, tiny_prompt):
-    def run(name, prompt=None, max_new_tokens=8, repeats=1, greedy=True, seed=0, decoder=None, **settings):
-        config = GenerationSettings(max_new_tokens, SamplingConfig(greedy=greedy, seed=seed), **settings)
+    def run(name, prompt=None, max_new_tokens=8, repeats=1, greedy=True, seed=0, decoder=None, temperature=0.6,
+            **settings):
+        sampling = SamplingConfig(temperature=temperature, greedy=greedy, seed=seed)
+        config = GenerationSettings(max_new_tokens, sampling, **settings)
         return measure(tiny, parse_method(name), prompt or tiny_prompt, config, decoder or HFDecoder(),
                        repeats=repeats, warmup=False)
 

@@ -1,0 +1,265 @@
+"""The fast decode engine: what a serving engine does, applied to transformers' weights and kvpress's caches.
+
+After the prefill (and the press's compression) the cache moves into preallocated per-layer buffers sized for what
+was kept plus the tokens still to come. One decode step is a short sequence of kernels (cuBLAS GEMVs and the fused
+ops of kernels.py) reading every weight and every live KV entry once; on CUDA the step is captured once as a CUDA
+graph and replayed, so the host's Python never sits on the critical path. On CPU the same step runs eagerly with the
+torch reference ops, which is how the tests compare it with the hf engine.
+
+Handled: presses that keep different lengths per layer (each layer has its own buffer) and mask-only presses (a
+validity mask per KV head keeps masked entries out of attention). Refused, with the reason recorded and the hf
+engine used instead: DMS-8x (its own paged cache) and decoding-phase presses (they rewrite the cache inside
+transformers' forward).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kvcompress.engine import kernels
+from kvcompress.engine.sampling import sample
+from kvcompress.memory import KVState, masked_indices
+
+
+class FastDecoder:
+    name = "fast"
+
+    def __init__(self, lm):
+        self.model = lm.model
+        self.problem = architecture_problem(lm.model)
+        self._state: _DecodeState | None = None
+        # One capture stream for the decoder's lifetime: PyTorch keeps a cuBLAS workspace (32 MiB on Hopper) per
+        # stream that ever ran a GEMM, so a new stream per capture would leak one workspace per capture.
+        self.stream = torch.cuda.Stream(lm.device) if lm.device.type == "cuda" else None
+        if self.problem is None:
+            self.layers = [_LayerWeights(layer) for layer in lm.model.model.layers]
+
+    def unsupported(self, method, lm=None) -> str | None:
+        if method.kind == "dms":
+            return "DMS-8x keeps its own paged cache"
+        if method.compresses_during_decoding:
+            return "a decoding-phase press rewrites the cache inside transformers' forward"
+        return self.problem
+
+    def release(self) -> None:
+        """Drop the buffers and the captured graph (before a memory measurement, or between cells)."""
+        self._state = None
+
+    def decode(self, lm, cache, token, next_position, uniforms, settings, out_tokens, eos):
+        lengths = [layer.keys.shape[2] for layer in cache.layers]
+        masked = masked_indices(self.model)
+        signature = (tuple(lengths), bool(masked), out_tokens.shape[0], settings.sampling)
+        if self._state is None or self._state.signature != signature:
+            self._state = None  # free the old buffers before allocating new ones
+            self._state = _DecodeState(self, cache, signature, settings.sampling)
+        state = self._state
+        state.load(cache, masked, token, next_position, uniforms, out_tokens)
+        n = state.run(eos)
+        out_tokens.copy_(state.out)
+        return n, state
+
+
+def architecture_problem(model) -> str | None:
+    """Why the fast step cannot reproduce this model's forward, or None."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None or not hasattr(model, "lm_head"):
+        return "not a transformers decoder with model.layers and lm_head"
+    config = model.config
+    attn, mlp = layers[0].self_attn, layers[0].mlp
+    if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")) or \
+            not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")):
+        return f"{type(model).__name__}: attention/MLP are not q/k/v/o + gate/up/down projections"
+    if "gemma" in type(model).__name__.lower():
+        return "Gemma scales embeddings and norms differently"
+    if getattr(config, "hidden_act", "silu") != "silu" or mlp.down_proj.bias is not None:
+        return "MLP is not a bias-free SiLU-gated MLP"
+    if getattr(config, "use_sliding_window", False) or "sliding_attention" in (getattr(config, "layer_types", None) or []):
+        return "sliding-window attention layers"
+    rope = getattr(config, "rope_scaling", None) or {}
+    if any(kind in str(rope.get("rope_type", rope.get("type", ""))) for kind in ("dynamic", "longrope")):
+        return "dynamic RoPE scaling changes with the sequence length"
+    return None
+
+
+class _LayerWeights:
+    """One decoder layer's weights, with q/k/v and gate/up fused into single matrices.
+
+    Fusing re-points the modules' parameters at views of the fused tensor, so memory does not grow and the hf engine
+    keeps computing with the very same values.
+    """
+
+    def __init__(self, layer):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.qkv_weight, self.qkv_bias = _fuse(attn, "_kvcompress_qkv", [attn.q_proj, attn.k_proj, attn.v_proj])
+        self.gate_up_weight, _ = _fuse(mlp, "_kvcompress_gate_up", [mlp.gate_proj, mlp.up_proj])
+        self.o_proj, self.down_proj = attn.o_proj, mlp.down_proj
+        self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
+        self.q_norm, self.k_norm = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+        self.scale = attn.scaling
+
+
+def _fuse(owner, name: str, linears) -> tuple[torch.Tensor, torch.Tensor | None]:
+    fused = getattr(owner, name, None)
+    if fused is None:  # first fast decoder on this model: fuse once, for good
+        fused = torch.cat([lin.weight.detach() for lin in linears])
+        row = 0
+        for lin in linears:
+            rows = lin.weight.shape[0]
+            lin.weight.data = fused[row: row + rows]
+            row += rows
+        setattr(owner, name, fused)
+    biases = [lin.bias for lin in linears]
+    bias = torch.cat([b.detach() for b in biases]) if all(b is not None for b in biases) else None
+    return fused, bias
+
+
+class _DecodeState:
+    """Buffers, static inputs and the captured graph for one cache shape (reused across repeats of a cell)."""
+
+    def __init__(self, decoder: FastDecoder, cache, signature, sampling):
+        model = decoder.model
+        lengths, self.masked, n_new, _ = signature
+        self.signature, self.sampling, self.decoder = signature, sampling, decoder
+        first = cache.layers[0].keys
+        batch, heads_kv, _, dim = first.shape
+        device, dtype = first.device, first.dtype
+        config = model.config
+        heads_q = config.num_attention_heads
+        hidden = config.hidden_size
+        # Capacity: what was kept (+ question) plus the n_new - 1 tokens this decode will write. The buffers are
+        # allocated layer by layer in load(), as each source layer is freed, so the cache never exists twice.
+        self.capacities = [n + n_new - 1 for n in lengths]
+        self.buffer_shape = (batch, heads_kv, dim, dtype, device)
+        self.keys: list[torch.Tensor | None] = [None] * len(lengths)
+        self.values: list[torch.Tensor | None] = [None] * len(lengths)
+        self.valid: list[torch.Tensor | None] = [None] * len(lengths)
+        self.splits = [kernels.attention_splits(batch * heads_kv, c, device) for c in self.capacities]
+        # Layers run one after another, so one workspace (sized for the most splits) serves them all.
+        self.workspace = (kernels.attention_workspace(batch, heads_q, dim, max(self.splits), device)
+                          if kernels.use_triton(first) else None)
+        self.lengths = torch.zeros(len(lengths), dtype=torch.long, device=device)
+        self.token = torch.zeros(batch, dtype=torch.long, device=device)
+        self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.step_index = torch.zeros(1, dtype=torch.long, device=device)
+        self.uniforms = torch.zeros(n_new, dtype=torch.float32, device=device)
+        self.out = torch.zeros(n_new, dtype=torch.long, device=device)
+        self.residual = torch.zeros(batch, hidden, device=device, dtype=dtype)
+        self.normed = torch.zeros_like(self.residual)
+        self.q = torch.zeros(batch, heads_q, dim, device=device, dtype=dtype)
+        self.attn_out = torch.zeros_like(self.q)
+        self.mlp_act = torch.zeros(batch, config.intermediate_size, device=device, dtype=dtype)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.cuda = device.type == "cuda"
+
+    def load(self, cache, masked, token, next_position, uniforms, out_tokens) -> None:
+        """Move the prefilled cache into the buffers, layer by layer, freeing each source layer as it goes."""
+        batch, heads_kv, dim, dtype, device = self.buffer_shape
+        for i, layer in enumerate(cache.layers):
+            n = layer.keys.shape[2]
+            if self.keys[i] is None:
+                self.keys[i] = torch.empty(batch, heads_kv, self.capacities[i], dim, device=device, dtype=dtype)
+                self.values[i] = torch.empty_like(self.keys[i])
+                if self.masked:
+                    self.valid[i] = torch.zeros(batch, heads_kv, self.capacities[i], device=device, dtype=torch.uint8)
+            self.keys[i][:, :, :n].copy_(layer.keys)
+            self.values[i][:, :, :n].copy_(layer.values)
+            layer.keys = layer.values = torch.empty(0, device=layer.keys.device, dtype=layer.keys.dtype)
+            if self.valid[i] is not None:
+                self.valid[i].zero_()
+                self.valid[i][:, :, :n] = 1
+                if i in masked:
+                    b, h, s = masked[i]
+                    self.valid[i][b, h, s] = 0
+        self.lengths.copy_(torch.tensor(self.signature[0], dtype=torch.long))
+        self.token.copy_(token.view(-1))
+        self.position.fill_(next_position)
+        self.step_index.fill_(1)
+        self.uniforms.copy_(uniforms)
+        self.out.copy_(out_tokens)
+
+    def run(self, eos: set[int]) -> int:
+        n = self.out.shape[0]
+        if not self.cuda:
+            for step in range(1, n):
+                self.step()
+                if eos and int(self.token[0]) in eos:
+                    return step + 1
+            return n
+        first = 1
+        if self.graph is None:
+            self.step()  # eager once: compiles the Triton kernels and initialises cuBLAS before capture
+            if eos and int(self.token[0]) in eos:
+                return 2
+            self._capture()
+            first = 2
+        for step in range(first, n):
+            self.graph.replay()
+            if eos and int(self.token[0]) in eos:  # quality runs only; timing runs never synchronise here
+                return step + 1
+        return n
+
+    def _capture(self) -> None:
+        # torch.cuda.graph() would also synchronise, collect garbage and empty the allocator cache on entry;
+        # none of that belongs inside a timed decode, so capture on a side stream directly.
+        self.graph = torch.cuda.CUDAGraph()
+        stream = self.decoder.stream
+        stream.wait_stream(torch.cuda.current_stream())
+        saved = (self.lengths.clone(), self.position.clone(), self.step_index.clone(), self.token.clone())
+        with torch.cuda.stream(stream):
+            self.graph.capture_begin()
+            self.step()
+            self.graph.capture_end()
+        torch.cuda.current_stream().wait_stream(stream)
+        # capture records without executing; the static inputs are untouched, but restore them to be explicit
+        for dst, src in zip((self.lengths, self.position, self.step_index, self.token), saved):
+            dst.copy_(src)
+
+    def step(self) -> None:
+        """One token: embed, every layer, LM head, sample; all inputs and outputs are the static tensors above."""
+        model = self.decoder.model
+        h = self.residual
+        h.copy_(model.model.embed_tokens(self.token))
+        cos, sin = model.model.rotary_emb(h[:, None, :], self.position)
+        cos, sin = cos[:, 0], sin[:, 0]
+        live = self.lengths + 1  # entries each layer attends to once this token is written
+        delta = None
+        for i, w in enumerate(self.decoder.layers):
+            x = kernels.add_rmsnorm(h, delta, w.input_norm.weight, w.input_norm.variance_epsilon, self.normed)
+            qkv = F.linear(x, w.qkv_weight, w.qkv_bias)
+            kernels.qk_norm_rope_store(
+                qkv, w.q_norm.weight if w.q_norm is not None else None,
+                w.k_norm.weight if w.k_norm is not None else None,
+                w.q_norm.variance_epsilon if w.q_norm is not None else 0.0, cos, sin, self.keys[i], self.values[i],
+                self.valid[i], self.lengths[i: i + 1], self.q)
+            kernels.decode_attention(self.q, self.keys[i], self.values[i], live[i: i + 1], self.valid[i], w.scale,
+                                     self.attn_out, self.splits[i], self.workspace)
+            attn = w.o_proj(self.attn_out.view(h.shape[0], -1))
+            x = kernels.add_rmsnorm(h, attn, w.post_norm.weight, w.post_norm.variance_epsilon, self.normed)
+            kernels.silu_mul(F.linear(x, w.gate_up_weight), self.mlp_act)
+            delta = w.down_proj(self.mlp_act)
+        norm = model.model.norm
+        x = kernels.add_rmsnorm(h, delta, norm.weight, norm.variance_epsilon, self.normed)
+        logits = model.lm_head(x)
+        self.logits = logits  # kept for engine checks (tools/h200_decode_check.py); inside a graph it is updated in place
+        token = sample(logits, self.uniforms.index_select(0, self.step_index), self.sampling)
+        self.out.index_copy_(0, self.step_index, token)
+        self.token.copy_(token)
+        self.lengths.add_(1)
+        self.position.add_(1)
+        self.step_index.add_(1)
+
+    def kv_state(self, positions: int) -> KVState:
+        """Bytes the buffers hold (allocated capacity) and the entries attention can see."""
+        total = live_bytes = full = 0
+        tokens = []
+        lengths = self.lengths.tolist()
+        for keys, values, valid, n in zip(self.keys, self.values, self.valid, lengths):
+            batch, heads, capacity, _ = keys.shape
+            total += keys.nbytes + values.nbytes
+            per_token = (keys.nbytes + values.nbytes) / capacity
+            live = float(valid[:, :, :n].sum()) / (batch * heads) if valid is not None else float(n)
+            tokens.append(live)
+            live_bytes += round(per_token * live)
+            full += round(per_token * positions)
+        return KVState(total, live_bytes, full, tokens, positions)

@@ -1,0 +1,312 @@
+"""The fused operations of one decode step, each twice: a Triton kernel (CUDA) and a torch reference (CPU, tests).
+
+A decode step of an 8B model at batch 1 is memory-bound: the ideal step reads every weight and every live KV entry
+once. Between the weight GEMVs (cuBLAS), eager transformers launches dozens of tiny element-wise kernels per layer
+and expands grouped KV heads to all query heads (`repeat_kv`). These kernels fold each run of element-wise work
+into one launch and read every KV head once:
+
+- `add_rmsnorm`: residual += delta; out = RMSNorm(residual)                       (2 per layer)
+- `qk_norm_rope_store`: q/k head RMSNorm + RoPE, K/V written into the cache slot  (1 per layer)
+- `decode_attention`: split-K attention of a query group over its KV head         (2 per layer: partials, combine)
+- `silu_mul`: SiLU(gate) * up                                                     (1 per layer)
+
+Numerics follow transformers' bf16 code: each op computes in fp32 and rounds where transformers rounds.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+try:  # Triton ships with CUDA builds of torch; the CPU path never needs it
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover
+    triton = None
+
+
+# Tests set this with TRITON_INTERPRET=1 to run the kernels on CPU tensors through Triton's interpreter.
+FORCE_TRITON = os.environ.get("KVCOMPRESS_FORCE_TRITON") == "1"
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    return triton is not None and (t.is_cuda or FORCE_TRITON)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# add_rmsnorm
+# --------------------------------------------------------------------------------------------------------------------
+
+def add_rmsnorm(residual: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, eps: float,
+                out: torch.Tensor) -> torch.Tensor:
+    """residual (B, H) += delta (in place, rounded to its dtype); out = RMSNorm(residual) * weight."""
+    if use_triton(residual):
+        batch, hidden = residual.shape
+        _add_rmsnorm_kernel[(batch,)](residual, delta if delta is not None else residual, weight, out, hidden, eps,
+                                      HAS_DELTA=delta is not None, BLOCK=triton.next_power_of_2(hidden))
+        return out
+    if delta is not None:
+        residual.add_(delta)
+    out.copy_(_rmsnorm_reference(residual, weight, eps))
+    return out
+
+
+def _rmsnorm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# qk_norm_rope_store
+# --------------------------------------------------------------------------------------------------------------------
+
+def qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, eps: float,
+                       cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                       valid: torch.Tensor | None, slot: torch.Tensor, q_out: torch.Tensor) -> torch.Tensor:
+    """Split qkv (B, (Hq + 2 Hkv) * D), normalise and rotate q and k, write k and v at `slot` of the cache
+    (keys/values: (B, Hkv, S, D)), mark the slot valid, return q (B, Hq, D) in `q_out`."""
+    batch, heads_q, dim = q_out.shape
+    heads_kv = keys.shape[1]
+    if use_triton(qkv):
+        _qk_norm_rope_store_kernel[(batch, heads_q + heads_kv)](
+            qkv, q_norm if q_norm is not None else cos, k_norm if k_norm is not None else cos, cos, sin,
+            keys, values, valid if valid is not None else slot, slot, q_out, eps,
+            qkv.stride(0), cos.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
+            valid.stride(0) if valid is not None else 0, valid.stride(1) if valid is not None else 0,
+            q_out.stride(0), q_out.stride(1), HEADS_Q=heads_q, HEADS_KV=heads_kv, D=dim,
+            HAS_NORM=q_norm is not None, HAS_VALID=valid is not None)
+        return q_out
+    q, k, v = qkv.view(batch, heads_q + 2 * heads_kv, dim).split([heads_q, heads_kv, heads_kv], dim=1)
+    if q_norm is not None:
+        q, k = _rmsnorm_reference(q, q_norm, eps), _rmsnorm_reference(k, k_norm, eps)
+    cos, sin = cos[:, None, :], sin[:, None, :]
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    keys.index_copy_(2, slot, k[:, :, None, :])
+    values.index_copy_(2, slot, v[:, :, None, :])
+    if valid is not None:
+        valid.index_fill_(2, slot, True)
+    q_out.copy_(q)
+    return q_out
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# decode_attention (flash-decoding: split the KV length across programs, then combine)
+# --------------------------------------------------------------------------------------------------------------------
+
+BLOCK_N = 64
+
+
+def attention_splits(batch_heads: int, capacity: int, device: torch.device) -> int:
+    """Enough programs to fill the GPU (about 4 per SM), none with an empty share of the cache."""
+    if device.type != "cuda":
+        return 2 if FORCE_TRITON else 1  # the interpreter test still exercises the split/combine path
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return max(1, min(math.ceil(4 * sms / batch_heads), math.ceil(capacity / BLOCK_N)))
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor,
+                     valid: torch.Tensor | None, scale: float, out: torch.Tensor, splits: int = 1,
+                     workspace: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """One query token per head. q (B, Hq, D); keys/values (B, Hkv, S, D), the first `length` slots live;
+    valid (B, Hkv, S) uint8 hides masked entries (0). Each KV head is read once for its whole group of query heads."""
+    batch, heads_q, dim = q.shape
+    heads_kv, capacity = keys.shape[1], keys.shape[2]
+    group = heads_q // heads_kv
+    if use_triton(q):
+        # Partials are laid out (row, split) for this call's split count; the workspace may be larger (shared).
+        partial_out, partial_lse = workspace
+        chunk = math.ceil(math.ceil(capacity / splits) / BLOCK_N) * BLOCK_N
+        _attention_partial_kernel[(batch * heads_kv, splits)](
+            q, keys, values, valid if valid is not None else length, length, partial_out, partial_lse, scale,
+            q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
+            valid.stride(0) if valid is not None else 0, valid.stride(1) if valid is not None else 0,
+            HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
+            CHUNK=chunk, BLOCK_N=BLOCK_N, HAS_VALID=valid is not None)
+        _attention_combine_kernel[(batch * heads_q,)](
+            partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
+            SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=dim)
+        return out
+    n = int(length)
+    mask = valid[:, :, None, :n].bool() if valid is not None else None  # (B, Hkv, 1, n), broadcast over the group
+    grouped = q.view(batch, heads_kv, group, dim)  # query heads of one KV head share a row block
+    o = F.scaled_dot_product_attention(grouped, keys[:, :, :n], values[:, :, :n], attn_mask=mask, scale=scale)
+    out.copy_(o.reshape(batch, heads_q, dim))
+    return out
+
+
+def attention_workspace(batch: int, heads_q: int, dim: int, splits: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.empty(batch * heads_q, splits, dim, device=device, dtype=torch.float32),
+            torch.empty(batch * heads_q, splits, device=device, dtype=torch.float32))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# silu_mul
+# --------------------------------------------------------------------------------------------------------------------
+
+def silu_mul(gate_up: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """gate_up (B, 2 I) = [gate | up] -> out (B, I) = SiLU(gate) * up, rounded after the SiLU as transformers does."""
+    batch, inter = out.shape
+    if use_triton(gate_up):
+        block = 1024
+        _silu_mul_kernel[(batch, triton.cdiv(inter, block))](gate_up, out, inter, BLOCK=block)
+        return out
+    gate, up = gate_up.split(inter, dim=-1)
+    out.copy_(F.silu(gate) * up)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Triton kernels
+# --------------------------------------------------------------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _add_rmsnorm_kernel(res_ptr, delta_ptr, w_ptr, out_ptr, hidden, eps, HAS_DELTA: tl.constexpr,
+                            BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.arange(0, BLOCK)
+        mask = offs < hidden
+        x = tl.load(res_ptr + row * hidden + offs, mask=mask, other=0.0)
+        if HAS_DELTA:
+            d = tl.load(delta_ptr + row * hidden + offs, mask=mask, other=0.0)
+            x = (x.to(tl.float32) + d.to(tl.float32)).to(x.dtype)  # the residual stream is stored rounded
+            tl.store(res_ptr + row * hidden + offs, x, mask=mask)
+        xf = x.to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / hidden + eps)
+        normed = (xf * rstd).to(x.dtype).to(tl.float32)
+        w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        tl.store(out_ptr + row * hidden + offs, (normed * w).to(out_ptr.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _norm_rope(x1, x2, w_ptr, cos1, cos2, sin1, sin2, eps, D: tl.constexpr, HAS_NORM: tl.constexpr,
+                   out_dtype: tl.constexpr):
+        """RMSNorm over the head (two halves) then rotate_half RoPE; returns the two output halves in fp32."""
+        half = tl.arange(0, D // 2)
+        if HAS_NORM:
+            rstd = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / D + eps)
+            w1 = tl.load(w_ptr + half).to(tl.float32)
+            w2 = tl.load(w_ptr + D // 2 + half).to(tl.float32)
+            x1 = (x1 * rstd).to(out_dtype).to(tl.float32) * w1
+            x2 = (x2 * rstd).to(out_dtype).to(tl.float32) * w2
+            x1 = x1.to(out_dtype).to(tl.float32)
+            x2 = x2.to(out_dtype).to(tl.float32)
+        return x1 * cos1 - x2 * sin1, x2 * cos2 + x1 * sin2
+
+    @triton.jit
+    def _qk_norm_rope_store_kernel(qkv_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr,
+                                   q_ptr, eps, s_qkv, s_cos, s_kb, s_kh, s_ks, s_mb, s_mh, s_qb, s_qh,
+                                   HEADS_Q: tl.constexpr, HEADS_KV: tl.constexpr, D: tl.constexpr,
+                                   HAS_NORM: tl.constexpr, HAS_VALID: tl.constexpr):
+        b = tl.program_id(0)
+        head = tl.program_id(1)  # 0..HEADS_Q-1: query heads; then the key/value heads
+        half = tl.arange(0, D // 2)
+        dtype = q_ptr.dtype.element_ty
+        cos1 = tl.load(cos_ptr + b * s_cos + half).to(tl.float32)
+        cos2 = tl.load(cos_ptr + b * s_cos + D // 2 + half).to(tl.float32)
+        sin1 = tl.load(sin_ptr + b * s_cos + half).to(tl.float32)
+        sin2 = tl.load(sin_ptr + b * s_cos + D // 2 + half).to(tl.float32)
+        src = qkv_ptr + b * s_qkv + head * D
+        x1 = tl.load(src + half).to(tl.float32)
+        x2 = tl.load(src + D // 2 + half).to(tl.float32)
+        if head < HEADS_Q:
+            y1, y2 = _norm_rope(x1, x2, qn_ptr, cos1, cos2, sin1, sin2, eps, D, HAS_NORM, dtype)
+            dst = q_ptr + b * s_qb + head * s_qh
+            tl.store(dst + half, y1.to(dtype))
+            tl.store(dst + D // 2 + half, y2.to(dtype))
+        else:
+            kv = head - HEADS_Q
+            slot = tl.load(slot_ptr)
+            y1, y2 = _norm_rope(x1, x2, kn_ptr, cos1, cos2, sin1, sin2, eps, D, HAS_NORM, dtype)
+            dst = k_ptr + b * s_kb + kv * s_kh + slot * s_ks
+            tl.store(dst + half, y1.to(dtype))
+            tl.store(dst + D // 2 + half, y2.to(dtype))
+            vsrc = qkv_ptr + b * s_qkv + (HEADS_Q + HEADS_KV + kv) * D
+            vdst = v_ptr + b * s_kb + kv * s_kh + slot * s_ks
+            tl.store(vdst + half, tl.load(vsrc + half))
+            tl.store(vdst + D // 2 + half, tl.load(vsrc + D // 2 + half))
+            if HAS_VALID:
+                tl.store(valid_ptr + b * s_mb + kv * s_mh + slot, 1)
+
+    @triton.jit
+    def _attention_partial_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, po_ptr, plse_ptr, scale,
+                                  s_qb, s_qh, s_kb, s_kh, s_ks, s_mb, s_mh,
+                                  HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+                                  D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+                                  HAS_VALID: tl.constexpr):
+        bh = tl.program_id(0)  # (batch, kv head)
+        split = tl.program_id(1)
+        b = bh // HEADS_KV
+        kvh = bh % HEADS_KV
+        splits = tl.num_programs(1)
+        length = tl.load(len_ptr)
+        rows = tl.arange(0, GROUP_PAD)
+        dims = tl.arange(0, D)
+        row_ok = rows < GROUP
+        q = tl.load(q_ptr + b * s_qb + (kvh * GROUP + rows)[:, None] * s_qh + dims[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+        l = tl.zeros([GROUP_PAD], tl.float32)  # noqa: E741
+        acc = tl.zeros([GROUP_PAD, D], tl.float32)
+        start = split * CHUNK
+        end = tl.minimum(start + CHUNK, length)
+        kbase = k_ptr + b * s_kb + kvh * s_kh
+        vbase = v_ptr + b * s_kb + kvh * s_kh
+        for offset in range(0, CHUNK, BLOCK_N):  # constant trip count; loads past `length` are masked: never read
+            cols = start + offset + tl.arange(0, BLOCK_N)
+            live = cols < end
+            k = tl.load(kbase + cols[:, None] * s_ks + dims[None, :], mask=live[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale
+            if HAS_VALID:
+                live = live & (tl.load(valid_ptr + b * s_mb + kvh * s_mh + cols, mask=live, other=0) != 0)
+            s = tl.where(live[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp(s - m_safe[:, None])
+            alpha = tl.exp(m - m_safe)
+            v = tl.load(vbase + cols[:, None] * s_ks + dims[None, :], mask=live[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
+            m = m_new
+        lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
+        out_rows = bh * GROUP + rows  # (batch, query head) index, query heads grouped under their KV head
+        tl.store(po_ptr + (out_rows[:, None] * splits + split) * D + dims[None, :],
+                 acc / tl.where(l > 0, l, 1.0)[:, None], mask=row_ok[:, None])
+        tl.store(plse_ptr + out_rows * splits + split, lse, mask=row_ok)
+
+    @triton.jit
+    def _attention_combine_kernel(po_ptr, plse_ptr, out_ptr, s_ob, s_oh, HEADS_Q: tl.constexpr, GROUP: tl.constexpr,
+                                  SPLITS: tl.constexpr, SPLITS_PAD: tl.constexpr, D: tl.constexpr):
+        row = tl.program_id(0)  # batch * HEADS_Q + query head
+        splits = tl.arange(0, SPLITS_PAD)
+        dims = tl.arange(0, D)
+        ok = splits < SPLITS
+        lse = tl.load(plse_ptr + row * SPLITS + splits, mask=ok, other=float("-inf"))
+        top = tl.max(lse, axis=0)
+        w = tl.where(ok & (lse > float("-inf")), tl.exp(lse - top), 0.0)
+        parts = tl.load(po_ptr + (row * SPLITS + splits[:, None]) * D + dims[None, :], mask=ok[:, None], other=0.0)
+        o = tl.sum(parts * w[:, None], axis=0) / tl.sum(w, axis=0)
+        b = row // HEADS_Q
+        h = row % HEADS_Q
+        tl.store(out_ptr + b * s_ob + h * s_oh + dims, o.to(out_ptr.dtype.element_ty))
+
+    @triton.jit
+    def _silu_mul_kernel(gu_ptr, out_ptr, inter, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < inter
+        g = tl.load(gu_ptr + row * 2 * inter + offs, mask=mask, other=0.0)
+        u = tl.load(gu_ptr + row * 2 * inter + inter + offs, mask=mask, other=0.0).to(tl.float32)
+        gf = g.to(tl.float32)
+        act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype).to(tl.float32)
+        tl.store(out_ptr + row * inter + offs, (act * u).to(out_ptr.dtype.element_ty), mask=mask)
