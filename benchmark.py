@@ -4,6 +4,8 @@
     uv run python benchmark.py --random-weights                  # no weights needed: true speed and memory
     uv run python benchmark.py --methods vanilla,knorm@0.875 --contexts 32K
     uv run python benchmark.py --preset tiny                     # CPU pipeline check in about a minute
+    uv run python benchmark.py compare A.json B.json             # what changed between two result files
+    uv run python benchmark.py check results.json                # physics checks: KV bytes, roofline, FLOPs, noise
 """
 
 import sys
@@ -15,8 +17,19 @@ from kvcompress.tasks.cell import Cell
 
 @cli.main
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:  # a subcommand only in first position, so every benchmark option keeps its meaning
+        from kvcompress import compare
+
+        return compare.main(argv[1:])
+    if argv[:1] == ["check"]:
+        from kvcompress import checks
+
+        return checks.main(argv[1:])
     parser = cli.parser("benchmark.py", "Measure TTFT, decode speed, phase peaks and KV bytes for each method at "
-                        "each context length. The prompt is a needle-in-a-haystack prompt (needle at 50 %).")
+                        "each context length. The prompt is a needle-in-a-haystack prompt (needle at 50 %). "
+                        "To compare two result files: benchmark.py compare A.json B.json (see compare --help); to check a GPU "
+                        "run against the hardware's limits: benchmark.py check FILE.")
     args = parser.parse_args(argv)
     cfg = cli.resolve(args, "benchmark")
     cells = [Cell(target_tokens=n, depth=0.5, needle_kind="single", needle_seed=cfg.settings.sampling.seed,

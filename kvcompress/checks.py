@@ -1,0 +1,217 @@
+"""Physics checks of a result file: does what was measured agree with what the hardware and the model allow?
+
+    uv run python benchmark.py check results/h200/benchmark-fast.json
+
+1. KV bytes: vanilla holds exactly context x bytes/token; a real-shrink press at ratio r holds (1 - r) of that
+   within 1 %; a mask-only press holds 100 % and says so.
+2. Peak memory: weights, and the prefill's activation cost (peak - weights - KV) per context.
+3. Decode speed against the HBM roofline: bytes per step / bandwidth; each method's speed-up over vanilla against
+   the speed-up its smaller KV predicts.
+4. TTFT against compute: prefill FLOPs / matrix throughput.
+5. Noise: IQR / median of TTFT and TPOT per cell, flagged above 3 %.
+
+Architecture figures (layers, heads, parameters) come from the run header, which records the model's config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kvcompress.results import BenchmarkResult
+
+HBM_BANDWIDTH = 4.3e12  # bytes/s: H200 device-to-device copy, read + write (measured in this workplace)
+BF16_FLOPS = 790e12  # FLOP/s: H200 8192^3 bf16 matmul on random data (measured in this workplace)
+NOISE_LIMIT = 0.03
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool | None  # None: informational
+    lines: list[str] = field(default_factory=list)
+
+
+def architecture_of(config) -> dict:
+    """What the checks need from a transformers config (stored in the run header by the runner)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    layers, hidden, inter = config.num_hidden_layers, config.hidden_size, config.intermediate_size
+    q, kv = config.num_attention_heads, config.num_key_value_heads
+    per_layer = hidden * (q * head_dim) * 2 + hidden * (kv * head_dim) * 2 + 3 * hidden * inter
+    return {"layers": layers, "hidden": hidden, "heads": q, "kv_heads": kv, "head_dim": head_dim,
+            "intermediate": inter, "vocab": config.vocab_size,
+            "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
+            "layer_params": layers * per_layer}
+
+
+def run_checks(run: dict, results: list[BenchmarkResult], bandwidth: float = HBM_BANDWIDTH,
+               flops: float = BF16_FLOPS) -> list[Check]:
+    arch = run.get("architecture") or _known_architecture(run.get("model"))
+    ok = [r for r in results if r.error is None and r.kv_cache_bytes is not None]
+    if not ok:
+        return [Check("results", False, ["no successful records to check"])]
+    checks = [_kv_bytes(ok, arch), _memory(ok), _roofline(ok, bandwidth, arch), _compute(ok, flops, arch),
+              _noise(ok)]
+    return checks
+
+
+def _known_architecture(model: str | None) -> dict | None:
+    """Result files written before the header carried the architecture: Qwen3-8B's is known."""
+    if model in ("Qwen/Qwen3-8B", "nvidia/Qwen3-8B-DMS-8x"):
+        from kvcompress.models import qwen3_8b_config
+
+        return architecture_of(qwen3_8b_config())
+    return None
+
+
+def _by_context(results):
+    contexts = sorted({r.target_tokens or r.input_tokens for r in results})
+    for c in contexts:
+        cell = [r for r in results if (r.target_tokens or r.input_tokens) == c]
+        vanilla = next((r for r in cell if r.method == "vanilla"), None)
+        yield c, cell, vanilla
+
+
+def _itemsize(record) -> int:
+    return {"bfloat16": 2, "float16": 2, "float32": 4}.get(record.dtype or "", 2)
+
+
+def _bytes_per_token(arch, record) -> int | None:
+    if not arch:
+        return None
+    return 2 * arch["layers"] * arch["kv_heads"] * arch["head_dim"] * _itemsize(record)
+
+
+def _kv_bytes(results, arch) -> Check:
+    check = Check("1. KV bytes against context x bytes/token", True)
+    for context, cell, vanilla in _by_context(results):
+        if vanilla is None:
+            continue
+        per_token = _bytes_per_token(arch, vanilla)
+        if per_token:
+            expected = vanilla.context_tokens * per_token
+            exact = vanilla.kv_cache_bytes == expected
+            check.passed &= exact
+            check.lines.append(f"{context}: vanilla {vanilla.kv_cache_bytes:,} B = {vanilla.context_tokens} tokens x "
+                               f"{vanilla.kv_cache_bytes / vanilla.context_tokens:,.0f} B "
+                               f"({'exact' if exact else f'expected {expected:,}'})")
+        for r in cell:
+            if r.method == "vanilla" or r.compression_ratio is None:
+                continue
+            share = r.kv_cache_bytes / vanilla.kv_cache_bytes
+            if r.expected_memory == "mask":
+                good = abs(share - 1) < 1e-9 and r.kv_memory_saved is False
+                verdict = "mask-only: full size, flagged mem saved = no" if good else "mask-only press changed size"
+            else:
+                good = abs(share - (1 - r.compression_ratio)) <= 0.01 * (1 - r.compression_ratio)
+                verdict = f"expected {1 - r.compression_ratio:.3f}"
+            check.passed &= good
+            check.lines.append(f"{context}: {r.method:30s} holds {share:.4f} of vanilla ({verdict}) "
+                               f"{'ok' if good else 'FAIL'}")
+    return check
+
+
+def _memory(results) -> Check:
+    check = Check("2. Peak memory and the prefill's activation cost", None)
+    weights = results[0].weights_bytes
+    check.lines.append(f"weights {weights / 1e9:.2f} GB ({weights:,} B)")
+    for context, cell, vanilla in _by_context(results):
+        for r in [vanilla] if vanilla else []:
+            activation = r.peak_mem_prefill_bytes - r.weights_bytes - r.kv_cache_bytes
+            check.lines.append(
+                f"{context}: prefill peak {r.peak_mem_prefill_bytes / 1e9:.2f} GB = weights + KV "
+                f"{r.kv_cache_bytes / 1e9:.2f} GB + activations {activation / 1e9:.2f} GB "
+                f"({activation / r.input_tokens / 1e3:.0f} kB/token); decode peak {r.peak_mem_decode_bytes / 1e9:.2f} GB")
+    check.lines.append("The context prefill runs the decoder without its LM head and the question asks for the last "
+                       "position's logits only (logits_to_keep=1): no context x vocabulary logits are materialised.")
+    return check
+
+
+def _step_bytes(record, arch, read_embedding: bool) -> float:
+    weights = record.weights_bytes
+    if arch and not read_embedding and not arch["tied_embeddings"]:
+        weights -= arch["vocab"] * arch["hidden"] * _itemsize(record)  # a step looks up one embedding row
+    kv = (record.kv_cache_bytes + record.kv_cache_bytes_end) / 2  # the KV read grows from start to end of decoding
+    return weights + kv
+
+
+def _roofline(results, bandwidth, arch) -> Check:
+    check = Check(f"3. Decode speed against the HBM roofline ({bandwidth / 1e12:.1f} TB/s)", None)
+    check.lines.append("ceiling = bandwidth / (weights + mean KV bytes per step); strict ceiling leaves out the "
+                       "embedding table, which a step only indexes")
+    for context, cell, vanilla in _by_context(results):
+        for r in cell:
+            if r.decode_tokens_per_s is None:
+                continue
+            ceiling = bandwidth / _step_bytes(r, arch, True)
+            strict = bandwidth / _step_bytes(r, arch, False)
+            line = (f"{context}: {r.method:30s} {r.decode_tokens_per_s:7.1f} tok/s = {r.decode_tokens_per_s / ceiling:5.1%}"
+                    f" of {ceiling:.0f} (strict {r.decode_tokens_per_s / strict:5.1%} of {strict:.0f})")
+            if vanilla and r is not vanilla and vanilla.decode_tokens_per_s:
+                measured = r.decode_tokens_per_s / vanilla.decode_tokens_per_s
+                predicted = _step_bytes(vanilla, arch, True) / _step_bytes(r, arch, True)
+                line += f"; speed-up x{measured:.3f} vs x{predicted:.3f} predicted ({measured / predicted:.0%})"
+            check.lines.append(line)
+    return check
+
+
+def _compute(results, flops, arch) -> Check:
+    check = Check(f"4. TTFT against compute ({flops / 1e12:.0f} TFLOP/s)", None)
+    if not arch:
+        check.lines.append("no architecture in the run header: cannot count FLOPs")
+        return check
+    for context, cell, vanilla in _by_context(results):
+        if vanilla is None:
+            continue
+        tokens = vanilla.input_tokens
+        linear = 2 * arch["layer_params"] * tokens
+        attention = 2 * 2 * arch["layers"] * arch["heads"] * arch["head_dim"] * tokens * tokens / 2  # causal QK, PV
+        ideal = (linear + attention) / flops
+        check.lines.append(f"{context}: {(linear + attention) / 1e12:.0f} TFLOP -> {ideal:.3f} s ideal; vanilla TTFT "
+                           f"{vanilla.ttft_s:.3f} s = x{vanilla.ttft_s / ideal:.2f}")
+    return check
+
+
+def _noise(results) -> Check:
+    check = Check(f"5. Noise: IQR / median above {NOISE_LIMIT:.0%} flagged", True)
+    for r in results:
+        for name, iqr, median in (("TTFT", r.ttft_iqr_s, r.ttft_s), ("TPOT", r.tpot_iqr_ms, r.tpot_ms)):
+            if iqr is None or not median:
+                continue
+            spread = iqr / median
+            if spread > NOISE_LIMIT:
+                check.passed = False
+                check.lines.append(f"{r.target_tokens}: {r.method} {name} IQR {spread:.1%} of the median")
+    if check.passed:
+        spreads = [r.tpot_iqr_ms / r.tpot_ms for r in results if r.tpot_iqr_ms is not None and r.tpot_ms]
+        spreads += [r.ttft_iqr_s / r.ttft_s for r in results if r.ttft_iqr_s is not None and r.ttft_s]
+        check.lines.append(f"all {len(results)} cells within {NOISE_LIMIT:.0%} (largest {max(spreads, default=0):.2%})")
+    return check
+
+
+def format_checks(checks: list[Check]) -> str:
+    out = []
+    for c in checks:
+        verdict = {True: "PASS", False: "FAIL", None: "info"}[c.passed]
+        out.append(f"{c.name}: {verdict}")
+        out.extend(f"  {line}" for line in c.lines)
+    return "\n".join(out)
+
+
+def main(argv: list[str]) -> int:
+    """`benchmark.py check FILE`: print the five checks; exit 1 if a pass/fail check fails."""
+    import argparse
+
+    from kvcompress.results import load
+
+    parser = argparse.ArgumentParser(prog="benchmark.py check", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("file", help="a result file written by benchmark.py (GPU runs)")
+    parser.add_argument("--bandwidth", type=float, default=HBM_BANDWIDTH / 1e12,
+                        help=f"memory bandwidth for the roofline, TB/s (default {HBM_BANDWIDTH / 1e12:.1f}: H200)")
+    parser.add_argument("--flops", type=float, default=BF16_FLOPS / 1e12,
+                        help=f"bf16 matrix throughput, TFLOP/s (default {BF16_FLOPS / 1e12:.0f}: H200)")
+    args = parser.parse_args(argv)
+    run, results = load(args.file)
+    checks = run_checks(run, results, args.bandwidth * 1e12, args.flops * 1e12)
+    print(format_checks(checks))
+    return 1 if any(c.passed is False for c in checks) else 0
