@@ -44,6 +44,8 @@ class Method:
         if not self.chain:
             return "none" if self.kind == "vanilla" else "real"
         kinds = [p.memory for p in self.chain]
+        outer = self.chain[0]
+        kinds += [memory for option, value, memory in outer.memory_if if self.options.get(option) == value]
         for decisive in ("mask", "none", "uneven"):
             if decisive in kinds:
                 return decisive
@@ -108,24 +110,45 @@ def parse_method(text: str) -> Method:
     if wrappers and base.role != "scorer":
         raise UserError(f"{wrappers[-1].name} needs a scorer press inside (e.g. knorm, snapkv), not {base.name}")
     ratio = _parse_ratio(match["ratio"], text) if match["ratio"] is not None else None
-    ratio_taker = any(p.takes_ratio for p in chain) and chain[0].name not in ("decoding", "cam", "dmspress")
+    ratio_taker = takes_ratio(chain)
     if ratio is None and ratio_taker:
         raise UserError(f"{text!r} needs a compression ratio, e.g. {chain_text}@0.5")
     if ratio is not None and not ratio_taker:
         raise UserError(f"{chain[0].name} takes no ratio (its size is set by its own arguments); drop '@{match['ratio']}'")
     options = _parse_options(match["options"] or "", text)
+    _check_options(chain[0], options, text)
     name = chain_text + (f"@{ratio:g}" if ratio is not None else "") + (f"[{match['options']}]" if options else "")
     return Method(name, "press", chain, ratio, options)
 
 
+def takes_ratio(chain: list[registry.PressInfo]) -> bool:
+    """The outermost press decides: a self-sizing wrapper (decoding, cam, dmspress) takes none even over a scorer."""
+    outer, base = chain[0], chain[-1]
+    return outer.takes_ratio and (outer.owns_ratio or base.takes_ratio)
+
+
+def _check_options(outer: registry.PressInfo, options: dict, text: str) -> None:
+    """Options go to the outermost press: catch a misspelt one here, not as a failed run."""
+    missing = [name for name in outer.required if name not in options]
+    if missing:
+        raise UserError(f"{outer.name} needs {missing[0]}=<value> (no usable default), e.g. "
+                        f"{outer.name}+{outer.inner or 'knorm'}[{missing[0]}=0.5]")
+    if options:
+        accepted = registry.accepted_options(outer)
+        unknown = sorted(set(options) - accepted)
+        if unknown:
+            raise UserError(f"{outer.class_name} has no option {unknown[0]!r} in {text!r}; it takes: "
+                            f"{', '.join(sorted(accepted)) or 'none'}")
+
+
 def parse_methods(text: str) -> list[Method]:
-    methods = [parse_method(part) for part in _split_top_level(text)]
+    methods = [parse_method(part) for part in split_top_level(text)]
     if not methods:
         raise UserError("--methods is empty")
     return methods
 
 
-def _split_top_level(text: str) -> list[str]:
+def split_top_level(text: str) -> list[str]:
     """Split on commas outside [...] so options can hold commas."""
     parts, depth, current = [], 0, ""
     for ch in text:
