@@ -1,0 +1,48 @@
+"""Vanilla Qwen3-8B and NVIDIA's DMS-8x side by side on the same prompts, same seed, same sampling.
+
+    uv run python test_dms_inference.py                        # GPU: Qwen3-8B vs nvidia/Qwen3-8B-DMS-8x
+    uv run python test_dms_inference.py --prompts mine.jsonl   # your own prompts
+    uv run python test_dms_inference.py --preset tiny          # CPU: tiny Qwen3 vs the tiny DMS fixture
+"""
+
+import sys
+from pathlib import Path
+
+from kvcompress import cli, report, runner
+from kvcompress.tasks import prompts
+
+DESCRIPTION = (
+    "Run vanilla and DMS-8x on the same prompts (a short chat question, a needle prompt per --contexts length, a "
+    "reasoning prompt with thinking on) with the same seed and sampling, and print them side by side: answers, "
+    "TTFT, decode tok/s, phase peaks, KV bytes held (DMS: its block pool) and live, and the achieved ratio. Every "
+    "method prefills the whole prompt in one forward (DMS-8x allows one prefill per cache) and decodes in "
+    "transformers' own loop (--engine hf, the only engine DMS-8x runs in; --engine fast changes it for the others). "
+    "DMS-8x runs in its own process, where kvpress is never imported."
+)
+
+
+@cli.main
+def main(argv=None) -> int:
+    parser = cli.parser("test_dms_inference.py", DESCRIPTION,
+                        cli.Defaults(methods="vanilla,dms-8x", contexts="8K", max_new_tokens=512, repeats=1),
+                        tiny=cli.Defaults(methods="vanilla,dms-8x", contexts="512", max_new_tokens=24, repeats=1,
+                                          dms_model="tiny-dms"),
+                        hidden=("query_aware",))
+    parser.set_defaults(engine="hf")
+    parser.add_argument("--prompts", type=Path, default=None, help="your prompts instead of the built-in ones: "
+                        'JSON Lines, {"prompt": "...", "id": "name", "thinking": false} per line (a plain line is '
+                        "one prompt)")
+    args = parser.parse_args(argv)
+    args.query_aware = True  # one prefill of the whole prompt for every method, as DMS-8x must
+    cfg = cli.resolve(args, "dms_inference")
+    cells = (prompts.load_cells(args.prompts) if args.prompts else
+             prompts.builtin_cells(cfg.contexts, cfg.settings.sampling.seed, cfg.haystack))
+    out = runner.run(cfg, cells, task="dms_inference")
+    report.print_side_by_side(out.results, f"{out.run.get('model')} vs {cfg.dms_model}, "
+                              f"{cfg.settings.sampling.describe()}, {cfg.settings.max_new_tokens} output tokens")
+    runner.console.print(f"wrote {cfg.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
