@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from kvcompress import assets
 from kvcompress.errors import UserError
 
@@ -20,11 +22,16 @@ SOURCES = {
 
 def haystack_text(source: str, min_chars: int) -> str:
     """At least `min_chars` characters of filler (the source repeats if it is shorter)."""
-    if source == "noise":
-        base = _NOISE
-    elif source == "paul_graham":
-        folder = assets.paul_graham_dir()
-        base = "\n\n".join(p.read_text(encoding="utf-8").strip() for p in sorted(folder.glob("*.txt"))) + "\n\n"
-    else:
-        raise UserError(f"unknown haystack {source!r}; choose from {', '.join(SOURCES)}")
+    base = _source_text(source)
     return base * (min_chars // len(base) + 1)
+
+
+@lru_cache(maxsize=None)
+def _source_text(source: str) -> str:
+    if source == "noise":
+        return _NOISE
+    if source == "paul_graham":
+        folder = assets.paul_graham_dir()
+        # sorted: the same order on every machine, so a prompt is the same token for token everywhere
+        return "\n\n".join(p.read_text(encoding="utf-8").strip() for p in sorted(folder.glob("*.txt"))) + "\n\n"
+    raise UserError(f"unknown haystack {source!r}; choose from {', '.join(SOURCES)}")

@@ -1,15 +1,17 @@
 """Needle in a haystack: needles placed at a token depth, prompts sized to a token count, answers scored.
 
 Prompts follow kvpress's query-agnostic protocol: the context (chat-template prefix + haystack with needles) is
-compressed; the question (with the template's assistant suffix) is fed afterwards. Depth is measured in tokens of
-the haystack and snapped back to the end of a sentence; nothing but text is tokenized, so no BOS or other special
-token can land inside the context.
+compressed; the question (with the template's assistant suffix) is fed afterwards. Depth is a fraction of the
+haystack's tokens (needles not counted), snapped back to the start of a sentence; the depth reached after the
+snap is recorded. Only text is tokenized (`add_special_tokens=False`), so no BOS or other special token can
+land inside the context (the bug that corrupts some public NIAH harnesses).
 """
 
 from __future__ import annotations
 
 import random
 import re
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -21,21 +23,24 @@ from kvcompress.tasks.haystack import haystack_text
 NEEDLE_KINDS = {
     "fact": "one fact: 'The secret number is V.'",
     "single": "RULER niah_single: 'One of the special magic numbers for KEY is: V.'",
-    "multikey": "RULER niah_multikey: the asked key plus distractor keys with their own numbers",
-    "multivalue": "RULER niah_multivalue: several numbers for one key; all must be recalled",
+    "multikey": "RULER niah_multikey: the asked key plus distractor keys with their own numbers (--needles keys)",
+    "multivalue": "RULER niah_multivalue: several numbers for one key, all must be recalled (--needles values)",
 }
 _WORDS = ("amber apple arrow basil cedar comet coral delta ember fable falcon garnet harbor iris jade kettle lantern "
           "maple meadow nectar onyx orchid pebble quartz raven saffron sparrow thistle tulip velvet willow zephyr").split()
 _SPLIT = "\u2063KVCOMPRESS-SPLIT\u2063"  # marks where the context ends inside the rendered chat template
+_TEMPLATE = "One of the special magic numbers for {} is: {}."
+_QUESTION = "What is the special magic number for {} mentioned in the provided text? Answer with the number only."
 
 
 @dataclass
 class Needle:
     kind: str
     key: str | None
-    values: list[str]  # what the answer must contain
+    values: list[str]  # what the answer must contain, every one of them
     sentences: list[str]  # inserted into the haystack, the first at the requested depth
     question: str
+    distractors: list[str] = field(default_factory=list)  # other keys' values: naming one makes the answer wrong
 
     @property
     def label(self) -> str:
@@ -43,38 +48,37 @@ class Needle:
 
 
 def make_needle(kind: str, seed: int, count: int = 4) -> Needle:
-    """A needle with fresh 7-digit values; `count` is the number of keys (multikey) or values (multivalue)."""
+    """A needle with fresh, distinct 7-digit values; `count` is the number of keys (multikey) or values (multivalue)."""
+    if kind not in NEEDLE_KINDS:
+        raise UserError(f"unknown needle kind {kind!r}; choose from {', '.join(NEEDLE_KINDS)}")
+    if kind in ("multikey", "multivalue") and not 2 <= count <= len(_WORDS) // 2:
+        raise UserError(f"a {kind} needle needs between 2 and {len(_WORDS) // 2} needles (got {count})")
+    n = count if kind in ("multikey", "multivalue") else 1
     rng = random.Random(seed)
-    number = lambda: str(rng.randint(1_000_000, 9_999_999))  # noqa: E731
-    keys = [f"{a}-{b}" for a, b in zip(rng.sample(_WORDS, count), rng.sample(_WORDS, count))]
+    numbers = [str(v) for v in rng.sample(range(1_000_000, 10_000_000), n)]
+    words = rng.sample(_WORDS, 2 * n)  # every key of a prompt is two words no other key uses
+    keys = [f"{a}-{b}" for a, b in zip(words[::2], words[1::2])]
     if kind == "fact":
-        v = number()
-        return Needle(kind, None, [v], [f"The secret number is {v}."],
+        return Needle(kind, None, numbers[:1], [f"The secret number is {numbers[0]}."],
                       "What is the secret number mentioned in the text? Answer with the number only.")
-    template = "One of the special magic numbers for {} is: {}."
-    question = "What is the special magic number for {} mentioned in the provided text? Answer with the number only."
     if kind == "single":
-        v = number()
-        return Needle(kind, keys[0], [v], [template.format(keys[0], v)], question.format(keys[0]))
+        return Needle(kind, keys[0], numbers[:1], [_TEMPLATE.format(keys[0], numbers[0])], _QUESTION.format(keys[0]))
     if kind == "multikey":
-        values = [number() for _ in keys]
-        return Needle(kind, keys[0], values[:1], [template.format(k, v) for k, v in zip(keys, values)],
-                      question.format(keys[0]))
-    if kind == "multivalue":
-        values = [number() for _ in range(count)]
-        return Needle(kind, keys[0], values, [template.format(keys[0], v) for v in values],
-                      f"What are all the special magic numbers for {keys[0]} mentioned in the provided text? "
-                      "List every one of them.")
-    raise UserError(f"unknown needle kind {kind!r}; choose from {', '.join(NEEDLE_KINDS)}")
+        return Needle(kind, keys[0], numbers[:1], [_TEMPLATE.format(k, v) for k, v in zip(keys, numbers)],
+                      _QUESTION.format(keys[0]), distractors=numbers[1:])
+    return Needle(kind, keys[0], numbers, [_TEMPLATE.format(keys[0], v) for v in numbers],
+                  f"What are all the special magic numbers for {keys[0]} mentioned in the provided text? "
+                  "List every one of them.")
 
 
 @dataclass
 class NeedlePrompt:
     prompt: Prompt
     needle: Needle
-    depth: float
+    depth: float  # requested, as a fraction of the haystack's tokens
     target_tokens: int
-    text: str = field(repr=False, default="")
+    text: str = field(repr=False, default="")  # the context (haystack with needles), before the chat template
+    depth_achieved: float = 0.0  # the depth after the snap to a sentence start, same units
 
 
 def build_prompt(tokenizer, target_tokens: int, depth: float, needle: Needle, haystack: str = "noise",
@@ -82,34 +86,41 @@ def build_prompt(tokenizer, target_tokens: int, depth: float, needle: Needle, ha
     """Size the whole prompt (context + question) to `target_tokens` (within `tolerance`) with this tokenizer."""
     if not 0.0 <= depth <= 1.0:
         raise UserError(f"depth {depth:g} must be in [0, 1] (a fraction of the context)")
+    if target_tokens is None or target_tokens < 1:
+        raise UserError(f"a needle prompt needs a positive token count (got {target_tokens})")
     hay_ids = _haystack_ids(tokenizer, haystack, target_tokens)
     budget = target_tokens - _overhead(tokenizer, needle, thinking)
-    for _ in range(6):
+    best = None
+    # Re-tokenizing the assembled text can merge or split a few tokens at the seams; a few corrections converge.
+    for _ in range(8):
         if budget <= 16:
             raise UserError(f"{target_tokens} tokens cannot hold the chat template, question and needle")
-        context_text = _fill(tokenizer, hay_ids, budget, depth, needle)
+        context_text, achieved = _place(tokenizer, hay_ids, budget, depth, needle)
         context_ids, question_ids = render(tokenizer, context_text, needle.question, thinking)
         total = len(context_ids) + len(question_ids)
+        if best is None or abs(total - target_tokens) < abs(best[0] - target_tokens):
+            best = (total, context_text, achieved, context_ids, question_ids)
         if total == target_tokens:
             break
         budget += target_tokens - total
+    total, context_text, achieved, context_ids, question_ids = best
     if abs(total - target_tokens) > tolerance * target_tokens:
         raise UserError(f"could not size the prompt to {target_tokens} tokens (got {total})")
     prompt = Prompt(torch.tensor([context_ids]), torch.tensor([question_ids]),
-                    meta={"depth": depth, "needle": needle.label})
-    return NeedlePrompt(prompt, needle, depth, target_tokens, context_text)
+                    meta={"depth": depth, "depth_achieved": achieved, "needle": needle.label})
+    return NeedlePrompt(prompt, needle, depth, target_tokens, context_text, achieved)
 
 
-_HAYSTACK_CACHE: dict = {}
+_HAYSTACK_CACHE: dict = {}  # (id(tokenizer), source) -> (weak reference to that tokenizer, token ids)
 
 
 def _haystack_ids(tokenizer, source: str, target_tokens: int) -> list[int]:
     key = (id(tokenizer), source)
-    ids = _HAYSTACK_CACHE.get(key, [])
-    if len(ids) < target_tokens * 1.2:
+    ref, ids = _HAYSTACK_CACHE.get(key, (None, []))
+    if ref is None or ref() is not tokenizer or len(ids) < target_tokens * 1.2:  # ids are reused after GC: check
         text = haystack_text(source, min_chars=int(target_tokens * 6))  # >= 1 token per ~4-6 characters
         ids = tokenizer.encode(text, add_special_tokens=False, verbose=False)
-        _HAYSTACK_CACHE[key] = ids
+        _HAYSTACK_CACHE[key] = (weakref.ref(tokenizer), ids)
     return ids
 
 
@@ -118,19 +129,30 @@ def _overhead(tokenizer, needle: Needle, thinking: bool) -> int:
     return len(context_ids) + len(question_ids)
 
 
-def _fill(tokenizer, hay_ids: list[int], budget: int, depth: float, needle: Needle) -> str:
-    """Haystack of `budget` tokens minus the needles, with the first needle at `depth` and the rest spread out."""
+def _place(tokenizer, hay_ids: list[int], budget: int, depth: float, needle: Needle) -> tuple[str, float]:
+    """Haystack of about `budget` tokens including the needles, the asked needle at `depth`, the rest spread out.
+
+    Returns the text and the depth reached: haystack tokens before the asked needle / haystack tokens (needles not
+    counted), after the snap to a sentence start.
+    """
     needle_tokens = sum(len(tokenizer.encode(" " + s, add_special_tokens=False)) for s in needle.sentences)
     body = hay_ids[: max(1, budget - needle_tokens)]
     depths = [depth] + _spread(depth, len(needle.sentences) - 1)
     cuts = sorted((_sentence_start(tokenizer, body, round(d * len(body))), i) for i, d in enumerate(depths))
-    pieces, last = [], 0
+    text, last = "", 0
     for cut, i in cuts:
-        pieces.append(tokenizer.decode(body[last:cut]))
-        pieces.append(" " + needle.sentences[i] + " ")
+        text += _decode(tokenizer, body[last:cut])
+        text += "" if not text or text[-1].isspace() else " "
+        text += needle.sentences[i]
         last = cut
-    pieces.append(tokenizer.decode(body[last:]))
-    return re.sub(r" {2,}", " ", "".join(pieces)).strip()
+    rest = _decode(tokenizer, body[last:])
+    text += rest if not rest or rest[0].isspace() else " " + rest
+    asked_cut = next(cut for cut, i in cuts if i == 0)
+    return text.strip(), round(asked_cut / len(body), 4)
+
+
+def _decode(tokenizer, ids: list[int]) -> str:
+    return tokenizer.decode(ids, clean_up_tokenization_spaces=False) if ids else ""
 
 
 def _spread(depth: float, n: int) -> list[float]:
@@ -140,18 +162,24 @@ def _spread(depth: float, n: int) -> list[float]:
 
 
 def _sentence_start(tokenizer, ids: list[int], position: int) -> int:
-    """Move `position` back to just after the nearest preceding sentence end (or to 0)."""
+    """Move `position` back to just after the nearest preceding sentence end (or to 0).
+
+    A sentence ends with . ! ? followed by white space (not "3.5" or "e.g.x"), or with a line break.
+    """
     position = max(0, min(position, len(ids)))
+    following = tokenizer.decode(ids[position: position + 1]) if position < len(ids) else " "
     for i in range(position, 0, -1):
         token = tokenizer.decode(ids[i - 1: i])
-        if token.rstrip().endswith((".", "!", "?")) or token.endswith("\n"):
+        if token.endswith("\n") or (token.rstrip().endswith((".", "!", "?"))
+                                    and (token[-1].isspace() or not following or following[0].isspace())):
             return i
+        following = token
     return 0
 
 
 def render(tokenizer, context: str, question: str, thinking: bool) -> tuple[list[int], list[int]]:
     """Token ids of the context part and the question part of the chat-formatted prompt."""
-    content = context + _SPLIT + ("\n\n" + question if question else "")
+    content = context + _SPLIT + ("\n\n" + question if question else "")  # kvpress: the question starts with \n\n
     messages = [{"role": "user", "content": content}]
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,
@@ -166,14 +194,45 @@ def render(tokenizer, context: str, question: str, thinking: bool) -> tuple[list
     return context_ids, tokenizer.encode(tail, add_special_tokens=False)
 
 
+# --- scoring --------------------------------------------------------------------------------------------------------
+
+_CLOSED_THINK = re.compile(r"<think>.*?</think>", flags=re.DOTALL)
+_DIGIT_GROUPING = re.compile(r"(?<=\d)[,_\u2009\u202f](?=\d{3}(?!\d))")  # 7,654,321 -> 7654321 (not plain spaces)
+
+
 def strip_thinking(answer: str) -> str:
-    """Drop <think>...</think> blocks; an unclosed block means the model never got to answer."""
-    answer = re.sub(r"<think>.*?</think>", " ", answer, flags=re.DOTALL)
+    """The answer without its reasoning: closed <think> blocks removed; text before a lone </think> removed (the
+    template opened the block); an unclosed <think> block means the model never got to answer."""
+    answer = _CLOSED_THINK.sub(" ", answer)
+    if "</think>" in answer:
+        answer = answer.rsplit("</think>", 1)[1]
     return answer.split("<think>")[0].strip()
 
 
+def thinking_unfinished(answer: str) -> bool:
+    """True when the output ends inside a think block (the budget ran out before an answer)."""
+    return "<think>" in _CLOSED_THINK.sub(" ", answer)
+
+
+def _names(text: str, number: str) -> bool:
+    return re.search(rf"(?<!\d){re.escape(number)}(?!\d)", text) is not None
+
+
 def score(answer: str, needle: Needle) -> tuple[bool, float]:
-    """Exact match of each value as a whole number in the answer (thinking removed): (all found, fraction found)."""
-    text = strip_thinking(answer)
-    found = [v for v in needle.values if re.search(rf"(?<!\d){re.escape(v)}(?!\d)", text)]
-    return len(found) == len(needle.values), len(found) / len(needle.values)
+    """(correct, fraction of values found). A value counts when it appears as a whole number in the answer (after
+    removing thinking and digit grouping), so verbose answers are fine; correct = every value found and no
+    distractor's value named (an answer listing all the numbers of a multikey haystack is not a retrieval)."""
+    text = _DIGIT_GROUPING.sub("", strip_thinking(answer))
+    found = sum(_names(text, v) for v in needle.values)
+    hedged = any(_names(text, d) for d in needle.distractors)
+    return found == len(needle.values) and not hedged, found / len(needle.values)
+
+
+def grade(record, needle: Needle, prompt: Prompt) -> None:
+    """Fill a BenchmarkResult's retrieval fields from its answer."""
+    answer = record.answer or ""
+    record.needle = needle.label
+    record.correct, record.score = score(answer, needle)
+    record.depth_achieved = prompt.meta.get("depth_achieved")
+    if thinking_unfinished(answer):
+        record.notes = list(record.notes) + ["the think block was not closed within max_new_tokens: no answer"]
