@@ -29,8 +29,8 @@ class FastDecoder:
         self.model = lm.model
         self.problem = architecture_problem(lm.model)
         self._state: _DecodeState | None = None
-        # One capture stream for the decoder's lifetime: PyTorch keeps a cuBLAS workspace (32 MiB on Hopper) per
-        # stream that ever ran a GEMM, so a new stream per capture would leak one workspace per capture.
+        # Capture needs a non-default stream. PyTorch keeps a cuBLAS workspace (32 MiB on Hopper) per stream that
+        # ever ran a GEMM, so this one is made once (and only used when the caller runs on the default stream).
         self.stream = torch.cuda.Stream(lm.device) if lm.device.type == "cuda" else None
         if self.problem is None:
             self.layers = [_LayerWeights(layer) for layer in lm.model.model.layers]
@@ -155,16 +155,18 @@ class _DecodeState:
     def load(self, cache, masked, token, next_position, uniforms, out_tokens) -> None:
         """Move the prefilled cache into the buffers, layer by layer, freeing each source layer as it goes."""
         batch, heads_kv, dim, dtype, device = self.buffer_shape
+        empty = torch.empty(0, device=device, dtype=dtype)
         for i, layer in enumerate(cache.layers):
             n = layer.keys.shape[2]
-            if self.keys[i] is None:
-                self.keys[i] = torch.empty(batch, heads_kv, self.capacities[i], dim, device=device, dtype=dtype)
-                self.values[i] = torch.empty_like(self.keys[i])
-                if self.masked:
-                    self.valid[i] = torch.zeros(batch, heads_kv, self.capacities[i], device=device, dtype=torch.uint8)
-            self.keys[i][:, :, :n].copy_(layer.keys)
-            self.values[i][:, :, :n].copy_(layer.values)
-            layer.keys = layer.values = torch.empty(0, device=layer.keys.device, dtype=layer.keys.dtype)
+            # K, then V: each source is freed before the next buffer is allocated, so the transient is half a layer,
+            # as for transformers' own cache growing by torch.cat.
+            for name, buffers in (("keys", self.keys), ("values", self.values)):
+                if buffers[i] is None:
+                    buffers[i] = torch.empty(batch, heads_kv, self.capacities[i], dim, device=device, dtype=dtype)
+                buffers[i][:, :, :n].copy_(getattr(layer, name))
+                setattr(layer, name, empty)
+            if self.masked and self.valid[i] is None:
+                self.valid[i] = torch.zeros(batch, heads_kv, self.capacities[i], device=device, dtype=torch.uint8)
             if self.valid[i] is not None:
                 self.valid[i].zero_()
                 self.valid[i][:, :, :n] = 1
@@ -201,16 +203,18 @@ class _DecodeState:
 
     def _capture(self) -> None:
         # torch.cuda.graph() would also synchronise, collect garbage and empty the allocator cache on entry;
-        # none of that belongs inside a timed decode, so capture on a side stream directly.
+        # none of that belongs inside a timed decode, so capture directly. measure() runs everything on one
+        # non-default stream (engine.timing.measurement_stream): capturing on it reuses its cuBLAS workspace.
         self.graph = torch.cuda.CUDAGraph()
-        stream = self.decoder.stream
-        stream.wait_stream(torch.cuda.current_stream())
+        current = torch.cuda.current_stream()
+        stream = self.decoder.stream if current == torch.cuda.default_stream() else current
+        stream.wait_stream(current)
         saved = (self.lengths.clone(), self.position.clone(), self.step_index.clone(), self.token.clone())
         with torch.cuda.stream(stream):
             self.graph.capture_begin()
             self.step()
             self.graph.capture_end()
-        torch.cuda.current_stream().wait_stream(stream)
+        current.wait_stream(stream)
         # capture records without executing; the static inputs are untouched, but restore them to be explicit
         for dst, src in zip((self.lengths, self.position, self.step_index, self.token), saved):
             dst.copy_(src)

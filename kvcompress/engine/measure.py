@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from kvcompress.engine.generate import GenerationSettings, Prompt, generate_once
+from kvcompress.engine.timing import measurement_stream
 from kvcompress.memory import PhasePeaks
 from kvcompress.results import BenchmarkResult
 
@@ -19,12 +20,13 @@ def measure(lm, method, prompt: Prompt, settings: GenerationSettings, decoder, *
     weights: an engine may keep buffers between timed repeats (the fast engine keeps its CUDA graph and the
     buffers it points at), and those must not count towards the next prefill's peak.
     """
-    if warmup:
-        generate_once(lm, method, prompt, settings, decoder)
-    runs = [generate_once(lm, method, prompt, settings, decoder) for _ in range(repeats)]
-    _release(decoder)
-    memory = generate_once(lm, method, prompt, settings, decoder)
-    _release(decoder)
+    with measurement_stream(lm.device):
+        if warmup:
+            generate_once(lm, method, prompt, settings, decoder)
+        runs = [generate_once(lm, method, prompt, settings, decoder) for _ in range(repeats)]
+        _release(decoder)
+        memory = generate_once(lm, method, prompt, settings, decoder)
+        _release(decoder)
     last = runs[-1]
     ttfts = [g.ttft_s for g in runs]
     tpots = [g.tpot_ms for g in runs if g.tpot_ms is not None]

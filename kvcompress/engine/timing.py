@@ -4,8 +4,23 @@ perf_counter on CPU."""
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 
 import torch
+
+_STREAMS: dict = {}
+
+
+def measurement_stream(device: torch.device):
+    """Run measured work on one dedicated CUDA stream per device.
+
+    A CUDA graph cannot be captured on the default stream; measuring on the same stream the fast engine captures on
+    keeps every engine's cuBLAS workspace count the same (PyTorch keeps one workspace per stream).
+    """
+    if device.type != "cuda":
+        return nullcontext()
+    stream = _STREAMS.setdefault(str(device), torch.cuda.Stream(device))
+    return torch.cuda.stream(stream)
 
 
 class Stopwatch:
