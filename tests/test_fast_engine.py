@@ -84,3 +84,22 @@ def test_the_whole_triton_step_matches_the_hf_engine_under_the_interpreter():
     proc = _interpreted("engine")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.count("engine ") == 2
+
+
+def test_a_failing_cell_releases_the_buffers(tiny, tiny_prompt, fast, monkeypatch):
+    """A method that fails after the fast engine allocated must not leave buffers behind for the next cell."""
+    from kvcompress.engine import measure as measure_module
+
+    real, calls = measure_module.generate_once, []
+
+    def fail_on_second_call(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(measure_module, "generate_once", fail_on_second_call)
+    settings = GenerationSettings(6, SamplingConfig(greedy=True))
+    with pytest.raises(RuntimeError, match="boom"):
+        measure_module.measure(tiny, parse_method("knorm@0.5"), tiny_prompt, settings, fast, repeats=2)
+    assert fast._state is None

@@ -20,13 +20,15 @@ def measure(lm, method, prompt: Prompt, settings: GenerationSettings, decoder, *
     weights: an engine may keep buffers between timed repeats (the fast engine keeps its CUDA graph and the
     buffers it points at), and those must not count towards the next prefill's peak.
     """
-    with measurement_stream(lm.device):
-        if warmup:
-            generate_once(lm, method, prompt, settings, decoder)
-        runs = [generate_once(lm, method, prompt, settings, decoder) for _ in range(repeats)]
-        _release(decoder)
-        memory = generate_once(lm, method, prompt, settings, decoder)
-        _release(decoder)
+    try:
+        with measurement_stream(lm.device):
+            if warmup:
+                generate_once(lm, method, prompt, settings, decoder)
+            runs = [generate_once(lm, method, prompt, settings, decoder) for _ in range(repeats)]
+            _release(decoder)
+            memory = generate_once(lm, method, prompt, settings, decoder)
+    finally:
+        _release(decoder)  # also when a method fails: its buffers must not weigh on the next cell's peaks
     last = runs[-1]
     ttfts = [g.ttft_s for g in runs]
     tpots = [g.tpot_ms for g in runs if g.tpot_ms is not None]
