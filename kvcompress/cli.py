@@ -177,7 +177,7 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
     if any(m.kind == "dms" for m in methods):
         models.resolve_spec(args.dms_model)  # an unknown --dms-model fails now, not after the other methods ran
     contexts = parse_contexts(args.contexts)
-    limit = spec_max_positions(spec)
+    limit = spec.max_positions
     too_long = [c for c in contexts if limit and c + args.max_new_tokens > limit]
     if too_long:
         raise UserError(f"context {too_long[0]} + {args.max_new_tokens} new tokens exceeds {spec.name}'s "
@@ -192,9 +192,6 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
     return RunConfig(spec, preset, device, dtype, args.attn, args.random_weights, methods, contexts, settings,
                      args.repeats, engine, out, args.resume, args.haystack, args.dms_model, args.dms_revision, args)
 
-
-def spec_max_positions(spec: models.ModelSpec) -> int | None:
-    return {"qwen3-8b": 40960, "dms-8x": 40960, "tiny": 8192, "tiny-dms": 8192, "smollm2": 8192}.get(spec.name)
 
 
 def main(fn):

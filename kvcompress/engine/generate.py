@@ -101,7 +101,7 @@ def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettin
         clock.mark("first")
         peak_prefill = peaks.peak()
         peaks.reset()
-        eos = _eos_ids(lm) if not settings.fixed_length else set()
+        eos = eos_ids(lm) if not settings.fixed_length else set()
         n_generated, final_cache = 1, cache
         if n_new > 1 and first_token not in eos:
             n_generated, final_cache = decoder.decode(lm, cache, token, prompt.input_tokens, uniforms, settings,
@@ -150,7 +150,7 @@ class HFDecoder:
         return n, cache
 
 
-def _eos_ids(lm) -> set[int]:
+def eos_ids(lm) -> set[int]:
     ids = lm.model.generation_config.eos_token_id if lm.model.generation_config else None
     ids = ids if isinstance(ids, list) else [ids] if ids is not None else []
     if lm.tokenizer.eos_token_id is not None:

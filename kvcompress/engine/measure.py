@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kvcompress.engine.generate import GenerationSettings, Prompt, generate_once
+from kvcompress.engine.generate import GenerationSettings, Prompt, eos_ids, generate_once
 from kvcompress.engine.timing import measurement_stream
 from kvcompress.memory import PhasePeaks
 from kvcompress.results import BenchmarkResult
@@ -107,9 +107,7 @@ def _iqr(values: list[float]) -> float | None:
 
 
 def _until_eos(token_ids: list[int], lm) -> list[int]:
-    from kvcompress.engine.generate import _eos_ids
-
-    eos = _eos_ids(lm)
+    eos = eos_ids(lm)
     for i, t in enumerate(token_ids):
         if t in eos:
             return token_ids[:i]
