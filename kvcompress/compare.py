@@ -76,7 +76,7 @@ Verdicts:
   unchanged              identical.  changed: a real change with no better direction.
   not comparable         measured differently (CUDA events vs wall clock, allocator peak vs RSS).
 Records match by identity: task, model, weights, method, context (target tokens), depth, needle, prompt id,
-engine, output length. Header differences (GPU, driver, CUDA, versions, dtype, attention, engine, weights,
+engine (unless --across-engines), output length. Header differences (GPU, driver, CUDA, versions, dtype, attention, engine, weights,
 sampling, ...) are printed first, as warnings.
 Exit status: 0; 1 with --fail-on-regression when anything regressed; 2 for bad input (missing, truncated,
 corrupt or other-schema files).
@@ -197,12 +197,14 @@ def _is_number(value) -> bool:
 
 # --- comparing -----------------------------------------------------------------------------------------------------
 
-def compare_files(path_a: Path, path_b: Path, threshold: float = 5.0) -> Comparison:
-    return compare(read_side(path_a), read_side(path_b), threshold)
+def compare_files(path_a: Path, path_b: Path, threshold: float = 5.0, *, across_engines: bool = False) -> Comparison:
+    return compare(read_side(path_a), read_side(path_b), threshold, across_engines=across_engines)
 
 
-def compare(a: Side, b: Side, threshold: float = 5.0) -> Comparison:
-    index_a, index_b = _index(a), _index(b)
+def compare(a: Side, b: Side, threshold: float = 5.0, *, across_engines: bool = False) -> Comparison:
+    """across_engines: match records whatever their decode engine (the same cells run with --engine hf and fast)."""
+    fields = tuple(f for f in IDENTITY_FIELDS if not (across_engines and f == "engine"))
+    index_a, index_b = _index(a, fields), _index(b, fields)
     cells: dict[tuple, list[tuple[BenchmarkResult, BenchmarkResult]]] = {}
     for key, ra in index_a.items():
         if key in index_b:
@@ -211,7 +213,7 @@ def compare(a: Side, b: Side, threshold: float = 5.0) -> Comparison:
     only_b = [r for k, r in index_b.items() if k not in index_a]
     return Comparison(a, b, threshold, header_differences(a.run, b.run),
                       [compare_cell(pairs, threshold) for pairs in cells.values()], only_a, only_b,
-                      _why_nothing_matched(a, b) if a.results and b.results and not cells else [])
+                      _why_nothing_matched(a, b, fields) if a.results and b.results and not cells else [])
 
 
 def header_differences(run_a: dict, run_b: dict) -> list[dict]:
@@ -329,10 +331,10 @@ def _pair_notes(ra: BenchmarkResult, rb: BenchmarkResult) -> list[str]:
     return notes
 
 
-def _index(side: Side) -> dict[tuple, BenchmarkResult]:
+def _index(side: Side, fields: tuple[str, ...]) -> dict[tuple, BenchmarkResult]:
     index: dict[tuple, BenchmarkResult] = {}
     for r in side.results:
-        key = r.identity()
+        key = tuple(getattr(r, name) for name in fields)
         if key in index:
             raise UserError(f"{side.path}: two records share one identity ({describe(r)}): cannot tell which to "
                             "compare")
@@ -344,10 +346,10 @@ def _cell_key(r: BenchmarkResult) -> tuple:
     return tuple(getattr(r, name) for name in CELL_FIELDS)
 
 
-def _why_nothing_matched(a: Side, b: Side) -> list[str]:
+def _why_nothing_matched(a: Side, b: Side, fields: tuple[str, ...]) -> list[str]:
     """The identity fields whose values the two files never share: why no record matched."""
     reasons = []
-    for name in IDENTITY_FIELDS:
+    for name in fields:
         values_a = {getattr(r, name) for r in a.results}
         values_b = {getattr(r, name) for r in b.results}
         if not values_a & values_b:
@@ -529,6 +531,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fail-on-regression", action="store_true",
                    help="exit 1 when any metric regresses beyond noise (for CI)")
     p.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write the comparison as JSON")
+    p.add_argument("--across-engines", action="store_true",
+                   help="match records whatever their decode engine: the same cells run with --engine hf (A) and "
+                        "--engine fast (B) show what the engine changes (TTFT and KV should not move; decode speed "
+                        "and the decode-phase peak do)")
     p.add_argument("--changes-only", action="store_true",
                    help="hide rows that are noise, unchanged or not measured (tables stay complete in --json)")
     return p
@@ -542,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json.resolve() in (args.a.resolve(), args.b.resolve()):
             raise UserError(f"--json {args.json} would overwrite an input file")
         check_writable(args.json)
-    comparison = compare_files(args.a, args.b, args.threshold)
+    comparison = compare_files(args.a, args.b, args.threshold, across_engines=args.across_engines)
     console = make_console()
     print_comparison(comparison, console, changes_only=args.changes_only)
     if args.json is not None:

@@ -100,6 +100,14 @@ def masked_indices(model: torch.nn.Module) -> dict[int, tuple]:
             if getattr(m, "masked_key_indices", None) is not None and hasattr(m, "layer_idx")}
 
 
+def take_masked_indices(model: torch.nn.Module) -> dict[int, tuple]:
+    """masked_indices(), with the modules' references dropped: the caller becomes the only owner (the fast engine
+    turns them into its own validity mask and frees them layer by layer)."""
+    indices = masked_indices(model)
+    clear_masks(model)
+    return indices
+
+
 def clear_masks(model: torch.nn.Module) -> None:
     """kvpress leaves `masked_key_indices` on modules after a press exits; clear them so runs stay independent."""
     for module in model.modules():

@@ -149,6 +149,23 @@ def test_runs_that_share_no_identity_say_why(baseline, tmp_path, capsys):
     assert "warning: weights differs" in printed and code == 0
 
 
+def test_across_engines_pairs_the_same_cells_run_with_hf_and_fast(baseline, tmp_path, capsys):
+    def fast_engine(data):
+        data["run"]["engine"] = "fast"
+        for r in data["results"]:
+            r["engine"] = "fast"
+        record(data, "knorm@0.5")["peak_mem_decode_bytes"] *= 2  # beyond any --threshold: a real regression
+
+    b = variant(baseline, tmp_path, fast_engine)
+    code, report, _ = compare(capsys, tmp_path, baseline, b)
+    assert report["cells"] == [] and report["unmatched_because"] == ["engine: hf vs fast"]
+    code, report, printed = compare(capsys, tmp_path, baseline, b, "--across-engines", "--fail-on-regression")
+    assert len(report["cells"]) == 2 and report["only_in_a"] == report["only_in_b"] == []
+    assert rows(report, "knorm@0.5")["peak_mem_decode_bytes"]["verdict"] == "regression"
+    assert rows(report, "vanilla")["peak_mem_decode_bytes"]["verdict"] == "unchanged"
+    assert "warning: engine differs: 'hf' (A) vs 'fast' (B)" in printed and code == 1
+
+
 def needle_grid(found: list[bool]):
     """The vanilla record at three depths with real weights, found or not as given."""
     def edit(data):

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from kvcompress.engine import GenerationSettings, generate_once
-from kvcompress.engine.fast import FastDecoder
+from kvcompress.engine.fast import FastDecoder, _DecodeState
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig
+from kvcompress.memory import masked_indices
 from kvcompress.methods import parse_method
 from kvcompress.runner import pick_decoder
 
@@ -52,6 +53,24 @@ def test_sampled_tokens_match_with_the_same_seed(tiny, tiny_prompt, fast, method
     fa = _generate(tiny, tiny_prompt, method, fast, n=24, greedy=False, seed=7, temperature=8.0)
     assert len(set(hf.token_ids)) > 5
     assert fa.token_ids == hf.token_ids
+
+
+def test_the_validity_mask_replaces_kvpress_indices_before_decoding(tiny, tiny_prompt, fast, monkeypatch):
+    """kvpress's index tensors (24 bytes per hidden entry) must be gone once the fast engine's mask (1 byte per
+    entry) exists, or a mask-only press would hold both and peak above the hf engine in the decode phase."""
+    seen = []
+    real_run = _DecodeState.run
+
+    def run(state, eos):
+        seen.append((masked_indices(tiny.model), [v.clone() for v in state.valid]))
+        return real_run(state, eos)
+
+    monkeypatch.setattr(_DecodeState, "run", run)
+    _generate(tiny, tiny_prompt, "adakv+snapkv@0.5", fast, n=4)
+    indices, valid = seen[0]
+    assert indices == {}
+    hidden = sum(int((v[:, :, :tiny_prompt.input_tokens] == 0).sum()) for v in valid)
+    assert hidden > 0  # the mask still hides what the press hid (token equality with hf is tested above)
 
 
 def test_buffers_are_reused_across_repeats_and_released_after(run_method, fast):

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from kvcompress.engine import kernels
 from kvcompress.engine.sampling import sample
-from kvcompress.memory import KVState, masked_indices
+from kvcompress.memory import KVState, take_masked_indices
 
 
 class FastDecoder:
@@ -48,7 +48,9 @@ class FastDecoder:
 
     def decode(self, lm, cache, token, next_position, uniforms, settings, out_tokens, eos):
         lengths = [layer.keys.shape[2] for layer in cache.layers]
-        masked = masked_indices(self.model)
+        # The validity mask replaces kvpress's index tensors (1 byte per entry instead of 24 per hidden entry);
+        # load() frees them layer by layer, so the two never coexist in full.
+        masked = take_masked_indices(self.model)
         signature = (tuple(lengths), bool(masked), out_tokens.shape[0], settings.sampling)
         if self._state is None or self._state.signature != signature:
             self._state = None  # free the old buffers before allocating new ones
@@ -171,7 +173,7 @@ class _DecodeState:
                 self.valid[i].zero_()
                 self.valid[i][:, :, :n] = 1
                 if i in masked:
-                    b, h, s = masked[i]
+                    b, h, s = masked.pop(i)
                     self.valid[i][b, h, s] = 0
         self.lengths.copy_(torch.tensor(self.signature[0], dtype=torch.long))
         self.token.copy_(token.view(-1))
