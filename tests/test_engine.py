@@ -51,3 +51,22 @@ def test_sampler_follows_the_nucleus_distribution():
 def test_greedy_takes_the_argmax():
     logits = torch.randn(3, 50)
     assert torch.equal(sample(logits, torch.rand(3), SamplingConfig(greedy=True)), logits.argmax(-1))
+
+
+def test_the_garbage_collector_never_runs_inside_a_measured_generation(run_method, monkeypatch):
+    """A collection landing in one engine's prefill but in the other's decode loop would skew TTFT between them."""
+    import gc
+    import importlib
+
+    measure_module = importlib.import_module("kvcompress.engine.measure")
+    real, enabled_during = measure_module.generate_once, []
+
+    def watched(*args, **kwargs):
+        enabled_during.append(gc.isenabled())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(measure_module, "generate_once", watched)
+    assert gc.isenabled()
+    run_method("vanilla", max_new_tokens=2, repeats=2)
+    assert enabled_during == [False] * 3  # two timed repeats and the memory pass
+    assert gc.isenabled()

@@ -167,7 +167,7 @@ def breakdown(lm, context: int, bandwidth: float) -> None:
                                        w.k_norm.weight, 1e-6, state._cos, state._sin, state.keys[i], state.values[i],
                                        None, state.lengths[i: i + 1], state.q)
             kernels.decode_attention(state.q, state.keys[i], state.values[i], live[i: i + 1], None, w.scale,
-                                     state.attn_out, state.splits[i], state.workspace)
+                                     state.attn_out, state.splits[i])
 
     state._qkv_probe = torch.randn(1, (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim,
                                    device=DEV, dtype=torch.bfloat16)

@@ -14,6 +14,8 @@ transformers' forward).
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -44,6 +46,8 @@ class FastDecoder:
 
     def release(self) -> None:
         """Drop the buffers and the captured graph (before a memory measurement, or between cells)."""
+        if self._state is not None:
+            self._state.free()
         self._state = None
 
     def decode(self, lm, cache, token, next_position, uniforms, settings, out_tokens, eos):
@@ -53,7 +57,7 @@ class FastDecoder:
         masked = take_masked_indices(self.model)
         signature = (tuple(lengths), bool(masked), out_tokens.shape[0], settings.sampling)
         if self._state is None or self._state.signature != signature:
-            self._state = None  # free the old buffers before allocating new ones
+            self.release()  # free the old buffers before allocating new ones
             self._state = _DecodeState(self, cache, signature, settings.sampling)
         state = self._state
         state.load(cache, masked, token, next_position, uniforms, out_tokens)
@@ -137,9 +141,9 @@ class _DecodeState:
         self.values: list[torch.Tensor | None] = [None] * len(lengths)
         self.valid: list[torch.Tensor | None] = [None] * len(lengths)
         self.splits = [kernels.attention_splits(batch * heads_kv, c, device) for c in self.capacities]
-        # Layers run one after another, so one workspace (sized for the most splits) serves them all.
-        self.workspace = (kernels.attention_workspace(batch, heads_q, dim, max(self.splits), device)
-                          if kernels.use_triton(first) else None)
+        # The KV buffers get a memory pool of their own: carved from the allocator's general cache, a buffer can
+        # land in a larger cached block whose unsplittable rest then counts as allocated (up to 1 MiB a buffer).
+        self.pool = torch.cuda.MemPool() if device.type == "cuda" else None
         self.lengths = torch.zeros(len(lengths), dtype=torch.long, device=device)
         self.token = torch.zeros(batch, dtype=torch.long, device=device)
         self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -164,11 +168,13 @@ class _DecodeState:
             # as for transformers' own cache growing by torch.cat.
             for name, buffers in (("keys", self.keys), ("values", self.values)):
                 if buffers[i] is None:
-                    buffers[i] = torch.empty(batch, heads_kv, self.capacities[i], dim, device=device, dtype=dtype)
+                    with self._in_pool():
+                        buffers[i] = torch.empty(batch, heads_kv, self.capacities[i], dim, device=device, dtype=dtype)
                 buffers[i][:, :, :n].copy_(getattr(layer, name))
                 setattr(layer, name, empty)
             if self.masked and self.valid[i] is None:
-                self.valid[i] = torch.zeros(batch, heads_kv, self.capacities[i], device=device, dtype=torch.uint8)
+                with self._in_pool():
+                    self.valid[i] = torch.zeros(batch, heads_kv, self.capacities[i], device=device, dtype=torch.uint8)
             if self.valid[i] is not None:
                 self.valid[i].zero_()
                 self.valid[i][:, :, :n] = 1
@@ -181,6 +187,15 @@ class _DecodeState:
         self.step_index.fill_(1)
         self.uniforms.copy_(uniforms)
         self.out.copy_(out_tokens)
+
+    def _in_pool(self):
+        return torch.cuda.use_mem_pool(self.pool) if self.pool is not None else contextlib.nullcontext()
+
+    def free(self) -> None:
+        """Drop the graph and the buffers, then their pool (a pool must outlive the blocks carved from it)."""
+        self.graph = self.logits = None
+        self.keys = self.values = self.valid = []
+        self.pool = None
 
     def run(self, eos: set[int]) -> int:
         n = self.out.shape[0]
@@ -239,7 +254,7 @@ class _DecodeState:
                 w.q_norm.variance_epsilon if w.q_norm is not None else 0.0, cos, sin, self.keys[i], self.values[i],
                 self.valid[i], self.lengths[i: i + 1], self.q)
             kernels.decode_attention(self.q, self.keys[i], self.values[i], live[i: i + 1], self.valid[i], w.scale,
-                                     self.attn_out, self.splits[i], self.workspace)
+                                     self.attn_out, self.splits[i])
             attn = w.o_proj(self.attn_out.view(h.shape[0], -1))
             x = kernels.add_rmsnorm(h, attn, w.post_norm.weight, w.post_norm.variance_epsilon, self.normed)
             kernels.silu_mul(F.linear(x, w.gate_up_weight), self.mlp_act)

@@ -124,7 +124,9 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     group = heads_q // heads_kv
     if use_triton(q):
         # Partials are laid out (row, split) for this call's split count; the workspace may be larger (shared).
-        partial_out, partial_lse = workspace
+        # Without one, a temporary: inside a CUDA graph its block is freed at capture and reused by later ops of
+        # the step, so it never adds to the decode phase's peak.
+        partial_out, partial_lse = workspace or attention_workspace(batch, heads_q, dim, splits, q.device)
         chunk = math.ceil(math.ceil(capacity / splits) / BLOCK_N) * BLOCK_N
         _attention_partial_kernel[(batch * heads_kv, splits)](
             q, keys, values, valid if valid is not None else length, length, partial_out, partial_lse, scale,

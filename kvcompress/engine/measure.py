@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
+
 import numpy as np
 import torch
 
@@ -18,15 +21,20 @@ def measure(lm, method, prompt: Prompt, settings: GenerationSettings, decoder, *
 
     Memory (phase peaks, KV bytes) comes from a separate generation that starts with nothing allocated but the
     weights: an engine may keep buffers between timed repeats (the fast engine keeps its CUDA graph and the
-    buffers it points at), and those must not count towards the next prefill's peak.
+    buffers it points at), and those must not count towards the next prefill's peak. Python's garbage collector
+    runs before each generation, never inside one.
     """
+    def generation():
+        with _collector_paused():
+            return generate_once(lm, method, prompt, settings, decoder)
+
     try:
         with measurement_stream(lm.device):
             if warmup:
-                generate_once(lm, method, prompt, settings, decoder)
-            runs = [generate_once(lm, method, prompt, settings, decoder) for _ in range(repeats)]
+                generation()
+            runs = [generation() for _ in range(repeats)]
             _release(decoder)
-            memory = generate_once(lm, method, prompt, settings, decoder)
+            memory = generation()
     finally:
         _release(decoder)  # also when a method fails: its buffers must not weigh on the next cell's peaks
     last = runs[-1]
@@ -90,6 +98,21 @@ def measure(lm, method, prompt: Prompt, settings: GenerationSettings, decoder, *
         max_new_tokens=settings.max_new_tokens,
         notes=list(lm.notes),
     )
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector runs whenever allocations cross its threshold: inside one engine's prefill,
+    inside the other's eager decode loop. Collect before every generation and never during one, so that no engine
+    pays for the other's garbage (timeit does the same)."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _release(decoder) -> None:
