@@ -9,6 +9,8 @@
    the speed-up its smaller KV predicts.
 4. TTFT against compute: prefill FLOPs / matrix throughput.
 5. Noise: IQR / median of TTFT and TPOT per cell, flagged above 3 %.
+6. With --reference (the same cells run with --engine hf): per cell, TTFT within 5 % of the reference's (the
+   engines share the prefill), decode-phase peak no higher, the same KV bytes at the end, and the decode speed-up.
 
 Architecture figures (layers, heads, parameters) come from the run header, which records the model's config.
 """
@@ -17,11 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kvcompress.results import BenchmarkResult
+from kvcompress.results import IDENTITY_FIELDS, BenchmarkResult
 
 HBM_BANDWIDTH = 4.3e12  # bytes/s: H200 device-to-device copy, read + write (measured in this workplace)
 BF16_FLOPS = 790e12  # FLOP/s: H200 8192^3 bf16 matmul on random data (measured in this workplace)
 NOISE_LIMIT = 0.03
+TTFT_TOLERANCE = 0.05
 
 
 @dataclass
@@ -44,13 +47,15 @@ def architecture_of(config) -> dict:
 
 
 def run_checks(run: dict, results: list[BenchmarkResult], bandwidth: float = HBM_BANDWIDTH,
-               flops: float = BF16_FLOPS) -> list[Check]:
+               flops: float = BF16_FLOPS, references: list[tuple[str, list[BenchmarkResult]]] = ()) -> list[Check]:
     arch = run.get("architecture") or _known_architecture(run.get("model"))
     ok = [r for r in results if r.error is None and r.kv_cache_bytes is not None]
     if not ok:
         return [Check("results", False, ["no successful records to check"])]
     checks = [_kv_bytes(ok, arch), _memory(ok), _roofline(ok, bandwidth, arch), _compute(ok, flops, arch),
               _noise(ok)]
+    if references:
+        checks.append(_engines(ok, references))
     return checks
 
 
@@ -188,6 +193,40 @@ def _noise(results) -> Check:
     return check
 
 
+def _engines(results, references: list[tuple[str, list[BenchmarkResult]]]) -> Check:
+    """Each record against the same cell (identity but the engine) in the first reference file that has it."""
+    check = Check(f"6. Engines against the reference: TTFT within {TTFT_TOLERANCE:.0%}, decode-phase peak no higher, "
+                  "same KV bytes", True)
+
+    def key(r):
+        return tuple(getattr(r, name) for name in IDENTITY_FIELDS if name != "engine")
+
+    for r in results:
+        match = next(((path, ref) for path, records in references for ref in records
+                      if ref.error is None and key(ref) == key(r)), None)
+        if match is None:
+            check.lines.append(f"{r.target_tokens}: {r.method}: not in any reference file")
+            continue
+        path, ref = match
+        ttft = r.ttft_s / ref.ttft_s - 1
+        peak = r.peak_mem_decode_bytes - ref.peak_mem_decode_bytes
+        failures = [f"TTFT {ttft:+.1%}"] if abs(ttft) > TTFT_TOLERANCE else []
+        failures += [f"decode peak {_signed_bytes(peak)}"] if peak > 0 else []
+        failures += ["KV bytes at the end differ"] if r.kv_cache_bytes_end != ref.kv_cache_bytes_end else []
+        speed = (f"decode x{r.decode_tokens_per_s / ref.decode_tokens_per_s:.1f}"
+                 if r.decode_tokens_per_s and ref.decode_tokens_per_s else "decode n/a")
+        check.lines.append(f"{r.target_tokens}: {r.method:<30} {r.engine} vs {ref.engine} ({path}): TTFT {ttft:+.1%}, "
+                           f"decode peak {_signed_bytes(peak)}, {speed}" + (" — FAIL: " + ", ".join(failures)
+                                                                          if failures else ""))
+        if failures:
+            check.passed = False
+    return check
+
+
+def _signed_bytes(n: int) -> str:
+    return f"{n:+,} B" if abs(n) < 10_000 else f"{n / 1e6:+.2f} MB"
+
+
 def format_checks(checks: list[Check]) -> str:
     out = []
     for c in checks:
@@ -198,7 +237,7 @@ def format_checks(checks: list[Check]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """`benchmark.py check FILE`: print the five checks; exit 1 if a pass/fail check fails."""
+    """`benchmark.py check FILE [--reference HF.json ...]`: print the checks; exit 1 if a pass/fail check fails."""
     import argparse
 
     from kvcompress.results import load
@@ -206,12 +245,16 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="benchmark.py check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", help="a result file written by benchmark.py (GPU runs)")
+    parser.add_argument("--reference", nargs="+", default=[], metavar="HF.json",
+                        help="result files of the same cells run with another engine (the first that has a cell is "
+                             "used): adds check 6, TTFT and decode-phase peak against them")
     parser.add_argument("--bandwidth", type=float, default=HBM_BANDWIDTH / 1e12,
                         help=f"memory bandwidth for the roofline, TB/s (default {HBM_BANDWIDTH / 1e12:.1f}: H200)")
     parser.add_argument("--flops", type=float, default=BF16_FLOPS / 1e12,
                         help=f"bf16 matrix throughput, TFLOP/s (default {BF16_FLOPS / 1e12:.0f}: H200)")
     args = parser.parse_args(argv)
     run, results = load(args.file)
-    checks = run_checks(run, results, args.bandwidth * 1e12, args.flops * 1e12)
+    references = [(path, load(path)[1]) for path in args.reference]
+    checks = run_checks(run, results, args.bandwidth * 1e12, args.flops * 1e12, references)
     print(format_checks(checks))
     return 1 if any(c.passed is False for c in checks) else 0

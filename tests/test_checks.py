@@ -51,3 +51,36 @@ def test_roofline_and_flop_counts_for_qwen3_8b():
     # non-embedding parameters of Qwen3-8B's 36 layers (attention + MLP), about 6.95 B
     assert arch["layer_params"] == 36 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 12288)
     assert 2 * arch["layers"] * arch["kv_heads"] * arch["head_dim"] * 2 == 147_456  # KV bytes per token, bf16
+
+
+def _reference(tiny_run, tmp_path, name, edit):
+    """The tiny run relabelled as another engine's run of the same cells, with `edit` applied to each record."""
+    data = json.loads(tiny_run.read_text())
+    for r in data["results"]:
+        r["engine"] = "reference"
+        edit(r)
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_engines_check_against_a_reference_run(tiny_run, tmp_path, capsys):
+    same = _reference(tiny_run, tmp_path, "same.json", lambda r: None)
+    assert benchmark.main(["check", str(tiny_run), "--reference", same]) in (0, 1)  # check 5 may fail on a busy CPU
+    printed = capsys.readouterr().out
+    engines = printed[printed.index("6. Engines"):]
+    assert engines.splitlines()[0].endswith("PASS") and engines.count("TTFT +0.0%, decode peak +0 B") == 3
+
+    def slower_reference_with_a_lower_peak(r):
+        if r["method"] == "knorm@0.5":
+            r["ttft_s"] *= 0.9  # the run checked is 11 % slower to its first token
+        if r["method"] == "vanilla":
+            r["peak_mem_decode_bytes"] -= 1  # one byte is enough: the decode phase must not peak higher
+
+    off = _reference(tiny_run, tmp_path, "off.json", slower_reference_with_a_lower_peak)
+    run, results = load(tiny_run)
+    engines = checks.run_checks(run, results, references=[(off, load(off)[1]), (same, load(same)[1])])[5]
+    assert engines.passed is False
+    lines = {line.split(":")[1].split()[0]: line for line in engines.lines}
+    assert "FAIL: TTFT +11.1%" in lines["knorm@0.5"] and "FAIL: decode peak +1 B" in lines["vanilla"]
+    assert "FAIL" not in lines["adakv+snapkv@0.5"] and "off.json" in lines["adakv+snapkv@0.5"]  # first file wins
