@@ -10,9 +10,9 @@ been freed by then.
 
 Seen on an H200 (8K, 32 new tokens): both engines' peaks are the KV cache grown to its final length plus one layer's
 keys in transit (transformers' torch.cat in the hf engine; the copy into the static buffers in the fast engine):
-vanilla +21.80 MB (hf) vs +22.55 MB (fast; 1.08 MB of it the split-K workspace). A captured graph's recording
-peaks at +5.5 MB and keeps nothing allocated. The peak grows with the output length (the cache's final size), so
-engines must be compared at the same --max-new-tokens.
+vanilla +21.80 MB (hf) vs +22.55 MB (fast; 1.08 MB of it the split-K workspace, at 33f4b42). A captured graph's
+recording peaks at +5.5 MB and keeps nothing allocated (a capture-only probe at 1252ed6). The peak grows with the
+output length (the cache's final size), so engines must be compared at the same --max-new-tokens.
 """
 
 import argparse
