@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kvcompress.results import IDENTITY_FIELDS, BenchmarkResult
+from kvcompress.results import BenchmarkResult
 
 HBM_BANDWIDTH = 4.3e12  # bytes/s: H200 device-to-device copy, read + write (measured in this workplace)
 BF16_FLOPS = 790e12  # FLOP/s: H200 8192^3 bf16 matmul on random data (measured in this workplace)
@@ -197,13 +197,10 @@ def _engines(results, references: list[tuple[str, list[BenchmarkResult]]]) -> Ch
     """Each record against the same cell (identity but the engine) in the first reference file that has it."""
     check = Check(f"6. Engines against the reference: TTFT within {TTFT_TOLERANCE:.0%}, decode-phase peak no higher, "
                   "same KV bytes", True)
-
-    def key(r):
-        return tuple(getattr(r, name) for name in IDENTITY_FIELDS if name != "engine")
-
     for r in results:
+        cell = r.identity(across_engines=True)
         match = next(((path, ref) for path, records in references for ref in records
-                      if ref.error is None and key(ref) == key(r)), None)
+                      if ref.error is None and ref.identity(across_engines=True) == cell), None)
         if match is None:
             check.lines.append(f"{r.target_tokens}: {r.method}: not in any reference file")
             continue

@@ -76,8 +76,8 @@ Verdicts:
   unchanged              identical.  changed: a real change with no better direction.
   not comparable         measured differently (CUDA events vs wall clock, allocator peak vs RSS).
 Records match by identity: task, model, weights, method, context (target tokens), depth, needle, prompt id,
-engine (unless --across-engines), output length. Header differences (GPU, driver, CUDA, versions, dtype, attention, engine, weights,
-sampling, ...) are printed first, as warnings.
+engine (unless --across-engines), output length. Header differences (GPU, driver, CUDA, versions, dtype,
+attention, engine, weights, sampling, ...) are printed first, as warnings.
 Exit status: 0; 1 with --fail-on-regression when anything regressed; 2 for bad input (missing, truncated,
 corrupt or other-schema files).
 """
@@ -203,8 +203,7 @@ def compare_files(path_a: Path, path_b: Path, threshold: float = 5.0, *, across_
 
 def compare(a: Side, b: Side, threshold: float = 5.0, *, across_engines: bool = False) -> Comparison:
     """across_engines: match records whatever their decode engine (the same cells run with --engine hf and fast)."""
-    fields = tuple(f for f in IDENTITY_FIELDS if not (across_engines and f == "engine"))
-    index_a, index_b = _index(a, fields), _index(b, fields)
+    index_a, index_b = _index(a, across_engines), _index(b, across_engines)
     cells: dict[tuple, list[tuple[BenchmarkResult, BenchmarkResult]]] = {}
     for key, ra in index_a.items():
         if key in index_b:
@@ -213,7 +212,7 @@ def compare(a: Side, b: Side, threshold: float = 5.0, *, across_engines: bool = 
     only_b = [r for k, r in index_b.items() if k not in index_a]
     return Comparison(a, b, threshold, header_differences(a.run, b.run),
                       [compare_cell(pairs, threshold) for pairs in cells.values()], only_a, only_b,
-                      _why_nothing_matched(a, b, fields) if a.results and b.results and not cells else [])
+                      _why_nothing_matched(a, b, across_engines) if a.results and b.results and not cells else [])
 
 
 def header_differences(run_a: dict, run_b: dict) -> list[dict]:
@@ -331,10 +330,10 @@ def _pair_notes(ra: BenchmarkResult, rb: BenchmarkResult) -> list[str]:
     return notes
 
 
-def _index(side: Side, fields: tuple[str, ...]) -> dict[tuple, BenchmarkResult]:
+def _index(side: Side, across_engines: bool) -> dict[tuple, BenchmarkResult]:
     index: dict[tuple, BenchmarkResult] = {}
     for r in side.results:
-        key = tuple(getattr(r, name) for name in fields)
+        key = r.identity(across_engines=across_engines)
         if key in index:
             raise UserError(f"{side.path}: two records share one identity ({describe(r)}): cannot tell which to "
                             "compare")
@@ -346,10 +345,12 @@ def _cell_key(r: BenchmarkResult) -> tuple:
     return tuple(getattr(r, name) for name in CELL_FIELDS)
 
 
-def _why_nothing_matched(a: Side, b: Side, fields: tuple[str, ...]) -> list[str]:
+def _why_nothing_matched(a: Side, b: Side, across_engines: bool) -> list[str]:
     """The identity fields whose values the two files never share: why no record matched."""
     reasons = []
-    for name in fields:
+    for name in IDENTITY_FIELDS:
+        if across_engines and name == "engine":
+            continue
         values_a = {getattr(r, name) for r in a.results}
         values_b = {getattr(r, name) for r in b.results}
         if not values_a & values_b:

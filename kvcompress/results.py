@@ -96,9 +96,10 @@ class BenchmarkResult:
     prompt_id: str | None = None
     notes: list[str] = field(default_factory=list)
 
-    def identity(self) -> tuple:
-        """What makes two records the same cell (used by --resume and by compare); named by IDENTITY_FIELDS."""
-        return tuple(getattr(self, name) for name in IDENTITY_FIELDS)
+    def identity(self, *, across_engines: bool = False) -> tuple:
+        """What makes two records the same cell (used by --resume, compare and check); named by IDENTITY_FIELDS.
+        across_engines leaves the engine out: the same cell run by the hf and the fast engine."""
+        return tuple(getattr(self, name) for name in IDENTITY_FIELDS if not (across_engines and name == "engine"))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -4,7 +4,8 @@ Runs measure()'s memory pass (after a warm-up and a release, as benchmark.py doe
 PyTorch's allocator history on, replays the history from the moment the decode phase starts (the second peak reset
 of generate_once) and prints, at the phase's peak: how far above the phase's start it is, which new blocks are
 alive there (grouped by the line of Python that allocated them) and how many of the bytes held at the start have
-been freed by then.
+been freed by then. The replay counts requested sizes; the allocator's own peak (first line) counts whole blocks,
+so the two differ by the blocks' unused remainders.
 
     python tools/decode_memory_trace.py --context 8192 --new-tokens 32 --methods vanilla,knorm@0.875
 
@@ -65,7 +66,7 @@ def decode_phase_peak(trace) -> None:
             alive[e["addr"]] = (e["size"], "before")
         elif e["action"] == "free_requested":
             alive.pop(e["addr"], None)
-    before = {a for a in alive}
+    before = set(alive)
     level = peak = 0
     at_peak: dict[int, tuple[int, str]] = {}
     freed_at_peak = freed = 0
