@@ -70,6 +70,7 @@ def test_engines_check_against_a_reference_run(tiny_run, tmp_path, capsys):
     printed = capsys.readouterr().out
     engines = printed[printed.index("6. Engines"):]
     assert engines.splitlines()[0].endswith("PASS") and engines.count("TTFT +0.0%, decode peak +0 B") == 3
+    assert "ttft_ab.py" not in engines  # the hint to compare in one process comes only with a TTFT failure
 
     def slower_reference_with_a_lower_peak(r):
         if r["method"] == "knorm@0.5":
@@ -84,3 +85,4 @@ def test_engines_check_against_a_reference_run(tiny_run, tmp_path, capsys):
     lines = {line.split(":")[1].split()[0]: line for line in engines.lines}
     assert "FAIL: TTFT +11.1%" in lines["knorm@0.5"] and "FAIL: decode peak +1 B" in lines["vanilla"]
     assert "FAIL" not in lines["adakv+snapkv@0.5"] and "off.json" in lines["adakv+snapkv@0.5"]  # first file wins
+    assert "tools/ttft_ab.py" in engines.lines[-1]
