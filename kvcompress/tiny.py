@@ -12,6 +12,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen3Config
 
 MAX_POSITIONS = 8192
+# DMS's config fields with a window small enough that prompts of a few hundred tokens evict in prefill and decode:
+# the tiny Qwen3 runs native dms-8x (methods/dms.py) through the same path as Qwen3-8B.
+DMS_FIELDS = {"dms_window_size": 16, "dms_alpha_scale": 100.0, "dms_initial_alpha_offset": 5.0, "dms_cr": 8}
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
 # ChatML, as Qwen3 renders a plain user turn; with enable_thinking=False an empty think block is pre-filled.
@@ -44,8 +47,10 @@ def build_byte_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_config(vocab_size: int, eos_token_id: int, pad_token_id: int, num_layers: int = 2) -> Qwen3Config:
+def tiny_config(vocab_size: int, eos_token_id: int, pad_token_id: int, num_layers: int = 2,
+                dms_fields: dict | None = DMS_FIELDS) -> Qwen3Config:
     return Qwen3Config(
+        **(dms_fields or {}),
         hidden_size=128,
         intermediate_size=256,
         num_attention_heads=4,

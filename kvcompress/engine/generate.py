@@ -10,6 +10,7 @@ from transformers import DynamicCache
 
 from kvcompress.engine.sampling import SamplingConfig, draw_uniforms, sample
 from kvcompress.engine.timing import Stopwatch
+from kvcompress.errors import UserError
 from kvcompress.memory import KVState, PhasePeaks, clear_masks, kv_snapshot, kv_state
 from kvcompress.methods import Method, press_context
 
@@ -81,14 +82,14 @@ def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettin
         if single_prefill:
             # DMS-8x allows one prefill per cache; query-aware compresses the question too.
             ids = torch.cat([context, question], dim=1)
-            cache = None if method.kind == "dms" else DynamicCache()
+            cache = new_cache(decoder, method, lm, n_new)
             with press_context(prefill_only, model):
                 out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
             cache = out.past_key_values
             kv_after = kv_snapshot(cache, model, ids.shape[1])
             logits = out.logits[:, -1]
         else:
-            cache = DynamicCache()
+            cache = new_cache(decoder, method, lm, n_new)
             with press_context(prefill_only, model):
                 model.model(input_ids=context, past_key_values=cache, use_cache=True)  # no LM head: only KV is kept
             kv_after = kv_snapshot(cache, model, context.shape[1])
@@ -117,6 +118,17 @@ def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettin
     return Generation(ttft, e2e, tokens, kv_after(), kv_end, peak_prefill, peak_decode, protocol)
 
 
+def new_cache(decoder, method: Method, lm, n_new: int):
+    """The cache to prefill into: the decoder's own for a method it handles (`decoder.new_cache`, None = no
+    preference), else a DynamicCache; DMS-8x's remote code swaps any cache for its own, so it gets None."""
+    own = decoder.new_cache(method, lm, n_new) if hasattr(decoder, "new_cache") else None
+    if own is not None:
+        return own
+    if method.native_dms:
+        raise UserError(f"the {getattr(decoder, 'name', 'chosen')} engine has no cache for native DMS")
+    return None if method.kind == "dms" else DynamicCache()
+
+
 class HFDecoder:
     """The reference decode: transformers' own forward over the method's cache, one token at a time.
 
@@ -131,6 +143,14 @@ class HFDecoder:
         self.trace = trace
 
     def unsupported(self, method, lm) -> str | None:
+        return None
+
+    def new_cache(self, method, lm, n_new):
+        if method.native_dms:
+            from kvcompress.methods.dms import DMSParams, MaskedDMSCache
+
+            params = method.dms_params or DMSParams.from_config(lm.model.config)
+            return MaskedDMSCache(params.window)
         return None
 
     def decode(self, lm, cache, token, next_position, uniforms, settings, out_tokens, eos):

