@@ -19,7 +19,7 @@ from kvcompress import models
 from kvcompress.engine.generate import GenerationSettings
 from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.errors import UserError
-from kvcompress.methods import Method, parse_methods
+from kvcompress.methods import Method, parse_method, parse_methods
 from kvcompress.tasks.haystack import SOURCES
 
 METRICS = """\
@@ -120,6 +120,9 @@ def parser(prog: str, description: str, defaults: Defaults = Defaults(), tiny: D
                    "(nvidia/Qwen3-8B-DMS-8x), a Hub id or a local folder, or tiny-dms (the tiny Qwen3 with a "
                    f"DMS-style paged cache, loaded through trust_remote_code on CPU) (default {defaults.dms_model}; "
                    f"tiny: {tiny.dms_model})")
+    g.add_argument("--dms-impl", choices=["native", "remote"], default="native", help="how dms-8x runs: native = "
+                   "DMS's rule on transformers' Qwen3 in this process, both engines (default); remote = the "
+                   "checkpoint's own code (needs flash-attn), hf engine, its own process (same as dms-8x-remote)")
     g.add_argument("--dms-revision", default=None, help=f"Hub revision of the DMS checkpoint (default {models.DMS_8X_REVISION[:12]})")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=None, help="JSON result file (default results/<script>-<time>.json)")
@@ -174,6 +177,10 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
     if not 0 < args.top_p <= 1 or args.temperature <= 0:
         raise UserError("--top-p must be in (0, 1] and --temperature > 0")
     methods = parse_methods(args.methods)
+    if getattr(args, "dms_impl", "native") == "remote":
+        if any(m.native_dms and m.options for m in methods):
+            raise UserError("--dms-impl remote runs the checkpoint's own decisions: drop dms-8x's [evict=...]")
+        methods = [parse_method("dms-8x-remote") if m.native_dms else m for m in methods]
     if any(m.kind == "dms" for m in methods):
         models.resolve_spec(args.dms_model)  # an unknown --dms-model fails now, not after the other methods ran
     contexts = parse_contexts(args.contexts)

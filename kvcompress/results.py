@@ -95,6 +95,11 @@ class BenchmarkResult:
     score: float | None = None  # fraction of needle values found
     prompt_id: str | None = None
     notes: list[str] = field(default_factory=list)
+    # DMS: "native" (methods/dms.py) | "remote" (the checkpoint's code); how the engine holds the rule's cache
+    # (hf: "mask, no reclaim"); whose decisions: "checkpoint" or "calibrated to evict X of tokens outside the window"
+    dms_impl: str | None = None
+    dms_layout: str | None = None
+    dms_decisions: str | None = None
 
     def identity(self, *, across_engines: bool = False) -> tuple:
         """What makes two records the same cell (used by --resume, compare and check); named by IDENTITY_FIELDS.

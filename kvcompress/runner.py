@@ -1,7 +1,9 @@
 """Run a grid of cells x methods: one model load, every record saved as soon as it exists, failures isolated.
 
-Vanilla and kvpress presses run in this process; DMS-8x runs in a child process that never imports kvpress
-(isolated.py) and its records join the same file and table.
+Vanilla, kvpress presses and native DMS (dms-8x, methods/dms.py) run in this process; native DMS shares a random-
+weight model with the others (it adds no weights) and loads the DMS checkpoint after them with pretrained weights.
+The checkpoint's remote code (dms-8x-remote) runs in a child process that never imports kvpress (isolated.py);
+every record joins the same file and table.
 """
 
 from __future__ import annotations
@@ -40,36 +42,36 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
                                "max_new_tokens": cfg.settings.max_new_tokens, "repeats": cfg.repeats,
                                "preset": cfg.preset, **(header_extra or {})})
     out = ResultFile(cfg.out, header, resume=cfg.resume)
-    local = [m for m in cfg.methods if m.kind != "dms"]
-    isolated = [m for m in cfg.methods if m.kind == "dms"]
+    local = [m for m in cfg.methods if not (m.kind == "dms" and m.impl == "remote")]
+    isolated = [m for m in cfg.methods if m.kind == "dms" and m.impl == "remote"]
     total = len(cells) * len(cfg.methods)
     console.print(f"{len(cfg.methods)} method(s) x {len(cells)} prompt(s) = {total} cells -> {cfg.out}")
-    done = 0
+    progress = {"done": 0, "total": total}
     if local:
-        lm = models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
-                         attn_implementation=cfg.attn_implementation, seed=cfg.settings.sampling.seed)
+        if cfg.spec.is_dms:  # --model <a DMS checkpoint>: only dms-8x runs on it (preflight refuses the others)
+            lm = models.load_dms_native(cfg.spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
+        else:
+            lm = models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
+                             attn_implementation=cfg.attn_implementation, seed=cfg.settings.sampling.seed)
         out.run.update(model=lm.name, weights=lm.weights, tokenizer=lm.tokenizer_source, notes=lm.notes,
                        architecture=architecture_of(lm.model.config))
         for note in lm.notes:
             console.print(f"[yellow]{note}[/yellow]")
-        decoders = _decoders(cfg, lm)
-        for cell in cells:
-            prompt, needle = cell.build(lm.tokenizer)
-            for method in local:
-                done += 1
-                identity_probe = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt,
-                                           cfg.settings)
-                if cfg.resume and out.done(identity_probe.identity()):
-                    console.print(f"[{done}/{total}] {method.name} @ {cell.target_tokens}: already in {cfg.out}, skipped")
-                    continue
-                record = run_cell(lm, method, prompt, needle, cell, cfg.settings, cfg.repeats, decoders, task)
-                record.process = "main"
-                if annotate:
-                    annotate(record, method)
-                out.add(record)
-                console.print(f"[{done}/{total}] {progress_line(record)}")
+        # Random weights: native DMS runs on the same model (it adds no weights; its decisions are calibrated).
+        # Pretrained: it needs the DMS checkpoint, loaded once the other methods are done.
+        later = [m for m in local if m.native_dms and lm.weights != "random" and not cfg.spec.is_dms]
+        _run_local(cfg, lm, [m for m in local if m not in later], cells, task, out, annotate, progress)
         del lm
         _free_memory()
+        if later:
+            spec = models.resolve_spec(cfg.dms_model)
+            console.print(f"native DMS: loading {spec.hub_id or spec.name} with transformers' Qwen3 class")
+            lm = models.load_dms_native(spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
+            out.run.update(dms_model=lm.name, dms_notes=lm.notes)
+            _run_local(cfg, lm, later, cells, task, out, annotate, progress)
+            del lm
+            _free_memory()
+    done = progress["done"]
     if isolated:
         from kvcompress import isolated as iso
 
@@ -84,6 +86,42 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
     return out
 
 
+def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
+    decoders = _decoders(cfg, lm)
+    for cell in cells:
+        prompt, needle = cell.build(lm.tokenizer)
+        for method in methods:
+            progress["done"] += 1
+            where = f"[{progress['done']}/{progress['total']}]"
+            identity_probe = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, cfg.settings)
+            if cfg.resume and out.done(identity_probe.identity()):
+                console.print(f"{where} {method.name} @ {cell.target_tokens}: already in {cfg.out}, skipped")
+                continue
+            record = run_cell(lm, method, prompt, needle, cell, cfg.settings, cfg.repeats, decoders, task)
+            record.process = "main"
+            if annotate:
+                annotate(record, method)
+            out.add(record)
+            console.print(f"{where} {progress_line(record)}")
+
+
+def prepare_dms(lm, method: Method, prompt) -> Method:
+    """Native DMS for one cell: the checkpoint's decisions, or thresholds calibrated on this prompt (random weights
+    always; `dms-8x[evict=X]` on any weights). One calibration prefill, before warm-up: nothing of it is timed."""
+    from dataclasses import replace
+
+    from kvcompress.methods import dms
+
+    params = dms.DMSParams.from_config(lm.model.config)
+    target = method.options.get("evict")
+    if target is None and lm.weights == "random":
+        target = params.default_evict
+    if target is not None:
+        ids = torch.cat([prompt.context_ids, prompt.question_ids], dim=1).to(lm.device)
+        params = dms.calibrate(lm.model, ids, params, target)
+    return replace(method, dms_params=params)
+
+
 def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: int, decoders: dict, task: str
              ) -> BenchmarkResult:
     """Measure one method on one prompt, or return a record that says in one line why it could not be measured."""
@@ -94,6 +132,8 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
         skeleton.error = reason
         return skeleton
     try:
+        if method.native_dms:
+            method = prepare_dms(lm, method, prompt)
         record = measure(lm, method, prompt, settings, decoder, repeats=repeats, task=task,
                          target_tokens=cell.target_tokens)
     except torch.OutOfMemoryError as exc:
@@ -110,6 +150,11 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
         _free_memory()
         return skeleton
     record.engine_note = engine_note
+    if method.kind == "dms":
+        record.dms_impl = method.impl
+        if method.native_dms:
+            record.dms_layout = getattr(decoder, "dms_layout", None) or "mask, no reclaim"
+            record.dms_decisions = method.dms_params.decisions
     record.depth, record.prompt_id = cell.depth if needle else None, cell.prompt_id
     if needle is not None:
         niah.grade(record, needle, prompt)  # needle, correct, score, depth reached, unfinished thinking
@@ -117,6 +162,8 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
 
 
 def preflight(method: Method, lm) -> str | None:
+    if method.native_dms and getattr(lm.model.config, "dms_window_size", None) is None:
+        return f"{lm.name} has no DMS config fields (dms_window_size): native dms-8x cannot run on it"
     if lm.spec.is_dms and method.kind != "dms":
         # its forward swaps any cache it is given for its own paged one: another method would measure nothing
         return "a DMS checkpoint runs only as method dms-8x: pass it with --dms-model, not --model"
