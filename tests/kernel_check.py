@@ -77,10 +77,68 @@ def main() -> int:
     # silu_mul
     args, twin, a, b = run_both(lambda gu, o: kernels.silu_mul(gu, o), torch.randn(B, 2 * I), torch.empty(B, I))
     check("silu_mul", rel_err(a, b))
+    dms_checks(check)
     print("FAILED: " + ", ".join(failures) if failures else "all kernels match")
     return 1 if failures else 0
 
 
+
+
+def dms_checks(check) -> None:
+    """DMS's compact cache: the ragged attention and the decision-extracting store against their torch twins."""
+    from kvcompress.methods.dms import DMSParams, tie_break
+
+    B, Hq, Hkv, D = 2, 8, 2, 32
+    lengths = torch.tensor([5, 150, 1, 77], dtype=torch.int32)  # per (batch, kv head)
+    capacity = torch.tensor([20, 160, 8, 90])
+    offsets = torch.cumsum(capacity, 0) - capacity
+    rows = int(capacity.sum())
+    keys, values = torch.randn(rows, D), torch.randn(rows, D)
+    live = torch.zeros(rows, dtype=torch.bool)
+    for o, n in zip(offsets.tolist(), lengths.tolist()):
+        live[o:o + n] = True
+    keys[~live] = float("nan")  # a head's reserve and every other row must never be read
+    values[~live] = float("nan")
+    q = torch.randn(B, Hq, D)
+    splits = 3
+    ws = kernels.attention_workspace(B, Hq, D, splits, "cpu")
+    kernels.FORCE_TRITON = True
+    a = kernels.decode_attention(q, keys, values, lengths, None, D ** -0.5, torch.empty(B, Hq, D), splits, ws,
+                                 offsets=offsets, max_length=int(capacity.max()))
+    kernels.FORCE_TRITON = False
+    b = kernels.decode_attention(q, keys, values, lengths, None, D ** -0.5, torch.empty(B, Hq, D),
+                                 offsets=offsets, max_length=int(capacity.max()))
+    check("decode_attention (ragged)", rel_err(a, b))
+    check("decode_attention (ragged) finite", float(a.isnan().sum()))
+
+    # the store: several positions (ring wrap-around included), random marks in the ring, both threshold kinds
+    ring = 5
+    for position, thresholds in ((7, None), (10, torch.randn(3, Hkv) * 50), (1, None)):
+        params = DMSParams(window=ring - 1, alpha_scale=100.0, alpha_offset=5.0, cr=8, kv_heads=Hkv,
+                           threshold=thresholds)
+        layer = 1
+        row = thresholds[layer].float() if thresholds is not None else torch.zeros(Hkv)
+        tie = tie_break(torch.full((B,), position)) if thresholds is not None else torch.zeros(B)
+        qn, kn = torch.randn(D), torch.randn(D)
+        angle = torch.randn(B, D // 2)
+        cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+        pos = torch.full((B, 1), position, dtype=torch.long)
+        marks = (torch.rand(B * Hkv, ring) > 0.5).to(torch.int8)
+        args, twin, a, b = run_both(
+            lambda qkv, k, v, n, slot, mark, o: kernels.dms_qk_norm_rope_store(
+                qkv, qn, kn, 1e-6, cos, sin, k, v, offsets, n, slot, mark, pos, row, tie, params, layer, o),
+            torch.randn(B, (Hq + 2 * Hkv) * D), torch.zeros(rows, D), torch.zeros(rows, D), lengths.clone(),
+            torch.randint(0, 5, (B * Hkv, ring), dtype=torch.int32), marks, torch.empty(B, Hq, D))
+        tag = f"dms store (p={position}{', calibrated' if thresholds is not None else ''})"
+        check(tag + " q", rel_err(a, b))
+        check(tag + " keys", rel_err(args[1], twin[1]))
+        check(tag + " values", rel_err(args[2], twin[2]))
+        for i, name in ((3, "lengths"), (4, "ring slots"), (5, "ring marks")):
+            check(f"{tag} {name}", float((args[i] != twin[i]).sum()))
+        group = Hq // Hkv
+        check(tag + " decision channel zeroed", float(a[:, ::group, -1].abs().sum()))
+        written = torch.cat([args[1], args[2]]).abs().sum(-1) > 0
+        check(tag + " one row per head written", float(written.sum() != 2 * B * Hkv))
 
 
 def engine_check(steps: int = 10) -> int:

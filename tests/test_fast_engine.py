@@ -80,7 +80,7 @@ def test_buffers_are_reused_across_repeats_and_released_after(run_method, fast):
 
 @pytest.mark.parametrize("method, reason", [
     ("decoding+knorm[compression_interval=4,target_size=64]", "decoding-phase press"),
-    ("dms-8x", "paged cache"),
+    ("dms-8x-remote", "paged cache"),
 ])
 def test_unsupported_methods_fall_back_to_hf_with_the_reason(tiny, fast, method, reason):
     decoder, note = pick_decoder({"hf": HFDecoder(), "fast": fast}, parse_method(method), tiny)

@@ -6,10 +6,11 @@ ops of kernels.py) reading every weight and every live KV entry once; on CUDA th
 graph and replayed, so the host's Python never sits on the critical path. On CPU the same step runs eagerly with the
 torch reference ops, which is how the tests compare it with the hf engine.
 
-Handled: presses that keep different lengths per layer (each layer has its own buffer) and mask-only presses (a
-validity mask per KV head keeps masked entries out of attention). Refused, with the reason recorded and the hf
-engine used instead: DMS-8x (its own paged cache) and decoding-phase presses (they rewrite the cache inside
-transformers' forward).
+Handled: presses that keep different lengths per layer (each layer has its own buffer), mask-only presses (a
+validity mask per KV head keeps masked entries out of attention) and native DMS (engine/fast_dms.py: a compact cache
+per head, its own store and attention kernels). Refused, with the reason recorded and the hf engine used instead:
+DMS-8x's remote code (its own paged cache) and decoding-phase presses (they rewrite the cache inside transformers'
+forward).
 """
 
 from __future__ import annotations
@@ -19,18 +20,20 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from kvcompress.engine import kernels
+from kvcompress.engine import fast_dms, kernels
 from kvcompress.engine.sampling import sample
 from kvcompress.memory import KVState, take_masked_indices
 
 
 class FastDecoder:
     name = "fast"
+    dms_layout = fast_dms.CompactDMSCache.layout
 
     def __init__(self, lm):
         self.model = lm.model
         self.problem = architecture_problem(lm.model)
         self._state: _DecodeState | None = None
+        self._dms = None  # fast_dms's decode state (native DMS)
         # Capture needs a non-default stream. PyTorch keeps a cuBLAS workspace (32 MiB on Hopper) per stream that
         # ever ran a GEMM, so this one is made once (and only used when the caller runs on the default stream).
         self.stream = torch.cuda.Stream(lm.device) if lm.device.type == "cuda" else None
@@ -38,8 +41,8 @@ class FastDecoder:
             self.layers = [_LayerWeights(layer) for layer in lm.model.model.layers]
 
     def unsupported(self, method, lm=None) -> str | None:
-        if method.kind == "dms":
-            return "DMS-8x keeps its own paged cache"
+        if method.kind == "dms" and not method.native_dms:
+            return "DMS-8x's remote code keeps its own paged cache"
         if method.compresses_during_decoding:
             return "a decoding-phase press rewrites the cache inside transformers' forward"
         return self.problem
@@ -49,8 +52,15 @@ class FastDecoder:
         if self._state is not None:
             self._state.free()
         self._state = None
+        fast_dms.release(self)
+
+    def new_cache(self, method, lm, n_new):
+        """Native DMS prefills into the compact cache it decodes from (engine/fast_dms.py); others: no preference."""
+        return fast_dms.new_cache(self, method, lm, n_new) if method.native_dms else None
 
     def decode(self, lm, cache, token, next_position, uniforms, settings, out_tokens, eos):
+        if isinstance(cache, fast_dms.CompactDMSCache):
+            return fast_dms.decode(self, lm, cache, token, next_position, uniforms, settings, out_tokens, eos)
         lengths = [layer.keys.shape[2] for layer in cache.layers]
         # The validity mask replaces kvpress's index tensors (1 byte per entry instead of 24 per hidden entry);
         # load() frees them layer by layer, so the two never coexist in full.

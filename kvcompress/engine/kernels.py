@@ -116,9 +116,15 @@ def attention_splits(batch_heads: int, capacity: int, device: torch.device) -> i
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor,
                      valid: torch.Tensor | None, scale: float, out: torch.Tensor, splits: int = 1,
-                     workspace: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                     workspace: tuple[torch.Tensor, torch.Tensor] | None = None, *,
+                     offsets: torch.Tensor | None = None, max_length: int | None = None) -> torch.Tensor:
     """One query token per head. q (B, Hq, D); keys/values (B, Hkv, S, D), the first `length` slots live;
-    valid (B, Hkv, S) uint8 hides masked entries (0). Each KV head is read once for its whole group of query heads."""
+    valid (B, Hkv, S) uint8 hides masked entries (0). Each KV head is read once for its whole group of query heads.
+
+    Ragged form (DMS's compact cache): with `offsets`, keys/values are flat (rows, D) buffers, head (b, h) owns rows
+    offsets[b * Hkv + h] onwards, `length` (B * Hkv,) holds each head's live count and `max_length` bounds it."""
+    if offsets is not None:
+        return _ragged_decode_attention(q, keys, values, length, offsets, max_length, scale, out, splits, workspace)
     batch, heads_q, dim = q.shape
     heads_kv, capacity = keys.shape[1], keys.shape[2]
     group = heads_q // heads_kv
@@ -312,3 +318,202 @@ if triton is not None:
         gf = g.to(tl.float32)
         act = (gf / (1.0 + tl.exp(-gf))).to(g.dtype).to(tl.float32)
         tl.store(out_ptr + row * inter + offs, (act * u).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# DMS (engine/fast_dms.py): the compact per-head cache's store and attention
+# --------------------------------------------------------------------------------------------------------------------
+
+def dms_qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, eps: float,
+                           cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                           offsets: torch.Tensor, lengths: torch.Tensor, ring_slot: torch.Tensor,
+                           ring_marked: torch.Tensor, position: torch.Tensor, threshold: torch.Tensor,
+                           tie: torch.Tensor, params, layer: int, q_out: torch.Tensor) -> torch.Tensor:
+    """qk_norm_rope_store for DMS's compact cache, with the DMS bookkeeping of one new token at `position` (B, 1).
+
+    Per (batch, kv head) row bh = b * Hkv + h: the decision logit read from the first query head of the group (after
+    q_norm, before RoPE; methods.dms.decision_logits) marks the PREVIOUS token in the ring (ring_marked[bh,
+    (p - 1) % R]); the ring entry p % R holds the token leaving the window: if marked, the new token takes its slot,
+    else slot lengths[bh] and lengths[bh] += 1. K and V go to row offsets[bh] + slot of the flat (rows, D) buffers.
+    The decision channel of q is zeroed before and after RoPE (methods.dms.zero_decision_channel). `threshold`
+    (Hkv,) float32 is the layer's row of `params.threshold` and `tie` (B,) float32 methods.dms.tie_break(position)
+    (both zeros for the checkpoint rule): the kernel's copy of methods.dms.evicts, which the reference twin calls."""
+    batch, heads_q, dim = q_out.shape
+    heads_kv = lengths.shape[0] // batch
+    ring = ring_slot.shape[1]
+    if use_triton(qkv):
+        _dms_store_kernel[(batch, heads_q + heads_kv)](
+            qkv, q_norm if q_norm is not None else cos, k_norm if k_norm is not None else cos, cos, sin, keys, values,
+            offsets, lengths, ring_slot, ring_marked, position, threshold, tie, q_out, eps, float(params.alpha_scale),
+            float(params.alpha_offset), qkv.stride(0), cos.stride(0), keys.stride(0), q_out.stride(0),
+            q_out.stride(1), HEADS_Q=heads_q, HEADS_KV=heads_kv, D=dim, RING=ring, HAS_NORM=q_norm is not None)
+        return q_out
+    from kvcompress.methods import dms as rule  # the rule's own definitions are the oracle
+
+    q, k, v = qkv.view(batch, heads_q + 2 * heads_kv, dim).split([heads_q, heads_kv, heads_kv], dim=1)
+    if q_norm is not None:
+        q, k = _rmsnorm_reference(q, q_norm, eps), _rmsnorm_reference(k, k_norm, eps)
+    q = q.clone()[:, :, None, :]  # (B, Hq, 1, D): the rule's layout; never a view of qkv
+    logits = rule.decision_logits(q, params)  # (B, Hkv, 1)
+    evict = torch.cat([rule.evicts(logits[b:b + 1], layer, params, position[b].view(1))
+                       for b in range(batch)]).reshape(-1)  # (B * Hkv,)
+    rule.zero_decision_channel(q, heads_kv)
+    cos4, sin4 = cos[:, None, None, :], sin[:, None, None, :]
+    q = q * cos4 + _rotate_half(q) * sin4
+    rule.zero_decision_channel(q, heads_kv)
+    k = k * cos[:, None, :] + _rotate_half(k) * sin[:, None, :]
+    rows = torch.arange(batch * heads_kv, device=qkv.device)
+    p = position.view(batch, 1).expand(batch, heads_kv).reshape(-1)
+    previous, leaving = (p - 1) % ring, p % ring
+    ring_marked[rows, previous] = torch.where(p > 0, evict.to(ring_marked.dtype), ring_marked[rows, previous])
+    reuse = ring_marked[rows, leaving] != 0
+    slot = torch.where(reuse, ring_slot[rows, leaving], lengths)
+    lengths.add_((~reuse).to(lengths.dtype))
+    ring_slot[rows, leaving] = slot.to(ring_slot.dtype)
+    ring_marked[rows, leaving] = 0
+    target = offsets + slot
+    keys.index_copy_(0, target, k.reshape(-1, dim))
+    values.index_copy_(0, target, v.reshape(-1, dim))
+    q_out.copy_(q[:, :, 0])
+    return q_out
+
+
+def _ragged_decode_attention(q, keys, values, lengths, offsets, max_length, scale, out, splits, workspace):
+    batch, heads_q, dim = q.shape
+    heads_kv = lengths.shape[0] // batch
+    group = heads_q // heads_kv
+    if use_triton(q):
+        partial_out, partial_lse = workspace or attention_workspace(batch, heads_q, dim, splits, q.device)
+        chunk = math.ceil(math.ceil(max_length / splits) / BLOCK_N) * BLOCK_N
+        _ragged_attention_partial_kernel[(batch * heads_kv, splits)](
+            q, keys, values, lengths, offsets, partial_out, partial_lse, scale, chunk, q.stride(0), q.stride(1),
+            keys.stride(0), HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
+            BLOCK_N=BLOCK_N)
+        _attention_combine_kernel[(batch * heads_q,)](
+            partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
+            SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=dim)
+        return out
+    # Reference: gather each head's rows into a padded (B, Hkv, max_length, D) block; rows past a head's length are
+    # zeroed (they may hold another head's entries or never-written memory) and masked out.
+    cols = torch.arange(max_length, device=q.device)
+    live = cols[None, :] < lengths[:, None]  # (B * Hkv, M)
+    index = torch.where(live, offsets[:, None] + cols[None, :], 0)
+    k = torch.where(live[..., None], keys[index], 0).view(batch, heads_kv, max_length, dim)
+    v = torch.where(live[..., None], values[index], 0).view(batch, heads_kv, max_length, dim)
+    grouped = q.view(batch, heads_kv, group, dim)
+    mask = live.view(batch, heads_kv, 1, max_length)
+    o = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=scale)
+    out.copy_(o.reshape(batch, heads_q, dim))
+    return out
+
+
+if triton is not None:
+
+    @triton.jit
+    def _dms_store_kernel(qkv_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, off_ptr, len_ptr, slot_ptr,
+                          mark_ptr, pos_ptr, thr_ptr, tie_ptr, q_ptr, eps, alpha_scale, alpha_offset, s_qkv, s_cos, s_kr,
+                          s_qb, s_qh, HEADS_Q: tl.constexpr, HEADS_KV: tl.constexpr, D: tl.constexpr,
+                          RING: tl.constexpr, HAS_NORM: tl.constexpr):
+        b = tl.program_id(0)
+        head = tl.program_id(1)  # 0..HEADS_Q-1: query heads; then the key/value heads
+        GROUP: tl.constexpr = HEADS_Q // HEADS_KV
+        half = tl.arange(0, D // 2)
+        last = half == D // 2 - 1  # in the second half: channel D - 1, the decision channel
+        dtype = q_ptr.dtype.element_ty
+        cos1 = tl.load(cos_ptr + b * s_cos + half).to(tl.float32)
+        cos2 = tl.load(cos_ptr + b * s_cos + D // 2 + half).to(tl.float32)
+        sin1 = tl.load(sin_ptr + b * s_cos + half).to(tl.float32)
+        sin2 = tl.load(sin_ptr + b * s_cos + D // 2 + half).to(tl.float32)
+        one = tl.full([D // 2], 1.0, tl.float32)
+        zero = tl.zeros([D // 2], tl.float32)
+        if head < HEADS_Q:
+            src = qkv_ptr + b * s_qkv + head * D
+            x1 = tl.load(src + half).to(tl.float32)
+            x2 = tl.load(src + D // 2 + half).to(tl.float32)
+            # the norm alone (a rotation by angle 0 is exact), then the channel zeroed, then RoPE, then zeroed again
+            x1, x2 = _norm_rope(x1, x2, qn_ptr, one, one, zero, zero, eps, D, HAS_NORM, dtype)
+            decides = head % GROUP == 0
+            x2 = tl.where(last & decides, 0.0, x2)
+            y1, y2 = _norm_rope(x1, x2, qn_ptr, cos1, cos2, sin1, sin2, eps, D, False, dtype)
+            y2 = tl.where(last & decides, 0.0, y2)
+            dst = q_ptr + b * s_qb + head * s_qh
+            tl.store(dst + half, y1.to(dtype))
+            tl.store(dst + D // 2 + half, y2.to(dtype))
+        else:
+            kv = head - HEADS_Q
+            bh = b * HEADS_KV + kv
+            # the decision: last channel of the group's first query head after q_norm (rounded as q_norm rounds)
+            qsrc = qkv_ptr + b * s_qkv + kv * GROUP * D
+            q1 = tl.load(qsrc + half).to(tl.float32)
+            q2 = tl.load(qsrc + D // 2 + half).to(tl.float32)
+            q1, q2 = _norm_rope(q1, q2, qn_ptr, one, one, zero, zero, eps, D, HAS_NORM, dtype)
+            logit = tl.sum(tl.where(last, q2, 0.0), axis=0) * alpha_scale - alpha_offset
+            evict = logit + tl.load(tie_ptr + b) > tl.load(thr_ptr + kv)
+            p = tl.load(pos_ptr + b)
+            previous = (p - 1) % RING
+            leaving = p % RING
+            tl.store(mark_ptr + bh * RING + previous, evict.to(mark_ptr.dtype.element_ty), mask=p > 0)
+            reuse = tl.load(mark_ptr + bh * RING + leaving) != 0
+            n = tl.load(len_ptr + bh)
+            slot = tl.where(reuse, tl.load(slot_ptr + bh * RING + leaving), n)
+            tl.store(len_ptr + bh, tl.where(reuse, n, n + 1))
+            tl.store(slot_ptr + bh * RING + leaving, slot.to(slot_ptr.dtype.element_ty))
+            tl.store(mark_ptr + bh * RING + leaving, tl.zeros([], mark_ptr.dtype.element_ty))
+            row = tl.load(off_ptr + bh) + slot.to(tl.int64)
+            src = qkv_ptr + b * s_qkv + head * D
+            x1 = tl.load(src + half).to(tl.float32)
+            x2 = tl.load(src + D // 2 + half).to(tl.float32)
+            y1, y2 = _norm_rope(x1, x2, kn_ptr, cos1, cos2, sin1, sin2, eps, D, HAS_NORM, dtype)
+            dst = k_ptr + row * s_kr
+            tl.store(dst + half, y1.to(dtype))
+            tl.store(dst + D // 2 + half, y2.to(dtype))
+            vsrc = qkv_ptr + b * s_qkv + (HEADS_Q + HEADS_KV + kv) * D
+            vdst = v_ptr + row * s_kr
+            tl.store(vdst + half, tl.load(vsrc + half))
+            tl.store(vdst + D // 2 + half, tl.load(vsrc + D // 2 + half))
+
+    @triton.jit
+    def _ragged_attention_partial_kernel(q_ptr, k_ptr, v_ptr, len_ptr, off_ptr, po_ptr, plse_ptr, scale, chunk,
+                                         s_qb, s_qh, s_kr, HEADS_KV: tl.constexpr, GROUP: tl.constexpr,
+                                         GROUP_PAD: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+        bh = tl.program_id(0)  # (batch, kv head)
+        split = tl.program_id(1)
+        b = bh // HEADS_KV
+        kvh = bh % HEADS_KV
+        splits = tl.num_programs(1)
+        length = tl.load(len_ptr + bh)
+        rows = tl.arange(0, GROUP_PAD)
+        dims = tl.arange(0, D)
+        row_ok = rows < GROUP
+        q = tl.load(q_ptr + b * s_qb + (kvh * GROUP + rows)[:, None] * s_qh + dims[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+        l = tl.zeros([GROUP_PAD], tl.float32)  # noqa: E741
+        acc = tl.zeros([GROUP_PAD, D], tl.float32)
+        start = split * chunk
+        end = tl.minimum(start + chunk, length)
+        kbase = k_ptr + tl.load(off_ptr + bh).to(tl.int64) * s_kr
+        vbase = v_ptr + tl.load(off_ptr + bh).to(tl.int64) * s_kr
+        first = start
+        # Only this head's live rows: a short head costs no reads. A while loop, as Triton's interpreter cannot run a
+        # for loop with bounds loaded from memory.
+        while first < end:
+            cols = first + tl.arange(0, BLOCK_N)
+            live = cols < end
+            k = tl.load(kbase + cols[:, None] * s_kr + dims[None, :], mask=live[:, None], other=0.0)
+            s = tl.dot(q, tl.trans(k)) * scale
+            s = tl.where(live[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp(s - m_safe[:, None])
+            alpha = tl.exp(m - m_safe)
+            v = tl.load(vbase + cols[:, None] * s_kr + dims[None, :], mask=live[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
+            m = m_new
+            first += BLOCK_N
+        lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
+        out_rows = bh * GROUP + rows
+        tl.store(po_ptr + (out_rows[:, None] * splits + split) * D + dims[None, :],
+                 acc / tl.where(l > 0, l, 1.0)[:, None], mask=row_ok[:, None])
+        tl.store(plse_ptr + out_rows * splits + split, lse, mask=row_ok)

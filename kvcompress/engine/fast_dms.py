@@ -1,0 +1,314 @@
+"""Native DMS in the fast engine: memory really reclaimed, decoding at the fast engine's speed.
+
+`CompactDMSCache` is the cache the prefill writes into (`FastDecoder.new_cache`). As each layer finishes its prefill
+(methods/dms.py's attention patch calls `dms_prefill_layer`), its K/V are compacted at once into a per-(layer, batch,
+kv head) ragged layout and the full K/V of the layer can be freed:
+
+- one flat K and one flat V buffer per layer, rows of head_dim; head bh = b * Hkv + h owns the rows
+  offsets[bh] .. offsets[bh] + capacity[bh], of which the first lengths[bh] are written;
+- capacity[bh] = entries live after prefill + the decode reserve (max_new_tokens - 1: the tokens this decode can
+  write). The reserve is the layout's slack: after prefill kv_cache_bytes - kv_live_bytes is exactly
+  reserve x (layers x batch x kv heads) entries; each decoded token fills one reserve row unless it takes the slot of
+  a marked token leaving the window, so at the end the slack is the reserve rows never filled;
+- a ring of the last R positions per head (R = the first age at which a marked token is no longer visible:
+  window + 1, derived from methods.dms.visible) with each entry's slot and mark, as the reference cache keeps it.
+
+Live entries are those the last query processed sees (`visible`): after a prefill of S tokens, query S - 1 (which is
+what the reference's paged cache holds). Decoding token p (dms_qk_norm_rope_store, one kernel per layer): its
+decision logit marks token p - 1 in the ring; the ring entry of token p - R is the token leaving the window: if it
+is marked, token p overwrites its slot, else token p takes the next free row; then split-K attention reads exactly
+lengths[bh] rows per head. Every input of the step is a static device tensor, so the step is one CUDA graph, replayed
+across timed repeats as long as the prefill produced the same per-head capacities (the same prompt does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from kvcompress.engine import kernels
+from kvcompress.engine.sampling import sample
+from kvcompress.memory import KVState
+from kvcompress.methods import dms as rule
+
+
+def new_cache(decoder, method, lm, n_new: int) -> CompactDMSCache:
+    params = method.dms_params or rule.DMSParams.from_config(lm.model.config)
+    state = decoder._dms
+    previous = state.cache if state is not None else None  # its buffers are reused when the shapes match
+    return CompactDMSCache(lm.model.config.num_hidden_layers, params, n_new, previous)
+
+
+def decode(decoder, lm, cache: CompactDMSCache, token, next_position, uniforms, settings, out_tokens, eos):
+    signature = (cache.signature(), out_tokens.shape[0], settings.sampling)
+    if decoder._dms is None or decoder._dms.signature != signature:
+        release(decoder)
+        decoder._dms = _DMSDecodeState(decoder, cache, signature, settings.sampling)
+    state = decoder._dms
+    state.cache = cache  # the same tensors as the captured step's (same signature), held by the newest cache
+    state.load(token, next_position, uniforms, out_tokens)
+    cache.decoding = True
+    n = state.run(eos)
+    out_tokens.copy_(state.out)
+    return n, cache
+
+
+def release(decoder) -> None:
+    if decoder._dms is not None:
+        decoder._dms.free()
+    decoder._dms = None
+
+
+def ring_size(window: int) -> int:
+    """The first age at which a marked token is invisible under the rule: the ring holds the tokens younger than it."""
+    ages = torch.arange(1, window + 3)
+    seen = rule.visible(ages, torch.tensor(0), torch.tensor(True), window)
+    gone = (~seen).nonzero()
+    if not len(gone) or not seen[: int(gone[0])].all() or int(ages[gone[0]]) < 2:
+        raise AssertionError(f"methods.dms.visible does not describe a window eviction (window {window})")
+    return int(ages[gone[0]])
+
+
+class CompactDMSCache:
+    """The fast engine's DMS cache (see the module docstring for the layout and what its slack is)."""
+
+    layout = "compact per head, slots reclaimed"
+
+    def __init__(self, layers: int, params, n_new: int, previous: CompactDMSCache | None = None):
+        self.params, self.window = params, params.window
+        self.ring = ring_size(params.window)
+        self.reserve = max(0, n_new - 1)  # the decode writes the n_new - 1 tokens after the first
+        self.n_layers = layers
+        self.keys: list[torch.Tensor | None] = [None] * layers  # (rows, D) per layer
+        self.values: list[torch.Tensor | None] = [None] * layers
+        self.offsets: list[torch.Tensor | None] = [None] * layers  # (B * Hkv,) int64: each head's first row
+        self.lengths: list[torch.Tensor | None] = [None] * layers  # (B * Hkv,) int32: rows written per head
+        self.ring_slot: list[torch.Tensor | None] = [None] * layers  # (B * Hkv, R) int32: slot of position % R
+        self.ring_marked: list[torch.Tensor | None] = [None] * layers  # (B * Hkv, R) int8: its mark
+        self.capacities: list[list[int] | None] = [None] * layers  # host copies: allocation sizes
+        self.prefill_counts: list[list[int] | None] = [None] * layers  # live per head after prefill (host)
+        self.seen = [0] * layers
+        self.decoding = False
+        self.heads = None  # (batch, kv heads), known at the first prefill layer
+        self.previous = previous if previous is not None and previous.compatible(self) else None
+        self.pool = self.previous.pool if self.previous is not None else None
+
+    def compatible(self, other: CompactDMSCache) -> bool:
+        return (self.n_layers, self.ring, self.reserve) == (other.n_layers, other.ring, other.reserve)
+
+    # --- what transformers' Qwen3Model asks of a cache in prefill -------------------------------------------------
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen[layer_idx]
+
+    def get_mask_sizes(self, cache_position: torch.Tensor, layer_idx: int = 0) -> tuple[int, int]:
+        return self.seen[layer_idx] + cache_position.shape[0], 0
+
+    # --- prefill --------------------------------------------------------------------------------------------------
+
+    def dms_prefill_layer(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor, marked: torch.Tensor):
+        """Keep what the last prefill query sees, compacted per head; the caller then drops `keys`/`values`."""
+        batch, heads, length, dim = keys.shape
+        device = keys.device
+        if self.pool is None and device.type == "cuda":
+            self.pool = torch.cuda.MemPool()  # as fast.py's buffers: no inherited unsplittable block remainders
+        self.heads = (batch, heads)
+        rows = batch * heads
+        live = rule.visible(length - 1, torch.arange(length, device=device), marked, self.window).view(rows, length)
+        counts = live.sum(-1)
+        counts_host = counts.tolist()  # the one host synchronisation per layer: the allocation's size
+        capacities = [n + self.reserve for n in counts_host]
+        self._allocate(layer_idx, capacities, rows, dim, keys.dtype, device)
+        offsets, lengths = self.offsets[layer_idx], self.lengths[layer_idx]
+        capacity = torch.tensor(capacities, device=device)
+        offsets.copy_(torch.cumsum(capacity, 0) - capacity)
+        lengths.copy_(counts)
+        rank = live.cumsum(-1) - 1  # each live entry's slot within its head, in position order
+        target = (offsets[:, None] + rank)[live]
+        live4 = live.view(batch, heads, length)  # boolean indexing gathers in (b, h, position) order, as `target`
+        self.keys[layer_idx].index_copy_(0, target, keys[live4])
+        self.values[layer_idx].index_copy_(0, target, values[live4])
+        # The ring: the last R positions, each at position % R with its slot and mark (a pending or unseen one: 0).
+        ring_slot, ring_marked = self.ring_slot[layer_idx], self.ring_marked[layer_idx]
+        ring_slot.zero_()
+        ring_marked.zero_()
+        recent = torch.arange(max(0, length - self.ring), length, device=device)
+        ring_slot[:, recent % self.ring] = rank[:, recent].to(ring_slot.dtype)
+        ring_marked[:, recent % self.ring] = (marked.reshape(rows, length) & live)[:, recent].to(ring_marked.dtype)
+        self.capacities[layer_idx] = capacities
+        self.prefill_counts[layer_idx] = counts_host
+        self.seen[layer_idx] = length
+
+    def _allocate(self, layer: int, capacities: list[int], rows: int, dim: int, dtype, device) -> None:
+        old = self.previous
+        for name, shape, kind in (("offsets", (rows,), torch.int64), ("lengths", (rows,), torch.int32),
+                                  ("ring_slot", (rows, self.ring), torch.int32),
+                                  ("ring_marked", (rows, self.ring), torch.int8)):
+            reuse = getattr(old, name)[layer] if old is not None else None
+            if reuse is None or reuse.shape != shape or reuse.device != device:
+                with self._in_pool():
+                    reuse = torch.empty(shape, dtype=kind, device=device)
+            getattr(self, name)[layer] = reuse
+        same = old is not None and old.capacities[layer] == capacities and old.keys[layer] is not None and \
+            old.keys[layer].dtype == dtype and old.keys[layer].shape[1] == dim
+        if same:
+            self.keys[layer], self.values[layer] = old.keys[layer], old.values[layer]
+        else:
+            if old is not None:  # free the old layer before allocating its replacement
+                old.keys[layer] = old.values[layer] = None
+            with self._in_pool():
+                self.keys[layer] = torch.empty(sum(capacities), dim, dtype=dtype, device=device)
+                self.values[layer] = torch.empty(sum(capacities), dim, dtype=dtype, device=device)
+        if old is not None:  # the old cache's buffers now belong to this one
+            for name in ("keys", "values", "offsets", "lengths", "ring_slot", "ring_marked"):
+                getattr(old, name)[layer] = None
+            if layer == self.n_layers - 1:
+                self.previous = None
+
+    def _in_pool(self):
+        return torch.cuda.use_mem_pool(self.pool) if self.pool is not None else contextlib.nullcontext()
+
+    def signature(self) -> tuple:
+        """What a captured decode step depends on: the very tensors and each layer's longest head."""
+        tensors = (self.keys, self.values, self.offsets, self.lengths, self.ring_slot, self.ring_marked)
+        return (id(self.params), tuple(t.data_ptr() for group in tensors for t in group),
+                tuple(max(c) for c in self.capacities))
+
+    # --- accounting -----------------------------------------------------------------------------------------------
+
+    def kv_snapshot(self, positions: int):
+        """The state now, read later; after prefill from host copies, during decode cloned on device (no sync)."""
+        counts = [list(c) for c in self.prefill_counts] if not self.decoding else [n.clone() for n in self.lengths]
+        sizes = [(k.nbytes + v.nbytes, k[0].nbytes + v[0].nbytes) for k, v in zip(self.keys, self.values)]
+        return lambda: self._state(counts, sizes, positions)
+
+    def kv_state(self, positions: int) -> KVState:
+        return self.kv_snapshot(positions)()
+
+    def _state(self, counts, sizes, positions: int) -> KVState:
+        """bytes: the buffers as allocated (live + reserve); live_bytes: live entries x bytes of one entry (K and V of
+        one token of one head, from the tensors); tokens_per_head: live per [layer][batch x kv head]."""
+        total = live = full = 0
+        tokens, per_head = [], []
+        for n, (nbytes, entry) in zip(counts, sizes):
+            lengths = [int(x) for x in (n.tolist() if isinstance(n, torch.Tensor) else n)]
+            total += nbytes
+            live += sum(lengths) * entry
+            full += positions * len(lengths) * entry
+            tokens.append(sum(lengths) / len(lengths))
+            per_head.append(lengths)
+        return KVState(total, live, full, tokens, positions, per_head)
+
+
+class _DMSDecodeState:
+    """Static inputs, scratch tensors and the captured graph of the DMS decode step over one CompactDMSCache."""
+
+    def __init__(self, decoder, cache: CompactDMSCache, signature, sampling):
+        model = decoder.model
+        config = model.config
+        self.decoder, self.cache, self.signature, self.sampling = decoder, cache, signature, sampling
+        batch, heads_kv = cache.heads
+        first = cache.keys[0]
+        device, dtype, dim = first.device, first.dtype, first.shape[1]
+        n_new = signature[1]
+        self.max_lengths = [max(c) for c in cache.capacities]
+        self.splits = [kernels.attention_splits(batch * heads_kv, m, device) for m in self.max_lengths]
+        threshold = cache.params.threshold
+        # the kernel's copies of methods.dms.evicts' threshold and tie break (zeros for the checkpoint's rule)
+        self.calibrated = threshold is not None
+        self.thresholds = [(threshold[i].float() if self.calibrated else torch.zeros(heads_kv)).to(device)
+                           for i in range(cache.n_layers)]
+        self.no_tie = torch.zeros(batch, device=device)
+        self.token = torch.zeros(batch, dtype=torch.long, device=device)
+        self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.step_index = torch.zeros(1, dtype=torch.long, device=device)
+        self.uniforms = torch.zeros(n_new, dtype=torch.float32, device=device)
+        self.out = torch.zeros(n_new, dtype=torch.long, device=device)
+        self.residual = torch.zeros(batch, config.hidden_size, device=device, dtype=dtype)
+        self.normed = torch.zeros_like(self.residual)
+        self.q = torch.zeros(batch, config.num_attention_heads, dim, device=device, dtype=dtype)
+        self.attn_out = torch.zeros_like(self.q)
+        self.mlp_act = torch.zeros(batch, config.intermediate_size, device=device, dtype=dtype)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.cuda = device.type == "cuda"
+
+    def load(self, token, next_position, uniforms, out_tokens) -> None:
+        self.token.copy_(token.view(-1))
+        self.position.fill_(next_position)
+        self.step_index.fill_(1)
+        self.uniforms.copy_(uniforms)
+        self.out.copy_(out_tokens)
+
+    def free(self) -> None:
+        self.graph = self.logits = self.cache = None
+
+    def run(self, eos: set[int]) -> int:
+        n = self.out.shape[0]
+        if not self.cuda:
+            for step in range(1, n):
+                self.step()
+                if eos and int(self.token[0]) in eos:
+                    return step + 1
+            return n
+        first = 1
+        if self.graph is None:
+            self.step()  # eager once: compiles the Triton kernels and initialises cuBLAS before capture
+            if eos and int(self.token[0]) in eos:
+                return 2
+            self._capture()
+            first = 2
+        for step in range(first, n):
+            self.graph.replay()
+            if eos and int(self.token[0]) in eos:  # quality runs only; timing runs never synchronise here
+                return step + 1
+        return n
+
+    def _capture(self) -> None:
+        # As fast.py's _DecodeState: capture directly (no synchronisation or garbage collection inside a timed
+        # decode) on the measurement stream, or on the decoder's own stream when called on the default one.
+        self.graph = torch.cuda.CUDAGraph()
+        current = torch.cuda.current_stream()
+        stream = self.decoder.stream if current == torch.cuda.default_stream() else current
+        stream.wait_stream(current)
+        with torch.cuda.stream(stream):
+            self.graph.capture_begin()
+            self.step()
+            self.graph.capture_end()
+        current.wait_stream(stream)
+
+    def step(self) -> None:
+        """One token through every layer; the DMS bookkeeping happens inside the store kernel, on device."""
+        model, cache, params = self.decoder.model, self.cache, self.cache.params
+        h = self.residual
+        h.copy_(model.model.embed_tokens(self.token))
+        cos, sin = model.model.rotary_emb(h[:, None, :], self.position)
+        cos, sin = cos[:, 0], sin[:, 0]
+        tie = rule.tie_break(self.position.view(-1)) if self.calibrated else self.no_tie  # once per step
+        delta = None
+        for i, w in enumerate(self.decoder.layers):
+            x = kernels.add_rmsnorm(h, delta, w.input_norm.weight, w.input_norm.variance_epsilon, self.normed)
+            qkv = F.linear(x, w.qkv_weight, w.qkv_bias)
+            kernels.dms_qk_norm_rope_store(
+                qkv, w.q_norm.weight if w.q_norm is not None else None,
+                w.k_norm.weight if w.k_norm is not None else None,
+                w.q_norm.variance_epsilon if w.q_norm is not None else 0.0, cos, sin, cache.keys[i], cache.values[i],
+                cache.offsets[i], cache.lengths[i], cache.ring_slot[i], cache.ring_marked[i], self.position,
+                self.thresholds[i], tie, params, i, self.q)
+            kernels.decode_attention(self.q, cache.keys[i], cache.values[i], cache.lengths[i], None, w.scale,
+                                     self.attn_out, self.splits[i], offsets=cache.offsets[i],
+                                     max_length=self.max_lengths[i])
+            attn = w.o_proj(self.attn_out.view(h.shape[0], -1))
+            x = kernels.add_rmsnorm(h, attn, w.post_norm.weight, w.post_norm.variance_epsilon, self.normed)
+            kernels.silu_mul(F.linear(x, w.gate_up_weight), self.mlp_act)
+            delta = w.down_proj(self.mlp_act)
+        norm = model.model.norm
+        x = kernels.add_rmsnorm(h, delta, norm.weight, norm.variance_epsilon, self.normed)
+        logits = model.lm_head(x)
+        self.logits = logits
+        token = sample(logits, self.uniforms.index_select(0, self.step_index), self.sampling)
+        self.out.index_copy_(0, self.step_index, token)
+        self.token.copy_(token)
+        self.position.add_(1)
+        self.step_index.add_(1)
