@@ -151,6 +151,15 @@ class MaskedDMSCache(DynamicCache):
             out.append(seen.sum(-1).flatten())
         return out
 
+    def live_positions(self) -> list[list[list[int]]]:
+        """[layer][kv head] sorted positions the next query sees (batch 1; for tests and reports, synchronises)."""
+        out = []
+        for marked in self.marked:
+            length = marked.shape[-1]
+            seen = visible(length - 1, torch.arange(length, device=marked.device), marked, self.window)[0]
+            out.append([torch.nonzero(head).flatten().tolist() for head in seen])
+        return out
+
     def kv_snapshot(self, positions: int):
         counts = [c.clone() for c in self.live_per_head()]  # on device: no synchronisation in a timed region
         sizes = [(layer.keys.nbytes + layer.values.nbytes, layer.keys.shape) for layer in self.layers]

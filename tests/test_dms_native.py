@@ -1,0 +1,230 @@
+"""Native DMS (kvcompress/methods/dms.py) on the hf engine against an independent brute-force reference
+(tests/dms_reference.py), on the tiny Qwen3 with DMS config fields (window 16, so prompts evict in prefill and decode)."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dms_reference import BruteForceDMS
+from kvcompress.engine import GenerationSettings, generate_once, measure
+from kvcompress.engine.generate import HFDecoder, Prompt
+from kvcompress.engine.sampling import SamplingConfig
+from kvcompress.methods import dms, parse_method
+from kvcompress.runner import prepare_dms
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 33  # greedy tokens compared (32 decode steps after the first token)
+
+
+@pytest.fixture(scope="module")
+def long_prompt(tiny_prompt):
+    """120 tokens (window 16): 100 of context, 20 of question, fed in one prefill as DMS requires."""
+    ids = torch.cat([tiny_prompt.context_ids, tiny_prompt.question_ids], 1)[:, -120:]
+    return Prompt(ids[:, :100], ids[:, 100:])
+
+
+def _ids(prompt):
+    return torch.cat([prompt.context_ids, prompt.question_ids], 1)
+
+
+def _native_trace(lm, params, ids, tokens):
+    """Teacher-forced through the patch: live positions after the prefill and after each fed token."""
+    cache = dms.MaskedDMSCache(params.window)
+    lives = []
+    with torch.inference_mode(), dms.DMSPatch(params)(lm.model):
+        lm.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        lives.append(cache.live_positions())
+        for i, token in enumerate(tokens[:-1]):
+            position = torch.tensor([[ids.shape[1] + i]])
+            lm.model(input_ids=torch.tensor([[token]]), past_key_values=cache, position_ids=position, use_cache=True)
+            lives.append(cache.live_positions())
+    return lives
+
+
+def _settings(n=STEPS):
+    return GenerationSettings(n, SamplingConfig(greedy=True), query_aware=True)
+
+
+@pytest.mark.parametrize("calibrated", [False, True], ids=["checkpoint-rule", "calibrated"])
+def test_hf_engine_matches_brute_force_reference(tiny, long_prompt, calibrated):
+    params = dms.DMSParams.from_config(tiny.model.config)
+    if calibrated:
+        params = dms.calibrate(tiny.model, _ids(long_prompt), params, 0.875)
+    thresholds = params.threshold.tolist() if calibrated else None
+    reference = BruteForceDMS(tiny.model, params.window, params.alpha_scale, params.alpha_offset, thresholds)
+    want_tokens, want_lives = reference.greedy(_ids(long_prompt)[0].tolist(), STEPS)
+    method = dataclasses.replace(parse_method("dms-8x"), dms_params=params)
+    got = generate_once(tiny, method, long_prompt, _settings(), HFDecoder())
+    assert got.token_ids == want_tokens
+    got_lives = _native_trace(tiny, params, _ids(long_prompt), got.token_ids)
+    assert len(got_lives) == STEPS
+    for step, (g, w) in enumerate(zip(got_lives, want_lives)):
+        assert g == w, f"live positions differ after {step} fed tokens"
+    # eviction really happened, in prefill and in decode, and heads differ
+    n = _ids(long_prompt).shape[1]
+    prefill_counts = [len(h) for layer in want_lives[0] for h in layer]
+    assert max(prefill_counts) < n - params.window
+    end = [len(h) for layer in want_lives[-1] for h in layer]
+    assert max(end) < n + STEPS - 1 - params.window and len(set(end)) > 1
+    assert got.kv_after.tokens_per_head == [[len(h) for h in layer] for layer in want_lives[0]]
+    assert got.kv_end.tokens_per_head == [[len(h) for h in layer] for layer in want_lives[-1]]
+
+
+def test_decision_channel_is_zeroed_before_attention(tiny, long_prompt, monkeypatch):
+    seen = []
+    real = dms.prefill_attention
+
+    def spy(q, k, v, marked, window, scale):
+        seen.append(q.detach().clone())
+        return real(q, k, v, marked, window, scale)
+
+    monkeypatch.setattr(dms, "prefill_attention", spy)
+    params = dms.DMSParams.from_config(tiny.model.config)
+    with torch.inference_mode(), dms.DMSPatch(params)(tiny.model):
+        tiny.model(input_ids=_ids(long_prompt), past_key_values=dms.MaskedDMSCache(params.window), use_cache=True)
+    group = tiny.model.config.num_attention_heads // tiny.model.config.num_key_value_heads
+    assert len(seen) == tiny.model.config.num_hidden_layers
+    for q in seen:
+        assert torch.all(q[:, ::group, :, -1] == 0)  # the decision carrier: zero after RoPE
+        assert torch.all(q[:, 1::group, :, -1].abs().sum() > 0)  # the other heads keep their last channel
+
+
+def test_a_marked_token_is_seen_at_age_window_and_gone_at_window_plus_one():
+    """On the cache: token 0 marked in prefill, nothing else; fed one token at a time (the reference's ring of
+    window + 1 entries evicts token p - window - 1 when token p arrives)."""
+    window, d = 4, 8
+    cache = dms.MaskedDMSCache(window)
+    keys = torch.randn(1, 1, 3, d)
+    marked = torch.tensor([[[True, False, False]]])
+    cache.dms_prefill_layer(0, keys, keys.clone(), marked)
+    ages = {}
+    for p in range(3, 9):  # feed positions 3..8; the decision each brings marks the previous token: keep
+        cache.dms_decode_layer(0, torch.randn(1, 1, 1, d), torch.randn(1, 1, 1, d), torch.tensor([[False]]))
+        ages[p - 0] = 0 in cache.live_positions()[0][0]
+    assert ages[window] is True and ages[window + 1] is False and ages[window + 2] is False
+    assert all(ages[a] for a in ages if a <= window)
+    # a decision made by the newest token marks the token before it: gone window + 1 positions later
+    cache.dms_decode_layer(0, torch.randn(1, 1, 1, d), torch.randn(1, 1, 1, d), torch.tensor([[True]]))
+    newest = cache.marked[0].shape[-1] - 1
+    assert cache.marked[0][0, 0, newest - 1] and not cache.marked[0][0, 0, newest]
+
+
+def test_visible_rule_at_the_boundary():
+    window = 16
+    q = torch.tensor(100)
+    marked = torch.tensor(True)
+    assert dms.visible(q, q - window, marked, window)
+    assert not dms.visible(q, q - window - 1, marked, window)
+    assert dms.visible(q, q - window - 1, torch.tensor(False), window)
+    assert not dms.visible(q, q + 1, torch.tensor(False), window)
+
+
+def test_kv_bytes_are_live_entries_times_entry_bytes(tiny, long_prompt):
+    new = 9
+    method = prepare_dms(tiny, parse_method("dms-8x"), long_prompt)
+    r = measure(tiny, method, long_prompt, _settings(new), HFDecoder(), repeats=1, warmup=False)
+    c = tiny.model.config
+    entry = 2 * c.head_dim * 4  # K and V of one token of one kv head, float32
+    n = long_prompt.input_tokens
+    assert r.kv_live_bytes == sum(map(sum, r.kv_tokens_per_head)) * entry
+    assert r.kv_live_bytes_end == sum(map(sum, r.kv_tokens_per_head_end)) * entry
+    # the hf engine masks: every entry is still allocated (no reclaim)
+    assert r.kv_cache_bytes == n * c.num_hidden_layers * c.num_key_value_heads * entry
+    assert r.kv_cache_bytes_full == r.kv_cache_bytes and r.kv_memory_saved is False
+    assert r.kv_live_bytes < r.kv_cache_bytes
+
+
+@pytest.mark.parametrize("target", [0.875, 0.5])
+def test_calibration_hits_the_requested_fraction(tiny, tiny_prompt, target):
+    ids = _ids(tiny_prompt)  # ~400 tokens: ~380 outside the window per head
+    params = dms.calibrate(tiny.model, ids, dms.DMSParams.from_config(tiny.model.config), target)
+    assert params.decisions == f"calibrated to evict {target:g} of tokens outside the window"
+    cache = dms.MaskedDMSCache(params.window)
+    with torch.inference_mode(), dms.DMSPatch(params)(tiny.model):
+        tiny.model(input_ids=ids, past_key_values=cache, use_cache=True)
+    n = ids.shape[1]
+    outside = n - 1 - params.window  # tokens 0 .. n-2-window have left the last query's window
+    for layer in cache.marked:
+        fractions = layer[0, :, :outside].float().mean(-1)
+        assert torch.all((fractions - target).abs() <= 0.01), fractions
+
+
+def test_runner_records_say_how_dms_ran(tiny, long_prompt):
+    from kvcompress.runner import run_cell
+    from kvcompress.tasks.cell import Cell
+
+    cell = Cell(None, text="x", prompt_id="p")
+    settings = _settings(4)
+    r = run_cell(tiny, parse_method("dms-8x"), long_prompt, None, cell, settings, 1, {"hf": HFDecoder()}, "t")
+    assert r.error is None and r.dms_impl == "native" and r.dms_layout == "mask, no reclaim"
+    assert r.dms_decisions == "calibrated to evict 0.875 of tokens outside the window"  # random weights
+    r = run_cell(tiny, parse_method("dms-8x[evict=0.5]"), long_prompt, None, cell, settings, 1, {"hf": HFDecoder()},
+                 "t")
+    assert r.method == "dms-8x[evict=0.5]" and r.dms_decisions.startswith("calibrated to evict 0.5 ")
+
+
+def test_method_grammar():
+    from kvcompress.errors import UserError
+
+    assert parse_method("dms-8x").impl == "native" and parse_method("dms-8x-remote").impl == "remote"
+    assert parse_method("dms-8x[evict=0.25]").options == {"evict": 0.25}
+    with pytest.raises(UserError, match="fraction in"):
+        parse_method("dms-8x[evict=1.5]")
+    with pytest.raises(UserError, match="no option 'window'"):
+        parse_method("dms-8x[window=3]")
+    with pytest.raises(UserError, match="no option"):
+        parse_method("dms-8x-remote[evict=0.5]")
+
+
+def test_flex_block_mask_path_equals_the_chunked_path():
+    """The CUDA path (FlexAttention with a block mask from block indices), run eagerly here, against the CPU path."""
+    torch.manual_seed(0)
+    for length, window in ((300, 16), (300, 200), (129, 128)):
+        q, k, v = torch.randn(1, 4, length, 32), torch.randn(1, 2, length, 32), torch.randn(1, 2, length, 32)
+        marked = torch.rand(1, 2, length) > 0.5
+        flex = dms._flex_prefill(q, k, v, marked, window, 32 ** -0.5, compiled=False)
+        chunked = dms._chunked_prefill(q, k, v, marked, window, 32 ** -0.5)
+        torch.testing.assert_close(flex, chunked, atol=1e-5, rtol=1e-5)
+
+
+def test_kvpress_import_does_not_alter_native_dms():
+    """Native DMS runs in the main process next to the presses: `import kvpress` patches transformers' attention
+    functions globally, but the DMS patch calls none of them. Same tokens and logits before and after, in a fresh
+    process."""
+    script = """
+import json, sys, torch
+sys.path.insert(0, "tests")
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from kvcompress import models
+from kvcompress.engine import GenerationSettings, generate_once
+from kvcompress.engine.generate import HFDecoder
+from kvcompress.engine.sampling import SamplingConfig
+from kvcompress.methods import parse_method, dms
+from kvcompress.runner import prepare_dms
+from kvcompress.tasks import niah
+torch.set_num_threads(1)
+lm = models.load(models.MODELS["tiny"], device=torch.device("cpu"))
+prompt = niah.build_prompt(lm.tokenizer, 300, 0.5, niah.make_needle("single", 0)).prompt
+settings = GenerationSettings(12, SamplingConfig(greedy=True), query_aware=True)
+def run():
+    method = prepare_dms(lm, parse_method("dms-8x"), prompt)
+    ids = torch.cat([prompt.context_ids, prompt.question_ids], 1)
+    with torch.inference_mode(), dms.DMSPatch(method.dms_params)(lm.model):
+        logits = lm.model(input_ids=ids, past_key_values=dms.MaskedDMSCache(16)).logits[0, -1]
+    return generate_once(lm, method, prompt, settings, HFDecoder()).token_ids, logits
+before, sdpa = run(), ALL_ATTENTION_FUNCTIONS["sdpa"]
+import kvpress
+after = run()
+print(json.dumps({"patched": ALL_ATTENTION_FUNCTIONS["sdpa"] is not sdpa, "tokens": [before[0], after[0]],
+                  "logits_equal": bool(torch.equal(before[1], after[1]))}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["patched"]
+    assert out["tokens"][0] == out["tokens"][1] and out["logits_equal"]
