@@ -166,5 +166,30 @@ def engine_check(steps: int = 10) -> int:
     return status
 
 
+def dms_engine_check(steps: int = 10) -> int:
+    """Native DMS's whole fast step through the Triton kernels (interpreted) against the hf engine: same greedy tokens
+    and the same live entries per (layer, head) at the end (tiny model, window 16, prompt of 300 tokens)."""
+    from kvcompress import models
+    from kvcompress.engine import GenerationSettings, generate_once
+    from kvcompress.engine.fast import FastDecoder
+    from kvcompress.engine.generate import HFDecoder
+    from kvcompress.engine.sampling import SamplingConfig
+    from kvcompress.methods import parse_method
+    from kvcompress.tasks import niah
+
+    lm = models.load(models.MODELS["tiny"], device=torch.device("cpu"))
+    prompt = niah.build_prompt(lm.tokenizer, 300, 0.5, niah.make_needle("single", 1)).prompt
+    settings = GenerationSettings(steps, SamplingConfig(greedy=True))
+    method = parse_method("dms-8x")
+    kernels.FORCE_TRITON = False
+    reference = generate_once(lm, method, prompt, settings, HFDecoder())
+    kernels.FORCE_TRITON = True
+    fast = generate_once(lm, method, prompt, settings, FastDecoder(lm))
+    print(f"dms engine tokens: hf {reference.token_ids} fast {fast.token_ids}")
+    print(f"dms engine live per head: hf {reference.kv_end.tokens_per_head} fast {fast.kv_end.tokens_per_head}")
+    return int(reference.token_ids != fast.token_ids or reference.kv_end.tokens_per_head != fast.kv_end.tokens_per_head)
+
+
 if __name__ == "__main__":
-    sys.exit(engine_check() if sys.argv[1:2] == ["engine"] else main())
+    mode = sys.argv[1:2]
+    sys.exit(engine_check() if mode == ["engine"] else dms_engine_check() if mode == ["dms-engine"] else main())

@@ -41,8 +41,8 @@ class FastDecoder:
             self.layers = [_LayerWeights(layer) for layer in lm.model.model.layers]
 
     def unsupported(self, method, lm=None) -> str | None:
-        if method.kind == "dms" and not method.native_dms:
-            return "DMS-8x's remote code keeps its own paged cache"
+        if method.kind == "dms":  # native DMS decodes here (engine/fast_dms.py), its remote code cannot
+            return self.problem if method.native_dms else "DMS-8x's remote code keeps its own paged cache"
         if method.compresses_during_decoding:
             return "a decoding-phase press rewrites the cache inside transformers' forward"
         return self.problem

@@ -1,0 +1,241 @@
+"""Native DMS on the fast engine (engine/fast_dms.py): the compact per-head cache holds exactly the entries the rule
+keeps, decodes the same tokens as the brute-force reference (tests/dms_reference.py) and the hf engine, and its
+bytes are live entries plus exactly the reserve it allocates. The tiny Qwen3 carries DMS fields with window 16."""
+
+import dataclasses
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dms_reference import BruteForceDMS
+from kvcompress.engine import GenerationSettings, generate_once, kernels
+from kvcompress.engine.fast import FastDecoder
+from kvcompress.engine.fast_dms import CompactDMSCache, _DMSDecodeState, ring_size
+from kvcompress.engine.generate import HFDecoder, Prompt
+from kvcompress.engine.sampling import SamplingConfig
+from kvcompress.methods import dms, parse_method
+from kvcompress.runner import pick_decoder
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 33  # greedy tokens compared: the first (from the prefill) and 32 decode steps
+
+
+@pytest.fixture(scope="module")
+def fast(tiny):
+    return FastDecoder(tiny)
+
+
+@pytest.fixture(scope="module")
+def long_prompt(tiny_prompt):
+    """120 tokens (window 16): eviction happens in prefill and in decode."""
+    ids = torch.cat([tiny_prompt.context_ids, tiny_prompt.question_ids], 1)[:, -120:]
+    return Prompt(ids[:, :100], ids[:, 100:])
+
+
+def _ids(prompt):
+    return torch.cat([prompt.context_ids, prompt.question_ids], 1)
+
+
+def _settings(n=STEPS):
+    return GenerationSettings(n, SamplingConfig(greedy=True))
+
+
+def _method(params):
+    return dataclasses.replace(parse_method("dms-8x"), dms_params=params)
+
+
+def _params(tiny, prompt, calibrated):
+    params = dms.DMSParams.from_config(tiny.model.config)
+    return dms.calibrate(tiny.model, _ids(prompt), params, 0.875) if calibrated else params
+
+
+def _all_keys(tiny, params, ids, tokens):
+    """Every position's key per layer (1, Hkv, L, D), teacher-forced through the hf path: a lookup table from a
+    stored key back to its position (keys differ by position through RoPE)."""
+    cache = dms.MaskedDMSCache(params.window)
+    with torch.inference_mode(), dms.DMSPatch(params)(tiny.model):
+        tiny.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        for i, token in enumerate(tokens):
+            position = torch.tensor([[ids.shape[1] + i]])
+            tiny.model(input_ids=torch.tensor([[token]]), past_key_values=cache, position_ids=position, use_cache=True)
+    return [layer.keys for layer in cache.layers]
+
+
+def _positions(snapshot, table, batch_heads):
+    """Positions held per [layer][head] by a compact cache snapshot, found by matching its key rows to the table."""
+    out = []
+    for (keys, offsets, lengths), all_keys in zip(snapshot, table):
+        layer = []
+        for bh in range(batch_heads):
+            rows = keys[int(offsets[bh]): int(offsets[bh]) + int(lengths[bh])]
+            candidates = all_keys[0, bh]
+            distance = torch.cdist(rows.double(), candidates.double())
+            best = distance.argmin(-1)
+            assert float(distance.min(-1).values.max()) < 1e-4, "a stored row is no key of this head"
+            layer.append(sorted(best.tolist()))
+        out.append(layer)
+    return out
+
+
+@pytest.mark.parametrize("calibrated", [False, True], ids=["checkpoint-rule", "calibrated"])
+def test_fast_engine_matches_brute_force_reference_and_hf(tiny, long_prompt, fast, calibrated, monkeypatch):
+    params = _params(tiny, long_prompt, calibrated)
+    thresholds = params.threshold.tolist() if calibrated else None
+    reference = BruteForceDMS(tiny.model, params.window, params.alpha_scale, params.alpha_offset, thresholds)
+    want_tokens, want_lives = reference.greedy(_ids(long_prompt)[0].tolist(), STEPS)
+
+    snapshots = []  # the compact cache before each decode step and after the last
+    real_step = _DMSDecodeState.step
+
+    def snapshot(state):
+        c = state.cache
+        snapshots.append([(k.clone(), o.clone(), n.clone()) for k, o, n in zip(c.keys, c.offsets, c.lengths)])
+
+    def step(state):
+        snapshot(state)
+        real_step(state)
+
+    monkeypatch.setattr(_DMSDecodeState, "step", step)
+    got = generate_once(tiny, _method(params), long_prompt, _settings(), fast)
+    snapshot(fast._dms)
+    hf = generate_once(tiny, _method(params), long_prompt, _settings(), HFDecoder())
+
+    assert got.token_ids == want_tokens == hf.token_ids
+    assert len(set(got.token_ids)) > 2  # not a constant stream
+    table = _all_keys(tiny, params, _ids(long_prompt), got.token_ids[:-1])
+    heads = tiny.model.config.num_key_value_heads
+    assert len(snapshots) == STEPS
+    for step_index, (snap, want) in enumerate(zip(snapshots, want_lives)):
+        assert _positions(snap, table, heads) == want, f"live positions differ after {step_index} decode steps"
+    # eviction really happened in prefill and in decode, unevenly across heads
+    n = _ids(long_prompt).shape[1]
+    assert max(len(h) for layer in want_lives[0] for h in layer) < n - params.window
+    end = [len(h) for layer in want_lives[-1] for h in layer]
+    assert max(end) < n + STEPS - 1 - params.window and len(set(end)) > 1
+    # accounting: per head as the reference, and as the hf engine's masked cache
+    assert got.kv_after.tokens_per_head == [[len(h) for h in layer] for layer in want_lives[0]]
+    assert got.kv_end.tokens_per_head == [[len(h) for h in layer] for layer in want_lives[-1]]
+    assert got.kv_after.live_bytes == hf.kv_after.live_bytes and got.kv_end.live_bytes == hf.kv_end.live_bytes
+
+
+def test_kv_bytes_are_live_entries_plus_exactly_the_reserve(tiny, long_prompt, fast):
+    c = tiny.model.config
+    entry = 2 * c.head_dim * tiny.model.dtype.itemsize  # K and V of one token of one head
+    heads = c.num_hidden_layers * c.num_key_value_heads
+    got = generate_once(tiny, _method(_params(tiny, long_prompt, False)), long_prompt, _settings(), fast)
+    reserve = STEPS - 1  # rows per head for the tokens the decode writes
+    for state in (got.kv_after, got.kv_end):
+        live = sum(sum(layer) for layer in state.tokens_per_head)
+        assert state.live_bytes == live * entry
+    assert got.kv_after.bytes == got.kv_after.live_bytes + reserve * heads * entry
+    assert got.kv_end.bytes == got.kv_after.bytes  # nothing grows: decode fills reserve rows or reuses slots
+    assert got.kv_after.bytes < got.kv_after.full_bytes and got.kv_after.memory_saved
+
+
+def _synthetic(window, marks_prefill, steps_decisions, reserve):
+    """A one-layer compact cache fed synthetic keys (each row = its position + 1) and chosen decisions, driven
+    through the store's reference twin; returns the positions held per head after the prefill and each step."""
+    heads_q, heads_kv, dim = 2, 2, 8
+    length = len(marks_prefill[0])
+    params = dms.DMSParams(window=window, alpha_scale=1.0, alpha_offset=0.0, cr=8, kv_heads=heads_kv)
+    cache = CompactDMSCache(1, params, reserve + 1)
+    keys = torch.arange(1, length + 1, dtype=torch.float32)[None, None, :, None].expand(1, heads_kv, length, dim)
+    marked = torch.tensor(marks_prefill)[None]
+    cache.dms_prefill_layer(0, keys.contiguous(), -keys.contiguous(), marked)
+    history = [cache_positions(cache)]
+    cos, sin = torch.ones(1, dim), torch.zeros(1, dim)  # RoPE by angle 0: stored keys are the raw keys
+    q = torch.empty(1, heads_q, dim)
+    for step, decisions in enumerate(steps_decisions):
+        p = length + step
+        qkv = torch.zeros(1, heads_q + 2 * heads_kv, dim)
+        qkv[0, :heads_q, -1] = torch.tensor(decisions, dtype=torch.float32).repeat_interleave(heads_q // heads_kv)
+        qkv[0, heads_q: heads_q + heads_kv] = p + 1
+        kernels.dms_qk_norm_rope_store(
+            qkv.view(1, -1), None, None, 0.0, cos, sin, cache.keys[0], cache.values[0], cache.offsets[0],
+            cache.lengths[0], cache.ring_slot[0], cache.ring_marked[0], torch.tensor([[p]]), torch.zeros(heads_kv),
+            torch.zeros(1), params, 0, q)
+        history.append(cache_positions(cache))
+    assert all(int(n) <= c for n, c in zip(cache.lengths[0], cache.capacities[0]))
+    return history
+
+
+def cache_positions(cache):
+    keys, offsets, lengths = cache.keys[0], cache.offsets[0], cache.lengths[0]
+    return [sorted(int(keys[o + i, 0]) - 1 for i in range(int(n))) for o, n in zip(offsets, lengths)]
+
+
+def test_slot_reuse_keeps_exactly_what_the_rule_sees_on_synthetic_keys():
+    """Random marks, 30 decode steps, window 4: after every step each head holds exactly the positions the rule
+    (methods.dms.visible, brute force over the whole history) lets the last query see."""
+    torch.manual_seed(3)
+    window, length, steps = 4, 13, 30
+    decisions = (torch.rand(2, length + steps) > 0.5)  # decision at position p, per kv head
+    marks = torch.zeros(2, length + steps, dtype=torch.bool)
+    marks[:, :-1] = decisions[:, 1:]
+    prefill_marks = marks[:, :length].clone()
+    prefill_marks[:, -1] = False  # pending: decided by the first decode token
+    step_decisions = [[1.0 if decisions[h, length + s] else -1.0 for h in range(2)] for s in range(steps)]
+    history = _synthetic(window, prefill_marks.tolist(), step_decisions, steps)
+    for s, held in enumerate(history):
+        last = length - 1 + s  # the last query processed
+        known = marks[:, : last + 1].clone()
+        known[:, last] = False  # its own mark is still pending
+        for h in range(2):
+            seen = dms.visible(last, torch.arange(last + 1), known[h], window)
+            assert held[h] == seen.nonzero().flatten().tolist(), f"head {h} after {s} decode steps"
+
+
+def test_a_marked_token_is_held_at_age_window_and_its_slot_reused_at_window_plus_one():
+    window = 4
+    length = 3
+    # token 2 (the prefill's last) is marked by the first decode token's decision; nothing else is marked
+    history = _synthetic(window, [[False] * length] * 2, [[1.0, -1.0]] + [[-1.0, -1.0]] * 6, 7)
+    assert ring_size(window) == window + 1
+    for s, held in enumerate(history):
+        last = length - 1 + s
+        age = last - 2
+        if age <= window:
+            assert 2 in held[0], f"token 2 must be held at age {age}"
+        else:
+            assert 2 not in held[0], f"token 2 must be gone at age {age}"
+        assert 2 in held[1]  # unmarked in head 1: held for good
+    # the step that evicts token 2 takes its slot: head 0's length stops growing exactly then
+    sizes = [len(held[0]) for held in history]
+    evicting = window + 1 - (length - 1 - 2)  # decode steps until token 2 reaches age window + 1
+    assert sizes[evicting] == sizes[evicting - 1]
+    assert all(b == a + 1 for a, b in zip(sizes[:evicting - 1], sizes[1:evicting]))
+
+
+def test_native_dms_runs_on_the_fast_engine_and_remote_falls_back(tiny, fast):
+    decoder, note = pick_decoder({"hf": HFDecoder(), "fast": fast}, parse_method("dms-8x"), tiny)
+    assert decoder.name == "fast" and not note
+    decoder, note = pick_decoder({"hf": HFDecoder(), "fast": fast}, parse_method("dms-8x-remote"), tiny)
+    assert decoder.name == "hf" and "paged cache" in note
+
+
+def test_repeats_reuse_the_buffers_and_release_drops_them(tiny, long_prompt, fast):
+    """Timed repeats of a cell decode over the same buffers (so a captured CUDA graph stays valid); release()
+    drops them before the memory pass, whose prefill then allocates layer by layer."""
+    method = _method(_params(tiny, long_prompt, False))
+    fast.release()
+    generate_once(tiny, method, long_prompt, _settings(8), fast)
+    first = [k.data_ptr() for k in fast._dms.cache.keys]
+    state = fast._dms
+    generate_once(tiny, method, long_prompt, _settings(8), fast)
+    assert fast._dms is state and [k.data_ptr() for k in fast._dms.cache.keys] == first
+    fast.release()
+    assert fast._dms is None
+
+
+def test_the_dms_step_through_triton_matches_the_hf_engine_under_the_interpreter():
+    """The Triton kernels of the DMS step (store + ragged attention, run by Triton's interpreter) in the whole
+    engine: same greedy tokens and live entries per head as the hf engine (the kernels alone: kernel_check.py)."""
+    env = dict(os.environ, TRITON_INTERPRET="1", KVCOMPRESS_FORCE_TRITON="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kernel_check.py"), "dms-engine"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    assert proc.stdout.count("dms engine ") == 2
