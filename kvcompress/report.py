@@ -225,6 +225,8 @@ _SIDE_BY_SIDE = (
     ("live ratio (x)", lambda r: _ratio(r.kv_cache_bytes_full, r.kv_live_bytes)),
     ("vanilla / held (x)", lambda r: _ratio(r.kv_cache_bytes_full, r.kv_cache_bytes)),
     ("mem saved", lambda r: _saved(r)),
+    ("DMS", lambda r: "—" if not r.dms_impl else escape(
+        "; ".join(filter(None, (r.dms_impl, r.dms_layout, r.dms_decisions))))),
 )
 
 
@@ -269,6 +271,27 @@ def print_side_by_side(results: list[BenchmarkResult], title: str, console: Cons
     if any(r.timing == "wall_clock" for r in results):
         console.print("[yellow]CPU wall-clock timings and process RSS peaks: a pipeline check, not a performance "
                       "figure.[/yellow]")
+
+
+def print_dms_agreement(results: list[BenchmarkResult], console: Console | None = None) -> None:
+    """Native dms-8x against the checkpoint's remote code, per prompt: live entries per (layer, kv head) after
+    prefill and at the end, and the answers. Says nothing when one of the two is missing or failed."""
+    console = console or make_console()
+    pairs: dict[str, dict[str, BenchmarkResult]] = {}
+    for r in results:
+        if r.dms_impl and r.error is None:
+            pairs.setdefault(r.prompt_id or str(r.target_tokens), {})[r.dms_impl] = r
+    for prompt, pair in pairs.items():
+        native, remote = pair.get("native"), pair.get("remote")
+        if native is None or remote is None:
+            continue
+        heads = [(a, b) for la, lb in zip(native.kv_tokens_per_head or [], remote.kv_tokens_per_head or [])
+                 for a, b in zip(la, lb)]
+        same = sum(a == b for a, b in heads)
+        console.print(f"{escape(prompt)}: native vs remote DMS — live entries equal on {same}/{len(heads)} "
+                      f"(layer, head) after prefill; at the end "
+                      f"{'equal' if native.kv_tokens_per_head_end == remote.kv_tokens_per_head_end else 'different'}"
+                      f"; answers {'identical' if native.answer == remote.answer else 'different'}")
 
 
 # --- test_long_context.py: retrieval per (method, context, depth) cell ----------------------------------------------

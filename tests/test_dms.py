@@ -14,6 +14,7 @@ import transformers
 
 import test_dms_inference
 from kvcompress import dms, isolated, models, runner, tiny_dms
+from kvcompress.tiny import tiny_config
 from kvcompress.engine import GenerationSettings, generate_once, measure
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig
@@ -71,7 +72,9 @@ def test_dms_is_detected_by_config_not_by_name(dms_lm, fixture_dir):
     lm = models.load(models.resolve_spec(str(folder)), device=CPU)  # a plain folder name: routed by its config
     assert lm.spec.is_dms and type(lm.model).__module__.startswith("transformers_modules.")
     vanilla = fixture_dir / "vanilla"
-    models.load(models.MODELS["tiny"], device=CPU).model.config.save_pretrained(vanilla)
+    tokenizer = models.load(models.MODELS["tiny"], device=CPU).tokenizer
+    # the tiny Qwen3 without DMS's config fields (the tiny preset's model carries them for native dms-8x)
+    tiny_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id, dms_fields=None).save_pretrained(vanilla)
     assert not dms.config_is_dms(str(vanilla))
     with pytest.raises(UserError, match="is not a DMS checkpoint"):
         load(vanilla)
@@ -117,7 +120,7 @@ def test_without_eviction_it_generates_what_vanilla_generates(tiny, tiny_prompt,
     for greedy in (True, False):
         settings = single_prefill(16, greedy=greedy, seed=3)
         want = generate_once(tiny, parse_method("vanilla"), tiny_prompt, settings, HFDecoder()).token_ids
-        got = generate_once(lm, parse_method("dms-8x"), tiny_prompt, settings, HFDecoder()).token_ids
+        got = generate_once(lm, parse_method("dms-8x-remote"), tiny_prompt, settings, HFDecoder()).token_ids
         assert got == want
 
 
@@ -152,7 +155,7 @@ def tiny_dms_expected(n: int) -> list[int]:
 
 def test_kv_accounting_reads_the_paged_cache(tiny, dms_lm, tiny_prompt, run_method):
     new = 9
-    r = measure(dms_lm, parse_method("dms-8x"), tiny_prompt, single_prefill(new), HFDecoder(), repeats=1,
+    r = measure(dms_lm, parse_method("dms-8x-remote"), tiny_prompt, single_prefill(new), HFDecoder(), repeats=1,
                 warmup=False)
     vanilla = run_method("vanilla", query_aware=True, max_new_tokens=new)
     n = tiny_prompt.input_tokens
@@ -177,7 +180,7 @@ def test_kv_accounting_reads_the_paged_cache(tiny, dms_lm, tiny_prompt, run_meth
 
 def test_a_short_prompt_saves_no_memory_because_the_pool_is_preallocated(dms_lm):
     prompt = Cell(None, text="Hello there.", prompt_id="short").build(dms_lm.tokenizer)[0]
-    r = measure(dms_lm, parse_method("dms-8x"), prompt, single_prefill(4), HFDecoder(), repeats=1, warmup=False)
+    r = measure(dms_lm, parse_method("dms-8x-remote"), prompt, single_prefill(4), HFDecoder(), repeats=1, warmup=False)
     assert prompt.input_tokens < SPEC.window  # nothing can be evicted yet
     assert r.kv_tokens_kept == prompt.input_tokens and r.kv_live_bytes == r.kv_cache_bytes_full
     assert r.kv_cache_bytes > r.kv_cache_bytes_full and r.kv_memory_saved is False
@@ -194,7 +197,7 @@ def test_kvpress_in_the_dms_process_voids_its_records(dms_lm, tmp_path):
 
     cfg = _cfg(tmp_path)
     cell = Cell(None, text="Hi.", prompt_id="hi")
-    job = isolated.job_for(cfg, [parse_method("dms-8x")], [cell], "dms_inference")
+    job = isolated.job_for(cfg, [parse_method("dms-8x-remote")], [cell], "dms_inference")
     (tmp_path / "job.json").write_text(json.dumps(job))
     assert isolated._child(str(tmp_path / "job.json"), str(tmp_path / "out.json")) == 0
     [record] = json.loads((tmp_path / "out.json").read_text())
@@ -204,9 +207,16 @@ def test_kvpress_in_the_dms_process_voids_its_records(dms_lm, tmp_path):
 def test_resume_skips_measured_dms_cells_without_starting_a_process(tmp_path):
     cfg = _cfg(tmp_path)
     cell = Cell(300, prompt_id="needle-300")
-    job = isolated.job_for(cfg, [parse_method("dms-8x")], [cell], "benchmark")
-    done = {isolated.identity(job, cell, "dms-8x")}
-    assert isolated.run_in_child(cfg, [parse_method("dms-8x")], [cell], "benchmark", done=done) == []
+    # the identity of the record a child measures for this cell, written out field by field (not by the code under
+    # test): the model and weights the fixture names itself by, the cell, the engine, the output budget
+    from kvcompress.results import IDENTITY_FIELDS
+    from kvcompress.tasks import niah
+
+    measured = {"task": "benchmark", "model": "tiny-dms", "weights": "random", "method": "dms-8x-remote",
+                "target_tokens": 300, "depth": 0.5, "needle": niah.make_needle("single", 0, 4).label,
+                "prompt_id": "needle-300", "engine": "hf", "max_new_tokens": 3}
+    done = {tuple(measured[name] for name in IDENTITY_FIELDS)}
+    assert isolated.run_in_child(cfg, [parse_method("dms-8x-remote")], [cell], "benchmark", done=done) == []
 
 
 def test_kvpress_patch_leaves_vanilla_unchanged():
@@ -254,7 +264,8 @@ def test_prompts_file(tmp_path):
 
 
 def test_script_runs_vanilla_and_dms_side_by_side(tmp_path, capsys):
-    """test_dms_inference.py --preset tiny: tiny vanilla here, the tiny DMS fixture in its own process."""
+    """test_dms_inference.py --preset tiny: tiny vanilla and native dms-8x here, the tiny DMS fixture's remote code
+    (dms-8x-remote) in its own process."""
     out = tmp_path / "dms.json"
     assert test_dms_inference.main(["--preset", "tiny", "--contexts", "256", "--max-new-tokens", "4",
                                     "--out", str(out)]) == 0
@@ -262,20 +273,26 @@ def test_script_runs_vanilla_and_dms_side_by_side(tmp_path, capsys):
     assert "live ratio" in printed and "needle-256" in printed and "reasoning" in printed
     data = json.loads(out.read_text())
     records = {(r["prompt_id"], r["method"]): r for r in data["results"]}
-    assert set(records) == {(p, m) for p in ("chat", "needle-256", "reasoning") for m in ("vanilla", "dms-8x")}
+    methods = ("vanilla", "dms-8x", "dms-8x-remote")
+    assert set(records) == {(p, m) for p in ("chat", "needle-256", "reasoning") for m in methods}
     for (prompt, method), r in records.items():
         assert r["error"] is None, r["error"]  # the DMS child would record an error had kvpress been imported
-        assert r["process"] == ("isolated" if method == "dms-8x" else "main")
+        assert r["process"] == ("isolated" if method == "dms-8x-remote" else "main")
         assert r["sampling"] == records[(prompt, "vanilla")]["sampling"] and r["seed"] == 0
         assert r["input_tokens"] == records[(prompt, "vanilla")]["input_tokens"]
-    needle = records[("needle-256", "dms-8x")]
+    assert "native vs remote DMS" in printed  # the agreement line, per prompt
+    native = records[("needle-256", "dms-8x")]
+    assert native["dms_impl"] == "native" and native["dms_decisions"].startswith("calibrated to evict 0.875")
+    assert native["model"] == "tiny" and native["kv_live_bytes"] < native["kv_cache_bytes"]
+    needle = records[("needle-256", "dms-8x-remote")]
+    assert needle["dms_impl"] == "remote" and needle["dms_decisions"] is None
     assert needle["model"] == "tiny-dms" and needle["kv_tokens_per_head"] == [tiny_dms_expected(256)] * 2
     # a measured record has the identity the parent gives a failed one, so --resume replaces failures
     cfg = _cfg(tmp_path)
-    job = isolated.job_for(cfg, [parse_method("dms-8x")], [], "dms_inference")
+    job = isolated.job_for(cfg, [parse_method("dms-8x-remote")], [], "dms_inference")
     job["settings"]["max_new_tokens"] = 4
     cell = Cell(256, depth=0.5, prompt_id="needle-256")
-    assert isolated.identity(job, cell, "dms-8x") == _identity(needle)
+    assert isolated.identity(job, cell, "dms-8x-remote") == _identity(needle)
     assert test_dms_inference.main(["--preset", "tiny", "--prompts", str(tmp_path / "none.jsonl")]) == 2
     assert "no such file" in capsys.readouterr().err
 

@@ -43,7 +43,7 @@ from functools import lru_cache
 
 import torch
 from transformers import DynamicCache
-from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
+from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, apply_rotary_pos_emb
 
 from kvcompress.errors import UserError
 from kvcompress.memory import KVState
@@ -271,9 +271,10 @@ class DMSPatch:
 
     @contextlib.contextmanager
     def _installed(self, model):
-        attentions = [m for m in model.modules() if type(m).__name__ == "Qwen3Attention"]
-        if not attentions:
-            raise UserError(f"native DMS runs on Qwen3 attention; {type(model).__name__} has none")
+        attentions = [m for m in model.modules() if type(m) is Qwen3Attention]
+        if not attentions:  # e.g. a checkpoint loaded through its remote code: its classes only share the names
+            raise UserError(f"native DMS runs on transformers' Qwen3Attention; {type(model).__module__}."
+                            f"{type(model).__name__} has none")
         for module in attentions:
             module.forward = self._forward_for(module)  # instance attribute: shadows the class's forward
         try:
