@@ -79,9 +79,9 @@ def test_decision_channel_is_zeroed_before_attention(tiny, long_prompt, monkeypa
     seen = []
     real = dms.prefill_attention
 
-    def spy(q, k, v, marked, window, scale):
+    def spy(q, k, v, marked, window, scale, flex=None):
         seen.append(q.detach().clone())
-        return real(q, k, v, marked, window, scale)
+        return real(q, k, v, marked, window, scale, flex)
 
     monkeypatch.setattr(dms, "prefill_attention", spy)
     params = dms.DMSParams.from_config(tiny.model.config)
@@ -184,7 +184,9 @@ def test_method_grammar():
 def test_flex_block_mask_path_equals_the_chunked_path():
     """The CUDA path (FlexAttention with a block mask from block indices), run eagerly here, against the CPU path."""
     torch.manual_seed(0)
-    for length, window in ((300, 16), (300, 200), (129, 128)):
+    (_, _), (full, _) = dms._block_layout(600, 300, dms.FLEX_BLOCK, "cpu")
+    assert int(full.sum()) > 0  # the 600/300 case below has blocks wholly inside the window (skipped rule)
+    for length, window in ((300, 16), (600, 300), (129, 128)):
         q, k, v = torch.randn(1, 4, length, 32), torch.randn(1, 2, length, 32), torch.randn(1, 2, length, 32)
         marked = torch.rand(1, 2, length) > 0.5
         flex = dms._flex_prefill(q, k, v, marked, window, 32 ** -0.5, compiled=False)

@@ -89,7 +89,7 @@ def evicts(logits: torch.Tensor, layer: int, params: DMSParams, positions: torch
     Calibrated thresholds compare `logits + tie_break(positions)`: `positions` (T,) is then required."""
     if params.threshold is None:
         return logits > 0
-    return logits + tie_break(positions) > params.threshold[layer].to(logits.device)[None, :, None]
+    return logits + tie_break(positions) > params.threshold[layer][None, :, None]
 
 
 def tie_break(positions: torch.Tensor) -> torch.Tensor:
@@ -223,32 +223,48 @@ def _block_layout(length: int, window: int, block: int, device: str):
     return indices(partial), indices(full)
 
 
+class FlexPrefill:
+    """FlexAttention with the DMS mask for one prompt length, shared by every layer of a forward: one block mask
+    (from block indices) and one mask_mod reading the layer's marks from one buffer, so the compiled kernel sees
+    the same objects at every layer (no recompilation, no host synchronisation)."""
+
+    def __init__(self, length: int, window: int, group: int, kv_heads: int, device, compiled: bool):
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+        self.marked = torch.zeros(1, kv_heads, length, dtype=torch.bool, device=device)
+        marks = self.marked
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return visible(q_idx, kv_idx, marks[b, h // group, kv_idx], window)
+
+        (kv_n, kv_i), (full_n, full_i) = _block_layout(length, window, FLEX_BLOCK, str(device))
+        self.block_mask = BlockMask.from_kv_blocks(kv_n, kv_i, full_n, full_i, BLOCK_SIZE=FLEX_BLOCK,
+                                                   mask_mod=mask_mod, seq_lengths=(length, length),
+                                                   compute_q_blocks=False)
+        self.fn = _compiled_flex() if compiled else flex_attention
+
+    def __call__(self, q, k, v, marked, scale: float) -> torch.Tensor:
+        self.marked.copy_(marked)
+        return self.fn(q, k, v, block_mask=self.block_mask, scale=scale, enable_gqa=True)
+
+
 def _flex_prefill(q, k, v, marked, window: int, scale: float, compiled: bool) -> torch.Tensor:
-    from torch.nn.attention.flex_attention import BlockMask, flex_attention
-
-    length = q.shape[2]
-    group = q.shape[1] // k.shape[1]
-    (kv_n, kv_i), (full_n, full_i) = _block_layout(length, window, FLEX_BLOCK, str(q.device))
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return visible(q_idx, kv_idx, marked[b, h // group, kv_idx], window)
-
-    block_mask = BlockMask.from_kv_blocks(kv_n, kv_i, full_n, full_i, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod,
-                                          seq_lengths=(length, length))
-    fn = _compiled_flex() if compiled else flex_attention
-    return fn(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
+    flex = FlexPrefill(q.shape[2], window, q.shape[1] // k.shape[1], k.shape[1], q.device, compiled)
+    return flex(q, k, v, marked, scale)
 
 
 @lru_cache(maxsize=1)
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    # automatic dynamic shapes: a second prompt length recompiles once with a symbolic length, not per length
+    return torch.compile(flex_attention)
 
 
-def prefill_attention(q, k, v, marked, window: int, scale: float) -> torch.Tensor:
-    if q.device.type == "cuda":
-        return _flex_prefill(q, k, v, marked, window, scale, compiled=True)
+def prefill_attention(q, k, v, marked, window: int, scale: float, flex: FlexPrefill | None = None) -> torch.Tensor:
+    """DMS attention over a whole prompt: `flex` (CUDA: the compiled kernel) or the exact chunked loop (CPU)."""
+    if flex is not None:
+        return flex(q, k, v, marked, scale)
     return _chunked_prefill(q, k, v, marked, window, scale)
 
 
@@ -265,6 +281,7 @@ class DMSPatch:
         self.params = params
         self.calibrate_to = calibrate_to
         self.thresholds: dict[int, torch.Tensor] = {}
+        self._flex: dict[tuple, FlexPrefill] = {}  # per prompt shape, for this generation
 
     def __call__(self, model):
         return self._installed(model)
@@ -283,6 +300,14 @@ class DMSPatch:
             for module in attentions:
                 del module.forward
 
+    def _flex_for(self, q, k) -> FlexPrefill | None:
+        if q.device.type != "cuda":
+            return None
+        key = (q.shape[2], q.shape[1] // k.shape[1], k.shape[1], str(q.device))
+        if key not in self._flex:
+            self._flex[key] = FlexPrefill(q.shape[2], self.params.window, key[1], key[2], q.device, compiled=True)
+        return self._flex[key]
+
     def current_params(self) -> DMSParams:
         if self.calibrate_to is None:
             return self.params
@@ -292,7 +317,7 @@ class DMSPatch:
 
     def calibrated_params(self, target: float) -> DMSParams:
         layers = sorted(self.thresholds)
-        threshold = torch.stack([self.thresholds[i] for i in layers]).cpu()
+        threshold = torch.stack([self.thresholds[i] for i in layers])  # stays on the device: no copy per layer
         return replace(self.params, threshold=threshold,
                        decisions=f"calibrated to evict {target:g} of tokens outside the window")
 
@@ -325,7 +350,7 @@ class DMSPatch:
                 raise UserError("native DMS runs batch 1")
             if cache.get_seq_length(layer) == 0:
                 marked = marks_from_decisions(decisions)
-                out = prefill_attention(q, k, v, marked, params.window, module.scaling)
+                out = prefill_attention(q, k, v, marked, params.window, module.scaling, patch._flex_for(q, k))
                 cache.dms_prefill_layer(layer, k, v, marked)
             elif length == 1:
                 keys, values, mask = cache.dms_decode_layer(layer, k, v, decisions)
