@@ -118,7 +118,7 @@ class CompactDMSCache:
         rows = batch * heads
         live = rule.visible(length - 1, torch.arange(length, device=device), marked, self.window).view(rows, length)
         counts = live.sum(-1)
-        counts_host = counts.tolist()  # the one host synchronisation per layer: the allocation's size
+        counts_host = counts.tolist()  # host synchronisation 1 of 2 per layer: the allocation's size
         capacities = [n + self.reserve for n in counts_host]
         self._allocate(layer_idx, capacities, rows, dim, keys.dtype, device)
         offsets, lengths = self.offsets[layer_idx], self.lengths[layer_idx]
@@ -126,10 +126,11 @@ class CompactDMSCache:
         offsets.copy_(torch.cumsum(capacity, 0) - capacity)
         lengths.copy_(counts)
         rank = live.cumsum(-1) - 1  # each live entry's slot within its head, in position order
-        target = (offsets[:, None] + rank)[live]
-        live4 = live.view(batch, heads, length)  # boolean indexing gathers in (b, h, position) order, as `target`
-        self.keys[layer_idx].index_copy_(0, target, keys[live4])
-        self.values[layer_idx].index_copy_(0, target, values[live4])
+        b, h, t = live.view(batch, heads, length).nonzero(as_tuple=True)  # synchronisation 2 of 2
+        head = b * heads + h
+        target = offsets[head] + rank[head, t]
+        self.keys[layer_idx].index_copy_(0, target, keys[b, h, t])
+        self.values[layer_idx].index_copy_(0, target, values[b, h, t])
         # The ring: the last R positions, each at position % R with its slot and mark (a pending or unseen one: 0).
         ring_slot, ring_marked = self.ring_slot[layer_idx], self.ring_marked[layer_idx]
         ring_slot.zero_()

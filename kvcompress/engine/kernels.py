@@ -346,7 +346,8 @@ def dms_qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_nor
             qkv, q_norm if q_norm is not None else cos, k_norm if k_norm is not None else cos, cos, sin, keys, values,
             offsets, lengths, ring_slot, ring_marked, position, threshold, tie, q_out, eps, float(params.alpha_scale),
             float(params.alpha_offset), qkv.stride(0), cos.stride(0), keys.stride(0), q_out.stride(0),
-            q_out.stride(1), HEADS_Q=heads_q, HEADS_KV=heads_kv, D=dim, RING=ring, HAS_NORM=q_norm is not None)
+            q_out.stride(1), HEADS_Q=heads_q, HEADS_KV=heads_kv, GROUP=heads_q // heads_kv, D=dim, RING=ring,
+            HAS_NORM=q_norm is not None)
         return q_out
     from kvcompress.methods import dms as rule  # the rule's own definitions are the oracle
 
@@ -411,12 +412,11 @@ if triton is not None:
 
     @triton.jit
     def _dms_store_kernel(qkv_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, off_ptr, len_ptr, slot_ptr,
-                          mark_ptr, pos_ptr, thr_ptr, tie_ptr, q_ptr, eps, alpha_scale, alpha_offset, s_qkv, s_cos, s_kr,
-                          s_qb, s_qh, HEADS_Q: tl.constexpr, HEADS_KV: tl.constexpr, D: tl.constexpr,
-                          RING: tl.constexpr, HAS_NORM: tl.constexpr):
+                          mark_ptr, pos_ptr, thr_ptr, tie_ptr, q_ptr, eps, alpha_scale, alpha_offset, s_qkv, s_cos,
+                          s_kr, s_qb, s_qh, HEADS_Q: tl.constexpr, HEADS_KV: tl.constexpr, GROUP: tl.constexpr,
+                          D: tl.constexpr, RING: tl.constexpr, HAS_NORM: tl.constexpr):
         b = tl.program_id(0)
         head = tl.program_id(1)  # 0..HEADS_Q-1: query heads; then the key/value heads
-        GROUP: tl.constexpr = HEADS_Q // HEADS_KV
         half = tl.arange(0, D // 2)
         last = half == D // 2 - 1  # in the second half: channel D - 1, the decision channel
         dtype = q_ptr.dtype.element_ty
