@@ -181,17 +181,34 @@ def test_method_grammar():
         parse_method("dms-8x-remote[evict=0.5]")
 
 
-def test_flex_block_mask_path_equals_the_chunked_path():
-    """The CUDA path (FlexAttention with a block mask from block indices), run eagerly here, against the CPU path."""
-    torch.manual_seed(0)
+@pytest.mark.parametrize("kind", ["single", "split"])
+def test_flex_block_mask_paths_equal_the_chunked_path(kind):
+    """The CUDA paths (FlexAttention with block masks from block indices: one kernel, or the window band plus the
+    compacted unmarked keys merged by log-sum-exp), run eagerly here, against the exact CPU path: lengths that are
+    not multiples of the block, windows below, at and above a block, nothing / half / 7/8 / everything marked."""
     (_, _), (full, _) = dms._block_layout(600, 300, dms.FLEX_BLOCK, "cpu")
     assert int(full.sum()) > 0  # the 600/300 case below has blocks wholly inside the window (skipped rule)
-    for length, window in ((300, 16), (600, 300), (129, 128)):
+    torch.manual_seed(0)
+    cases = ((300, 16, 0.5), (600, 300, 0.875), (129, 128, 0.5), (700, 100, 0.0), (400, 50, 1.0))
+    for length, window, fraction in cases:
         q, k, v = torch.randn(1, 4, length, 32), torch.randn(1, 2, length, 32), torch.randn(1, 2, length, 32)
-        marked = torch.rand(1, 2, length) > 0.5
-        flex = dms._flex_prefill(q, k, v, marked, window, 32 ** -0.5, compiled=False)
+        marked = torch.rand(1, 2, length) < fraction
+        flex = dms._flex_prefill(q, k, v, marked, window, 32 ** -0.5, compiled=False, kind=kind)
         chunked = dms._chunked_prefill(q, k, v, marked, window, 32 ** -0.5)
         torch.testing.assert_close(flex, chunked, atol=1e-5, rtol=1e-5)
+
+
+def test_split_prefill_visits_few_blocks_at_the_target():
+    """At 32K with 7/8 of the keys marked, the split path's two kernels visit ~1/6 of the causal blocks."""
+    length, window = 32768, 512
+    marked = torch.rand(1, 8, length, generator=torch.Generator().manual_seed(0)) < 0.875
+    split = dms.SplitFlexPrefill(length, window, 4, 8, "cpu", compiled=False)
+    _, far = split.far_mask(marked)
+    n = length // dms.FLEX_BLOCK
+    causal = n * (n + 1) / 2
+    band = (split.band.kv_num_blocks.sum() + split.band.full_kv_num_blocks.sum()).item()
+    far_blocks = (far.kv_num_blocks.float().mean() + far.full_kv_num_blocks.float().mean()).item() * n
+    assert band / causal < 0.05 and 0.1 < far_blocks / causal < 0.15
 
 
 def test_kvpress_import_does_not_alter_native_dms():

@@ -38,6 +38,7 @@ fraction of tokens outside the window that are marked then equals the target (1 
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
@@ -248,8 +249,99 @@ class FlexPrefill:
         return self.fn(q, k, v, block_mask=self.block_mask, scale=scale, enable_gqa=True)
 
 
-def _flex_prefill(q, k, v, marked, window: int, scale: float, compiled: bool) -> torch.Tensor:
-    flex = FlexPrefill(q.shape[2], window, q.shape[1] // k.shape[1], k.shape[1], q.device, compiled)
+class SplitFlexPrefill:
+    """The same attention as FlexPrefill in two kernels whose outputs are merged by log-sum-exp: the window band
+    (k in [q - window, q], every key, a few blocks per query block) and the far part over each head's unmarked keys
+    only, compacted in position order (visible iff position < q - window: a prefix of them per query, so nearly every
+    visited block is full). With 7/8 of the tokens marked the far part visits ~1/8 of the causal blocks; the two key
+    sets are disjoint and together exactly what `visible` admits. All on the device, no host synchronisation."""
+
+    BIG = 1 << 30  # position of a padding slot: never visible
+
+    def __init__(self, length: int, window: int, group: int, kv_heads: int, device, compiled: bool):
+        from torch.nn.attention.flex_attention import BlockMask, flex_attention
+
+        self.length, self.window, self.group = length, window, group
+        n = (length + FLEX_BLOCK - 1) // FLEX_BLOCK
+        qb = torch.arange(n, device=device)[:, None]
+        kb = torch.arange(n, device=device)[None, :]
+        touches = (kb <= qb) & (qb * FLEX_BLOCK - (kb * FLEX_BLOCK + FLEX_BLOCK - 1) <= window)
+        full = (kb < qb) & ((qb + 1) * FLEX_BLOCK - 1 - kb * FLEX_BLOCK <= window)
+
+        def band_mod(b, h, q_idx, kv_idx):
+            return (kv_idx <= q_idx) & (q_idx - kv_idx <= window)
+
+        # per query head, like the far mask: both kernels then have one signature (one compiled graph per length)
+        heads = lambda t: t.expand(1, kv_heads * group, *t.shape[2:]).contiguous()  # noqa: E731
+        (pn, pi), (fn, fi) = _indices(touches & ~full), _indices(full)
+        self.band = BlockMask.from_kv_blocks(heads(pn), heads(pi), heads(fn), heads(fi), BLOCK_SIZE=FLEX_BLOCK,
+                                             mask_mod=band_mod, seq_lengths=(length, length), compute_q_blocks=False)
+        self.far_pos = torch.full((1, kv_heads, n * FLEX_BLOCK), self.BIG, dtype=torch.int32, device=device)
+        far_pos = self.far_pos
+
+        def far_mod(b, h, q_idx, kv_idx):
+            return far_pos[b, h // group, kv_idx] < q_idx - window
+
+        self.far_mod = far_mod
+        rows = torch.arange(n, device=device) * FLEX_BLOCK
+        self.q_first, self.q_last = rows, (rows + FLEX_BLOCK - 1).clamp(max=length - 1)
+        self.slots = torch.arange(length, device=device, dtype=torch.int32)
+        self.blocks = torch.arange(n, device=device, dtype=torch.int32)
+        self.fn = _compiled_flex() if compiled else flex_attention
+        self.BlockMask = BlockMask
+
+    def far_mask(self, marked):
+        """Compact each head's unmarked keys (order) and the far part's block mask, from their positions."""
+        batch, heads, length = marked.shape
+        order = torch.argsort(marked.to(torch.int8), dim=-1, stable=True)  # unmarked first, in position order
+        count = (~marked).sum(-1, keepdim=True)
+        pos = torch.where(self.slots < count, order.to(torch.int32), self.BIG)
+        self.far_pos[..., :length].copy_(pos)
+        blocks = self.far_pos.view(batch, heads, -1, FLEX_BLOCK)
+        first, last = blocks[..., 0], blocks[..., -1]  # (B, Hkv, n) ascending: each block's first and last position
+        seen = first[:, :, None, :] < (self.q_last - self.window)[None, None, :, None]  # some query sees a key
+        full = last[:, :, None, :] < (self.q_first - self.window)[None, None, :, None]  # every query sees all
+        kv_n, full_n = seen.sum(-1, dtype=torch.int32), full.sum(-1, dtype=torch.int32)  # prefixes of the blocks
+        n = self.blocks.shape[0]
+        partial_i = (full_n[..., None] + self.blocks).clamp(max=n - 1)
+        full_i = self.blocks.expand(batch, heads, n, n)
+        g = self.group
+        expand = lambda t: t.repeat_interleave(g, dim=1).contiguous()  # noqa: E731 - per query head
+        mask = self.BlockMask.from_kv_blocks(expand(kv_n - full_n), expand(partial_i), expand(full_n),
+                                             expand(full_i), BLOCK_SIZE=FLEX_BLOCK, mask_mod=self.far_mod,
+                                             seq_lengths=(length, length), compute_q_blocks=False)
+        return order, mask
+
+    def __call__(self, q, k, v, marked, scale: float) -> torch.Tensor:
+        from torch.nn.attention.flex_attention import AuxRequest
+
+        order, far_mask = self.far_mask(marked)
+        index = order[..., None].expand(-1, -1, -1, k.shape[-1])
+        far_k, far_v = k.gather(2, index), v.gather(2, index)
+        lse = AuxRequest(lse=True)
+        near, near_aux = self.fn(q, k, v, block_mask=self.band, scale=scale, enable_gqa=True, return_aux=lse)
+        far, far_aux = self.fn(q, far_k, far_v, block_mask=far_mask, scale=scale, enable_gqa=True, return_aux=lse)
+        # weights from the two log-sum-exps (B, Hq, L), in fp32; b is -inf where a query sees no far key (flex
+        # then returns zeros for that row). The outputs are combined in their own dtype: no fp32 copy of them.
+        a, b = near_aux.lse.float(), far_aux.lse.float()
+        wb = torch.sigmoid(b - a)  # = e^b / (e^a + e^b); 0 where b = -inf (a is finite: every query sees itself)
+        wb = wb.to(q.dtype)[..., None]
+        return torch.lerp(near, far, wb)
+
+
+def _indices(selected):
+    """(n, n) bool of selected kv blocks per query block -> (counts, indices with the selected ones first)."""
+    order = torch.argsort((~selected).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return selected.sum(-1).to(torch.int32)[None, None], order[None, None].contiguous()
+
+
+# FlexPrefill (one kernel, the rule per element) or SplitFlexPrefill (window band + compacted far keys); the GPU
+# can A/B them with KVCOMPRESS_DMS_PREFILL=single|split (default split).
+PREFILL_KERNELS = {"single": FlexPrefill, "split": SplitFlexPrefill}
+
+
+def _flex_prefill(q, k, v, marked, window: int, scale: float, compiled: bool, kind: str = "single") -> torch.Tensor:
+    flex = PREFILL_KERNELS[kind](q.shape[2], window, q.shape[1] // k.shape[1], k.shape[1], q.device, compiled)
     return flex(q, k, v, marked, scale)
 
 
@@ -305,7 +397,8 @@ class DMSPatch:
             return None
         key = (q.shape[2], q.shape[1] // k.shape[1], k.shape[1], str(q.device))
         if key not in self._flex:
-            self._flex[key] = FlexPrefill(q.shape[2], self.params.window, key[1], key[2], q.device, compiled=True)
+            kernel = PREFILL_KERNELS[os.environ.get("KVCOMPRESS_DMS_PREFILL", "split")]
+            self._flex[key] = kernel(q.shape[2], self.params.window, key[1], key[2], q.device, compiled=True)
         return self._flex[key]
 
     def current_params(self) -> DMSParams:
