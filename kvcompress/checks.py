@@ -139,6 +139,8 @@ def _step_bytes(record, arch, read_embedding: bool) -> float:
     if arch and not read_embedding and not arch["tied_embeddings"]:
         weights -= arch["vocab"] * arch["hidden"] * _itemsize(record)  # a step looks up one embedding row
     kv = (record.kv_cache_bytes + record.kv_cache_bytes_end) / 2  # the KV read grows from start to end of decoding
+    if record.engine == "fast" and record.dms_impl == "native" and record.kv_live_bytes_end is not None:
+        kv = (record.kv_live_bytes + record.kv_live_bytes_end) / 2  # the compact DMS cache reads its live rows only
     return weights + kv
 
 
