@@ -458,7 +458,7 @@ if triton is not None:
             slot = tl.where(reuse, tl.load(slot_ptr + bh * RING + leaving), n)
             tl.store(len_ptr + bh, tl.where(reuse, n, n + 1))
             tl.store(slot_ptr + bh * RING + leaving, slot.to(slot_ptr.dtype.element_ty))
-            tl.store(mark_ptr + bh * RING + leaving, tl.zeros([], mark_ptr.dtype.element_ty))
+            tl.store(mark_ptr + bh * RING + leaving, 0)  # the new token's own mark: pending
             row = tl.load(off_ptr + bh) + slot.to(tl.int64)
             src = qkv_ptr + b * s_qkv + head * D
             x1 = tl.load(src + half).to(tl.float32)
