@@ -247,3 +247,48 @@ print(json.dumps({"patched": ALL_ATTENTION_FUNCTIONS["sdpa"] is not sdpa, "token
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["patched"]
     assert out["tokens"][0] == out["tokens"][1] and out["logits_equal"]
+
+
+def test_a_dms_checkpoint_loads_with_the_vanilla_class(tiny):
+    """The tiny DMS fixture is shaped like nvidia/Qwen3-8B-DMS-8x's repository (auto_map to remote code, dms_* in
+    config.json, no pad_token_id): native loading ignores the remote code and reads the fields."""
+    from transformers import Qwen3ForCausalLM
+
+    from kvcompress import models
+
+    lm = models.load_dms_native(models.MODELS["tiny-dms"], device=torch.device("cpu"))
+    assert type(lm.model) is Qwen3ForCausalLM  # transformers' own class, not transformers_modules.*
+    assert lm.model.config.dms_window_size == 64 and lm.model.config.pad_token_id == lm.tokenizer.pad_token_id
+    assert any("pad_token_id" in note for note in lm.notes)
+    for name, weight in tiny.model.state_dict().items():  # DMS adds no weights
+        assert torch.equal(weight, lm.model.state_dict()[name]), name
+    assert dms.DMSParams.from_config(lm.model.config).window == 64
+
+
+def test_with_pretrained_weights_the_runner_loads_the_dms_checkpoint_after_the_others(tiny, tmp_path, monkeypatch):
+    from kvcompress import cli, models, runner
+
+    pretrained = dataclasses.replace(tiny, weights="pretrained")  # as Qwen3-8B from the Hub: no shared model
+    monkeypatch.setattr(models, "load", lambda *a, **k: pretrained)
+    args = cli.parser("t", "t").parse_args(["--preset", "tiny", "--methods", "vanilla,dms-8x", "--contexts", "300",
+                                            "--dms-model", "tiny-dms", "--repeats", "1", "--max-new-tokens", "3",
+                                            "--out", str(tmp_path / "o.json")])
+    from kvcompress.tasks.cell import Cell
+
+    out = runner.run(cli.resolve(args, "t"), [Cell(300, prompt_id="p")], task="t")
+    records = {r.method: r for r in out.results}
+    assert records["vanilla"].model == "tiny" and records["dms-8x"].model == "tiny-dms"
+    assert records["dms-8x"].error is None and records["dms-8x"].process == "main"
+    assert out.run["dms_model"] == "tiny-dms"
+
+
+def test_dms_impl_remote_maps_the_method():
+    from kvcompress import cli
+    from kvcompress.errors import UserError
+
+    args = cli.parser("t", "t").parse_args(["--preset", "tiny", "--methods", "vanilla,dms-8x", "--dms-impl", "remote"])
+    assert [m.name for m in cli.resolve(args, "t").methods] == ["vanilla", "dms-8x-remote"]
+    args = cli.parser("t", "t").parse_args(["--preset", "tiny", "--methods", "dms-8x[evict=0.5]", "--dms-impl",
+                                            "remote"])
+    with pytest.raises(UserError, match="drop dms-8x's"):
+        cli.resolve(args, "t")
