@@ -232,7 +232,9 @@ class FlexPrefill:
     def __init__(self, length: int, window: int, group: int, kv_heads: int, device, compiled: bool):
         from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
-        self.marked = torch.zeros(1, kv_heads, length, dtype=torch.bool, device=device)
+        # padded to whole blocks: the kernel may evaluate mask_mod on the last block's padding positions
+        padded = (length + FLEX_BLOCK - 1) // FLEX_BLOCK * FLEX_BLOCK
+        self.marked = torch.zeros(1, kv_heads, padded, dtype=torch.bool, device=device)
         marks = self.marked
 
         def mask_mod(b, h, q_idx, kv_idx):
@@ -245,7 +247,7 @@ class FlexPrefill:
         self.fn = _compiled_flex() if compiled else flex_attention
 
     def __call__(self, q, k, v, marked, scale: float) -> torch.Tensor:
-        self.marked.copy_(marked)
+        self.marked[..., :marked.shape[-1]].copy_(marked)
         return self.fn(q, k, v, block_mask=self.block_mask, scale=scale, enable_gqa=True)
 
 
