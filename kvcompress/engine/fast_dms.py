@@ -12,6 +12,8 @@ kv head) ragged layout and the full K/V of the layer can be freed:
   a marked token leaving the window, so at the end the slack is the reserve rows never filled;
 - a ring of the last R positions per head (R = the first age at which a marked token is no longer visible:
   window + 1, derived from methods.dms.visible) with each entry's slot and mark, as the reference cache keeps it.
+  This metadata (offsets, lengths, ring: 12 + 5 R bytes per (layer, batch, kv head), 0.7 MB on Qwen3-8B) is not
+  counted in the KV bytes, which are the K/V buffers only.
 
 Live entries are those the last query processed sees (`visible`): after a prefill of S tokens, query S - 1 (which is
 what the reference's paged cache holds). Decoding token p (dms_qk_norm_rope_store, one kernel per layer): its
