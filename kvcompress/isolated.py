@@ -71,7 +71,7 @@ def error_record(job, cell, method: str, reason: str) -> BenchmarkResult:
     return BenchmarkResult(model=model, weights=weights, method=method, task=job["task"],
                            target_tokens=cell.target_tokens, prompt_id=cell.prompt_id, needle=needle,
                            depth=cell.depth if needle else None, error=reason or None, process="isolated",
-                           engine="hf", max_new_tokens=job["settings"]["max_new_tokens"])
+                           engine="hf", max_new_tokens=job["settings"]["max_new_tokens"], dms_impl="remote")
 
 
 def _last_line(text: str) -> str:

@@ -212,7 +212,8 @@ def _skeleton(model, weights, method, cell, needle, task, decoders, prompt, sett
         context_tokens=prompt.context_tokens, input_tokens=prompt.input_tokens, engine=engine, task=task,
         target_tokens=cell.target_tokens, depth=cell.depth if needle else None,
         needle=needle.label if needle else None, prompt_id=cell.prompt_id, expected_memory=method.expected_memory,
-        phase=method.phase, fixed_output_length=settings.fixed_length, max_new_tokens=settings.max_new_tokens)
+        phase=method.phase, fixed_output_length=settings.fixed_length, max_new_tokens=settings.max_new_tokens,
+        dms_impl=method.impl if method.kind == "dms" else None)
 
 
 def one_line(exc: BaseException) -> str:
