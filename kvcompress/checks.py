@@ -103,6 +103,9 @@ def _kv_bytes(results, arch) -> Check:
                                f"{vanilla.kv_cache_bytes / vanilla.context_tokens:,.0f} B "
                                f"({'exact' if exact else f'expected {expected:,}'})")
         for r in cell:
+            if r.dms_impl == "native" and r.kv_tokens_per_head and per_token:
+                check.passed &= _dms_bytes(check, context, r, per_token)
+                continue
             if r.method == "vanilla" or r.compression_ratio is None:
                 continue
             share = r.kv_cache_bytes / vanilla.kv_cache_bytes
@@ -116,6 +119,25 @@ def _kv_bytes(results, arch) -> Check:
             check.lines.append(f"{context}: {r.method:30s} holds {share:.4f} of vanilla ({verdict}) "
                                f"{'ok' if good else 'FAIL'}")
     return check
+
+
+def _dms_bytes(check: Check, context, r, per_token: int) -> bool:
+    """Native DMS: live bytes = live entries x bytes of one entry, exactly; the fast engine's compact cache allocates
+    exactly a reserve of max_new_tokens - 1 rows per (layer, head) more; the hf engine's masked cache holds every
+    position."""
+    heads = sum(len(layer) for layer in r.kv_tokens_per_head)
+    entry = per_token // heads  # K and V of one token of one (layer, kv head)
+    entries = sum(sum(layer) for layer in r.kv_tokens_per_head)
+    live_ok = r.kv_live_bytes == entries * entry
+    if r.engine == "fast":
+        slack = (r.max_new_tokens - 1) * heads * entry
+        held_ok, held = r.kv_cache_bytes == r.kv_live_bytes + slack, f"live + reserve {slack:,} B"
+    else:
+        held_ok, held = r.kv_cache_bytes == r.input_tokens * per_token, "every position (mask, no reclaim)"
+    check.lines.append(f"{context}: {r.method:30s} live {entries:,} entries x {entry} B = {r.kv_live_bytes:,} B "
+                       f"({'exact' if live_ok else 'FAIL'}); allocated {r.kv_cache_bytes:,} B = {held} "
+                       f"({'exact' if held_ok else 'FAIL'}); {r.kv_live_bytes / r.kv_cache_bytes_full:.4f} of vanilla")
+    return live_ok and held_ok
 
 
 def _memory(results) -> Check:

@@ -261,3 +261,9 @@ def test_benchmark_records_native_dms_on_the_fast_engine(tmp_path, tiny):
     assert r.kv_live_bytes < r.kv_cache_bytes_full and r.kv_memory_saved
     kv_read = checks._step_bytes(r, run.get("architecture"), True) - r.weights_bytes
     assert kv_read == (r.kv_live_bytes + r.kv_live_bytes_end) / 2
+    kv_check = checks.run_checks(run, results)[0]
+    assert kv_check.passed is True, kv_check.lines
+    line = next(line for line in kv_check.lines if "dms-8x" in line)
+    assert line.count("(exact)") == 2 and f"live + reserve {r.kv_cache_bytes - r.kv_live_bytes:,} B" in line
+    r.kv_cache_bytes += entry  # one row more than live + reserve: the check must say so
+    assert checks.run_checks(run, results)[0].passed is False
