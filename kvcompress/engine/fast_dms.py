@@ -217,7 +217,8 @@ class _DMSDecodeState:
         device, dtype, dim = first.device, first.dtype, first.shape[1]
         n_new = signature[1]
         self.max_lengths = [max(c) for c in cache.capacities]
-        self.splits = [kernels.attention_splits(batch * heads_kv, m, device) for m in self.max_lengths]
+        # One split count for every layer: the combine kernel compiles once per count, not once per layer
+        self.splits = [kernels.attention_splits(batch * heads_kv, max(self.max_lengths), device)] * cache.n_layers
         threshold = cache.params.threshold
         # the kernel's copies of methods.dms.evicts' threshold and tie break (zeros for the checkpoint's rule)
         self.calibrated = threshold is not None
