@@ -292,3 +292,18 @@ def test_dms_impl_remote_maps_the_method():
                                             "remote"])
     with pytest.raises(UserError, match="drop dms-8x's"):
         cli.resolve(args, "t")
+
+
+@pytest.mark.parametrize("kind", ["single", "split"])
+def test_the_model_through_the_flex_path_generates_what_the_chunked_path_does(tiny, long_prompt, monkeypatch, kind):
+    """The whole patched model with the CUDA prefill path (KVCOMPRESS_FORCE_FLEX: flex eagerly on CPU, kernels
+    cached per prompt shape as on CUDA): same tokens and live counts as the exact path, two generations in a row."""
+    method = prepare_dms(tiny, parse_method("dms-8x"), long_prompt)
+    want = generate_once(tiny, method, long_prompt, _settings(12), HFDecoder())
+    monkeypatch.setenv("KVCOMPRESS_FORCE_FLEX", "1")
+    monkeypatch.setenv("KVCOMPRESS_DMS_PREFILL", kind)
+    for _ in range(2):  # the second reuses the cached kernel object and its buffers
+        got = generate_once(tiny, method, long_prompt, _settings(12), HFDecoder())
+        assert got.token_ids == want.token_ids
+        assert got.kv_after.tokens_per_head == want.kv_after.tokens_per_head
+        assert got.kv_end.tokens_per_head == want.kv_end.tokens_per_head

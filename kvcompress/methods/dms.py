@@ -342,6 +342,15 @@ def _indices(selected):
 PREFILL_KERNELS = {"single": FlexPrefill, "split": SplitFlexPrefill}
 
 
+@lru_cache(maxsize=8)
+def _prefill_kernel(kind: str, length: int, window: int, group: int, kv_heads: int, device: str, compiled: bool):
+    """One kernel object per prompt shape for the whole process: every layer and every generation (warm-up, repeats)
+    hands the compiled flex_attention the same mask_mod and buffers, so it compiles once per length."""
+    if kind not in PREFILL_KERNELS:
+        raise UserError(f"KVCOMPRESS_DMS_PREFILL={kind!r}: use one of {', '.join(PREFILL_KERNELS)}")
+    return PREFILL_KERNELS[kind](length, window, group, kv_heads, torch.device(device), compiled)
+
+
 def _flex_prefill(q, k, v, marked, window: int, scale: float, compiled: bool, kind: str = "single") -> torch.Tensor:
     flex = PREFILL_KERNELS[kind](q.shape[2], window, q.shape[1] // k.shape[1], k.shape[1], q.device, compiled)
     return flex(q, k, v, marked, scale)
@@ -375,7 +384,6 @@ class DMSPatch:
         self.params = params
         self.calibrate_to = calibrate_to
         self.thresholds: dict[int, torch.Tensor] = {}
-        self._flex: dict[tuple, FlexPrefill] = {}  # per prompt shape, for this generation
 
     def __call__(self, model):
         return self._installed(model)
@@ -395,13 +403,12 @@ class DMSPatch:
                 del module.forward
 
     def _flex_for(self, q, k) -> FlexPrefill | None:
-        if q.device.type != "cuda":
+        cuda = q.device.type == "cuda"
+        if not cuda and not os.environ.get("KVCOMPRESS_FORCE_FLEX"):  # tests force the flex path on CPU (eager)
             return None
-        key = (q.shape[2], q.shape[1] // k.shape[1], k.shape[1], str(q.device))
-        if key not in self._flex:
-            kernel = PREFILL_KERNELS[os.environ.get("KVCOMPRESS_DMS_PREFILL", "split")]
-            self._flex[key] = kernel(q.shape[2], self.params.window, key[1], key[2], q.device, compiled=True)
-        return self._flex[key]
+        kind = os.environ.get("KVCOMPRESS_DMS_PREFILL", "split")
+        return _prefill_kernel(kind, q.shape[2], self.params.window, q.shape[1] // k.shape[1], k.shape[1],
+                               str(q.device), cuda)
 
     def current_params(self) -> DMSParams:
         if self.calibrate_to is None:
@@ -477,7 +484,14 @@ def _threshold(logits: torch.Tensor, window: int, target: float) -> torch.Tensor
     chosen = logits[0, :, 1:max(2, length - window)].float()
     if chosen.shape[-1] == 0:
         return torch.full((logits.shape[1],), float("inf"), device=logits.device)
-    return torch.quantile(chosen, 1.0 - target, dim=-1, interpolation="lower")
+    # midway between the last kept and the first evicted value: round(target * n) evicted, with a margin on both
+    # sides, so that rounding differences between attention kernels do not flip the boundary token
+    values = torch.sort(chosen, dim=-1).values
+    n = values.shape[-1]
+    keep = n - round(target * n)
+    below = values[:, keep - 1] if keep > 0 else values[:, 0] - 1.0
+    above = values[:, keep] if keep < n else values[:, -1] + 1.0
+    return (below + above) / 2
 
 
 @torch.inference_mode()
