@@ -65,6 +65,8 @@ class DMSParams:
 
     @classmethod
     def from_config(cls, config) -> DMSParams:
+        """The dms_* fields of a config; absent ones take DMS-8x's config-class defaults (alpha scale 100, offset 5,
+        cr 8: westers/kvcompress dms_local/configuration_qwen3_dms.py), as its config.json relies on them."""
         missing = [k for k in ("dms_window_size",) if getattr(config, k, None) is None]
         if missing:
             raise UserError(f"the model's config has no {missing[0]}: it is not a DMS model")
