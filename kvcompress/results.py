@@ -223,6 +223,11 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         raise
 
 
+def record_json(record: BenchmarkResult) -> str:
+    """One record as one line of JSON (the DMS child streams its records so)."""
+    return json.dumps(record.to_dict(), default=_jsonable)
+
+
 def _jsonable(value):
     if hasattr(value, "item"):
         return value.item()
