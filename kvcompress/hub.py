@@ -21,3 +21,15 @@ def hub_available() -> bool:
         return True
     except (OSError, ValueError):
         return False
+
+
+def go_offline() -> None:
+    """Cached files only, from now on: the Hub is unreachable, and every download attempt would retry for minutes.
+    huggingface_hub and transformers read the variable when imported, so modules already loaded are told too."""
+    import sys
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if "huggingface_hub.constants" in sys.modules:
+        sys.modules["huggingface_hub.constants"].HF_HUB_OFFLINE = True
+    if "transformers.utils.hub" in sys.modules:
+        sys.modules["transformers.utils.hub"]._is_offline_mode = True

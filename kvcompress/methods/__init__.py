@@ -92,6 +92,9 @@ def parse_method(text: str) -> Method:
         return Method("vanilla", "vanilla", compression_ratio=0.0)
     if text.lower() in (DMS_NAME, "dms"):
         return Method(DMS_NAME, "dms")
+    base_name = re.split(r"[@\[]", text, maxsplit=1)[0]
+    if base_name in ("vanilla", "none", "no_press", DMS_NAME, "dms"):
+        raise UserError(f"{base_name} takes no ratio or options: write {base_name!r} alone (in {text!r})")
     match = _SYNTAX.match(text)
     if not match:
         raise UserError(f"cannot parse method {text!r}: write e.g. knorm@0.5, adakv+snapkv@0.25, vanilla or dms-8x")
@@ -145,6 +148,10 @@ def parse_methods(text: str) -> list[Method]:
     methods = [parse_method(part) for part in split_top_level(text)]
     if not methods:
         raise UserError("--methods is empty")
+    names = [m.name for m in methods]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:  # both would measure the same cell, and one record would replace the other
+        raise UserError(f"--methods names {twice} twice")
     return methods
 
 
