@@ -15,7 +15,7 @@ from kvcompress.engine import measure
 from kvcompress.errors import UserError
 from kvcompress.hub import hub_available
 from kvcompress.methods import Method
-from kvcompress.report import make_console
+from kvcompress.report import context_label, make_console
 from kvcompress.results import BenchmarkResult
 from kvcompress.tasks import niah
 from kvcompress.tasks.cell import Cell
@@ -93,7 +93,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def progress_line(r: BenchmarkResult) -> str:
-    where = escape(f"{r.method} @ {r.target_tokens or r.input_tokens} tok" +
+    where = escape(f"{r.method} @ {context_label(r)} tok" +
                    (f", depth {r.depth:g}" if r.depth is not None else ""))  # options in [...] are not rich markup
     if r.error:
         return f"{where}: [red]error[/red] {escape(r.error)}"

@@ -129,3 +129,20 @@ def test_help_and_argument_errors_answer_before_torch_is_imported(script, argv, 
     exit_code, heavy, seconds = json.loads(proc.stdout.strip().splitlines()[-1])
     assert exit_code == code and heavy == []
     assert seconds < 2.0
+
+
+def test_the_context_column_names_every_row_by_its_target_and_shows_a_different_measured_length():
+    from rich.console import Console
+
+    from kvcompress import report
+    from kvcompress.results import BenchmarkResult
+
+    measured = BenchmarkResult(model="m", weights="random", method="vanilla", target_tokens=512, input_tokens=511,
+                               ttft_s=0.1, kv_cache_bytes=1)
+    failed = BenchmarkResult(model="m", weights="random", method="dms-8x", target_tokens=512, error="boom")
+    console = Console(width=250, record=True)
+    report.print_results([measured, failed], "t", console)
+    text = console.export_text()
+    vanilla, dms = (next(line for line in text.splitlines() if line.startswith(f"│ {m}")) for m in ("vanilla", "dms-8x"))
+    assert "512 (511 measured)" in vanilla and "512" in dms and "511" not in dms
+    assert "dms-8x @ 512 tok: boom" in text
