@@ -10,9 +10,8 @@
 
 import sys
 
-from kvcompress import cli, report, runner
+from kvcompress import cli
 from kvcompress.results import BenchmarkResult  # noqa: F401  (the one result record; importable from here)
-from kvcompress.tasks.cell import Cell
 
 
 @cli.main
@@ -32,6 +31,9 @@ def main(argv=None) -> int:
                         "run against the hardware's limits: benchmark.py check FILE.")
     args = parser.parse_args(argv)
     cfg = cli.resolve(args, "benchmark")
+    from kvcompress import report, runner  # torch and transformers: only once the arguments are good
+    from kvcompress.tasks.cell import Cell
+
     cells = [Cell(target_tokens=n, depth=0.5, needle_kind="single", needle_seed=cfg.settings.sampling.seed,
                   haystack=cfg.haystack) for n in cfg.contexts]
     out = runner.run(cfg, cells, task="benchmark")

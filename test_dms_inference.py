@@ -9,8 +9,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from kvcompress import cli, report, runner
-from kvcompress.tasks import prompts
+from kvcompress import cli
 
 DESCRIPTION = (
     "Run vanilla and DMS-8x on the same prompts (a short chat question, a needle prompt per --contexts length, a "
@@ -40,6 +39,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.query_aware = True  # one prefill of the whole prompt for every method, as DMS-8x must
     cfg = cli.resolve(args, "dms_inference")
+    from kvcompress import report, runner  # torch and transformers: only once the arguments are good
+    from kvcompress.tasks import prompts
+
     cells = (prompts.load_cells(args.prompts) if args.prompts else
              prompts.builtin_cells(cfg.contexts, cfg.settings.sampling.seed, cfg.haystack))
     out = runner.run(cfg, cells, task="dms_inference")

@@ -11,11 +11,8 @@ tensors; real eviction vs masking), what it costs (TTFT with compression, decode
 import sys
 from pathlib import Path
 
-import torch
-
-from kvcompress import cli, press_sweep, report, runner
+from kvcompress import cli, press_sweep, report
 from kvcompress.errors import UserError
-from kvcompress.tasks.cell import Cell
 
 MEMORY = """\
 Memory behaviour (column 'press': documented by kvpress vs measured here):
@@ -50,13 +47,18 @@ def main(argv=None) -> int:
     g.add_argument("--list", action="store_true", help="print the press registry (name, class, phase, memory "
                    "behaviour, needs Hub, attention) and exit")
     args = parser.parse_args(argv)
-    console = runner.console
+    console = report.make_console()
     if args.list:
         report.print_registry(press_sweep.registry_rows(), console)
         return 0
     if args.methods is not None:
         raise UserError("--methods belongs to benchmark.py; here choose --presses and --ratios")
     cfg = cli.resolve(args, "kvpress_api")
+    import torch  # and transformers: only once the arguments are good
+
+    from kvcompress import runner
+    from kvcompress.tasks.cell import Cell
+
     press_sweep.warn_once()
     if len(cfg.contexts) != 1:
         raise UserError("--context takes one prompt length (the table's columns are ratios)")

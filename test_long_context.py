@@ -10,7 +10,7 @@
 import re
 import sys
 
-from kvcompress import cli, plots, report, runner
+from kvcompress import cli
 from kvcompress.errors import UserError
 from kvcompress.tasks import niah_grid
 from kvcompress.tasks.niah import NEEDLE_KINDS
@@ -63,6 +63,8 @@ def main(argv=None) -> int:
                                  haystack=cfg.haystack, thinking=args.thinking, seed=cfg.settings.sampling.seed)
     grid = {"depths": depths, "trials": args.trials, "needle": args.needle, "needles": args.needles,
             "haystack": cfg.haystack, "thinking": args.thinking}
+    from kvcompress import plots, report, runner  # torch, transformers, matplotlib: once the arguments are good
+
     out = runner.run(cfg, cells, task="long_context", header_extra={"niah": grid})
 
     summaries = niah_grid.summarize(niah_grid.select(out.results, cells, [m.name for m in cfg.methods]))

@@ -50,16 +50,37 @@ def architecture_of(config) -> dict:
 
 
 def run_checks(run: dict, results: list[BenchmarkResult], bandwidth: float = HBM_BANDWIDTH,
-               flops: float = BF16_FLOPS, references: list[tuple[str, list[BenchmarkResult]]] = ()) -> list[Check]:
+               flops: float = BF16_FLOPS, references: list[tuple[str, list[BenchmarkResult]]] = (),
+               hardware: bool | None = None) -> list[Check]:
+    """`hardware` (checks 2-6: peaks, roofline, FLOPs, noise, engines) defaults to whether the run was on a GPU:
+    a CPU run's wall-clock timings and process RSS are pipeline checks, and the H200's limits mean nothing there."""
     arch = run.get("architecture") or _known_architecture(run.get("model"))
     ok = [r for r in results if r.error is None and r.kv_cache_bytes is not None]
     if not ok:
         return [Check("results", False, ["no successful records to check"])]
-    checks = [_kv_bytes(ok, arch), _memory(ok), _roofline(ok, bandwidth, arch), _compute(ok, flops, arch),
-              _noise(ok)]
+    checks = [_kv_bytes(ok, arch)]
+    if hardware is None:
+        hardware = gpu_run(run)
+    if not hardware:
+        return checks + [Check("2-6. Hardware checks", None, [
+            f"skipped: this run is on {run.get('device') or 'an unknown device'}, not a GPU; peaks, roofline, "
+            "FLOPs, noise and engine comparisons need a GPU run"])]
+    checks += [_memory(ok), _roofline(ok, bandwidth, arch), _compute(ok, flops, arch), _noise(ok)]
     if references:
         checks.append(_engines(ok, references))
     return checks
+
+
+def gpu_run(run: dict) -> bool:
+    return str(run.get("device") or "").startswith("cuda")
+
+
+def prefill_flops(arch: dict, tokens: int) -> tuple[float, float]:
+    """(linear, attention) FLOPs of a causal prefill of `tokens`: 2 per weight per token; QK and PV over the lower
+    triangle (half of tokens x tokens)."""
+    linear = 2 * arch["layer_params"] * tokens
+    attention = 2 * 2 * arch["layers"] * arch["heads"] * arch["head_dim"] * tokens * tokens / 2
+    return linear, attention
 
 
 def _known_architecture(model: str | None) -> dict | None:
@@ -194,9 +215,7 @@ def _compute(results, flops, arch) -> Check:
     for context, cell, vanilla in _by_context(results):
         if vanilla is None:
             continue
-        tokens = vanilla.input_tokens
-        linear = 2 * arch["layer_params"] * tokens
-        attention = 2 * 2 * arch["layers"] * arch["heads"] * arch["head_dim"] * tokens * tokens / 2  # causal QK, PV
+        linear, attention = prefill_flops(arch, vanilla.input_tokens)
         ideal = (linear + attention) / flops
         check.lines.append(f"{context}: {(linear + attention) / 1e12:.0f} TFLOP -> {ideal:.3f} s ideal; vanilla TTFT "
                            f"{vanilla.ttft_s:.3f} s = x{vanilla.ttft_s / ideal:.2f}")

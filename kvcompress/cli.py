@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import importlib.util
 import logging
 import os
 import re
@@ -13,14 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import torch
-
-from kvcompress import models
-from kvcompress.engine.generate import GenerationSettings
-from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.errors import UserError
 from kvcompress.methods import Method, parse_method, parse_methods
 from kvcompress.tasks.haystack import SOURCES
+
+# torch, transformers and kvpress are imported only once the arguments are parsed (resolve): --help and a bad
+# option answer at once. The registered model names are written out here for the same reason (a test keeps them
+# equal to models.MODELS).
+MODEL_NAMES = ("qwen3-8b", "dms-8x", "tiny", "tiny-dms", "smollm2")
 
 METRICS = """\
 Metrics (every script, every method, measured the same way):
@@ -45,15 +46,15 @@ DEFAULT_METHODS = "vanilla,dms-8x,knorm@0.5,expected_attention@0.5,snapkv@0.5,st
 
 @dataclass
 class RunConfig:
-    spec: models.ModelSpec
+    spec: "models.ModelSpec"
     preset: str | None
-    device: torch.device
-    dtype: torch.dtype | None
+    device: "torch.device"
+    dtype: "torch.dtype | None"
     attn_implementation: str
     random_weights: bool
     methods: list[Method]
     contexts: list[int]
-    settings: GenerationSettings
+    settings: "GenerationSettings"
     repeats: int
     engine: str
     out: Path
@@ -89,7 +90,7 @@ def parser(prog: str, description: str, defaults: Defaults = Defaults(), tiny: D
     g = p.add_argument_group("what to run")
     g.add_argument("--preset", choices=["tiny"], help="tiny: a 2-layer Qwen3 built in code, CPU, a few hundred "
                    "tokens (pipeline check). Chosen automatically when no GPU is present.")
-    g.add_argument("--model", default=None, help=f"model: {', '.join(models.MODELS)}, a Hub id or a local folder "
+    g.add_argument("--model", default=None, help=f"model: {', '.join(MODEL_NAMES)}, a Hub id or a local folder "
                    "(default qwen3-8b)")
     g.add_argument("--methods", default=None, help="comma-separated methods: vanilla, dms-8x, or kvpress presses "
                    f"as name@ratio, e.g. knorm@0.25,adakv+snapkv@0.5 (default {methods}); see test_kvpress_api.py --list")
@@ -123,7 +124,8 @@ def parser(prog: str, description: str, defaults: Defaults = Defaults(), tiny: D
     g.add_argument("--dms-impl", choices=["native", "remote"], default="native", help="how dms-8x runs: native = "
                    "DMS's rule on transformers' Qwen3 in this process, both engines (default); remote = the "
                    "checkpoint's own code (needs flash-attn), hf engine, its own process (same as dms-8x-remote)")
-    g.add_argument("--dms-revision", default=None, help=f"Hub revision of the DMS checkpoint (default {models.DMS_8X_REVISION[:12]})")
+    g.add_argument("--dms-revision", default=None, help="Hub revision of the DMS checkpoint (default: the reviewed revision pinned in "
+                   "kvcompress/models.py)")
     g = p.add_argument_group("output")
     g.add_argument("--out", type=Path, default=None, help="JSON result file (default results/<script>-<time>.json)")
     g.add_argument("--resume", action="store_true", help="keep the records already in --out and skip those cells")
@@ -150,9 +152,15 @@ def parse_contexts(text: str) -> list[int]:
 
 def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True) -> RunConfig:
     """Validate everything that can be checked before loading a model; apply the tiny preset when there is no GPU."""
-    device = torch.device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda, but no CUDA GPU is visible")
+    import torch
+
+    from kvcompress import models
+    from kvcompress.engine.generate import GenerationSettings
+    from kvcompress.engine.sampling import SamplingConfig
+
+    device = _device(args.device)
+    if args.random_weights and device.type != "cuda":
+        raise UserError("--random-weights measures GPU speed and memory; it needs a CUDA GPU (use --preset tiny on CPU)")
     preset = args.preset
     if preset is None and args.model is None and device.type != "cuda":
         print("No CUDA GPU: running the tiny preset on CPU (a pipeline check; its figures are not performance).")
@@ -166,10 +174,11 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
         if args.random_weights:
             raise UserError("--random-weights builds Qwen3-8B; it cannot be combined with --preset tiny")
     spec = models.resolve_spec(args.model or "qwen3-8b")
-    if args.random_weights and device.type != "cuda":
-        raise UserError("--random-weights measures GPU speed and memory; it needs a CUDA GPU (use --preset tiny on CPU)")
     if device.type == "cpu" and spec.name in ("qwen3-8b", "dms-8x"):
         raise UserError(f"{spec.name} needs a GPU (16 GB of bf16 weights); on CPU use --preset tiny")
+    if args.attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise UserError("--attn flash_attention_2 needs the flash-attn package (pip install flash-attn "
+                        "--no-build-isolation); or use --attn sdpa")
     if args.max_new_tokens < 2:
         raise UserError("--max-new-tokens must be at least 2 (TPOT needs two tokens)")
     if args.repeats < 1:
@@ -181,8 +190,15 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
         if any(m.native_dms and m.options for m in methods):
             raise UserError("--dms-impl remote runs the checkpoint's own decisions: drop dms-8x's [evict=...]")
         methods = [parse_method("dms-8x-remote") if m.native_dms else m for m in methods]
+    # native DMS runs on the main model when its weights are random (it adds no weights): no checkpoint to load
+    shares_model = args.random_weights or spec.architecture == "tiny"
+    loads_dms = any(m.kind == "dms" and (m.impl == "remote" or not shares_model) for m in methods)
     if any(m.kind == "dms" for m in methods):
-        models.resolve_spec(args.dms_model)  # an unknown --dms-model fails now, not after the other methods ran
+        models.resolve_spec(args.dms_model)  # an unknown --dms-model fails now, even where the main model serves
+    dms_spec = models.resolve_spec(args.dms_model) if loads_dms else None
+    # an unknown, unreachable or incomplete model fails now, not after the other methods ran
+    for needed in filter(None, (spec if any(m.kind != "dms" for m in methods) else None, dms_spec)):
+        _check_reachable(needed, random_weights=args.random_weights)
     contexts = parse_contexts(args.contexts)
     limit = spec.max_positions
     too_long = [c for c in contexts if limit and c + args.max_new_tokens > limit]
@@ -199,6 +215,48 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
     return RunConfig(spec, preset, device, dtype, args.attn, args.random_weights, methods, contexts, settings,
                      args.repeats, engine, out, args.resume, args.haystack, args.dms_model, args.dms_revision, args)
 
+
+
+def _device(text: str | None):
+    import torch
+
+    if not text:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {text!r} is not a device: write cuda, cuda:1 or cpu") from None
+    if device.type not in ("cuda", "cpu"):
+        raise UserError(f"--device {text}: only cuda and cpu are supported (the engine times with CUDA events "
+                        "or the CPU's wall clock)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda, but no CUDA GPU is visible")
+    return device
+
+
+def _check_reachable(spec, *, random_weights: bool) -> None:
+    """A local folder must hold a config; a Hub model needs the Hub or the local cache: say so in one line instead of
+    retrying the network for minutes."""
+    from kvcompress.hub import go_offline, hub_available, offline_by_choice
+
+    if spec.hub_id is None:
+        return  # built in code
+    folder = Path(spec.hub_id)
+    if folder.exists():
+        if not (folder / "config.json").is_file():
+            raise UserError(f"--model {spec.hub_id}: the folder has no config.json (not a transformers checkpoint)")
+        return
+    if offline_by_choice() or hub_available():
+        return
+    go_offline()
+    if random_weights and spec.architecture:
+        return  # the architecture is written out; the tokenizer has an offline fallback
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(spec.hub_id, "config.json", revision=spec.revision), str):
+        return
+    raise UserError(f"the Hugging Face Hub is unreachable and {spec.hub_id} is not in the local cache "
+                    "(check the network, or set HF_HUB_OFFLINE=1 to use cached files only)")
 
 
 def main(fn):

@@ -23,8 +23,9 @@ from kvcompress.results import IDENTITY_FIELDS, BenchmarkResult, check_writable,
 
 REGRESSION, IMPROVEMENT, NOISE, UNCHANGED = "regression", "improvement", "noise", "unchanged"
 CHANGED, NOT_COMPARABLE, NOT_MEASURED, FAILED_BOTH = "changed", "not comparable", "n/a", "failed in both"
+CPU_ONLY = "cpu: not judged"  # wall-clock timings and process RSS of a CPU run are pipeline checks, not performance
 VERDICT_STYLE = {REGRESSION: "bold red", IMPROVEMENT: "bold green", NOISE: "dim", UNCHANGED: "dim",
-                 CHANGED: "yellow", NOT_COMPARABLE: "yellow", NOT_MEASURED: "dim", FAILED_BOTH: "red"}
+                 CHANGED: "yellow", NOT_COMPARABLE: "yellow", NOT_MEASURED: "dim", FAILED_BOTH: "red", CPU_ONLY: "dim"}
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,9 @@ def compare_metric(m: Metric, ra: BenchmarkResult, rb: BenchmarkResult, threshol
         row.verdict, row.change_pct = UNCHANGED, 0.0
         return row
     row.change_pct = 100.0 * (b - a) / abs(a) if a else None
+    if source and getattr(ra, source) in ("wall_clock", "process_peak_rss"):  # a CPU run's figures
+        row.verdict = CPU_ONLY
+        return row
     if m.kind != "exact":
         spread = 0.0
         if m.kind == "timing":
@@ -465,6 +469,10 @@ def print_comparison(c: Comparison, console: Console | None = None, *, changes_o
                       "from the code under test[/yellow]")
     console.print(f"noise: a change within IQR_A + IQR_B of the repeats (timings) or within {c.threshold:g} % of A "
                   "(timings, peaks); KV bytes are exact")
+    if c.counts().get(CPU_ONLY):
+        console.print("[yellow]CPU runs: their timings and peaks (wall clock, process RSS) are pipeline checks, not "
+                      "performance, so they are shown but never called regressions; KV bytes and answers are still "
+                      "compared[/yellow]")
     for cell in c.cells:
         rows = [r for r in cell.rows if not changes_only or r.verdict not in (NOISE, UNCHANGED, NOT_MEASURED)]
         if rows:
@@ -491,7 +499,7 @@ def print_comparison(c: Comparison, console: Console | None = None, *, changes_o
 def summary_line(c: Comparison) -> str:
     counts = c.counts()
     records = sum(cell.records for cell in c.cells)
-    order = (REGRESSION, IMPROVEMENT, CHANGED, NOISE, UNCHANGED, FAILED_BOTH, NOT_COMPARABLE, NOT_MEASURED)
+    order = (REGRESSION, IMPROVEMENT, CHANGED, NOISE, UNCHANGED, FAILED_BOTH, NOT_COMPARABLE, CPU_ONLY, NOT_MEASURED)
     parts = ", ".join(f"{v}: {counts[v]}" for v in order if counts.get(v))
     line = (f"{len(c.cells)} cell(s) matched ({records} record(s)): {parts or 'nothing to compare'}; "
             f"{len(c.only_in_a)} only in A, {len(c.only_in_b)} only in B")

@@ -1,41 +1,96 @@
 """DMS-8x in a process of its own: `import kvpress` patches transformers' attention functions globally, so DMS
-must run where kvpress was never imported. The parent sends a job file; the child measures with the same engine
-and writes BenchmarkResult records back (atomically, after each one). A record measured in a process where kvpress
-got imported anyway carries an error instead of numbers. Every cell the child could not measure comes back as a
-record with a one-line error, with the same identity a measured record would have (so --resume can replace it).
+must run where kvpress was never imported. The parent sends the job on the child's stdin; the child measures with
+the same engine and streams each BenchmarkResult back on a pipe (one JSON line) the moment it is finished, so the
+parent saves it at once: a Ctrl-C or a kill of the parent keeps every record the child finished. The child dies
+with its parent (Linux: PR_SET_PDEATHSIG; elsewhere it watches its parent), and nothing is written to disk but the
+parent's result file. A record measured in a process where kvpress got imported anyway carries an error instead
+of numbers. Every cell the child could not measure comes back as a record with a one-line error, with the same
+identity a measured record would have (so --resume can replace it).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
+from typing import Callable
 
-from kvcompress.results import BenchmarkResult
+from kvcompress.results import BenchmarkResult, record_json
 
 KVPRESS_IMPORTED = "kvpress was imported in the DMS process; its attention patch may have altered DMS"
 
 
-def run_in_child(cfg, methods, cells, task: str, done: set[tuple] = frozenset()) -> list[BenchmarkResult]:
-    """Measure `methods` x `cells` in a child process; cells whose identity is in `done` are skipped (--resume)."""
+def run_in_child(cfg, methods, cells, task: str, done: set[tuple] = frozenset(),
+                 on_record: Callable[[BenchmarkResult], None] | None = None) -> list[BenchmarkResult]:
+    """Measure `methods` x `cells` in a child process; cells whose identity is in `done` are skipped (--resume).
+    `on_record(record)` runs for each record as it arrives (the runner saves it there); all are also returned."""
     job = job_for(cfg, methods, cells, task, done)
     wanted = [(c, m) for c in cells for m in methods if identity(job, c, m.name) not in done]
     if not wanted:
         return []
-    with tempfile.TemporaryDirectory(prefix="kvcompress-dms-") as tmp:
-        job_path, out_path = Path(tmp) / "job.json", Path(tmp) / "records.json"
-        job_path.write_text(json.dumps(job))
-        proc = subprocess.run([sys.executable, "-m", "kvcompress.isolated", str(job_path), str(out_path)],
-                              stdout=None, stderr=subprocess.PIPE, text=True)
-        records = [BenchmarkResult.from_dict(r) for r in json.loads(out_path.read_text())] if out_path.exists() else []
+    records: list[BenchmarkResult] = []
+    read_fd, write_fd = os.pipe()
+    with tempfile.TemporaryFile() as stderr:  # already unlinked: a killed parent leaves nothing behind
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "kvcompress.isolated", str(write_fd), str(os.getpid())],
+                                    stdin=subprocess.PIPE, stderr=stderr, pass_fds=(write_fd,))
+        finally:
+            os.close(write_fd)  # the child holds the only write end: end of file = the child is gone
+        interrupted = []
+
+        def stop_child(signum, frame):  # Ctrl-C: stop the child, then keep reading what it had finished
+            interrupted.append(signum)
+            if proc.poll() is None:
+                proc.kill()
+
+        previous = (signal.signal(signal.SIGINT, stop_child)
+                    if threading.current_thread() is threading.main_thread() else None)
+        try:
+            try:
+                proc.stdin.write(json.dumps(job).encode())
+                proc.stdin.close()
+            except BrokenPipeError:  # the child died at once; its stderr says why
+                pass
+            for line in _lines(read_fd):  # until end of file: every complete record is saved, even after Ctrl-C
+                record = BenchmarkResult.from_dict(json.loads(line))
+                records.append(record)
+                if on_record:
+                    on_record(record)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+            os.close(read_fd)
+            if proc.poll() is None:  # the parent failed while the child ran: it must not run on
+                proc.kill()
+            proc.wait()
+        if interrupted:
+            raise KeyboardInterrupt
+        stderr.seek(0)
+        reason = _last_line(stderr.read().decode(errors="replace"))
     measured = {r.identity() for r in records}
     missing = [(c, m) for c, m in wanted if identity(job, c, m.name) not in measured]
     if missing:
-        reason = _last_line(proc.stderr) or f"exit code {proc.returncode}"
-        records += [error_record(job, c, m.name, f"DMS worker failed: {reason}") for c, m in missing]
+        reason = reason or f"exit code {proc.returncode}"
+        for c, m in missing:
+            records.append(error_record(job, c, m.name, f"DMS worker failed: {reason}"))
+            if on_record:
+                on_record(records[-1])
     return records
+
+
+def _lines(fd: int):
+    """Complete lines from a pipe until end of file; a line cut short by the child's death (no newline) is dropped."""
+    buffer = b""
+    while chunk := os.read(fd, 1 << 16):
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        yield from lines
 
 
 def job_for(cfg, methods, cells, task: str, done=frozenset()) -> dict:
@@ -79,7 +134,8 @@ def _last_line(text: str) -> str:
     return lines[-1].removeprefix("error: ")[:300] if lines else ""
 
 
-def _child(job_path: str, out_path: str) -> int:
+def measure_job(job: dict, emit: Callable[[BenchmarkResult], None]) -> int:
+    """The child's work: load the DMS checkpoint, measure every cell not done, `emit` each record when finished."""
     import torch
 
     from kvcompress import models
@@ -87,11 +143,9 @@ def _child(job_path: str, out_path: str) -> int:
     from kvcompress.engine.sampling import SamplingConfig
     from kvcompress.errors import UserError
     from kvcompress.methods import parse_method
-    from kvcompress.results import write_json_atomic
-    from kvcompress.runner import console, progress_line, run_cell
+    from kvcompress.one_cell import console, progress_line, run_cell
     from kvcompress.tasks.cell import Cell
 
-    job = json.loads(Path(job_path).read_text())
     device = torch.device(job["device"])
     dtype = getattr(torch, job["dtype"]) if job["dtype"] else None
     spec = models.resolve_spec(job["model"])
@@ -110,7 +164,6 @@ def _child(job_path: str, out_path: str) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     decoders = {"hf": HFDecoder()}  # DMS keeps its own paged cache; the fast engine's buffers cannot hold it
-    records = []
     for cell in cells:
         todo = [m for m in methods if identity(job, cell, m.name) not in done]
         if not todo:
@@ -122,11 +175,54 @@ def _child(job_path: str, out_path: str) -> int:
             record.engine_note = "DMS keeps its own paged cache: measured with the hf engine"
             if "kvpress" in sys.modules:  # the isolation this process exists for
                 record.error = KVPRESS_IMPORTED
-            records.append(record)
-            write_json_atomic(Path(out_path), [r.to_dict() for r in records])  # type: ignore[arg-type]
+            emit(record)  # first to the parent, then the progress line: what was announced is saved
             console.print(f"DMS: {progress_line(record)}")
     return 0
 
 
+def _child(job_path: str, out_path: str) -> int:
+    """measure_job in this process, from a job file, its records to a JSON file (tests use it)."""
+    from kvcompress.results import write_json_atomic
+
+    records = []
+
+    def emit(record: BenchmarkResult) -> None:
+        records.append(record.to_dict())
+        write_json_atomic(Path(out_path), records)  # type: ignore[arg-type]
+
+    return measure_job(json.loads(Path(job_path).read_text()), emit)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Measuring on after the parent died would hold the GPU for records nobody saves."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    else:
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def _serve(stream_fd: int, parent_pid: int) -> int:
+    """The child's entry: job on stdin, one JSON line per finished record on `stream_fd`."""
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the parent's to handle: it stops this process
+    job = json.loads(sys.stdin.read())
+    with os.fdopen(stream_fd, "w") as stream:
+        def emit(record: BenchmarkResult) -> None:
+            stream.write(record_json(record) + "\n")
+            stream.flush()
+
+        return measure_job(job, emit)
+
+
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1], sys.argv[2]))
+    sys.exit(_serve(int(sys.argv[1]), int(sys.argv[2])))

@@ -68,6 +68,9 @@ def resolve_spec(name: str) -> ModelSpec:
     """A registered name, or any Hub id / local folder (loaded as a plain causal LM; DMS is detected from its config)."""
     if name in MODELS:
         return MODELS[name]
+    known = next((spec for spec in MODELS.values() if spec.hub_id == name), None)
+    if known:  # a registered model by its Hub id: the same checks (GPU, context limit) and the reviewed revision
+        return known
     if "/" in name or Path(name).exists():
         return ModelSpec(name, name, name)
     raise UserError(f"unknown model {name!r}; use one of {', '.join(MODELS)} or a Hub id / local folder")

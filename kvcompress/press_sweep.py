@@ -175,6 +175,11 @@ def annotate(record: BenchmarkResult, method: Method) -> None:
     if record.error or record.kv_cache_bytes is None:
         return
     record.kv_memory_measured = measured_memory(record)
+    if record.kv_memory_measured == "none" and method.expected_memory != "none":
+        # a self-sizing press whose own rule found nothing to evict here (e.g. SimLayerKV finding no lazy layer):
+        # its documented behaviour was not exercised, and the record says so rather than passing as measured
+        record.notes.append(f"evicted nothing with these settings: its documented '{method.expected_memory}' "
+                            "behaviour was not exercised on this model and prompt")
     if record.kv_tokens_end is not None and positions_end(record) > 0:
         record.kv_compression_achieved_end = 1.0 - record.kv_tokens_end / positions_end(record)
 

@@ -15,6 +15,15 @@ def _num(value, fmt: str, scale: float = 1.0) -> str:
     return "—" if value is None else format(value / scale, fmt)
 
 
+def context_label(r: BenchmarkResult) -> str:
+    """The prompt length asked for, with the measured one beside it when they differ ("512 (511 measured)"): every
+    row, progress line and error names a cell by the same target."""
+    target, measured = r.target_tokens, r.input_tokens
+    if target and measured and measured != target:
+        return f"{target} ({measured} measured)"
+    return str(target or measured or "")
+
+
 def make_console() -> Console:
     """Wide enough for the tables even when the output goes to a file or a CI log (rich assumes 80 columns)."""
     console = Console(highlight=False)
@@ -35,7 +44,7 @@ def results_table(results: list[BenchmarkResult], title: str, answers: bool = Fa
     if answers:
         table.add_column("answer / error", overflow="fold", max_width=40)
     for r in results:
-        row = [escape(r.method), str(r.input_tokens or r.target_tokens or "")]
+        row = [escape(r.method), context_label(r)]
         if r.error:
             row += ["—"] * 10 + [r.engine or ""]
             if answers:
@@ -66,7 +75,7 @@ def print_results(results: list[BenchmarkResult], title: str, console: Console |
     console.print(results_table(results, title))
     for r in results:
         if r.error:
-            console.print(f"[red]error[/red] {escape(r.method)} @ {r.input_tokens or r.target_tokens}: "
+            console.print(f"[red]error[/red] {escape(r.method)} @ {context_label(r)} tok: "
                           f"{escape(r.error)}")
     answered = [r for r in results if not r.error and r.answer is not None and r.weights != "random"]
     if answered:
@@ -74,7 +83,7 @@ def print_results(results: list[BenchmarkResult], title: str, console: Console |
         for r in answered:
             mark = "" if r.correct is None else ("[green]found[/green] " if r.correct else "[red]missed[/red] ")
             answer = escape(repr((r.answer or "").replace(chr(10), " ")[:100]))
-            console.print(f"  {escape(r.method)} @ {r.input_tokens}: {mark}{answer}")
+            console.print(f"  {escape(r.method)} @ {context_label(r)} tok: {mark}{answer}")
     if weights_note and any(r.weights == "random" for r in results):
         console.print("[yellow]weights: random — speed and memory are real; answers are noise.[/yellow]")
     if any(r.timing == "wall_clock" for r in results):

@@ -183,11 +183,20 @@ class ResultFile:
     """A result file being written: records are appended and the file is replaced atomically each time."""
 
     def __init__(self, path: Path, run: dict, resume: bool = False):
+        """Refuses, before anything is measured, a directory, an existing file without --resume, and --resume onto
+        a file written by another script or with other settings (its records would be mixed with these)."""
         self.path = Path(path)
         self.run = run
         self.results: list[BenchmarkResult] = []
-        if resume and self.path.exists():
-            _, self.results = load(self.path)
+        if self.path.is_dir():
+            raise UserError(f"--out {self.path} is a directory; name a JSON file, e.g. {self.path / 'run.json'}")
+        if self.path.exists():
+            if not resume:
+                raise UserError(f"--out {self.path} already exists: pass --resume to continue it, or name a new file")
+            old_run, self.results = load(self.path)
+            differs = resume_mismatch(old_run, self.results, run)
+            if differs:
+                raise UserError(f"--resume: {self.path} {differs}; rerun with the same settings or name a new --out")
         check_writable(self.path)
 
     def done(self, record_identity: tuple) -> bool:
@@ -204,6 +213,26 @@ class ResultFile:
         write_json_atomic(self.path, payload)
 
 
+# What a resumed run must share with the file's header: its records would otherwise be mixed with other settings'.
+RESUME_HEADER = ("task", "engine", "sampling", "max_new_tokens", "dtype", "attn_implementation")
+RESUME_ARGUMENTS = ("model", "random_weights", "dms_model", "dms_revision", "haystack", "query_aware")
+
+
+def resume_mismatch(old: dict, old_results: list[BenchmarkResult], new: dict) -> str | None:
+    """The first setting where a file's header differs from a new run's, in words; None when they agree."""
+    old_task = old.get("task") or next((r.task for r in old_results if r.task), None)  # headers before "task"
+    if old_task is not None and new.get("task") is not None and old_task != new["task"]:
+        return f"was written by another script (task {old_task!r}, this run is {new['task']!r})"
+    for key in RESUME_HEADER[1:]:
+        if key in old and key in new and old[key] != new[key]:
+            return f"was written with {key} {old[key]!r}, this run has {new[key]!r}"
+    old_args, new_args = old.get("arguments", {}), new.get("arguments", {})
+    for key in RESUME_ARGUMENTS:
+        if key in old_args and key in new_args and old_args[key] != new_args[key]:
+            return f"was written with --{key.replace('_', '-')} {old_args[key]!r}, this run has {new_args[key]!r}"
+    return None
+
+
 def check_writable(path: Path) -> None:
     path = Path(path)
     try:
@@ -218,6 +247,7 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; result files are meant to be shared and diffed
         with os.fdopen(fd, "w") as f:
             json.dump(payload, f, indent=1, default=_jsonable)
             f.write("\n")
@@ -226,6 +256,11 @@ def write_json_atomic(path: Path, payload: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def record_json(record: BenchmarkResult) -> str:
+    """One record as one line of JSON (the DMS child streams its records so)."""
+    return json.dumps(record.to_dict(), default=_jsonable)
 
 
 def _jsonable(value):

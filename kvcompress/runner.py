@@ -2,34 +2,23 @@
 
 Vanilla, kvpress presses and native DMS (dms-8x, methods/dms.py) run in this process; native DMS shares a random-
 weight model with the others (it adds no weights) and loads the DMS checkpoint after them with pretrained weights.
-The checkpoint's remote code (dms-8x-remote) runs in a child process that never imports kvpress (isolated.py);
-every record joins the same file and table.
+The checkpoint's remote code (dms-8x-remote) runs in a child process that never imports kvpress (isolated.py); each
+of its records joins the same file and table the moment the child finishes it.
 """
 
 from __future__ import annotations
 
-import gc
-import os
-import urllib.request
-from functools import lru_cache
 from typing import Callable
 
-import torch
-from rich.markup import escape
-
-from kvcompress import models
+from kvcompress import isolated, models
 from kvcompress.checks import architecture_of
 from kvcompress.cli import RunConfig
-from kvcompress.engine import measure
 from kvcompress.engine.generate import HFDecoder
-from kvcompress.errors import UserError
 from kvcompress.methods import Method
-from kvcompress.report import make_console
+from kvcompress.one_cell import (console, free_memory, pick_decoder, preflight, prepare_dms,  # noqa: F401
+                                 progress_line, run_cell, skeleton)
 from kvcompress.results import BenchmarkResult, ResultFile, run_header
-from kvcompress.tasks import niah
 from kvcompress.tasks.cell import Cell
-
-console = make_console()
 
 
 def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | None = None,
@@ -38,12 +27,12 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
     dtype = cfg.dtype or models.default_dtype(cfg.device)
     header = run_header(_public_args(cfg), device=cfg.device, dtype=dtype, attn_implementation=cfg.attn_implementation,
                         seed=cfg.settings.sampling.seed,
-                        extra={"engine": cfg.engine, "sampling": cfg.settings.sampling.describe(),
+                        extra={"task": task, "engine": cfg.engine, "sampling": cfg.settings.sampling.describe(),
                                "max_new_tokens": cfg.settings.max_new_tokens, "repeats": cfg.repeats,
                                "preset": cfg.preset, **(header_extra or {})})
     out = ResultFile(cfg.out, header, resume=cfg.resume)
-    local = [m for m in cfg.methods if not (m.kind == "dms" and m.impl == "remote")]
-    isolated = [m for m in cfg.methods if m.kind == "dms" and m.impl == "remote"]
+    in_child = [m for m in cfg.methods if m.kind == "dms" and m.impl == "remote"]
+    local = [m for m in cfg.methods if m not in in_child]
     total = len(cells) * len(cfg.methods)
     console.print(f"{len(cfg.methods)} method(s) x {len(cells)} prompt(s) = {total} cells -> {cfg.out}")
     progress = {"done": 0, "total": total}
@@ -62,7 +51,7 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
         later = [m for m in local if m.native_dms and lm.weights != "random" and not cfg.spec.is_dms]
         _run_local(cfg, lm, [m for m in local if m not in later], cells, task, out, annotate, progress)
         del lm
-        _free_memory()
+        free_memory()
         if later:
             spec = models.resolve_spec(cfg.dms_model)
             console.print(f"native DMS: loading {spec.hub_id or spec.name} with transformers' Qwen3 class")
@@ -70,19 +59,19 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
             out.run.update(dms_model=lm.name, dms_notes=lm.notes)
             _run_local(cfg, lm, later, cells, task, out, annotate, progress)
             del lm
-            _free_memory()
-    done = progress["done"]
-    if isolated:
-        from kvcompress import isolated as iso
-
-        by_name = {m.name: m for m in isolated}
+            free_memory()
+    if in_child:
+        by_name = {m.name: m for m in in_child}
         done_ids = {r.identity() for r in out.results if r.error is None} if cfg.resume else set()
-        for record in iso.run_in_child(cfg, isolated, cells, task, done=done_ids):
-            done += 1
+
+        def save(record: BenchmarkResult) -> None:  # called as each child record arrives
+            progress["done"] += 1
             if annotate and record.method in by_name:
                 annotate(record, by_name[record.method])
             out.add(record)
-            console.print(f"[{done}/{total}] {progress_line(record)}")
+            console.print(f"[{progress['done']}/{total}] {progress_line(record)}")
+
+        isolated.run_in_child(cfg, in_child, cells, task, done=done_ids, on_record=save)
     return out
 
 
@@ -93,7 +82,7 @@ def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
         for method in methods:
             progress["done"] += 1
             where = f"[{progress['done']}/{progress['total']}]"
-            identity_probe = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, cfg.settings)
+            identity_probe = skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, cfg.settings)
             if cfg.resume and out.done(identity_probe.identity()):
                 console.print(f"{where} {method.name} @ {cell.target_tokens}: already in {cfg.out}, skipped")
                 continue
@@ -105,88 +94,6 @@ def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
             console.print(f"{where} {progress_line(record)}")
 
 
-def prepare_dms(lm, method: Method, prompt) -> Method:
-    """Native DMS for one cell: the checkpoint's decisions, or thresholds calibrated on this prompt (random weights
-    always; `dms-8x[evict=X]` on any weights). One calibration prefill, before warm-up: nothing of it is timed."""
-    from dataclasses import replace
-
-    from kvcompress.methods import dms
-
-    params = dms.DMSParams.from_config(lm.model.config)
-    target = method.options.get("evict")
-    if target is None and lm.weights == "random":
-        target = params.default_evict
-    if target is not None:
-        ids = torch.cat([prompt.context_ids, prompt.question_ids], dim=1).to(lm.device)
-        params = dms.calibrate(lm.model, ids, params, target)
-    return replace(method, dms_params=params)
-
-
-def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: int, decoders: dict, task: str
-             ) -> BenchmarkResult:
-    """Measure one method on one prompt, or return a record that says in one line why it could not be measured."""
-    decoder, engine_note = pick_decoder(decoders, method, lm)
-    skeleton = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, settings)
-    reason = preflight(method, lm)
-    if reason:
-        skeleton.error = reason
-        return skeleton
-    try:
-        if method.native_dms:
-            method = prepare_dms(lm, method, prompt)
-        record = measure(lm, method, prompt, settings, decoder, repeats=repeats, task=task,
-                         target_tokens=cell.target_tokens)
-    except torch.OutOfMemoryError as exc:
-        _free_memory()
-        skeleton.error = f"CUDA OOM: {str(exc).splitlines()[0][:160]}"
-        return skeleton
-    except UserError as exc:
-        skeleton.error = str(exc)
-        return skeleton
-    except Exception as exc:  # noqa: BLE001 - one failing press must not end the run
-        if os.environ.get("KVCOMPRESS_DEBUG"):
-            console.print_exception()
-        skeleton.error = one_line(exc)
-        _free_memory()
-        return skeleton
-    record.engine_note = engine_note
-    if method.kind == "dms":
-        record.dms_impl = method.impl
-        if method.native_dms:
-            record.dms_layout = getattr(decoder, "dms_layout", None) or "mask, no reclaim"
-            record.dms_decisions = method.dms_params.decisions
-    record.depth, record.prompt_id = cell.depth if needle else None, cell.prompt_id
-    if needle is not None:
-        niah.grade(record, needle, prompt)  # needle, correct, score, depth reached, unfinished thinking
-    return record
-
-
-def preflight(method: Method, lm) -> str | None:
-    if method.native_dms and getattr(lm.model.config, "dms_window_size", None) is None:
-        return f"{lm.name} has no DMS config fields (dms_window_size): native dms-8x cannot run on it"
-    if lm.spec.is_dms and method.kind != "dms":
-        # its forward swaps any cache it is given for its own paged one: another method would measure nothing
-        return "a DMS checkpoint runs only as method dms-8x: pass it with --dms-model, not --model"
-    if method.not_runnable:
-        return f"not runnable here: {method.not_runnable}"
-    if method.needs_hub and not hub_available():
-        return f"needs the Hugging Face Hub ({method.needs_hub}); offline, skipped"
-    if method.needs_eager and lm.attn_implementation != "eager":
-        return "needs attention weights: rerun with --attn eager"
-    return None
-
-
-@lru_cache(maxsize=1)
-def hub_available() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        return False
-    try:
-        urllib.request.urlopen("https://huggingface.co/api/models?limit=1", timeout=5)
-        return True
-    except OSError:
-        return False
-
-
 def _decoders(cfg: RunConfig, lm) -> dict:
     decoders = {"hf": HFDecoder()}
     if cfg.engine == "fast":
@@ -196,49 +103,8 @@ def _decoders(cfg: RunConfig, lm) -> dict:
     return decoders
 
 
-def pick_decoder(decoders: dict, method: Method, lm):
-    fast = decoders.get("fast")
-    if fast is None:
-        return decoders["hf"], None
-    reason = fast.unsupported(method, lm)
-    return (decoders["hf"], f"fast engine cannot run this method ({reason}); measured with hf") if reason else (fast, None)
-
-
-def _skeleton(model, weights, method, cell, needle, task, decoders, prompt, settings) -> BenchmarkResult:
-    """A record holding only the identity of a cell: what an error record carries, and what --resume matches."""
-    engine = pick_decoder(decoders, method, None)[0].name if "fast" in decoders else "hf"
-    return BenchmarkResult(
-        model=model, weights=weights, method=method.name, compression_ratio=method.compression_ratio,
-        context_tokens=prompt.context_tokens, input_tokens=prompt.input_tokens, engine=engine, task=task,
-        target_tokens=cell.target_tokens, depth=cell.depth if needle else None,
-        needle=needle.label if needle else None, prompt_id=cell.prompt_id, expected_memory=method.expected_memory,
-        phase=method.phase, fixed_output_length=settings.fixed_length, max_new_tokens=settings.max_new_tokens,
-        dms_impl=method.impl if method.kind == "dms" else None)
-
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
-
-
-def progress_line(r: BenchmarkResult) -> str:
-    where = escape(f"{r.method} @ {r.target_tokens or r.input_tokens} tok" +
-                   (f", depth {r.depth:g}" if r.depth is not None else ""))  # options in [...] are not rich markup
-    if r.error:
-        return f"{where}: [red]error[/red] {escape(r.error)}"
-    found = "" if r.correct is None else (" [green]found[/green]" if r.correct else " [red]missed[/red]")
-    return (f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s, KV {r.kv_cache_bytes / 2**20:.1f} MiB"
-            f" ({r.kv_tokens_kept:.0f} kept){found}")
-
-
 def _public_args(cfg: RunConfig):
     from argparse import Namespace
 
     return Namespace(**{k: (str(v) if not isinstance(v, (int, float, str, bool, type(None), list)) else v)
                         for k, v in vars(cfg.args).items() if not k.startswith("_")})
-
-
-def _free_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

@@ -16,13 +16,43 @@ from kvcompress.results import CONTRACT_FIELDS
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory) -> Path:
+def cpu_baseline(tmp_path_factory) -> Path:
     """A real result file: the tiny preset, vanilla and knorm@0.5, three timed repeats (so timings have an IQR)."""
     out = tmp_path_factory.mktemp("compare") / "a.json"
     argv = ["--preset", "tiny", "--methods", "vanilla,knorm@0.5", "--contexts", "256", "--max-new-tokens", "4",
             "--repeats", "3", "--out", str(out)]
     assert benchmark.main(argv) == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def baseline(cpu_baseline, tmp_path_factory) -> Path:
+    """The real run labelled as a GPU run (CUDA events, allocator peaks): CPU timings are never judged, and these
+    tests are about the judging."""
+    data = json.loads(cpu_baseline.read_text())
+    for r in data["results"]:
+        r["timing"], r["memory_source"] = "cuda_events", "cuda_max_memory_allocated"
+    out = tmp_path_factory.mktemp("compare") / "a.json"
+    out.write_text(json.dumps(data))
+    return out
+
+
+def test_cpu_timings_are_shown_but_never_called_regressions(cpu_baseline, tmp_path, capsys):
+    def ten_times_slower_and_more_kv(data):
+        for r in data["results"]:
+            r["ttft_s"] *= 10
+            r["ttft_samples_s"] = [t * 10 for t in r["ttft_samples_s"]]
+            r["peak_mem_decode_bytes"] *= 2
+        record(data, "knorm@0.5")["kv_cache_bytes"] += 1024
+
+    b = variant(cpu_baseline, tmp_path, ten_times_slower_and_more_kv)
+    code, report, printed = compare(capsys, tmp_path, cpu_baseline, b, "--fail-on-regression")
+    assert code == 1  # the KV bytes still count
+    assert [(c["cell"]["method"], r["metric"]) for c in report["cells"] for r in c["rows"]
+            if r["verdict"] == "regression"] == [("knorm@0.5", "kv_cache_bytes")]
+    assert rows(report, "vanilla")["ttft_s"]["verdict"] == "cpu: not judged"
+    assert rows(report, "vanilla")["peak_mem_decode_bytes"]["verdict"] == "cpu: not judged"
+    assert printed.count("pipeline checks, not performance") == 1
 
 
 def variant(baseline: Path, tmp_path: Path, edit, name: str = "b.json") -> Path:

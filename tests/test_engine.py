@@ -6,11 +6,17 @@ from kvcompress.engine.sampling import SamplingConfig, sample
 
 
 def test_ttft_is_positive_and_below_end_to_end(run_method):
+    """The engine's clock against an outside one: the timed generations fit inside the call's wall time, and the
+    first token comes well before the last of 12."""
+    import time
+
+    start = time.perf_counter()
     r = run_method("knorm@0.5", max_new_tokens=12, repeats=2)
-    assert 0 < r.ttft_s < r.e2e_s
-    assert r.tpot_ms > 0 and abs(r.decode_tokens_per_s - 1000 / r.tpot_ms) < 1e-6
-    assert r.prefill_tokens_per_s == r.input_tokens / r.ttft_s
-    assert len(r.ttft_samples_s) == 2 and r.ttft_iqr_s is not None
+    wall = time.perf_counter() - start
+    assert len(r.ttft_samples_s) == 2 and len(r.tpot_samples_ms) == 2
+    e2e_each = [t + p * 11 / 1000 for t, p in zip(r.ttft_samples_s, r.tpot_samples_ms)]
+    assert 0 < r.ttft_s < r.e2e_s and sum(e2e_each) < wall  # 2 timed + 1 memory generation ran inside `wall`
+    assert min(r.ttft_samples_s) <= r.ttft_s <= max(r.ttft_samples_s)
 
 
 def test_timing_runs_generate_exactly_max_new_tokens(run_method):

@@ -1,6 +1,7 @@
 """KV accounting against physics: bytes read from the cache tensors must match what each press keeps."""
 
 import pytest
+import torch
 
 from conftest import bytes_per_token
 
@@ -46,7 +47,22 @@ def test_decoding_press_holds_the_cache_at_its_target_size(run_method):
     assert r.kv_cache_bytes_end < r.kv_cache_bytes
 
 
-def test_phase_peaks_are_recorded(run_method):
-    r = run_method("vanilla")
-    assert r.peak_mem_prefill_bytes > 0 and r.peak_mem_decode_bytes > 0
-    assert r.memory_source == "process_peak_rss"
+def test_phase_peaks_see_memory_held_inside_each_phase(run_method, tiny):
+    """256 MiB touched inside every forward (prefill and each decode step) must raise both phase peaks by as much;
+    and a peak is never below the memory resident before the run (read from /proc/self/statm)."""
+    import os
+
+    rss_before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    plain = run_method("vanilla")
+    assert plain.memory_source == "process_peak_rss"
+    assert plain.peak_mem_prefill_bytes >= rss_before * 0.95 and plain.peak_mem_decode_bytes >= rss_before * 0.95
+    held, mib = [], 2**20
+    hooks = [tiny.model.model.register_forward_pre_hook(lambda *_: held.append(torch.ones(64 * mib))),  # 256 MiB
+             tiny.model.model.register_forward_hook(lambda *_: held.clear())]
+    try:
+        heavy = run_method("vanilla")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert heavy.peak_mem_prefill_bytes - plain.peak_mem_prefill_bytes > 200 * mib
+    assert heavy.peak_mem_decode_bytes - plain.peak_mem_decode_bytes > 200 * mib

@@ -28,7 +28,37 @@ def test_file_round_trip_and_resume(tmp_path, run_method):
     assert set(CONTRACT) <= set(data["results"][0])
     resumed = ResultFile(path, {"command": "y"}, resume=True)
     assert resumed.done(record.identity())
-    assert not ResultFile(path, {}, resume=False).done(record.identity())
+    with pytest.raises(UserError, match="already exists: pass --resume"):
+        ResultFile(path, {"command": "y"}, resume=False)  # no silent overwrite of a finished run
+
+
+def test_result_files_are_readable_by_everyone(tmp_path):
+    f = ResultFile(tmp_path / "r.json", {})
+    f.add(BenchmarkResult(model="m", weights="random", method="vanilla"))
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_a_directory_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(UserError, match="is a directory"):
+        ResultFile(tmp_path, {})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"task": "long_context"}, "another script"),
+    ({"max_new_tokens": 64}, "max_new_tokens 32, this run has 64"),
+    ({"sampling": "greedy"}, "sampling"),
+    ({"engine": "fast"}, "engine"),
+    ({"arguments": {"model": "smollm2", "random_weights": False}}, "--model 'tiny', this run has 'smollm2'"),
+    ({"arguments": {"model": "tiny", "random_weights": True}}, "--random-weights"),
+])
+def test_resume_refuses_a_file_with_other_settings(tmp_path, change, message):
+    header = {"task": "benchmark", "engine": "hf", "sampling": "temperature 0.6, top-p 0.95, seed 0",
+              "max_new_tokens": 32, "arguments": {"model": "tiny", "random_weights": False}}
+    f = ResultFile(tmp_path / "r.json", header)
+    f.add(BenchmarkResult(model="tiny", weights="random", method="vanilla", task="benchmark"))
+    with pytest.raises(UserError, match=message):
+        ResultFile(tmp_path / "r.json", {**header, **change}, resume=True)
+    assert ResultFile(tmp_path / "r.json", dict(header), resume=True).results  # the same settings resume
 
 
 def test_a_retried_cell_replaces_its_failed_record(tmp_path):

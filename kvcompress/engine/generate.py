@@ -13,6 +13,7 @@ from kvcompress.engine.timing import Stopwatch
 from kvcompress.errors import UserError
 from kvcompress.memory import KVState, PhasePeaks, clear_masks, kv_snapshot, kv_state
 from kvcompress.methods import Method, press_context
+from kvcompress.methods.presses import question_starts_at_cache_length
 
 
 @dataclass
@@ -79,6 +80,7 @@ def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettin
     peaks.reset()
     clock.start()
     with press_context(whole_run, model):
+        next_position = prompt.input_tokens  # where the first generated token sits
         if single_prefill:
             # DMS-8x allows one prefill per cache; query-aware compresses the question too.
             ids = torch.cat([context, question], dim=1)
@@ -93,7 +95,10 @@ def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettin
             with press_context(prefill_only, model):
                 model.model(input_ids=context, past_key_values=cache, use_cache=True)  # no LM head: only KV is kept
             kv_after = kv_snapshot(cache, model, context.shape[1])
-            positions = torch.arange(context.shape[1], context.shape[1] + question.shape[1], device=device)[None]
+            # kvpress's rule: after a press that rerotates keys, the question follows the compressed cache
+            start = cache.get_seq_length() if question_starts_at_cache_length(press) else context.shape[1]
+            next_position = start + question.shape[1]
+            positions = torch.arange(start, next_position, device=device)[None]
             logits = model(input_ids=question, past_key_values=cache, position_ids=positions, use_cache=True,
                            logits_to_keep=1).logits[:, -1]
         token = sample(logits, uniforms[0], settings.sampling)
@@ -105,7 +110,7 @@ def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettin
         eos = eos_ids(lm) if not settings.fixed_length else set()
         n_generated, final_cache = 1, cache
         if n_new > 1 and first_token not in eos:
-            n_generated, final_cache = decoder.decode(lm, cache, token, prompt.input_tokens, uniforms, settings,
+            n_generated, final_cache = decoder.decode(lm, cache, token, next_position, uniforms, settings,
                                                       out_tokens, eos)
         clock.mark("end")
     ttft = clock.seconds("start", "first")

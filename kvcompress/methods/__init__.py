@@ -108,6 +108,12 @@ def parse_method(text: str) -> Method:
     dms_method = _parse_dms(text)
     if dms_method is not None:
         return dms_method
+    base_name = re.split(r"[@\[]", text, maxsplit=1)[0]
+    if base_name in ("vanilla", "none", "no_press"):
+        raise UserError(f"{base_name} takes no ratio or options: write {base_name!r} alone (in {text!r})")
+    if base_name.lower() in ("dms", DMS_NAME, DMS_REMOTE_NAME):
+        raise UserError(f"{base_name} takes no ratio (its decisions set its compression): write {base_name!r}, "
+                        f"or dms-8x[evict=0.5] for a calibrated fraction (in {text!r})")
     match = _SYNTAX.match(text)
     if not match:
         raise UserError(f"cannot parse method {text!r}: write e.g. knorm@0.5, adakv+snapkv@0.25, vanilla or dms-8x")
@@ -180,6 +186,10 @@ def parse_methods(text: str) -> list[Method]:
     methods = [parse_method(part) for part in split_top_level(text)]
     if not methods:
         raise UserError("--methods is empty")
+    names = [m.name for m in methods]
+    twice = next((n for n in names if names.count(n) > 1), None)
+    if twice:  # both would measure the same cell, and one record would replace the other
+        raise UserError(f"--methods names {twice} twice")
     return methods
 
 

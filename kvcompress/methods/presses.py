@@ -236,3 +236,15 @@ def exported_press_classes() -> list[str]:
 
     skip = {"BasePress", "ScorerPress", "KVPressTextGenerationPipeline"}
     return [n for n in kvpress.__all__ if n.endswith("Press") and n not in skip]
+
+
+def question_starts_at_cache_length(press) -> bool:
+    """kvpress's pipeline starts the question at the compressed cache's length, not the context's, after a press
+    that rerotates the kept keys to positions 0..n-1 (KeyRerotationPress, FinchPress(rerotate_keys=True)) or
+    RestoreKVPress; the same outermost-press rule here, so both put the question at the same positions."""
+    if press is None:
+        return False
+    import kvpress
+
+    return (isinstance(press, (kvpress.KeyRerotationPress, kvpress.RestoreKVPress))
+            or (isinstance(press, kvpress.FinchPress) and press.rerotate_keys))

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dataclasses import asdict, dataclass
 
-import torch
-
-from kvcompress.engine.generate import Prompt
 from kvcompress.tasks import niah
+
+if TYPE_CHECKING:  # torch (via Prompt) only when a prompt is built: the scripts' --help stays instant
+    from kvcompress.engine.generate import Prompt
 
 
 @dataclass
@@ -23,6 +25,10 @@ class Cell:
     prompt_id: str | None = None
 
     def build(self, tokenizer) -> tuple[Prompt, niah.Needle | None]:
+        import torch
+
+        from kvcompress.engine.generate import Prompt
+
         if self.text is not None:
             context_ids, question_ids = niah.render(tokenizer, self.text, "", self.thinking)
             return Prompt(torch.tensor([context_ids]), torch.tensor([question_ids])), None

@@ -1,0 +1,135 @@
+"""One method on one prompt: a measured record, or a record that says in one line why it could not be measured.
+
+Shared by the grid runner (runner.py) and the DMS child process (isolated.py), which both sit above it.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import torch
+from rich.markup import escape
+
+from kvcompress.engine import measure
+from kvcompress.errors import UserError
+from kvcompress.hub import hub_available
+from kvcompress.methods import Method
+from kvcompress.report import context_label, make_console
+from kvcompress.results import BenchmarkResult
+from kvcompress.tasks import niah
+from kvcompress.tasks.cell import Cell
+
+console = make_console()
+
+
+def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: int, decoders: dict, task: str
+             ) -> BenchmarkResult:
+    """Measure one method on one prompt, or return a record that says in one line why it could not be measured."""
+    decoder, engine_note = pick_decoder(decoders, method, lm)
+    blank = skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, settings)
+    reason = preflight(method, lm)
+    if reason:
+        blank.error = reason
+        return blank
+    try:
+        if method.native_dms:
+            method = prepare_dms(lm, method, prompt)
+        record = measure(lm, method, prompt, settings, decoder, repeats=repeats, task=task,
+                         target_tokens=cell.target_tokens)
+    except torch.OutOfMemoryError as exc:
+        free_memory()
+        blank.error = f"CUDA OOM: {str(exc).splitlines()[0][:160]}"
+        return blank
+    except UserError as exc:
+        blank.error = str(exc)
+        return blank
+    except Exception as exc:  # noqa: BLE001 - one failing press must not end the run
+        if os.environ.get("KVCOMPRESS_DEBUG"):
+            console.print_exception()
+        blank.error = one_line(exc)
+        free_memory()
+        return blank
+    record.engine_note = engine_note
+    if method.kind == "dms":
+        record.dms_impl = method.impl
+        if method.native_dms:
+            record.dms_layout = getattr(decoder, "dms_layout", None) or "mask, no reclaim"
+            record.dms_decisions = method.dms_params.decisions
+    record.depth, record.prompt_id = cell.depth if needle else None, cell.prompt_id
+    if needle is not None:
+        niah.grade(record, needle, prompt)  # needle, correct, score, depth reached, unfinished thinking
+    return record
+
+
+def prepare_dms(lm, method: Method, prompt) -> Method:
+    """Native DMS for one cell: the checkpoint's decisions, or thresholds calibrated on this prompt (random weights
+    always; `dms-8x[evict=X]` on any weights). One calibration prefill, before warm-up: nothing of it is timed."""
+    from dataclasses import replace
+
+    from kvcompress.methods import dms
+
+    params = dms.DMSParams.from_config(lm.model.config)
+    target = method.options.get("evict")
+    if target is None and lm.weights == "random":
+        target = params.default_evict
+    if target is not None:
+        ids = torch.cat([prompt.context_ids, prompt.question_ids], dim=1).to(lm.device)
+        params = dms.calibrate(lm.model, ids, params, target)
+    return replace(method, dms_params=params)
+
+
+def preflight(method: Method, lm) -> str | None:
+    if method.native_dms and getattr(lm.model.config, "dms_window_size", None) is None:
+        return f"{lm.name} has no DMS config fields (dms_window_size): native dms-8x cannot run on it"
+    if lm.spec.is_dms and method.kind != "dms":
+        # its forward swaps any cache it is given for its own paged one: another method would measure nothing
+        return "a DMS checkpoint runs only as method dms-8x: pass it with --dms-model, not --model"
+    if method.not_runnable:
+        return f"not runnable here: {method.not_runnable}"
+    if method.needs_hub and not hub_available():
+        return f"needs the Hugging Face Hub ({method.needs_hub}); offline, skipped"
+    if method.needs_eager and lm.attn_implementation != "eager":
+        return "needs attention weights: rerun with --attn eager"
+    return None
+
+
+def pick_decoder(decoders: dict, method: Method, lm):
+    fast = decoders.get("fast")
+    if fast is None:
+        return decoders["hf"], None
+    reason = fast.unsupported(method, lm)
+    return (decoders["hf"], f"fast engine cannot run this method ({reason}); measured with hf") if reason else (fast, None)
+
+
+def skeleton(model, weights, method, cell, needle, task, decoders, prompt, settings) -> BenchmarkResult:
+    """A record holding only the identity of a cell: what an error record carries, and what --resume matches."""
+    engine = pick_decoder(decoders, method, None)[0].name if "fast" in decoders else "hf"
+    return BenchmarkResult(
+        model=model, weights=weights, method=method.name, compression_ratio=method.compression_ratio,
+        context_tokens=prompt.context_tokens, input_tokens=prompt.input_tokens, engine=engine, task=task,
+        target_tokens=cell.target_tokens, depth=cell.depth if needle else None,
+        needle=needle.label if needle else None, prompt_id=cell.prompt_id, expected_memory=method.expected_memory,
+        phase=method.phase, fixed_output_length=settings.fixed_length, max_new_tokens=settings.max_new_tokens,
+        dms_impl=method.impl if method.kind == "dms" else None)
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+def progress_line(r: BenchmarkResult) -> str:
+    where = escape(f"{r.method} @ {context_label(r)} tok" +
+                   (f", depth {r.depth:g}" if r.depth is not None else ""))  # options in [...] are not rich markup
+    if r.error:
+        return f"{where}: [red]error[/red] {escape(r.error)}"
+    found = "" if r.correct is None else (" [green]found[/green]" if r.correct else " [red]missed[/red]")
+    return (f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s, KV {r.kv_cache_bytes / 2**20:.1f} MiB"
+            f" ({r.kv_tokens_kept:.0f} kept){found}")
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

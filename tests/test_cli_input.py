@@ -1,0 +1,148 @@
+"""A newcomer's first ten minutes: bad input is one line and exit 2 before anything is measured, nothing finished
+is overwritten or mixed, and --help answers at once."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import benchmark
+import test_long_context
+from kvcompress import cli, models
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ["benchmark.py", "test_kvpress_api.py", "test_dms_inference.py", "test_long_context.py"]
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "unexpected" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "vanilla@0.5"], "vanilla takes no ratio"),
+    (["--methods", "dms-8x@0.5"], "dms-8x takes no ratio"),
+    (["--methods", "vanilla,knorm@0.5,vanilla"], "--methods names vanilla twice"),
+    (["--methods", "knorm@0.5,knorm@0.50"], "--methods names knorm@0.5 twice"),
+    (["--device", "foo"], "--device 'foo' is not a device"),
+    (["--device", "mps"], "only cuda and cpu are supported"),
+    (["--model", "."], "has no config.json"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
+    argv = ["--preset", "tiny", "--contexts", "320", "--out", str(tmp_path / "o.json")] + argv
+    assert benchmark.main(argv) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_flash_attention_without_flash_attn_is_one_line(capsys, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("flash_attn") is not None:
+        pytest.skip("flash-attn is installed here")
+    assert benchmark.main(["--preset", "tiny", "--attn", "flash_attention_2", "--out", str(tmp_path / "o.json")]) == 2
+    assert "needs the flash-attn package" in one_line_error(capsys)
+
+
+def test_random_weights_without_a_gpu_says_it_needs_one(capsys, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert benchmark.main(["--random-weights", "--out", str(tmp_path / "o.json")]) == 2
+    err = one_line_error(capsys)
+    assert "needs a CUDA GPU" in err and "cannot be combined" not in err  # the user never typed --preset tiny
+
+
+def test_known_hub_ids_are_their_registered_models(capsys, tmp_path):
+    assert models.resolve_spec("Qwen/Qwen3-8B") is models.MODELS["qwen3-8b"]
+    assert models.resolve_spec("nvidia/Qwen3-8B-DMS-8x") is models.MODELS["dms-8x"]
+    assert benchmark.main(["--model", "Qwen/Qwen3-8B", "--device", "cpu", "--contexts", "1000K",
+                           "--out", str(tmp_path / "o.json")]) == 2
+    assert "qwen3-8b needs a GPU" in one_line_error(capsys)
+
+
+def test_an_unreachable_hub_fails_fast_in_one_line(tmp_path):
+    """Without HF_HUB_OFFLINE, a Hub model that is not cached: one line, not minutes of retries."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(CUDA_VISIBLE_DEVICES="", HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
+               HF_HOME=str(tmp_path / "hf"), NO_PROXY="")
+    proc = subprocess.run([sys.executable, "benchmark.py", "--model", "someone/not-cached", "--device", "cpu",
+                           "--out", str(tmp_path / "o.json")], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == ("error: the Hugging Face Hub is unreachable and someone/not-cached is not in the "
+                                   "local cache (check the network, or set HF_HUB_OFFLINE=1 to use cached files only)")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished tiny run: one vanilla record."""
+    out = tmp_path_factory.mktemp("finished") / "run.json"
+    assert benchmark.main(["--preset", "tiny", "--methods", "vanilla", "--contexts", "256", "--max-new-tokens", "2",
+                           "--repeats", "1", "--out", str(out)]) == 0
+    return out
+
+
+ARGV = ["--preset", "tiny", "--methods", "vanilla,knorm@0.5", "--contexts", "256", "--max-new-tokens", "2",
+        "--repeats", "1"]
+
+
+def test_an_existing_result_file_is_not_overwritten(finished, capsys):
+    before = finished.read_bytes()
+    assert benchmark.main(ARGV + ["--out", str(finished)]) == 2
+    assert "already exists: pass --resume" in one_line_error(capsys)
+    assert finished.read_bytes() == before
+
+
+def test_a_directory_as_out_fails_before_measuring(finished, capsys):
+    assert benchmark.main(ARGV + ["--out", str(finished.parent)]) == 2
+    assert "is a directory" in one_line_error(capsys)
+
+
+def test_resume_with_other_settings_or_another_script_is_refused(finished, capsys):
+    before = finished.read_bytes()
+    assert benchmark.main(ARGV[:-3] + ["3", "--repeats", "1", "--resume", "--out", str(finished)]) == 2
+    assert "max_new_tokens 2, this run has 3" in one_line_error(capsys)
+    assert benchmark.main(ARGV + ["--greedy", "--resume", "--out", str(finished)]) == 2
+    assert "sampling" in one_line_error(capsys)
+    assert test_long_context.main(["--preset", "tiny", "--resume", "--out", str(finished)]) == 2
+    assert "another script (task 'benchmark', this run is 'long_context')" in one_line_error(capsys)
+    assert finished.read_bytes() == before
+
+
+def test_the_model_names_in_help_are_the_registered_ones():
+    assert set(cli.MODEL_NAMES) == set(models.MODELS)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+@pytest.mark.parametrize("argv, code", [(["--help"], 0), (["--no-such-option"], 2)])
+def test_help_and_argument_errors_answer_before_torch_is_imported(script, argv, code):
+    probe = (f"import runpy, sys, time; sys.argv = [{script!r}] + {argv!r}; t = time.perf_counter()\n"
+             f"try:\n    runpy.run_path({script!r}, run_name='__main__')\nexcept SystemExit as e:\n    code = e.code\n"
+             "heavy = sorted(m for m in ('torch', 'transformers', 'kvpress') if m in sys.modules)\n"
+             "print(json.dumps([code, heavy, time.perf_counter() - t]))")
+    proc = subprocess.run([sys.executable, "-c", "import json\n" + probe], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    exit_code, heavy, seconds = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert exit_code == code and heavy == []
+    assert seconds < 2.0
+
+
+def test_the_context_column_names_every_row_by_its_target_and_shows_a_different_measured_length():
+    from rich.console import Console
+
+    from kvcompress import report
+    from kvcompress.results import BenchmarkResult
+
+    measured = BenchmarkResult(model="m", weights="random", method="vanilla", target_tokens=512, input_tokens=511,
+                               ttft_s=0.1, kv_cache_bytes=1)
+    failed = BenchmarkResult(model="m", weights="random", method="dms-8x", target_tokens=512, error="boom")
+    console = Console(width=250, record=True)
+    report.print_results([measured, failed], "t", console)
+    text = console.export_text()
+    vanilla, dms = (next(line for line in text.splitlines() if line.startswith(f"│ {m}")) for m in ("vanilla", "dms-8x"))
+    assert "512 (511 measured)" in vanilla and "512" in dms and "511" not in dms
+    assert "dms-8x @ 512 tok: boom" in text

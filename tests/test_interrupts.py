@@ -1,0 +1,83 @@
+"""Nothing lost when a run dies half-way through the DMS child process: real signals to real processes.
+
+The tiny preset with --dms-model tiny-dms runs dms-8x in the child process (isolated.py), as on the GPU. Each test
+waits until the child has announced its first finished record, then signals the parent: Ctrl-C (SIGINT to the
+process group, as a terminal sends it) or kill -9 of the parent alone.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# three cells, each long enough (3 generations of 200 tokens) that the child is still busy after the first
+ARGS = ["--preset", "tiny", "--methods", "dms-8x", "--dms-model", "tiny-dms", "--contexts", "256,320,384",
+        "--max-new-tokens", "200", "--repeats", "1"]
+
+
+def start(tmp_path):
+    out = tmp_path / "run.json"
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               TMPDIR=str(tmp_path / "tmp"))
+    proc = subprocess.Popen([sys.executable, "benchmark.py", *ARGS, "--out", str(out)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    lines = []
+    for line in proc.stdout:  # until the child says its first record is done
+        lines.append(line)
+        if line.startswith("DMS: dms-8x @ 256 tok"):
+            break
+    else:
+        raise AssertionError(f"the child never finished a record: {''.join(lines)[-2000:]} {proc.stderr.read()[-2000:]}")
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    return proc, int(children[0]), out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"  # a zombie has finished; only its exit status is left to collect
+
+
+def wait_gone(pid: int, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def saved_cells(out: Path) -> list[tuple]:
+    return [(r["method"], r["target_tokens"], r["error"]) for r in json.loads(out.read_text())["results"]]
+
+
+def test_ctrl_c_during_the_dms_child_keeps_its_finished_records(tmp_path):
+    proc, child, out = start(tmp_path)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: parent and child both get SIGINT
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "every finished record is already in the output file" in err
+    assert ("dms-8x", 256, None) in saved_cells(out)  # what the child announced as done is in the file
+    assert wait_gone(child)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_kill_9_of_the_parent_ends_the_child_and_keeps_its_finished_records(tmp_path):
+    proc, child, out = start(tmp_path)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    try:
+        assert wait_gone(child), "the DMS child ran on as an orphan"
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+    assert ("dms-8x", 256, None) in saved_cells(out)
+    assert list((tmp_path / "tmp").iterdir()) == []
