@@ -61,9 +61,9 @@ def test_the_validity_mask_replaces_kvpress_indices_before_decoding(tiny, tiny_p
     seen = []
     real_run = _DecodeState.run
 
-    def run(state, eos):
+    def run(state, eos, n):
         seen.append((masked_indices(tiny.model), [v.clone() for v in state.valid]))
-        return real_run(state, eos)
+        return real_run(state, eos, n)
 
     monkeypatch.setattr(_DecodeState, "run", run)
     _generate(tiny, tiny_prompt, "adakv+snapkv@0.5", fast, n=4)

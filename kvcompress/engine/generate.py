@@ -35,6 +35,9 @@ class GenerationSettings:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     fixed_length: bool = True  # ignore end-of-sequence so every method generates the same number of tokens
     query_aware: bool = False  # compress the question with the context (kvpress's query_aware)
+    # The fast engine sizes its buffers for this many output tokens when it exceeds max_new_tokens: a capacity
+    # search decodes a few steps while holding the memory of the whole generation.
+    reserve_tokens: int | None = None
 
 
 @dataclass
@@ -78,23 +81,7 @@ def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettin
     peaks.reset()
     clock.start()
     with press_context(whole_run, model):
-        if single_prefill:
-            # DMS-8x allows one prefill per cache; query-aware compresses the question too.
-            ids = torch.cat([context, question], dim=1)
-            cache = None if method.kind == "dms" else DynamicCache()
-            with press_context(prefill_only, model):
-                out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
-            kv_after = kv_snapshot(cache, model, ids.shape[1])
-            logits = out.logits[:, -1]
-        else:
-            cache = DynamicCache()
-            with press_context(prefill_only, model):
-                model.model(input_ids=context, past_key_values=cache, use_cache=True)  # no LM head: only KV is kept
-            kv_after = kv_snapshot(cache, model, context.shape[1])
-            positions = torch.arange(context.shape[1], context.shape[1] + question.shape[1], device=device)[None]
-            logits = model(input_ids=question, past_key_values=cache, position_ids=positions, use_cache=True,
-                           logits_to_keep=1).logits[:, -1]
+        cache, kv_after, logits = _prefill(lm, method, context, question, prefill_only, single_prefill)
         token = sample(logits, uniforms[0], settings.sampling)
         out_tokens[0] = token
         first_token = int(token.item())  # the first token is on the host: TTFT ends here
@@ -115,6 +102,27 @@ def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettin
     tokens = out_tokens[:n_generated].tolist()
     clear_masks(model)
     return Generation(ttft, e2e, tokens, kv_after(), kv_end, peak_prefill, peak_decode, protocol)
+
+
+def _prefill(lm, method: Method, context, question, prefill_only, single_prefill: bool):
+    """One sequence's prefill under the method: the cache, a snapshot of its size, the last position's logits."""
+    model, device = lm.model, lm.device
+    if single_prefill:
+        # DMS-8x allows one prefill per cache; query-aware compresses the question too.
+        ids = torch.cat([context, question], dim=1)
+        cache = None if method.kind == "dms" else DynamicCache()
+        with press_context(prefill_only, model):
+            out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        return cache, kv_snapshot(cache, model, ids.shape[1]), out.logits[:, -1]
+    cache = DynamicCache()
+    with press_context(prefill_only, model):
+        model.model(input_ids=context, past_key_values=cache, use_cache=True)  # no LM head: only KV is kept
+    kv_after = kv_snapshot(cache, model, context.shape[1])
+    positions = torch.arange(context.shape[1], context.shape[1] + question.shape[1], device=device)[None]
+    logits = model(input_ids=question, past_key_values=cache, position_ids=positions, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
+    return cache, kv_after, logits
 
 
 class HFDecoder:
