@@ -24,25 +24,30 @@ def make_console() -> Console:
 
 
 def results_table(results: list[BenchmarkResult], title: str, answers: bool = False) -> Table:
-    """One row per method x context, units in the headers."""
+    """One row per method x context (x batch), units in the headers; batch columns only when a record is batched."""
+    batched = any(r.batch > 1 for r in results)
     table = Table(title=title, title_justify="left", header_style="bold")
-    for header, justify in [("method", "left"), ("context\n(tok)", "right"), ("TTFT\n(s)", "right"),
-                            ("prefill\n(tok/s)", "right"), ("TPOT\n(ms)", "right"), ("decode\n(tok/s)", "right"),
-                            ("peak prefill\n(GiB)", "right"), ("peak decode\n(GiB)", "right"),
-                            ("KV\n(MiB)", "right"), ("KV kept\n(tok)", "right"), ("evicted\n(frac)", "right"),
-                            ("mem\nsaved", "center"), ("engine", "left")]:
+    headers = [("method", "left"), ("context\n(tok)", "right")] + ([("batch", "right")] if batched else []) + [
+        ("TTFT\n(s)", "right"), ("prefill\n(tok/s)", "right"), ("TPOT\n(ms)", "right"), ("decode\n(tok/s)", "right")]
+    headers += [("aggregate\n(tok/s)", "right")] if batched else []
+    headers += [("peak prefill\n(GiB)", "right"), ("peak decode\n(GiB)", "right"), ("KV\n(MiB)", "right"),
+                ("KV kept\n(tok)", "right"), ("evicted\n(frac)", "right"), ("mem\nsaved", "center"),
+                ("engine", "left")]
+    for header, justify in headers:
         table.add_column(header, justify=justify)
     if answers:
         table.add_column("answer / error", overflow="fold", max_width=40)
     for r in results:
-        row = [escape(r.method), str(r.input_tokens or r.target_tokens or "")]
+        row = [escape(r.method), str(r.input_tokens or r.target_tokens or "")] + ([str(r.batch)] if batched else [])
         if r.error:
-            row += ["—"] * 10 + [r.engine or ""]
+            row += ["—"] * (len(headers) - len(row) - 1) + [r.engine or ""]
             if answers:
                 row.append(f"[red]{r.error}[/red]")
         else:
             row += [_num(r.ttft_s, ".3f"), _num(r.prefill_tokens_per_s, ",.0f"), _num(r.tpot_ms, ".2f"),
-                    _num(r.decode_tokens_per_s, ".1f"), _num(r.peak_mem_prefill_bytes, ".2f", GIB),
+                    _num(r.decode_tokens_per_s, ".1f")]
+            row += [_num(r.aggregate_decode_tokens_per_s, ",.0f")] if batched else []
+            row += [_num(r.peak_mem_prefill_bytes, ".2f", GIB),
                     _num(r.peak_mem_decode_bytes, ".2f", GIB), _num(r.kv_cache_bytes, ",.1f", MIB),
                     _num(r.kv_tokens_kept, ",.0f"), _num(r.kv_compression_achieved, ".3f"),
                     _saved(r), r.engine or ""]

@@ -19,6 +19,7 @@ from kvcompress import models
 from kvcompress.checks import architecture_of
 from kvcompress.cli import RunConfig
 from kvcompress.engine import measure
+from kvcompress.engine.batch import batch_problem
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.errors import UserError
 from kvcompress.methods import Method
@@ -42,7 +43,7 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
     out = ResultFile(cfg.out, header, resume=cfg.resume)
     local = [m for m in cfg.methods if m.kind != "dms"]
     isolated = [m for m in cfg.methods if m.kind == "dms"]
-    total = len(cells) * len(cfg.methods)
+    total = len(cells) * len(cfg.batches) * len(cfg.methods)
     console.print(f"{len(cfg.methods)} method(s) x {len(cells)} prompt(s) = {total} cells -> {cfg.out}")
     done = 0
     if local:
@@ -55,21 +56,35 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
         decoders = _decoders(cfg, lm)
         for cell in cells:
             prompt, needle = cell.build(lm.tokenizer)
-            for method in local:
-                done += 1
-                identity_probe = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt,
-                                           cfg.settings)
-                if cfg.resume and out.done(identity_probe.identity()):
-                    console.print(f"[{done}/{total}] {method.name} @ {cell.target_tokens}: already in {cfg.out}, skipped")
-                    continue
-                record = run_cell(lm, method, prompt, needle, cell, cfg.settings, cfg.repeats, decoders, task)
-                record.process = "main"
-                if annotate:
-                    annotate(record, method)
-                out.add(record)
-                console.print(f"[{done}/{total}] {progress_line(record)}")
+            for batch in cfg.batches:
+                # a batch: sequence b has needle seed + b (Cell.build_batch); batch 1 is the cell's own prompt
+                prompts = prompt if batch == 1 else cell.build_batch(lm.tokenizer, batch)[0]
+                for method in local:
+                    done += 1
+                    identity_probe = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt,
+                                               cfg.settings, batch)
+                    if cfg.resume and out.done(identity_probe.identity()):
+                        console.print(f"[{done}/{total}] {method.name} @ {cell.target_tokens}: already in {cfg.out}, "
+                                      "skipped")
+                        continue
+                    record = run_cell(lm, method, prompts, needle, cell, cfg.settings, cfg.repeats, decoders, task)
+                    record.process = "main"
+                    if annotate:
+                        annotate(record, method)
+                    out.add(record)
+                    console.print(f"[{done}/{total}] {progress_line(record)}")
         del lm
         _free_memory()
+    if isolated and cfg.batches != [1]:
+        for cell in cells:  # the child process decodes batch 1 only
+            for batch in (b for b in cfg.batches if b > 1):
+                for method in isolated:
+                    done += 1
+                    record = _skeleton(cfg.spec.name, "pretrained", method, cell, None, task, {"hf": None}, None,
+                                       cfg.settings, batch)
+                    record.error = batch_problem(method, cfg.settings)
+                    out.add(record)
+                    console.print(f"[{done}/{total}] {progress_line(record)}")
     if isolated:
         from kvcompress import isolated as iso
 
@@ -86,10 +101,13 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
 
 def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: int, decoders: dict, task: str
              ) -> BenchmarkResult:
-    """Measure one method on one prompt, or return a record that says in one line why it could not be measured."""
+    """Measure one method on one prompt (or a list of prompts: one batch), or return a record that says in one line
+    why it could not be measured."""
     decoder, engine_note = pick_decoder(decoders, method, lm)
-    skeleton = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, settings)
-    reason = preflight(method, lm)
+    batch = len(prompt) if isinstance(prompt, list) else 1
+    first = prompt[0] if batch > 1 else prompt  # a batch's record is graded on its first sequence (the cell's needle)
+    skeleton = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, first, settings, batch)
+    reason = preflight(method, lm) or (batch_problem(method, settings) if batch > 1 else None)
     if reason:
         skeleton.error = reason
         return skeleton
@@ -112,7 +130,7 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
     record.engine_note = engine_note
     record.depth, record.prompt_id = cell.depth if needle else None, cell.prompt_id
     if needle is not None:
-        niah.grade(record, needle, prompt)  # needle, correct, score, depth reached, unfinished thinking
+        niah.grade(record, needle, first)  # needle, correct, score, depth reached, unfinished thinking
     return record
 
 
@@ -157,12 +175,14 @@ def pick_decoder(decoders: dict, method: Method, lm):
     return (decoders["hf"], f"fast engine cannot run this method ({reason}); measured with hf") if reason else (fast, None)
 
 
-def _skeleton(model, weights, method, cell, needle, task, decoders, prompt, settings) -> BenchmarkResult:
+def _skeleton(model, weights, method, cell, needle, task, decoders, prompt, settings, batch: int = 1
+              ) -> BenchmarkResult:
     """A record holding only the identity of a cell: what an error record carries, and what --resume matches."""
     engine = pick_decoder(decoders, method, None)[0].name if "fast" in decoders else "hf"
     return BenchmarkResult(
-        model=model, weights=weights, method=method.name, compression_ratio=method.compression_ratio,
-        context_tokens=prompt.context_tokens, input_tokens=prompt.input_tokens, engine=engine, task=task,
+        model=model, weights=weights, method=method.name, compression_ratio=method.compression_ratio, batch=batch,
+        context_tokens=prompt.context_tokens if prompt else 0, input_tokens=prompt.input_tokens if prompt else 0,
+        engine=engine, task=task,
         target_tokens=cell.target_tokens, depth=cell.depth if needle else None,
         needle=needle.label if needle else None, prompt_id=cell.prompt_id, expected_memory=method.expected_memory,
         phase=method.phase, fixed_output_length=settings.fixed_length, max_new_tokens=settings.max_new_tokens)
@@ -175,12 +195,13 @@ def one_line(exc: BaseException) -> str:
 
 def progress_line(r: BenchmarkResult) -> str:
     where = escape(f"{r.method} @ {r.target_tokens or r.input_tokens} tok" +
-                   (f", depth {r.depth:g}" if r.depth is not None else ""))  # options in [...] are not rich markup
+                   (f", depth {r.depth:g}" if r.depth is not None else "") + (f", batch {r.batch}" if r.batch > 1 else ""))  # options in [...] are not rich markup
     if r.error:
         return f"{where}: [red]error[/red] {escape(r.error)}"
     found = "" if r.correct is None else (" [green]found[/green]" if r.correct else " [red]missed[/red]")
-    return (f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s, KV {r.kv_cache_bytes / 2**20:.1f} MiB"
-            f" ({r.kv_tokens_kept:.0f} kept){found}")
+    aggregate = f" ({r.aggregate_decode_tokens_per_s:.0f} aggregate)" if r.batch > 1 and r.aggregate_decode_tokens_per_s else ""
+    return (f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s{aggregate}, KV "
+            f"{r.kv_cache_bytes / 2**20:.1f} MiB ({r.kv_tokens_kept:.0f} kept){found}")
 
 
 def _public_args(cfg: RunConfig):
