@@ -39,7 +39,7 @@ Metrics (every script, every method, measured the same way):
 Batches (--batch N): N prompts of one length with different needles (needle and sampling seeds seed..seed+N-1),
   each prefilled and compressed on its own (as a server admits requests), then decoded together, one token per
   sequence per step. TTFT = median of the sequences' own TTFTs; admitted = first prefill's start -> last sequence's
-  first token; TPOT = (end-to-end - admitted) / (output tokens - 1), one step of the whole batch (vLLM's TPOT; its
+  first token and every cache moved into the batch's decode cache; TPOT = (end-to-end - admitted) / (output tokens - 1), one step of the whole batch (vLLM's TPOT; its
   mean ITL is the same here, every step gives each sequence a token); aggregate tok/s = batch x 1000 / TPOT;
   output throughput (vLLM) = batch x output tokens / end-to-end. KV bytes and peaks are the whole batch's.
 Protocol: the context is prefilled (and compressed), then the question is fed uncompressed (kvpress's

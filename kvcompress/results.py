@@ -101,7 +101,9 @@ class BenchmarkResult:
     # decode_tokens_per_s, kv_tokens_kept, kv_compression_achieved. Whole batch: kv_cache_bytes*, kv_live_bytes*,
     # peaks.
     batch: int = 1  # sequences decoded together (part of the identity)
-    batch_admit_s: float | None = None  # start of the first prefill -> first token of the last sequence (median)
+    # start of the first prefill -> the last sequence's first token sampled and every cache in the batch's decode
+    # cache (median over repeats); at batch 1: = ttft_s
+    batch_admit_s: float | None = None
     ttft_sequences_s: list[float] = field(default_factory=list)  # each prefilled sequence's TTFT, last timed repeat
     aggregate_decode_tokens_per_s: float | None = None  # batch x 1000 / tpot_ms: decode tokens/s of the whole batch
     output_throughput_tokens_per_s: float | None = None  # vLLM's output throughput: batch x output tokens / e2e_s

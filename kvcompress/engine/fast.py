@@ -58,13 +58,14 @@ class FastDecoder:
                          out_tokens.view(-1, 1), eos)
         return n, self._state
 
-    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens):
-        """engine.batch's admitted sequences, decoded together: out_tokens (steps, batch), row 0 already sampled."""
+    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, loaded=None):
+        """engine.batch's admitted sequences, decoded together: out_tokens (steps, batch), row 0 already sampled;
+        `loaded()` is called once the caches sit in the buffers (the batch is admitted, decoding starts)."""
         n = self._decode([a.cache for a in admitted], [a.masked for a in admitted], out_tokens[0],
-                         [a.next_position for a in admitted], uniforms, settings, out_tokens, set())
+                         [a.next_position for a in admitted], uniforms, settings, out_tokens, set(), loaded)
         return n, self._state
 
-    def _decode(self, caches, masks, token, positions, uniforms, settings, out_tokens, eos) -> int:
+    def _decode(self, caches, masks, token, positions, uniforms, settings, out_tokens, eos, loaded=None) -> int:
         per_sequence = [[layer.keys.shape[2] for layer in cache.layers] for cache in caches]
         lengths = [max(column) for column in zip(*per_sequence)]
         # Sequences shorter than the longest in a layer are right-padded; the pads are hidden by the validity mask.
@@ -77,6 +78,8 @@ class FastDecoder:
             self._state = _DecodeState(self, caches[0], signature, settings.sampling)
         state = self._state
         state.load(caches, masks, per_sequence, token, positions, uniforms, out_tokens)
+        if loaded is not None:
+            loaded()
         n = state.run(eos, steps)
         out_tokens.copy_(state.out[:steps])
         return n
