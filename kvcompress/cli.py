@@ -70,6 +70,7 @@ class RunConfig:
     dms_revision: str | None
     args: argparse.Namespace
     batches: list[int] = dataclasses.field(default_factory=lambda: [1])  # --batch: sequences decoded together
+    admission: str = "each"  # --admission: how a batch's sequences are prefilled (engine.batch)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,10 @@ def parser(prog: str, description: str, defaults: Defaults = Defaults(), tiny: D
                    "auto = fast on CUDA, hf on CPU")
     g.add_argument("--batch", default="1", help="sequences decoded together, a list: 1,8,32 (default 1). Each "
                    "sequence is prefilled and compressed on its own with its own needle, then all decode together")
+    g.add_argument("--admission", choices=["each", "cloned"], default="each", help="each: every sequence of a batch "
+                   "is prefilled (default); cloned: the first and the last are, the rows between copy the first's "
+                   "compressed cache (the same bytes and decode work, two prefills instead of N; TTFT is then the "
+                   "median of two)")
     g.add_argument("--query-aware", action="store_true", help="compress the question together with the context")
     g.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
@@ -215,7 +220,7 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
                                   query_aware=args.query_aware)
     return RunConfig(spec, preset, device, dtype, args.attn, args.random_weights, methods, contexts, settings,
                      args.repeats, engine, out, args.resume, args.haystack, args.dms_model, args.dms_revision, args,
-                     batches)
+                     batches, getattr(args, "admission", "each"))
 
 
 

@@ -58,7 +58,12 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
             prompt, needle = cell.build(lm.tokenizer)
             for batch in cfg.batches:
                 # a batch: sequence b has needle seed + b (Cell.build_batch); batch 1 is the cell's own prompt
-                prompts = prompt if batch == 1 else cell.build_batch(lm.tokenizer, batch)[0]
+                if batch == 1:
+                    prompts = prompt
+                elif cfg.admission == "cloned":  # only the first and the last sequence are prefilled
+                    prompts = [prompt] * (batch - 1) + [_nth(cell, lm.tokenizer, batch - 1)]
+                else:
+                    prompts = cell.build_batch(lm.tokenizer, batch)[0]
                 for method in local:
                     done += 1
                     identity_probe = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt,
@@ -67,7 +72,8 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
                         console.print(f"[{done}/{total}] {method.name} @ {cell.target_tokens}: already in {cfg.out}, "
                                       "skipped")
                         continue
-                    record = run_cell(lm, method, prompts, needle, cell, cfg.settings, cfg.repeats, decoders, task)
+                    record = run_cell(lm, method, prompts, needle, cell, cfg.settings, cfg.repeats, decoders, task,
+                                      admission=cfg.admission)
                     record.process = "main"
                     if annotate:
                         annotate(record, method)
@@ -99,8 +105,15 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
     return out
 
 
-def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: int, decoders: dict, task: str
-             ) -> BenchmarkResult:
+def _nth(cell: Cell, tokenizer, b: int):
+    """Sequence b of a batch of this cell (needle seed + b), as Cell.build_batch makes it."""
+    from dataclasses import replace
+
+    return replace(cell, needle_seed=cell.needle_seed + b).build(tokenizer)[0]
+
+
+def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: int, decoders: dict, task: str,
+             admission: str = "each") -> BenchmarkResult:
     """Measure one method on one prompt (or a list of prompts: one batch), or return a record that says in one line
     why it could not be measured."""
     decoder, engine_note = pick_decoder(decoders, method, lm)
@@ -113,7 +126,7 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
         return skeleton
     try:
         record = measure(lm, method, prompt, settings, decoder, repeats=repeats, task=task,
-                         target_tokens=cell.target_tokens)
+                         target_tokens=cell.target_tokens, admission=admission)
     except torch.OutOfMemoryError as exc:
         _free_memory()
         skeleton.error = f"CUDA OOM: {str(exc).splitlines()[0][:160]}"
