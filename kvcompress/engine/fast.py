@@ -6,8 +6,12 @@ ops of kernels.py) reading every weight and every live KV entry once; on CUDA th
 graph and replayed, so the host's Python never sits on the critical path. On CPU the same step runs eagerly with the
 torch reference ops, which is how the tests compare it with the hf engine.
 
-Handled: presses that keep different lengths per layer (each layer has its own buffer) and mask-only presses (a
-validity mask per KV head keeps masked entries out of attention). Refused, with the reason recorded and the hf
+Handled: presses that keep different lengths per layer (each layer has its own buffer), mask-only presses (a
+validity mask per KV head keeps masked entries out of attention), and batches (engine.batch): sequence b fills row b
+of every buffer; rows shorter than the layer's longest are zero-padded and the pads hidden by the same validity mask,
+each row keeps its own RoPE position, and one graph is captured per (batch, shape). A batched step is the same
+kernels at batch B: GEMMs instead of GEMVs (the weights are read once for all rows), and split-K attention over a
+(B x KV heads, splits) grid whose split count falls as B grows (attention_splits), each row's KV read once. Refused, with the reason recorded and the hf
 engine used instead: DMS-8x (its own paged cache) and decoding-phase presses (they rewrite the cache inside
 transformers' forward).
 """
