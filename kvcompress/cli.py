@@ -39,9 +39,11 @@ Metrics (every script, every method, measured the same way):
 Batches (--batch N): N prompts of one length with different needles (needle and sampling seeds seed..seed+N-1),
   each prefilled and compressed on its own (as a server admits requests), then decoded together, one token per
   sequence per step. TTFT = median of the sequences' own TTFTs; admitted = first prefill's start -> last sequence's
-  first token and every cache moved into the batch's decode cache; TPOT = (end-to-end - admitted) / (output tokens - 1), one step of the whole batch (vLLM's TPOT; its
-  mean ITL is the same here, every step gives each sequence a token); aggregate tok/s = batch x 1000 / TPOT;
-  output throughput (vLLM) = batch x output tokens / end-to-end. KV bytes and peaks are the whole batch's.
+  first token, every cache moved into the batch's decode cache; TPOT = one decode step of the whole batch, timed
+  over the steps after the first (the first captures the CUDA graph of this batch and shape, start-up work for a
+  server); it is vLLM's TPOT, and its mean ITL too (every step gives each sequence a token); aggregate tok/s =
+  batch x 1000 / TPOT; output throughput (vLLM) = batch x output tokens / end-to-end. KV bytes and peaks are the
+  whole batch's; each batched generation starts from the weights alone.
 Protocol: the context is prefilled (and compressed), then the question is fed uncompressed (kvpress's
   query-agnostic protocol); --query-aware compresses the question too. DMS-8x allows one prefill per cache, so
   its context and question are prefilled together.

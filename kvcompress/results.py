@@ -97,7 +97,8 @@ class BenchmarkResult:
     notes: list[str] = field(default_factory=list)
     # --- batched decode (--batch N, benchmark.py capacity): N prompts (needle seeds seed..seed+N-1) admitted one by
     # one, each prefilled and compressed on its own, then decoded together. At batch 1 these restate the fields above.
-    # Per sequence: ttft_s, tpot_ms (= vLLM's TPOT and mean ITL: every step gives each sequence one token),
+    # Per sequence: ttft_s, tpot_ms (one step of the batch, timed over the steps after the first, which captures the
+    # graph; = vLLM's TPOT and mean ITL: every step gives each sequence one token),
     # decode_tokens_per_s, kv_tokens_kept, kv_compression_achieved. Whole batch: kv_cache_bytes*, kv_live_bytes*,
     # peaks.
     batch: int = 1  # sequences decoded together (part of the identity)

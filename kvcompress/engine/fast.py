@@ -62,14 +62,15 @@ class FastDecoder:
                          out_tokens.view(-1, 1), eos)
         return n, self._state
 
-    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, loaded=None):
-        """engine.batch's admitted sequences, decoded together: out_tokens (steps, batch), row 0 already sampled;
-        `loaded()` is called once the caches sit in the buffers (the batch is admitted, decoding starts)."""
+    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=None):
+        """engine.batch's admitted sequences, decoded together: out_tokens (steps, batch), row 0 already sampled.
+        `mark("admitted")` once the caches sit in the buffers; `mark("steady", steps)` before the steps that replay
+        the graph (the first step runs eagerly and captures it)."""
         n = self._decode([a.cache for a in admitted], [a.masked for a in admitted], out_tokens[0],
-                         [a.next_position for a in admitted], uniforms, settings, out_tokens, set(), loaded)
+                         [a.next_position for a in admitted], uniforms, settings, out_tokens, set(), mark)
         return n, self._state
 
-    def _decode(self, caches, masks, token, positions, uniforms, settings, out_tokens, eos, loaded=None) -> int:
+    def _decode(self, caches, masks, token, positions, uniforms, settings, out_tokens, eos, mark=None) -> int:
         per_sequence = [[layer.keys.shape[2] for layer in cache.layers] for cache in caches]
         lengths = [max(column) for column in zip(*per_sequence)]
         # Sequences shorter than the longest in a layer are right-padded; the pads are hidden by the validity mask.
@@ -82,9 +83,9 @@ class FastDecoder:
             self._state = _DecodeState(self, caches[0], signature, settings.sampling)
         state = self._state
         state.load(caches, masks, per_sequence, token, positions, uniforms, out_tokens)
-        if loaded is not None:
-            loaded()
-        n = state.run(eos, steps)
+        if mark is not None:
+            mark("admitted")
+        n = state.run(eos, steps, mark)
         out_tokens.copy_(state.out[:steps])
         return n
 
@@ -227,11 +228,13 @@ class _DecodeState:
         self.keys = self.values = self.valid = []
         self.pool = None
 
-    def run(self, eos: set[int], n: int) -> int:
+    def run(self, eos: set[int], n: int, mark=None) -> int:
         """Decode steps 1..n-1 (n may be below the buffers' reserve: a capacity search holds a whole generation's
-        memory and decodes a few steps of it)."""
+        memory and decodes a few steps of it). `mark("steady", steps)`, if given, before the replayed steps."""
         if not self.cuda:
             for step in range(1, n):
+                if step == 2 and mark is not None:
+                    mark("steady", n - 2)
                 self.step()
                 if eos and int(self.token[0]) in eos:
                     return step + 1
@@ -243,6 +246,8 @@ class _DecodeState:
                 return 2
             self._capture()
             first = 2
+        if mark is not None and n > first:
+            mark("steady", n - first)
         for step in range(first, n):
             self.graph.replay()
             if eos and int(self.token[0]) in eos:  # quality runs only; timing runs never synchronise here

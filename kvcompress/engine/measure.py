@@ -27,7 +27,8 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
     runs before each generation, never inside one.
 
     A list of prompts is one batch (engine.batch): admitted one by one, decoded together; TTFT is then the median of
-    the sequences' own TTFTs, TPOT one step of the whole batch, KV bytes the whole batch's.
+    the sequences' own TTFTs, TPOT one step of the whole batch (over the steps after the first, which captures the
+    graph), KV bytes the whole batch's.
     """
     prompts = prompt if isinstance(prompt, list) else [prompt]
     batch = len(prompts)
@@ -35,7 +36,12 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
     def generation():
         with _collector_paused():
             if batch > 1:
-                return generate_batch(lm, method, prompts, settings, decoder, admission=admission)
+                # Each batched generation starts from the weights alone: the buffers of the last one would sit beside
+                # this one's N admitted caches (twice the KV: a batch that fits could not be measured).
+                try:
+                    return generate_batch(lm, method, prompts, settings, decoder, admission=admission)
+                finally:
+                    _release(decoder)
             return generate_once(lm, method, prompts[0], settings, decoder)
 
     try:
