@@ -138,8 +138,8 @@ def search(try_batch: Callable[[int], bool], start: int, max_batch: int, max_run
     """(lo, hi): lo the largest batch seen to fit (0: none), hi the smallest seen not to (max_batch + 1: none).
 
     Starts at `start` (the prediction); while the bracket is wide it gallops away from the last run (5 % of the
-    start, doubling), then it bisects until hi - lo <= max(1, tolerance x lo): exact up to 50 sequences, within 2 % above (each run
-    costs real prefills). `known` holds results of earlier runs. At most max_runs calls of try_batch."""
+    start, doubling), then it bisects until hi - lo <= max(1, tolerance x lo): exact up to 50 sequences, within
+    2 % above (each run costs real prefills). `known` holds results of earlier runs. At most max_runs calls of try_batch."""
     known = dict(known or {})
     lo = max([b for b, ok in known.items() if ok], default=0)
     hi = min([b for b, ok in known.items() if not ok], default=max_batch + 1)
@@ -311,7 +311,9 @@ def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, conso
             if method.name not in fitted:
                 continue
             say(f"capacity: longest context of {method.name} at batch 1")
-            build = lambda n: Cell(target_tokens=n, needle_seed=seed, haystack=cfg.haystack).build(lm.tokenizer)[0]  # noqa: E731
+            def build(n: int):
+                return Cell(target_tokens=n, needle_seed=seed, haystack=cfg.haystack).build(lm.tokenizer)[0]
+
             longest, probes = longest_context(runner, method, build, fitted[method.name], limit, max_runs, say)
             record = _record(lm, method, cfg, longest, 1, decoder.name, "capacity_context")
             record.capacity_budget_bytes, record.capacity_probes = budget.budget, [p.to_dict() for p in probes]

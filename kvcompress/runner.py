@@ -207,12 +207,13 @@ def one_line(exc: BaseException) -> str:
 
 
 def progress_line(r: BenchmarkResult) -> str:
-    where = escape(f"{r.method} @ {r.target_tokens or r.input_tokens} tok" +
-                   (f", depth {r.depth:g}" if r.depth is not None else "") + (f", batch {r.batch}" if r.batch > 1 else ""))  # options in [...] are not rich markup
+    where = escape(f"{r.method} @ {r.target_tokens or r.input_tokens} tok" +  # options in [...] are not rich markup
+                   (f", depth {r.depth:g}" if r.depth is not None else "") + (f", batch {r.batch}" if r.batch > 1 else ""))
     if r.error:
         return f"{where}: [red]error[/red] {escape(r.error)}"
     found = "" if r.correct is None else (" [green]found[/green]" if r.correct else " [red]missed[/red]")
-    aggregate = f" ({r.aggregate_decode_tokens_per_s:.0f} aggregate)" if r.batch > 1 and r.aggregate_decode_tokens_per_s else ""
+    aggregate = (f" ({r.aggregate_decode_tokens_per_s:.0f} aggregate)"
+                 if r.batch > 1 and r.aggregate_decode_tokens_per_s else "")
     return (f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s{aggregate}, KV "
             f"{r.kv_cache_bytes / 2**20:.1f} MiB ({r.kv_tokens_kept:.0f} kept){found}")
 

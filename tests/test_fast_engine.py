@@ -61,9 +61,9 @@ def test_the_validity_mask_replaces_kvpress_indices_before_decoding(tiny, tiny_p
     seen = []
     real_run = _DecodeState.run
 
-    def run(state, eos, n):
+    def run(state, eos, n, mark=None):
         seen.append((masked_indices(tiny.model), [v.clone() for v in state.valid]))
-        return real_run(state, eos, n)
+        return real_run(state, eos, n, mark)
 
     monkeypatch.setattr(_DecodeState, "run", run)
     _generate(tiny, tiny_prompt, "adakv+snapkv@0.5", fast, n=4)

@@ -11,9 +11,9 @@ validity mask per KV head keeps masked entries out of attention), and batches (e
 of every buffer; rows shorter than the layer's longest are zero-padded and the pads hidden by the same validity mask,
 each row keeps its own RoPE position, and one graph is captured per (batch, shape). A batched step is the same
 kernels at batch B: GEMMs instead of GEMVs (the weights are read once for all rows), and split-K attention over a
-(B x KV heads, splits) grid whose split count falls as B grows (attention_splits), each row's KV read once. Refused, with the reason recorded and the hf
-engine used instead: DMS-8x (its own paged cache) and decoding-phase presses (they rewrite the cache inside
-transformers' forward).
+(B x KV heads, splits) grid whose split count falls as B grows (attention_splits), each row's KV read once.
+Refused, with the reason recorded and the hf engine used instead: DMS-8x (its own paged cache) and decoding-phase
+presses (they rewrite the cache inside transformers' forward).
 """
 
 from __future__ import annotations
