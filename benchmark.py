@@ -6,6 +6,8 @@
     uv run python benchmark.py --preset tiny                     # CPU pipeline check in about a minute
     uv run python benchmark.py compare A.json B.json             # what changed between two result files
     uv run python benchmark.py check results.json                # physics checks: KV bytes, roofline, FLOPs, noise
+    uv run python benchmark.py --batch 1,8,32                    # batched decode: aggregate tok/s per batch
+    uv run python benchmark.py capacity --budget 80GiB           # max batch that fits a budget, and its throughput
 """
 
 import sys
@@ -25,10 +27,15 @@ def main(argv=None) -> int:
         from kvcompress import checks
 
         return checks.main(argv[1:])
+    if argv[:1] == ["capacity"]:
+        from kvcompress import capacity
+
+        return capacity.main(argv[1:])
     parser = cli.parser("benchmark.py", "Measure TTFT, decode speed, phase peaks and KV bytes for each method at "
                         "each context length. The prompt is a needle-in-a-haystack prompt (needle at 50 %). "
                         "To compare two result files: benchmark.py compare A.json B.json (see compare --help); to check a GPU "
-                        "run against the hardware's limits: benchmark.py check FILE.")
+                        "run against the hardware's limits: benchmark.py check FILE; capacity at a memory budget: "
+                        "benchmark.py capacity --budget 80GiB (see capacity --help).")
     args = parser.parse_args(argv)
     cfg = cli.resolve(args, "benchmark")
     from kvcompress import report, runner  # torch and transformers: only once the arguments are good

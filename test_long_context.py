@@ -32,7 +32,7 @@ DESCRIPTION = (
 
 @cli.main
 def main(argv=None) -> int:
-    parser = cli.parser("test_long_context.py", DESCRIPTION, DEFAULTS, tiny=TINY)
+    parser = cli.parser("test_long_context.py", DESCRIPTION, DEFAULTS, tiny=TINY, hidden=("batch", "admission"))
     g = parser.add_argument_group("needle in a haystack")
     g.add_argument("--depths", default=niah_grid.DEFAULT_DEPTHS, help="needle depths as fractions of the haystack's "
                    f"tokens or percentages, snapped back to a sentence start (default {niah_grid.DEFAULT_DEPTHS})")

@@ -2,11 +2,11 @@
 
     uv run python benchmark.py check results/h200/benchmark-fast.json
 
-1. KV bytes: vanilla holds exactly context x bytes/token; a real-shrink press at ratio r holds (1 - r) of that
-   within 1 %; a mask-only press holds 100 % and says so.
+1. KV bytes: vanilla holds exactly context x bytes/token (summed over a batch's sequences); a real-shrink press
+   at ratio r holds (1 - r) of that within 1 %; a mask-only press holds 100 % and says so.
 2. Peak memory: weights, and the prefill's activation cost (peak - weights - KV) per context.
-3. Decode speed against the HBM roofline: bytes per step / bandwidth; each method's speed-up over vanilla against
-   the speed-up its smaller KV predicts.
+3. Decode speed against the HBM roofline: bandwidth / bytes per step (x batch: one step gives each sequence a
+   token); each method's speed-up over vanilla at the same batch against the speed-up its smaller KV predicts.
 4. TTFT against compute: prefill FLOPs / matrix throughput.
 5. Noise: IQR / median of TTFT and TPOT per cell, flagged above 3 %.
 6. With --reference (the same cells run with --engine hf): per cell, TTFT within 5 % of the reference's (the
@@ -93,11 +93,20 @@ def _known_architecture(model: str | None) -> dict | None:
 
 
 def _by_context(results):
-    contexts = sorted({r.target_tokens or r.input_tokens for r in results})
-    for c in contexts:
-        cell = [r for r in results if (r.target_tokens or r.input_tokens) == c]
+    """(label, records, vanilla record) per context and batch: a batch compares with vanilla at the same batch
+    (capacity records at a method's own max batch have no vanilla beside them; longest-context records are left
+    out: they hold no measurement)."""
+    keys = sorted({(r.target_tokens or r.input_tokens, r.batch) for r in results if r.task != "capacity_context"})
+    for c, batch in keys:
+        cell = [r for r in results if (r.target_tokens or r.input_tokens) == c and r.batch == batch
+                and r.task != "capacity_context"]
         vanilla = next((r for r in cell if r.method == "vanilla"), None)
-        yield c, cell, vanilla
+        yield (str(c) if batch == 1 else f"{c} x{batch}"), cell, vanilla
+
+
+def _context_tokens(record) -> int:
+    """Context tokens the record's KV holds: summed over a batch's sequences."""
+    return record.context_tokens_total if record.batch > 1 and record.context_tokens_total else record.context_tokens
 
 
 def _itemsize(record) -> int:
@@ -117,11 +126,12 @@ def _kv_bytes(results, arch) -> Check:
             continue
         per_token = _bytes_per_token(arch, vanilla)
         if per_token:
-            expected = vanilla.context_tokens * per_token
+            tokens = _context_tokens(vanilla)
+            expected = tokens * per_token
             exact = vanilla.kv_cache_bytes == expected
             check.passed &= exact
-            check.lines.append(f"{context}: vanilla {vanilla.kv_cache_bytes:,} B = {vanilla.context_tokens} tokens x "
-                               f"{vanilla.kv_cache_bytes / vanilla.context_tokens:,.0f} B "
+            check.lines.append(f"{context}: vanilla {vanilla.kv_cache_bytes:,} B = {tokens} tokens x "
+                               f"{vanilla.kv_cache_bytes / tokens:,.0f} B "
                                f"({'exact' if exact else f'expected {expected:,}'})")
         for r in cell:
             if r.dms_impl == "native" and r.kv_tokens_per_head and per_token:
@@ -187,18 +197,28 @@ def _step_bytes(record, arch, read_embedding: bool) -> float:
     return weights + kv
 
 
+def _aggregate(record) -> float | None:
+    """Tokens per second from the whole batch (batch 1: the decode speed)."""
+    if record.decode_tokens_per_s is None:
+        return None
+    return record.decode_tokens_per_s * record.batch
+
+
 def _roofline(results, bandwidth, arch) -> Check:
     check = Check(f"3. Decode speed against the HBM roofline ({bandwidth / 1e12:.1f} TB/s)", None)
-    check.lines.append("ceiling = bandwidth / (weights + mean KV bytes per step); strict ceiling leaves out the "
-                       "embedding table, which a step only indexes")
+    check.lines.append("ceiling = bandwidth / (weights + mean KV bytes per step) x batch (a step reads the weights "
+                       "once and every sequence's KV, and gives each sequence a token; KV bytes are the whole "
+                       "batch's); strict ceiling leaves out the embedding table, which a step only indexes; "
+                       "batches show aggregate tok/s")
     for context, cell, vanilla in _by_context(results):
         for r in cell:
-            if r.decode_tokens_per_s is None:
+            speed = _aggregate(r)
+            if speed is None:
                 continue
-            ceiling = bandwidth / _step_bytes(r, arch, True)
-            strict = bandwidth / _step_bytes(r, arch, False)
-            line = (f"{context}: {r.method:30s} {r.decode_tokens_per_s:7.1f} tok/s = {r.decode_tokens_per_s / ceiling:5.1%}"
-                    f" of {ceiling:.0f} (strict {r.decode_tokens_per_s / strict:5.1%} of {strict:.0f})")
+            ceiling = bandwidth / _step_bytes(r, arch, True) * r.batch
+            strict = bandwidth / _step_bytes(r, arch, False) * r.batch
+            line = (f"{context}: {r.method:30s} {speed:7.1f} tok/s = {speed / ceiling:5.1%}"
+                    f" of {ceiling:.0f} (strict {speed / strict:5.1%} of {strict:.0f})")
             if vanilla and r is not vanilla and vanilla.decode_tokens_per_s:
                 measured = r.decode_tokens_per_s / vanilla.decode_tokens_per_s
                 predicted = _step_bytes(vanilla, arch, True) / _step_bytes(r, arch, True)
@@ -231,7 +251,8 @@ def _noise(results) -> Check:
             spread = iqr / median
             if spread > NOISE_LIMIT:
                 check.passed = False
-                check.lines.append(f"{r.target_tokens}: {r.method} {name} IQR {spread:.1%} of the median")
+                batch = f" x{r.batch}" if r.batch > 1 else ""
+                check.lines.append(f"{r.target_tokens}{batch}: {r.method} {name} IQR {spread:.1%} of the median")
     if check.passed:
         spreads = [r.tpot_iqr_ms / r.tpot_ms for r in results if r.tpot_iqr_ms is not None and r.tpot_ms]
         spreads += [r.ttft_iqr_s / r.ttft_s for r in results if r.ttft_iqr_s is not None and r.ttft_s]

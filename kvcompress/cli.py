@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib.util
 import logging
@@ -27,7 +28,7 @@ METRICS = """\
 Metrics (every script, every method, measured the same way):
   TTFT        start of the context prefill -> first sampled token on the host; includes the press's compression.
               GPU: CUDA events; CPU: wall clock (CPU figures are pipeline checks, not performance).
-  TPOT        (end-to-end - TTFT) / (output tokens - 1), in ms; decode tok/s = 1000 / TPOT (batch 1).
+  TPOT        (end-to-end - TTFT) / (output tokens - 1), in ms; decode tok/s = 1000 / TPOT (per sequence).
   prefill tok/s  input tokens / TTFT.
   peak prefill / peak decode  the allocator's peak during each phase, reset when the phase starts
               (CPU: the process's peak RSS).
@@ -36,6 +37,14 @@ Metrics (every script, every method, measured the same way):
   mem saved   whether the KV tensors really hold fewer bytes than uncompressed; false for mask-only presses.
   Each cell: one warm-up generation, then --repeats timed ones; medians, with IQRs in the JSON.
   Timing runs generate exactly --max-new-tokens tokens (EOS ignored) so every method does the same work.
+Batches (--batch N): N prompts of one length with different needles (needle and sampling seeds seed..seed+N-1),
+  each prefilled and compressed on its own (as a server admits requests), then decoded together, one token per
+  sequence per step. TTFT = median of the sequences' own TTFTs; admitted = first prefill's start -> last sequence's
+  first token, every cache moved into the batch's decode cache; TPOT = one decode step of the whole batch, timed
+  over the steps after the first (the first captures the CUDA graph of this batch and shape, start-up work for a
+  server); it is vLLM's TPOT, and its mean ITL too (every step gives each sequence a token); aggregate tok/s =
+  batch x 1000 / TPOT; output throughput (vLLM) = batch x output tokens / end-to-end. KV bytes and peaks are the
+  whole batch's; each batched generation starts from the weights alone.
 Protocol: the context is prefilled (and compressed), then the question is fed uncompressed (kvpress's
   query-agnostic protocol); --query-aware compresses the question too. DMS-8x allows one prefill per cache, so
   its context and question are prefilled together.
@@ -63,6 +72,8 @@ class RunConfig:
     dms_model: str
     dms_revision: str | None
     args: argparse.Namespace
+    batches: list[int] = dataclasses.field(default_factory=lambda: [1])  # --batch: sequences decoded together
+    admission: str = "each"  # --admission: how a batch's sequences are prefilled (engine.batch)
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,12 @@ def parser(prog: str, description: str, defaults: Defaults = Defaults(), tiny: D
     g.add_argument("--engine", choices=["auto", "fast", "hf"], default="auto", help="decode engine: hf = transformers' "
                    "own forward (what kvpress users run); fast = static buffers + CUDA graph + GQA-native attention. "
                    "auto = fast on CUDA, hf on CPU")
+    g.add_argument("--batch", default="1", help="sequences decoded together, a list: 1,8,32 (default 1). Each "
+                   "sequence is prefilled and compressed on its own with its own needle, then all decode together")
+    g.add_argument("--admission", choices=["each", "cloned"], default="each", help="each: every sequence of a batch "
+                   "is prefilled (default); cloned: the first and the last are, the rows between copy the first's "
+                   "compressed cache (the same bytes and decode work, two prefills instead of N; TTFT is then the "
+                   "median of two)")
     g.add_argument("--query-aware", action="store_true", help="compress the question together with the context")
     g.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
@@ -148,6 +165,17 @@ def parse_contexts(text: str) -> list[int]:
     if not values:
         raise UserError("--contexts is empty")
     return values
+
+
+def parse_batches(text: str) -> list[int]:
+    values = []
+    for part in filter(None, (s.strip() for s in str(text).split(","))):
+        if not part.isdigit() or int(part) < 1:
+            raise UserError(f"batch {part!r} is not a positive whole number (write 1,8,32)")
+        values.append(int(part))
+    if not values:
+        raise UserError("--batch is empty")
+    return list(dict.fromkeys(values))
 
 
 def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True) -> RunConfig:
@@ -200,6 +228,9 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
     for needed in filter(None, (spec if any(m.kind != "dms" for m in methods) else None, dms_spec)):
         _check_reachable(needed, random_weights=args.random_weights)
     contexts = parse_contexts(args.contexts)
+    batches = parse_batches(getattr(args, "batch", "1"))
+    if batches != [1] and not fixed_length:
+        raise UserError("--batch times batched decode; quality runs stop at end-of-sequence and are batch 1")
     limit = spec.max_positions
     too_long = [c for c in contexts if limit and c + args.max_new_tokens > limit]
     if too_long:
@@ -213,7 +244,8 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
     settings = GenerationSettings(args.max_new_tokens, sampling, fixed_length=fixed_length,
                                   query_aware=args.query_aware)
     return RunConfig(spec, preset, device, dtype, args.attn, args.random_weights, methods, contexts, settings,
-                     args.repeats, engine, out, args.resume, args.haystack, args.dms_model, args.dms_revision, args)
+                     args.repeats, engine, out, args.resume, args.haystack, args.dms_model, args.dms_revision, args,
+                     batches, getattr(args, "admission", "each"))
 
 
 

@@ -77,7 +77,9 @@ Verdicts:
   unchanged              identical.  changed: a real change with no better direction.
   not comparable         measured differently (CUDA events vs wall clock, allocator peak vs RSS).
 Records match by identity: task, model, weights, method, context (target tokens), depth, needle, prompt id,
-engine (unless --across-engines), output length. Header differences (GPU, driver, CUDA, versions, dtype,
+engine (unless --across-engines), output length, batch (sequences decoded together; records written before
+batches existed are batch 1). In a batch, decode tok/s is per sequence (aggregate = batch x decode), TTFT the
+sequences' median, KV bytes and peaks the whole batch's. Header differences (GPU, driver, CUDA, versions, dtype,
 attention, engine, weights, sampling, ...) are printed first, as warnings.
 Exit status: 0; 1 with --fail-on-regression when anything regressed; 2 for bad input (missing, truncated,
 corrupt or other-schema files).
@@ -373,7 +375,7 @@ def _header_value(run: dict, name: str):
 
 def describe(r: BenchmarkResult) -> str:
     prompt = _prompt_label(r)
-    return f"{r.method} @ {r.target_tokens or r.input_tokens} tok" + (f", {prompt}" if prompt else "")
+    return _cell_name(r) + (f", {prompt}" if prompt else "")
 
 
 def _prompt_label(r: BenchmarkResult) -> str:
@@ -383,7 +385,8 @@ def _prompt_label(r: BenchmarkResult) -> str:
 
 
 def _cell_name(r: BenchmarkResult) -> str:
-    return f"{r.method} @ {r.target_tokens or r.input_tokens} tok"
+    batch = f", batch {r.batch}" if isinstance(r.batch, int) and r.batch > 1 else ""
+    return f"{r.method} @ {r.target_tokens or r.input_tokens} tok{batch}"
 
 
 def _cell_title(r: BenchmarkResult) -> str:

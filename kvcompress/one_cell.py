@@ -12,6 +12,7 @@ import torch
 from rich.markup import escape
 
 from kvcompress.engine import measure
+from kvcompress.engine.batch import batch_problem
 from kvcompress.errors import UserError
 from kvcompress.hub import hub_available
 from kvcompress.methods import Method
@@ -23,20 +24,23 @@ from kvcompress.tasks.cell import Cell
 console = make_console()
 
 
-def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: int, decoders: dict, task: str
-             ) -> BenchmarkResult:
-    """Measure one method on one prompt, or return a record that says in one line why it could not be measured."""
+def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: int, decoders: dict, task: str,
+             admission: str = "each") -> BenchmarkResult:
+    """Measure one method on one prompt (or a list of prompts: one batch), or return a record that says in one line
+    why it could not be measured."""
     decoder, engine_note = pick_decoder(decoders, method, lm)
-    blank = skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, settings)
-    reason = preflight(method, lm)
+    batch = len(prompt) if isinstance(prompt, list) else 1
+    first = prompt[0] if batch > 1 else prompt  # a batch's record is graded on its first sequence (the cell's needle)
+    blank = skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, first, settings, batch)
+    reason = preflight(method, lm) or (batch_problem(method, settings) if batch > 1 else None)
     if reason:
         blank.error = reason
         return blank
     try:
         if method.native_dms:
-            method = prepare_dms(lm, method, prompt)
+            method = prepare_dms(lm, method, first)
         record = measure(lm, method, prompt, settings, decoder, repeats=repeats, task=task,
-                         target_tokens=cell.target_tokens)
+                         target_tokens=cell.target_tokens, admission=admission)
     except torch.OutOfMemoryError as exc:
         free_memory()
         blank.error = f"CUDA OOM: {str(exc).splitlines()[0][:160]}"
@@ -58,7 +62,7 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
             record.dms_decisions = method.dms_params.decisions
     record.depth, record.prompt_id = cell.depth if needle else None, cell.prompt_id
     if needle is not None:
-        niah.grade(record, needle, prompt)  # needle, correct, score, depth reached, unfinished thinking
+        niah.grade(record, needle, first)  # needle, correct, score, depth reached, unfinished thinking
     return record
 
 
@@ -102,12 +106,14 @@ def pick_decoder(decoders: dict, method: Method, lm):
     return (decoders["hf"], f"fast engine cannot run this method ({reason}); measured with hf") if reason else (fast, None)
 
 
-def skeleton(model, weights, method, cell, needle, task, decoders, prompt, settings) -> BenchmarkResult:
+def skeleton(model, weights, method, cell, needle, task, decoders, prompt, settings, batch: int = 1
+             ) -> BenchmarkResult:
     """A record holding only the identity of a cell: what an error record carries, and what --resume matches."""
     engine = pick_decoder(decoders, method, None)[0].name if "fast" in decoders else "hf"
     return BenchmarkResult(
-        model=model, weights=weights, method=method.name, compression_ratio=method.compression_ratio,
-        context_tokens=prompt.context_tokens, input_tokens=prompt.input_tokens, engine=engine, task=task,
+        model=model, weights=weights, method=method.name, compression_ratio=method.compression_ratio, batch=batch,
+        context_tokens=prompt.context_tokens if prompt else 0, input_tokens=prompt.input_tokens if prompt else 0,
+        engine=engine, task=task,
         target_tokens=cell.target_tokens, depth=cell.depth if needle else None,
         needle=needle.label if needle else None, prompt_id=cell.prompt_id, expected_memory=method.expected_memory,
         phase=method.phase, fixed_output_length=settings.fixed_length, max_new_tokens=settings.max_new_tokens,
@@ -120,13 +126,15 @@ def one_line(exc: BaseException) -> str:
 
 
 def progress_line(r: BenchmarkResult) -> str:
-    where = escape(f"{r.method} @ {context_label(r)} tok" +
-                   (f", depth {r.depth:g}" if r.depth is not None else ""))  # options in [...] are not rich markup
+    where = escape(f"{r.method} @ {context_label(r)} tok" +  # options in [...] are not rich markup
+                   (f", depth {r.depth:g}" if r.depth is not None else "") + (f", batch {r.batch}" if r.batch > 1 else ""))
     if r.error:
         return f"{where}: [red]error[/red] {escape(r.error)}"
     found = "" if r.correct is None else (" [green]found[/green]" if r.correct else " [red]missed[/red]")
-    return (f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s, KV {r.kv_cache_bytes / 2**20:.1f} MiB"
-            f" ({r.kv_tokens_kept:.0f} kept){found}")
+    aggregate = (f" ({r.aggregate_decode_tokens_per_s:.0f} aggregate)"
+                 if r.batch > 1 and r.aggregate_decode_tokens_per_s else "")
+    return (f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s{aggregate}, KV "
+            f"{r.kv_cache_bytes / 2**20:.1f} MiB ({r.kv_tokens_kept:.0f} kept){found}")
 
 
 def free_memory() -> None:

@@ -127,3 +127,36 @@ def retrieval_heatmap(cells: dict[tuple[int, float], tuple[int, int]], path: Pat
 
 def _tokens_label(n: int) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 else f"{n:,}"
+
+
+def aggregate_vs_batch(results: list[BenchmarkResult], path: Path, title: str) -> Path:
+    """Aggregate decode tok/s against batch (log scale), one line per method and context through its timed batches;
+    each line ends at the method's measured max batch, so the plot shows both how many sequences fit and what they
+    deliver together."""
+    timed = [r for r in results if not r.error and r.aggregate_decode_tokens_per_s and r.task != "capacity_context"]
+    series: dict[tuple, list[BenchmarkResult]] = {}
+    for r in timed:
+        series.setdefault((r.method, r.target_tokens), []).append(r)
+    contexts = sorted({c for _, c in series})
+    styles = ["-", "--", "-.", ":"]
+    fig, ax = plt.subplots(figsize=(9, 6))
+    methods = sorted({m for m, _ in series})
+    colours = plt.get_cmap("tab10")
+    for (method, context), records in sorted(series.items()):
+        records = sorted(records, key=lambda r: r.batch)
+        ax.plot([r.batch for r in records], [r.aggregate_decode_tokens_per_s for r in records],
+                styles[contexts.index(context) % len(styles)], marker="o", color=colours(methods.index(method) % 10),
+                label=f"{method} @ {context:,} tok")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch (sequences decoded together); each line ends at its measured max batch")
+    ax.set_ylabel("aggregate decode (tok/s) = batch x 1000 / TPOT")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -33,25 +33,30 @@ def make_console() -> Console:
 
 
 def results_table(results: list[BenchmarkResult], title: str, answers: bool = False) -> Table:
-    """One row per method x context, units in the headers."""
+    """One row per method x context (x batch), units in the headers; batch columns only when a record is batched."""
+    batched = any(r.batch > 1 for r in results)
     table = Table(title=title, title_justify="left", header_style="bold")
-    for header, justify in [("method", "left"), ("context\n(tok)", "right"), ("TTFT\n(s)", "right"),
-                            ("prefill\n(tok/s)", "right"), ("TPOT\n(ms)", "right"), ("decode\n(tok/s)", "right"),
-                            ("peak prefill\n(GiB)", "right"), ("peak decode\n(GiB)", "right"),
-                            ("KV\n(MiB)", "right"), ("KV kept\n(tok)", "right"), ("evicted\n(frac)", "right"),
-                            ("mem\nsaved", "center"), ("engine", "left")]:
+    headers = [("method", "left"), ("context\n(tok)", "right")] + ([("batch", "right")] if batched else []) + [
+        ("TTFT\n(s)", "right"), ("prefill\n(tok/s)", "right"), ("TPOT\n(ms)", "right"), ("decode\n(tok/s)", "right")]
+    headers += [("aggregate\n(tok/s)", "right")] if batched else []
+    headers += [("peak prefill\n(GiB)", "right"), ("peak decode\n(GiB)", "right"), ("KV\n(MiB)", "right"),
+                ("KV kept\n(tok)", "right"), ("evicted\n(frac)", "right"), ("mem\nsaved", "center"),
+                ("engine", "left")]
+    for header, justify in headers:
         table.add_column(header, justify=justify)
     if answers:
         table.add_column("answer / error", overflow="fold", max_width=40)
     for r in results:
-        row = [escape(r.method), context_label(r)]
+        row = [escape(r.method), context_label(r)] + ([str(r.batch)] if batched else [])
         if r.error:
-            row += ["—"] * 10 + [r.engine or ""]
+            row += ["—"] * (len(headers) - len(row) - 1) + [r.engine or ""]
             if answers:
                 row.append(f"[red]{r.error}[/red]")
         else:
             row += [_num(r.ttft_s, ".3f"), _num(r.prefill_tokens_per_s, ",.0f"), _num(r.tpot_ms, ".2f"),
-                    _num(r.decode_tokens_per_s, ".1f"), _num(r.peak_mem_prefill_bytes, ".2f", GIB),
+                    _num(r.decode_tokens_per_s, ".1f")]
+            row += [_num(r.aggregate_decode_tokens_per_s, ",.0f")] if batched else []
+            row += [_num(r.peak_mem_prefill_bytes, ".2f", GIB),
                     _num(r.peak_mem_decode_bytes, ".2f", GIB), _num(r.kv_cache_bytes, ",.1f", MIB),
                     _num(r.kv_tokens_kept, ",.0f"), _num(r.kv_compression_achieved, ".3f"),
                     _saved(r), r.engine or ""]
@@ -382,3 +387,54 @@ def print_niah(summaries, title: str, console: Console | None = None, max_misses
         console.print("[yellow]weights: random — speed and memory are real; answers are noise.[/yellow]")
     if any(r.timing == "wall_clock" for r in records):
         console.print("[yellow]CPU wall-clock timings: a pipeline check, not a performance figure.[/yellow]")
+
+
+def capacity_table(results: list[BenchmarkResult], title: str) -> Table:
+    """benchmark.py capacity: per context and method, the measured max batch beside the bytes prediction, the
+    aggregate decode there and its multiple of vanilla's, and batch 1's decode for reference."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for header in ("method", "context\n(tok)", "max batch\n(measured)", "max batch\n(bytes)", "aggregate\n(tok/s)",
+                   "x vanilla", "per seq\n(tok/s)", "batch 1\n(tok/s)", "KV / seq\n(MiB)", "peak\n(GiB)", "runs"):
+        table.add_column(header, justify="left" if header == "method" else "right")
+    cells: dict[tuple, dict[int, BenchmarkResult]] = {}
+    for r in results:
+        if r.task == "capacity":
+            cells.setdefault((r.target_tokens, r.method), {})[r.batch] = r
+    for (context, method), by_batch in sorted(cells.items(), key=lambda kv: kv[0][0]):
+        top = by_batch[max(by_batch)]
+        one = by_batch.get(1)
+        if top.error and not top.capacity_max_batch:
+            table.add_row(escape(method), str(context), str(top.capacity_max_batch or 0), "—", "—", "—", "—", "—", "—",
+                          "—", str(len(top.capacity_probes)))
+            continue
+        vanilla = cells.get((context, "vanilla"), {})
+        base = vanilla.get(max(vanilla)) if vanilla else None
+        ratio = (top.aggregate_decode_tokens_per_s / base.aggregate_decode_tokens_per_s
+                 if base and base.aggregate_decode_tokens_per_s and top.aggregate_decode_tokens_per_s else None)
+        peak = max(filter(None, (top.peak_mem_prefill_bytes, top.peak_mem_decode_bytes)), default=None)
+        table.add_row(escape(method), str(context), str(top.capacity_max_batch),
+                      "—" if top.capacity_predicted_batch is None else str(top.capacity_predicted_batch),
+                      _num(top.aggregate_decode_tokens_per_s, ",.0f"),
+                      _num(ratio, ".2f"), _num(top.decode_tokens_per_s, ".1f"),
+                      _num(one.decode_tokens_per_s if one else None, ".1f"),
+                      _num(top.kv_cache_bytes / top.batch if top.kv_cache_bytes else None, ",.1f", MIB),
+                      _num(peak, ".2f", GIB), str(len(top.capacity_probes)))
+    return table
+
+
+def print_capacity(results: list[BenchmarkResult], title: str, console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(capacity_table(results, title))
+    for r in results:
+        if r.task == "capacity_context":
+            console.print(f"{escape(r.method)}: longest context at batch 1 = {r.target_tokens:,} tokens"
+                          f" ({len(r.capacity_probes)} runs)")
+    for r in results:
+        if r.error:
+            console.print(f"[red]error[/red] {escape(r.method)} @ {r.target_tokens}, batch {r.batch}: {escape(r.error)}")
+        for note in r.notes:
+            if note.startswith(("search stopped", "fits at --max-batch")):
+                console.print(f"[yellow]{escape(r.method)} @ {r.target_tokens}: {escape(note)}[/yellow]")
+    console.print("max batch (measured): largest batch whose whole generation ran under the budget; (bytes): predicted "
+                  "from the batch-1 and batch-2 peaks (intercept + per-sequence cost); aggregate = batch x 1000 / TPOT "
+                  "at the measured max batch; x vanilla against vanilla's aggregate at its own max batch.")

@@ -100,6 +100,26 @@ class BenchmarkResult:
     dms_impl: str | None = None
     dms_layout: str | None = None
     dms_decisions: str | None = None
+    # --- batched decode (--batch N, benchmark.py capacity): N prompts (needle seeds seed..seed+N-1) admitted one by
+    # one, each prefilled and compressed on its own, then decoded together. At batch 1 these restate the fields above.
+    # Per sequence: ttft_s, tpot_ms (one step of the batch, timed over the steps after the first, which captures the
+    # graph; = vLLM's TPOT and mean ITL: every step gives each sequence one token),
+    # decode_tokens_per_s, kv_tokens_kept, kv_compression_achieved. Whole batch: kv_cache_bytes*, kv_live_bytes*,
+    # peaks.
+    batch: int = 1  # sequences decoded together (part of the identity)
+    # start of the first prefill -> the last sequence's first token sampled and every cache in the batch's decode
+    # cache (median over repeats); at batch 1: = ttft_s
+    batch_admit_s: float | None = None
+    ttft_sequences_s: list[float] = field(default_factory=list)  # each prefilled sequence's TTFT, last timed repeat
+    aggregate_decode_tokens_per_s: float | None = None  # batch x 1000 / tpot_ms: decode tokens/s of the whole batch
+    output_throughput_tokens_per_s: float | None = None  # vLLM's output throughput: batch x output tokens / e2e_s
+    context_tokens_total: int | None = None  # context tokens summed over the batch's sequences
+    admission: str | None = None  # "each" | "cloned" (capacity search: rows 1..B-2 copy row 0's compressed cache)
+    # benchmark.py capacity: the budget, the search's real runs, the bytes prediction beside the measured maximum
+    capacity_budget_bytes: int | None = None
+    capacity_max_batch: int | None = None  # largest batch whose whole generation fitted (0: not even batch 1)
+    capacity_predicted_batch: int | None = None  # from weights + per-sequence KV + measured activation/workspace
+    capacity_probes: list[dict] = field(default_factory=list)  # {"batch"|"context", "fits", "peak_bytes", "error"}
 
     def identity(self, *, across_engines: bool = False) -> tuple:
         """What makes two records the same cell (used by --resume, compare and check); named by IDENTITY_FIELDS.
@@ -117,7 +137,7 @@ class BenchmarkResult:
 
 FIELDS = [f.name for f in fields(BenchmarkResult)]
 IDENTITY_FIELDS = ("task", "model", "weights", "method", "target_tokens", "depth", "needle", "prompt_id", "engine",
-                   "max_new_tokens")
+                   "max_new_tokens", "batch")
 CONTRACT_FIELDS = FIELDS[: FIELDS.index("error") + 1]
 
 

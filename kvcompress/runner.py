@@ -13,6 +13,7 @@ from typing import Callable
 from kvcompress import isolated, models
 from kvcompress.checks import architecture_of
 from kvcompress.cli import RunConfig
+from kvcompress.engine.batch import batch_problem
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.methods import Method
 from kvcompress.one_cell import (console, free_memory, pick_decoder, preflight, prepare_dms,  # noqa: F401
@@ -33,7 +34,7 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
     out = ResultFile(cfg.out, header, resume=cfg.resume)
     in_child = [m for m in cfg.methods if m.kind == "dms" and m.impl == "remote"]
     local = [m for m in cfg.methods if m not in in_child]
-    total = len(cells) * len(cfg.methods)
+    total = len(cells) * len(cfg.batches) * len(cfg.methods)
     console.print(f"{len(cfg.methods)} method(s) x {len(cells)} prompt(s) = {total} cells -> {cfg.out}")
     progress = {"done": 0, "total": total}
     if local:
@@ -60,6 +61,16 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
             _run_local(cfg, lm, later, cells, task, out, annotate, progress)
             del lm
             free_memory()
+    if in_child and cfg.batches != [1]:
+        for cell in cells:  # the child process decodes batch 1 only
+            for batch in (b for b in cfg.batches if b > 1):
+                for method in in_child:
+                    progress["done"] += 1
+                    record = skeleton(cfg.spec.name, "pretrained", method, cell, None, task, {"hf": None}, None,
+                                      cfg.settings, batch)
+                    record.error = batch_problem(method, cfg.settings)
+                    out.add(record)
+                    console.print(f"[{progress['done']}/{total}] {progress_line(record)}")
     if in_child:
         by_name = {m.name: m for m in in_child}
         done_ids = {r.identity() for r in out.results if r.error is None} if cfg.resume else set()
@@ -79,19 +90,36 @@ def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
     decoders = _decoders(cfg, lm)
     for cell in cells:
         prompt, needle = cell.build(lm.tokenizer)
-        for method in methods:
-            progress["done"] += 1
-            where = f"[{progress['done']}/{progress['total']}]"
-            identity_probe = skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, cfg.settings)
-            if cfg.resume and out.done(identity_probe.identity()):
-                console.print(f"{where} {method.name} @ {cell.target_tokens}: already in {cfg.out}, skipped")
-                continue
-            record = run_cell(lm, method, prompt, needle, cell, cfg.settings, cfg.repeats, decoders, task)
-            record.process = "main"
-            if annotate:
-                annotate(record, method)
-            out.add(record)
-            console.print(f"{where} {progress_line(record)}")
+        for batch in cfg.batches:
+            # a batch: sequence b has needle seed + b (Cell.build_batch); batch 1 is the cell's own prompt
+            if batch == 1:
+                prompts = prompt
+            elif cfg.admission == "cloned":  # only the first and the last sequence are prefilled
+                prompts = [prompt] * (batch - 1) + [_nth(cell, lm.tokenizer, batch - 1)]
+            else:
+                prompts = cell.build_batch(lm.tokenizer, batch)[0]
+            for method in methods:
+                progress["done"] += 1
+                where = f"[{progress['done']}/{progress['total']}]"
+                identity_probe = skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt,
+                                          cfg.settings, batch)
+                if cfg.resume and out.done(identity_probe.identity()):
+                    console.print(f"{where} {method.name} @ {cell.target_tokens}: already in {cfg.out}, skipped")
+                    continue
+                record = run_cell(lm, method, prompts, needle, cell, cfg.settings, cfg.repeats, decoders, task,
+                                  admission=cfg.admission)
+                record.process = "main"
+                if annotate:
+                    annotate(record, method)
+                out.add(record)
+                console.print(f"{where} {progress_line(record)}")
+
+
+def _nth(cell: Cell, tokenizer, b: int):
+    """Sequence b of a batch of this cell (needle seed + b), as Cell.build_batch makes it."""
+    from dataclasses import replace
+
+    return replace(cell, needle_seed=cell.needle_seed + b).build(tokenizer)[0]
 
 
 def _decoders(cfg: RunConfig, lm) -> dict:

@@ -163,6 +163,18 @@ def engine_check(steps: int = 10) -> int:
         fast = generate_once(lm, method, prompt, settings, FastDecoder(lm)).token_ids
         print(f"engine {name}: hf {reference} fast {fast}")
         status |= reference != fast
+    # A batch whose rows keep different lengths (padded, pads hidden by the validity mask), per-row positions.
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.tasks.cell import Cell
+
+    prompts = Cell(target_tokens=300, needle_seed=1).build_batch(lm.tokenizer, 2)[0]
+    method = parse_method("knorm@0.5")
+    kernels.FORCE_TRITON = False
+    reference = [generate_once(lm, method, p, settings, HFDecoder()).token_ids for p in prompts]
+    kernels.FORCE_TRITON = True
+    fast = generate_batch(lm, method, prompts, settings, FastDecoder(lm)).batch_token_ids
+    print(f"batch knorm@0.5 x2: hf alone {reference} fast batched {fast}")
+    status |= reference != fast
     return status
 
 

@@ -119,3 +119,30 @@ def test_engines_check_against_a_reference_run(tiny_run, tmp_path, capsys):
     assert "FAIL: TTFT +11.1%" in lines["knorm@0.5"] and "FAIL: decode peak +1 B" in lines["vanilla"]
     assert "FAIL" not in lines["adakv+snapkv@0.5"] and "off.json" in lines["adakv+snapkv@0.5"]  # first file wins
     assert "tools/ttft_ab.py" in engines.lines[-1]
+
+
+def test_batches_are_checked_against_vanilla_at_the_same_batch(tmp_path, capsys):
+    out = tmp_path / "batch.json"
+    assert benchmark.main(["--preset", "tiny", "--contexts", "320", "--methods", "vanilla,knorm@0.5", "--batch", "1,3",
+                           "--max-new-tokens", "4", "--repeats", "1", "--out", str(out)]) == 0
+    run, results = load(out)
+    assert sorted(r.batch for r in results) == [1, 1, 3, 3]
+    kv = checks.run_checks(run, results)[0]
+    assert kv.passed is True, kv.lines
+    batched = [line for line in kv.lines if line.startswith("320 x3:")]
+    assert len(batched) == 2 and "exact" in batched[0]  # vanilla: three sequences' tokens x bytes/token
+    alone = next(r for r in results if r.batch == 1 and r.method == "vanilla")
+    together = next(r for r in results if r.batch == 3 and r.method == "vanilla")
+    # the needles differ, so the contexts may differ by a token or two: the batch holds their sum
+    assert abs(together.kv_cache_bytes - 3 * alone.kv_cache_bytes) <= 3 * 2 * alone.kv_cache_bytes / alone.context_tokens
+
+
+def test_the_roofline_of_a_batch_is_its_step_bytes_times_the_batch():
+    from kvcompress.results import BenchmarkResult
+
+    r = BenchmarkResult(model="m", weights="random", method="vanilla", batch=8, decode_tokens_per_s=100.0,
+                        weights_bytes=16 * 10**9, kv_cache_bytes=8 * 10**9, kv_cache_bytes_end=8 * 10**9,
+                        target_tokens=8192, context_tokens=8000, input_tokens=8192)
+    roofline = checks._roofline([r], 4.3e12, None)
+    # a step reads 24 GB and gives 8 tokens: 4.3e12 / 24e9 x 8 = 1433 tok/s; 8 x 100 measured = 55.8 %
+    assert "800.0 tok/s = 55.8% of 1433" in roofline.lines[1] and roofline.lines[1].startswith("8192 x8:")

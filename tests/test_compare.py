@@ -179,6 +179,22 @@ def test_runs_that_share_no_identity_say_why(baseline, tmp_path, capsys):
     assert "warning: weights differs" in printed and code == 0
 
 
+def test_records_match_only_at_the_same_batch(baseline, tmp_path, capsys):
+    def batched(data):
+        for r in data["results"]:
+            r["batch"] = 8
+
+    code, report, printed = compare(capsys, tmp_path, baseline, variant(baseline, tmp_path, batched))
+    assert report["cells"] == [] and report["unmatched_because"] == ["batch: 1 vs 8"]
+
+    def older(data):  # a file written before batches existed: its records are batch 1
+        for r in data["results"]:
+            del r["batch"]
+
+    code, report, printed = compare(capsys, tmp_path, baseline, variant(baseline, tmp_path, older, "old.json"))
+    assert len(report["cells"]) == 2
+
+
 def test_across_engines_pairs_the_same_cells_run_with_hf_and_fast(baseline, tmp_path, capsys):
     def fast_engine(data):
         data["run"]["engine"] = "fast"

@@ -61,9 +61,9 @@ def test_the_validity_mask_replaces_kvpress_indices_before_decoding(tiny, tiny_p
     seen = []
     real_run = _DecodeState.run
 
-    def run(state, eos):
+    def run(state, eos, n, mark=None):
         seen.append((masked_indices(tiny.model), [v.clone() for v in state.valid]))
-        return real_run(state, eos)
+        return real_run(state, eos, n, mark)
 
     monkeypatch.setattr(_DecodeState, "run", run)
     _generate(tiny, tiny_prompt, "adakv+snapkv@0.5", fast, n=4)
@@ -102,7 +102,7 @@ def test_triton_kernels_match_their_references_under_the_interpreter():
 def test_the_whole_triton_step_matches_the_hf_engine_under_the_interpreter():
     proc = _interpreted("engine")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
-    assert proc.stdout.count("engine ") == 2
+    assert proc.stdout.count("engine ") == 2 and "batch knorm@0.5 x2" in proc.stdout
 
 
 def test_a_failing_cell_releases_the_buffers(tiny, tiny_prompt, fast, monkeypatch):

@@ -101,11 +101,11 @@ def check_logits(lm, context: int = 4096, steps: int = 32) -> None:
     for i, layer in enumerate(caches["bf16"].layers):
         twin.update(layer.keys.clone(), layer.values.clone(), i)
     decoder = FastDecoder(lm)
-    signature = (tuple([context] * cfg.num_hidden_layers), False, steps + 1, SamplingConfig(greedy=True))
+    signature = (tuple([context] * cfg.num_hidden_layers), False, steps + 1, SamplingConfig(greedy=True), 1)
     state = _DecodeState(decoder, twin, signature, SamplingConfig(greedy=True))
     token = logits.argmax(-1)
-    state.load(twin, {}, token, context, torch.zeros(steps + 1, device=DEV),
-               torch.zeros(steps + 1, dtype=torch.long, device=DEV))
+    state.load([twin], [{}], [list(signature[0])], token, [context], torch.zeros(steps + 1, 1, device=DEV),
+               torch.zeros(steps + 1, 1, dtype=torch.long, device=DEV))
     err_hf, err_fast, err_pair, agree = [], [], [], 0
     position = torch.tensor([[context]], device=DEV)
     for _ in range(steps):
@@ -137,10 +137,10 @@ def breakdown(lm, context: int, bandwidth: float) -> None:
           for _ in range(2)]
     for i in range(cfg.num_hidden_layers):
         cache.update(kv[0], kv[1], i)
-    signature = (tuple([context] * cfg.num_hidden_layers), False, 130, SamplingConfig())
+    signature = (tuple([context] * cfg.num_hidden_layers), False, 130, SamplingConfig(), 1)
     state = _DecodeState(decoder, cache, signature, SamplingConfig())
-    state.load(cache, {}, torch.tensor([1], device=DEV), context, torch.rand(130, device=DEV),
-               torch.zeros(130, dtype=torch.long, device=DEV))
+    state.load([cache], [{}], [list(signature[0])], torch.tensor([1], device=DEV), [context],
+               torch.rand(130, 1, device=DEV), torch.zeros(130, 1, dtype=torch.long, device=DEV))
     del cache, kv
 
     def restore():

@@ -7,10 +7,14 @@ graph and replayed, so the host's Python never sits on the critical path. On CPU
 torch reference ops, which is how the tests compare it with the hf engine.
 
 Handled: presses that keep different lengths per layer (each layer has its own buffer), mask-only presses (a
-validity mask per KV head keeps masked entries out of attention) and native DMS (engine/fast_dms.py: a compact cache
-per head, its own store and attention kernels). Refused, with the reason recorded and the hf engine used instead:
-DMS-8x's remote code (its own paged cache) and decoding-phase presses (they rewrite the cache inside transformers'
-forward).
+validity mask per KV head keeps masked entries out of attention), native DMS (engine/fast_dms.py: a compact cache
+per head, its own store and attention kernels), and batches (engine.batch): sequence b fills row b
+of every buffer; rows shorter than the layer's longest are zero-padded and the pads hidden by the same validity mask,
+each row keeps its own RoPE position, and one graph is captured per (batch, shape). A batched step is the same
+kernels at batch B: GEMMs instead of GEMVs (the weights are read once for all rows), and split-K attention over a
+(B x KV heads, splits) grid whose split count falls as B grows (attention_splits), each row's KV read once.
+Refused, with the reason recorded and the hf engine used instead: DMS-8x's remote code (its own paged cache) and
+decoding-phase presses (they rewrite the cache inside transformers' forward). Native DMS decodes at batch 1 only.
 """
 
 from __future__ import annotations
@@ -61,19 +65,39 @@ class FastDecoder:
     def decode(self, lm, cache, token, next_position, uniforms, settings, out_tokens, eos):
         if isinstance(cache, fast_dms.CompactDMSCache):
             return fast_dms.decode(self, lm, cache, token, next_position, uniforms, settings, out_tokens, eos)
-        lengths = [layer.keys.shape[2] for layer in cache.layers]
         # The validity mask replaces kvpress's index tensors (1 byte per entry instead of 24 per hidden entry);
         # load() frees them layer by layer, so the two never coexist in full.
         masked = take_masked_indices(self.model)
-        signature = (tuple(lengths), bool(masked), out_tokens.shape[0], settings.sampling)
+        n = self._decode([cache], [masked], token.view(1), [next_position], uniforms.view(-1, 1), settings,
+                         out_tokens.view(-1, 1), eos)
+        return n, self._state
+
+    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=None):
+        """engine.batch's admitted sequences, decoded together: out_tokens (steps, batch), row 0 already sampled.
+        `mark("admitted")` once the caches sit in the buffers; `mark("steady", steps)` before the steps that replay
+        the graph (the first step runs eagerly and captures it)."""
+        n = self._decode([a.cache for a in admitted], [a.masked for a in admitted], out_tokens[0],
+                         [a.next_position for a in admitted], uniforms, settings, out_tokens, set(), mark)
+        return n, self._state
+
+    def _decode(self, caches, masks, token, positions, uniforms, settings, out_tokens, eos, mark=None) -> int:
+        per_sequence = [[layer.keys.shape[2] for layer in cache.layers] for cache in caches]
+        lengths = [max(column) for column in zip(*per_sequence)]
+        # Sequences shorter than the longest in a layer are right-padded; the pads are hidden by the validity mask.
+        ragged = any(seq != lengths for seq in per_sequence)
+        steps = out_tokens.shape[0]
+        reserve = max(steps, settings.reserve_tokens or 0)
+        signature = (tuple(lengths), ragged or any(masks), reserve, settings.sampling, len(caches))
         if self._state is None or self._state.signature != signature:
             self.release()  # free the old buffers before allocating new ones
-            self._state = _DecodeState(self, cache, signature, settings.sampling)
+            self._state = _DecodeState(self, caches[0], signature, settings.sampling)
         state = self._state
-        state.load(cache, masked, token, next_position, uniforms, out_tokens)
-        n = state.run(eos)
-        out_tokens.copy_(state.out)
-        return n, state
+        state.load(caches, masks, per_sequence, token, positions, uniforms, out_tokens)
+        if mark is not None:
+            mark("admitted")
+        n = state.run(eos, steps, mark)
+        out_tokens.copy_(state.out[:steps])
+        return n
 
 
 def architecture_problem(model) -> str | None:
@@ -135,10 +159,10 @@ class _DecodeState:
 
     def __init__(self, decoder: FastDecoder, cache, signature, sampling):
         model = decoder.model
-        lengths, self.masked, n_new, _ = signature
+        lengths, self.masked, n_new, _, batch = signature
         self.signature, self.sampling, self.decoder = signature, sampling, decoder
         first = cache.layers[0].keys
-        batch, heads_kv, _, dim = first.shape
+        _, heads_kv, _, dim = first.shape
         device, dtype = first.device, first.dtype
         config = model.config
         heads_q = config.num_attention_heads
@@ -158,8 +182,8 @@ class _DecodeState:
         self.token = torch.zeros(batch, dtype=torch.long, device=device)
         self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.step_index = torch.zeros(1, dtype=torch.long, device=device)
-        self.uniforms = torch.zeros(n_new, dtype=torch.float32, device=device)
-        self.out = torch.zeros(n_new, dtype=torch.long, device=device)
+        self.uniforms = torch.zeros(n_new, batch, dtype=torch.float32, device=device)  # (step, sequence)
+        self.out = torch.zeros(n_new, batch, dtype=torch.long, device=device)
         self.residual = torch.zeros(batch, hidden, device=device, dtype=dtype)
         self.normed = torch.zeros_like(self.residual)
         self.q = torch.zeros(batch, heads_q, dim, device=device, dtype=dtype)
@@ -168,35 +192,42 @@ class _DecodeState:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.cuda = device.type == "cuda"
 
-    def load(self, cache, masked, token, next_position, uniforms, out_tokens) -> None:
-        """Move the prefilled cache into the buffers, layer by layer, freeing each source layer as it goes."""
+    def load(self, caches, masks, per_sequence, token, positions, uniforms, out_tokens) -> None:
+        """Move the prefilled caches into the buffers (sequence b into row b), layer by layer, freeing each source
+        layer as it goes; pads (rows shorter than the layer's longest) are zeroed and hidden."""
         batch, heads_kv, dim, dtype, device = self.buffer_shape
+        lengths = self.signature[0]
         empty = torch.empty(0, device=device, dtype=dtype)
-        for i, layer in enumerate(cache.layers):
-            n = layer.keys.shape[2]
+        for i in range(len(lengths)):
             # K, then V: each source is freed before the next buffer is allocated, so the transient is half a layer,
             # as for transformers' own cache growing by torch.cat.
             for name, buffers in (("keys", self.keys), ("values", self.values)):
                 if buffers[i] is None:
                     with self._in_pool():
                         buffers[i] = torch.empty(batch, heads_kv, self.capacities[i], dim, device=device, dtype=dtype)
-                buffers[i][:, :, :n].copy_(getattr(layer, name))
-                setattr(layer, name, empty)
+                for b, cache in enumerate(caches):
+                    n = per_sequence[b][i]
+                    buffers[i][b:b + 1, :, :n].copy_(getattr(cache.layers[i], name))
+                    if n < lengths[i]:
+                        buffers[i][b, :, n:lengths[i]].zero_()
+                for cache in caches:
+                    setattr(cache.layers[i], name, empty)
             if self.masked and self.valid[i] is None:
                 with self._in_pool():
                     self.valid[i] = torch.zeros(batch, heads_kv, self.capacities[i], device=device, dtype=torch.uint8)
             if self.valid[i] is not None:
                 self.valid[i].zero_()
-                self.valid[i][:, :, :n] = 1
-                if i in masked:
-                    b, h, s = masked.pop(i)
-                    self.valid[i][b, h, s] = 0
-        self.lengths.copy_(torch.tensor(self.signature[0], dtype=torch.long))
+                for b, masked in enumerate(masks):
+                    self.valid[i][b, :, :per_sequence[b][i]] = 1
+                    if i in masked:
+                        rows, h, s = masked.pop(i)
+                        self.valid[i][rows + b, h, s] = 0
+        self.lengths.copy_(torch.tensor(lengths, dtype=torch.long))
         self.token.copy_(token.view(-1))
-        self.position.fill_(next_position)
+        self.position.copy_(torch.tensor(positions, dtype=torch.long).view(-1, 1))
         self.step_index.fill_(1)
-        self.uniforms.copy_(uniforms)
-        self.out.copy_(out_tokens)
+        self.uniforms[:uniforms.shape[0]].copy_(uniforms)
+        self.out[:out_tokens.shape[0]].copy_(out_tokens)
 
     def _in_pool(self):
         return torch.cuda.use_mem_pool(self.pool) if self.pool is not None else contextlib.nullcontext()
@@ -207,10 +238,13 @@ class _DecodeState:
         self.keys = self.values = self.valid = []
         self.pool = None
 
-    def run(self, eos: set[int]) -> int:
-        n = self.out.shape[0]
+    def run(self, eos: set[int], n: int, mark=None) -> int:
+        """Decode steps 1..n-1 (n may be below the buffers' reserve: a capacity search holds a whole generation's
+        memory and decodes a few steps of it). `mark("steady", steps)`, if given, before the replayed steps."""
         if not self.cuda:
             for step in range(1, n):
+                if step == 2 and mark is not None:
+                    mark("steady", n - 2)
                 self.step()
                 if eos and int(self.token[0]) in eos:
                     return step + 1
@@ -222,6 +256,8 @@ class _DecodeState:
                 return 2
             self._capture()
             first = 2
+        if mark is not None and n > first:
+            mark("steady", n - first)
         for step in range(first, n):
             self.graph.replay()
             if eos and int(self.token[0]) in eos:  # quality runs only; timing runs never synchronise here
@@ -239,7 +275,13 @@ class _DecodeState:
         saved = (self.lengths.clone(), self.position.clone(), self.step_index.clone(), self.token.clone())
         with torch.cuda.stream(stream):
             self.graph.capture_begin()
-            self.step()
+            try:
+                self.step()
+            except BaseException:  # an OOM inside capture must leave the stream usable (a capacity search goes on)
+                with contextlib.suppress(Exception):
+                    self.graph.capture_end()
+                self.graph = None
+                raise
             self.graph.capture_end()
         current.wait_stream(stream)
         # capture records without executing; the static inputs are untouched, but restore them to be explicit
@@ -274,23 +316,26 @@ class _DecodeState:
         logits = model.lm_head(x)
         self.logits = logits  # kept for engine checks (tools/h200_decode_check.py); inside a graph it is updated in place
         token = sample(logits, self.uniforms.index_select(0, self.step_index), self.sampling)
-        self.out.index_copy_(0, self.step_index, token)
+        self.out.index_copy_(0, self.step_index, token.view(1, -1))
         self.token.copy_(token)
         self.lengths.add_(1)
         self.position.add_(1)
         self.step_index.add_(1)
 
-    def kv_state(self, positions: int) -> KVState:
-        """Bytes the buffers hold (allocated capacity) and the entries attention can see."""
+    def kv_state(self, positions) -> KVState:
+        """Bytes the buffers hold (allocated capacity, pads included) and the entries attention can see; `positions`
+        is one count, or one per sequence of a batch (tokens are then per sequence, bytes the whole batch's)."""
         total = live_bytes = full = 0
         tokens = []
         lengths = self.lengths.tolist()
         for keys, values, valid, n in zip(self.keys, self.values, self.valid, lengths):
             batch, heads, capacity, _ = keys.shape
+            seen = positions if isinstance(positions, list) else [positions] * batch
             total += keys.nbytes + values.nbytes
-            per_token = (keys.nbytes + values.nbytes) / capacity
-            live = float(valid[:, :, :n].sum()) / (batch * heads) if valid is not None else float(n)
-            tokens.append(live)
+            per_token = (keys.nbytes + values.nbytes) / (capacity * batch)  # one sequence's token, all heads
+            live = float(valid[:, :, :n].sum()) / heads if valid is not None else float(n * batch)
+            tokens.append(live / batch)
             live_bytes += round(per_token * live)
-            full += round(per_token * positions)
-        return KVState(total, live_bytes, full, tokens, positions)
+            full += round(per_token * sum(seen))
+        mean_positions = sum(positions) / len(positions) if isinstance(positions, list) else positions
+        return KVState(total, live_bytes, full, tokens, mean_positions)

@@ -37,6 +37,9 @@ class GenerationSettings:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     fixed_length: bool = True  # ignore end-of-sequence so every method generates the same number of tokens
     query_aware: bool = False  # compress the question with the context (kvpress's query_aware)
+    # The fast engine sizes its buffers for this many output tokens when it exceeds max_new_tokens: a capacity
+    # search decodes a few steps while holding the memory of the whole generation.
+    reserve_tokens: int | None = None
 
 
 @dataclass
@@ -80,27 +83,8 @@ def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettin
     peaks.reset()
     clock.start()
     with press_context(whole_run, model):
-        next_position = prompt.input_tokens  # where the first generated token sits
-        if single_prefill:
-            # DMS-8x allows one prefill per cache; query-aware compresses the question too.
-            ids = torch.cat([context, question], dim=1)
-            cache = new_cache(decoder, method, lm, n_new)
-            with press_context(prefill_only, model):
-                out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
-            kv_after = kv_snapshot(cache, model, ids.shape[1])
-            logits = out.logits[:, -1]
-        else:
-            cache = new_cache(decoder, method, lm, n_new)
-            with press_context(prefill_only, model):
-                model.model(input_ids=context, past_key_values=cache, use_cache=True)  # no LM head: only KV is kept
-            kv_after = kv_snapshot(cache, model, context.shape[1])
-            # kvpress's rule: after a press that rerotates keys, the question follows the compressed cache
-            start = cache.get_seq_length() if question_starts_at_cache_length(press) else context.shape[1]
-            next_position = start + question.shape[1]
-            positions = torch.arange(start, next_position, device=device)[None]
-            logits = model(input_ids=question, past_key_values=cache, position_ids=positions, use_cache=True,
-                           logits_to_keep=1).logits[:, -1]
+        cache, kv_after, logits, next_position = _prefill(lm, method, press, context, question, prefill_only,
+                                                          single_prefill, new_cache(decoder, method, lm, n_new))
         token = sample(logits, uniforms[0], settings.sampling)
         out_tokens[0] = token
         first_token = int(token.item())  # the first token is on the host: TTFT ends here
@@ -132,6 +116,29 @@ def new_cache(decoder, method: Method, lm, n_new: int):
     if method.native_dms:
         raise UserError(f"the {getattr(decoder, 'name', 'chosen')} engine has no cache for native DMS")
     return None if method.kind == "dms" else DynamicCache()
+
+
+def _prefill(lm, method: Method, press, context, question, prefill_only, single_prefill: bool, cache):
+    """One sequence's prefill into `cache` under the method: the cache, a snapshot of its size, the last position's
+    logits, and the position of the first generated token."""
+    model, device = lm.model, lm.device
+    if single_prefill:
+        # DMS-8x allows one prefill per cache; query-aware compresses the question too.
+        ids = torch.cat([context, question], dim=1)
+        with press_context(prefill_only, model):
+            out = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        cache = out.past_key_values
+        return cache, kv_snapshot(cache, model, ids.shape[1]), out.logits[:, -1], ids.shape[1]
+    with press_context(prefill_only, model):
+        model.model(input_ids=context, past_key_values=cache, use_cache=True)  # no LM head: only KV is kept
+    kv_after = kv_snapshot(cache, model, context.shape[1])
+    # kvpress's rule: after a press that rerotates keys, the question follows the compressed cache
+    start = cache.get_seq_length() if question_starts_at_cache_length(press) else context.shape[1]
+    next_position = start + question.shape[1]
+    positions = torch.arange(start, next_position, device=device)[None]
+    logits = model(input_ids=question, past_key_values=cache, position_ids=positions, use_cache=True,
+                   logits_to_keep=1).logits[:, -1]
+    return cache, kv_after, logits, next_position
 
 
 class HFDecoder:

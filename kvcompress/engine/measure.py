@@ -8,14 +8,16 @@ import gc
 import numpy as np
 import torch
 
+from kvcompress.engine.batch import generate_batch
 from kvcompress.engine.generate import GenerationSettings, Prompt, eos_ids, generate_once
 from kvcompress.engine.timing import measurement_stream
 from kvcompress.memory import PhasePeaks
 from kvcompress.results import BenchmarkResult
 
 
-def measure(lm, method, prompt: Prompt, settings: GenerationSettings, decoder, *, repeats: int = 3,
-            warmup: bool = True, task: str = "benchmark", target_tokens: int | None = None) -> BenchmarkResult:
+def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSettings, decoder, *, repeats: int = 3,
+            warmup: bool = True, task: str = "benchmark", target_tokens: int | None = None,
+            admission: str = "each") -> BenchmarkResult:
     """A warm-up generation (compilation, allocator, caches), `repeats` timed ones (medians and IQRs), then one
     memory pass.
 
@@ -23,10 +25,24 @@ def measure(lm, method, prompt: Prompt, settings: GenerationSettings, decoder, *
     weights: an engine may keep buffers between timed repeats (the fast engine keeps its CUDA graph and the
     buffers it points at), and those must not count towards the next prefill's peak. Python's garbage collector
     runs before each generation, never inside one.
+
+    A list of prompts is one batch (engine.batch): admitted one by one, decoded together; TTFT is then the median of
+    the sequences' own TTFTs, TPOT one step of the whole batch (over the steps after the first, which captures the
+    graph), KV bytes the whole batch's.
     """
+    prompts = prompt if isinstance(prompt, list) else [prompt]
+    batch = len(prompts)
+
     def generation():
         with _collector_paused():
-            return generate_once(lm, method, prompt, settings, decoder)
+            if batch > 1:
+                # Each batched generation starts from the weights alone: the buffers of the last one would sit beside
+                # this one's N admitted caches (twice the KV: a batch that fits could not be measured).
+                try:
+                    return generate_batch(lm, method, prompts, settings, decoder, admission=admission)
+                finally:
+                    _release(decoder)
+            return generate_once(lm, method, prompts[0], settings, decoder)
 
     try:
         with measurement_stream(lm.device):
@@ -45,6 +61,8 @@ def measure(lm, method, prompt: Prompt, settings: GenerationSettings, decoder, *
     tpot = float(np.median(tpots)) if tpots else None
     answer_ids = _until_eos(last.token_ids, lm)
     after, end = memory.kv_after, memory.kv_end
+    admits = [getattr(g, "admit_s", g.ttft_s) for g in runs]
+    prompt = prompts[0]
     return BenchmarkResult(
         model=lm.name,
         weights=lm.weights,
@@ -97,6 +115,13 @@ def measure(lm, method, prompt: Prompt, settings: GenerationSettings, decoder, *
         target_tokens=target_tokens,
         max_new_tokens=settings.max_new_tokens,
         notes=list(lm.notes),
+        batch=batch,
+        batch_admit_s=float(np.median(admits)),
+        ttft_sequences_s=list(getattr(last, "ttft_each_s", [last.ttft_s])),
+        aggregate_decode_tokens_per_s=batch * 1000.0 / tpot if tpot else None,
+        output_throughput_tokens_per_s=batch * last.output_tokens / float(np.median(e2es)),
+        context_tokens_total=sum(p.context_tokens for p in prompts),
+        admission=admission if batch > 1 else "each",
     )
 
 

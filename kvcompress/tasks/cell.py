@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
-
-from dataclasses import asdict, dataclass
 
 from kvcompress.tasks import niah
 
@@ -35,6 +34,12 @@ class Cell:
         needle = niah.make_needle(self.needle_kind, self.needle_seed, self.needle_count)
         built = niah.build_prompt(tokenizer, self.target_tokens, self.depth, needle, self.haystack, self.thinking)
         return built.prompt, needle
+
+    def build_batch(self, tokenizer, batch: int) -> tuple[list[Prompt], list[niah.Needle | None]]:
+        """`batch` prompts of this cell's length, sequence b with needle seed needle_seed + b (distinct keys and
+        values): what sequence b generates in a batch equals this cell run alone with --seed needle_seed + b."""
+        built = [replace(self, needle_seed=self.needle_seed + b).build(tokenizer) for b in range(batch)]
+        return [p for p, _ in built], [n for _, n in built]
 
     def to_dict(self) -> dict:
         return asdict(self)

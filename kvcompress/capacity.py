@@ -1,0 +1,410 @@
+"""benchmark.py capacity: how many sequences fit a memory budget, and how fast they decode together.
+
+For each method x context: the largest batch whose whole generation (its prefills and compression, then the decode
+of --max-new-tokens) fits the budget, measured with the allocator capped at the budget; then the aggregate decode
+speed at that batch (and at batch 1); and, per method, the longest context that fits at batch 1.
+
+The search runs real generations: two probes (batch 1 and 2) measure the peak's intercept and its cost per sequence
+(weights + activation and workspace, KV + per-sequence workspace) and so predict the largest batch from bytes; then
+a few runs bracket and bisect around the prediction. A run that runs out of memory is recorded and the search goes
+on. Probes decode --search-tokens steps with the fast engine's buffers sized for the whole --max-new-tokens, and use
+cloned admission (engine.batch): the first and the last sequence are prefilled for real, the rows between copy the
+first's compressed cache, so each probe holds the memory of B distinct sequences at the cost of two prefills.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import re
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from kvcompress.engine.batch import batch_problem, generate_batch
+from kvcompress.errors import UserError
+
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+         "gib": 2**30, "tib": 2**40}
+
+
+def parse_budget(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match[2].lower() if match else None
+    if not match or unit not in UNITS:
+        raise UserError(f"budget {text!r} is not a memory size (write 80GiB, 141GB, 512MiB)")
+    value = int(float(match[1]) * UNITS[unit])
+    if value <= 0:
+        raise UserError(f"budget {text!r} must be positive")
+    return value
+
+
+def size_label(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.2f} MiB"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# budgets: what "fits" means
+# --------------------------------------------------------------------------------------------------------------------
+
+class AllocatorBudget:
+    """The CUDA caching allocator capped at the budget (torch.cuda.set_per_process_memory_fraction): a run that would
+    reserve more raises torch.OutOfMemoryError, as a GPU of that size would. Weights count; the CUDA context does not."""
+
+    kind = "cuda_allocator_cap"
+
+    def __init__(self, budget: int, device: torch.device):
+        self.budget, self.device = budget, device
+
+    def apply(self) -> None:
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        if self.budget > total:
+            raise UserError(f"budget {self.budget / 2**30:.1f} GiB exceeds this GPU's {total / 2**30:.1f} GiB")
+        torch.cuda.set_per_process_memory_fraction(self.budget / total, self.device)
+
+    def release(self) -> None:
+        torch.cuda.set_per_process_memory_fraction(1.0, self.device)
+
+    def used(self, generation, lm) -> dict[str, int]:
+        """Peak allocated bytes per phase (the allocator already refused what did not fit)."""
+        return {"prefill": generation.peak_prefill, "decode": generation.peak_decode}
+
+    def check(self, used: dict[str, int]) -> None:
+        pass
+
+
+class BytesBudget:
+    """Where there is no allocator to cap (CPU, tests): a run fits when weights + the batch's KV bytes at the end,
+    read from the cache tensors, stay within the budget; otherwise it raises torch.OutOfMemoryError like a real one."""
+
+    kind = "weights_plus_kv_bytes"
+
+    def __init__(self, budget: int):
+        self.budget = budget
+
+    def apply(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def used(self, generation, lm) -> dict[str, int]:
+        return {"decode": lm.weights_bytes + generation.kv_end.bytes}
+
+    def check(self, used: dict[str, int]) -> None:
+        peak = max(used.values())
+        if peak > self.budget:
+            raise torch.OutOfMemoryError(f"budget exceeded: {peak:,} B > {self.budget:,} B (weights + KV bytes)")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the search
+# --------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Probe:
+    """One real run at a batch size (or, for the longest context, a context length)."""
+
+    batch: int
+    context: int
+    fits: bool
+    used: dict[str, int] | None
+    error: str | None
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"batch": self.batch, "context": self.context, "fits": self.fits, "peak_bytes": self.used,
+                "error": self.error, "seconds": round(self.seconds, 3)}
+
+
+def predict(one: Probe, two: Probe, budget: int) -> int | None:
+    """Largest batch the bytes allow: each phase's peak is intercept + batch x per-sequence cost, both measured
+    (batch 1 and batch 2); the tighter phase decides."""
+    if not (one.fits and two.fits):
+        return None
+    limits = []
+    for phase, peak_one in one.used.items():
+        per_sequence = two.used.get(phase, peak_one) - peak_one
+        if per_sequence > 0:
+            limits.append(1 + math.floor((budget - peak_one) / per_sequence))
+    return max(1, min(limits)) if limits else None
+
+
+def search(try_batch: Callable[[int], bool], start: int, max_batch: int, max_runs: int,
+           known: dict[int, bool] | None = None, tolerance: float = 0.02) -> tuple[int, int]:
+    """(lo, hi): lo the largest batch seen to fit (0: none), hi the smallest seen not to (max_batch + 1: none).
+
+    Starts at `start` (the prediction); while the bracket is wide it gallops away from the last run (5 % of the
+    start, doubling), then it bisects until hi - lo <= max(1, tolerance x lo): exact up to 50 sequences, within
+    2 % above (each run costs real prefills). `known` holds results of earlier runs. At most max_runs calls of try_batch."""
+    known = dict(known or {})
+    lo = max([b for b, ok in known.items() if ok], default=0)
+    hi = min([b for b, ok in known.items() if not ok], default=max_batch + 1)
+    b = min(max(start, lo + 1), hi - 1, max_batch)
+    step = max(1, round(0.05 * start))
+    runs = 0
+    def bracketed() -> bool:
+        return hi - lo <= max(1, math.floor(tolerance * lo))
+
+    while not bracketed() and runs < max_runs:
+        runs += 1
+        if try_batch(b):
+            lo = b
+        else:
+            hi = b
+        if bracketed():
+            break
+        if hi - lo > 2 * step:  # the bracket is still wide: gallop from the last run, doubling the step
+            b = min(max_batch, lo + step) if b == lo else max(lo + 1, hi - step)
+            step *= 2
+        else:
+            b = (lo + hi) // 2
+    return lo, hi
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# one run under the budget
+# --------------------------------------------------------------------------------------------------------------------
+
+class Runner:
+    """Real runs of one model under a budget; every run frees what it allocated, whether it fitted or not."""
+
+    def __init__(self, lm, decoder, settings, budget, search_tokens: int):
+        self.lm, self.decoder, self.settings, self.budget = lm, decoder, settings, budget
+        # The fast engine sizes its buffers for the whole generation and decodes a few steps of it; the hf engine's
+        # cache grows as it decodes, so it must decode everything to reach its peak.
+        fast = getattr(decoder, "name", "hf") == "fast"
+        self.search_settings = (replace(settings, max_new_tokens=min(search_tokens, settings.max_new_tokens),
+                                        reserve_tokens=settings.max_new_tokens) if fast else settings)
+
+    def probe(self, method, prompts: list, context: int) -> Probe:
+        start = time.perf_counter()
+        used = error = None
+        try:
+            generation = generate_batch(self.lm, method, prompts, self.search_settings, self.decoder,
+                                        admission="cloned")
+            used = self.budget.used(generation, self.lm)
+            del generation
+            self.budget.check(used)
+        except torch.OutOfMemoryError as exc:
+            error = f"OOM: {str(exc).strip().splitlines()[0][:160]}" if str(exc).strip() else "OOM"
+        finally:
+            self.free()
+        return Probe(len(prompts), context, error is None, used, error, time.perf_counter() - start)
+
+    def free(self) -> None:
+        if hasattr(self.decoder, "release"):
+            self.decoder.release()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def capacity_cell(runner: Runner, method, prompts: tuple, context: int, max_batch: int, max_runs: int,
+                  progress: Callable[[str], None] = lambda line: None) -> tuple[int, int, int | None, list[Probe]]:
+    """(max batch, smallest failing batch, bytes-predicted max batch, probes) for one method at one context.
+    `prompts` = (first, last): the two sequences a cloned batch prefills."""
+    first, last = prompts
+    probes: list[Probe] = []
+
+    def run(batch: int) -> bool:
+        probe = runner.probe(method, [first] * (batch - 1) + [last] if batch > 1 else [first], context)
+        probes.append(probe)
+        progress(f"  batch {batch}: {'fits' if probe.fits else probe.error} ({probe.seconds:.1f} s)")
+        return probe.fits
+
+    if not run(1):
+        return 0, 1, None, probes
+    if max_batch < 2 or not run(2):
+        return 1, 2 if max_batch >= 2 else max_batch + 1, None, probes
+    predicted = predict(probes[0], probes[1], runner.budget.budget)
+    lo, hi = search(run, min(predicted or 4, max_batch), max_batch, max_runs, known={1: True, 2: True})
+    return lo, hi, predicted, probes
+
+
+def longest_context(runner: Runner, method, build: Callable[[int], object], known_fit: int, limit: int,
+                    max_runs: int, progress: Callable[[str], None] = lambda line: None) -> tuple[int, list[Probe]]:
+    """The longest context (in 1K steps) whose batch-1 generation fits; `known_fit` already fitted; `limit` is the
+    model's (positions - new tokens). Tries the limit first: on a large budget every method reaches it."""
+    probes: list[Probe] = []
+    step = 1024 if limit >= 4096 else 64
+
+    def fits(context: int) -> bool:
+        probe = runner.probe(method, [build(context)], context)
+        probes.append(probe)
+        progress(f"  context {context}: {'fits' if probe.fits else probe.error}")
+        return probe.fits
+
+    top = limit // step * step
+    if top <= known_fit or fits(top):
+        return max(top, known_fit), probes
+    lo, hi = known_fit // step, top // step  # in steps: lo fits, hi does not
+    while hi - lo > 1 and len(probes) < max_runs:
+        mid = (lo + hi) // 2
+        if fits(mid * step):
+            lo = mid
+        else:
+            hi = mid
+    return max(lo * step, known_fit), probes
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the command
+# --------------------------------------------------------------------------------------------------------------------
+
+DEFAULT_METHODS = "vanilla,knorm@0.5,knorm@0.875,snapkv@0.875,dms-8x"
+DESCRIPTION = ("For each method x context: the largest batch whose whole generation fits --budget, measured with the "
+               "allocator capped at the budget (real runs; an out-of-memory run is recorded and the search goes on), "
+               "the bytes-predicted batch beside it, the aggregate decode tok/s at that batch and at batch 1; per "
+               "method the longest context that fits at batch 1. Writes the JSON and a plot (.png) beside it.")
+
+
+def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, console=None):
+    """Every cell of cfg.contexts x cfg.methods; records are saved as they come (a cell that fails is a record)."""
+    from kvcompress import models
+    from kvcompress.checks import architecture_of
+    from kvcompress.engine.generate import HFDecoder
+    from kvcompress.report import make_console
+    from kvcompress.results import ResultFile, run_header
+    from kvcompress.runner import _public_args, preflight
+    from kvcompress.tasks.cell import Cell
+
+    console = console or make_console()
+    say = console.print
+    dtype = cfg.dtype or models.default_dtype(cfg.device)
+    header = run_header(_public_args(cfg), device=cfg.device, dtype=dtype, attn_implementation=cfg.attn_implementation,
+                        seed=cfg.settings.sampling.seed,
+                        extra={"engine": cfg.engine, "sampling": cfg.settings.sampling.describe(),
+                               "max_new_tokens": cfg.settings.max_new_tokens, "repeats": cfg.repeats,
+                               "preset": cfg.preset, "budget_bytes": budget.budget, "budget_kind": budget.kind,
+                               "search_tokens": search_tokens, "max_batch": max_batch, "search_runs": max_runs})
+    out = ResultFile(cfg.out, header)
+    budget.apply()  # before loading: the weights count towards the budget
+    try:
+        lm = models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
+                         attn_implementation=cfg.attn_implementation, seed=cfg.settings.sampling.seed)
+        out.run.update(model=lm.name, weights=lm.weights, tokenizer=lm.tokenizer_source, notes=lm.notes,
+                       architecture=architecture_of(lm.model.config))
+        if cfg.engine == "fast":
+            from kvcompress.engine.fast import FastDecoder
+
+            decoder = FastDecoder(lm)
+        else:
+            decoder = HFDecoder()
+        runner = Runner(lm, decoder, cfg.settings, budget, search_tokens)
+        seed = cfg.settings.sampling.seed
+        fitted: dict[str, int] = {}  # method -> longest context seen to fit at batch 1
+        for context in cfg.contexts:
+            pair = tuple(Cell(target_tokens=context, needle_seed=seed + b, haystack=cfg.haystack).build(lm.tokenizer)[0]
+                         for b in (0, 1))
+            for method in cfg.methods:
+                say(f"capacity: {method.name} @ {context} tok, budget {size_label(budget.budget)}")
+                for record in _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight, say):
+                    out.add(record)
+                    if not record.error and record.batch == 1:
+                        fitted[method.name] = max(fitted.get(method.name, 0), context)
+        limit = (cfg.spec.max_positions or 4 * max(cfg.contexts)) - cfg.settings.max_new_tokens
+        for method in cfg.methods:
+            if method.name not in fitted:
+                continue
+            say(f"capacity: longest context of {method.name} at batch 1")
+            def build(n: int):
+                return Cell(target_tokens=n, needle_seed=seed, haystack=cfg.haystack).build(lm.tokenizer)[0]
+
+            longest, probes = longest_context(runner, method, build, fitted[method.name], limit, max_runs, say)
+            record = _record(lm, method, cfg, longest, 1, decoder.name, "capacity_context")
+            record.capacity_budget_bytes, record.capacity_probes = budget.budget, [p.to_dict() for p in probes]
+            record.notes.append(f"longest context at batch 1: {longest} tokens" +
+                                (" (the model's position limit less the new tokens)" if longest >= limit // 1024 * 1024
+                                 else ""))
+            out.add(record)
+    finally:
+        budget.release()
+    return out
+
+
+def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight, say):
+    from kvcompress.engine import measure
+
+    reason = preflight(method, lm) or batch_problem(method, cfg.settings)
+    engine = runner.decoder.name
+    if reason is None and engine == "fast" and runner.decoder.unsupported(method, lm):
+        reason = f"fast engine cannot run this method ({runner.decoder.unsupported(method, lm)})"
+    if reason:
+        record = _record(lm, method, cfg, context, 1, engine, "capacity")
+        record.error = reason
+        say(f"  error: {reason}")
+        return [record]
+    lo, hi, predicted, probes = capacity_cell(runner, method, pair, context, max_batch, max_runs, say)
+    details = {"capacity_budget_bytes": runner.budget.budget, "capacity_max_batch": lo,
+               "capacity_predicted_batch": predicted, "capacity_probes": [p.to_dict() for p in probes]}
+    if lo == 0:
+        record = _record(lm, method, cfg, context, 1, engine, "capacity")
+        record.error = f"does not fit the budget at batch 1 ({probes[0].error})"
+        vars(record).update(details)
+        say(f"  error: {record.error}")
+        return [record]
+    records = []
+    for batch in sorted({1, lo}):
+        prompts = pair[0] if batch == 1 else [pair[0]] * (batch - 1) + [pair[1]]
+        try:
+            record = measure(lm, method, prompts, cfg.settings, runner.decoder, repeats=cfg.repeats,
+                             task="capacity", target_tokens=context, admission="cloned")
+        except torch.OutOfMemoryError as exc:
+            record = _record(lm, method, cfg, context, batch, engine, "capacity")
+            record.error = f"timed run at batch {batch}: OOM: {str(exc).strip().splitlines()[0][:120]}"
+        finally:
+            runner.free()
+        vars(record).update(details)
+        if lo < max_batch and hi - lo > 1:
+            record.notes.append(f"search stopped after {len(probes)} runs: the boundary lies in [{lo}, {hi})")
+        if lo >= max_batch:
+            record.notes.append(f"fits at --max-batch {max_batch}: the true maximum may be larger")
+        say(f"  batch {batch}: " + (record.error or f"{record.aggregate_decode_tokens_per_s:,.0f} tok/s aggregate"))
+        records.append(record)
+    return records
+
+
+def _record(lm, method, cfg, context: int, batch: int, engine: str, task: str):
+    from kvcompress.results import BenchmarkResult
+
+    return BenchmarkResult(model=lm.name, weights=lm.weights, method=method.name,
+                           compression_ratio=method.compression_ratio, engine=engine, task=task, target_tokens=context,
+                           batch=batch, expected_memory=method.expected_memory, phase=method.phase,
+                           fixed_output_length=cfg.settings.fixed_length, max_new_tokens=cfg.settings.max_new_tokens)
+
+
+def main(argv: list[str]) -> int:
+    from kvcompress import cli, plots, report
+
+    parser = cli.parser("benchmark.py capacity", DESCRIPTION,
+                        cli.Defaults(methods=DEFAULT_METHODS, contexts="8K,32K", max_new_tokens=128, repeats=1),
+                        tiny=cli.Defaults(methods="vanilla,knorm@0.5,knorm@0.875", contexts="256", max_new_tokens=8,
+                                          repeats=1),
+                        hidden=("batch", "admission", "resume"))
+    g = parser.add_argument_group("capacity")
+    g.add_argument("--budget", default=None, help="memory for weights, KV, activations and workspace, e.g. 80GiB "
+                   "(an H100's memory), 141GB (default 80GiB; tiny preset: 8MiB). On CUDA the allocator is capped at "
+                   "it; on CPU a run fits when weights + its KV bytes do")
+    g.add_argument("--search-tokens", type=int, default=4, help="decode steps of each search run; its buffers "
+                   "still hold the whole --max-new-tokens (default 4)")
+    g.add_argument("--max-batch", type=int, default=1024, help="largest batch tried (default 1024)")
+    g.add_argument("--search-runs", type=int, default=6, help="search runs per cell after the two probes at batch 1 "
+                   "and 2 that predict it (default 6)")
+    args = parser.parse_args(argv)
+    cfg = cli.resolve(args, "capacity")
+    if args.search_tokens < 2 or args.max_batch < 1 or args.search_runs < 1:
+        raise UserError("--search-tokens must be at least 2, --max-batch and --search-runs at least 1")
+    size = parse_budget(args.budget or ("8MiB" if cfg.preset == "tiny" else "80GiB"))
+    budget = AllocatorBudget(size, cfg.device) if cfg.device.type == "cuda" else BytesBudget(size)
+    out = run(cfg, budget, search_tokens=args.search_tokens, max_batch=args.max_batch, max_runs=args.search_runs)
+    console = report.make_console()
+    report.print_capacity(out.results, f"capacity — {out.run.get('model')} ({out.run.get('weights')}), budget "
+                          f"{size_label(size)} ({budget.kind}), {cfg.settings.max_new_tokens} new tokens", console)
+    figure = plots.aggregate_vs_batch(out.results, Path(cfg.out).with_suffix(".png"),
+                                      f"aggregate decode vs batch — {out.run.get('model')}, budget {size_label(size)}")
+    console.print(f"wrote {cfg.out} and {figure}")
+    return 0

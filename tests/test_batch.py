@@ -1,0 +1,133 @@
+"""Batched decode: each sequence of a batch generates what it generates alone (greedy, both engines), the batch's
+KV bytes are the sum of its sequences', and what cannot be batched is refused in one line."""
+
+import pytest
+
+from kvcompress.engine import GenerationSettings, generate_once, measure
+from kvcompress.engine.batch import generate_batch
+from kvcompress.engine.fast import FastDecoder
+from kvcompress.engine.generate import HFDecoder
+from kvcompress.engine.sampling import SamplingConfig
+from kvcompress.errors import UserError
+from kvcompress.methods import parse_method
+from kvcompress.tasks.cell import Cell
+
+from conftest import bytes_per_token
+
+SETTINGS = GenerationSettings(10, SamplingConfig(greedy=True))
+# plain, real shrink (kept lengths differ by one between the prompts: padded rows), mask-only, uneven per layer
+METHODS = ["vanilla", "knorm@0.5", "adakv+snapkv@0.5", "pyramidkv@0.5"]
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    return Cell(target_tokens=400, needle_seed=0).build_batch(tiny.tokenizer, 3)[0]
+
+
+@pytest.fixture(scope="module")
+def fast(tiny):
+    return FastDecoder(tiny)
+
+
+@pytest.fixture(scope="module")
+def alone(tiny, prompts):
+    """Each prompt run alone with the hf engine (the reference)."""
+    return {m: [generate_once(tiny, parse_method(m), p, SETTINGS, HFDecoder()) for p in prompts] for m in METHODS}
+
+
+def test_the_prompts_differ_and_the_kept_lengths_too(prompts, alone):
+    assert len({tuple(p.context_ids[0].tolist()) for p in prompts}) == 3  # distinct needles
+    knorm = [tuple(g.kv_end.tokens_per_layer) for g in alone["knorm@0.5"]]
+    assert len(set(knorm)) > 1  # kept context + question differ: the batch has padded rows to hide
+
+
+@pytest.mark.parametrize("engine", ["hf", "fast"])
+@pytest.mark.parametrize("method", METHODS)
+def test_each_sequence_of_a_batch_generates_what_it_generates_alone(tiny, prompts, alone, fast, engine, method):
+    decoder = fast if engine == "fast" else HFDecoder()
+    if engine == "hf" and method == "pyramidkv@0.5":
+        with pytest.raises(UserError, match="different lengths per layer"):
+            generate_batch(tiny, parse_method(method), prompts, SETTINGS, decoder)
+        return
+    batch = generate_batch(tiny, parse_method(method), prompts, SETTINGS, decoder)
+    reference = alone[method]
+    assert len({tuple(g.token_ids) for g in reference}) >= 2  # the sequences really differ
+    assert batch.batch_token_ids == [g.token_ids for g in reference]
+    assert batch.kv_after.bytes == sum(g.kv_after.bytes for g in reference)
+    assert batch.kv_after.live_bytes == sum(g.kv_after.live_bytes for g in reference)
+    # live entries at the end: each sequence's own, pads excluded
+    assert batch.kv_end.live_bytes == sum(g.kv_end.live_bytes for g in reference)
+
+
+def test_both_engines_hold_the_same_batch_bytes_at_the_end(tiny, prompts, fast):
+    hf = generate_batch(tiny, parse_method("knorm@0.5"), prompts, SETTINGS, HFDecoder())
+    fa = generate_batch(tiny, parse_method("knorm@0.5"), prompts, SETTINGS, fast)
+    assert fa.kv_end.bytes == hf.kv_end.bytes and fa.kv_end.tokens_per_layer == hf.kv_end.tokens_per_layer
+
+
+def test_vanilla_batch_bytes_are_the_sequences_tokens_times_bytes_per_token(tiny, prompts, fast):
+    g = generate_batch(tiny, parse_method("vanilla"), prompts, SETTINGS, fast)
+    assert g.kv_after.bytes == sum(p.context_tokens for p in prompts) * bytes_per_token(tiny.model)
+
+
+def test_sampled_sequences_match_alone_with_their_own_seed(tiny, prompts, fast):
+    """Sequence b samples with seed + b: the same tokens as the prompt run alone with that seed."""
+    hot = SamplingConfig(temperature=8.0, top_p=0.95, seed=3)
+    settings = GenerationSettings(16, hot)
+    batch = generate_batch(tiny, parse_method("vanilla"), prompts, settings, fast)
+    for b, prompt in enumerate(prompts):
+        own = GenerationSettings(16, SamplingConfig(temperature=8.0, top_p=0.95, seed=3 + b))
+        assert batch.batch_token_ids[b] == generate_once(tiny, parse_method("vanilla"), prompt, own, HFDecoder()).token_ids
+
+
+def test_a_batch_record_has_batch_figures(tiny, prompts, fast):
+    r = measure(tiny, parse_method("knorm@0.5"), prompts, SETTINGS, fast, repeats=1, warmup=False)
+    assert r.batch == 3 and r.identity()[-1] == 3
+    assert len(r.ttft_sequences_s) == 3 and r.ttft_s == sorted(r.ttft_sequences_s)[1]
+    assert r.batch_admit_s >= sum(r.ttft_sequences_s) * 0.99
+    assert abs(r.aggregate_decode_tokens_per_s - 3 * r.decode_tokens_per_s) < 1e-6
+    # one step of the batch, timed over the steps after the first (which captures the fast engine's graph)
+    assert 0 < r.tpot_ms * (r.output_tokens - 2) / 1000 <= r.e2e_s - r.batch_admit_s
+    assert r.context_tokens_total == sum(p.context_tokens for p in prompts)
+
+
+def test_batched_generations_release_the_buffers_between_repeats(tiny, prompts, fast, monkeypatch):
+    """A batch that fits once must fit every repeat: the last run's buffers may not sit beside the next admission."""
+    import kvcompress.engine.batch as batch_module
+
+    states = []
+    real = batch_module._prefill
+
+    def watched(*args, **kwargs):
+        states.append(fast._state)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch_module, "_prefill", watched)
+    measure(tiny, parse_method("vanilla"), prompts, SETTINGS, fast, repeats=2, warmup=True)
+    assert len(states) == 4 * 3 and all(s is None for s in states)
+
+
+def test_batch_one_records_keep_their_meaning(run_method):
+    r = run_method("knorm@0.5", max_new_tokens=6)
+    assert r.batch == 1 and r.batch_admit_s == r.ttft_s
+    assert r.aggregate_decode_tokens_per_s == r.decode_tokens_per_s
+    assert r.tpot_ms == pytest.approx((r.e2e_s - r.ttft_s) * 1000 / (r.output_tokens - 1))
+
+
+def test_cloned_admission_prefills_two_and_copies_the_rest(tiny, prompts, fast):
+    many = [prompts[0]] * 3 + [prompts[1]]
+    g = generate_batch(tiny, parse_method("knorm@0.5"), many, SETTINGS, fast, admission="cloned")
+    alone = [generate_once(tiny, parse_method("knorm@0.5"), p, SETTINGS, HFDecoder()) for p in prompts[:2]]
+    assert len(g.ttft_each_s) == 2
+    assert g.batch_token_ids == [alone[0].token_ids] * 3 + [alone[1].token_ids]
+    assert g.kv_after.bytes == 3 * alone[0].kv_after.bytes + alone[1].kv_after.bytes
+
+
+@pytest.mark.parametrize("method, reason", [
+    ("decoding+knorm[compression_interval=4,target_size=64]", "decoding-phase press"),
+    ("dms-8x", "DMS-8x"),
+])
+def test_what_cannot_be_batched_is_refused_in_one_line(tiny, prompts, fast, method, reason):
+    with pytest.raises(UserError, match=reason) as exc:
+        generate_batch(tiny, parse_method(method), prompts, SETTINGS, fast)
+    assert "\n" not in str(exc.value)

@@ -1,0 +1,128 @@
+"""Capacity search: the boundary found by real runs under a budget, out-of-memory runs recorded instead of fatal.
+
+On CPU the budget is BytesBudget (weights + the batch's KV bytes read from the cache tensors): the same search code
+the GPU runs under the capped allocator, with a limit the tests can compute independently from the config."""
+
+import json
+
+import pytest
+import torch
+
+from kvcompress import capacity
+from kvcompress.capacity import BytesBudget, Probe, Runner, capacity_cell, parse_budget, predict, search
+from kvcompress.engine import GenerationSettings
+from kvcompress.engine.fast import FastDecoder
+from kvcompress.engine.sampling import SamplingConfig
+from kvcompress.errors import UserError
+from kvcompress.methods import parse_method
+from kvcompress.tasks.cell import Cell
+
+from conftest import bytes_per_token
+
+NEW = 6  # --max-new-tokens of the generation whose memory must fit
+
+
+def test_budget_sizes_parse_and_bad_ones_are_refused():
+    assert parse_budget("80GiB") == 80 * 2**30
+    assert parse_budget("141GB") == 141 * 10**9
+    assert parse_budget("1.5 MiB") == 3 * 2**19
+    for bad in ("80 parsecs", "-3GiB", "", "GiB"):
+        with pytest.raises(UserError):
+            parse_budget(bad)
+
+
+@pytest.mark.parametrize("boundary", [1, 7, 13, 90, 437])
+@pytest.mark.parametrize("start_error", [0.7, 0.95, 1.0, 1.08, 1.6])
+def test_search_finds_the_boundary_from_a_wrong_prediction(boundary, start_error):
+    runs = []
+
+    def fits(batch):
+        runs.append(batch)
+        return batch <= boundary
+
+    start = max(1, round(boundary * start_error))
+    lo, hi = search(fits, start, 1024, max_runs=20)
+    assert lo <= boundary < hi and hi - lo <= max(1, 0.02 * boundary)  # exact up to 50, within 2 % above
+    if boundary <= 50:
+        assert (lo, hi) == (boundary, boundary + 1)
+    assert len(runs) == len(set(runs))  # never the same batch twice
+    if start_error in (0.95, 1.0, 1.08):  # a prediction within 10 %: a few runs
+        assert len(runs) <= 7
+
+
+def test_search_stops_after_max_runs_with_a_bracket():
+    lo, hi = search(lambda b: b <= 500, 10, 1024, max_runs=3)
+    assert lo < 500 < hi or (lo <= 500 and hi > 1024)
+
+
+def test_prediction_takes_the_tighter_phase():
+    one = Probe(1, 0, True, {"prefill": 100, "decode": 60}, None, 0)
+    two = Probe(2, 0, True, {"prefill": 110, "decode": 80}, None, 0)
+    # prefill: 100 + 10 (b - 1) <= 300 -> b <= 21; decode: 60 + 20 (b - 1) <= 300 -> b <= 13
+    assert predict(one, two, 300) == 13
+
+
+@pytest.fixture(scope="module")
+def pair(tiny):
+    return tuple(Cell(target_tokens=400, needle_seed=b).build(tiny.tokenizer)[0] for b in (0, 1))
+
+
+def _runner(tiny, budget_bytes):
+    settings = GenerationSettings(NEW, SamplingConfig(greedy=True))
+    return Runner(tiny, FastDecoder(tiny), settings, BytesBudget(budget_bytes), search_tokens=2)
+
+
+def test_capacity_search_on_a_cpu_budget_finds_the_byte_boundary(tiny, pair):
+    assert pair[0].input_tokens == pair[1].input_tokens == 400
+    # vanilla keeps every input token; the fast engine's buffers add room for the NEW - 1 tokens still to come
+    per_sequence = bytes_per_token(tiny.model) * (400 + NEW - 1)
+    budget = tiny.weights_bytes + int(5.5 * per_sequence)
+    runner = _runner(tiny, budget)
+    assert runner.search_settings.max_new_tokens == 2 and runner.search_settings.reserve_tokens == NEW
+    lo, hi, predicted, probes = capacity_cell(runner, parse_method("vanilla"), pair, 400, max_batch=64, max_runs=6)
+    assert (lo, hi) == (5, 6) and predicted == 5
+    failed = [p for p in probes if not p.fits]
+    assert failed and all(p.batch >= 6 and "OOM" in p.error for p in failed)
+    assert runner.decoder._state is None  # every probe released its buffers
+
+
+def test_a_cell_that_does_not_fit_at_batch_one_is_recorded_not_fatal(tiny, pair):
+    runner = _runner(tiny, tiny.weights_bytes + 1000)
+    lo, hi, predicted, probes = capacity_cell(runner, parse_method("vanilla"), pair, 400, max_batch=64, max_runs=6)
+    assert (lo, hi, predicted) == (0, 1, None)
+    assert len(probes) == 1 and not probes[0].fits and "budget exceeded" in probes[0].error
+
+
+def test_a_real_out_of_memory_error_is_caught_and_the_memory_released(tiny, pair, monkeypatch):
+    """What the capped CUDA allocator raises in the middle of a run (here: inside the decode)."""
+    runner = _runner(tiny, 2**40)
+    real = FastDecoder.decode_batch
+
+    def exhausted(self, lm, admitted, *args):
+        if len(admitted) > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, lm, admitted, *args)
+
+    monkeypatch.setattr(FastDecoder, "decode_batch", exhausted)
+    lo, hi, _, probes = capacity_cell(runner, parse_method("knorm@0.5"), pair, 400, max_batch=64, max_runs=14)
+    assert (lo, hi) == (3, 4)
+    assert any(p.error and "Tried to allocate" in p.error for p in probes)
+
+
+def test_the_capacity_command_writes_records_a_table_and_a_plot(tmp_path, capsys):
+    out = tmp_path / "capacity.json"
+    # 256 tokens fit a few sequences; 4096 tokens do not fit even alone: that cell becomes an error record
+    code = capacity.main(["--preset", "tiny", "--methods", "vanilla", "--contexts", "256,4096", "--budget", "3MiB",
+                          "--max-new-tokens", "4", "--search-runs", "3", "--out", str(out)])
+    assert code == 0
+    records = json.loads(out.read_text())["results"]
+    cells = {(r["task"], r["target_tokens"], r["batch"]): r for r in records}
+    small = [r for r in records if r["task"] == "capacity" and r["target_tokens"] == 256 and r["batch"] > 1]
+    assert small and small[0]["capacity_max_batch"] == small[0]["batch"] and small[0]["aggregate_decode_tokens_per_s"]
+    assert small[0]["capacity_probes"] and small[0]["admission"] == "cloned"
+    big = cells[("capacity", 4096, 1)]
+    assert big["error"].startswith("does not fit the budget at batch 1") and big["capacity_max_batch"] == 0
+    longest = [r for r in records if r["task"] == "capacity_context"]
+    assert longest and 256 <= longest[0]["target_tokens"] < 4096
+    assert (tmp_path / "capacity.png").stat().st_size > 0
+    assert "max batch" in capsys.readouterr().out
