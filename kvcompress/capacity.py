@@ -57,7 +57,9 @@ class AllocatorBudget:
     kind = "cuda_allocator_cap"
 
     def __init__(self, budget: int, device: torch.device):
-        self.budget, self.device = budget, device
+        # set_per_process_memory_fraction needs an indexed device ("cuda" alone is refused)
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        self.budget, self.device = budget, torch.device(device.type, index)
 
     def apply(self) -> None:
         total = torch.cuda.get_device_properties(self.device).total_memory
