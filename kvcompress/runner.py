@@ -19,12 +19,13 @@ from kvcompress import models
 from kvcompress.checks import architecture_of
 from kvcompress.cli import RunConfig
 from kvcompress.engine import measure
+from kvcompress.engine.measure import measure_questions
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.errors import UserError
 from kvcompress.methods import Method
 from kvcompress.report import make_console
 from kvcompress.results import BenchmarkResult, ResultFile, run_header
-from kvcompress.tasks import niah
+from kvcompress.tasks import contract, niah
 from kvcompress.tasks.cell import Cell
 
 console = make_console()
@@ -57,6 +58,15 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
             prompt, needle = cell.build(lm.tokenizer)
             for method in local:
                 done += 1
+                if cell.questions > 1:  # one compression, several answers: records per question
+                    for record in run_cell_questions(lm, method, prompt, needle, cell, cfg.settings, task, out,
+                                                     cfg.resume):
+                        record.process = "main"
+                        if annotate:
+                            annotate(record, method)
+                        out.add(record)
+                        console.print(f"[{done}/{total}] q{record.question_index} {progress_line(record)}")
+                    continue
                 identity_probe = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt,
                                            cfg.settings)
                 if cfg.resume and out.done(identity_probe.identity()):
@@ -87,6 +97,7 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
 def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: int, decoders: dict, task: str
              ) -> BenchmarkResult:
     """Measure one method on one prompt, or return a record that says in one line why it could not be measured."""
+    method = method.for_context(prompt.context_tokens, lm.model, cell.target_tokens)  # a budget becomes a ratio
     decoder, engine_note = pick_decoder(decoders, method, lm)
     skeleton = _skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, settings)
     reason = preflight(method, lm)
@@ -111,9 +122,59 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
         return skeleton
     record.engine_note = engine_note
     record.depth, record.prompt_id = cell.depth if needle else None, cell.prompt_id
-    if needle is not None:
-        niah.grade(record, needle, prompt)  # needle, correct, score, depth reached, unfinished thinking
+    record.kv_budget = method.budget_label
+    grade(record, needle, prompt, cell)
     return record
+
+
+def grade(record: BenchmarkResult, needle, prompt, cell: Cell, index: int = 0) -> None:
+    """needle, correct, score, depth reached, unfinished thinking: niah's needle or a tasks/contract.py task."""
+    if needle is None:
+        return
+    if isinstance(needle, contract.TaskContext):
+        contract.grade(record, needle, prompt, index)
+    else:
+        niah.grade(record, needle, prompt)
+        record.task_family, record.scorer, record.expected = "niah", "niah", list(needle.values)
+
+
+def run_cell_questions(lm, method: Method, prompt, task, cell: Cell, settings, task_name: str, out: ResultFile,
+                       resume: bool) -> list[BenchmarkResult]:
+    """--questions K: the cell's K questions answered from one compression (engine.measure_questions), one record
+    each (prompt_id .../q<i>); an error becomes K error records."""
+    questions = prompt.meta["questions"]
+    skeletons = []
+    for i in range(len(questions)):
+        skeleton = _skeleton(lm.name, lm.weights, method, cell, task, task_name, {"hf": None}, prompt, settings)
+        skeleton.prompt_id, skeleton.question_index, skeleton.questions_per_context = \
+            f"{cell.prompt_id}/q{i}", i, len(questions)
+        skeletons.append(skeleton)
+    if resume and all(out.done(s.identity()) for s in skeletons):
+        console.print(f"{method.name} @ {cell.target_tokens}: {len(questions)} questions already in {out.path}, skipped")
+        return []
+    reason = preflight(method, lm) or (
+        "several questions over one cache need a prefill press (not a decoding press)"
+        if method.compresses_during_decoding else None)
+    try:
+        sized = method.for_context(prompt.context_tokens, lm.model, cell.target_tokens)
+        if reason is None:
+            records = measure_questions(lm, sized, prompt, questions, settings, task=task_name,
+                                        target_tokens=cell.target_tokens)
+    except UserError as exc:
+        reason = str(exc)
+    except Exception as exc:  # noqa: BLE001 - one failing press must not end the run
+        if os.environ.get("KVCOMPRESS_DEBUG"):
+            console.print_exception()
+        reason = one_line(exc)
+        _free_memory()
+    if reason:
+        for s in skeletons:
+            s.error = reason
+        return skeletons
+    for i, (record, skeleton) in enumerate(zip(records, skeletons)):
+        record.depth, record.prompt_id, record.kv_budget = skeleton.depth, skeleton.prompt_id, sized.budget_label
+        grade(record, task, prompt, cell, i)
+    return records
 
 
 def preflight(method: Method, lm) -> str | None:
@@ -179,6 +240,9 @@ def progress_line(r: BenchmarkResult) -> str:
     if r.error:
         return f"{where}: [red]error[/red] {escape(r.error)}"
     found = "" if r.correct is None else (" [green]found[/green]" if r.correct else " [red]missed[/red]")
+    if r.ttft_s is None:  # --questions: one answer over a shared compressed context (not timed per token)
+        return (f"{where}: answer {r.e2e_s:.3f} s, KV {r.kv_cache_bytes / 2**20:.1f} MiB ({r.kv_tokens_kept:.0f} kept)"
+                f"{found}")
     return (f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s, KV {r.kv_cache_bytes / 2**20:.1f} MiB"
             f" ({r.kv_tokens_kept:.0f} kept){found}")
 
