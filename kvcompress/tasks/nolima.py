@@ -29,7 +29,8 @@ FILLER = ["{} read a short letter by the window.", "{} fixed the squeaky hinge o
 DISTRACTORS = 2  # characters who appear without any place
 
 
-def make(seed: int, questions: int = 1) -> TaskContext:
+def make(seed: int, questions: int = 1, literal: bool = False) -> TaskContext:
+    """`literal`: the control variant, whose question names the landmark itself (literal matching finds it)."""
     if questions > len(LANDMARKS) or questions + DISTRACTORS > len(NAMES):
         raise UserError(f"nolima has {len(LANDMARKS)} landmarks: at most that many questions")
     rng = random.Random(seed)
@@ -38,11 +39,12 @@ def make(seed: int, questions: int = 1) -> TaskContext:
     asked, others = names[:questions], names[questions:]
     sentences = [NEEDLE.format(n, landmark) for n, (landmark, _) in zip(asked, places)]
     sentences += [rng.choice(FILLER).format(n) for n in others]
-    qs = [Question(f"Which character has been to {city}? Answer with the name only.", [name],
+    where = [f"the {landmark}" if literal else city for landmark, city in places]
+    qs = [Question(f"Which character has been to {w}? Answer with the name only.", [name],
                    scorer="string_match_part", distractors=[n for n in names if n != name],
-                   answer_prefix=f"The character who has been to {city} is")
-          for name, (_, city) in zip(asked, places)]
-    return TaskContext("nolima", qs, sentences,
+                   answer_prefix=f"The character who has been to {w} is")
+          for name, w in zip(asked, where)]
+    return TaskContext("nolima-literal" if literal else "nolima", qs, sentences,
                        label="nolima:" + ",".join(f"{n}@{landmark}" for n, (landmark, _) in zip(asked, places)))
 
 
