@@ -52,11 +52,6 @@ class TaskContext:
     def uses_haystack(self) -> bool:
         return self.make_body is None
 
-    # niah's prompt placement reads these two
-    @property
-    def question(self) -> str:
-        return self.questions[0].text
-
 
 @dataclass
 class TaskPrompt:

@@ -19,13 +19,13 @@ FAMILIES = {
 }
 MAKERS = {"multiquery": multiquery.make, "vt": variable_tracking.make, "cwe": common_words.make,
           "fwe": frequent_words.make, "nolima": nolima.make}
-DEFAULT = "niah,multiquery,vt,nolima"  # cwe and fwe fill the whole context with the list: costlier answers
+CHEAP = "niah,multiquery,vt,nolima"  # `--tasks cheap`: short answers (cwe lists 10 words, fwe reads a whole list)
 HAYSTACK_FREE = ("cwe", "fwe")  # their context is their own list: no haystack, no depth
 SINGLE_QUESTION = ("cwe", "fwe")  # one natural question per context
 
 
 def parse_tasks(text: str) -> list[str]:
-    names = [t.strip() for t in text.split(",") if t.strip()]
+    names = [t.strip() for t in (CHEAP if text.strip() == "cheap" else text).split(",") if t.strip()]
     unknown = [t for t in names if t not in FAMILIES]
     if unknown:
         raise UserError(f"unknown task {unknown[0]!r}; choose from {', '.join(FAMILIES)}")

@@ -2,7 +2,8 @@
 
 After RULER's template (scripts/data/synthetic/variable_tracking.py): each chain starts with `VAR A = <number>`
 and passes the value along `hops` assignments; the question gives the number and the answer must name every
-variable of its chain (string_match_all). There are always at least two chains, so an answer that lists every
+variable of its chain (string_match_all). Unlike RULER, no answer prefix follows the assistant header: with it,
+SmolLM2 continued the haystack instead of answering; the question asks for the names instead. There are always at least two chains, so an answer that lists every
 variable it saw names another chain's variables and is not correct. The links of all chains are interleaved in
 order (each assignment after the one it copies), from the requested depth to the end of the haystack.
 """
