@@ -210,3 +210,23 @@ def test_questions_in_the_script_record_each_answer_and_the_compression_once(tmp
         assert r["protocol"] == "query_agnostic_shared"
     assert test_long_context.main(argv + ["--resume"]) == 0
     assert json.loads(out.read_text())["results"] == records
+
+
+def test_answer_length_change_pairs_the_same_prompts_and_pareto_keeps_the_points(tmp_path):
+    from PIL import Image
+
+    from kvcompress import plots
+    from kvcompress.equal_memory import answer_length_change
+    from kvcompress.results import BenchmarkResult
+
+    def rec(method, prompt, tokens):
+        return BenchmarkResult(model="m", weights="pretrained", method=method, task_family="vt", target_tokens=1024,
+                               depth=0.5, prompt_id=prompt, answer_tokens=tokens)
+    records = [rec("vanilla", "a", 10), rec("vanilla", "b", 20), rec("knorm@0.875", "a", 16),
+               rec("knorm@0.875", "b", 20), rec("knorm@0.875", "c", 99)]  # c has no vanilla pair
+    change = answer_length_change(records)
+    assert change["knorm@0.875"] == (3.0, 2) and change["vanilla"] is None
+    points = [{"method": "vanilla", "target_tokens": 1024, "kv_bytes": 8 * 2**20, "score": 0.9, "n": 3},
+              {"method": "knorm@0.875", "target_tokens": 1024, "kv_bytes": 2**20, "score": 0.4, "n": 3}]
+    path = plots.accuracy_vs_kv(points, tmp_path / "p.png", "t")
+    assert json.loads(Image.open(path).info["Description"]) == points
