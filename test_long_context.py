@@ -5,14 +5,20 @@
     uv run python test_long_context.py --thinking                   # Qwen3 thinking mode (4096-token budget)
     uv run python test_long_context.py --model smollm2 --contexts 1K,2K --methods vanilla,snapkv@0.5   # CPU, real
     uv run python test_long_context.py --preset tiny                # CPU pipeline check
+    uv run python test_long_context.py --tasks niah,multiquery,vt,cwe,fwe,nolima   # RULER-style tasks
+    uv run python test_long_context.py --tasks vt,nolima --questions 3     # 3 questions per compressed context
+    uv run python test_long_context.py --methods vanilla,knorm@2048tok,snapkv@64MiB   # kept budgets, not ratios
+    uv run python test_long_context.py --methods knorm@0.5 --match-kv dms-8x --match-from DMS.json
 """
 
 import re
 import sys
+from pathlib import Path
 
 from kvcompress import cli
 from kvcompress.errors import UserError
-from kvcompress.tasks import niah_grid
+from kvcompress.equal_memory import matched_methods
+from kvcompress.tasks import families, niah_grid
 from kvcompress.tasks.niah import NEEDLE_KINDS
 
 PRESSES = "knorm,expected_attention,snapkv,streaming_llm"
@@ -26,7 +32,9 @@ DESCRIPTION = (
     "7-digit values); its answer counts as found when it contains every value as a whole number (thinking "
     "removed, verbosity fine) and no distractor's value. Prints found/trials per cell, writes the JSON and one "
     "depth x length heatmap PNG per method. End-of-sequence ends each answer (its length is recorded); answers "
-    "are greedy unless --thinking or --sample."
+    "are greedy unless --thinking or --sample. --tasks adds RULER-style task families (scored with RULER's "
+    "string_match_all / string_match_part): a table of mean score per task x method x context, the answer-length "
+    "change against vanilla, one heatmap per task and method and an accuracy-vs-KV-bytes plot of all methods."
 )
 
 
@@ -47,7 +55,18 @@ def main(argv=None) -> int:
                    f"{niah_grid.MIN_THINKING_BUDGET} so a think block can finish")
     g.add_argument("--sample", action="store_true", help="sample with --temperature/--top-p instead of greedy "
                    "(the default with --thinking, as Qwen3 advises)")
+    t = parser.add_argument_group("tasks and equal memory")
+    t.add_argument("--tasks", default="niah", help="task families, comma-separated: " + "; ".join(
+        f"{k}: {v}" for k, v in families.FAMILIES.items()) + f" (default niah, the needle alone; 'cheap' = {families.CHEAP})")
+    t.add_argument("--questions", type=int, default=1, help="K questions per context, all answered from one "
+                   "compression (the cache cropped back to the compressed context after each answer); records per "
+                   "question, the compression time counted once (default 1: the timed single-question path)")
+    t.add_argument("--match-kv", metavar="METHOD", help="add every press of --methods that takes a kept budget at "
+                   "METHOD's measured KV bytes per context length (e.g. dms-8x), read from --match-from")
+    t.add_argument("--match-from", type=Path, metavar="FILE", help="results JSON holding METHOD's records "
+                   "(default: --out, with --resume)")
     args = parser.parse_args(argv)
+    tasks = families.parse_tasks(args.tasks)
     depths = niah_grid.parse_depths(args.depths)
     if args.sample and args.greedy:
         raise UserError("--sample and --greedy contradict each other")
@@ -55,14 +74,24 @@ def main(argv=None) -> int:
     if args.thinking and args.max_new_tokens is None:
         args.max_new_tokens = niah_grid.THINKING_BUDGET
     cfg = cli.resolve(args, "long_context", fixed_length=False)
+    if args.questions > 1 and any(m.kind == "dms" or m.compresses_during_decoding for m in cfg.methods):
+        raise UserError("--questions > 1 needs prefill presses: DMS-8x and decoding presses change the shared "
+                        "context while they answer (drop them or use --questions 1)")
+    if args.match_kv:
+        source = args.match_from or (cfg.out if cfg.resume else None)
+        if source is None:
+            raise UserError(f"--match-kv {args.match_kv}: pass the file holding its records with --match-from")
+        cfg.methods = matched_methods(cfg.methods, args.match_kv, source, cfg.contexts)
     if args.thinking and cfg.settings.max_new_tokens < niah_grid.MIN_THINKING_BUDGET:
         raise UserError(f"--thinking needs --max-new-tokens >= {niah_grid.MIN_THINKING_BUDGET} (a cut-off think "
                         "block is scored as no answer)")
     args.trials = args.trials if args.trials is not None else (1 if cfg.preset == "tiny" else 3)
     cells = niah_grid.grid_cells(cfg.contexts, depths, args.trials, kind=args.needle, count=args.needles,
-                                 haystack=cfg.haystack, thinking=args.thinking, seed=cfg.settings.sampling.seed)
+                                 haystack=cfg.haystack, thinking=args.thinking, seed=cfg.settings.sampling.seed,
+                                 tasks=tuple(tasks), questions=args.questions)
     grid = {"depths": depths, "trials": args.trials, "needle": args.needle, "needles": args.needles,
-            "haystack": cfg.haystack, "thinking": args.thinking}
+            "haystack": cfg.haystack, "thinking": args.thinking, "tasks": tasks, "questions": args.questions,
+            "match_kv": args.match_kv}
     from kvcompress import plots, report, runner  # torch, transformers, matplotlib: once the arguments are good
 
     out = runner.run(cfg, cells, task="long_context", header_extra={"niah": grid})
@@ -72,12 +101,24 @@ def main(argv=None) -> int:
     weights = out.run.get("weights") or next((r.weights for s in summaries for r in s.records), "?")
     what = (f"{args.needle} needle, {cfg.haystack} haystack, {'thinking' if args.thinking else 'no thinking'}, "
             f"{cfg.settings.sampling.describe()}")
-    report.print_niah(summaries, f"needle in a haystack — {model} ({weights}), {what}")
-    for method, method_cells in niah_grid.by_method(summaries).items():
-        path = cfg.out.with_name(f"{cfg.out.stem}-heatmap-{re.sub(r'[^A-Za-z0-9_.@=-]+', '_', method)}.png")
-        plots.retrieval_heatmap({(s.target_tokens, s.depth): (s.found, s.total) for s in method_cells}, path,
-                                f"{method} — {model}\n{what}")
+    if tasks == ["niah"] and args.questions == 1:
+        report.print_niah(summaries, f"needle in a haystack — {model} ({weights}), {what}")
+    else:
+        records = [r for s in summaries for r in s.records]
+        report.print_tasks(summaries, records, f"long-context tasks — {model} ({weights}), {what}")
+        path = plots.accuracy_vs_kv(niah_grid.pareto_points(summaries), cfg.out.with_name(f"{cfg.out.stem}-pareto.png"),
+                                    f"score vs KV bytes held — {model}, {', '.join(tasks)}")
         runner.console.print(f"wrote {path}")
+    for family, family_cells in niah_grid.by_task(summaries).items():
+        for method, method_cells in niah_grid.by_method(family_cells).items():
+            tag = "" if family == "niah" else f"{family}-"
+            safe = re.sub(r"[^A-Za-z0-9_.@=-]+", "_", method)
+            path = cfg.out.with_name(f"{cfg.out.stem}-heatmap-{tag}{safe}.png")
+            cells = {(s.target_tokens, s.depth): (s.found, s.total) for s in method_cells}
+            scores = None if family == "niah" else {(s.target_tokens, s.depth): s.mean_score or 0.0
+                                                    for s in method_cells}
+            plots.retrieval_heatmap(cells, path, f"{family}: {method} — {model}\n{what}", scores=scores)
+            runner.console.print(f"wrote {path}")
     runner.console.print(f"wrote {cfg.out}")
     return 0
 

@@ -118,11 +118,8 @@ def identity(job, cell, method: str) -> tuple:
 
 
 def error_record(job, cell, method: str, reason: str) -> BenchmarkResult:
-    from kvcompress.tasks import niah
-
     model, weights = model_name(job)
-    needle = None if cell.text is not None else niah.make_needle(cell.needle_kind, cell.needle_seed,
-                                                                 cell.needle_count).label
+    needle = None if cell.text is not None else cell.task().label
     return BenchmarkResult(model=model, weights=weights, method=method, task=job["task"],
                            target_tokens=cell.target_tokens, prompt_id=cell.prompt_id, needle=needle,
                            depth=cell.depth if needle else None, error=reason or None, process="isolated",

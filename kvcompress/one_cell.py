@@ -13,12 +13,13 @@ from rich.markup import escape
 
 from kvcompress.engine import measure
 from kvcompress.engine.batch import batch_problem
+from kvcompress.engine.measure import measure_questions
 from kvcompress.errors import UserError
 from kvcompress.hub import hub_available
 from kvcompress.methods import Method
 from kvcompress.report import context_label, make_console
 from kvcompress.results import BenchmarkResult
-from kvcompress.tasks import niah
+from kvcompress.tasks import contract, niah
 from kvcompress.tasks.cell import Cell
 
 console = make_console()
@@ -28,31 +29,34 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
              admission: str = "each") -> BenchmarkResult:
     """Measure one method on one prompt (or a list of prompts: one batch), or return a record that says in one line
     why it could not be measured."""
-    decoder, engine_note = pick_decoder(decoders, method, lm)
     batch = len(prompt) if isinstance(prompt, list) else 1
     first = prompt[0] if batch > 1 else prompt  # a batch's record is graded on its first sequence (the cell's needle)
+    method = method.for_context(first.context_tokens, lm.model, cell.target_tokens)  # a budget becomes a ratio
+    decoder, engine_note = pick_decoder(decoders, method, lm)
     blank = skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, first, settings, batch)
     reason = preflight(method, lm) or (batch_problem(method, settings) if batch > 1 else None)
     if reason:
         blank.error = reason
         return blank
+    error = None
     try:
         if method.native_dms:
             method = prepare_dms(lm, method, first)
         record = measure(lm, method, prompt, settings, decoder, repeats=repeats, task=task,
                          target_tokens=cell.target_tokens, admission=admission)
     except torch.OutOfMemoryError as exc:
-        free_memory()
-        blank.error = f"CUDA OOM: {str(exc).splitlines()[0][:160]}"
-        return blank
+        error = f"CUDA OOM: {str(exc).splitlines()[0][:160]}"
     except UserError as exc:
-        blank.error = str(exc)
-        return blank
+        error = str(exc)
     except Exception as exc:  # noqa: BLE001 - one failing press must not end the run
         if os.environ.get("KVCOMPRESS_DEBUG"):
             console.print_exception()
-        blank.error = one_line(exc)
+        error = one_line(exc)
+    if error is not None:
+        # Outside the except clause: the exception's traceback (and every tensor its frames hold, e.g. a batch's
+        # admitted caches) is gone by now, so the memory really returns before the next cell.
         free_memory()
+        blank.error = error
         return blank
     record.engine_note = engine_note
     if method.kind == "dms":
@@ -61,9 +65,59 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
             record.dms_layout = getattr(decoder, "dms_layout", None) or "mask, no reclaim"
             record.dms_decisions = method.dms_params.decisions
     record.depth, record.prompt_id = cell.depth if needle else None, cell.prompt_id
-    if needle is not None:
-        niah.grade(record, needle, first)  # needle, correct, score, depth reached, unfinished thinking
+    record.kv_budget = method.budget_label
+    grade(record, needle, first, cell)
     return record
+
+
+def grade(record: BenchmarkResult, needle, prompt, cell: Cell, index: int = 0) -> None:
+    """needle, correct, score, depth reached, unfinished thinking: niah's needle or a tasks/contract.py task."""
+    if needle is None:
+        return
+    if isinstance(needle, contract.TaskContext):
+        contract.grade(record, needle, prompt, index)
+    else:
+        niah.grade(record, needle, prompt)
+        record.task_family, record.scorer, record.expected = "niah", "niah", list(needle.values)
+
+
+def run_cell_questions(lm, method: Method, prompt, task, cell: Cell, settings, task_name: str, out,
+                       resume: bool) -> list[BenchmarkResult]:
+    """--questions K: the cell's K questions answered from one compression (engine.measure_questions), one record
+    each (prompt_id .../q<i>); an error becomes K error records."""
+    questions = prompt.meta["questions"]
+    blanks = []
+    for i in range(len(questions)):
+        blank = skeleton(lm.name, lm.weights, method, cell, task, task_name, {"hf": None}, prompt, settings)
+        blank.prompt_id, blank.question_index, blank.questions_per_context = \
+            f"{cell.prompt_id}/q{i}", i, len(questions)
+        blanks.append(blank)
+    if resume and all(out.done(s.identity()) for s in blanks):
+        console.print(f"{method.name} @ {cell.target_tokens}: {len(questions)} questions already in {out.path}, skipped")
+        return []
+    reason = preflight(method, lm) or (
+        "several questions over one cache need a prefill press (not a decoding press)"
+        if method.compresses_during_decoding else None)
+    try:
+        sized = method.for_context(prompt.context_tokens, lm.model, cell.target_tokens)
+        if reason is None:
+            records = measure_questions(lm, sized, prompt, questions, settings, task=task_name,
+                                        target_tokens=cell.target_tokens)
+    except UserError as exc:
+        reason = str(exc)
+    except Exception as exc:  # noqa: BLE001 - one failing press must not end the run
+        if os.environ.get("KVCOMPRESS_DEBUG"):
+            console.print_exception()
+        reason = one_line(exc)
+    if reason:
+        free_memory()
+        for s in blanks:
+            s.error = reason
+        return blanks
+    for i, (record, blank) in enumerate(zip(records, blanks)):
+        record.depth, record.prompt_id, record.kv_budget = blank.depth, blank.prompt_id, sized.budget_label
+        grade(record, task, prompt, cell, i)
+    return records
 
 
 def prepare_dms(lm, method: Method, prompt) -> Method:
@@ -131,6 +185,9 @@ def progress_line(r: BenchmarkResult) -> str:
     if r.error:
         return f"{where}: [red]error[/red] {escape(r.error)}"
     found = "" if r.correct is None else (" [green]found[/green]" if r.correct else " [red]missed[/red]")
+    if r.ttft_s is None:  # --questions: one answer over a shared compressed context (not timed per token)
+        return (f"{where}: answer {r.e2e_s:.3f} s, KV {r.kv_cache_bytes / 2**20:.1f} MiB ({r.kv_tokens_kept:.0f} kept)"
+                f"{found}")
     aggregate = (f" ({r.aggregate_decode_tokens_per_s:.0f} aggregate)"
                  if r.batch > 1 and r.aggregate_decode_tokens_per_s else "")
     return (f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s{aggregate}, KV "

@@ -77,38 +77,45 @@ def _behaviour(records: list[BenchmarkResult]) -> str:
     return next(b for b in ("mask", "none", "uneven", "real") if b in seen or b == "real")
 
 
-def retrieval_heatmap(cells: dict[tuple[int, float], tuple[int, int]], path: Path, title: str
+def retrieval_heatmap(cells: dict[tuple[int, float], tuple[int, int]], path: Path, title: str,
+                      scores: dict[tuple[int, float], float] | None = None
                       ) -> dict[tuple[int, float], tuple[int, int, int, int]]:
     """Depth (rows, top = start of the context) x context length (columns) for one method; colour = fraction of
     trials found (red 0 → yellow → green 1), text = found/trials; a cell with no measured trial is grey.
 
     `cells` maps (context tokens, depth) to (found, trials). The PNG carries the same numbers as JSON in its
     'Description' text chunk. Returns each cell's box in the PNG's pixels (left, top, right, bottom), so a reader
-    (or a test) can check the colours against the records.
+    (or a test) can check the colours against the records. `scores` (a task's mean RULER score per cell) sets the
+    colour instead, and the text reads 'score% (found/trials)'. A depth of None (a task without a haystack) is one
+    row labelled 'whole'.
     """
     import json
 
     import numpy as np
 
     contexts = sorted({c for c, _ in cells})
-    depths = sorted({d for _, d in cells})
+    depths = sorted({d for _, d in cells}, key=lambda d: -1 if d is None else d)
     fraction = np.full((len(depths), len(contexts)), np.nan)
     for (c, d), (found, total) in cells.items():
         if total:
-            fraction[depths.index(d), contexts.index(c)] = found / total
+            value = scores[(c, d)] if scores is not None else found / total
+            fraction[depths.index(d), contexts.index(c)] = value
     fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(contexts), 1.6 + 0.55 * len(depths)), dpi=100)
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#cccccc")
     image = ax.imshow(np.ma.masked_invalid(fraction), cmap=cmap, vmin=0, vmax=1, aspect="auto")
     for (c, d), (found, total) in cells.items():
-        dark = total and not 0.2 <= found / total <= 0.8  # the deep red and green ends need white text
-        ax.text(contexts.index(c), depths.index(d), f"{found}/{total}" if total else "error", ha="center",
+        value = (scores[(c, d)] if scores is not None else found / total) if total else 0
+        dark = total and not 0.2 <= value <= 0.8  # the deep red and green ends need white text
+        text = f"{found}/{total}" if scores is None else f"{value:.0%}\n({found}/{total})"
+        ax.text(contexts.index(c), depths.index(d), text if total else "error", ha="center",
                 va="center", fontsize=9, color="white" if dark else "black")
     ax.set_xticks(range(len(contexts)), [_tokens_label(c) for c in contexts])
-    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    ax.set_yticks(range(len(depths)), ["whole" if d is None else f"{d:.0%}" for d in depths])
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth")
     ax.set_title(title, fontsize=9)
-    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03).set_label("fraction of trials found", fontsize=8)
+    fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03).set_label(
+        "fraction of trials found" if scores is None else "mean score (RULER)", fontsize=8)
     fig.tight_layout()
     fig.canvas.draw()
     height = fig.bbox.height
@@ -119,10 +126,54 @@ def retrieval_heatmap(cells: dict[tuple[int, float], tuple[int, int]], path: Pat
         boxes[(c, d)] = (round(min(x0, x1)), round(height - max(y0, y1)), round(max(x0, x1)), round(height - min(y0, y1)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = [{"context_tokens": c, "depth": d, "found": f, "trials": t} for (c, d), (f, t) in sorted(cells.items())]
+    data = [{"context_tokens": c, "depth": d, "found": f, "trials": t,
+             **({"score": scores[(c, d)]} if scores is not None else {})}
+            for (c, d), (f, t) in sorted(cells.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1]))]
     fig.savefig(path, dpi=fig.dpi, metadata={"Title": title, "Description": json.dumps(data)})
     plt.close(fig)
     return boxes
+
+
+def accuracy_vs_kv(points: list[dict], path: Path, title: str) -> Path:
+    """Pareto view of quality at equal memory: one marker per method and context length, x = median KV bytes held
+    after the prefill (measured), y = mean score over every task and trial; the methods no other beats on both axes
+    at that length are joined by a line. `points`: dicts with method, target_tokens, kv_bytes, score, n. The PNG's
+    'Description' text chunk holds the points as JSON."""
+    import json
+
+    contexts = sorted({p["target_tokens"] for p in points})
+    methods = list(dict.fromkeys(p["method"] for p in points))
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    markers = "os^Dvp*hX"
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for m_i, method in enumerate(methods):
+        for p in (p for p in points if p["method"] == method):
+            ax.scatter(p["kv_bytes"] / MIB, p["score"], color=cmap(m_i % cmap.N), s=46, zorder=3,
+                       marker=markers[contexts.index(p["target_tokens"]) % len(markers)])
+        ax.scatter([], [], color=cmap(m_i % cmap.N), marker="o", label=method)
+    for c_i, n in enumerate(contexts):
+        at = sorted((p for p in points if p["target_tokens"] == n), key=lambda p: (p["kv_bytes"], -p["score"]))
+        front, best = [], -1.0
+        for p in at:
+            if p["score"] > best:
+                front.append(p)
+                best = p["score"]
+        ax.plot([p["kv_bytes"] / MIB for p in front], [p["score"] for p in front], color="gray", linewidth=1,
+                linestyle="-", zorder=2, marker=markers[c_i % len(markers)], markerfacecolor="none",
+                label=f"frontier at {_tokens_label(n)} tokens")
+    ax.set_xscale("log")
+    ax.set_xlabel("KV bytes held after the prefill (MiB, measured; log scale)")
+    ax.set_ylabel("mean score over tasks and trials")
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, metadata={"Title": title, "Description": json.dumps(points)})
+    plt.close(fig)
+    return path
 
 
 def _tokens_label(n: int) -> str:

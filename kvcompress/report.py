@@ -438,3 +438,61 @@ def print_capacity(results: list[BenchmarkResult], title: str, console: Console 
     console.print("max batch (measured): largest batch whose whole generation ran under the budget; (bytes): predicted "
                   "from the batch-1 and batch-2 peaks (intercept + per-sequence cost); aggregate = batch x 1000 / TPOT "
                   "at the measured max batch; x vanilla against vanilla's aggregate at its own max batch.")
+# --- test_long_context.py --tasks: accuracy per task x method x context -----------------------------------------------
+
+def task_table(summaries, records: list[BenchmarkResult], title: str) -> Table:
+    """One row per method: per task and context, RULER's score (mean %, the fraction of expected strings named) with
+    correct/measured; then KV bytes held (median) and the answer-length change against vanilla on the same prompts."""
+    from kvcompress.equal_memory import answer_length_change
+    from kvcompress.tasks.niah_grid import by_method
+
+    tasks = list(dict.fromkeys(s.task_family for s in summaries))
+    columns = sorted({(s.task_family, s.target_tokens) for s in summaries}, key=lambda c: (tasks.index(c[0]), c[1]))
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("method")
+    for task, n in columns:
+        table.add_column(f"{task}\n{n:,} tok", justify="right")
+    table.add_column("KV held\n(MiB)", justify="right")
+    table.add_column("ratio\n(asked)", justify="right")
+    table.add_column("answer tok\nvs vanilla", justify="right")
+    lengths = answer_length_change(records)
+    for method, cells in by_method(summaries).items():
+        row = [escape(method)]
+        for task, n in columns:
+            at = [s for s in cells if (s.task_family, s.target_tokens) == (task, n)]
+            measured = [r for s in at for r in s.measured]
+            errors = sum(s.errors for s in at)
+            if not measured:
+                row.append(f"[red]error ×{errors}[/red]" if errors else "")
+                continue
+            score = sum(r.score or 0.0 for r in measured) / len(measured)
+            right = sum(bool(r.correct) for r in measured)
+            row.append(f"{score:.0%} ({right}/{len(measured)})" + (f" [red]+{errors} err[/red]" if errors else ""))
+        held = [r.kv_cache_bytes for s in cells for r in s.measured if r.kv_cache_bytes is not None]
+        ratios = sorted({r.compression_ratio for s in cells for r in s.measured if r.compression_ratio is not None})
+        row.append(_num(sorted(held)[len(held) // 2] if held else None, ",.1f", MIB))
+        row.append("—" if not ratios else f"{ratios[0]:.3g}" if len(ratios) == 1 else f"{ratios[0]:.3g}–{ratios[-1]:.3g}")
+        change = lengths.get(method)
+        row.append("—" if change is None else f"{change[0]:+.1f} ({change[1]})")
+        table.add_row(*row)
+    return table
+
+
+def print_tasks(summaries, records: list[BenchmarkResult], title: str, console: Console | None = None,
+                max_misses: int = 12) -> None:
+    """The task table, then errors and a few missed answers (the JSON holds every answer)."""
+    console = console or make_console()
+    console.print(task_table(summaries, records, title))
+    console.print("score: RULER's string_match_all (string_match_part for nolima), mean over trials and questions; "
+                  "(n/N): answers naming every expected string and no distractor. answer tok vs vanilla: mean "
+                  "change in answer length on the same prompts (pairs).")
+    for method, error in sorted({(r.method, r.error) for r in records if r.error}):
+        console.print(f"[red]error[/red] {escape(method)}: {escape(error)}")
+    missed = [r for r in records if r.error is None and not r.correct and r.weights != "random"]
+    if missed:
+        console.print(f"missed answers ({len(missed)}; the first {min(len(missed), max_misses)}):")
+        for r in missed[:max_misses]:
+            console.print(f"  {escape(r.task_family or '')} {escape(r.method)} @ {r.target_tokens}: expected "
+                          f"{escape(','.join(r.expected or []))}: {escape(repr((r.answer or '')[:90]))}")
+    if any(r.weights == "random" for r in records):
+        console.print("[yellow]weights: random — speed and memory are real; answers are noise.[/yellow]")

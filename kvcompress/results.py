@@ -94,6 +94,15 @@ class BenchmarkResult:
     correct: bool | None = None
     score: float | None = None  # fraction of needle values found
     prompt_id: str | None = None
+    # test_long_context.py --tasks: `task` stays the script's name; the family is one of tasks/families.FAMILIES
+    task_family: str | None = None  # "niah" | "multiquery" | "vt" | "cwe" | "fwe" | "nolima"
+    scorer: str | None = None  # RULER's string_match_all | string_match_part (score = its value; niah: own)
+    expected: list[str] | None = None  # the strings the answer must contain
+    # --questions K: K records share one compressed context; its compression time is on question 0 only
+    question_index: int | None = None
+    questions_per_context: int | None = None
+    context_compress_s: float | None = None
+    kv_budget: str | None = None  # a press sized to a budget (knorm@2048tok, --match-kv): what was asked for
     notes: list[str] = field(default_factory=list)
     # DMS: "native" (methods/dms.py) | "remote" (the checkpoint's code); how the engine holds the rule's cache
     # (hf: "mask, no reclaim"); whose decisions: "checkpoint" or "calibrated to evict X of tokens outside the window"

@@ -15,9 +15,10 @@ from kvcompress.checks import architecture_of
 from kvcompress.cli import RunConfig
 from kvcompress.engine.batch import batch_problem
 from kvcompress.engine.generate import HFDecoder
+from kvcompress.errors import UserError
 from kvcompress.methods import Method
 from kvcompress.one_cell import (console, free_memory, pick_decoder, preflight, prepare_dms,  # noqa: F401
-                                 progress_line, run_cell, skeleton)
+                                 progress_line, run_cell, run_cell_questions, skeleton)
 from kvcompress.results import BenchmarkResult, ResultFile, run_header
 from kvcompress.tasks.cell import Cell
 
@@ -89,7 +90,16 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
 def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
     decoders = _decoders(cfg, lm)
     for cell in cells:
-        prompt, needle = cell.build(lm.tokenizer)
+        try:
+            prompt, needle = cell.build(lm.tokenizer)
+        except UserError as exc:  # e.g. a target too short for a task's text: this cell's records say so, the run goes on
+            for method in methods:
+                progress["done"] += 1
+                record = skeleton(lm.name, lm.weights, method, cell, None, task, decoders, None, cfg.settings)
+                record.error = str(exc)
+                out.add(record)
+                console.print(f"[{progress['done']}/{progress['total']}] {progress_line(record)}")
+            continue
         for batch in cfg.batches:
             # a batch: sequence b has needle seed + b (Cell.build_batch); batch 1 is the cell's own prompt
             if batch == 1:
@@ -101,6 +111,15 @@ def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
             for method in methods:
                 progress["done"] += 1
                 where = f"[{progress['done']}/{progress['total']}]"
+                if cell.questions > 1:  # one compression, several answers: records per question
+                    for record in run_cell_questions(lm, method, prompt, needle, cell, cfg.settings, task, out,
+                                                     cfg.resume):
+                        record.process = "main"
+                        if annotate:
+                            annotate(record, method)
+                        out.add(record)
+                        console.print(f"{where} q{record.question_index} {progress_line(record)}")
+                    continue
                 identity_probe = skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt,
                                           cfg.settings, batch)
                 if cfg.resume and out.done(identity_probe.identity()):

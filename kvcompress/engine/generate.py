@@ -188,3 +188,67 @@ def eos_ids(lm) -> set[int]:
     if lm.tokenizer.eos_token_id is not None:
         ids.append(lm.tokenizer.eos_token_id)
     return set(ids)
+
+
+# --- several questions over one compressed context (quality runs; not the timed single-question path) ---------------
+
+@dataclass
+class Answer:
+    token_ids: list[int]  # generated, end-of-sequence included if one came
+    seconds: float  # question prefill + decode, wall clock around this answer only
+    kv_end: KVState  # the cache at the end of this answer, before the crop back to the context
+
+
+@dataclass
+class SharedContextRun:
+    compress_s: float  # prefill + compression of the context, paid once for every answer
+    kv_after: KVState  # the cache the questions share
+    answers: list[Answer]
+
+
+@torch.inference_mode()
+def generate_questions(lm, method: Method, context_ids: torch.Tensor, questions: list[torch.Tensor],
+                       settings: GenerationSettings, decoder=None) -> SharedContextRun:
+    """Compress the context once, then answer each question from that same cache (SCBench's shared context,
+    kvpress's query-agnostic protocol): a question is fed at the positions after the context, its answer decoded,
+    and every layer cropped back to the length the compression left, so the next question sees exactly the
+    compressed context. Only prefill presses qualify: a decoding press or DMS changes the shared part itself."""
+    if method.kind == "dms" or method.compresses_during_decoding or settings.query_aware:
+        raise ValueError(f"{method.name}: several questions need a press that compresses the context once, "
+                         "in its prefill (no DMS, no decoding press, no query-aware compression)")
+    model, device = lm.model, lm.device
+    decoder = decoder or HFDecoder()
+    context = context_ids.to(device)
+    press = method.new_press(model)
+    clear_masks(model)
+    clock = Stopwatch(device)
+    clock.start()
+    cache = DynamicCache()
+    with press_context(press, model):
+        model.model(input_ids=context, past_key_values=cache, use_cache=True)
+    clock.mark("compressed")
+    kept = [layer.keys.shape[-2] for layer in cache.layers]
+    kv_after = kv_state(cache, model, context.shape[1])
+    eos = eos_ids(lm) if not settings.fixed_length else set()
+    answers = []
+    for i, question in enumerate(questions):
+        question = question.to(device)
+        uniforms = draw_uniforms(settings.sampling, settings.max_new_tokens, device)
+        out_tokens = torch.empty(settings.max_new_tokens, dtype=torch.long, device=device)
+        clock.mark(f"q{i}")
+        positions = torch.arange(context.shape[1], context.shape[1] + question.shape[1], device=device)[None]
+        logits = model(input_ids=question, past_key_values=cache, position_ids=positions, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]
+        token = sample(logits, uniforms[0], settings.sampling)
+        out_tokens[0] = token
+        n = 1
+        if settings.max_new_tokens > 1 and int(token.item()) not in eos:
+            n, cache = decoder.decode(lm, cache, token, context.shape[1] + question.shape[1], uniforms, settings,
+                                      out_tokens, eos)
+        clock.mark(f"a{i}")
+        kv_end = kv_state(cache, model, context.shape[1] + question.shape[1] + n - 1)
+        for layer, length in zip(cache.layers, kept):
+            layer.crop(length)
+        answers.append(Answer(out_tokens[:n].tolist(), clock.seconds(f"q{i}", f"a{i}"), kv_end))
+    clear_masks(model)
+    return SharedContextRun(clock.seconds("start", "compressed"), kv_after, answers)

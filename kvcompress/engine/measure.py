@@ -162,3 +162,41 @@ def _until_eos(token_ids: list[int], lm) -> list[int]:
         if t in eos:
             return token_ids[:i]
     return token_ids
+
+
+def measure_questions(lm, method, prompt: Prompt, questions: list, settings: GenerationSettings, *,
+                      task: str = "long_context", target_tokens: int | None = None) -> list[BenchmarkResult]:
+    """One record per question, all answered from one compression of `prompt`'s context (generate_questions).
+
+    The compression's time is counted once: in `context_compress_s` of question 0 (None on the others); each
+    record's `e2e_s` is its own question + answer. No warm-up, no repeats: a quality measurement, not a timing.
+    """
+    from kvcompress.engine.generate import generate_questions
+
+    with _collector_paused():
+        shared = generate_questions(lm, method, prompt.context_ids, questions, settings)
+    after = shared.kv_after
+    records = []
+    for i, (answer, question) in enumerate(zip(shared.answers, questions)):
+        answer_ids = _until_eos(answer.token_ids, lm)
+        records.append(BenchmarkResult(
+            model=lm.name, weights=lm.weights, method=method.name, press=method.press_label(lm.model),
+            compression_ratio=method.compression_ratio, context_tokens=prompt.context_tokens,
+            input_tokens=prompt.context_tokens + int(question.shape[1]), output_tokens=len(answer.token_ids),
+            e2e_s=answer.seconds, weights_bytes=lm.weights_bytes, kv_cache_bytes=after.bytes,
+            kv_cache_bytes_end=answer.kv_end.bytes, kv_tokens_kept=after.tokens_kept,
+            kv_compression_achieved=after.compression_achieved, kv_memory_saved=after.memory_saved, repeats=1,
+            answer=lm.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(), engine="hf",
+            protocol="query_agnostic_shared", fixed_output_length=settings.fixed_length,
+            expected_memory=method.expected_memory, phase=method.phase,
+            kv_tokens_kept_min=min(after.tokens_per_layer) if after.tokens_per_layer else None,
+            kv_tokens_kept_max=max(after.tokens_per_layer) if after.tokens_per_layer else None,
+            kv_cache_bytes_full=after.full_bytes, kv_live_bytes=after.live_bytes,
+            kv_live_bytes_end=answer.kv_end.live_bytes, kv_tokens_end=answer.kv_end.tokens_kept,
+            answer_tokens=len(answer_ids), timing="cuda_events" if lm.device.type == "cuda" else "wall_clock",
+            sampling=settings.sampling.describe(), seed=settings.sampling.seed,
+            dtype=str(lm.dtype).removeprefix("torch."), attn_implementation=lm.attn_implementation, task=task,
+            target_tokens=target_tokens, max_new_tokens=settings.max_new_tokens, notes=list(lm.notes),
+            question_index=i, questions_per_context=len(questions),
+            context_compress_s=shared.compress_s if i == 0 else None))
+    return records

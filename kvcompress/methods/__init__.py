@@ -8,19 +8,26 @@ Grammar (shared by every script):
     <wrapper>+...+<scorer>@<ratio>        adakv+expected_attention@0.5
     <press>[@<ratio>][<arg>=<value>,...]  decoding+knorm[compression_interval=8,target_size=64]
 `ratio` is kvpress's compression_ratio: the fraction of the context's KV entries to evict, in [0, 1).
+A budget instead of a ratio keeps that much of every prompt's context (equal memory across methods):
+    <press>@<N>tok                        knorm@2048tok   (tokens kept per layer and head)
+    <press>@<N>KiB|MiB|GiB                knorm@64MiB     (KV bytes kept, at the model's bytes per token)
+The budget becomes kvpress's ratio per prompt, 1 - kept / context tokens (0 when the context is shorter);
+`Method.for_context` does it and the record holds both (compression_ratio, kv_budget).
 """
 
 from __future__ import annotations
 
 import re
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from kvcompress.errors import UserError
 from kvcompress.methods import presses as registry
 
 DMS_NAME = "dms-8x"
 DMS_REMOTE_NAME = "dms-8x-remote"
+_BUDGET = re.compile(r"^(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>tok|KiB|MiB|GiB)$")
+_UNIT_BYTES = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
 _SYNTAX = re.compile(r"^(?P<chain>[a-z0-9_+]+)(?:@(?P<ratio>[^\[]+))?(?:\[(?P<options>.*)\])?$")
 
 
@@ -33,6 +40,39 @@ class Method:
     options: dict = field(default_factory=dict)
     impl: str | None = None  # DMS only: "native" (methods/dms.py) | "remote" (the checkpoint's code, isolated.py)
     dms_params: object = None  # DMS native only: the cell's DMSParams (calibrated thresholds), set by the runner
+    # a kept budget instead of a ratio: ("tok" | "bytes", amount), or bytes per target length (--match-kv)
+    budget: tuple[str, float] | None = None
+    budget_by_target: dict[int, float] | None = None
+    budget_of: str = ""  # --match-kv: the method whose measured KV bytes set the budget
+
+    @property
+    def budget_label(self) -> str | None:
+        if self.budget_by_target is not None:
+            return f"kv={self.budget_of}:" + ",".join(f"{t}:{b:.0f}B" for t, b in sorted(self.budget_by_target.items()))
+        if self.budget is None:
+            return None
+        unit, value = self.budget
+        return f"{value:g}tok" if unit == "tok" else f"{value:.0f}B"
+
+    def for_context(self, context_tokens: int, model=None, target_tokens: int | None = None) -> "Method":
+        """This method at the ratio its budget gives for a context of `context_tokens` (itself without a budget)."""
+        if self.budget is None and self.budget_by_target is None:
+            return self
+        if self.budget_by_target is not None:
+            if target_tokens not in self.budget_by_target:
+                raise UserError(f"{self.name}: {self.budget_of} has no measured KV bytes at {target_tokens} tokens")
+            unit, value = "bytes", self.budget_by_target[target_tokens]
+        else:
+            unit, value = self.budget
+        kept = value if unit == "tok" else value / kv_bytes_per_token(model)
+        ratio = round(max(0.0, 1.0 - kept / context_tokens), 6)
+        return replace(self, compression_ratio=ratio)
+
+    def matched(self, other: str, bytes_by_target: dict[int, float]) -> "Method":
+        """This press at another method's measured KV bytes per context length (--match-kv)."""
+        chain = "+".join(p.name for p in self.chain)
+        return replace(self, name=f"{chain}@kv={other}", compression_ratio=None, budget=None,
+                       budget_by_target=dict(bytes_by_target), budget_of=other)
 
     @property
     def phase(self) -> str:
@@ -97,6 +137,28 @@ class Method:
             return "+".join(p.class_name for p in self.chain)
 
 
+def kv_bytes_per_token(model) -> float:
+    """K and V bytes one context token takes across all layers in an uncompressed cache (config x dtype): turns a
+    byte budget into tokens; the bytes a press then holds are measured from its cache as always."""
+    c = model.config
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    return 2 * c.num_hidden_layers * heads * head_dim * model.dtype.itemsize
+
+
+def budget_capable(chain) -> str | None:
+    """Why a kept budget cannot size this chain (None: it can): the ratio must evict context tokens at prefill."""
+    outer = chain[0]
+    if not takes_ratio(chain):
+        return f"{outer.name} sizes itself (takes no ratio)"
+    fields = {p.ratio_field for p in chain if p.takes_ratio}
+    if fields & {"key_channel_compression_ratio", "head_compression_ratio", "target_compression_ratio"}:
+        return f"{outer.name}'s @ratio does not evict context tokens"
+    if "decoding" in outer.phase and outer.phase != "prefill+decoding":
+        return f"{outer.name} compresses during decoding only"
+    return None
+
+
 def press_context(press, model):
     return press(model) if press is not None else nullcontext()
 
@@ -131,6 +193,20 @@ def parse_method(text: str) -> Method:
             raise UserError(f"{w.name} is not a wrapper; only {', '.join(_wrapper_names())} go before '+'")
     if wrappers and base.role != "scorer":
         raise UserError(f"{wrappers[-1].name} needs a scorer press inside (e.g. knorm, snapkv), not {base.name}")
+    budget_match = _BUDGET.match(match["ratio"].strip()) if match["ratio"] is not None else None
+    if budget_match:
+        why = budget_capable(chain)
+        if why:
+            raise UserError(f"{text!r}: a kept budget needs a press whose ratio evicts context tokens; {why}")
+        unit = budget_match["unit"]
+        value = float(budget_match["value"]) * _UNIT_BYTES.get(unit, 1)
+        if value <= 0:
+            raise UserError(f"{text!r}: the budget must be positive")
+        options = _parse_options(match["options"] or "", text)
+        _check_options(chain[0], options, text)
+        label = f"{budget_match['value']}{unit}"
+        name = chain_text + f"@{label}" + (f"[{match['options']}]" if options else "")
+        return Method(name, "press", chain, None, options, budget=("tok" if unit == "tok" else "bytes", value))
     ratio = _parse_ratio(match["ratio"], text) if match["ratio"] is not None else None
     ratio_taker = takes_ratio(chain)
     if ratio is None and ratio_taker:

@@ -28,11 +28,11 @@ NEEDLE_KINDS = {
     "multikey": "RULER niah_multikey: the asked key plus distractor keys with their own numbers (--needles keys)",
     "multivalue": "RULER niah_multivalue: several numbers for one key, all must be recalled (--needles values)",
 }
-_WORDS = ("amber apple arrow basil cedar comet coral delta ember fable falcon garnet harbor iris jade kettle lantern "
+WORDS = ("amber apple arrow basil cedar comet coral delta ember fable falcon garnet harbor iris jade kettle lantern "
           "maple meadow nectar onyx orchid pebble quartz raven saffron sparrow thistle tulip velvet willow zephyr").split()
 _SPLIT = "\u2063KVCOMPRESS-SPLIT\u2063"  # marks where the context ends inside the rendered chat template
-_TEMPLATE = "One of the special magic numbers for {} is: {}."
-_QUESTION = "What is the special magic number for {} mentioned in the provided text? Answer with the number only."
+TEMPLATE = "One of the special magic numbers for {} is: {}."
+QUESTION = "What is the special magic number for {} mentioned in the provided text? Answer with the number only."
 
 
 @dataclass
@@ -53,22 +53,22 @@ def make_needle(kind: str, seed: int, count: int = 4) -> Needle:
     """A needle with fresh, distinct 7-digit values; `count` is the number of keys (multikey) or values (multivalue)."""
     if kind not in NEEDLE_KINDS:
         raise UserError(f"unknown needle kind {kind!r}; choose from {', '.join(NEEDLE_KINDS)}")
-    if kind in ("multikey", "multivalue") and not 2 <= count <= len(_WORDS) // 2:
-        raise UserError(f"a {kind} needle needs between 2 and {len(_WORDS) // 2} needles (got {count})")
+    if kind in ("multikey", "multivalue") and not 2 <= count <= len(WORDS) // 2:
+        raise UserError(f"a {kind} needle needs between 2 and {len(WORDS) // 2} needles (got {count})")
     n = count if kind in ("multikey", "multivalue") else 1
     rng = random.Random(seed)
     numbers = [str(v) for v in rng.sample(range(1_000_000, 10_000_000), n)]
-    words = rng.sample(_WORDS, 2 * n)  # every key of a prompt is two words no other key uses
+    words = rng.sample(WORDS, 2 * n)  # every key of a prompt is two words no other key uses
     keys = [f"{a}-{b}" for a, b in zip(words[::2], words[1::2])]
     if kind == "fact":
         return Needle(kind, None, numbers[:1], [f"The secret number is {numbers[0]}."],
                       "What is the secret number mentioned in the text? Answer with the number only.")
     if kind == "single":
-        return Needle(kind, keys[0], numbers[:1], [_TEMPLATE.format(keys[0], numbers[0])], _QUESTION.format(keys[0]))
+        return Needle(kind, keys[0], numbers[:1], [TEMPLATE.format(keys[0], numbers[0])], QUESTION.format(keys[0]))
     if kind == "multikey":
-        return Needle(kind, keys[0], numbers[:1], [_TEMPLATE.format(k, v) for k, v in zip(keys, numbers)],
-                      _QUESTION.format(keys[0]), distractors=numbers[1:])
-    return Needle(kind, keys[0], numbers, [_TEMPLATE.format(keys[0], v) for v in numbers],
+        return Needle(kind, keys[0], numbers[:1], [TEMPLATE.format(k, v) for k, v in zip(keys, numbers)],
+                      QUESTION.format(keys[0]), distractors=numbers[1:])
+    return Needle(kind, keys[0], numbers, [TEMPLATE.format(keys[0], v) for v in numbers],
                   f"What are all the special magic numbers for {keys[0]} mentioned in the provided text? "
                   "List every one of them.")
 
@@ -135,15 +135,18 @@ def _overhead(tokenizer, needle: Needle, thinking: bool) -> int:
     return len(context_ids) + len(question_ids)
 
 
-def _place(tokenizer, hay_ids: list[int], budget: int, depth: float, needle: Needle) -> tuple[str, float]:
-    """Haystack of about `budget` tokens including the needles, the asked needle at `depth`, the rest spread out.
+def _place(tokenizer, hay_ids: list[int], budget: int, depth: float, needle: Needle, ordered: bool = False
+           ) -> tuple[str, float]:
+    """Haystack of about `budget` tokens including the needles, the asked needle at `depth`, the rest spread out
+    (`ordered`: the sentences in list order, the first at `depth`, the others evenly spaced to the end).
 
     Returns the text and the depth reached: haystack tokens before the asked needle / haystack tokens (needles not
     counted), after the snap to a sentence start.
     """
     needle_tokens = sum(len(tokenizer.encode(" " + s, add_special_tokens=False)) for s in needle.sentences)
     body = hay_ids[: max(1, budget - needle_tokens)]
-    depths = [depth] + _spread(depth, len(needle.sentences) - 1)
+    n = len(needle.sentences)
+    depths = [depth + i * (1 - depth) / n for i in range(n)] if ordered else [depth] + _spread(depth, n - 1)
     cuts = sorted((_sentence_start(tokenizer, body, round(d * len(body))), i) for i, d in enumerate(depths))
     text, last = "", 0
     for cut, i in cuts:
@@ -183,8 +186,10 @@ def _sentence_start(tokenizer, ids: list[int], position: int) -> int:
     return 0
 
 
-def render(tokenizer, context: str, question: str, thinking: bool) -> tuple[list[int], list[int]]:
-    """Token ids of the context part and the question part of the chat-formatted prompt."""
+def render(tokenizer, context: str, question: str, thinking: bool, answer_prefix: str = ""
+           ) -> tuple[list[int], list[int]]:
+    """Token ids of the context part and the question part of the chat-formatted prompt (`answer_prefix`, RULER's
+    start of the answer, follows the assistant header)."""
     content = context + _SPLIT + ("\n\n" + question if question else "")  # kvpress: the question starts with \n\n
     messages = [{"role": "user", "content": content}]
     if getattr(tokenizer, "chat_template", None):
@@ -193,6 +198,7 @@ def render(tokenizer, context: str, question: str, thinking: bool) -> tuple[list
     else:
         text = content + "\n"
     head, tail = text.split(_SPLIT)
+    tail += answer_prefix
     context_ids = tokenizer.encode(head, add_special_tokens=False)
     if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False) and \
             (not context_ids or context_ids[0] != tokenizer.bos_token_id):

@@ -42,20 +42,47 @@ def prompt_id(kind: str, count: int, haystack: str, thinking: bool, trial: int) 
     return f"niah/{needles}/{haystack}/{'think' if thinking else 'no-think'}/trial{trial}"
 
 
+def task_prompt_id(family: str, questions: int, haystack: str | None, thinking: bool, trial: int) -> str:
+    """A tasks/families.py context; with --questions K each record adds /q<i>."""
+    name = f"{family}x{questions}q" if questions > 1 else family
+    return f"{name}/{haystack or 'own-list'}/{'think' if thinking else 'no-think'}/trial{trial}"
+
+
 def grid_cells(contexts: list[int], depths: list[float], trials: int, *, kind: str, count: int, haystack: str,
-               thinking: bool, seed: int) -> list[Cell]:
+               thinking: bool, seed: int, tasks: tuple[str, ...] = ("niah",), questions: int = 1) -> list[Cell]:
+    """Cells for every task x context x depth x trial (cwe and fwe have no haystack, hence one row, depth None)."""
+    from kvcompress.tasks import families
+
     if trials < 1:
         raise UserError("--trials must be at least 1")
+    if questions < 1:
+        raise UserError("--questions must be at least 1")
     niah.make_needle(kind, seed, count)  # a bad kind or count fails now, before any model is loaded
-    return [Cell(n, depth=d, needle_kind=kind, needle_seed=seed * 10_000 + t, needle_count=count, haystack=haystack,
-                 thinking=thinking, prompt_id=prompt_id(kind, count, haystack, thinking, t))
-            for n in contexts for d in depths for t in range(trials)]
+    cells = []
+    for family in tasks:
+        if family == "niah" and questions == 1:
+            cells += [Cell(n, depth=d, needle_kind=kind, needle_seed=seed * 10_000 + t, needle_count=count,
+                           haystack=haystack, thinking=thinking, prompt_id=prompt_id(kind, count, haystack, thinking, t))
+                      for n in contexts for d in depths for t in range(trials)]
+            continue
+        families.make(family, seed, questions)  # --questions out of range fails now
+        free = family in families.HAYSTACK_FREE
+        cells += [Cell(n, depth=None if free else d, needle_seed=seed * 10_000 + t, haystack=haystack,
+                       thinking=thinking, task_family=family, questions=questions,
+                       prompt_id=task_prompt_id(family, questions, None if free else haystack, thinking, t))
+                  for n in contexts for d in ([None] if free else depths) for t in range(trials)]
+    return cells
 
 
 def select(records: list[BenchmarkResult], cells: list[Cell], methods: list[str]) -> list[BenchmarkResult]:
     """The records of this grid (a resumed file may also hold other grids' records)."""
     wanted = {(m, c.target_tokens, c.depth, c.prompt_id) for m in methods for c in cells}
-    return [r for r in records if (r.method, r.target_tokens, r.depth, r.prompt_id) in wanted]
+    return [r for r in records if (r.method, r.target_tokens, r.depth, _context_id(r.prompt_id)) in wanted]
+
+
+def _context_id(prompt_id: str | None) -> str | None:
+    """The cell's prompt_id of a record (a --questions record adds /q<i>)."""
+    return re.sub(r"/q\d+$", "", prompt_id) if prompt_id else prompt_id
 
 
 @dataclass
@@ -64,8 +91,15 @@ class CellSummary:
 
     method: str
     target_tokens: int
-    depth: float
+    depth: float | None
+    task_family: str = "niah"
     records: list[BenchmarkResult] = field(default_factory=list)
+
+    @property
+    def mean_score(self) -> float | None:
+        """RULER's score (fraction of expected strings named) averaged over the trials; niah: values found."""
+        scores = [r.score for r in self.measured if r.score is not None]
+        return sum(scores) / len(scores) if scores else None
 
     @property
     def measured(self) -> list[BenchmarkResult]:
@@ -97,13 +131,23 @@ class CellSummary:
 
 
 def summarize(records: list[BenchmarkResult]) -> list[CellSummary]:
-    """Group by (method, context, depth); methods in the order they first appear, then by length and depth."""
+    """Group by (task, method, context, depth); tasks and methods in the order they first appear, then by length
+    and depth."""
     cells: dict[tuple, CellSummary] = {}
     for r in records:
-        key = (r.method, r.target_tokens, r.depth)
+        key = (r.method, r.target_tokens, r.depth, r.task_family or "niah")
         cells.setdefault(key, CellSummary(*key)).records.append(r)
     order = {m: i for i, m in enumerate(dict.fromkeys(r.method for r in records))}
-    return sorted(cells.values(), key=lambda c: (order[c.method], c.target_tokens, c.depth))
+    tasks = {t: i for i, t in enumerate(dict.fromkeys(r.task_family or "niah" for r in records))}
+    return sorted(cells.values(), key=lambda c: (tasks[c.task_family], order[c.method], c.target_tokens,
+                                                 -1 if c.depth is None else c.depth))
+
+
+def by_task(summaries: list[CellSummary]) -> dict[str, list[CellSummary]]:
+    groups: dict[str, list[CellSummary]] = {}
+    for s in summaries:
+        groups.setdefault(s.task_family, []).append(s)
+    return groups
 
 
 def by_method(summaries: list[CellSummary]) -> dict[str, list[CellSummary]]:
@@ -117,3 +161,18 @@ def overall(summaries: list[CellSummary]) -> dict[str, tuple[int, int, int]]:
     """method -> (found, measured, errors) over the whole grid."""
     return {m: (sum(s.found for s in cells), sum(s.total for s in cells), sum(s.errors for s in cells))
             for m, cells in by_method(summaries).items()}
+
+
+def pareto_points(summaries: list[CellSummary]) -> list[dict]:
+    """Per method and context length: median KV bytes held and mean score over every task, trial and question."""
+    groups: dict[tuple, list[BenchmarkResult]] = {}
+    for s in summaries:
+        groups.setdefault((s.method, s.target_tokens), []).extend(s.measured)
+    points = []
+    for (method, n), records in groups.items():
+        held = [r.kv_cache_bytes for r in records if r.kv_cache_bytes]
+        scores = [r.score for r in records if r.score is not None]
+        if held and scores:
+            points.append({"method": method, "target_tokens": n, "kv_bytes": statistics.median(held),
+                           "score": sum(scores) / len(scores), "n": len(scores)})
+    return points

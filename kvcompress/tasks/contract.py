@@ -1,0 +1,167 @@
+"""The contract every RULER-style task family meets: a context, its questions, their expected answers, a scorer.
+
+A family module (multiquery.py, variable_tracking.py, common_words.py, frequent_words.py, nolima.py) makes a
+`TaskContext` from a seed: either sentences hidden in a haystack (needle-style, placed like niah's needles) or a
+context of its own built from n items (the word lists of cwe and fwe). `build_prompt` sizes it to a token count on
+the model's tokenizer exactly as niah sizes a needle prompt (whole prompt = context + first question, within 1 %),
+renders it through the chat template, and returns one question part per question: the context is compressed once,
+each question is fed after it (kvpress's query-agnostic protocol; --questions K asks several over one cache).
+
+Scoring is RULER's, as published (scripts/eval/synthetic/constants.py): string_match_all = fraction of the
+expected strings found in the answer (case-insensitive substring); string_match_part = 1 if any is found. The
+record's `score` is that number; `correct` additionally needs every expected string and no distractor (an answer
+listing every variable of a haystack is not tracking).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from kvcompress.engine.generate import Prompt
+from kvcompress.errors import UserError
+from kvcompress.tasks import niah
+
+SCORERS = ("string_match_all", "string_match_part")
+
+
+@dataclass
+class Question:
+    text: str  # asked after the context (fed after compression)
+    answers: list[str]  # what the answer must contain
+    scorer: str = "string_match_all"
+    distractors: list[str] = field(default_factory=list)  # naming one makes the answer not correct
+    answer_prefix: str = ""  # RULER's answer prefix, placed after the chat template's assistant header
+
+
+@dataclass
+class TaskContext:
+    family: str
+    questions: list[Question]
+    sentences: list[str] = field(default_factory=list)  # hidden in the haystack, like needles
+    ordered: bool = False  # sentences must appear in list order (a chain of assignments)
+    instruction: str = ""  # opens the user message, before the context
+    make_body: Callable[[int], str] | None = None  # a context of its own from n items (replaces the haystack)
+    items_hint: int = 0  # make_body: items per token, a first guess for the sizing search
+    label: str = ""
+
+    @property
+    def uses_haystack(self) -> bool:
+        return self.make_body is None
+
+
+@dataclass
+class TaskPrompt:
+    prompt: Prompt  # context + the first question
+    task: TaskContext
+    question_ids: list[torch.Tensor]  # one (1, Q) tensor per question
+    text: str = field(repr=False, default="")  # the context (before the chat template)
+    depth_achieved: float | None = None
+
+
+def build_prompt(tokenizer, target_tokens: int, depth: float | None, task: TaskContext, haystack: str = "noise",
+                 thinking: bool = False, tolerance: float = 0.01) -> TaskPrompt:
+    if target_tokens is None or target_tokens < 1:
+        raise UserError(f"a task prompt needs a positive token count (got {target_tokens})")
+    if task.uses_haystack:
+        best = _size_haystack(tokenizer, target_tokens, depth, task, haystack, thinking)
+    else:
+        best = _size_items(tokenizer, target_tokens, task, thinking)
+    total, text, achieved, context_ids, first = best
+    if abs(total - target_tokens) > tolerance * target_tokens:
+        raise UserError(f"could not size the {task.family} prompt to {target_tokens} tokens (got {total})")
+    questions = [torch.tensor([first])] + [torch.tensor([_render(tokenizer, task, text, thinking, i)[1]])
+                                           for i in range(1, len(task.questions))]
+    prompt = Prompt(torch.tensor([context_ids]), questions[0],
+                    meta={"depth": depth, "depth_achieved": achieved, "needle": task.label})
+    return TaskPrompt(prompt, task, questions, text, achieved)
+
+
+def _size_haystack(tokenizer, target_tokens, depth, task, haystack, thinking):
+    """niah's sizing: haystack tokens = target - overhead, corrected a few times for merges at the seams."""
+    hay_ids = niah._haystack_ids(tokenizer, haystack, target_tokens)
+    budget = target_tokens - sum(len(x) for x in _render(tokenizer, task, " ".join(task.sentences), thinking, 0))
+    best = None
+    for _ in range(8):
+        if budget <= 16:
+            raise UserError(f"{target_tokens} tokens cannot hold the chat template, question and {task.family} text")
+        text, achieved = niah._place(tokenizer, hay_ids, budget, depth or 0.0, task, ordered=task.ordered)
+        best = _closer(best, tokenizer, task, text, achieved, thinking, target_tokens)
+        if best[0] == target_tokens:
+            break
+        budget += target_tokens - best[0]
+    return best
+
+
+def _size_items(tokenizer, target_tokens, task, thinking):
+    """A context of n items: bisect n (tokens grow with n, up to the seams of a reshuffle)."""
+    lo, hi, best = 1, max(8, int(target_tokens * task.items_hint * 2)), None
+    while True:
+        best = _closer(best, tokenizer, task, task.make_body(hi), None, thinking, target_tokens)
+        if best[0] >= target_tokens or hi > 10 * target_tokens:
+            break
+        lo, hi = hi, hi * 2
+    while lo + 1 < hi:
+        mid = (lo + hi) // 2
+        best = _closer(best, tokenizer, task, task.make_body(mid), None, thinking, target_tokens)
+        last = _closer(None, tokenizer, task, task.make_body(mid), None, thinking, target_tokens)
+        if last[0] == target_tokens:
+            break
+        lo, hi = (mid, hi) if last[0] < target_tokens else (lo, mid)
+    return best
+
+
+def _closer(best, tokenizer, task, text, achieved, thinking, target_tokens):
+    context_ids, question_ids = _render(tokenizer, task, text, thinking, 0)
+    total = len(context_ids) + len(question_ids)
+    if best is None or abs(total - target_tokens) < abs(best[0] - target_tokens):
+        return total, text, achieved, context_ids, question_ids
+    return best
+
+
+def _render(tokenizer, task: TaskContext, text: str, thinking: bool, index: int) -> tuple[list[int], list[int]]:
+    q = task.questions[index]
+    context = (task.instruction + "\n\n" if task.instruction else "") + text
+    return niah.render(tokenizer, context, q.text, thinking, answer_prefix=q.answer_prefix)
+
+
+# --- scoring (RULER's metrics) -------------------------------------------------------------------------------------
+
+def string_match_all(answer: str, refs: list[str]) -> float:
+    text = answer.lower()
+    return sum(r.lower() in text for r in refs) / len(refs)
+
+
+def string_match_part(answer: str, refs: list[str]) -> float:
+    text = answer.lower()
+    return float(max(r.lower() in text for r in refs))
+
+
+def _names(text: str, word: str) -> bool:
+    """A whole-word mention (for distractors: '12' must not count inside '123')."""
+    return re.search(rf"(?<![\w]){re.escape(word.lower())}(?![\w])", text.lower()) is not None
+
+
+def score(answer: str, question: Question) -> tuple[bool, float]:
+    """(correct, RULER score). Thinking is removed first; the prefix the prompt supplied is part of no answer."""
+    text = niah.strip_thinking(answer)
+    if question.scorer not in SCORERS:
+        raise ValueError(f"unknown scorer {question.scorer!r}")
+    value = (string_match_all if question.scorer == "string_match_all" else string_match_part)(text, question.answers)
+    full = value == 1.0 if question.scorer == "string_match_all" else value > 0
+    return full and not any(_names(text, d) for d in question.distractors), value
+
+
+def grade(record, task: TaskContext, prompt: Prompt, index: int = 0) -> None:
+    """Fill a BenchmarkResult's quality fields from its answer to question `index`."""
+    answer = record.answer or ""
+    q = task.questions[index]
+    record.needle = task.label
+    record.correct, record.score = score(answer, q)
+    record.depth_achieved = prompt.meta.get("depth_achieved")
+    record.task_family, record.scorer, record.expected = task.family, q.scorer, list(q.answers)
+    if niah.thinking_unfinished(answer):
+        record.notes = list(record.notes) + ["the think block was not closed within max_new_tokens: no answer"]

@@ -1,0 +1,232 @@
+"""RULER-style task families (tasks/contract.py and one module each), --questions, kept budgets and --match-kv.
+
+Generators are checked against the prompt text itself (every expected answer recoverable from it by a parser written
+here, independent of the generator), sizes on the real Qwen3 tokenizer, no special token inside the context.
+Several questions over one compression are checked against separate full generations (greedy) on the tiny model.
+"""
+
+import collections
+import json
+import re
+
+import pytest
+import torch
+
+import test_long_context
+from kvcompress import models
+from kvcompress.engine import measure
+from kvcompress.engine.generate import GenerationSettings, HFDecoder, Prompt, generate_once, generate_questions
+from kvcompress.engine.sampling import SamplingConfig
+from kvcompress.errors import UserError
+from kvcompress.methods import kv_bytes_per_token, parse_method
+from kvcompress.tasks import contract, families, niah
+from tests.test_niah import qwen3_tokenizer  # noqa: F401 - the session fixture (hash-pinned, offline)
+
+FAMILIES = ["niah", "multiquery", "vt", "cwe", "fwe", "nolima"]
+
+
+def _recovered(family: str, text: str, question: str) -> list[str]:
+    """The answer set as a reader of the context finds it (no generator state)."""
+    if family in ("niah", "multiquery"):
+        facts = dict(re.findall(r"special magic numbers for ([\w-]+) is: (\d+)\.", text))
+        asked = re.findall(r"[a-z]+-[a-z]+", question)
+        return [facts[k] for k in asked]
+    if family == "vt":
+        assign = dict(re.findall(r"VAR ([A-Z]{5}) = (VAR [A-Z]{5}|\d+)\.", text))
+        value = re.search(r"value (\d+)", question)[1]
+
+        def resolve(name):
+            v = assign[name]
+            return resolve(v[4:]) if v.startswith("VAR ") else v
+        return sorted(n for n in assign if resolve(n) == value)
+    if family == "cwe":
+        items = re.findall(r"^\d+\. (\w+)$", text, flags=re.M)
+        n = int(re.search(r"the (\d+) most common", question)[1])
+        counts = collections.Counter(items).most_common()
+        assert counts[n - 1][1] > counts[n][1]  # the answer is unambiguous
+        return sorted(w for w, _ in counts[:n])
+    if family == "fwe":
+        counts = collections.Counter(text.split(" .... ")).most_common()
+        assert counts[2][1] > counts[3][1]
+        return sorted(w for w, _ in counts[:3])
+    if family == "nolima":
+        city_of = {"Eiffel Tower": "Paris", "Colosseum": "Rome", "Big Ben": "London", "Brandenburg Gate": "Berlin",
+                   "Statue of Liberty": "New York", "Sagrada Familia": "Barcelona",
+                   "Golden Gate Bridge": "San Francisco", "Acropolis": "Athens", "Kremlin": "Moscow",
+                   "Forbidden City": "Beijing", "Charles Bridge": "Prague", "Space Needle": "Seattle",
+                   "Burj Khalifa": "Dubai", "Hagia Sophia": "Istanbul", "Atomium": "Brussels", "CN Tower": "Toronto",
+                   "Alhambra": "Granada", "Petronas Towers": "Kuala Lumpur"}  # world knowledge, typed here
+        city = re.search(r"been to ([\w ]+)\?", question)[1]
+        assert city not in text  # no lexical overlap: the city is named nowhere in the context
+        return [name for name, landmark in re.findall(r"(\w+) took a long, slow walk all around the ([\w ]+)\.", text)
+                if city_of[landmark] == city]
+    raise AssertionError(family)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("target", [1024, 8192])
+def test_generators_size_on_qwen3_and_their_answers_are_in_the_text(qwen3_tokenizer, family, target):  # noqa: F811
+    tok = qwen3_tokenizer
+    questions = 1 if family in families.SINGLE_QUESTION else 3
+    task = families.make(family, 11, questions)
+    depth = None if family in families.HAYSTACK_FREE else 0.3
+    built = contract.build_prompt(tok, target, depth, task, "noise")
+    prompt = built.prompt
+    assert abs(prompt.input_tokens - target) <= 0.01 * target, prompt.input_tokens
+    context = prompt.context_ids[0].tolist()
+    prefix = niah.render(tok, "", "", False)[0]
+    assert context[: len(prefix)] == prefix
+    special = set(tok.all_special_ids) | {tok.convert_tokens_to_ids(t) for t in ("<think>", "</think>")}
+    assert not special & set(context[len(prefix):])  # no special token inside the context
+    text = tok.decode(context[len(prefix):])
+    assert len(built.question_ids) == questions
+    for q, ids in zip(task.questions, built.question_ids):
+        tail = tok.decode(ids[0].tolist())
+        assert q.text in tail and tail.endswith("<think>\n\n</think>\n\n" + q.answer_prefix)
+        assert sorted(_recovered(family, text, q.text)) == sorted(q.answers)
+
+
+def test_vt_chain_links_come_in_order_after_the_depth(qwen3_tokenizer):  # noqa: F811
+    tok = qwen3_tokenizer
+    task = families.make("vt", 4, 2)
+    built = contract.build_prompt(tok, 2048, 0.4, task)
+    at = [built.text.index(s) for s in task.sentences]
+    assert at == sorted(at) and at[0] / len(built.text) > 0.35
+
+
+def test_ruler_scoring_as_published():
+    q = contract.Question("?", ["Apple", "pear"])
+    assert contract.string_match_all("an APPLE and a Pear", q.answers) == 1.0
+    assert contract.string_match_all("an apple", q.answers) == 0.5
+    assert contract.string_match_part("a pear", q.answers) == 1.0
+    assert contract.score("apple, pear", q) == (True, 1.0)
+    q = contract.Question("?", ["ABCDE"], distractors=["FGHIJ"])
+    assert contract.score("ABCDE and FGHIJ", q) == (False, 1.0)  # RULER's score, but not correct: hedged
+    assert contract.score("<think>FGHIJ</think> ABCDE", q) == (True, 1.0)  # thinking removed
+    nolima = contract.Question("?", ["Ines"], scorer="string_match_part", distractors=["Ravi"])
+    assert contract.score("It was Ines.", nolima) == (True, 1.0)
+
+
+def test_bad_task_options_are_one_line(capsys, tmp_path):
+    base = ["--preset", "tiny", "--methods", "vanilla", "--out", str(tmp_path / "o.json")]
+    for argv, message in [(["--tasks", "niah,haiku"], "unknown task 'haiku'"),
+                          (["--tasks", "cwe", "--questions", "2"], "cwe asks one question"),
+                          (["--questions", "0"], "--questions must be at least 1"),
+                          (["--methods", "dms-8x", "--questions", "2"], "--questions > 1 needs prefill presses"),
+                          (["--methods", "think@100tok"], "a kept budget needs a press"),
+                          (["--methods", "knorm@0.5", "--match-kv", "dms-8x"], "--match-from")]:
+        assert test_long_context.main(base[:2] + base[4:] + argv if "--methods" in argv else base + argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and "\n" not in err, (argv, err)
+
+
+# --- several questions over one compressed context (tiny model, greedy) --------------------------------------------
+
+@pytest.mark.parametrize("name", ["knorm@0.5", "snapkv@0.75", "vanilla"])
+def test_k_questions_from_one_compression_equal_k_separate_runs(tiny, name, monkeypatch):
+    tok = tiny.tokenizer
+    task = families.make("vt", 2, 3)
+    built = contract.build_prompt(tok, 1200, 0.2, task)
+    settings = GenerationSettings(6, SamplingConfig(greedy=True), fixed_length=True)
+    counted, compressed = parse_method(name), []
+    if counted.kind == "press":
+        build = counted.new_press
+
+        def new_press(model):  # count kvpress's per-layer compress calls
+            press = build(model)
+            compress = press.compress
+            press.compress = lambda module, *a, **k: compressed.append(module.layer_idx) or compress(module, *a, **k)
+            return press
+        monkeypatch.setattr(counted, "new_press", new_press)
+    shared = generate_questions(tiny, counted, built.prompt.context_ids, built.question_ids, settings)
+    if counted.kind == "press":  # one compression of every layer for all three questions
+        assert sorted(compressed) == list(range(tiny.model.config.num_hidden_layers))
+    method = parse_method(name)
+    assert len(shared.answers) == 3
+    kept = shared.kv_after.tokens_kept
+    expected_kept = built.prompt.context_tokens * (1 - (method.compression_ratio or 0))
+    assert abs(kept - expected_kept) <= 1
+    for answer, question in zip(shared.answers, built.question_ids):
+        alone = generate_once(tiny, method, Prompt(built.prompt.context_ids, question), settings, HFDecoder())
+        assert answer.token_ids == alone.token_ids  # the same tokens as a fresh compression + this question
+        assert answer.kv_end.tokens_kept == pytest.approx(kept + question.shape[1] + len(answer.token_ids) - 1)
+
+
+def test_questions_refuse_presses_that_change_the_shared_context(tiny, tiny_prompt):
+    settings = GenerationSettings(4, SamplingConfig(greedy=True))
+    with pytest.raises(ValueError, match="compresses the context once"):
+        generate_questions(tiny, parse_method("decoding+knorm[compression_interval=2,target_size=64]"),
+                           tiny_prompt.context_ids, [tiny_prompt.question_ids], settings)
+
+
+# --- kept budgets and --match-kv -----------------------------------------------------------------------------------
+
+def test_token_and_byte_budgets_keep_that_much_of_every_context(tiny):
+    for n in (300, 600):
+        prompt = niah.build_prompt(tiny.tokenizer, n, 0.5, niah.make_needle("single", 0)).prompt
+        sized = parse_method("knorm@128tok").for_context(prompt.context_tokens, tiny.model)
+        record = measure(tiny, sized, prompt, GenerationSettings(3, SamplingConfig(greedy=True)), HFDecoder(),
+                         repeats=1, warmup=False)
+        assert abs(record.kv_tokens_kept - 128) <= 1  # measured from the cache, whatever the context length
+    per_token = kv_bytes_per_token(tiny.model)
+    budget = parse_method(f"knorm@{round(200 * per_token / 2**10)}KiB")
+    sized = budget.for_context(prompt.context_tokens, tiny.model)
+    assert abs((1 - sized.compression_ratio) * prompt.context_tokens - 200) < 1.5
+    assert parse_method("knorm@4096tok").for_context(1000).compression_ratio == 0.0  # context shorter than budget
+
+
+def test_match_kv_runs_presses_at_another_methods_measured_bytes(tmp_path):
+    first = tmp_path / "first.json"
+    base = ["--preset", "tiny", "--contexts", "1024", "--depths", "0.5", "--trials", "1", "--max-new-tokens", "3"]
+    assert test_long_context.main(base + ["--methods", "streaming_llm@0.75", "--out", str(first)]) == 0
+    held = json.loads(first.read_text())["results"][0]["kv_cache_bytes"]
+    out = tmp_path / "matched.json"
+    assert test_long_context.main(base + ["--methods", "vanilla,knorm@0.5", "--match-kv", "streaming_llm@0.75",
+                                          "--match-from", str(first), "--tasks", "niah,vt", "--out", str(out)]) == 0
+    records = {(r["method"], r["task_family"]): r for r in json.loads(out.read_text())["results"]}
+    matched = records[("knorm@kv=streaming_llm@0.75", "vt")]
+    assert matched["error"] is None and matched["kv_budget"].startswith("kv=streaming_llm@0.75:1024:")
+    assert abs(matched["kv_cache_bytes"] - held) <= kv_bytes_per_token(
+        models.load(models.MODELS["tiny"], device=torch.device("cpu")).model)  # within one token's bytes
+    assert records[("vanilla", "vt")]["task_family"] == "vt" and records[("vanilla", "vt")]["scorer"] == \
+        "string_match_all"
+    assert (tmp_path / "matched-pareto.png").exists() and (tmp_path / "matched-heatmap-vt-vanilla.png").exists()
+    with pytest.raises(UserError, match="no measured record of dms-8x"):
+        from kvcompress.equal_memory import matched_methods
+
+        matched_methods([parse_method("knorm@0.5")], "dms-8x", first, [1024])
+
+
+def test_questions_in_the_script_record_each_answer_and_the_compression_once(tmp_path):
+    out = tmp_path / "q.json"
+    argv = ["--preset", "tiny", "--methods", "vanilla,knorm@0.5", "--contexts", "1024", "--depths", "0.5",
+            "--trials", "1", "--max-new-tokens", "3", "--tasks", "niah,nolima", "--questions", "2", "--out", str(out)]
+    assert test_long_context.main(argv) == 0
+    records = json.loads(out.read_text())["results"]
+    assert len(records) == 2 * 2 * 2  # methods x tasks x questions
+    for r in records:
+        assert r["error"] is None and r["questions_per_context"] == 2 and r["prompt_id"].endswith(f"/q{r['question_index']}")
+        assert (r["context_compress_s"] is not None) == (r["question_index"] == 0)  # counted once
+        assert r["protocol"] == "query_agnostic_shared"
+    assert test_long_context.main(argv + ["--resume"]) == 0
+    assert json.loads(out.read_text())["results"] == records
+
+
+def test_answer_length_change_pairs_the_same_prompts_and_pareto_keeps_the_points(tmp_path):
+    from PIL import Image
+
+    from kvcompress import plots
+    from kvcompress.equal_memory import answer_length_change
+    from kvcompress.results import BenchmarkResult
+
+    def rec(method, prompt, tokens):
+        return BenchmarkResult(model="m", weights="pretrained", method=method, task_family="vt", target_tokens=1024,
+                               depth=0.5, prompt_id=prompt, answer_tokens=tokens)
+    records = [rec("vanilla", "a", 10), rec("vanilla", "b", 20), rec("knorm@0.875", "a", 16),
+               rec("knorm@0.875", "b", 20), rec("knorm@0.875", "c", 99)]  # c has no vanilla pair
+    change = answer_length_change(records)
+    assert change["knorm@0.875"] == (3.0, 2) and change["vanilla"] is None
+    points = [{"method": "vanilla", "target_tokens": 1024, "kv_bytes": 8 * 2**20, "score": 0.9, "n": 3},
+              {"method": "knorm@0.875", "target_tokens": 1024, "kv_bytes": 2**20, "score": 0.4, "n": 3}]
+    path = plots.accuracy_vs_kv(points, tmp_path / "p.png", "t")
+    assert json.loads(Image.open(path).info["Description"]) == points
