@@ -15,7 +15,6 @@ from kvcompress.checks import architecture_of
 from kvcompress.cli import RunConfig
 from kvcompress.engine.batch import batch_problem
 from kvcompress.engine.generate import HFDecoder
-from kvcompress.errors import UserError
 from kvcompress.methods import Method
 from kvcompress.one_cell import (console, free_memory, pick_decoder, preflight, prepare_dms,  # noqa: F401
                                  progress_line, run_cell, run_cell_questions, skeleton)
@@ -89,17 +88,10 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
 
 def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
     decoders = _decoders(cfg, lm)
-    for cell in cells:
-        try:
-            prompt, needle = cell.build(lm.tokenizer)
-        except UserError as exc:  # e.g. a target too short for a task's text: this cell's records say so, the run goes on
-            for method in methods:
-                progress["done"] += 1
-                record = skeleton(lm.name, lm.weights, method, cell, None, task, decoders, None, cfg.settings)
-                record.error = str(exc)
-                out.add(record)
-                console.print(f"[{progress['done']}/{progress['total']}] {progress_line(record)}")
-            continue
+    # Every prompt is built before the first measurement: a cell that cannot be built (a target too short for a
+    # task's text, say) ends the run in one line before anything is measured, not half-way through.
+    built = [cell.build(lm.tokenizer) for cell in cells]
+    for cell, (prompt, needle) in zip(cells, built):
         for batch in cfg.batches:
             # a batch: sequence b has needle seed + b (Cell.build_batch); batch 1 is the cell's own prompt
             if batch == 1:

@@ -1,6 +1,6 @@
 """Nothing lost when a run dies half-way through the DMS child process: real signals to real processes.
 
-The tiny preset with --dms-model tiny-dms runs dms-8x in the child process (isolated.py), as on the GPU. Each test
+The tiny preset with --dms-model tiny-dms runs dms-8x-remote in the child process (isolated.py), as on the GPU. Each test
 waits until the child has announced its first finished record, then signals the parent: Ctrl-C (SIGINT to the
 process group, as a terminal sends it) or kill -9 of the parent alone.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # three cells, each long enough (3 generations of 200 tokens) that the child is still busy after the first
-ARGS = ["--preset", "tiny", "--methods", "dms-8x", "--dms-model", "tiny-dms", "--contexts", "256,320,384",
+ARGS = ["--preset", "tiny", "--methods", "dms-8x-remote", "--dms-model", "tiny-dms", "--contexts", "256,320,384",
         "--max-new-tokens", "200", "--repeats", "1"]
 
 
@@ -29,7 +29,7 @@ def start(tmp_path):
     lines = []
     for line in proc.stdout:  # until the child says its first record is done
         lines.append(line)
-        if line.startswith("DMS: dms-8x @ 256 tok"):
+        if line.startswith("DMS: dms-8x-remote @ 256 tok"):
             break
     else:
         raise AssertionError(f"the child never finished a record: {''.join(lines)[-2000:]} {proc.stderr.read()[-2000:]}")
@@ -65,7 +65,7 @@ def test_ctrl_c_during_the_dms_child_keeps_its_finished_records(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err[-2000:]
     assert "every finished record is already in the output file" in err
-    assert ("dms-8x", 256, None) in saved_cells(out)  # what the child announced as done is in the file
+    assert ("dms-8x-remote", 256, None) in saved_cells(out)  # what the child announced as done is in the file
     assert wait_gone(child)
     assert list((tmp_path / "tmp").iterdir()) == []
 
@@ -79,5 +79,5 @@ def test_kill_9_of_the_parent_ends_the_child_and_keeps_its_finished_records(tmp_
     finally:
         if alive(child):
             os.kill(child, signal.SIGKILL)
-    assert ("dms-8x", 256, None) in saved_cells(out)
+    assert ("dms-8x-remote", 256, None) in saved_cells(out)
     assert list((tmp_path / "tmp").iterdir()) == []

@@ -48,7 +48,7 @@ def test_decoding_press_holds_the_cache_at_its_target_size(run_method):
 
 
 def test_phase_peaks_see_memory_held_inside_each_phase(run_method, tiny):
-    """256 MiB touched inside every forward (prefill and each decode step) must raise both phase peaks by as much;
+    """256 MiB touched inside every forward (prefill and each decode step) must raise both phase peaks by at least half as much;
     and a peak is never below the memory resident before the run (read from /proc/self/statm)."""
     import os
 
@@ -64,5 +64,7 @@ def test_phase_peaks_see_memory_held_inside_each_phase(run_method, tiny):
     finally:
         for hook in hooks:
             hook.remove()
-    assert heavy.peak_mem_prefill_bytes - plain.peak_mem_prefill_bytes > 200 * mib
-    assert heavy.peak_mem_decode_bytes - plain.peak_mem_decode_bytes > 200 * mib
+    # half of what is held: the process's resident set moves by some tens of MiB between runs (allocator reuse),
+    # while a peak that missed the held tensors would move by ~0
+    assert heavy.peak_mem_prefill_bytes - plain.peak_mem_prefill_bytes > 128 * mib
+    assert heavy.peak_mem_decode_bytes - plain.peak_mem_decode_bytes > 128 * mib

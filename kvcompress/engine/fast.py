@@ -203,8 +203,7 @@ class _DecodeState:
             # as for transformers' own cache growing by torch.cat.
             for name, buffers in (("keys", self.keys), ("values", self.values)):
                 if buffers[i] is None:
-                    with self._in_pool():
-                        buffers[i] = torch.empty(batch, heads_kv, self.capacities[i], dim, device=device, dtype=dtype)
+                    buffers[i] = self._empty((batch, heads_kv, self.capacities[i], dim), dtype, device)
                 for b, cache in enumerate(caches):
                     n = per_sequence[b][i]
                     buffers[i][b:b + 1, :, :n].copy_(getattr(cache.layers[i], name))
@@ -213,8 +212,7 @@ class _DecodeState:
                 for cache in caches:
                     setattr(cache.layers[i], name, empty)
             if self.masked and self.valid[i] is None:
-                with self._in_pool():
-                    self.valid[i] = torch.zeros(batch, heads_kv, self.capacities[i], device=device, dtype=torch.uint8)
+                self.valid[i] = self._empty((batch, heads_kv, self.capacities[i]), torch.uint8, device).zero_()
             if self.valid[i] is not None:
                 self.valid[i].zero_()
                 for b, masked in enumerate(masks):
@@ -228,6 +226,20 @@ class _DecodeState:
         self.step_index.fill_(1)
         self.uniforms[:uniforms.shape[0]].copy_(uniforms)
         self.out[:out_tokens.shape[0]].copy_(out_tokens)
+
+    def _empty(self, shape, dtype, device) -> torch.Tensor:
+        """A buffer from the KV pool. The prefilled caches this load frees go back to the allocator's default pool,
+        whose cached blocks this pool cannot reuse; near the memory limit, hand those back to the device once and
+        retry, as the allocator does by itself within one pool (else a batch that fits would fail at ~2x its KV)."""
+        try:
+            with self._in_pool():
+                return torch.empty(shape, device=device, dtype=dtype)
+        except torch.OutOfMemoryError:
+            if self.pool is None:
+                raise
+        torch.cuda.empty_cache()
+        with self._in_pool():
+            return torch.empty(shape, device=device, dtype=dtype)
 
     def _in_pool(self):
         return torch.cuda.use_mem_pool(self.pool) if self.pool is not None else contextlib.nullcontext()

@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
-from kvcompress.engine.generate import Prompt
 from kvcompress.errors import UserError
 from kvcompress.tasks import niah
+
+if TYPE_CHECKING:  # torch (via Prompt) only when a prompt is built: the scripts' --help stays instant
+    import torch
+
+    from kvcompress.engine.generate import Prompt
 
 SCORERS = ("string_match_all", "string_match_part")
 
@@ -64,6 +66,10 @@ class TaskPrompt:
 
 def build_prompt(tokenizer, target_tokens: int, depth: float | None, task: TaskContext, haystack: str = "noise",
                  thinking: bool = False, tolerance: float = 0.01) -> TaskPrompt:
+    import torch
+
+    from kvcompress.engine.generate import Prompt
+
     if target_tokens is None or target_tokens < 1:
         raise UserError(f"a task prompt needs a positive token count (got {target_tokens})")
     if task.uses_haystack:
