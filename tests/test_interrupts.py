@@ -19,7 +19,9 @@ ARGS = ["--preset", "tiny", "--methods", "dms-8x-remote", "--dms-model", "tiny-d
         "--max-new-tokens", "200", "--repeats", "1"]
 
 
-def start(tmp_path):
+def start(tmp_path, announced: str = "DMS: dms-8x-remote @ 256 tok"):
+    """Run the benchmark until a line starting with `announced` appears: by default the child's own line for its
+    first finished record (it is on its way to the parent then); the parent prints "[1/3] ..." once it saved it."""
     out = tmp_path / "run.json"
     (tmp_path / "tmp").mkdir()
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
@@ -29,7 +31,7 @@ def start(tmp_path):
     lines = []
     for line in proc.stdout:  # until the child says its first record is done
         lines.append(line)
-        if line.startswith("DMS: dms-8x-remote @ 256 tok"):
+        if line.startswith(announced):
             break
     else:
         raise AssertionError(f"the child never finished a record: {''.join(lines)[-2000:]} {proc.stderr.read()[-2000:]}")
@@ -71,7 +73,8 @@ def test_ctrl_c_during_the_dms_child_keeps_its_finished_records(tmp_path):
 
 
 def test_kill_9_of_the_parent_ends_the_child_and_keeps_its_finished_records(tmp_path):
-    proc, child, out = start(tmp_path)
+    # kill -9 leaves the parent no chance to drain the pipe: signal it once it said the first record is saved
+    proc, child, out = start(tmp_path, announced="[1/3] dms-8x-remote @ 256 tok")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     try:
