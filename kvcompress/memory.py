@@ -118,25 +118,29 @@ def clear_masks(model: torch.nn.Module) -> None:
             module.masked_key_indices = None
 
 
-def _paged_dms_state(layers, positions: int) -> KVState:
-    """DMS's paged cache: `bytes` is the block pool as allocated (it grows x1.5 and never shrinks), `live_bytes` the
-    entries attention reads (cache_seq_lengths per batch x kv head), `full_bytes` what a vanilla cache holds for the
-    same positions in the same dtype."""
+def per_head_state(layers, positions: int) -> KVState:
+    """A cache whose heads keep different counts (DMS: paged, masked or compact), from (bytes allocated, bytes of
+    one entry = K and V of one token of one head, live entries per batch x kv head) per layer: `live_bytes` = live
+    entries x entry, `full_bytes` what a vanilla cache holds for `positions` tokens in the same dtype."""
     total = live = full = 0
     tokens, per_head = [], []
-    for layer in layers:
-        if layer.key_blocks is None:
-            continue
-        pool = getattr(layer, "pool_bytes", None) or layer.key_blocks.nbytes + layer.value_blocks.nbytes
-        # one token of one head, K and V: a pool row is (block_size, 1, head_dim)
-        entry = layer.key_blocks[0, 0].nbytes + layer.value_blocks[0, 0].nbytes
-        lengths = layer.cache_seq_lengths.tolist()  # live entries per (batch x kv head)
-        total += pool
+    for allocated, entry, counts in layers:
+        lengths = [int(n) for n in (counts.tolist() if isinstance(counts, torch.Tensor) else counts)]
+        total += allocated
         live += sum(lengths) * entry
         full += positions * len(lengths) * entry
         tokens.append(sum(lengths) / len(lengths))
-        per_head.append([int(n) for n in lengths])
+        per_head.append(lengths)
     return KVState(total, live, full, tokens, positions, per_head)
+
+
+def _paged_dms_state(layers, positions: int) -> KVState:
+    """DMS's paged cache: `bytes` is the block pool as allocated (it grows x1.5 and never shrinks), `live_bytes` the
+    entries attention reads (cache_seq_lengths per batch x kv head)."""
+    # one token of one head, K and V: a pool row is (block_size, 1, head_dim)
+    return per_head_state([(getattr(layer, "pool_bytes", None) or layer.key_blocks.nbytes + layer.value_blocks.nbytes,
+                            layer.key_blocks[0, 0].nbytes + layer.value_blocks[0, 0].nbytes, layer.cache_seq_lengths)
+                           for layer in layers if layer.key_blocks is not None], positions)
 
 
 class PhasePeaks:

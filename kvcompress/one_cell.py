@@ -44,14 +44,8 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
             method = prepare_dms(lm, method, first)
         record = measure(lm, method, prompt, settings, decoder, repeats=repeats, task=task,
                          target_tokens=cell.target_tokens, admission=admission)
-    except torch.OutOfMemoryError as exc:
-        error = f"CUDA OOM: {str(exc).splitlines()[0][:160]}"
-    except UserError as exc:
-        error = str(exc)
     except Exception as exc:  # noqa: BLE001 - one failing press must not end the run
-        if os.environ.get("KVCOMPRESS_DEBUG"):
-            console.print_exception()
-        error = one_line(exc)
+        error = failure_line(exc)
     if error is not None:
         # Outside the except clause: the exception's traceback (and every tensor its frames hold, e.g. a batch's
         # admitted caches) is gone by now, so the memory really returns before the next cell.
@@ -103,12 +97,8 @@ def run_cell_questions(lm, method: Method, prompt, task, cell: Cell, settings, t
         if reason is None:
             records = measure_questions(lm, sized, prompt, questions, settings, task=task_name,
                                         target_tokens=cell.target_tokens)
-    except UserError as exc:
-        reason = str(exc)
     except Exception as exc:  # noqa: BLE001 - one failing press must not end the run
-        if os.environ.get("KVCOMPRESS_DEBUG"):
-            console.print_exception()
-        reason = one_line(exc)
+        reason = failure_line(exc)
     if reason:
         free_memory()
         for s in blanks:
@@ -172,6 +162,17 @@ def skeleton(model, weights, method, cell, needle, task, decoders, prompt, setti
         needle=needle.label if needle else None, prompt_id=cell.prompt_id, expected_memory=method.expected_memory,
         phase=method.phase, fixed_output_length=settings.fixed_length, max_new_tokens=settings.max_new_tokens,
         dms_impl=method.impl if method.kind == "dms" else None)
+
+
+def failure_line(exc: BaseException) -> str:
+    """What a cell's error record says: one line (call it inside the except clause: it may print the traceback)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return f"CUDA OOM: {str(exc).splitlines()[0][:160]}"
+    if isinstance(exc, UserError):
+        return str(exc)
+    if os.environ.get("KVCOMPRESS_DEBUG"):
+        console.print_exception()
+    return one_line(exc)
 
 
 def one_line(exc: BaseException) -> str:

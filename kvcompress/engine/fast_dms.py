@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from kvcompress.engine import kernels
 from kvcompress.engine.sampling import sample
-from kvcompress.memory import KVState
+from kvcompress.memory import KVState, per_head_state
 from kvcompress.methods import dms as rule
 
 
@@ -193,16 +193,7 @@ class CompactDMSCache:
     def _state(self, counts, sizes, positions: int) -> KVState:
         """bytes: the buffers as allocated (live + reserve); live_bytes: live entries x bytes of one entry (K and V of
         one token of one head, from the tensors); tokens_per_head: live per [layer][batch x kv head]."""
-        total = live = full = 0
-        tokens, per_head = [], []
-        for n, (nbytes, entry) in zip(counts, sizes):
-            lengths = [int(x) for x in (n.tolist() if isinstance(n, torch.Tensor) else n)]
-            total += nbytes
-            live += sum(lengths) * entry
-            full += positions * len(lengths) * entry
-            tokens.append(sum(lengths) / len(lengths))
-            per_head.append(lengths)
-        return KVState(total, live, full, tokens, positions, per_head)
+        return per_head_state([(nbytes, entry, n) for n, (nbytes, entry) in zip(counts, sizes)], positions)
 
 
 class _DMSDecodeState:

@@ -47,7 +47,7 @@ from transformers import DynamicCache
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, apply_rotary_pos_emb
 
 from kvcompress.errors import UserError
-from kvcompress.memory import KVState
+from kvcompress.memory import KVState, per_head_state
 
 PREFILL_CHUNK = 512  # CPU path: queries per chunk (the mask of one chunk is Hkv x 512 x L booleans)
 FLEX_BLOCK = 128
@@ -172,18 +172,9 @@ class MaskedDMSCache(DynamicCache):
         return self.kv_snapshot(positions)()
 
     def _state(self, counts, sizes, positions) -> KVState:
-        total = live = full = 0
-        tokens, per_head = [], []
-        for n, (nbytes, shape) in zip(counts, sizes):
-            batch, heads, length, _ = shape
-            entry = nbytes // (batch * heads * length)  # K and V of one token of one head
-            lengths = [int(x) for x in n.tolist()]
-            total += nbytes
-            live += sum(lengths) * entry
-            full += positions * len(lengths) * entry
-            tokens.append(sum(lengths) / len(lengths))
-            per_head.append(lengths)
-        return KVState(total, live, full, tokens, positions, per_head)
+        # entry: K and V of one token of one head = the layer's bytes / (batch x heads x positions held)
+        return per_head_state([(nbytes, nbytes // (shape[0] * shape[1] * shape[2]), n)
+                               for n, (nbytes, shape) in zip(counts, sizes)], positions)
 
 
 # --- attention ------------------------------------------------------------------------------------------------------
