@@ -29,6 +29,16 @@ def tiny_prompt(tiny):
     return niah.build_prompt(tiny.tokenizer, 400, 0.5, niah.make_needle("single", 0)).prompt
 
 
+@pytest.fixture(scope="session")
+def long_prompt(tiny_prompt):
+    """120 tokens for the DMS tests (tiny window 16): 100 of context, 20 of question, fed in one prefill as DMS
+    requires, so eviction happens in prefill and in decode."""
+    from kvcompress.engine.generate import Prompt
+
+    ids = torch.cat([tiny_prompt.context_ids, tiny_prompt.question_ids], 1)[:, -120:]
+    return Prompt(ids[:, :100], ids[:, 100:])
+
+
 def bytes_per_token(model) -> int:
     """K and V bytes of one token across all layers, from the config (used only to check measured bytes)."""
     c = model.config

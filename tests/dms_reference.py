@@ -16,6 +16,11 @@ from __future__ import annotations
 import torch
 
 
+def prompt_ids(prompt) -> torch.Tensor:
+    """Context and question as the one sequence DMS prefills."""
+    return torch.cat([prompt.context_ids, prompt.question_ids], 1)
+
+
 def _rms(x, weight, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dms_reference import BruteForceDMS
+from dms_reference import BruteForceDMS, prompt_ids as _ids
 from kvcompress.engine import GenerationSettings, generate_once, measure
-from kvcompress.engine.generate import HFDecoder, Prompt
+from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.methods import dms, parse_method
 from kvcompress.runner import prepare_dms
@@ -20,16 +20,6 @@ from kvcompress.runner import prepare_dms
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 33  # greedy tokens compared (32 decode steps after the first token)
 
-
-@pytest.fixture(scope="module")
-def long_prompt(tiny_prompt):
-    """120 tokens (window 16): 100 of context, 20 of question, fed in one prefill as DMS requires."""
-    ids = torch.cat([tiny_prompt.context_ids, tiny_prompt.question_ids], 1)[:, -120:]
-    return Prompt(ids[:, :100], ids[:, 100:])
-
-
-def _ids(prompt):
-    return torch.cat([prompt.context_ids, prompt.question_ids], 1)
 
 
 def _native_trace(lm, params, ids, tokens):

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dms_reference import BruteForceDMS
+from dms_reference import BruteForceDMS, prompt_ids as _ids
 from kvcompress.engine import GenerationSettings, generate_once, kernels
 from kvcompress.engine.fast import FastDecoder
 from kvcompress.engine.fast_dms import CompactDMSCache, _DMSDecodeState, ring_size
-from kvcompress.engine.generate import HFDecoder, Prompt
+from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.methods import dms, parse_method
 from kvcompress.runner import pick_decoder
@@ -28,16 +28,6 @@ STEPS = 33  # greedy tokens compared: the first (from the prefill) and 32 decode
 def fast(tiny):
     return FastDecoder(tiny)
 
-
-@pytest.fixture(scope="module")
-def long_prompt(tiny_prompt):
-    """120 tokens (window 16): eviction happens in prefill and in decode."""
-    ids = torch.cat([tiny_prompt.context_ids, tiny_prompt.question_ids], 1)[:, -120:]
-    return Prompt(ids[:, :100], ids[:, 100:])
-
-
-def _ids(prompt):
-    return torch.cat([prompt.context_ids, prompt.question_ids], 1)
 
 
 def _settings(n=STEPS):
