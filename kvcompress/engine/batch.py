@@ -92,6 +92,7 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
     clear_masks(model)
     protocol = "query_aware" if settings.query_aware else "query_agnostic"
     admitted: list[Admission | None] = [None] * n
+    admit = getattr(decoder, "admit", _admit)  # where the decoder wants the admitted caches (fast.FastDecoder.admit)
 
     peaks = PhasePeaks(device)
     clock = Stopwatch(device)
@@ -100,7 +101,8 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
     for b in range(n):
         if b not in real:  # cloned admission: a copy of the first sequence's compressed cache
             first = admitted[0]
-            admitted[b] = Admission(_copy_cache(first.cache), first.next_position, dict(first.masked), first.kv_after)
+            admitted[b] = Admission(admit(first.cache, copy=True), first.next_position, dict(first.masked),
+                                    first.kv_after)
             out_tokens[0, b] = out_tokens[0, 0]
             continue
         prompt = prompts[b]
@@ -113,7 +115,8 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
         out_tokens[0, b:b + 1] = token
         int(token.item())  # this sequence's first token is on the host: its TTFT ends here
         clock.mark(f"first{b}")
-        admitted[b] = Admission(cache, next_position, take_masked_indices(model), kv_after())
+        kv, masked = kv_after(), take_masked_indices(model)  # read before the decoder takes the cache
+        admitted[b] = Admission(admit(cache), next_position, masked, kv)
     peak_prefill = peaks.peak()
     peaks.reset()
     kv_after = combine([a.kv_after for a in admitted])
@@ -148,6 +151,10 @@ def combine(states: list[KVState]) -> KVState:
     per_layer = [sum(layer) / n for layer in zip(*(s.tokens_per_layer for s in states))]
     return KVState(sum(s.bytes for s in states), sum(s.live_bytes for s in states), sum(s.full_bytes for s in states),
                    per_layer, sum(s.positions for s in states) / n)
+
+
+def _admit(cache, copy: bool = False):
+    return _copy_cache(cache) if copy else cache
 
 
 def _copy_cache(cache) -> DynamicCache:

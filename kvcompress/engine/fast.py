@@ -23,6 +23,7 @@ import contextlib
 
 import torch
 import torch.nn.functional as F
+from transformers import DynamicCache
 
 from kvcompress.engine import fast_dms, kernels
 from kvcompress.engine.sampling import sample
@@ -38,6 +39,7 @@ class FastDecoder:
         self.problem = architecture_problem(lm.model)
         self._state: _DecodeState | None = None
         self._dms = None  # fast_dms's decode state (native DMS)
+        self._staging: list | None = None  # per-layer memory pools of a batch being admitted (admit)
         # Capture needs a non-default stream. PyTorch keeps a cuBLAS workspace (32 MiB on Hopper) per stream that
         # ever ran a GEMM, so this one is made once (and only used when the caller runs on the default stream).
         self.stream = torch.cuda.Stream(lm.device) if lm.device.type == "cuda" else None
@@ -53,10 +55,42 @@ class FastDecoder:
 
     def release(self) -> None:
         """Drop the buffers and the captured graph (before a memory measurement, or between cells)."""
+        self._drop_state()
+        self._staging = None
+        fast_dms.release(self)
+
+    def _drop_state(self) -> None:
         if self._state is not None:
             self._state.free()
         self._state = None
-        fast_dms.release(self)
+
+    def admit(self, cache, copy: bool = False):
+        """engine.batch hands over each admitted sequence's compressed cache (copy: a cloned row's copy of it). On
+        CUDA every layer moves into a memory pool of its own, shared by the batch's sequences: decode_batch moves the
+        batch into its buffers layer by layer, and once layer i is moved its pool holds nothing and is dropped, so
+        the device gets whole segments back before the next layer's buffer is carved. Left in the allocator's
+        general pool, one sequence's layers share its 20 MiB segments (a compressed layer is a few MiB), so freeing
+        layer i across the batch released nothing and about five layers' KV stood twice near the memory limit."""
+        if not isinstance(cache, DynamicCache):
+            return cache
+        cuda = cache.layers[0].keys.device.type == "cuda"
+        if not (cuda or copy):
+            return cache
+        if cuda and (self._staging is None or len(self._staging) != len(cache.layers) or None in self._staging):
+            self._staging = [torch.cuda.MemPool() for _ in cache.layers]
+        staged = DynamicCache()
+        for i, layer in enumerate(cache.layers):
+            with torch.cuda.use_mem_pool(self._staging[i]) if cuda else contextlib.nullcontext():
+                keys, values = layer.keys.clone(), layer.values.clone()
+            if not copy:
+                layer.keys = layer.values = keys.new_empty(0)
+            staged.update(keys, values, i)
+        return staged
+
+    def _moved(self, layer: int) -> None:
+        """Layer `layer` of every admitted cache now sits in the batch's buffers: its staging pool can go."""
+        if self._staging is not None:
+            self._staging[layer] = None
 
     def new_cache(self, method, lm, n_new):
         """Native DMS prefills into the compact cache it decodes from (engine/fast_dms.py); others: no preference."""
@@ -89,7 +123,8 @@ class FastDecoder:
         reserve = max(steps, settings.reserve_tokens or 0)
         signature = (tuple(lengths), ragged or any(masks), reserve, settings.sampling, len(caches))
         if self._state is None or self._state.signature != signature:
-            self.release()  # free the old buffers before allocating new ones
+            self._drop_state()  # free the old buffers before allocating new ones (not the staged caches)
+            fast_dms.release(self)
             self._state = _DecodeState(self, caches[0], signature, settings.sampling)
         state = self._state
         state.load(caches, masks, per_sequence, token, positions, uniforms, out_tokens)
@@ -211,6 +246,7 @@ class _DecodeState:
                         buffers[i][b, :, n:lengths[i]].zero_()
                 for cache in caches:
                     setattr(cache.layers[i], name, empty)
+            self.decoder._moved(i)
             if self.masked and self.valid[i] is None:
                 self.valid[i] = self._empty((batch, heads_kv, self.capacities[i]), torch.uint8, device).zero_()
             if self.valid[i] is not None:
