@@ -351,21 +351,33 @@ def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight
         return [record]
     records = []
     for batch in sorted({1, lo}):
-        prompts = pair[0] if batch == 1 else [pair[0]] * (batch - 1) + [pair[1]]
-        try:
-            record = measure(lm, method, prompts, cfg.settings, runner.decoder, repeats=cfg.repeats,
-                             task="capacity", target_tokens=context, admission="cloned")
-        except torch.OutOfMemoryError as exc:
+        record, failures = None, []
+        # The timed run (warm-up, repeats, memory pass) at the search's max can still run out of memory where the
+        # search's run fitted; then it is timed up to twice at 2 % fewer sequences, and the record says so.
+        for attempt in range(3 if batch == lo > 1 else 1):
+            timed = batch if not attempt else max(1, batch - attempt * max(1, round(0.02 * batch)))
+            prompts = pair[0] if timed == 1 else [pair[0]] * (timed - 1) + [pair[1]]
+            try:
+                record = measure(lm, method, prompts, cfg.settings, runner.decoder, repeats=cfg.repeats,
+                                 task="capacity", target_tokens=context, admission="cloned")
+                break
+            except torch.OutOfMemoryError as exc:
+                failures.append(f"the timed run at batch {timed} ran out of memory "
+                                f"({str(exc).strip().splitlines()[0][:120]})")
+                record = None
+            finally:
+                runner.free()
+        if record is None:
             record = _record(lm, method, cfg, context, batch, engine, "capacity")
-            record.error = f"timed run at batch {batch}: OOM: {str(exc).strip().splitlines()[0][:120]}"
-        finally:
-            runner.free()
+            record.error = "; ".join(failures)
+        elif failures:
+            record.notes.append(f"timed at batch {record.batch}: " + "; ".join(failures))
         vars(record).update(details)
         if lo < max_batch and hi - lo > 1:
             record.notes.append(f"search stopped after {len(probes)} runs: the boundary lies in [{lo}, {hi})")
         if lo >= max_batch:
             record.notes.append(f"fits at --max-batch {max_batch}: the true maximum may be larger")
-        say(f"  batch {batch}: " + (record.error or f"{record.aggregate_decode_tokens_per_s:,.0f} tok/s aggregate"))
+        say(f"  batch {record.batch}: " + (record.error or f"{record.aggregate_decode_tokens_per_s:,.0f} tok/s aggregate"))
         records.append(record)
     return records
 

@@ -433,11 +433,11 @@ def print_capacity(results: list[BenchmarkResult], title: str, console: Console 
         if r.error:
             console.print(f"[red]error[/red] {escape(r.method)} @ {r.target_tokens}, batch {r.batch}: {escape(r.error)}")
         for note in r.notes:
-            if note.startswith(("search stopped", "fits at --max-batch")):
+            if note.startswith(("search stopped", "fits at --max-batch", "timed at batch")):
                 console.print(f"[yellow]{escape(r.method)} @ {r.target_tokens}: {escape(note)}[/yellow]")
     console.print("max batch (measured): largest batch whose whole generation ran under the budget; (bytes): predicted "
                   "from the batch-1 and batch-2 peaks (intercept + per-sequence cost); aggregate = batch x 1000 / TPOT "
-                  "at the measured max batch; x vanilla against vanilla's aggregate at its own max batch.")
+                  "at the measured max batch (or where a note says it was timed); x vanilla against vanilla's aggregate at its own max batch.")
 # --- test_long_context.py --tasks: accuracy per task x method x context -----------------------------------------------
 
 def task_table(summaries, records: list[BenchmarkResult], title: str) -> Table:

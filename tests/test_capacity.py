@@ -126,3 +126,31 @@ def test_the_capacity_command_writes_records_a_table_and_a_plot(tmp_path, capsys
     assert longest and 256 <= longest[0]["target_tokens"] < 4096
     assert (tmp_path / "capacity.png").stat().st_size > 0
     assert "max batch" in capsys.readouterr().out
+
+
+def test_a_timed_run_that_runs_out_at_the_max_is_timed_below_it_and_says_so(tmp_path, monkeypatch):
+    """The search's runs fit at the max but its timed run (warm-up, repeats, memory pass) does not: the record is timed
+    at 2 % fewer sequences (at least one), keeps the search's max, and its note names both batches."""
+    import kvcompress.engine as engine
+
+    real = engine.measure
+    seen = []
+
+    def measure(lm, method, prompts, *args, **kwargs):
+        batch = len(prompts) if isinstance(prompts, list) else 1
+        seen.append(batch)
+        if batch > 1 and len(seen) == 2:  # the first timed run above batch 1: the search's max
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 800.00 MiB")
+        return real(lm, method, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "measure", measure)
+    out = tmp_path / "capacity.json"
+    assert capacity.main(["--preset", "tiny", "--methods", "vanilla", "--contexts", "256", "--budget", "8MiB",
+                          "--max-new-tokens", "4", "--search-runs", "3", "--out", str(out)]) == 0
+    records = [r for r in json.loads(out.read_text())["results"] if r["task"] == "capacity"]
+    top = max(records, key=lambda r: r["batch"])
+    most = top["capacity_max_batch"]
+    assert most > 2 and seen[1:] == [most, most - 1]
+    assert top["batch"] == most - 1 and top["error"] is None and top["aggregate_decode_tokens_per_s"]
+    assert any(n.startswith(f"timed at batch {most - 1}: the timed run at batch {most} ran out of memory")
+               for n in top["notes"])

@@ -54,6 +54,24 @@ def test_sampler_follows_the_nucleus_distribution():
     assert counts[~keep].sum() == 0
 
 
+def test_sampler_matches_a_float64_inverse_cdf_and_each_row_samples_as_if_alone():
+    """Qwen3's vocabulary, flat logits (a random-weights nucleus of ~30 % of it): the two-level scan picks the token a
+    float64 sort-and-cumsum picks, and a row samples in a batch what it samples alone."""
+    generator = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 151936, generator=generator) * 1.3
+    u = torch.rand(6, generator=generator, dtype=torch.float64).float()
+    config = SamplingConfig()
+    probs = torch.softmax(logits.double() / config.temperature, -1)
+    sorted_probs, order = probs.sort(-1, descending=True)
+    cdf = sorted_probs.cumsum(-1)
+    size = ((cdf - sorted_probs) < config.top_p).sum(-1, keepdim=True)
+    expected = order.gather(-1, torch.searchsorted(cdf, u.double().view(-1, 1) * cdf.gather(-1, size - 1)))
+    batched = sample(logits, u, config)
+    assert torch.equal(batched, expected.view(-1))
+    assert torch.equal(batched, torch.cat([sample(logits[b:b + 1], u[b:b + 1], config) for b in range(6)]))
+    assert 0.2 < size.double().mean() / 151936 < 0.5
+
+
 def test_greedy_takes_the_argmax():
     logits = torch.randn(3, 50)
     assert torch.equal(sample(logits, torch.rand(3), SamplingConfig(greedy=True)), logits.argmax(-1))

@@ -101,8 +101,8 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
     for b in range(n):
         if b not in real:  # cloned admission: a copy of the first sequence's compressed cache
             first = admitted[0]
-            admitted[b] = Admission(admit(first.cache, copy=True), first.next_position, dict(first.masked),
-                                    first.kv_after)
+            admitted[b] = Admission(admit(first.cache, copy=True, expected=n - b), first.next_position,
+                                    dict(first.masked), first.kv_after)
             out_tokens[0, b] = out_tokens[0, 0]
             continue
         prompt = prompts[b]
@@ -116,7 +116,7 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
         int(token.item())  # this sequence's first token is on the host: its TTFT ends here
         clock.mark(f"first{b}")
         kv, masked = kv_after(), take_masked_indices(model)  # read before the decoder takes the cache
-        admitted[b] = Admission(admit(cache), next_position, masked, kv)
+        admitted[b] = Admission(admit(cache, expected=n - b), next_position, masked, kv)
     peak_prefill = peaks.peak()
     peaks.reset()
     kv_after = combine([a.kv_after for a in admitted])
@@ -153,7 +153,7 @@ def combine(states: list[KVState]) -> KVState:
                    per_layer, sum(s.positions for s in states) / n)
 
 
-def _admit(cache, copy: bool = False):
+def _admit(cache, copy: bool = False, expected: int = 1):
     return _copy_cache(cache) if copy else cache
 
 

@@ -42,6 +42,8 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
                     return generate_batch(lm, method, prompts, settings, decoder, admission=admission)
                 finally:
                     _release(decoder)
+                    if lm.device.type == "cuda":  # and what the allocator caches: no dead pool or block in the way
+                        torch.cuda.empty_cache()
             return generate_once(lm, method, prompts[0], settings, decoder)
 
     try:
