@@ -124,3 +124,36 @@ def test_a_failing_cell_releases_the_buffers(tiny, tiny_prompt, fast, monkeypatc
     with pytest.raises(RuntimeError, match="boom"):
         measure_module.measure(tiny, parse_method("knorm@0.5"), tiny_prompt, settings, fast, repeats=2)
     assert fast._state is None
+
+
+@pytest.mark.parametrize("admission", ["each", "cloned"])
+def test_a_batch_waits_in_per_layer_slabs_that_are_dropped_as_each_layer_moves(tiny, fast, admission, monkeypatch):
+    """Staging (FastDecoder.admit): per layer, one slab for every sequence but the last and one for the last (so the
+    last prefill's peak holds only the other caches), exactly their K and V bytes; layer i's slabs are gone once it
+    sits in the batch buffers, before layer i + 1 is moved."""
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.tasks.cell import Cell
+
+    prompts = Cell(target_tokens=300, needle_seed=0).build_batch(tiny.tokenizer, 4)[0]
+    seen = []
+    real = FastDecoder._moved
+
+    def moved(self, layer):
+        slabs = self._staging.slabs
+        seen.append((layer, [s[0].numel() for s in slabs[layer]], [s[1] for s in slabs[layer]],
+                     sum(bool(slabs[j]) for j in range(len(slabs)))))
+        real(self, layer)
+
+    monkeypatch.setattr(FastDecoder, "_moved", moved)
+    out = generate_batch(tiny, parse_method("vanilla"), prompts, GenerationSettings(4, SamplingConfig(greedy=True)),
+                         fast, admission=admission)
+    layers = tiny.model.config.num_hidden_layers
+    assert [layer for layer, *_ in seen] == list(range(layers))
+    per_token = tiny.model.config.num_key_value_heads * tiny.model.config.head_dim * 2  # K and V, elements
+    lengths = [p.input_tokens for p in prompts]
+    if admission == "cloned":
+        lengths = [lengths[0]] * 3 + [lengths[3]]
+    for layer, sizes, used, still_staged in seen:
+        assert sizes == [per_token * lengths[0] * 3, per_token * lengths[3]] and used == sizes
+        assert still_staged == layers - layer  # this layer and the ones after it; the ones before are dropped
+    assert all(not s for s in fast._staging.slabs) and out.batch == 4

@@ -101,7 +101,7 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
     for b in range(n):
         if b not in real:  # cloned admission: a copy of the first sequence's compressed cache
             first = admitted[0]
-            admitted[b] = Admission(admit(first.cache, copy=True, expected=n - b), first.next_position,
+            admitted[b] = Admission(admit(first.cache, copy=True, expected=n - 1 - b), first.next_position,
                                     dict(first.masked), first.kv_after)
             out_tokens[0, b] = out_tokens[0, 0]
             continue
@@ -116,7 +116,9 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
         int(token.item())  # this sequence's first token is on the host: its TTFT ends here
         clock.mark(f"first{b}")
         kv, masked = kv_after(), take_masked_indices(model)  # read before the decoder takes the cache
-        admitted[b] = Admission(admit(cache, expected=n - b), next_position, masked, kv)
+        # room in the decoder's staging for the sequences before the last: the last one's slot is made after its
+        # prefill, so that prefill's peak holds the batch's other caches and nothing more
+        admitted[b] = Admission(admit(cache, expected=max(1, n - 1 - b)), next_position, masked, kv)
     peak_prefill = peaks.peak()
     peaks.reset()
     kv_after = combine([a.kv_after for a in admitted])

@@ -66,7 +66,7 @@ class FastDecoder:
 
     def admit(self, cache, copy: bool = False, expected: int = 1):
         """engine.batch hands over each admitted sequence's compressed cache (copy: a cloned row's copy of it;
-        expected: the sequences still to be admitted, this one included). Each layer's K and V move into a slab of
+        expected: how many sequences a slab opened now makes room for). Each layer's K and V move into a slab of
         that layer (`_Slabs`), so once decode_batch has moved layer i of every sequence into the batch buffer, the
         layer's slabs are whole allocations the allocator can hand back before the next layer's buffer is carved.
         Left where the prefill put them, one sequence's layers (a few MiB each once compressed) share the
