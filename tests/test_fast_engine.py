@@ -144,7 +144,18 @@ def test_a_batch_waits_in_per_layer_slabs_that_are_dropped_as_each_layer_moves(t
                      sum(bool(slabs[j]) for j in range(len(slabs)))))
         real(self, layer)
 
+    real_decode = FastDecoder.decode_batch
+    held = []
+
+    def decode_batch(self, lm, admitted, *args, **kwargs):  # the admitted caches are views of the slabs, not copies
+        slabs = [{s[0].untyped_storage().data_ptr() for s in layer} for layer in self._staging.slabs]
+        held.extend(layer.keys.untyped_storage().data_ptr() in slabs[i] and
+                    layer.values.untyped_storage().data_ptr() in slabs[i]
+                    for a in admitted for i, layer in enumerate(a.cache.layers))
+        return real_decode(self, lm, admitted, *args, **kwargs)
+
     monkeypatch.setattr(FastDecoder, "_moved", moved)
+    monkeypatch.setattr(FastDecoder, "decode_batch", decode_batch)
     out = generate_batch(tiny, parse_method("vanilla"), prompts, GenerationSettings(4, SamplingConfig(greedy=True)),
                          fast, admission=admission)
     layers = tiny.model.config.num_hidden_layers
@@ -157,3 +168,4 @@ def test_a_batch_waits_in_per_layer_slabs_that_are_dropped_as_each_layer_moves(t
         assert sizes == [per_token * lengths[0] * 3, per_token * lengths[3]] and used == sizes
         assert still_staged == layers - layer  # this layer and the ones after it; the ones before are dropped
     assert all(not s for s in fast._staging.slabs) and out.batch == 4
+    assert len(held) == 4 * layers and all(held)

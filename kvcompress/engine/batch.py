@@ -162,7 +162,7 @@ def _admit(cache, copy: bool = False, expected: int = 1):
 def _copy_cache(cache) -> DynamicCache:
     copy = DynamicCache()
     for i, layer in enumerate(cache.layers):
-        copy.update(layer.keys.clone(), layer.values.clone(), i)
+        copy.update(layer.keys, layer.values, i)  # DynamicCache.update concatenates onto an empty layer: a copy
     return copy
 
 

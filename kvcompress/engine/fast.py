@@ -77,12 +77,12 @@ class FastDecoder:
             return cache
         if self._staging is None or len(self._staging.slabs) != len(cache.layers):
             self._staging = _Slabs(len(cache.layers))
-        staged = DynamicCache()
+        staged = DynamicCache() if copy else cache
         for i, layer in enumerate(cache.layers):
             keys, values = self._staging.place(i, layer.keys, layer.values, expected)
-            if not copy:
-                layer.keys = layer.values = keys.new_empty(0)
-            staged.update(keys, values, i)
+            if copy:  # DynamicCache.update concatenates (a copy): give the layer its shape, then the slab's views
+                staged.update(keys[:, :, :0], values[:, :, :0], i)
+            staged.layers[i].keys, staged.layers[i].values = keys, values  # a moved layer's own tensors are freed
         return staged
 
     def _moved(self, layer: int) -> None:
