@@ -257,3 +257,36 @@ def test_benchmark_records_native_dms_on_the_fast_engine(tmp_path, tiny):
     assert line.count("(exact)") == 2 and f"live + reserve {r.kv_cache_bytes - r.kv_live_bytes:,} B" in line
     r.kv_cache_bytes += entry  # one row more than live + reserve: the check must say so
     assert checks.run_checks(run, results)[0].passed is False
+
+
+def test_a_batch_row_keeps_what_the_reference_keeps_for_that_sequence_alone(tiny, fast):
+    """Three prompts of different lengths merged into one compact cache and decoded by one step: after the decode,
+    rows b * Hkv + h hold exactly the positions the brute-force reference keeps for sequence b alone (found by
+    matching the stored keys to that sequence's keys), in their own rows of the merged buffers."""
+    from dms_reference import batch_prompts
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.one_cell import prepare_dms
+
+    prompts = batch_prompts(tiny.tokenizer)
+    method = prepare_dms(tiny, parse_method("dms-8x"), prompts[0])  # calibrated on sequence 0's prompt
+    params = method.dms_params
+    steps = 9
+    g = generate_batch(tiny, method, prompts, _settings(steps), fast)
+    merged = fast._dms.cache
+    heads = tiny.model.config.num_key_value_heads
+    assert merged.heads == (len(prompts), heads)
+    reference = BruteForceDMS(tiny.model, params.window, params.alpha_scale, params.alpha_offset,
+                              params.threshold.tolist())
+    for b, prompt in enumerate(prompts):
+        tokens = g.batch_token_ids[b]
+        _, want = reference.forward(_ids(prompt)[0].tolist() + tokens[:-1])
+        table = _all_keys(tiny, params, _ids(prompt), tokens[:-1])
+        rows = slice(b * heads, (b + 1) * heads)
+        snapshot = [(k, o[rows], n[rows]) for k, o, n in zip(merged.keys, merged.offsets, merged.lengths)]
+        assert _positions(snapshot, table, heads) == want, f"row {b}"
+        capacity = [c[b * heads:(b + 1) * heads] for c in merged.capacities]
+        assert all(int(n) <= c for layer_n, layer_c in zip(merged.lengths, capacity)
+                   for n, c in zip(layer_n[rows], layer_c))
+    # each sequence's rows lie in its own span of the merged buffers, in sequence order
+    for offsets, capacities in zip(merged.offsets, merged.capacities):
+        assert offsets.tolist() == [sum(capacities[:r]) for r in range(len(capacities))]
