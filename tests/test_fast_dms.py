@@ -290,3 +290,29 @@ def test_a_batch_row_keeps_what_the_reference_keeps_for_that_sequence_alone(tiny
     # each sequence's rows lie in its own span of the merged buffers, in sequence order
     for offsets, capacities in zip(merged.offsets, merged.capacities):
         assert offsets.tolist() == [sum(capacities[:r]) for r in range(len(capacities))]
+
+
+def test_dms_capacity_search_counts_every_cloned_row_and_fits_more_than_vanilla(tiny, fast):
+    """benchmark.py capacity's search on a CPU byte budget (weights + the batch's KV bytes): cloned admission's
+    copies of the first compact cache hold real bytes (a probe's KV = (B - 1) x the first's + the last's, each
+    measured alone), and DMS-8x fits several times vanilla's batch on the same budget."""
+    from kvcompress.capacity import BytesBudget, Runner, capacity_cell
+    from kvcompress.one_cell import prepare_dms
+    from kvcompress.tasks.cell import Cell
+
+    from conftest import bytes_per_token
+
+    new = 6
+    pair = tuple(Cell(target_tokens=400, needle_seed=b).build(tiny.tokenizer)[0] for b in (0, 1))
+    budget = tiny.weights_bytes + int(5.5 * bytes_per_token(tiny.model) * (400 + new - 1))  # vanilla: 5 fit
+    runner = Runner(tiny, fast, GenerationSettings(new, SamplingConfig(greedy=True)), BytesBudget(budget), 2)
+    vanilla = capacity_cell(runner, parse_method("vanilla"), pair, 400, max_batch=256, max_runs=8)[:2]
+    method = prepare_dms(tiny, parse_method("dms-8x"), pair[0])
+    lo, hi, _, probes = capacity_cell(runner, method, pair, 400, max_batch=256, max_runs=12)
+    assert vanilla == (5, 6) and hi == lo + 1 and lo > 3 * vanilla[0]
+    assert fast._dms is None  # every probe released its buffers
+    alone = [generate_once(tiny, method, p, _settings(new), fast).kv_end.bytes for p in pair]
+    for probe in probes:
+        kv = (probe.batch - 1) * alone[0] + alone[1] if probe.batch > 1 else alone[0]
+        assert probe.used["decode"] == tiny.weights_bytes + kv
+        assert probe.fits == (tiny.weights_bytes + kv <= budget)
