@@ -223,12 +223,14 @@ def test_repeats_reuse_the_buffers_and_release_drops_them(tiny, long_prompt, fas
 
 def test_the_dms_step_through_triton_matches_the_hf_engine_under_the_interpreter():
     """The Triton kernels of the DMS step (store + ragged attention, run by Triton's interpreter) in the whole
-    engine: same greedy tokens and live entries per head as the hf engine (the kernels alone: kernel_check.py)."""
+    engine, alone and in a batch of two: same greedy tokens and live entries per head (per batch row) as the hf
+    engine runs each sequence alone (the kernels alone, at batch 2 with per-row positions: kernel_check.py)."""
     env = dict(os.environ, TRITON_INTERPRET="1", KVCOMPRESS_FORCE_TRITON="1")
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kernel_check.py"), "dms-engine"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.count("dms engine ") == 2
+    assert proc.stdout.count("dms batch x2 ") == 2  # a batch of two rows at different positions, calibrated
 
 
 def test_benchmark_records_native_dms_on_the_fast_engine(tmp_path, tiny):
