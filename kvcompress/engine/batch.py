@@ -5,7 +5,10 @@ together, one token per sequence per step.
 Sequence b samples with seed + b, so it generates what it would generate alone with that seed (its prompt's needle
 seed is seed + b too: tasks.cell.Cell.build_batch). Sequences whose kept lengths differ are right-padded to a common
 length per layer, the pads hidden from attention (the fast engine's validity mask; the hf engine's attention mask),
-each sequence keeping its own RoPE positions. "cloned" admission (the capacity search) prefills the first and the
+each sequence keeping its own RoPE positions. Native DMS-8x: each sequence prefills context + question into its own
+DMS cache under one attention patch (thresholds shared, calibrated on sequence 0's prompt), then the fast engine
+merges the compact caches into one (engine/fast_dms.py, no pads) and the hf engine stacks the masked caches
+(methods/dms.py: pads at a position no query reaches). "cloned" admission (the capacity search) prefills the first and the
 last sequence for real and fills the rows between with copies of the first's compressed cache: the same bytes, the
 same peak (the last prefill runs beside B - 1 held caches), two prefills instead of B.
 """

@@ -21,6 +21,11 @@ decision logit marks token p - 1 in the ring; the ring entry of token p - R is t
 is marked, token p overwrites its slot, else token p takes the next free row; then split-K attention reads exactly
 lengths[bh] rows per head. Every input of the step is a static device tensor, so the step is one CUDA graph, replayed
 across timed repeats as long as the prefill produced the same per-head capacities (the same prompt does).
+
+A batch (engine.batch): each sequence prefills into its own batch-1 cache (`admit_to_batch`), then `merge` moves them
+into one batch cache, layer by layer: sequence b's heads become rows b * Hkv + h, its rows follow the previous
+sequences' (no pads: each head keeps its own capacity), and one step decodes all rows, each sequence at its own
+position (RoPE, ring index, tie-break). The batch's KV bytes are the sum of its sequences'.
 """
 
 from __future__ import annotations
