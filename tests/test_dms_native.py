@@ -336,3 +336,25 @@ def test_a_batch_keeps_for_each_row_what_the_reference_keeps_for_that_sequence_a
         _, want = reference.forward(_ids(prompt)[0].tolist() + g.batch_token_ids[b][:-1])
         assert final.live_positions(row=b) == want, f"row {b}"
         assert max(len(h) for layer in want for h in layer) < lengths[b] + steps - 1 - params.window  # evicted
+
+
+def test_a_batch_record_on_the_hf_engine_passes_the_kv_bytes_check(tmp_path, tiny):
+    """benchmark.py --batch 2 --engine hf: the dms-8x row has figures, holds every position of both sequences (mask,
+    no reclaim), and the KV-bytes check says so; one entry more and it fails."""
+    import benchmark
+    from kvcompress import checks
+    from kvcompress.results import load
+
+    out = tmp_path / "run.json"
+    assert benchmark.main(["--preset", "tiny", "--contexts", "320", "--methods", "vanilla,dms-8x", "--engine", "hf",
+                           "--max-new-tokens", "6", "--repeats", "1", "--batch", "2", "--out", str(out)]) == 0
+    run, results = load(out)
+    r = next(r for r in results if r.method == "dms-8x")
+    assert r.error is None and r.batch == 2 and r.aggregate_decode_tokens_per_s and r.dms_layout == "mask, no reclaim"
+    vanilla = next(r for r in results if r.method == "vanilla")
+    assert r.kv_cache_bytes == r.kv_cache_bytes_full >= vanilla.kv_cache_bytes  # context + question of each
+    assert r.kv_live_bytes < r.kv_cache_bytes
+    kv_check = checks.run_checks(run, results)[0]
+    assert kv_check.passed is True, kv_check.lines
+    r.kv_cache_bytes += 2 * tiny.model.config.head_dim * tiny.model.dtype.itemsize
+    assert checks.run_checks(run, results)[0].passed is False

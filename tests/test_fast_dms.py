@@ -233,23 +233,26 @@ def test_the_dms_step_through_triton_matches_the_hf_engine_under_the_interpreter
     assert proc.stdout.count("dms batch x2 ") == 2  # a batch of two rows at different positions, calibrated
 
 
-def test_benchmark_records_native_dms_on_the_fast_engine(tmp_path, tiny):
-    """The whole pipeline (runner, calibration, measure): the record says where DMS ran and how its cache is held,
-    its bytes are live entries + the reserve, and the roofline check reads its live entries only."""
+@pytest.mark.parametrize("batch", [1, 2])
+def test_benchmark_records_native_dms_on_the_fast_engine(tmp_path, tiny, batch):
+    """The whole pipeline (runner, calibration, measure), alone and in a batch: the record says where DMS ran and
+    how its cache is held, its bytes are live entries + the reserve (per row of the batch), and the roofline check
+    reads its live entries only."""
     import benchmark
     from kvcompress import checks
     from kvcompress.results import load
 
     out = tmp_path / "run.json"
     assert benchmark.main(["--preset", "tiny", "--contexts", "320", "--methods", "vanilla,dms-8x", "--engine", "fast",
-                           "--max-new-tokens", "8", "--repeats", "1", "--out", str(out)]) == 0
+                           "--max-new-tokens", "8", "--repeats", "1", "--batch", str(batch), "--out", str(out)]) == 0
     run, results = load(out)
     r = next(r for r in results if r.method.startswith("dms-8x"))
-    assert r.error is None and r.engine == "fast" and r.dms_impl == "native"
+    assert r.error is None and r.engine == "fast" and r.dms_impl == "native" and r.batch == batch
     assert r.dms_layout == CompactDMSCache.layout and r.dms_decisions
+    assert (batch > 1) == any("sequence 0's prompt" in note for note in r.notes)  # one calibration for the batch
     c = tiny.model.config
     entry = 2 * c.head_dim * tiny.model.dtype.itemsize
-    assert r.kv_cache_bytes == r.kv_live_bytes + 7 * c.num_hidden_layers * c.num_key_value_heads * entry
+    assert r.kv_cache_bytes == r.kv_live_bytes + 7 * batch * c.num_hidden_layers * c.num_key_value_heads * entry
     assert r.kv_live_bytes < r.kv_cache_bytes_full and r.kv_memory_saved
     kv_read = checks._step_bytes(r, run.get("architecture"), True) - r.weights_bytes
     assert kv_read == (r.kv_live_bytes + r.kv_live_bytes_end) / 2
