@@ -240,10 +240,16 @@ def dms_engine_check(steps: int = 10) -> int:
     alone = [generate_once(lm, method, p, settings, HFDecoder()) for p in prompts]
     kernels.FORCE_TRITON = True
     batch = generate_batch(lm, method, prompts, settings, FastDecoder(lm))
-    want_live = [[n for g in alone for n in g.kv_end.tokens_per_head[i]] for i in range(len(batch.kv_end.tokens_per_head))]
+    want_live = batch_rows([g.kv_end for g in alone])
     print(f"dms batch x2 tokens: hf alone {[g.token_ids for g in alone]} fast batched {batch.batch_token_ids}")
     print(f"dms batch x2 live per row: hf alone {want_live} fast batched {batch.kv_end.tokens_per_head}")
-    return status | int(batch.batch_token_ids != [g.token_ids for g in alone] or batch.kv_end.tokens_per_head != want_live)
+    wrong = batch.batch_token_ids != [g.token_ids for g in alone] or batch.kv_end.tokens_per_head != want_live
+    return status | int(wrong)
+
+
+def batch_rows(states) -> list[list[int]]:
+    """Live entries per [layer][row] a batch of these sequences must hold: sequence b's heads are rows b * Hkv + h."""
+    return [[n for state in states for n in state.tokens_per_head[i]] for i in range(len(states[0].tokens_per_head))]
 
 
 def dms_gpu_check() -> int:
@@ -263,7 +269,8 @@ def dms_gpu_check() -> int:
         capacity = lengths.long() + reserve
         offsets = torch.cumsum(capacity, 0) - capacity
         rows = int(capacity.sum())
-        keys, values, q = torch.randn(rows, D, dtype=dt), torch.randn(rows, D, dtype=dt), torch.randn(B, Hq, D, dtype=dt)
+        keys, values = torch.randn(rows, D, dtype=dt), torch.randn(rows, D, dtype=dt)
+        q = torch.randn(B, Hq, D, dtype=dt)
         kernels.FORCE_TRITON = True  # compiled on CUDA, interpreted on CPU
         splits = kernels.attention_splits(B * Hkv, int(capacity.max()), dev)
         a = kernels.decode_attention(q.to(dev), keys.to(dev), values.to(dev), lengths.to(dev), None, D ** -0.5,
@@ -303,7 +310,8 @@ def dms_gpu_check() -> int:
             failures += [f"batch {B}: store {name}"] if not err < 2e-2 else []
         for name, x, y in zip(("lengths", "ring slots", "ring marks"), outs[0][3:], outs[1][3:]):
             wrong = int((x != y).sum())
-            print(f"batch {B}: dms store {name}: {wrong} differ")  # a decision within bf16 rounding of its threshold may differ
+            # a decision within bf16 rounding of its threshold may differ
+            print(f"batch {B}: dms store {name}: {wrong} differ")
             failures += [f"batch {B}: store {name}"] if wrong > 1 else []
 
     from kvcompress import models
@@ -337,11 +345,12 @@ def dms_gpu_check() -> int:
     alone = [generate_once(lm, method, p, settings, HFDecoder()) for p in prompts]
     batch = generate_batch(lm, method, prompts, settings, fast_decoder)
     same = [sum(x == y for x, y in zip(g.token_ids, t)) for g, t in zip(alone, batch.batch_token_ids)]
-    want_live = [[n for g in alone for n in g.kv_end.tokens_per_head[i]] for i in range(len(batch.kv_end.tokens_per_head))]
+    want_live = batch_rows([g.kv_end for g in alone])
+    summed = sum(generate_once(lm, method, p, settings, fast_decoder).kv_end.bytes for p in prompts)
     print(f"dms batch x4 (tiny, fp32, CUDA graph): greedy tokens as hf alone per sequence {same} of "
           f"{len(alone[0].token_ids)}; live per row as alone: {batch.kv_end.tokens_per_head == want_live}; "
-          f"KV bytes {batch.kv_end.bytes:,} = sum of the sequences' fast bytes "
-          f"{sum(generate_once(lm, method, p, settings, fast_decoder).kv_end.bytes for p in prompts):,}")
+          f"KV bytes {batch.kv_end.bytes:,}, the sequences' fast bytes summed {summed:,}")
+    failures += ["batch KV bytes"] if batch.kv_end.bytes != summed else []
     print("FAILED: " + ", ".join(failures) if failures else "dms kernels match on the GPU")
     return 1 if failures else 0
 

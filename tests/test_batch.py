@@ -175,7 +175,8 @@ def test_each_dms_sequence_of_a_batch_generates_what_it_generates_alone(tiny, dm
     assert batch.batch_token_ids == [g.token_ids for g in reference]
     assert batch.protocol == "single_prefill"
     # live entries per (layer, batch row = sequence b's kv head h) are the sequence's own, at both ends
-    for state, want in ((batch.kv_after, [g.kv_after for g in reference]), (batch.kv_end, [g.kv_end for g in reference])):
+    for state, want in ((batch.kv_after, [g.kv_after for g in reference]),
+                        (batch.kv_end, [g.kv_end for g in reference])):
         assert state.tokens_per_head == [[n for g in want for n in g.tokens_per_head[i]]
                                          for i in range(len(want[0].tokens_per_head))]
         assert state.live_bytes == sum(g.live_bytes for g in want)

@@ -8,9 +8,9 @@ length per layer, the pads hidden from attention (the fast engine's validity mas
 each sequence keeping its own RoPE positions. Native DMS-8x: each sequence prefills context + question into its own
 DMS cache under one attention patch (thresholds shared, calibrated on sequence 0's prompt), then the fast engine
 merges the compact caches into one (engine/fast_dms.py, no pads) and the hf engine stacks the masked caches
-(methods/dms.py: pads at a position no query reaches). "cloned" admission (the capacity search) prefills the first and the
-last sequence for real and fills the rows between with copies of the first's compressed cache: the same bytes, the
-same peak (the last prefill runs beside B - 1 held caches), two prefills instead of B.
+(methods/dms.py: pads at a position no query reaches). "cloned" admission (the capacity search) prefills the first
+and the last sequence for real and fills the rows between with copies of the first's compressed cache: the same
+bytes, the same peak (the last prefill runs beside B - 1 held caches), two prefills instead of B.
 """
 
 from __future__ import annotations
