@@ -321,3 +321,39 @@ def test_dms_capacity_search_counts_every_cloned_row_and_fits_more_than_vanilla(
         kv = (probe.batch - 1) * alone[0] + alone[1] if probe.batch > 1 else alone[0]
         assert probe.used["decode"] == tiny.weights_bytes + kv
         assert probe.fits == (tiny.weights_bytes + kv <= budget)
+
+
+def test_the_merge_moves_the_batch_layer_by_layer_never_holding_it_twice(tiny, fast, monkeypatch):
+    """CompactDMSCache.merge allocates the batch's K, then V, of one layer at a time and frees the sources' copy at
+    once: at every allocation, sources still held + merged so far + the new buffer stay within the batch's KV plus
+    one buffer, and at the end the sources hold nothing."""
+    from dms_reference import batch_prompts
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.one_cell import prepare_dms
+
+    prompts = batch_prompts(tiny.tokenizer)
+    method = prepare_dms(tiny, parse_method("dms-8x"), prompts[0])
+    seen = {}
+    held = []
+    real_merge, real_empty = CompactDMSCache.merge.__func__, CompactDMSCache._empty
+
+    def merge(cls, caches):
+        seen["sources"] = caches
+        seen["total"] = sum(t.nbytes for c in caches for t in c.keys + c.values)
+        return real_merge(cls, caches)
+
+    def empty(self, shape, dtype, device):
+        t = real_empty(self, shape, dtype, device)
+        if "sources" in seen:  # inside the merge (the sources' own prefill allocations come before)
+            sources = sum(x.nbytes for c in seen["sources"] for x in c.keys + c.values if x is not None)
+            merged = sum(x.nbytes for x in self.keys + self.values if x is not None)
+            held.append((sources + merged + t.nbytes, t.nbytes))
+        return t
+
+    monkeypatch.setattr(CompactDMSCache, "merge", classmethod(merge))
+    monkeypatch.setattr(CompactDMSCache, "_empty", empty)
+    generate_batch(tiny, method, prompts, _settings(6), fast)
+    assert len(held) == 2 * tiny.model.config.num_hidden_layers  # K and V of every layer, one at a time
+    assert all(total <= seen["total"] + new for total, new in held)
+    assert all(x is None for c in seen["sources"] for x in c.keys + c.values + c.offsets + c.lengths)
+    assert sum(k.nbytes + v.nbytes for k, v in zip(fast._dms.cache.keys, fast._dms.cache.values)) == seen["total"]
