@@ -316,7 +316,8 @@ def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, conso
             def build(n: int):
                 return Cell(target_tokens=n, needle_seed=seed, haystack=cfg.haystack).build(lm.tokenizer)[0]
 
-            longest, probes = longest_context(runner, method, build, fitted[method.name], limit, max_runs, say)
+            ready = _dms_ready(lm, method, build(fitted[method.name]))
+            longest, probes = longest_context(runner, ready, build, fitted[method.name], limit, max_runs, say)
             record = _record(lm, method, cfg, longest, 1, decoder.name, "capacity_context")
             record.capacity_budget_bytes, record.capacity_probes = budget.budget, [p.to_dict() for p in probes]
             record.notes.append(f"longest context at batch 1: {longest} tokens" +
@@ -340,6 +341,7 @@ def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight
         record.error = reason
         say(f"  error: {reason}")
         return [record]
+    method = _dms_ready(lm, method, pair[0])
     lo, hi, predicted, probes = capacity_cell(runner, method, pair, context, max_batch, max_runs, say)
     details = {"capacity_budget_bytes": runner.budget.budget, "capacity_max_batch": lo,
                "capacity_predicted_batch": predicted, "capacity_probes": [p.to_dict() for p in probes]}
@@ -373,6 +375,7 @@ def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight
         elif failures:
             record.notes.append(f"timed at batch {record.batch}: " + "; ".join(failures))
         vars(record).update(details)
+        _dms_fields(record, method, runner.decoder)
         if lo < max_batch and hi - lo > 1:
             record.notes.append(f"search stopped after {len(probes)} runs: the boundary lies in [{lo}, {hi})")
         if lo >= max_batch:
@@ -380,6 +383,22 @@ def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight
         say(f"  batch {record.batch}: " + (record.error or f"{record.aggregate_decode_tokens_per_s:,.0f} tok/s aggregate"))
         records.append(record)
     return records
+
+
+def _dms_ready(lm, method, prompt):
+    """Native DMS's decisions for a cell (one_cell.prepare_dms): calibrated on the first sequence's prompt, shared by
+    every sequence of every batch of the search, the copies of cloned admission included."""
+    if not method.native_dms:
+        return method
+    from kvcompress.one_cell import prepare_dms
+
+    return prepare_dms(lm, method, prompt)
+
+
+def _dms_fields(record, method, decoder) -> None:
+    if method.native_dms:
+        record.dms_impl, record.dms_layout = method.impl, getattr(decoder, "dms_layout", None) or "mask, no reclaim"
+        record.dms_decisions = method.dms_params.decisions
 
 
 def _record(lm, method, cfg, context: int, batch: int, engine: str, task: str):

@@ -155,14 +155,16 @@ def _kv_bytes(results, arch) -> Check:
 def _dms_bytes(check: Check, context, r, per_token: int) -> bool:
     """Native DMS: live bytes = live entries x bytes of one entry, exactly; the fast engine's compact cache allocates
     exactly a reserve of max_new_tokens - 1 rows per (layer, head) more; the hf engine's masked cache holds every
-    position."""
-    heads = sum(len(layer) for layer in r.kv_tokens_per_head)
-    entry = per_token // heads  # K and V of one token of one (layer, kv head)
+    position. A batch's rows are (sequence, layer, kv head): its bytes are its sequences' summed."""
+    heads = sum(len(layer) for layer in r.kv_tokens_per_head)  # rows: batch x layers x kv heads
+    entry = per_token * r.batch // heads  # K and V of one token of one (layer, kv head)
     entries = sum(sum(layer) for layer in r.kv_tokens_per_head)
     live_ok = r.kv_live_bytes == entries * entry
     if r.engine == "fast":
         slack = (r.max_new_tokens - 1) * heads * entry
         held_ok, held = r.kv_cache_bytes == r.kv_live_bytes + slack, f"live + reserve {slack:,} B"
+    elif r.batch > 1:  # each sequence's own positions (their lengths may differ by a few tokens)
+        held_ok, held = r.kv_cache_bytes == r.kv_cache_bytes_full, "every position of every sequence (mask, no reclaim)"
     else:
         held_ok, held = r.kv_cache_bytes == r.input_tokens * per_token, "every position (mask, no reclaim)"
     check.lines.append(f"{context}: {r.method:30s} live {entries:,} entries x {entry} B = {r.kv_live_bytes:,} B "

@@ -40,7 +40,7 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
         return blank
     error = None
     try:
-        if method.native_dms:
+        if method.native_dms:  # a batch: calibrated once, on sequence 0's prompt; every sequence shares it
             method = prepare_dms(lm, method, first)
         record = measure(lm, method, prompt, settings, decoder, repeats=repeats, task=task,
                          target_tokens=cell.target_tokens, admission=admission)
@@ -58,6 +58,8 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
         if method.native_dms:
             record.dms_layout = getattr(decoder, "dms_layout", None) or "mask, no reclaim"
             record.dms_decisions = method.dms_params.decisions
+            if batch > 1 and method.dms_params.threshold is not None:
+                record.notes.append("DMS thresholds calibrated once, on sequence 0's prompt, shared by the batch")
     record.depth, record.prompt_id = cell.depth if needle else None, cell.prompt_id
     record.kv_budget = method.budget_label
     grade(record, needle, first, cell)

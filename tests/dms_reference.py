@@ -21,6 +21,20 @@ def prompt_ids(prompt) -> torch.Tensor:
     return torch.cat([prompt.context_ids, prompt.question_ids], 1)
 
 
+def batch_prompts(tokenizer, lengths=(120, 116, 123)):
+    """DMS-sized prompts (the tiny window is 16) of different lengths, one per needle seed 0, 1, 2: the rows of a
+    batch sit at different positions. Each is the end of a 400-token needle prompt, its last 20 tokens the question."""
+    from kvcompress.engine.generate import Prompt
+    from kvcompress.tasks.cell import Cell
+
+    built = Cell(target_tokens=400, needle_seed=0).build_batch(tokenizer, len(lengths))[0]
+    out = []
+    for prompt, length in zip(built, lengths):
+        ids = prompt_ids(prompt)[:, -length:]
+        out.append(Prompt(ids[:, :-20], ids[:, -20:]))
+    return out
+
+
 def _rms(x, weight, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 

@@ -111,18 +111,19 @@ def dms_checks(check) -> None:
     check("decode_attention (ragged)", rel_err(a, b))
     check("decode_attention (ragged) finite", float(a.isnan().sum()))
 
-    # the store: several positions (ring wrap-around included), random marks in the ring, both threshold kinds
+    # the store: several positions (ring wrap-around included), each batch row at its own position (a batch's
+    # sequences differ in length: ring slots and tie-breaks per row), random marks in the ring, both threshold kinds
     ring = 5
     for position, thresholds in ((7, None), (10, torch.randn(3, Hkv) * 50), (1, None)):
         params = DMSParams(window=ring - 1, alpha_scale=100.0, alpha_offset=5.0, cr=8, kv_heads=Hkv,
                            threshold=thresholds)
         layer = 1
         row = thresholds[layer].float() if thresholds is not None else torch.zeros(Hkv)
-        tie = tie_break(torch.full((B,), position)) if thresholds is not None else torch.zeros(B)
+        pos = (position + 3 * torch.arange(B)).view(B, 1)  # rows at positions p, p + 3
+        tie = tie_break(pos.view(-1)) if thresholds is not None else torch.zeros(B)
         qn, kn = torch.randn(D), torch.randn(D)
         angle = torch.randn(B, D // 2)
         cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
-        pos = torch.full((B, 1), position, dtype=torch.long)
         marks = (torch.rand(B * Hkv, ring) > 0.5).to(torch.int8)
         args, twin, a, b = run_both(
             lambda qkv, k, v, n, slot, mark, o: kernels.dms_qk_norm_rope_store(
@@ -139,6 +140,32 @@ def dms_checks(check) -> None:
         check(tag + " decision channel zeroed", float(a[:, ::group, -1].abs().sum()))
         written = torch.cat([args[1], args[2]]).abs().sum(-1) > 0
         check(tag + " one row per head written", float(written.sum() != 2 * B * Hkv))
+
+    # each row's own tie-break decides: row 1's threshold sits just above its logit + tie_break(its position), so
+    # it keeps (ring mark 0) with its own tie-break and would evict with row 0's (tie_break(10) > tie_break(13))
+    from kvcompress.methods.dms import decision_logits
+
+    pos = torch.tensor([[10], [13]])
+    tie = tie_break(pos.view(-1))
+    qkv, qn = torch.randn(B, (Hq + 2 * Hkv) * D), torch.randn(D)
+    base = DMSParams(window=ring - 1, alpha_scale=100.0, alpha_offset=5.0, cr=8, kv_heads=Hkv)
+    q_normed = kernels._rmsnorm_reference(qkv.view(B, -1, D)[:, :Hq], qn, 1e-6)[:, :, None, :]
+    logits = decision_logits(q_normed, base)[1, :, 0]  # (Hkv,) row 1
+    assert tie[0] > tie[1] + 1e-4
+    params = DMSParams(window=ring - 1, alpha_scale=100.0, alpha_offset=5.0, cr=8, kv_heads=Hkv,
+                       threshold=torch.stack([logits + tie[1] + 5e-5] * 2))
+    angle = torch.randn(B, D // 2)
+    cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+    args, twin, a, b = run_both(
+        lambda k, v, n, slot, mark, o: kernels.dms_qk_norm_rope_store(
+            qkv, qn, torch.randn(D), 1e-6, cos, sin, k, v, offsets, n, slot, mark, pos, params.threshold[1], tie,
+            params, 1, o),
+        torch.zeros(rows, D), torch.zeros(rows, D), lengths.clone(), torch.zeros(B * Hkv, ring, dtype=torch.int32),
+        torch.ones(B * Hkv, ring, dtype=torch.int8), torch.empty(B, Hq, D))
+    previous = (pos.view(B, 1).expand(B, Hkv).reshape(-1) - 1) % ring
+    marks = args[4][torch.arange(B * Hkv), previous]
+    check("dms store per-row tie-break: ring marks", float((args[4] != twin[4]).sum()))
+    check("dms store per-row tie-break: row 1 keeps", float(marks[Hkv:].sum()))
 
 
 def engine_check(steps: int = 10) -> int:
@@ -199,7 +226,30 @@ def dms_engine_check(steps: int = 10) -> int:
     fast = generate_once(lm, method, prompt, settings, FastDecoder(lm))
     print(f"dms engine tokens: hf {reference.token_ids} fast {fast.token_ids}")
     print(f"dms engine live per head: hf {reference.kv_end.tokens_per_head} fast {fast.kv_end.tokens_per_head}")
-    return int(reference.token_ids != fast.token_ids or reference.kv_end.tokens_per_head != fast.kv_end.tokens_per_head)
+    status = int(reference.token_ids != fast.token_ids or
+                 reference.kv_end.tokens_per_head != fast.kv_end.tokens_per_head)
+    # a batch of two prompts of different lengths: one merged compact cache, rows at their own positions
+    from dms_reference import batch_prompts
+    from kvcompress.engine.batch import generate_batch
+
+    from kvcompress.one_cell import prepare_dms
+
+    prompts = batch_prompts(lm.tokenizer, (120, 113))
+    method = prepare_dms(lm, method, prompts[0])  # calibrated: the kernel's thresholds and per-row tie-breaks
+    kernels.FORCE_TRITON = False
+    alone = [generate_once(lm, method, p, settings, HFDecoder()) for p in prompts]
+    kernels.FORCE_TRITON = True
+    batch = generate_batch(lm, method, prompts, settings, FastDecoder(lm))
+    want_live = batch_rows([g.kv_end for g in alone])
+    print(f"dms batch x2 tokens: hf alone {[g.token_ids for g in alone]} fast batched {batch.batch_token_ids}")
+    print(f"dms batch x2 live per row: hf alone {want_live} fast batched {batch.kv_end.tokens_per_head}")
+    wrong = batch.batch_token_ids != [g.token_ids for g in alone] or batch.kv_end.tokens_per_head != want_live
+    return status | int(wrong)
+
+
+def batch_rows(states) -> list[list[int]]:
+    """Live entries per [layer][row] a batch of these sequences must hold: sequence b's heads are rows b * Hkv + h."""
+    return [[n for state in states for n in state.tokens_per_head[i]] for i in range(len(states[0].tokens_per_head))]
 
 
 def dms_gpu_check() -> int:
@@ -213,53 +263,56 @@ def dms_gpu_check() -> int:
     dt = torch.bfloat16 if dev.type == "cuda" else torch.float32
     torch.manual_seed(0)
     failures = []
-    B, Hq, Hkv, D, window, reserve = 1, 32, 8, 128, 512, 256
-    lengths = torch.randint(600, 5000, (B * Hkv,), dtype=torch.int32)
-    capacity = lengths.long() + reserve
-    offsets = torch.cumsum(capacity, 0) - capacity
-    rows = int(capacity.sum())
-    keys, values, q = torch.randn(rows, D, dtype=dt), torch.randn(rows, D, dtype=dt), torch.randn(B, Hq, D, dtype=dt)
-    splits = kernels.attention_splits(B * Hkv, int(capacity.max()), dev)
-    kernels.FORCE_TRITON = True  # compiled on CUDA, interpreted on CPU
-    a = kernels.decode_attention(q.to(dev), keys.to(dev), values.to(dev), lengths.to(dev), None, D ** -0.5,
-                                 torch.empty(B, Hq, D, device=dev, dtype=dt), splits, offsets=offsets.to(dev),
-                                 max_length=int(capacity.max()))
-    kernels.FORCE_TRITON = False  # the twin, on CPU
-    b = kernels.decode_attention(q.float(), keys.float(), values.float(), lengths, None, D ** -0.5,
-                                 torch.empty(B, Hq, D), offsets=offsets, max_length=int(capacity.max()))
-    err = rel_err(a.cpu(), b)
-    print(f"ragged decode_attention, {splits} splits: rel err {err:.2e}")
-    failures += ["ragged attention"] if not err < 2e-2 else []
-    ring = window + 1
-    params = DMSParams(window=window, alpha_scale=100.0, alpha_offset=5.0, cr=8, kv_heads=Hkv,
-                       threshold=torch.randn(2, Hkv) * 30)
-    position = 9000
-    qkv = torch.randn(B, (Hq + 2 * Hkv) * D, dtype=dt)
-    qn, kn = torch.randn(D, dtype=dt), torch.randn(D, dtype=dt)
-    angle = torch.randn(B, D // 2)
-    cos, sin = torch.cat([angle.cos()] * 2, -1).to(dt), torch.cat([angle.sin()] * 2, -1).to(dt)
-    pos = torch.full((B, 1), position, dtype=torch.long)
-    state = [keys, values, lengths, torch.randint(0, 600, (B * Hkv, ring), dtype=torch.int32),
-             (torch.rand(B * Hkv, ring) > 0.5).to(torch.int8)]
-    row, tie = params.threshold[1].float(), tie_break(torch.full((B,), position))
-    outs = []
-    for side, (device, dtype) in enumerate(((dev, dt), (torch.device("cpu"), torch.float32))):
-        k, v, n, slot, mark = [t.clone().to(device) for t in state]
-        k, v = k.to(dtype), v.to(dtype)
-        out = torch.empty(B, Hq, D, device=device, dtype=dtype)
-        kernels.FORCE_TRITON = side == 0  # Triton, then the twin
-        kernels.dms_qk_norm_rope_store(qkv.to(device, dtype), qn.to(device, dtype), kn.to(device, dtype), 1e-6,
-                                       cos.to(device, dtype), sin.to(device, dtype), k, v, offsets.to(device), n,
-                                       slot, mark, pos.to(device), row.to(device), tie.to(device), params, 1, out)
-        outs.append([t.cpu().float() for t in (out, k, v, n, slot, mark)])
-    for name, x, y in zip(("q", "keys", "values"), outs[0][:3], outs[1][:3]):
-        err = rel_err(x, y)
-        print(f"dms store {name}: rel err {err:.2e}")
-        failures += [f"store {name}"] if not err < 2e-2 else []
-    for name, x, y in zip(("lengths", "ring slots", "ring marks"), outs[0][3:], outs[1][3:]):
-        wrong = int((x != y).sum())
-        print(f"dms store {name}: {wrong} differ")  # a decision within bf16 rounding of its threshold may differ
-        failures += [f"store {name}"] if wrong > 1 else []
+    for B in (1, 4):  # batch 1, and a batch whose rows sit at different positions
+        Hq, Hkv, D, window, reserve = 32, 8, 128, 512, 256
+        lengths = torch.randint(600, 5000, (B * Hkv,), dtype=torch.int32)
+        capacity = lengths.long() + reserve
+        offsets = torch.cumsum(capacity, 0) - capacity
+        rows = int(capacity.sum())
+        keys, values = torch.randn(rows, D, dtype=dt), torch.randn(rows, D, dtype=dt)
+        q = torch.randn(B, Hq, D, dtype=dt)
+        kernels.FORCE_TRITON = True  # compiled on CUDA, interpreted on CPU
+        splits = kernels.attention_splits(B * Hkv, int(capacity.max()), dev)
+        a = kernels.decode_attention(q.to(dev), keys.to(dev), values.to(dev), lengths.to(dev), None, D ** -0.5,
+                                     torch.empty(B, Hq, D, device=dev, dtype=dt), splits, offsets=offsets.to(dev),
+                                     max_length=int(capacity.max()))
+        kernels.FORCE_TRITON = False  # the twin, on CPU
+        b = kernels.decode_attention(q.float(), keys.float(), values.float(), lengths, None, D ** -0.5,
+                                     torch.empty(B, Hq, D), offsets=offsets, max_length=int(capacity.max()))
+        err = rel_err(a.cpu(), b)
+        print(f"batch {B}: ragged decode_attention, {splits} splits: rel err {err:.2e}")
+        failures += [f"batch {B}: ragged attention"] if not err < 2e-2 else []
+        ring = window + 1
+        params = DMSParams(window=window, alpha_scale=100.0, alpha_offset=5.0, cr=8, kv_heads=Hkv,
+                           threshold=torch.randn(2, Hkv) * 30)
+        position = 9000
+        qkv = torch.randn(B, (Hq + 2 * Hkv) * D, dtype=dt)
+        qn, kn = torch.randn(D, dtype=dt), torch.randn(D, dtype=dt)
+        angle = torch.randn(B, D // 2)
+        cos, sin = torch.cat([angle.cos()] * 2, -1).to(dt), torch.cat([angle.sin()] * 2, -1).to(dt)
+        pos = (position + 7 * torch.arange(B)).view(B, 1)  # each row at its own position
+        state = [keys, values, lengths, torch.randint(0, 600, (B * Hkv, ring), dtype=torch.int32),
+                 (torch.rand(B * Hkv, ring) > 0.5).to(torch.int8)]
+        row, tie = params.threshold[1].float(), tie_break(pos.view(-1))
+        outs = []
+        for side, (device, dtype) in enumerate(((dev, dt), (torch.device("cpu"), torch.float32))):
+            k, v, n, slot, mark = [t.clone().to(device) for t in state]
+            k, v = k.to(dtype), v.to(dtype)
+            out = torch.empty(B, Hq, D, device=device, dtype=dtype)
+            kernels.FORCE_TRITON = side == 0  # Triton, then the twin
+            kernels.dms_qk_norm_rope_store(qkv.to(device, dtype), qn.to(device, dtype), kn.to(device, dtype), 1e-6,
+                                           cos.to(device, dtype), sin.to(device, dtype), k, v, offsets.to(device), n,
+                                           slot, mark, pos.to(device), row.to(device), tie.to(device), params, 1, out)
+            outs.append([t.cpu().float() for t in (out, k, v, n, slot, mark)])
+        for name, x, y in zip(("q", "keys", "values"), outs[0][:3], outs[1][:3]):
+            err = rel_err(x, y)
+            print(f"batch {B}: dms store {name}: rel err {err:.2e}")
+            failures += [f"batch {B}: store {name}"] if not err < 2e-2 else []
+        for name, x, y in zip(("lengths", "ring slots", "ring marks"), outs[0][3:], outs[1][3:]):
+            wrong = int((x != y).sum())
+            # a decision within bf16 rounding of its threshold may differ
+            print(f"batch {B}: dms store {name}: {wrong} differ")
+            failures += [f"batch {B}: store {name}"] if wrong > 1 else []
 
     from kvcompress import models
     from kvcompress.engine import GenerationSettings, generate_once
@@ -282,6 +335,22 @@ def dms_gpu_check() -> int:
     print(f"dms engine (tiny, fp32, CUDA graph): {same}/{len(hf.token_ids)} greedy tokens as hf; "
           f"live per head hf {hf.kv_end.tokens_per_head} fast {fast.kv_end.tokens_per_head}; "
           f"repeat identical: {again.token_ids == fast.token_ids}")
+    # a batch of 4 prompts of different lengths, calibrated on sequence 0's: one merged compact cache, one graph
+    from dms_reference import batch_prompts
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.one_cell import prepare_dms
+
+    prompts = batch_prompts(lm.tokenizer, (300, 297, 310, 291))
+    method = prepare_dms(lm, method, prompts[0])
+    alone = [generate_once(lm, method, p, settings, HFDecoder()) for p in prompts]
+    batch = generate_batch(lm, method, prompts, settings, fast_decoder)
+    same = [sum(x == y for x, y in zip(g.token_ids, t)) for g, t in zip(alone, batch.batch_token_ids)]
+    want_live = batch_rows([g.kv_end for g in alone])
+    summed = sum(generate_once(lm, method, p, settings, fast_decoder).kv_end.bytes for p in prompts)
+    print(f"dms batch x4 (tiny, fp32, CUDA graph): greedy tokens as hf alone per sequence {same} of "
+          f"{len(alone[0].token_ids)}; live per row as alone: {batch.kv_end.tokens_per_head == want_live}; "
+          f"KV bytes {batch.kv_end.bytes:,}, the sequences' fast bytes summed {summed:,}")
+    failures += ["batch KV bytes"] if batch.kv_end.bytes != summed else []
     print("FAILED: " + ", ".join(failures) if failures else "dms kernels match on the GPU")
     return 1 if failures else 0
 

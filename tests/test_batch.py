@@ -1,5 +1,6 @@
 """Batched decode: each sequence of a batch generates what it generates alone (greedy, both engines), the batch's
-KV bytes are the sum of its sequences', and what cannot be batched is refused in one line."""
+KV bytes are the sum of its sequences', and what cannot be batched is refused in one line. Native DMS-8x batches on
+both engines too (its live positions per batch row: tests/test_fast_dms.py, tests/test_dms_native.py)."""
 
 import pytest
 
@@ -125,9 +126,100 @@ def test_cloned_admission_prefills_two_and_copies_the_rest(tiny, prompts, fast):
 
 @pytest.mark.parametrize("method, reason", [
     ("decoding+knorm[compression_interval=4,target_size=64]", "decoding-phase press"),
-    ("dms-8x", "DMS-8x"),
+    ("dms-8x-remote", "child process decodes batch 1"),
 ])
 def test_what_cannot_be_batched_is_refused_in_one_line(tiny, prompts, fast, method, reason):
     with pytest.raises(UserError, match=reason) as exc:
         generate_batch(tiny, parse_method(method), prompts, SETTINGS, fast)
     assert "\n" not in str(exc.value)
+
+
+# --- native DMS-8x in a batch -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def dms_prompts(tiny):
+    """Three DMS-sized prompts (the tiny window is 16) of different lengths: rows of a batch at different positions."""
+    from dms_reference import batch_prompts
+
+    return batch_prompts(tiny.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def dms_method(tiny, dms_prompts):
+    """Calibrated once, on sequence 0's prompt, as one_cell.prepare_dms does for a batch; every sequence shares it."""
+    from kvcompress.one_cell import prepare_dms
+
+    return prepare_dms(tiny, parse_method("dms-8x"), dms_prompts[0])
+
+
+DMS_SAMPLING = {"greedy": SamplingConfig(greedy=True), "sampled": SamplingConfig(temperature=8.0, top_p=0.95, seed=5)}
+
+
+def _alone(tiny, method, prompts, steps, sampling, decoder):
+    """Each prompt alone, sequence b with seed + b (what it must generate in the batch)."""
+    return [generate_once(tiny, method, p, GenerationSettings(steps, SamplingConfig(
+        sampling.temperature, sampling.top_p, sampling.greedy, sampling.seed + b)), decoder)
+            for b, p in enumerate(prompts)]
+
+
+@pytest.mark.parametrize("sampling", list(DMS_SAMPLING))
+@pytest.mark.parametrize("engine", ["hf", "fast"])
+def test_each_dms_sequence_of_a_batch_generates_what_it_generates_alone(tiny, dms_prompts, dms_method, fast, engine,
+                                                                        sampling):
+    decoder = fast if engine == "fast" else HFDecoder()
+    config = DMS_SAMPLING[sampling]
+    reference = _alone(tiny, dms_method, dms_prompts, 14, config, HFDecoder())
+    assert len({p.input_tokens for p in dms_prompts}) == 3  # rows at different positions
+    assert len({tuple(g.token_ids) for g in reference}) == 3  # the sequences really differ
+    batch = generate_batch(tiny, dms_method, dms_prompts, GenerationSettings(14, config), decoder)
+    assert batch.batch_token_ids == [g.token_ids for g in reference]
+    assert batch.protocol == "single_prefill"
+    # live entries per (layer, batch row = sequence b's kv head h) are the sequence's own, at both ends
+    for state, want in ((batch.kv_after, [g.kv_after for g in reference]),
+                        (batch.kv_end, [g.kv_end for g in reference])):
+        assert state.tokens_per_head == [[n for g in want for n in g.tokens_per_head[i]]
+                                         for i in range(len(want[0].tokens_per_head))]
+        assert state.live_bytes == sum(g.live_bytes for g in want)
+        assert state.full_bytes == sum(g.full_bytes for g in want)
+    ends = [[n for layer in g.kv_end.tokens_per_head for n in layer] for g in reference]
+    assert len(set(map(tuple, ends))) == 3 and max(ends[0]) < dms_prompts[0].input_tokens - 16  # evicted, unevenly
+
+
+def test_fast_dms_batch_bytes_are_the_sum_of_its_sequences(tiny, dms_prompts, dms_method, fast):
+    """The merged compact cache holds exactly each sequence's buffers (live + reserve rows per head), no pads."""
+    settings = GenerationSettings(10, SamplingConfig(greedy=True))
+    alone = [generate_once(tiny, dms_method, p, settings, fast) for p in dms_prompts]
+    batch = generate_batch(tiny, dms_method, dms_prompts, settings, fast)
+    c = tiny.model.config
+    entry = 2 * c.head_dim * tiny.model.dtype.itemsize  # K and V of one token of one head
+    rows = len(dms_prompts) * c.num_hidden_layers * c.num_key_value_heads
+    for state, parts in ((batch.kv_after, [g.kv_after for g in alone]), (batch.kv_end, [g.kv_end for g in alone])):
+        assert state.bytes == sum(g.bytes for g in parts)
+        assert state.live_bytes == sum(g.live_bytes for g in parts)
+    assert batch.kv_after.bytes == batch.kv_after.live_bytes + 9 * rows * entry  # a reserve of 9 rows per head
+    merged = fast._dms.cache  # the batch's one cache: its tensors are where the bytes come from
+    assert merged.heads == (3, c.num_key_value_heads)
+    assert sum(k.nbytes + v.nbytes for k, v in zip(merged.keys, merged.values)) == batch.kv_end.bytes
+
+
+def test_hf_dms_batch_holds_every_entry_of_the_padded_rows(tiny, dms_prompts, dms_method):
+    """The hf engine's masked cache keeps every entry: the stacked rows, padded to the longest prompt, plus the
+    decoded tokens; the pads are held but never live."""
+    settings = GenerationSettings(10, SamplingConfig(greedy=True))
+    batch = generate_batch(tiny, dms_method, dms_prompts, settings, HFDecoder())
+    longest = max(p.input_tokens for p in dms_prompts)
+    assert batch.kv_end.bytes == 3 * (longest + 9) * bytes_per_token(tiny.model)
+    alone = [generate_once(tiny, dms_method, p, settings, HFDecoder()) for p in dms_prompts]
+    assert batch.kv_end.live_bytes == sum(g.kv_end.live_bytes for g in alone)
+
+
+@pytest.mark.parametrize("engine", ["hf", "fast"])
+def test_cloned_admission_copies_the_first_dms_cache(tiny, dms_prompts, dms_method, fast, engine):
+    decoder = fast if engine == "fast" else HFDecoder()
+    many = [dms_prompts[0]] * 3 + [dms_prompts[1]]
+    g = generate_batch(tiny, dms_method, many, SETTINGS, decoder, admission="cloned")
+    alone = [generate_once(tiny, dms_method, p, SETTINGS, decoder) for p in dms_prompts[:2]]
+    assert len(g.ttft_each_s) == 2
+    assert g.batch_token_ids == [alone[0].token_ids] * 3 + [alone[1].token_ids]
+    assert g.kv_after.bytes == 3 * alone[0].kv_after.bytes + alone[1].kv_after.bytes
+    assert g.kv_end.live_bytes == 3 * alone[0].kv_end.live_bytes + alone[1].kv_end.live_bytes

@@ -297,3 +297,64 @@ def test_the_model_through_the_flex_path_generates_what_the_chunked_path_does(ti
         assert got.token_ids == want.token_ids
         assert got.kv_after.tokens_per_head == want.kv_after.tokens_per_head
         assert got.kv_end.tokens_per_head == want.kv_end.tokens_per_head
+
+
+def test_a_batch_keeps_for_each_row_what_the_reference_keeps_for_that_sequence_alone(tiny, monkeypatch):
+    """hf engine, a batch of three prompts of different lengths (rows padded to the longest): after the decode,
+    each row's live positions per (layer, kv head) are those the brute-force reference keeps for that sequence
+    alone; the calibrated decisions used each row's own positions (RoPE and tie-break), not its padded column."""
+    import kvcompress.engine.batch as batch_module
+    from dms_reference import batch_prompts
+    from kvcompress.engine.batch import generate_batch
+
+    prompts = batch_prompts(tiny.tokenizer)
+    method = prepare_dms(tiny, parse_method("dms-8x"), prompts[0])  # calibrated on sequence 0's prompt
+    params = method.dms_params
+    finals, positions = [], []
+    real_decode, real_evicts = batch_module.hf_decode_batch, dms.evicts
+
+    def keep_final(*args, **kwargs):
+        n, final = real_decode(*args, **kwargs)
+        finals.append(final)
+        return n, final
+
+    def watch(logits, layer, p, rows=None):
+        if logits.shape[0] > 1 and layer == 0:
+            positions.append(rows.flatten().tolist())
+        return real_evicts(logits, layer, p, rows)
+
+    monkeypatch.setattr(batch_module, "hf_decode_batch", keep_final)
+    monkeypatch.setattr(dms, "evicts", watch)
+    steps = 9
+    g = generate_batch(tiny, method, prompts, GenerationSettings(steps, SamplingConfig(greedy=True)), HFDecoder())
+    lengths = [p.input_tokens for p in prompts]
+    assert positions == [[n + s for n in lengths] for s in range(steps - 1)]
+    reference = BruteForceDMS(tiny.model, params.window, params.alpha_scale, params.alpha_offset,
+                              params.threshold.tolist())
+    final = finals[0]
+    for b, prompt in enumerate(prompts):
+        _, want = reference.forward(_ids(prompt)[0].tolist() + g.batch_token_ids[b][:-1])
+        assert final.live_positions(row=b) == want, f"row {b}"
+        assert max(len(h) for layer in want for h in layer) < lengths[b] + steps - 1 - params.window  # evicted
+
+
+def test_a_batch_record_on_the_hf_engine_passes_the_kv_bytes_check(tmp_path, tiny):
+    """benchmark.py --batch 2 --engine hf: the dms-8x row has figures, holds every position of both sequences (mask,
+    no reclaim), and the KV-bytes check says so; one entry more and it fails."""
+    import benchmark
+    from kvcompress import checks
+    from kvcompress.results import load
+
+    out = tmp_path / "run.json"
+    assert benchmark.main(["--preset", "tiny", "--contexts", "320", "--methods", "vanilla,dms-8x", "--engine", "hf",
+                           "--max-new-tokens", "6", "--repeats", "1", "--batch", "2", "--out", str(out)]) == 0
+    run, results = load(out)
+    r = next(r for r in results if r.method == "dms-8x")
+    assert r.error is None and r.batch == 2 and r.aggregate_decode_tokens_per_s and r.dms_layout == "mask, no reclaim"
+    vanilla = next(r for r in results if r.method == "vanilla")
+    assert r.kv_cache_bytes == r.kv_cache_bytes_full >= vanilla.kv_cache_bytes  # context + question of each
+    assert r.kv_live_bytes < r.kv_cache_bytes
+    kv_check = checks.run_checks(run, results)[0]
+    assert kv_check.passed is True, kv_check.lines
+    r.kv_cache_bytes += 2 * tiny.model.config.head_dim * tiny.model.dtype.itemsize
+    assert checks.run_checks(run, results)[0].passed is False

@@ -223,31 +223,36 @@ def test_repeats_reuse_the_buffers_and_release_drops_them(tiny, long_prompt, fas
 
 def test_the_dms_step_through_triton_matches_the_hf_engine_under_the_interpreter():
     """The Triton kernels of the DMS step (store + ragged attention, run by Triton's interpreter) in the whole
-    engine: same greedy tokens and live entries per head as the hf engine (the kernels alone: kernel_check.py)."""
+    engine, alone and in a batch of two: same greedy tokens and live entries per head (per batch row) as the hf
+    engine runs each sequence alone (the kernels alone, at batch 2 with per-row positions: kernel_check.py)."""
     env = dict(os.environ, TRITON_INTERPRET="1", KVCOMPRESS_FORCE_TRITON="1")
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "kernel_check.py"), "dms-engine"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.count("dms engine ") == 2
+    assert proc.stdout.count("dms batch x2 ") == 2  # a batch of two rows at different positions, calibrated
 
 
-def test_benchmark_records_native_dms_on_the_fast_engine(tmp_path, tiny):
-    """The whole pipeline (runner, calibration, measure): the record says where DMS ran and how its cache is held,
-    its bytes are live entries + the reserve, and the roofline check reads its live entries only."""
+@pytest.mark.parametrize("batch", [1, 2])
+def test_benchmark_records_native_dms_on_the_fast_engine(tmp_path, tiny, batch):
+    """The whole pipeline (runner, calibration, measure), alone and in a batch: the record says where DMS ran and
+    how its cache is held, its bytes are live entries + the reserve (per row of the batch), and the roofline check
+    reads its live entries only."""
     import benchmark
     from kvcompress import checks
     from kvcompress.results import load
 
     out = tmp_path / "run.json"
     assert benchmark.main(["--preset", "tiny", "--contexts", "320", "--methods", "vanilla,dms-8x", "--engine", "fast",
-                           "--max-new-tokens", "8", "--repeats", "1", "--out", str(out)]) == 0
+                           "--max-new-tokens", "8", "--repeats", "1", "--batch", str(batch), "--out", str(out)]) == 0
     run, results = load(out)
     r = next(r for r in results if r.method.startswith("dms-8x"))
-    assert r.error is None and r.engine == "fast" and r.dms_impl == "native"
+    assert r.error is None and r.engine == "fast" and r.dms_impl == "native" and r.batch == batch
     assert r.dms_layout == CompactDMSCache.layout and r.dms_decisions
+    assert (batch > 1) == any("sequence 0's prompt" in note for note in r.notes)  # one calibration for the batch
     c = tiny.model.config
     entry = 2 * c.head_dim * tiny.model.dtype.itemsize
-    assert r.kv_cache_bytes == r.kv_live_bytes + 7 * c.num_hidden_layers * c.num_key_value_heads * entry
+    assert r.kv_cache_bytes == r.kv_live_bytes + 7 * batch * c.num_hidden_layers * c.num_key_value_heads * entry
     assert r.kv_live_bytes < r.kv_cache_bytes_full and r.kv_memory_saved
     kv_read = checks._step_bytes(r, run.get("architecture"), True) - r.weights_bytes
     assert kv_read == (r.kv_live_bytes + r.kv_live_bytes_end) / 2
@@ -257,3 +262,98 @@ def test_benchmark_records_native_dms_on_the_fast_engine(tmp_path, tiny):
     assert line.count("(exact)") == 2 and f"live + reserve {r.kv_cache_bytes - r.kv_live_bytes:,} B" in line
     r.kv_cache_bytes += entry  # one row more than live + reserve: the check must say so
     assert checks.run_checks(run, results)[0].passed is False
+
+
+def test_a_batch_row_keeps_what_the_reference_keeps_for_that_sequence_alone(tiny, fast):
+    """Three prompts of different lengths merged into one compact cache and decoded by one step: after the decode,
+    rows b * Hkv + h hold exactly the positions the brute-force reference keeps for sequence b alone (found by
+    matching the stored keys to that sequence's keys), in their own rows of the merged buffers."""
+    from dms_reference import batch_prompts
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.one_cell import prepare_dms
+
+    prompts = batch_prompts(tiny.tokenizer)
+    method = prepare_dms(tiny, parse_method("dms-8x"), prompts[0])  # calibrated on sequence 0's prompt
+    params = method.dms_params
+    steps = 9
+    g = generate_batch(tiny, method, prompts, _settings(steps), fast)
+    merged = fast._dms.cache
+    heads = tiny.model.config.num_key_value_heads
+    assert merged.heads == (len(prompts), heads)
+    reference = BruteForceDMS(tiny.model, params.window, params.alpha_scale, params.alpha_offset,
+                              params.threshold.tolist())
+    for b, prompt in enumerate(prompts):
+        tokens = g.batch_token_ids[b]
+        _, want = reference.forward(_ids(prompt)[0].tolist() + tokens[:-1])
+        table = _all_keys(tiny, params, _ids(prompt), tokens[:-1])
+        rows = slice(b * heads, (b + 1) * heads)
+        snapshot = [(k, o[rows], n[rows]) for k, o, n in zip(merged.keys, merged.offsets, merged.lengths)]
+        assert _positions(snapshot, table, heads) == want, f"row {b}"
+        capacity = [c[b * heads:(b + 1) * heads] for c in merged.capacities]
+        assert all(int(n) <= c for layer_n, layer_c in zip(merged.lengths, capacity)
+                   for n, c in zip(layer_n[rows], layer_c))
+    # each sequence's rows lie in its own span of the merged buffers, in sequence order
+    for offsets, capacities in zip(merged.offsets, merged.capacities):
+        assert offsets.tolist() == [sum(capacities[:r]) for r in range(len(capacities))]
+
+
+def test_dms_capacity_search_counts_every_cloned_row_and_fits_more_than_vanilla(tiny, fast):
+    """benchmark.py capacity's search on a CPU byte budget (weights + the batch's KV bytes): cloned admission's
+    copies of the first compact cache hold real bytes (a probe's KV = (B - 1) x the first's + the last's, each
+    measured alone), and DMS-8x fits several times vanilla's batch on the same budget."""
+    from kvcompress.capacity import BytesBudget, Runner, capacity_cell
+    from kvcompress.one_cell import prepare_dms
+    from kvcompress.tasks.cell import Cell
+
+    from conftest import bytes_per_token
+
+    new = 6
+    pair = tuple(Cell(target_tokens=400, needle_seed=b).build(tiny.tokenizer)[0] for b in (0, 1))
+    budget = tiny.weights_bytes + int(5.5 * bytes_per_token(tiny.model) * (400 + new - 1))  # vanilla: 5 fit
+    runner = Runner(tiny, fast, GenerationSettings(new, SamplingConfig(greedy=True)), BytesBudget(budget), 2)
+    vanilla = capacity_cell(runner, parse_method("vanilla"), pair, 400, max_batch=256, max_runs=8)[:2]
+    method = prepare_dms(tiny, parse_method("dms-8x"), pair[0])
+    lo, hi, _, probes = capacity_cell(runner, method, pair, 400, max_batch=256, max_runs=12)
+    assert vanilla == (5, 6) and hi == lo + 1 and lo > 3 * vanilla[0]
+    assert fast._dms is None  # every probe released its buffers
+    alone = [generate_once(tiny, method, p, _settings(new), fast).kv_end.bytes for p in pair]
+    for probe in probes:
+        kv = (probe.batch - 1) * alone[0] + alone[1] if probe.batch > 1 else alone[0]
+        assert probe.used["decode"] == tiny.weights_bytes + kv
+        assert probe.fits == (tiny.weights_bytes + kv <= budget)
+
+
+def test_the_merge_moves_the_batch_layer_by_layer_never_holding_it_twice(tiny, fast, monkeypatch):
+    """CompactDMSCache.merge allocates the batch's K, then V, of one layer at a time and frees the sources' copy at
+    once: at every allocation, sources still held + merged so far + the new buffer stay within the batch's KV plus
+    one buffer, and at the end the sources hold nothing."""
+    from dms_reference import batch_prompts
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.one_cell import prepare_dms
+
+    prompts = batch_prompts(tiny.tokenizer)
+    method = prepare_dms(tiny, parse_method("dms-8x"), prompts[0])
+    seen = {}
+    held = []
+    real_merge, real_empty = CompactDMSCache.merge.__func__, CompactDMSCache._empty
+
+    def merge(cls, caches):
+        seen["sources"] = caches
+        seen["total"] = sum(t.nbytes for c in caches for t in c.keys + c.values)
+        return real_merge(cls, caches)
+
+    def empty(self, shape, dtype, device):
+        t = real_empty(self, shape, dtype, device)
+        if "sources" in seen:  # inside the merge (the sources' own prefill allocations come before)
+            sources = sum(x.nbytes for c in seen["sources"] for x in c.keys + c.values if x is not None)
+            merged = sum(x.nbytes for x in self.keys + self.values if x is not None)
+            held.append((sources + merged + t.nbytes, t.nbytes))
+        return t
+
+    monkeypatch.setattr(CompactDMSCache, "merge", classmethod(merge))
+    monkeypatch.setattr(CompactDMSCache, "_empty", empty)
+    generate_batch(tiny, method, prompts, _settings(6), fast)
+    assert len(held) == 2 * tiny.model.config.num_hidden_layers  # K and V of every layer, one at a time
+    assert all(total <= seen["total"] + new for total, new in held)
+    assert all(x is None for c in seen["sources"] for x in c.keys + c.values + c.offsets + c.lengths)
+    assert sum(k.nbytes + v.nbytes for k, v in zip(fast._dms.cache.keys, fast._dms.cache.values)) == seen["total"]

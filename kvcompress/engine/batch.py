@@ -5,9 +5,12 @@ together, one token per sequence per step.
 Sequence b samples with seed + b, so it generates what it would generate alone with that seed (its prompt's needle
 seed is seed + b too: tasks.cell.Cell.build_batch). Sequences whose kept lengths differ are right-padded to a common
 length per layer, the pads hidden from attention (the fast engine's validity mask; the hf engine's attention mask),
-each sequence keeping its own RoPE positions. "cloned" admission (the capacity search) prefills the first and the
-last sequence for real and fills the rows between with copies of the first's compressed cache: the same bytes, the
-same peak (the last prefill runs beside B - 1 held caches), two prefills instead of B.
+each sequence keeping its own RoPE positions. Native DMS-8x: each sequence prefills context + question into its own
+DMS cache under one attention patch (thresholds shared, calibrated on sequence 0's prompt), then the fast engine
+merges the compact caches into one (engine/fast_dms.py, no pads) and the hf engine stacks the masked caches
+(methods/dms.py: pads at a position no query reaches). "cloned" admission (the capacity search) prefills the first
+and the last sequence for real and fills the rows between with copies of the first's compressed cache: the same
+bytes, the same peak (the last prefill runs beside B - 1 held caches), two prefills instead of B.
 """
 
 from __future__ import annotations
@@ -66,10 +69,9 @@ class BatchGeneration(Generation):
 
 def batch_problem(method: Method, settings: GenerationSettings) -> str | None:
     """Why this method cannot be decoded in a batch (one line), or None."""
-    if method.kind == "dms":
-        return ("batched decode of DMS-8x is not built yet (native: its compact cache holds one sequence; remote: the "
-                "child decodes batch 1)")
-    if method.compresses_during_decoding:
+    if method.kind == "dms" and not method.native_dms:
+        return "batched decode of dms-8x-remote is not supported (its child process decodes batch 1); dms-8x batches"
+    if method.compresses_during_decoding and not method.native_dms:
         return "batched decode of a decoding-phase press is not supported (it rewrites one sequence's cache per step)"
     if not settings.fixed_length:
         return "batched decode times fixed-length generations; end-of-sequence stopping is batch 1 only"
@@ -88,41 +90,22 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
                             for b in range(n)], dim=1)  # (steps, batch): sequence b samples with seed + b
     out_tokens = torch.empty(n_new, n, dtype=torch.long, device=device)
     real = list(range(n)) if admission == "each" else sorted({0, n - 1})
-    presses = {b: method.new_press(model) for b in real}
+    # Native DMS: one attention patch for the whole generation (every prefill and the decode), its thresholds shared
+    # by every sequence (calibrated once, on sequence 0's prompt: one_cell.prepare_dms); context and question are
+    # one prefill, as at batch 1. A press acts on each sequence's prefill only, a fresh one per sequence.
+    dms = method.native_dms
+    whole_run = method.new_press(model) if dms else None
+    presses = {b: None if dms else method.new_press(model) for b in real}
+    single_prefill = dms or settings.query_aware
+    protocol = "single_prefill" if dms else ("query_aware" if settings.query_aware else "query_agnostic")
+    # the fast engine's DMS cache is sized at its prefill: rows for every token the generation may write
+    rows_for = max(n_new, settings.reserve_tokens or 0)
     clear_masks(model)
-    protocol = "query_aware" if settings.query_aware else "query_agnostic"
     admitted: list[Admission | None] = [None] * n
     admit = getattr(decoder, "admit", _admit)  # where the decoder wants the admitted caches (fast.FastDecoder.admit)
 
     peaks = PhasePeaks(device)
     clock = Stopwatch(device)
-    peaks.reset()
-    clock.start()
-    for b in range(n):
-        if b not in real:  # cloned admission: a copy of the first sequence's compressed cache
-            first = admitted[0]
-            admitted[b] = Admission(admit(first.cache, copy=True, expected=n - 1 - b), first.next_position,
-                                    dict(first.masked), first.kv_after)
-            out_tokens[0, b] = out_tokens[0, 0]
-            continue
-        prompt = prompts[b]
-        if b:
-            clock.mark(f"start{b}")
-        cache, kv_after, logits, next_position = _prefill(
-            lm, method, presses[b], prompt.context_ids.to(device), prompt.question_ids.to(device), presses[b],
-            settings.query_aware, new_cache(decoder, method, lm, n_new))
-        token = sample(logits, uniforms[0, b:b + 1], settings.sampling)
-        out_tokens[0, b:b + 1] = token
-        int(token.item())  # this sequence's first token is on the host: its TTFT ends here
-        clock.mark(f"first{b}")
-        kv, masked = kv_after(), take_masked_indices(model)  # read before the decoder takes the cache
-        # room in the decoder's staging for the sequences before the last: the last one's slot is made after its
-        # prefill, so that prefill's peak holds the batch's other caches and nothing more
-        admitted[b] = Admission(admit(cache, expected=max(1, n - 1 - b)), next_position, masked, kv)
-    peak_prefill = peaks.peak()
-    peaks.reset()
-    kv_after = combine([a.kv_after for a in admitted])
-    decode = getattr(decoder, "decode_batch", None)
     steady: dict[str, int] = {}
 
     def mark(name: str, steps: int | None = None) -> None:  # "admitted": the batch's cache is built; "steady"
@@ -130,9 +113,40 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
         if steps is not None:
             steady["steps"] = steps
 
-    n_generated, final = (decode(lm, admitted, uniforms, settings, out_tokens, mark) if decode is not None
-                          else hf_decode_batch(lm, admitted, uniforms, settings, out_tokens, mark))
-    clock.mark("end")
+    with press_context(whole_run, model):
+        peaks.reset()
+        clock.start()
+        for b in range(n):
+            if b not in real:  # cloned admission: a copy of the first sequence's compressed cache
+                first = admitted[0]
+                admitted[b] = Admission(admit(first.cache, copy=True, expected=n - 1 - b), first.next_position,
+                                        dict(first.masked), first.kv_after)
+                out_tokens[0, b] = out_tokens[0, 0]
+                continue
+            prompt = prompts[b]
+            if b:
+                clock.mark(f"start{b}")
+            cache = new_cache(decoder, method, lm, rows_for)
+            if hasattr(cache, "admit_to_batch"):  # the fast engine's DMS cache, merged into the batch's after prefill
+                cache.admit_to_batch()
+            cache, kv_after, logits, next_position = _prefill(
+                lm, method, presses[b], prompt.context_ids.to(device), prompt.question_ids.to(device), presses[b],
+                single_prefill, cache)
+            token = sample(logits, uniforms[0, b:b + 1], settings.sampling)
+            out_tokens[0, b:b + 1] = token
+            int(token.item())  # this sequence's first token is on the host: its TTFT ends here
+            clock.mark(f"first{b}")
+            kv, masked = kv_after(), take_masked_indices(model)  # read before the decoder takes the cache
+            # room in the decoder's staging for the sequences before the last: the last one's slot is made after
+            # its prefill, so that prefill's peak holds the batch's other caches and nothing more
+            admitted[b] = Admission(admit(cache, expected=max(1, n - 1 - b)), next_position, masked, kv)
+        peak_prefill = peaks.peak()
+        peaks.reset()
+        kv_after = combine([a.kv_after for a in admitted])
+        decode = getattr(decoder, "decode_batch", None)
+        n_generated, final = (decode(lm, admitted, uniforms, settings, out_tokens, mark) if decode is not None
+                              else hf_decode_batch(lm, admitted, uniforms, settings, out_tokens, mark))
+        clock.mark("end")
     ttfts = [clock.seconds("start" if b == 0 else f"start{b}", f"first{b}") for b in real]
     admit = clock.seconds("start", "admitted")
     e2e = clock.seconds("start", "end")
@@ -148,18 +162,24 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
 
 
 def combine(states: list[KVState]) -> KVState:
-    """The batch's KV: bytes summed over its sequences; kept tokens and positions per sequence (their mean)."""
+    """The batch's KV: bytes summed over its sequences; kept tokens and positions per sequence (their mean); live
+    tokens per head (DMS) as the batch's rows b * Hkv + h."""
     n = len(states)
     per_layer = [sum(layer) / n for layer in zip(*(s.tokens_per_layer for s in states))]
+    per_head = None
+    if all(s.tokens_per_head is not None for s in states):
+        per_head = [[c for rows in layer for c in rows] for layer in zip(*(s.tokens_per_head for s in states))]
     return KVState(sum(s.bytes for s in states), sum(s.live_bytes for s in states), sum(s.full_bytes for s in states),
-                   per_layer, sum(s.positions for s in states) / n)
+                   per_layer, sum(s.positions for s in states) / n, per_head)
 
 
 def _admit(cache, copy: bool = False, expected: int = 1):
     return _copy_cache(cache) if copy else cache
 
 
-def _copy_cache(cache) -> DynamicCache:
+def _copy_cache(cache):
+    if hasattr(cache, "dms_prefill_layer"):
+        return cache.copy()  # native DMS's caches (marks, ring, per-head rows) copy themselves
     copy = DynamicCache()
     for i, layer in enumerate(cache.layers):
         copy.update(layer.keys, layer.values, i)  # DynamicCache.update concatenates onto an empty layer: a copy
@@ -237,18 +257,24 @@ class BatchedCache:
 
 def hf_decode_batch(lm, admitted: list[Admission], uniforms, settings, out_tokens, mark=lambda *a: None):
     model = lm.model
-    batched = BatchedCache(admitted, model)
+    first = admitted[0].cache
+    if hasattr(first, "dms_decode_layer"):  # native DMS: its masked cache stacks itself and hides its own pads
+        batched = type(first).stack([a.cache for a in admitted])
+        cache, mask = batched, None
+    else:
+        batched = BatchedCache(admitted, model)
+        cache, mask = batched.cache, batched.attention_mask
+    del first
     mark("admitted")
     n, steps = out_tokens.shape[1], out_tokens.shape[0]
     token = out_tokens[0].clone()
     position = torch.tensor([a.next_position for a in admitted], dtype=torch.long, device=lm.device).view(n, 1)
-    mask = batched.attention_mask
     for step in range(1, steps):
         if step == 2:  # timed like the fast engine's: the steps after the first
             mark("steady", steps - 2)
         if mask is not None:
             mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
-        logits = model(input_ids=token.view(n, 1), past_key_values=batched.cache, position_ids=position,
+        logits = model(input_ids=token.view(n, 1), past_key_values=cache, position_ids=position,
                        attention_mask=mask, use_cache=True).logits[:, -1]
         token = sample(logits, uniforms[step], settings.sampling)
         out_tokens[step] = token

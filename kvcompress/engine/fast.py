@@ -14,7 +14,8 @@ each row keeps its own RoPE position, and one graph is captured per (batch, shap
 kernels at batch B: GEMMs instead of GEMVs (the weights are read once for all rows), and split-K attention over a
 (B x KV heads, splits) grid whose split count falls as B grows (attention_splits), each row's KV read once.
 Refused, with the reason recorded and the hf engine used instead: DMS-8x's remote code (its own paged cache) and
-decoding-phase presses (they rewrite the cache inside transformers' forward). Native DMS decodes at batch 1 only.
+decoding-phase presses (they rewrite the cache inside transformers' forward). Native DMS batches too: the sequences'
+compact caches are merged into one (rows b x KV heads + h) and decoded by one graph (engine/fast_dms.py).
 """
 
 from __future__ import annotations
@@ -73,8 +74,8 @@ class FastDecoder:
         allocator's 20 MiB segments: moving one layer across the batch freed no segment, and near the memory limit
         about five layers' KV stood twice (capped at 80 GiB, knorm@0.875 at 8K fitted 330 of the 378 its bytes
         predict)."""
-        if not isinstance(cache, DynamicCache):
-            return cache
+        if not isinstance(cache, DynamicCache) or hasattr(cache, "dms_prefill_layer"):
+            return cache.copy() if copy else cache  # native DMS: fast_dms merges its compact caches itself
         if self._staging is None or len(self._staging.slabs) != len(cache.layers):
             self._staging = _Slabs(len(cache.layers))
         staged = DynamicCache() if copy else cache
@@ -107,7 +108,9 @@ class FastDecoder:
     def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=None):
         """engine.batch's admitted sequences, decoded together: out_tokens (steps, batch), row 0 already sampled.
         `mark("admitted")` once the caches sit in the buffers; `mark("steady", steps)` before the steps that replay
-        the graph (the first step runs eagerly and captures it)."""
+        the graph (the first step runs eagerly and captures it). Native DMS: engine/fast_dms.py's own batch."""
+        if isinstance(admitted[0].cache, fast_dms.CompactDMSCache):
+            return fast_dms.decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark)
         n = self._decode([a.cache for a in admitted], [a.masked for a in admitted], out_tokens[0],
                          [a.next_position for a in admitted], uniforms, settings, out_tokens, set(), mark)
         return n, self._state

@@ -21,6 +21,11 @@ decision logit marks token p - 1 in the ring; the ring entry of token p - R is t
 is marked, token p overwrites its slot, else token p takes the next free row; then split-K attention reads exactly
 lengths[bh] rows per head. Every input of the step is a static device tensor, so the step is one CUDA graph, replayed
 across timed repeats as long as the prefill produced the same per-head capacities (the same prompt does).
+
+A batch (engine.batch): each sequence prefills into its own batch-1 cache (`admit_to_batch`), then `merge` moves them
+into one batch cache, layer by layer: sequence b's heads become rows b * Hkv + h, its rows follow the previous
+sequences' (no pads: each head keeps its own capacity), and one step decodes all rows, each sequence at its own
+position (RoPE, ring index, tie-break). The batch's KV bytes are the sum of its sequences'.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch.nn.functional as F
 
 from kvcompress.engine import kernels
 from kvcompress.engine.sampling import sample
-from kvcompress.memory import KVState, per_head_state
+from kvcompress.memory import KVState
 from kvcompress.methods import dms as rule
 
 
@@ -50,9 +55,29 @@ def decode(decoder, lm, cache: CompactDMSCache, token, next_position, uniforms, 
         decoder._dms = _DMSDecodeState(decoder, cache, signature, settings.sampling)
     state = decoder._dms
     state.cache = cache  # the same tensors as the captured step's (same signature), held by the newest cache
-    state.load(token, next_position, uniforms, out_tokens)
+    state.load(token, [next_position], uniforms.view(-1, 1), out_tokens.view(-1, 1))
     cache.decoding = True
     n = state.run(eos)
+    out_tokens.copy_(state.out.view(-1))
+    return n, cache
+
+
+def decode_batch(decoder, lm, admitted, uniforms, settings, out_tokens, mark=None):
+    """engine.batch's admitted sequences (each prefilled into its own CompactDMSCache), merged into one batch cache
+    and decoded together by one captured step: out_tokens (steps, batch), row 0 already sampled."""
+    release(decoder)  # a batch starts from the weights alone: no buffers of an earlier generation beside it
+    caches = [a.cache for a in admitted]
+    cache = CompactDMSCache.merge(caches)
+    for a in admitted:  # emptied by the merge
+        a.cache = None
+    del caches
+    signature = (cache.signature(), out_tokens.shape[0], settings.sampling)
+    decoder._dms = state = _DMSDecodeState(decoder, cache, signature, settings.sampling)
+    state.load(out_tokens[0], [a.next_position for a in admitted], uniforms, out_tokens)
+    if mark is not None:
+        mark("admitted")
+    cache.decoding = True
+    n = state.run(set(), mark)
     out_tokens.copy_(state.out)
     return n, cache
 
@@ -96,6 +121,13 @@ class CompactDMSCache:
         self.heads = None  # (batch, kv heads), known at the first prefill layer
         self.previous = previous if previous is not None and previous.compatible(self) else None
         self.pool = self.previous.pool if self.previous is not None else None
+        self.pooled = True  # buffers from a MemPool of their own (CUDA); False: a batch member (admit_to_batch)
+
+    def admit_to_batch(self) -> None:
+        """This cache is one sequence of a batch (engine.batch), merged into the batch's cache after its prefill:
+        its buffers come from the allocator's default pool, whose cached blocks `merge` can hand back to the device
+        near the memory limit (a MemPool's cannot be), and it reuses nothing of an earlier generation."""
+        self.previous, self.pool, self.pooled = None, None, False
 
     def compatible(self, other: CompactDMSCache) -> bool:
         return (self.n_layers, self.ring, self.reserve) == (other.n_layers, other.ring, other.reserve)
@@ -114,7 +146,7 @@ class CompactDMSCache:
         """Keep what the last prefill query sees, compacted per head; the caller then drops `keys`/`values`."""
         batch, heads, length, dim = keys.shape
         device = keys.device
-        if self.pool is None and device.type == "cuda":
+        if self.pool is None and self.pooled and device.type == "cuda":
             self.pool = torch.cuda.MemPool()  # as fast.py's buffers: no inherited unsplittable block remainders
         self.heads = (batch, heads)
         rows = batch * heads
@@ -161,9 +193,8 @@ class CompactDMSCache:
         else:
             if old is not None:  # free the old layer before allocating its replacement
                 old.keys[layer] = old.values[layer] = None
-            with self._in_pool():
-                self.keys[layer] = torch.empty(sum(capacities), dim, dtype=dtype, device=device)
-                self.values[layer] = torch.empty(sum(capacities), dim, dtype=dtype, device=device)
+            self.keys[layer] = self._empty((sum(capacities), dim), dtype, device)
+            self.values[layer] = self._empty((sum(capacities), dim), dtype, device)
         if old is not None:  # the old cache's buffers now belong to this one
             for name in ("keys", "values", "offsets", "lengths", "ring_slot", "ring_marked"):
                 getattr(old, name)[layer] = None
@@ -173,10 +204,67 @@ class CompactDMSCache:
     def _in_pool(self):
         return torch.cuda.use_mem_pool(self.pool) if self.pool is not None else contextlib.nullcontext()
 
+    def _empty(self, shape, dtype, device) -> torch.Tensor:
+        """A K/V buffer from this cache's pool; near the memory limit, the default pool's cached blocks (the full K/V
+        of layers already compacted, a batch's merged sequences) go back to the device once and it retries (as
+        fast.py's _DecodeState._empty: a MemPool cannot reuse them)."""
+        try:
+            with self._in_pool():
+                return torch.empty(shape, dtype=dtype, device=device)
+        except torch.OutOfMemoryError:
+            if self.pool is None:
+                raise
+        torch.cuda.empty_cache()
+        with self._in_pool():
+            return torch.empty(shape, dtype=dtype, device=device)
+
+    @classmethod
+    def merge(cls, caches: list[CompactDMSCache]) -> CompactDMSCache:
+        """Batch-1 caches as one batch cache: sequence b's heads become rows b * Hkv + h, its rows follow the
+        previous sequences' (offsets shifted by their rows; lengths, rings and capacities per row, unchanged). Moved
+        layer by layer, K then V, each source freed as soon as it is copied: the KV never exists twice, the transient
+        is one layer's K or V of the batch."""
+        first = caches[0]
+        out = cls(first.n_layers, first.params, first.reserve + 1)
+        device = first.keys[0].device
+        out.pool = torch.cuda.MemPool() if device.type == "cuda" else None
+        out.heads = (sum(c.heads[0] for c in caches), first.heads[1])
+        for i in range(first.n_layers):
+            rows = [int(c.keys[i].shape[0]) for c in caches]
+            starts = [sum(rows[:b]) for b in range(len(caches))]
+            dim, dtype = first.keys[i].shape[1], first.keys[i].dtype
+            for name in ("keys", "values"):
+                merged = out._empty((sum(rows), dim), dtype, device)
+                for c, start, n in zip(caches, starts, rows):
+                    merged[start:start + n].copy_(getattr(c, name)[i])
+                    getattr(c, name)[i] = None
+                getattr(out, name)[i] = merged
+            with out._in_pool():
+                out.offsets[i] = torch.cat([c.offsets[i] + start for c, start in zip(caches, starts)])
+                for name in ("lengths", "ring_slot", "ring_marked"):
+                    getattr(out, name)[i] = torch.cat([getattr(c, name)[i] for c in caches])
+            for c in caches:
+                c.offsets[i] = c.lengths[i] = c.ring_slot[i] = c.ring_marked[i] = None
+            out.capacities[i] = [n for c in caches for n in c.capacities[i]]
+            out.prefill_counts[i] = [n for c in caches for n in c.prefill_counts[i]]
+            out.seen[i] = max(c.seen[i] for c in caches)
+        return out
+
+    def copy(self) -> CompactDMSCache:
+        """An independent copy of a prefilled cache (cloned admission: the rows of a batch repeating the first)."""
+        out = type(self)(self.n_layers, self.params, self.reserve + 1)
+        out.pooled, out.heads, out.decoding = self.pooled, self.heads, self.decoding
+        for name in ("keys", "values", "offsets", "lengths", "ring_slot", "ring_marked"):
+            setattr(out, name, [t.clone() for t in getattr(self, name)])
+        out.capacities = [list(c) for c in self.capacities]
+        out.prefill_counts = [list(c) for c in self.prefill_counts]
+        out.seen = list(self.seen)
+        return out
+
     def signature(self) -> tuple:
-        """What a captured decode step depends on: the very tensors and each layer's longest head."""
+        """What a captured decode step depends on: the batch, the very tensors and each layer's longest head."""
         tensors = (self.keys, self.values, self.offsets, self.lengths, self.ring_slot, self.ring_marked)
-        return (id(self.params), tuple(t.data_ptr() for group in tensors for t in group),
+        return (id(self.params), self.heads, tuple(t.data_ptr() for group in tensors for t in group),
                 tuple(max(c) for c in self.capacities))
 
     # --- accounting -----------------------------------------------------------------------------------------------
@@ -190,10 +278,11 @@ class CompactDMSCache:
     def kv_state(self, positions: int) -> KVState:
         return self.kv_snapshot(positions)()
 
-    def _state(self, counts, sizes, positions: int) -> KVState:
+    def _state(self, counts, sizes, positions) -> KVState:
         """bytes: the buffers as allocated (live + reserve); live_bytes: live entries x bytes of one entry (K and V of
-        one token of one head, from the tensors); tokens_per_head: live per [layer][batch x kv head]."""
-        return per_head_state([(nbytes, entry, n) for n, (nbytes, entry) in zip(counts, sizes)], positions)
+        one token of one head, from the tensors); tokens_per_head: live per [layer][batch x kv head]. `positions`:
+        one count, or one per sequence of a batch."""
+        return rule.rows_state([(nbytes, entry, n) for n, (nbytes, entry) in zip(counts, sizes)], positions)
 
 
 class _DMSDecodeState:
@@ -206,7 +295,7 @@ class _DMSDecodeState:
         batch, heads_kv = cache.heads
         first = cache.keys[0]
         device, dtype, dim = first.device, first.dtype, first.shape[1]
-        n_new = signature[1]
+        n_new = signature[1]  # output tokens (rows of uniforms / out), each (step, sequence)
         self.max_lengths = [max(c) for c in cache.capacities]
         # One split count for every layer: the combine kernel compiles once per count, not once per layer
         self.splits = [kernels.attention_splits(batch * heads_kv, max(self.max_lengths), device)] * cache.n_layers
@@ -219,8 +308,8 @@ class _DMSDecodeState:
         self.token = torch.zeros(batch, dtype=torch.long, device=device)
         self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)
         self.step_index = torch.zeros(1, dtype=torch.long, device=device)
-        self.uniforms = torch.zeros(n_new, dtype=torch.float32, device=device)
-        self.out = torch.zeros(n_new, dtype=torch.long, device=device)
+        self.uniforms = torch.zeros(n_new, batch, dtype=torch.float32, device=device)
+        self.out = torch.zeros(n_new, batch, dtype=torch.long, device=device)
         self.residual = torch.zeros(batch, config.hidden_size, device=device, dtype=dtype)
         self.normed = torch.zeros_like(self.residual)
         self.q = torch.zeros(batch, config.num_attention_heads, dim, device=device, dtype=dtype)
@@ -229,9 +318,10 @@ class _DMSDecodeState:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.cuda = device.type == "cuda"
 
-    def load(self, token, next_position, uniforms, out_tokens) -> None:
+    def load(self, token, positions: list[int], uniforms, out_tokens) -> None:
+        """token (batch,), each sequence's next position, uniforms and out_tokens (steps, batch)."""
         self.token.copy_(token.view(-1))
-        self.position.fill_(next_position)
+        self.position.copy_(torch.tensor(positions, dtype=torch.long).view(-1, 1))
         self.step_index.fill_(1)
         self.uniforms.copy_(uniforms)
         self.out.copy_(out_tokens)
@@ -239,10 +329,14 @@ class _DMSDecodeState:
     def free(self) -> None:
         self.graph = self.logits = self.cache = None
 
-    def run(self, eos: set[int]) -> int:
+    def run(self, eos: set[int], mark=None) -> int:
+        """Decode steps 1..n-1; `mark("steady", steps)`, if given, before the steps after the first (which runs
+        eagerly and captures the graph on CUDA)."""
         n = self.out.shape[0]
         if not self.cuda:
             for step in range(1, n):
+                if step == 2 and mark is not None:
+                    mark("steady", n - 2)
                 self.step()
                 if eos and int(self.token[0]) in eos:
                     return step + 1
@@ -254,6 +348,8 @@ class _DMSDecodeState:
                 return 2
             self._capture()
             first = 2
+        if mark is not None and n > first:
+            mark("steady", n - first)
         for step in range(first, n):
             self.graph.replay()
             if eos and int(self.token[0]) in eos:  # quality runs only; timing runs never synchronise here
@@ -269,7 +365,13 @@ class _DMSDecodeState:
         stream.wait_stream(current)
         with torch.cuda.stream(stream):
             self.graph.capture_begin()
-            self.step()
+            try:
+                self.step()
+            except BaseException:  # an OOM inside capture must leave the stream usable (a capacity search goes on)
+                with contextlib.suppress(Exception):
+                    self.graph.capture_end()
+                self.graph = None
+                raise
             self.graph.capture_end()
         current.wait_stream(stream)
 
@@ -303,7 +405,7 @@ class _DMSDecodeState:
         logits = model.lm_head(x)
         self.logits = logits
         token = sample(logits, self.uniforms.index_select(0, self.step_index), self.sampling)
-        self.out.index_copy_(0, self.step_index, token)
+        self.out.index_copy_(0, self.step_index, token.view(1, -1))
         self.token.copy_(token)
         self.position.add_(1)
         self.step_index.add_(1)

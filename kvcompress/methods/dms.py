@@ -89,7 +89,8 @@ def decision_logits(q_normed: torch.Tensor, params: DMSParams) -> torch.Tensor:
 def evicts(logits: torch.Tensor, layer: int, params: DMSParams, positions: torch.Tensor | None = None) -> torch.Tensor:
     """(B, Hkv, T) logits -> bool decisions (True: evict the token before this position, once out of the window).
 
-    Calibrated thresholds compare `logits + tie_break(positions)`: `positions` (T,) is then required."""
+    Calibrated thresholds compare `logits + tie_break(positions)`: `positions` (T,), or (B, 1, T) for a batch whose
+    rows sit at different positions, is then required."""
     if params.threshold is None:
         return logits > 0
     return logits + tie_break(positions) > params.threshold[layer][None, :, None]
@@ -121,7 +122,11 @@ def marks_from_decisions(decisions: torch.Tensor) -> torch.Tensor:
 
 
 class MaskedDMSCache(DynamicCache):
-    """Every K/V entry kept, plus each token's mark: the rule applied by masking (reference semantics, no reclaim)."""
+    """Every K/V entry kept, plus each token's mark: the rule applied by masking (reference semantics, no reclaim).
+
+    A batch (`stack`): the sequences' caches right-padded to the longest prompt; the pads sit at a position no query
+    reaches (never visible), each row keeps its own positions, and decoded tokens follow at the same column in
+    every row (column c >= padded holds row b's position c - pad_b)."""
 
     layout = "mask, no reclaim"
 
@@ -129,6 +134,8 @@ class MaskedDMSCache(DynamicCache):
         super().__init__()
         self.window = window
         self.marked: list[torch.Tensor] = []  # per layer (B, Hkv, L) bool
+        self.prompt_lengths: torch.Tensor | None = None  # a stacked batch: each row's prefilled length (B,)
+        self.padded = 0  # a stacked batch: the columns of the prefilled part (the longest prompt)
 
     def dms_prefill_layer(self, layer_idx: int, keys, values, marked) -> None:
         self.update(keys, values, layer_idx)
@@ -137,44 +144,109 @@ class MaskedDMSCache(DynamicCache):
     def dms_decode_layer(self, layer_idx: int, keys, values, decision):
         """Append one token (B, Hkv, 1, D); its decision marks the previous token. Returns K, V and the mask."""
         marked = self.marked[layer_idx]
-        marked[..., -1] = decision[..., 0]
+        if self.prompt_lengths is not None and marked.shape[-1] == self.padded:
+            # a stacked batch's first decoded token: each row's previous token is its last prompt token
+            last = (self.prompt_lengths - 1).view(-1, 1, 1).expand(-1, marked.shape[1], 1)
+            marked.scatter_(2, last, decision[..., :1])
+        else:
+            marked[..., -1] = decision[..., 0]
         marked = torch.cat([marked, torch.zeros_like(marked[..., :1])], dim=-1)
         self.marked[layer_idx] = marked
         keys, values = self.update(keys, values, layer_idx)
-        length = marked.shape[-1]
-        mask = visible(length - 1, torch.arange(length, device=marked.device), marked, self.window)
-        return keys, values, mask
+        return keys, values, self._seen(marked)
+
+    def _positions(self, length: int, device):
+        """Each column's position and each row's newest position (the last query): (L,) and a scalar for one
+        sequence; (B, 1, L) and (B, 1, 1) for a stacked batch, whose pads get a position no query reaches."""
+        cols = torch.arange(length, device=device)
+        if self.prompt_lengths is None:
+            return cols, torch.tensor(length - 1, device=device)
+        n = self.prompt_lengths[:, None]
+        pad = self.padded - n  # (B, 1)
+        keys = torch.where(cols < n, cols, torch.where(cols >= self.padded, cols - pad, PAD_POSITION))
+        return keys[:, None, :], (length - 1 - pad)[:, None]
+
+    def _seen(self, marked: torch.Tensor) -> torch.Tensor:
+        """(B, Hkv, L): what the newest query of each row sees."""
+        keys, query = self._positions(marked.shape[-1], marked.device)
+        return visible(query, keys, marked, self.window)
 
     def live_per_head(self) -> list[torch.Tensor]:
         """(B * Hkv,) live entries per layer: what the next query could see if it were the last one seen."""
+        return [self._seen(marked).sum(-1).flatten() for marked in self.marked]
+
+    def live_positions(self, row: int = 0) -> list[list[list[int]]]:
+        """[layer][kv head] sorted positions the next query of batch row `row` sees (for tests; synchronises)."""
         out = []
         for marked in self.marked:
-            length = marked.shape[-1]
-            seen = visible(length - 1, torch.arange(length, device=marked.device), marked, self.window)
-            out.append(seen.sum(-1).flatten())
+            keys, _ = self._positions(marked.shape[-1], marked.device)
+            keys = keys.expand(marked.shape[0], 1, -1)[row, 0] if keys.dim() == 3 else keys
+            seen = self._seen(marked)[row]
+            out.append([sorted(keys[head].tolist()) for head in seen])
         return out
 
-    def live_positions(self) -> list[list[list[int]]]:
-        """[layer][kv head] sorted positions the next query sees (batch 1; for tests and reports, synchronises)."""
-        out = []
-        for marked in self.marked:
-            length = marked.shape[-1]
-            seen = visible(length - 1, torch.arange(length, device=marked.device), marked, self.window)[0]
-            out.append([torch.nonzero(head).flatten().tolist() for head in seen])
+    @classmethod
+    def stack(cls, caches: list[MaskedDMSCache]) -> MaskedDMSCache:
+        """Batch-1 caches as one batch, right-padded to the longest; each source layer is freed as it is stacked."""
+        out = cls(caches[0].window)
+        lengths = [c.layers[0].keys.shape[2] for c in caches]
+        padded, n = max(lengths), len(caches)
+        for i in range(len(caches[0].layers)):
+            stacked = []
+            for name in ("keys", "values"):
+                heads, dim = getattr(caches[0].layers[i], name).shape[1::2]
+                like = getattr(caches[0].layers[i], name)
+                t = like.new_zeros(n, heads, padded, dim)
+                del like
+                for b, c in enumerate(caches):
+                    t[b, :, :lengths[b]].copy_(getattr(c.layers[i], name)[0])
+                    setattr(c.layers[i], name, t.new_empty(0))
+                stacked.append(t)
+            marks = caches[0].marked[i].new_zeros(n, caches[0].marked[i].shape[1], padded)
+            for b, c in enumerate(caches):
+                marks[b, :, :lengths[b]] = c.marked[i][0]
+                c.marked[i] = marks.new_empty(0)
+            out.update(stacked[0], stacked[1], i)
+            out.marked.append(marks)
+        out.prompt_lengths = torch.tensor(lengths, device=out.marked[0].device)
+        out.padded = padded
         return out
 
-    def kv_snapshot(self, positions: int):
+    def copy(self) -> MaskedDMSCache:
+        """An independent copy (cloned admission: the rows of a batch that repeat the first sequence)."""
+        out = type(self)(self.window)
+        for i, layer in enumerate(self.layers):
+            out.update(layer.keys.clone(), layer.values.clone(), i)
+        out.marked = [m.clone() for m in self.marked]
+        out.prompt_lengths = self.prompt_lengths.clone() if self.prompt_lengths is not None else None
+        out.padded = self.padded
+        return out
+
+    def kv_snapshot(self, positions):
         counts = [c.clone() for c in self.live_per_head()]  # on device: no synchronisation in a timed region
         sizes = [(layer.keys.nbytes + layer.values.nbytes, layer.keys.shape) for layer in self.layers]
         return lambda: self._state(counts, sizes, positions)
 
-    def kv_state(self, positions: int) -> KVState:
+    def kv_state(self, positions) -> KVState:
         return self.kv_snapshot(positions)()
 
     def _state(self, counts, sizes, positions) -> KVState:
-        # entry: K and V of one token of one head = the layer's bytes / (batch x heads x positions held)
-        return per_head_state([(nbytes, nbytes // (shape[0] * shape[1] * shape[2]), n)
-                               for n, (nbytes, shape) in zip(counts, sizes)], positions)
+        # entry: K and V of one token of one head = the layer's bytes / (batch x heads x columns held, pads included)
+        return rows_state([(nbytes, nbytes // (shape[0] * shape[1] * shape[2]), n)
+                           for n, (nbytes, shape) in zip(counts, sizes)], positions)
+
+
+PAD_POSITION = 1 << 62  # a pad's position in a stacked batch: after every query, so never visible
+
+
+def rows_state(layers, positions) -> KVState:
+    """memory.per_head_state for one sequence (`positions` a count) or a batch (one count per sequence; rows
+    b * Hkv + h): full_bytes is then what vanilla holds for each sequence's own positions, summed."""
+    if not isinstance(positions, list):
+        return per_head_state(layers, positions)
+    state = per_head_state(layers, 0)
+    full = sum(entry * (len(counts) // len(positions)) * sum(positions) for _, entry, counts in layers)
+    return replace(state, full_bytes=full, positions=sum(positions) / len(positions))
 
 
 # --- attention ------------------------------------------------------------------------------------------------------
@@ -432,7 +504,10 @@ class DMSPatch:
             if patch.calibrate_to is not None:
                 patch.thresholds[layer] = _threshold(logits + tie_break(cache_position), params.window,
                                                      patch.calibrate_to)
-            decisions = evicts(logits, layer, patch.current_params(), cache_position)
+            # each row's own positions (a padded batch's cache_position is its column, not the row's position)
+            position_ids = kwargs.get("position_ids")
+            positions = position_ids[:, None, :] if position_ids is not None else cache_position  # (B, 1, T)
+            decisions = evicts(logits, layer, patch.current_params(), positions)
             zero_decision_channel(q, params.kv_heads)  # logits above are a new tensor
             cos, sin = position_embeddings
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
@@ -441,9 +516,9 @@ class DMSPatch:
             if cache is None or not hasattr(cache, "dms_prefill_layer"):
                 raise UserError("native DMS needs its own cache (MaskedDMSCache or the fast engine's)")
             batch, _, length, _ = q.shape
-            if batch != 1:
-                raise UserError("native DMS runs batch 1")
             if cache.get_seq_length(layer) == 0:
+                if batch != 1:
+                    raise UserError("native DMS prefills one sequence at a time (a batch admits them one by one)")
                 marked = marks_from_decisions(decisions)
                 out = prefill_attention(q, k, v, marked, params.window, module.scaling, patch._flex_for(q, k))
                 cache.dms_prefill_layer(layer, k, v, marked)
