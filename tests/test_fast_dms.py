@@ -337,10 +337,16 @@ def test_the_merge_moves_the_batch_layer_by_layer_never_holding_it_twice(tiny, f
     held = []
     real_merge, real_empty = CompactDMSCache.merge.__func__, CompactDMSCache._empty
 
-    def merge(cls, caches):
+    def merge(cls, caches, moved):
         seen["sources"] = caches
         seen["total"] = sum(t.nbytes for c in caches for t in c.keys + c.values)
-        return real_merge(cls, caches)
+        slabs = fast._staging.slabs  # the sources' K/V are views of the decoder's per-layer staging slabs
+
+        def dropped(layer):  # each layer's slabs go as soon as that layer is merged, before the next is allocated
+            assert slabs[layer] and not any(slabs[j] for j in range(layer)) and all(slabs[layer:])
+            moved(layer)
+
+        return real_merge(cls, caches, dropped)
 
     def empty(self, shape, dtype, device):
         t = real_empty(self, shape, dtype, device)
@@ -357,3 +363,4 @@ def test_the_merge_moves_the_batch_layer_by_layer_never_holding_it_twice(tiny, f
     assert all(total <= seen["total"] + new for total, new in held)
     assert all(x is None for c in seen["sources"] for x in c.keys + c.values + c.offsets + c.lengths)
     assert sum(k.nbytes + v.nbytes for k, v in zip(fast._dms.cache.keys, fast._dms.cache.values)) == seen["total"]
+    assert not any(fast._staging.slabs)

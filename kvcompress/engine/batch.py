@@ -128,7 +128,7 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
                 clock.mark(f"start{b}")
             cache = new_cache(decoder, method, lm, rows_for)
             if hasattr(cache, "admit_to_batch"):  # the fast engine's DMS cache, merged into the batch's after prefill
-                cache.admit_to_batch()
+                cache.admit_to_batch(decoder.staging_buffers(cache.n_layers, max(1, n - 1 - b)))
             cache, kv_after, logits, next_position = _prefill(
                 lm, method, presses[b], prompt.context_ids.to(device), prompt.question_ids.to(device), presses[b],
                 single_prefill, cache)

@@ -74,10 +74,11 @@ class FastDecoder:
         allocator's 20 MiB segments: moving one layer across the batch freed no segment, and near the memory limit
         about five layers' KV stood twice (capped at 80 GiB, knorm@0.875 at 8K fitted 330 of the 378 its bytes
         predict)."""
-        if not isinstance(cache, DynamicCache) or hasattr(cache, "dms_prefill_layer"):
-            return cache.copy() if copy else cache  # native DMS: fast_dms merges its compact caches itself
-        if self._staging is None or len(self._staging.slabs) != len(cache.layers):
-            self._staging = _Slabs(len(cache.layers))
+        if isinstance(cache, fast_dms.CompactDMSCache):  # prefilled into the slabs already (staging_buffers)
+            return cache.copy(self.staging_buffers(cache.n_layers, expected)) if copy else cache
+        if not isinstance(cache, DynamicCache):
+            return cache
+        self._stage(len(cache.layers))
         staged = DynamicCache() if copy else cache
         for i, layer in enumerate(cache.layers):
             keys, values = self._staging.place(i, layer.keys, layer.values, expected)
@@ -85,6 +86,17 @@ class FastDecoder:
                 staged.update(keys[:, :, :0], values[:, :, :0], i)
             staged.layers[i].keys, staged.layers[i].values = keys, values  # a moved layer's own tensors are freed
         return staged
+
+    def staging_buffers(self, layers: int, expected: int):
+        """For native DMS's batch members (fast_dms.CompactDMSCache.admit_to_batch): allocate(layer, elements, dtype,
+        device) -> a flat buffer in the layer's slab, so its compact K/V land beside the other sequences' of that
+        layer, as admit() puts a press's cache."""
+        self._stage(layers)
+        return lambda layer, need, dtype, device: self._staging.take(layer, need, dtype, device, expected)
+
+    def _stage(self, layers: int) -> None:
+        if self._staging is None or len(self._staging.slabs) != layers:
+            self._staging = _Slabs(layers)
 
     def _moved(self, layer: int) -> None:
         """Layer `layer` of every admitted cache now sits in the batch's buffers: its slabs can go."""
@@ -166,18 +178,21 @@ class _Slabs:
     def __init__(self, layers: int):
         self.slabs: list[list[list]] = [[] for _ in range(layers)]  # per layer: [flat tensor, elements used]
 
-    def place(self, layer: int, keys: torch.Tensor, values: torch.Tensor, expected: int):
-        need = keys.numel() + values.numel()
+    def take(self, layer: int, need: int, dtype, device, expected: int) -> torch.Tensor:
+        """`need` elements of layer `layer`'s current slab (flat, uninitialised), opening a slab for `expected`
+        requests of this size when it is full."""
         slabs = self.slabs[layer]
-        if not slabs or slabs[-1][1] + need > slabs[-1][0].numel():
-            slabs.append([keys.new_empty(need * max(1, expected)), 0])
+        if not slabs or slabs[-1][1] + need > slabs[-1][0].numel() or slabs[-1][0].dtype != dtype:
+            slabs.append([torch.empty(need * max(1, expected), dtype=dtype, device=device), 0])
         slab = slabs[-1]
-        start = slab[1]
-        k = slab[0][start:start + keys.numel()].view(keys.shape)
-        v = slab[0][start + keys.numel():start + need].view(values.shape)
+        start, slab[1] = slab[1], slab[1] + need
+        return slab[0][start:start + need]
+
+    def place(self, layer: int, keys: torch.Tensor, values: torch.Tensor, expected: int):
+        both = self.take(layer, keys.numel() + values.numel(), keys.dtype, keys.device, expected)
+        k, v = both[:keys.numel()].view(keys.shape), both[keys.numel():].view(values.shape)
         k.copy_(keys)
         v.copy_(values)
-        slab[1] += need
         return k, v
 
 

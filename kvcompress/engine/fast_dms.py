@@ -67,7 +67,7 @@ def decode_batch(decoder, lm, admitted, uniforms, settings, out_tokens, mark=Non
     and decoded together by one captured step: out_tokens (steps, batch), row 0 already sampled."""
     release(decoder)  # a batch starts from the weights alone: no buffers of an earlier generation beside it
     caches = [a.cache for a in admitted]
-    cache = CompactDMSCache.merge(caches)
+    cache = CompactDMSCache.merge(caches, decoder._moved)
     for a in admitted:  # emptied by the merge
         a.cache = None
     del caches
@@ -122,12 +122,15 @@ class CompactDMSCache:
         self.previous = previous if previous is not None and previous.compatible(self) else None
         self.pool = self.previous.pool if self.previous is not None else None
         self.pooled = True  # buffers from a MemPool of their own (CUDA); False: a batch member (admit_to_batch)
+        self.allocate = None  # a batch member's K/V buffers: allocate(layer, elements, dtype, device) -> flat tensor
 
-    def admit_to_batch(self) -> None:
-        """This cache is one sequence of a batch (engine.batch), merged into the batch's cache after its prefill:
-        its buffers come from the allocator's default pool, whose cached blocks `merge` can hand back to the device
-        near the memory limit (a MemPool's cannot be), and it reuses nothing of an earlier generation."""
-        self.previous, self.pool, self.pooled = None, None, False
+    def admit_to_batch(self, allocate=None) -> None:
+        """This cache is one sequence of a batch (engine.batch), merged into the batch's cache after its prefill: it
+        reuses nothing of an earlier generation, and its K/V buffers come from `allocate` (the fast decoder's
+        per-layer staging slabs, FastDecoder.staging_buffers: once `merge` has moved a layer of every sequence, that
+        layer's slabs are whole allocations the device gets back; carved from the allocator's general pool, one
+        sequence's few-MiB layers would share its 20 MiB segments and moving one layer would free none)."""
+        self.previous, self.pool, self.pooled, self.allocate = None, None, False, allocate
 
     def compatible(self, other: CompactDMSCache) -> bool:
         return (self.n_layers, self.ring, self.reserve) == (other.n_layers, other.ring, other.reserve)
@@ -193,13 +196,20 @@ class CompactDMSCache:
         else:
             if old is not None:  # free the old layer before allocating its replacement
                 old.keys[layer] = old.values[layer] = None
-            self.keys[layer] = self._empty((sum(capacities), dim), dtype, device)
-            self.values[layer] = self._empty((sum(capacities), dim), dtype, device)
+            self.keys[layer], self.values[layer] = self._buffers(layer, sum(capacities), dim, dtype, device)
         if old is not None:  # the old cache's buffers now belong to this one
             for name in ("keys", "values", "offsets", "lengths", "ring_slot", "ring_marked"):
                 getattr(old, name)[layer] = None
             if layer == self.n_layers - 1:
                 self.previous = None
+
+    def _buffers(self, layer: int, rows: int, dim: int, dtype, device, allocate=None):
+        """K and V buffers of (rows, dim) for a layer: from `allocate` (a batch member's staging) or this cache's pool."""
+        allocate = allocate or self.allocate
+        if allocate is None:
+            return self._empty((rows, dim), dtype, device), self._empty((rows, dim), dtype, device)
+        both = allocate(layer, 2 * rows * dim, dtype, device)
+        return both[:rows * dim].view(rows, dim), both[rows * dim:].view(rows, dim)
 
     def _in_pool(self):
         return torch.cuda.use_mem_pool(self.pool) if self.pool is not None else contextlib.nullcontext()
@@ -219,7 +229,7 @@ class CompactDMSCache:
             return torch.empty(shape, dtype=dtype, device=device)
 
     @classmethod
-    def merge(cls, caches: list[CompactDMSCache]) -> CompactDMSCache:
+    def merge(cls, caches: list[CompactDMSCache], moved=lambda layer: None) -> CompactDMSCache:
         """Batch-1 caches as one batch cache: sequence b's heads become rows b * Hkv + h, its rows follow the
         previous sequences' (offsets shifted by their rows; lengths, rings and capacities per row, unchanged). Moved
         layer by layer, K then V, each source freed as soon as it is copied: the KV never exists twice, the transient
@@ -245,17 +255,23 @@ class CompactDMSCache:
                     getattr(out, name)[i] = torch.cat([getattr(c, name)[i] for c in caches])
             for c in caches:
                 c.offsets[i] = c.lengths[i] = c.ring_slot[i] = c.ring_marked[i] = None
+            moved(i)  # layer i of every sequence is in the batch cache: the decoder drops its staging slabs
             out.capacities[i] = [n for c in caches for n in c.capacities[i]]
             out.prefill_counts[i] = [n for c in caches for n in c.prefill_counts[i]]
             out.seen[i] = max(c.seen[i] for c in caches)
         return out
 
-    def copy(self) -> CompactDMSCache:
-        """An independent copy of a prefilled cache (cloned admission: the rows of a batch repeating the first)."""
+    def copy(self, allocate=None) -> CompactDMSCache:
+        """An independent copy of a prefilled cache (cloned admission: the rows of a batch repeating the first), its
+        K/V buffers from `allocate` if given (the fast decoder's staging slabs, as admit_to_batch)."""
         out = type(self)(self.n_layers, self.params, self.reserve + 1)
         out.pooled, out.heads, out.decoding = self.pooled, self.heads, self.decoding
-        for name in ("keys", "values", "offsets", "lengths", "ring_slot", "ring_marked"):
+        for name in ("offsets", "lengths", "ring_slot", "ring_marked"):
             setattr(out, name, [t.clone() for t in getattr(self, name)])
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            out.keys[i], out.values[i] = out._buffers(i, k.shape[0], k.shape[1], k.dtype, k.device, allocate)
+            out.keys[i].copy_(k)
+            out.values[i].copy_(v)
         out.capacities = [list(c) for c in self.capacities]
         out.prefill_counts = [list(c) for c in self.prefill_counts]
         out.seen = list(self.seen)
