@@ -58,8 +58,9 @@ def _recovered(family: str, text: str, question: str) -> list[str]:
                    "Alhambra": "Granada", "Petronas Towers": "Kuala Lumpur"}  # world knowledge, typed here
         city = re.search(r"been to ([\w ]+)\?", question)[1]
         assert city not in text  # no lexical overlap: the city is named nowhere in the context
-        return [name for name, landmark in re.findall(r"(\w+) took a long, slow walk all around the ([\w ]+)\.", text)
-                if city_of[landmark] == city]
+        near = re.findall(r"(\w+) lives next to the ([\w ]+)\.", text)
+        assert len(near) == 5 and len({city_of[landmark] for _, landmark in near}) == 5  # 3 asked, 2 never
+        return [name for name, landmark in near if city_of[landmark] == city]
     raise AssertionError(family)
 
 
