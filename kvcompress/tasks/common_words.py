@@ -4,8 +4,8 @@ After RULER's template (scripts/data/synthetic/common_words_extraction.py), size
 `COMMON_WORDS` words fill half of the items (each equally often), the other words fill the rest, each far less
 often (6 : 1 at 1K tokens, RULER's short-context contrast; wider at longer contexts). As in RULER, the prompt opens
 with one solved example (a short list of other words, the question and its numbered answer) before the real list:
-without it SmolLM2-135M answers in a bullet list that loops on one word. The answer must name the common words
-(string_match_all).
+it shows the answer's format (without it SmolLM2-135M answers in '- word' bullets). The answer must name the
+common words (string_match_all).
 
 `chance` is the better of two strategies that need no counting: naming COMMON_WORDS distinct words of the list at
 random, and copying the list's first COMMON_WORDS distinct words. The second is the honest baseline: common words
