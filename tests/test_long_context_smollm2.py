@@ -56,7 +56,7 @@ def script_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("long_context") / "smollm2.json"
     argv = ["--model", "smollm2", "--device", "cpu", "--methods", "streaming_llm@0.9", "--contexts",
             str(CONTEXT), "--depths", "0.5,0.95", "--trials", "1", "--repeats", "1", "--max-new-tokens", "32",
-            "--out", str(out)]
+            "--tasks", "niah", "--out", str(out)]
     assert test_long_context.main(argv) == 0
     return out, {(r["method"], r["depth"]): r for r in json.loads(out.read_text())["results"]}
 

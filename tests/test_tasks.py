@@ -58,8 +58,9 @@ def _recovered(family: str, text: str, question: str) -> list[str]:
                    "Alhambra": "Granada", "Petronas Towers": "Kuala Lumpur"}  # world knowledge, typed here
         city = re.search(r"been to ([\w ]+)\?", question)[1]
         assert city not in text  # no lexical overlap: the city is named nowhere in the context
-        return [name for name, landmark in re.findall(r"(\w+) took a long, slow walk all around the ([\w ]+)\.", text)
-                if city_of[landmark] == city]
+        near = re.findall(r"(\w+) lives next to the ([\w ]+)\.", text)
+        assert len(near) == 5 and len({city_of[landmark] for _, landmark in near}) == 5  # 3 asked, 2 never
+        return [name for name, landmark in near if city_of[landmark] == city]
     raise AssertionError(family)
 
 
@@ -120,6 +121,20 @@ def test_bad_task_options_are_one_line(capsys, tmp_path):
         assert err.startswith("error:") and message in err and "\n" not in err, (argv, err)
 
 
+def test_the_default_is_the_cheap_set_and_every_cheap_task_fits_the_tiny_contexts(tmp_path, capsys):
+    out = tmp_path / "cheap.json"
+    argv = ["--preset", "tiny", "--methods", "vanilla", "--depths", "0.5", "--trials", "1", "--max-new-tokens", "2",
+            "--out", str(out)]
+    assert test_long_context.main(argv) == 0
+    records = json.loads(out.read_text())["results"]
+    cheap = families.CHEAP.split(",")
+    assert sorted((r["task_family"] or "niah", r["context_tokens"] > 1536) for r in records) == \
+        sorted((t, long) for t in cheap for long in (False, True))  # tiny's two contexts, 1K and 2K
+    assert all(r["error"] is None for r in records)
+    printed = capsys.readouterr().out
+    assert "long-context tasks" in printed and all(t in printed for t in cheap)
+
+
 # --- several questions over one compressed context (tiny model, greedy) --------------------------------------------
 
 @pytest.mark.parametrize("name", ["knorm@0.5", "snapkv@0.75", "vanilla"])
@@ -178,7 +193,8 @@ def test_token_and_byte_budgets_keep_that_much_of_every_context(tiny):
 def test_match_kv_runs_presses_at_another_methods_measured_bytes(tmp_path):
     first = tmp_path / "first.json"
     base = ["--preset", "tiny", "--contexts", "1024", "--depths", "0.5", "--trials", "1", "--max-new-tokens", "3"]
-    assert test_long_context.main(base + ["--methods", "streaming_llm@0.75", "--out", str(first)]) == 0
+    assert test_long_context.main(base + ["--methods", "streaming_llm@0.75", "--tasks", "niah",
+                                          "--out", str(first)]) == 0
     held = json.loads(first.read_text())["results"][0]["kv_cache_bytes"]
     out = tmp_path / "matched.json"
     assert test_long_context.main(base + ["--methods", "vanilla,knorm@0.5", "--match-kv", "streaming_llm@0.75",

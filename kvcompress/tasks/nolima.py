@@ -1,10 +1,11 @@
 """A needle the question shares no word with (NoLiMa's idea, arXiv 2502.05167; our own needles and wording).
 
-The needle says a character was at a landmark; the question asks who has been to the landmark's city. The city is
-named nowhere in the context, so literal matching cannot find the needle: the model must know where the landmark
-is. Other characters appear in sentences that mention no place, so "the only name in the text" is no shortcut
-either: the answer is correct when it names the right character and none of the others (string_match_part on the
-name). `chance` = 1 / characters in the context.
+Each character of the context lives next to a landmark, each in another city; the question asks who has been to
+one landmark's city. The city is named nowhere in the context, so literal matching cannot find the needle: the
+model must know where the landmark is. Every character's sentence names a landmark, so "the character next to a
+place" is no shortcut: without the landmark -> city knowledge the best strategy is a guess, and `chance` =
+1 / characters. The answer is correct when it names the asked character and none of the others
+(string_match_part on the name). `literal=True` is the control: the question names the landmark itself.
 """
 
 from __future__ import annotations
@@ -23,23 +24,22 @@ LANDMARKS = [
     ("CN Tower", "Toronto"), ("Alhambra", "Granada"), ("Petronas Towers", "Kuala Lumpur"),
 ]
 NAMES = "Ines Tomas Priya Oskar Leila Mateo Hana Felix Amara Jonas Sofia Ravi Greta Kofi Elena Bruno".split()
-NEEDLE = "In the end, {} took a long, slow walk all around the {}."
-FILLER = ["{} read a short letter by the window.", "{} fixed the squeaky hinge on the shed door.",
-          "{} forgot the umbrella on the kitchen table.", "{} counted the coins in the jar twice."]
-DISTRACTORS = 2  # characters who appear without any place
+NEEDLE = "{name} lives next to the {landmark}."
+DISTRACTORS = 2  # characters next to other landmarks (other cities), never asked
 
 
 def make(seed: int, questions: int = 1, literal: bool = False) -> TaskContext:
     """`literal`: the control variant, whose question names the landmark itself (literal matching finds it)."""
-    if questions > len(LANDMARKS) or questions + DISTRACTORS > len(NAMES):
-        raise UserError(f"nolima has {len(LANDMARKS)} landmarks: at most that many questions")
+    characters = questions + DISTRACTORS
+    if characters > min(len(LANDMARKS), len(NAMES)):
+        raise UserError(f"nolima has {min(len(LANDMARKS), len(NAMES))} characters, {DISTRACTORS} of them never "
+                        f"asked: at most {min(len(LANDMARKS), len(NAMES)) - DISTRACTORS} questions")
     rng = random.Random(seed)
-    places = rng.sample(LANDMARKS, questions)
-    names = rng.sample(NAMES, questions + DISTRACTORS)
-    asked, others = names[:questions], names[questions:]
-    sentences = [NEEDLE.format(n, landmark) for n, (landmark, _) in zip(asked, places)]
-    sentences += [rng.choice(FILLER).format(n) for n in others]
-    where = [f"the {landmark}" if literal else city for landmark, city in places]
+    places = rng.sample(LANDMARKS, characters)
+    names = rng.sample(NAMES, characters)
+    asked = names[:questions]
+    sentences = [NEEDLE.format(name=n, landmark=landmark) for n, (landmark, _) in zip(names, places)]
+    where = [f"the {landmark}" if literal else city for landmark, city in places[:questions]]
     qs = [Question(f"Which character has been to {w}? Answer with the name only.", [name],
                    scorer="string_match_part", distractors=[n for n in names if n != name],
                    answer_prefix=f"The character who has been to {w} is")
