@@ -11,6 +11,7 @@ Three caches are understood:
 
 from __future__ import annotations
 
+import ctypes
 import re
 from dataclasses import dataclass
 
@@ -167,11 +168,29 @@ class PhasePeaks:
 
 
 def _reset_peak_rss() -> None:
+    _return_free_heap()
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
     except OSError:
         pass
+
+
+def _return_free_heap() -> None:
+    """glibc keeps freed heap pages resident (after a large free it raises its mmap threshold, so later large tensors
+    come from the heap too): a phase that reuses them raises no RSS, and its peak would miss what it allocates. Hand
+    them back to the system first (malloc_trim), so a phase's peak RSS counts its own allocations."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+        except OSError:
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def _peak_rss() -> int:
