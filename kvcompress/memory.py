@@ -11,6 +11,7 @@ Three caches are understood:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import re
 from dataclasses import dataclass
@@ -201,3 +202,23 @@ def _peak_rss() -> int:
         import resource
 
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def in_pool(pool):
+    """Allocations inside go to `pool` (a torch.cuda.MemPool), or to the default pool when it is None (CPU)."""
+    return torch.cuda.use_mem_pool(pool) if pool is not None else contextlib.nullcontext()
+
+
+def empty_in_pool(pool, shape, dtype, device) -> torch.Tensor:
+    """A buffer carved from `pool`. A MemPool cannot reuse the default pool's cached blocks (the prefilled caches a
+    load or a merge has just freed), so near the memory limit hand those back to the device once and retry, as the
+    allocator does by itself within one pool (else a batch that fits would fail at ~2x its KV bytes)."""
+    try:
+        with in_pool(pool):
+            return torch.empty(shape, device=device, dtype=dtype)
+    except torch.OutOfMemoryError:
+        if pool is None:
+            raise
+    torch.cuda.empty_cache()
+    with in_pool(pool):
+        return torch.empty(shape, device=device, dtype=dtype)

@@ -20,15 +20,14 @@ compact caches are merged into one (rows b x KV heads + h) and decoded by one gr
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
 from kvcompress.engine import fast_dms, kernels
 from kvcompress.engine.sampling import sample
-from kvcompress.memory import KVState, take_masked_indices
+from kvcompress.engine.timing import capture_graph
+from kvcompress.memory import KVState, empty_in_pool, in_pool, take_masked_indices
 
 
 class FastDecoder:
@@ -303,21 +302,10 @@ class _DecodeState:
         self.out[:out_tokens.shape[0]].copy_(out_tokens)
 
     def _empty(self, shape, dtype, device) -> torch.Tensor:
-        """A buffer from the KV pool. The prefilled caches this load frees go back to the allocator's default pool,
-        whose cached blocks this pool cannot reuse; near the memory limit, hand those back to the device once and
-        retry, as the allocator does by itself within one pool (else a batch that fits would fail at ~2x its KV)."""
-        try:
-            with self._in_pool():
-                return torch.empty(shape, device=device, dtype=dtype)
-        except torch.OutOfMemoryError:
-            if self.pool is None:
-                raise
-        torch.cuda.empty_cache()
-        with self._in_pool():
-            return torch.empty(shape, device=device, dtype=dtype)
+        return empty_in_pool(self.pool, shape, dtype, device)  # the KV pool, retried once near the memory limit
 
     def _in_pool(self):
-        return torch.cuda.use_mem_pool(self.pool) if self.pool is not None else contextlib.nullcontext()
+        return in_pool(self.pool)
 
     def free(self) -> None:
         """Drop the graph and the buffers, then their pool (a pool must outlive the blocks carved from it)."""
@@ -352,25 +340,9 @@ class _DecodeState:
         return n
 
     def _capture(self) -> None:
-        # torch.cuda.graph() would also synchronise, collect garbage and empty the allocator cache on entry;
-        # none of that belongs inside a timed decode, so capture directly. measure() runs everything on one
-        # non-default stream (engine.timing.measurement_stream): capturing on it reuses its cuBLAS workspace.
-        self.graph = torch.cuda.CUDAGraph()
-        current = torch.cuda.current_stream()
-        stream = self.decoder.stream if current == torch.cuda.default_stream() else current
-        stream.wait_stream(current)
+        self.graph = None
         saved = (self.lengths.clone(), self.position.clone(), self.step_index.clone(), self.token.clone())
-        with torch.cuda.stream(stream):
-            self.graph.capture_begin()
-            try:
-                self.step()
-            except BaseException:  # an OOM inside capture must leave the stream usable (a capacity search goes on)
-                with contextlib.suppress(Exception):
-                    self.graph.capture_end()
-                self.graph = None
-                raise
-            self.graph.capture_end()
-        current.wait_stream(stream)
+        self.graph = capture_graph(self.step, self.decoder.stream)
         # capture records without executing; the static inputs are untouched, but restore them to be explicit
         for dst, src in zip((self.lengths, self.position, self.step_index, self.token), saved):
             dst.copy_(src)

@@ -30,14 +30,13 @@ position (RoPE, ring index, tie-break). The batch's KV bytes are the sum of its 
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
 from kvcompress.engine import kernels
 from kvcompress.engine.sampling import sample
-from kvcompress.memory import KVState
+from kvcompress.engine.timing import capture_graph
+from kvcompress.memory import KVState, empty_in_pool, in_pool
 from kvcompress.methods import dms as rule
 
 
@@ -212,21 +211,12 @@ class CompactDMSCache:
         return both[:rows * dim].view(rows, dim), both[rows * dim:].view(rows, dim)
 
     def _in_pool(self):
-        return torch.cuda.use_mem_pool(self.pool) if self.pool is not None else contextlib.nullcontext()
+        return in_pool(self.pool)
 
     def _empty(self, shape, dtype, device) -> torch.Tensor:
-        """A K/V buffer from this cache's pool; near the memory limit, the default pool's cached blocks (the full K/V
-        of layers already compacted, a batch's merged sequences) go back to the device once and it retries (as
-        fast.py's _DecodeState._empty: a MemPool cannot reuse them)."""
-        try:
-            with self._in_pool():
-                return torch.empty(shape, dtype=dtype, device=device)
-        except torch.OutOfMemoryError:
-            if self.pool is None:
-                raise
-        torch.cuda.empty_cache()
-        with self._in_pool():
-            return torch.empty(shape, dtype=dtype, device=device)
+        """A K/V buffer from this cache's pool, retried once near the memory limit (memory.empty_in_pool: the full K/V
+        of layers already compacted, a batch's merged sequences, sit in the default pool's cache)."""
+        return empty_in_pool(self.pool, shape, dtype, device)
 
     @classmethod
     def merge(cls, caches: list[CompactDMSCache], moved=lambda layer: None) -> CompactDMSCache:
@@ -373,23 +363,8 @@ class _DMSDecodeState:
         return n
 
     def _capture(self) -> None:
-        # As fast.py's _DecodeState: capture directly (no synchronisation or garbage collection inside a timed
-        # decode) on the measurement stream, or on the decoder's own stream when called on the default one.
-        self.graph = torch.cuda.CUDAGraph()
-        current = torch.cuda.current_stream()
-        stream = self.decoder.stream if current == torch.cuda.default_stream() else current
-        stream.wait_stream(current)
-        with torch.cuda.stream(stream):
-            self.graph.capture_begin()
-            try:
-                self.step()
-            except BaseException:  # an OOM inside capture must leave the stream usable (a capacity search goes on)
-                with contextlib.suppress(Exception):
-                    self.graph.capture_end()
-                self.graph = None
-                raise
-            self.graph.capture_end()
-        current.wait_stream(stream)
+        self.graph = None
+        self.graph = capture_graph(self.step, self.decoder.stream)  # on the measurement stream, as fast.py's
 
     def step(self) -> None:
         """One token through every layer; the DMS bookkeeping happens inside the store kernel, on device."""

@@ -3,6 +3,7 @@ perf_counter on CPU."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import nullcontext
 
@@ -21,6 +22,29 @@ def measurement_stream(device: torch.device):
         return nullcontext()
     stream = _STREAMS.setdefault(str(device), torch.cuda.Stream(device))
     return torch.cuda.stream(stream)
+
+
+def capture_graph(step, own_stream) -> torch.cuda.CUDAGraph:
+    """One call of `step` captured as a CUDA graph, directly: torch.cuda.graph() would also synchronise, collect
+    garbage and empty the allocator cache on entry, none of which belongs inside a timed decode. It captures on the
+    current stream (measure's measurement stream, whose cuBLAS workspace it then reuses), or on `own_stream` when
+    called on the default stream, where capture is not allowed. An error inside capture (an OOM) ends the capture
+    before it is raised, so the stream stays usable and a capacity search goes on."""
+    graph = torch.cuda.CUDAGraph()
+    current = torch.cuda.current_stream()
+    stream = own_stream if current == torch.cuda.default_stream() else current
+    stream.wait_stream(current)
+    with torch.cuda.stream(stream):
+        graph.capture_begin()
+        try:
+            step()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                graph.capture_end()
+            raise
+        graph.capture_end()
+    current.wait_stream(stream)
+    return graph
 
 
 class Stopwatch:
