@@ -73,3 +73,39 @@ def test_phase_peaks_see_memory_held_inside_each_phase(run_method, tiny):
     # while a peak that missed the held tensors would move by ~0
     assert heavy.peak_mem_prefill_bytes - plain.peak_mem_prefill_bytes > 128 * mib
     assert heavy.peak_mem_decode_bytes - plain.peak_mem_decode_bytes > 128 * mib
+
+
+def test_a_pool_buffer_that_cannot_be_carved_returns_the_cached_blocks_once_and_retries(monkeypatch):
+    """memory.empty_in_pool (the fast decoders' KV buffers; the CUDA path itself needs a GPU): an out-of-memory error
+    in a pool empties the allocator's cache once and retries; a second one is raised; without a pool (CPU) the first
+    one is raised as it is."""
+    import contextlib
+
+    from kvcompress import memory
+
+    calls = []
+    monkeypatch.setattr(memory, "in_pool", lambda pool: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    real_empty = torch.empty
+
+    def failing(times):
+        def empty(*args, **kwargs):
+            calls.append("alloc")
+            if calls.count("alloc") <= times:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 800.00 MiB")
+            return real_empty(*args, **kwargs)
+        return empty
+
+    monkeypatch.setattr(torch, "empty", failing(1))
+    out = memory.empty_in_pool(object(), (2, 3), torch.float32, torch.device("cpu"))
+    assert out.shape == (2, 3) and calls == ["alloc", "empty_cache", "alloc"]
+    calls.clear()
+    monkeypatch.setattr(torch, "empty", failing(2))
+    with pytest.raises(torch.OutOfMemoryError):
+        memory.empty_in_pool(object(), (2, 3), torch.float32, torch.device("cpu"))
+    assert calls == ["alloc", "empty_cache", "alloc"]
+    calls.clear()
+    monkeypatch.setattr(torch, "empty", failing(1))
+    with pytest.raises(torch.OutOfMemoryError):
+        memory.empty_in_pool(None, (2, 3), torch.float32, torch.device("cpu"))
+    assert calls == ["alloc"]
