@@ -55,3 +55,11 @@ def run_method(tiny, tiny_prompt):
                        repeats=repeats, warmup=False)
 
     return run
+
+
+def one_line_error(capsys) -> str:
+    """What a script printed for bad input: one line starting with "error:", no traceback, no "unexpected"."""
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "\n" not in err and "unexpected" not in err, err
+    return err
+

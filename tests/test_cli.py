@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import benchmark
+from conftest import one_line_error
 from test_results import CONTRACT
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,13 +24,19 @@ ROOT = Path(__file__).resolve().parents[1]
     (["--out", "/proc/forbidden/x.json"], "cannot write results to"),
     (["--model", "no-such-model"], "unknown model"),
     (["--repeats", "0"], "--repeats must be at least 1"),
+    (["--methods", "vanilla@0.5"], "vanilla takes no ratio"),
+    (["--methods", "dms-8x@0.5"], "dms-8x takes no ratio"),
+    (["--methods", "vanilla,knorm@0.5,vanilla"], "--methods names vanilla twice"),
+    (["--methods", "knorm@0.5,knorm@0.50"], "--methods names knorm@0.5 twice"),
+    (["--device", "foo"], "--device 'foo' is not a device"),
+    (["--device", "mps"], "only cuda and cpu are supported"),
+    (["--model", "."], "has no config.json"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     argv = ["--preset", "tiny", "--contexts", "320", "--out", str(tmp_path / "o.json")] + argv
     assert benchmark.main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and message in err and "\n" not in err
-    assert "Traceback" not in err
+    err = one_line_error(capsys)
+    assert message in err and "Traceback" not in err
 
 
 def test_random_weights_need_a_gpu(capsys):

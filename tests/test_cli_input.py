@@ -13,29 +13,10 @@ import benchmark
 import test_long_context
 from kvcompress import cli, models
 
+from conftest import one_line_error
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["benchmark.py", "test_kvpress_api.py", "test_dms_inference.py", "test_long_context.py"]
-
-
-def one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "\n" not in err and "unexpected" not in err, err
-    return err
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--methods", "vanilla@0.5"], "vanilla takes no ratio"),
-    (["--methods", "dms-8x@0.5"], "dms-8x takes no ratio"),
-    (["--methods", "vanilla,knorm@0.5,vanilla"], "--methods names vanilla twice"),
-    (["--methods", "knorm@0.5,knorm@0.50"], "--methods names knorm@0.5 twice"),
-    (["--device", "foo"], "--device 'foo' is not a device"),
-    (["--device", "mps"], "only cuda and cpu are supported"),
-    (["--model", "."], "has no config.json"),
-])
-def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
-    argv = ["--preset", "tiny", "--contexts", "320", "--out", str(tmp_path / "o.json")] + argv
-    assert benchmark.main(argv) == 2
-    assert message in one_line_error(capsys)
 
 
 def test_flash_attention_without_flash_attn_is_one_line(capsys, tmp_path):

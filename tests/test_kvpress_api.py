@@ -15,6 +15,8 @@ from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.methods import parse_method
 from kvcompress.methods import presses as registry
 
+from conftest import one_line_error
+
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT, NEW_TOKENS = 320, 3  # prompt tokens (context ~190 + question ~130 with the byte tokenizer), output tokens
 
@@ -190,8 +192,7 @@ def test_list_prints_the_registry(capsys):
 ])
 def test_bad_sweep_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     assert script().main(["--preset", "tiny", "--out", str(tmp_path / "o.json")] + argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and message in err and "\n" not in err
+    assert message in one_line_error(capsys)
 
 
 def test_table_and_plot_show_which_presses_save_memory(sweep):
