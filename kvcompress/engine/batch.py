@@ -126,9 +126,12 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
             prompt = prompts[b]
             if b:
                 clock.mark(f"start{b}")
+            # room in the decoder's staging for the sequences before the last: the last one's slot is made after
+            # its prefill, so that prefill's peak holds the batch's other caches and nothing more
+            room = max(1, n - 1 - b)
             cache = new_cache(decoder, method, lm, rows_for)
             if hasattr(cache, "admit_to_batch"):  # the fast engine's DMS cache, merged into the batch's after prefill
-                cache.admit_to_batch(decoder.staging_buffers(cache.n_layers, max(1, n - 1 - b)))
+                cache.admit_to_batch(decoder.staging_buffers(cache.n_layers, room))
             cache, kv_after, logits, next_position = _prefill(
                 lm, method, presses[b], prompt.context_ids.to(device), prompt.question_ids.to(device), presses[b],
                 single_prefill, cache)
@@ -137,9 +140,7 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
             int(token.item())  # this sequence's first token is on the host: its TTFT ends here
             clock.mark(f"first{b}")
             kv, masked = kv_after(), take_masked_indices(model)  # read before the decoder takes the cache
-            # room in the decoder's staging for the sequences before the last: the last one's slot is made after
-            # its prefill, so that prefill's peak holds the batch's other caches and nothing more
-            admitted[b] = Admission(admit(cache, expected=max(1, n - 1 - b)), next_position, masked, kv)
+            admitted[b] = Admission(admit(cache, expected=room), next_position, masked, kv)
         peak_prefill = peaks.peak()
         peaks.reset()
         kv_after = combine([a.kv_after for a in admitted])
@@ -148,7 +149,7 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
                               else hf_decode_batch(lm, admitted, uniforms, settings, out_tokens, mark))
         clock.mark("end")
     ttfts = [clock.seconds("start" if b == 0 else f"start{b}", f"first{b}") for b in real]
-    admit = clock.seconds("start", "admitted")
+    admit_s = clock.seconds("start", "admitted")
     e2e = clock.seconds("start", "end")
     steady_s = clock.seconds("steady", "end") if steady.get("steps") else None
     peak_decode = peaks.peak()
@@ -157,7 +158,7 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
     del admitted, final
     clear_masks(model)
     return BatchGeneration(median(ttfts), e2e, tokens[0], kv_after, kv_end, peak_prefill, peak_decode, protocol,
-                           admit_s=admit, ttft_each_s=ttfts, batch_token_ids=tokens, admission=admission,
+                           admit_s=admit_s, ttft_each_s=ttfts, batch_token_ids=tokens, admission=admission,
                            steady_s=steady_s, steady_steps=steady.get("steps", 0))
 
 
