@@ -15,6 +15,7 @@ bytes, the same peak (the last prefill runs beside B - 1 held caches), two prefi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from statistics import median
 
@@ -28,9 +29,6 @@ from kvcompress.errors import UserError
 from kvcompress.memory import KVState, PhasePeaks, clear_masks, kv_state, take_masked_indices
 from kvcompress.methods import Method, press_context
 
-ADMISSIONS = ("each", "cloned")
-
-
 @dataclass
 class Admission:
     """One sequence after its prefill, compression, question and first token."""
@@ -38,7 +36,7 @@ class Admission:
     cache: object
     next_position: int  # position of the first decoded token (= the sequence's input tokens)
     masked: dict  # {layer: (batch, head, position)} entries a mask-only press hid
-    kv_after: KVState  # the cache right after the context's compression
+    kv_after: Callable[[], KVState]  # the cache right after the context's compression (a snapshot, read later)
 
 
 @dataclass
@@ -139,11 +137,11 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
             out_tokens[0, b:b + 1] = token
             int(token.item())  # this sequence's first token is on the host: its TTFT ends here
             clock.mark(f"first{b}")
-            kv, masked = kv_after(), take_masked_indices(model)  # read before the decoder takes the cache
-            admitted[b] = Admission(admit(cache, expected=room), next_position, masked, kv)
+            # the snapshot is taken now and read after the clock stops (a DMS cache's counts would synchronise)
+            masked = take_masked_indices(model)
+            admitted[b] = Admission(admit(cache, expected=room), next_position, masked, kv_after)
         peak_prefill = peaks.peak()
         peaks.reset()
-        kv_after = combine([a.kv_after for a in admitted])
         decode = getattr(decoder, "decode_batch", None)
         n_generated, final = (decode(lm, admitted, uniforms, settings, out_tokens, mark) if decode is not None
                               else hf_decode_batch(lm, admitted, uniforms, settings, out_tokens, mark))
@@ -153,6 +151,7 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
     e2e = clock.seconds("start", "end")
     steady_s = clock.seconds("steady", "end") if steady.get("steps") else None
     peak_decode = peaks.peak()
+    kv_after = combine([a.kv_after() for a in admitted])
     kv_end = kv_state(final, model, [a.next_position + n_generated - 1 for a in admitted])
     tokens = out_tokens[:n_generated].T.tolist()
     del admitted, final

@@ -27,7 +27,7 @@ from transformers import DynamicCache
 from kvcompress.engine import fast_dms, kernels
 from kvcompress.engine.sampling import sample
 from kvcompress.engine.timing import capture_graph
-from kvcompress.memory import KVState, empty_in_pool, in_pool, take_masked_indices
+from kvcompress.memory import KVState, empty_in_pool, take_masked_indices
 
 
 class FastDecoder:
@@ -303,9 +303,6 @@ class _DecodeState:
 
     def _empty(self, shape, dtype, device) -> torch.Tensor:
         return empty_in_pool(self.pool, shape, dtype, device)  # the KV pool, retried once near the memory limit
-
-    def _in_pool(self):
-        return in_pool(self.pool)
 
     def free(self) -> None:
         """Drop the graph and the buffers, then their pool (a pool must outlive the blocks carved from it)."""

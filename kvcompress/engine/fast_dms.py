@@ -30,6 +30,8 @@ position (RoPE, ring index, tie-break). The batch's KV bytes are the sum of its 
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -87,6 +89,7 @@ def release(decoder) -> None:
     decoder._dms = None
 
 
+@functools.lru_cache
 def ring_size(window: int) -> int:
     """The first age at which a marked token is invisible under the rule: the ring holds the tokens younger than it."""
     ages = torch.arange(1, window + 3)
@@ -308,7 +311,7 @@ class _DMSDecodeState:
         threshold = cache.params.threshold
         # the kernel's copies of methods.dms.evicts' threshold and tie break (zeros for the checkpoint's rule)
         self.calibrated = threshold is not None
-        self.thresholds = [(threshold[i].float() if self.calibrated else torch.zeros(heads_kv)).to(device)
+        self.thresholds = [(threshold[i].float() if self.calibrated else torch.zeros(heads_kv, device=device)).to(device)
                            for i in range(cache.n_layers)]
         self.no_tie = torch.zeros(batch, device=device)
         self.token = torch.zeros(batch, dtype=torch.long, device=device)
