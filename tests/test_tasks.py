@@ -10,17 +10,14 @@ import json
 import re
 
 import pytest
-import torch
 
 import test_long_context
-from kvcompress import models
 from kvcompress.engine import measure
 from kvcompress.engine.generate import GenerationSettings, HFDecoder, Prompt, generate_once, generate_questions
 from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.errors import UserError
 from kvcompress.methods import kv_bytes_per_token, parse_method
 from kvcompress.tasks import contract, families, niah
-from tests.test_niah import qwen3_tokenizer  # noqa: F401 - the session fixture (hash-pinned, offline)
 
 FAMILIES = ["niah", "multiquery", "vt", "cwe", "fwe", "nolima"]
 
@@ -66,7 +63,7 @@ def _recovered(family: str, text: str, question: str) -> list[str]:
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("target", [1024, 8192])
-def test_generators_size_on_qwen3_and_their_answers_are_in_the_text(qwen3_tokenizer, family, target):  # noqa: F811
+def test_generators_size_on_qwen3_and_their_answers_are_in_the_text(qwen3_tokenizer, family, target):
     tok = qwen3_tokenizer
     questions = 1 if family in families.SINGLE_QUESTION else 3
     task = families.make(family, 11, questions)
@@ -87,7 +84,7 @@ def test_generators_size_on_qwen3_and_their_answers_are_in_the_text(qwen3_tokeni
         assert sorted(_recovered(family, text, q.text)) == sorted(q.answers)
 
 
-def test_vt_chain_links_come_in_order_after_the_depth(qwen3_tokenizer):  # noqa: F811
+def test_vt_chain_links_come_in_order_after_the_depth(qwen3_tokenizer):
     tok = qwen3_tokenizer
     task = families.make("vt", 4, 2)
     built = contract.build_prompt(tok, 2048, 0.4, task)
@@ -190,7 +187,7 @@ def test_token_and_byte_budgets_keep_that_much_of_every_context(tiny):
     assert parse_method("knorm@4096tok").for_context(1000).compression_ratio == 0.0  # context shorter than budget
 
 
-def test_match_kv_runs_presses_at_another_methods_measured_bytes(tmp_path):
+def test_match_kv_runs_presses_at_another_methods_measured_bytes(tiny, tmp_path):
     first = tmp_path / "first.json"
     base = ["--preset", "tiny", "--contexts", "1024", "--depths", "0.5", "--trials", "1", "--max-new-tokens", "3"]
     assert test_long_context.main(base + ["--methods", "streaming_llm@0.75", "--tasks", "niah",
@@ -202,8 +199,7 @@ def test_match_kv_runs_presses_at_another_methods_measured_bytes(tmp_path):
     records = {(r["method"], r["task_family"]): r for r in json.loads(out.read_text())["results"]}
     matched = records[("knorm@kv=streaming_llm@0.75", "vt")]
     assert matched["error"] is None and matched["kv_budget"].startswith("kv=streaming_llm@0.75:1024:")
-    assert abs(matched["kv_cache_bytes"] - held) <= kv_bytes_per_token(
-        models.load(models.MODELS["tiny"], device=torch.device("cpu")).model)  # within one token's bytes
+    assert abs(matched["kv_cache_bytes"] - held) <= kv_bytes_per_token(tiny.model)  # within one token's bytes
     assert records[("vanilla", "vt")]["task_family"] == "vt" and records[("vanilla", "vt")]["scorer"] == \
         "string_match_all"
     assert (tmp_path / "matched-pareto.png").exists() and (tmp_path / "matched-heatmap-vt-vanilla.png").exists()

@@ -30,7 +30,6 @@ from kvcompress.engine.generate import GenerationSettings, HFDecoder, generate_o
 from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.methods import parse_method
 from kvcompress.tasks import common_words, contract, families, nolima
-from tests.test_long_context_smollm2 import smollm2  # noqa: F401 - the session fixture (hash-pinned, offline)
 
 CONTEXT = 1024
 
@@ -45,13 +44,13 @@ def _answer(lm, task, method="vanilla", depth=0.3, max_new_tokens=40):
     return built, answer, correct, score
 
 
-def test_multiquery_names_numbers_no_guess_could(smollm2):  # noqa: F811
+def test_multiquery_names_numbers_no_guess_could(smollm2):
     """Chance ~1e-7 per value (one 7-digit number of 9e6): any value found over 2 trials is far above it."""
     results = [_answer(smollm2, families.make("multiquery", seed), max_new_tokens=32) for seed in range(2)]
     assert sum(score for *_, score in results) > 0, [a for _, a, *_ in results]
 
 
-def test_fwe_answers_with_coded_words_of_the_text(smollm2):  # noqa: F811
+def test_fwe_answers_with_coded_words_of_the_text(smollm2):
     """5 trials: the first coded word the answer names is a word of the text. The words are random non-words (14^3 x
     5^3 = 343,000 possible, ~13 distinct in the text): a context-blind answer names one with p ~4e-5 a trial. It does
     not show counting (module docstring: first word = the most frequent 7/10, a random word of the text 0.63)."""
@@ -61,7 +60,7 @@ def test_fwe_answers_with_coded_words_of_the_text(smollm2):  # noqa: F811
         assert named and named[0] in set(built.text.split(" .... ")), answer
 
 
-def test_vt_tracks_chains_and_streaming_llm_at_0875_loses_them(smollm2):  # noqa: F811
+def test_vt_tracks_chains_and_streaming_llm_at_0875_loses_them(smollm2):
     """3 trials each. Vanilla: mean string_match_all >= 0.5 (an answer that reads nothing scores 0, the names are
     random; naming 2 of the 4 variables at random also scores 0.5: reading, not tracking). StreamingLLM@0.875 keeps
     the first tokens and the last eighth, where no link lies (links at 30-83 % of the haystack): its mean is at least
@@ -72,7 +71,7 @@ def test_vt_tracks_chains_and_streaming_llm_at_0875_loses_them(smollm2):  # noqa
     assert sum(vanilla) / 3 - sum(streaming) / 3 >= 0.3, (vanilla, streaming)
 
 
-def test_cwe_answers_in_the_solved_examples_numbered_format(smollm2):  # noqa: F811
+def test_cwe_answers_in_the_solved_examples_numbered_format(smollm2):
     """3 trials: each answer opens as the example's answer does (' 1. word 2. word'), so the scorer reads a list.
     Without the example SmolLM2 answered '- word' bullets; the score itself is at chance (module docstring)."""
     for seed in range(3):
@@ -81,7 +80,7 @@ def test_cwe_answers_in_the_solved_examples_numbered_format(smollm2):  # noqa: F
         assert 0 <= score <= 1, (score, common_words.chance(built.text, built.task.questions[0].answers))
 
 
-def test_nolima_literal_control_answers_with_a_character_of_the_context(smollm2):  # noqa: F811
+def test_nolima_literal_control_answers_with_a_character_of_the_context(smollm2):
     """8 trials of the literal control: at least 6 answers name one of the context's 3 characters. A context-blind
     answer (any fixed name of the 16 the generator draws from) does so with p = 3/16 per trial: P(>= 6 of 8) ~ 1e-3.
     It does not show SmolLM2 finds the asked character (3/12, chance 1/3: module docstring)."""
