@@ -14,7 +14,6 @@ first's compressed cache, so each probe holds the memory of B distinct sequences
 
 from __future__ import annotations
 
-import gc
 import math
 import re
 import time
@@ -175,7 +174,7 @@ class Runner:
     """Real runs of one model under a budget; every run frees what it allocated, whether it fitted or not."""
 
     def __init__(self, lm, decoder, settings, budget, search_tokens: int):
-        self.lm, self.decoder, self.settings, self.budget = lm, decoder, settings, budget
+        self.lm, self.decoder, self.budget = lm, decoder, budget
         # The fast engine sizes its buffers for the whole generation and decodes a few steps of it; the hf engine's
         # cache grows as it decodes, so it must decode everything to reach its peak.
         fast = getattr(decoder, "name", "hf") == "fast"
@@ -198,11 +197,11 @@ class Runner:
         return Probe(len(prompts), context, error is None, used, error, time.perf_counter() - start)
 
     def free(self) -> None:
+        from kvcompress.one_cell import free_memory
+
         if hasattr(self.decoder, "release"):
             self.decoder.release()
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+        free_memory()
 
 
 def capacity_cell(runner: Runner, method, prompts: tuple, context: int, max_batch: int, max_runs: int,
@@ -235,7 +234,9 @@ def longest_context(runner: Runner, method, build: Callable[[int], object], know
     step = 1024 if limit >= 4096 else 64
 
     def fits(context: int) -> bool:
-        probe = runner.probe(method, [build(context)], context)
+        prompt = build(context)
+        sized = method.for_context(prompt.context_tokens, runner.lm.model, context)  # a kept budget at this length
+        probe = runner.probe(sized, [prompt], context)
         probes.append(probe)
         progress(f"  context {context}: {'fits' if probe.fits else probe.error}")
         return probe.fits
@@ -269,6 +270,7 @@ def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, conso
     from kvcompress import models
     from kvcompress.checks import architecture_of
     from kvcompress.engine.generate import HFDecoder
+    from kvcompress.one_cell import prepare_dms
     from kvcompress.report import make_console
     from kvcompress.results import ResultFile, run_header
     from kvcompress.runner import _public_args, preflight
@@ -316,7 +318,7 @@ def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, conso
             def build(n: int):
                 return Cell(target_tokens=n, needle_seed=seed, haystack=cfg.haystack).build(lm.tokenizer)[0]
 
-            ready = _dms_ready(lm, method, build(fitted[method.name]))
+            ready = prepare_dms(lm, method, build(fitted[method.name]))
             longest, probes = longest_context(runner, ready, build, fitted[method.name], limit, max_runs, say)
             record = _record(lm, method, cfg, longest, 1, decoder.name, "capacity_context")
             record.capacity_budget_bytes, record.capacity_probes = budget.budget, [p.to_dict() for p in probes]
@@ -331,17 +333,20 @@ def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, conso
 
 def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight, say):
     from kvcompress.engine import measure
+    from kvcompress.one_cell import dms_fields, prepare_dms
 
+    method = method.for_context(pair[0].context_tokens, lm.model, context)  # a kept budget becomes a ratio
     reason = preflight(method, lm) or batch_problem(method, cfg.settings)
     engine = runner.decoder.name
-    if reason is None and engine == "fast" and runner.decoder.unsupported(method, lm):
-        reason = f"fast engine cannot run this method ({runner.decoder.unsupported(method, lm)})"
+    unsupported = runner.decoder.unsupported(method, lm) if engine == "fast" else None
+    if reason is None and unsupported:
+        reason = f"fast engine cannot run this method ({unsupported})"
     if reason:
         record = _record(lm, method, cfg, context, 1, engine, "capacity")
         record.error = reason
         say(f"  error: {reason}")
         return [record]
-    method = _dms_ready(lm, method, pair[0])
+    method = prepare_dms(lm, method, pair[0])  # calibrated once, shared by every sequence of every batch
     lo, hi, predicted, probes = capacity_cell(runner, method, pair, context, max_batch, max_runs, say)
     details = {"capacity_budget_bytes": runner.budget.budget, "capacity_max_batch": lo,
                "capacity_predicted_batch": predicted, "capacity_probes": [p.to_dict() for p in probes]}
@@ -375,7 +380,8 @@ def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight
         elif failures:
             record.notes.append(f"timed at batch {record.batch}: " + "; ".join(failures))
         vars(record).update(details)
-        _dms_fields(record, method, runner.decoder)
+        dms_fields(record, method, runner.decoder)
+        record.kv_budget = method.budget_label
         if lo < max_batch and hi - lo > 1:
             record.notes.append(f"search stopped after {len(probes)} runs: the boundary lies in [{lo}, {hi})")
         if lo >= max_batch:
@@ -383,22 +389,6 @@ def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight
         say(f"  batch {record.batch}: " + (record.error or f"{record.aggregate_decode_tokens_per_s:,.0f} tok/s aggregate"))
         records.append(record)
     return records
-
-
-def _dms_ready(lm, method, prompt):
-    """Native DMS's decisions for a cell (one_cell.prepare_dms): calibrated on the first sequence's prompt, shared by
-    every sequence of every batch of the search, the copies of cloned admission included."""
-    if not method.native_dms:
-        return method
-    from kvcompress.one_cell import prepare_dms
-
-    return prepare_dms(lm, method, prompt)
-
-
-def _dms_fields(record, method, decoder) -> None:
-    if method.native_dms:
-        record.dms_impl, record.dms_layout = method.impl, getattr(decoder, "dms_layout", None) or "mask, no reclaim"
-        record.dms_decisions = method.dms_params.decisions
 
 
 def _record(lm, method, cfg, context: int, batch: int, engine: str, task: str):

@@ -40,8 +40,7 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
         return blank
     error = None
     try:
-        if method.native_dms:  # a batch: calibrated once, on sequence 0's prompt; every sequence shares it
-            method = prepare_dms(lm, method, first)
+        method = prepare_dms(lm, method, first)  # a batch: calibrated once, on sequence 0's prompt; all share it
         record = measure(lm, method, prompt, settings, decoder, repeats=repeats, task=task,
                          target_tokens=cell.target_tokens, admission=admission)
     except Exception as exc:  # noqa: BLE001 - one failing press must not end the run
@@ -53,13 +52,9 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
         blank.error = error
         return blank
     record.engine_note = engine_note
-    if method.kind == "dms":
-        record.dms_impl = method.impl
-        if method.native_dms:
-            record.dms_layout = getattr(decoder, "dms_layout", None) or "mask, no reclaim"
-            record.dms_decisions = method.dms_params.decisions
-            if batch > 1 and method.dms_params.threshold is not None:
-                record.notes.append("DMS thresholds calibrated once, on sequence 0's prompt, shared by the batch")
+    dms_fields(record, method, decoder)
+    if method.native_dms and batch > 1 and method.dms_params.threshold is not None:
+        record.notes.append("DMS thresholds calibrated once, on sequence 0's prompt, shared by the batch")
     record.depth, record.prompt_id = cell.depth if needle else None, cell.prompt_id
     record.kv_budget = method.budget_label
     grade(record, needle, first, cell)
@@ -114,8 +109,12 @@ def run_cell_questions(lm, method: Method, prompt, task, cell: Cell, settings, t
 
 def prepare_dms(lm, method: Method, prompt) -> Method:
     """Native DMS for one cell: the checkpoint's decisions, or thresholds calibrated on this prompt (random weights
-    always; `dms-8x[evict=X]` on any weights). One calibration prefill, before warm-up: nothing of it is timed."""
+    always; `dms-8x[evict=X]` on any weights). One calibration prefill, before warm-up: nothing of it is timed.
+    Any other method is returned as it is."""
     from dataclasses import replace
+
+    if not method.native_dms:
+        return method
 
     from kvcompress.methods import dms
 
@@ -195,6 +194,16 @@ def progress_line(r: BenchmarkResult) -> str:
                  if r.batch > 1 and r.aggregate_decode_tokens_per_s else "")
     return (f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s{aggregate}, KV "
             f"{r.kv_cache_bytes / 2**20:.1f} MiB ({r.kv_tokens_kept:.0f} kept){found}")
+
+
+def dms_fields(record, method: Method, decoder) -> None:
+    """How a DMS record ran: remote or native, and for native DMS the engine's layout and where decisions came from."""
+    if method.kind != "dms":
+        return
+    record.dms_impl = method.impl
+    if method.native_dms:
+        record.dms_layout = getattr(decoder, "dms_layout", None) or "mask, no reclaim"
+        record.dms_decisions = method.dms_params.decisions
 
 
 def free_memory() -> None:

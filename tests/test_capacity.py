@@ -154,3 +154,17 @@ def test_a_timed_run_that_runs_out_at_the_max_is_timed_below_it_and_says_so(tmp_
     assert top["batch"] == most - 1 and top["error"] is None and top["aggregate_decode_tokens_per_s"]
     assert any(n.startswith(f"timed at batch {most - 1}: the timed run at batch {most} ran out of memory")
                for n in top["notes"])
+
+
+def test_a_kept_budget_is_searched_at_the_ratio_it_gives(tmp_path):
+    """knorm@64tok keeps 64 tokens of every context: its cells run at 1 - 64 / context tokens (not knorm's default
+    ratio 0, which would measure vanilla under the budget's name), and the record says which budget."""
+    out = tmp_path / "capacity.json"
+    assert capacity.main(["--preset", "tiny", "--methods", "vanilla,knorm@64tok", "--contexts", "256", "--budget",
+                          "3MiB", "--max-new-tokens", "4", "--search-runs", "3", "--out", str(out)]) == 0
+    records = json.loads(out.read_text())["results"]
+    budgeted = [r for r in records if r["task"] == "capacity" and r["method"] == "knorm@64tok"]
+    vanilla = [r for r in records if r["task"] == "capacity" and r["method"] == "vanilla"]
+    assert budgeted and all(r["kv_budget"] and r["compression_ratio"] > 0 for r in budgeted)
+    assert all(abs(r["kv_tokens_kept"] - 64) <= 1 for r in budgeted if r["batch"] == 1)
+    assert max(r["capacity_max_batch"] for r in budgeted) > max(r["capacity_max_batch"] for r in vanilla)
