@@ -112,8 +112,8 @@ def _size_items(tokenizer, target_tokens, task, thinking):
         lo, hi = hi, hi * 2
     while lo + 1 < hi:
         mid = (lo + hi) // 2
-        best = _closer(best, tokenizer, task, task.make_body(mid), None, thinking, target_tokens)
         last = _closer(None, tokenizer, task, task.make_body(mid), None, thinking, target_tokens)
+        best = last if abs(last[0] - target_tokens) < abs(best[0] - target_tokens) else best  # as _closer(best, ...)
         if last[0] == target_tokens:
             break
         lo, hi = (mid, hi) if last[0] < target_tokens else (lo, mid)
