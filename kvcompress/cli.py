@@ -126,6 +126,8 @@ def parser(prog: str, description: str, defaults: Defaults = Defaults(), tiny: D
                    "median of two)")
     g.add_argument("--query-aware", action="store_true", help="compress the question together with the context")
     g.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
+    g.add_argument("--top-k", type=int, default=20, help="sample among the k most likely tokens, 0 = all (default "
+                   "20, with --temperature and --top-p: Qwen3-8B's own generation config)")
     g.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default 0.95)")
     g.add_argument("--greedy", action="store_true", help="greedy decoding instead of sampling")
     g.add_argument("--seed", type=int, default=0, help="seed for sampling, needles and random weights (default 0)")
@@ -213,6 +215,8 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
         raise UserError("--repeats must be at least 1")
     if not 0 < args.top_p <= 1 or args.temperature <= 0:
         raise UserError("--top-p must be in (0, 1] and --temperature > 0")
+    if args.top_k < 0:
+        raise UserError("--top-k must be 0 (the whole vocabulary) or a positive number of tokens")
     methods = parse_methods(args.methods)
     if getattr(args, "dms_impl", "native") == "remote":
         if any(m.native_dms and m.options for m in methods):
@@ -239,7 +243,7 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
     engine = args.engine if args.engine != "auto" else ("fast" if device.type == "cuda" else "hf")
     dtype = getattr(torch, args.dtype) if args.dtype else None
     out = args.out or Path("results") / f"{script}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    sampling = SamplingConfig(args.temperature, args.top_p, args.greedy, args.seed)
+    sampling = SamplingConfig(args.temperature, args.top_p, args.greedy, args.seed, args.top_k)
     # fixed_length=False for quality runs (test_long_context.py): end-of-sequence ends the answer.
     settings = GenerationSettings(args.max_new_tokens, sampling, fixed_length=fixed_length,
                                   query_aware=args.query_aware)

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (["--device", "foo"], "--device 'foo' is not a device"),
     (["--device", "mps"], "only cuda and cpu are supported"),
     (["--model", "."], "has no config.json"),
+    (["--top-k", "-1"], "--top-k must be 0 (the whole vocabulary) or a positive"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
     argv = ["--preset", "tiny", "--contexts", "320", "--out", str(tmp_path / "o.json")] + argv

@@ -1,5 +1,6 @@
 """The timed generation: timing relations, fixed output length, protocols, sampling reproducibility."""
 
+import pytest
 import torch
 
 from kvcompress.engine.sampling import SamplingConfig, sample
@@ -54,22 +55,63 @@ def test_sampler_follows_the_nucleus_distribution():
     assert counts[~keep].sum() == 0
 
 
-def test_sampler_matches_a_float64_inverse_cdf_and_each_row_samples_as_if_alone():
-    """Qwen3's vocabulary, flat logits (a random-weights nucleus of ~30 % of it): the two-level scan picks the token a
-    float64 sort-and-cumsum picks, and a row samples in a batch what it samples alone."""
+@pytest.mark.parametrize("top_k", [0, 20])
+def test_sampler_matches_a_float64_inverse_cdf_and_each_row_samples_as_if_alone(top_k):
+    """Qwen3's vocabulary, flat logits (a random-weights nucleus of ~30 % of it without top_k): the two-level scan
+    picks the token a float64 sort-and-cumsum picks, and a row samples in a batch what it samples alone."""
     generator = torch.Generator().manual_seed(1)
     logits = torch.randn(6, 151936, generator=generator) * 1.3
     u = torch.rand(6, generator=generator, dtype=torch.float64).float()
-    config = SamplingConfig()
-    probs = torch.softmax(logits.double() / config.temperature, -1)
-    sorted_probs, order = probs.sort(-1, descending=True)
+    config = SamplingConfig(top_k=top_k)
+    sorted_logits, order = logits.double().sort(-1, descending=True)
+    if top_k:
+        sorted_logits, order = sorted_logits[:, :top_k], order[:, :top_k]
+    sorted_probs = torch.softmax(sorted_logits / config.temperature, -1)
     cdf = sorted_probs.cumsum(-1)
     size = ((cdf - sorted_probs) < config.top_p).sum(-1, keepdim=True)
     expected = order.gather(-1, torch.searchsorted(cdf, u.double().view(-1, 1) * cdf.gather(-1, size - 1)))
     batched = sample(logits, u, config)
     assert torch.equal(batched, expected.view(-1))
     assert torch.equal(batched, torch.cat([sample(logits[b:b + 1], u[b:b + 1], config) for b in range(6)]))
-    assert 0.2 < size.double().mean() / 151936 < 0.5
+    nucleus = size.double().mean()
+    assert 0.2 < nucleus / 151936 < 0.5 if not top_k else 1 < nucleus <= top_k
+
+
+def test_sampler_draws_from_transformers_temperature_top_k_top_p_distribution():
+    """Independent reference: transformers' own warpers (temperature, top-k, top-p, in generate's order) give each
+    token's probability; our sampler's token for u on a fine grid of [0, 1) covers each token's share of it."""
+    from transformers.generation.logits_process import (TemperatureLogitsWarper, TopKLogitsWarper,
+                                                        TopPLogitsWarper)
+
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(1, 1000, generator=generator) * 0.5  # flat: top_p alone would keep most of the vocabulary
+    config = SamplingConfig()  # Qwen3's defaults: T 0.6, top_k 20, top_p 0.95
+
+    def kept(*warpers):
+        scores = logits.double()
+        for warper in (TemperatureLogitsWarper(config.temperature), *warpers):
+            scores = warper(None, scores)
+        return torch.softmax(scores, -1)[0]
+
+    expected = kept(TopKLogitsWarper(config.top_k), TopPLogitsWarper(config.top_p))
+    grid = (torch.arange(100_000, dtype=torch.float64) + 0.5) / 100_000
+    tokens = sample(logits.expand(len(grid), -1), grid.float(), config)
+    share = torch.bincount(tokens, minlength=1000).double() / len(grid)
+    # both cut here: top_k leaves 20 of ~900 top_p would keep, and top_p then drops the last of those
+    assert int((kept(TopPLogitsWarper(config.top_p)) > 0).sum()) > 500
+    assert 10 < int((expected > 0).sum()) < config.top_k
+    assert torch.equal(share > 0, expected > 0)
+    assert torch.allclose(share, expected, atol=1e-4)
+
+
+def test_top_k_keeps_the_k_most_likely_ties_to_the_lower_id():
+    logits = torch.zeros(1, 50)
+    logits[0, [3, 30]] = 5.0
+    logits[0, [7, 12, 40, 44]] = 4.0  # four tie for the last two of top_k = 4
+    config = SamplingConfig(temperature=1.0, top_p=1.0, top_k=4)
+    grid = (torch.arange(4000) + 0.5) / 4000
+    drawn = set(sample(logits.expand(len(grid), -1), grid, config).tolist())
+    assert drawn == {3, 30, 7, 12}
 
 
 def test_greedy_takes_the_argmax():

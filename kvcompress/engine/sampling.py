@@ -1,8 +1,14 @@
 """Token sampling shared by every engine, so that engines differ only in speed, never in what they generate.
 
 The random numbers are drawn up front from a seeded CPU generator (one uniform per output token) and sampling is
-inverse-CDF over the nucleus: the same seed gives the same tokens on CPU and GPU, in eager code and inside a CUDA
-graph, for any method whose logits agree.
+inverse-CDF over the nucleus: the same seed gives the same tokens in eager code and inside a CUDA graph, in a batch
+and alone, and on CPU and GPU for any method whose logits agree (with top_k 0 on a near-flat distribution, float32
+sums over ~45K candidates in another order can move a draw to the next token: 1 row of 32 on an H200,
+tools/sampler_check.py).
+
+The defaults are Qwen3-8B's own generation config (generation_config.json: temperature 0.6, top_k 20, top_p 0.95;
+the DMS-8x model card recommends the same for thinking mode), applied in transformers' order: temperature, the top_k
+most likely tokens, then the nucleus of their renormalised probabilities.
 """
 
 from __future__ import annotations
@@ -19,9 +25,13 @@ class SamplingConfig:
     top_p: float = 0.95
     greedy: bool = False
     seed: int = 0
+    top_k: int = 20  # 0: the whole vocabulary
 
     def describe(self) -> str:
-        return "greedy" if self.greedy else f"T={self.temperature:g}, top_p={self.top_p:g}, seed={self.seed}"
+        if self.greedy:
+            return "greedy"
+        top_k = f"top_k={self.top_k}, " if self.top_k else ""
+        return f"T={self.temperature:g}, {top_k}top_p={self.top_p:g}, seed={self.seed}"
 
 
 def draw_uniforms(config: SamplingConfig, count: int, device: torch.device) -> torch.Tensor:
@@ -32,16 +42,23 @@ def draw_uniforms(config: SamplingConfig, count: int, device: torch.device) -> t
 def sample(logits: torch.Tensor, uniform: torch.Tensor, config: SamplingConfig) -> torch.Tensor:
     """logits (batch, vocab), uniform (batch,) or scalar -> token ids (batch,). No host synchronisation.
 
-    The nucleus is the prefix of the tokens sorted by probability (descending) with less than top_p of the mass
-    before them (at least one token); u x its mass is looked up in its cumulative sum."""
+    The candidates are the tokens in descending order of probability, ties to the lower id (the top_k first of them,
+    or all); the nucleus is their prefix with less than top_p of the candidates' mass before it (at least one token);
+    u x its mass is looked up in its cumulative sum."""
     if config.greedy:
         return logits.argmax(dim=-1)
     # Sorted by the logits themselves (a monotone map of the probabilities, so the same order; ties by token id): a
-    # radix sort of bf16 logits takes half the passes of one of float32 probabilities.
+    # radix sort of bf16 logits takes half the passes of one of float32 probabilities. Measured on an H200
+    # (tools/sampler_check.py), torch's row-wise sort beats one flat sort of the batch, and a top-k selection
+    # (torch.topk leaves ties unordered; made exact with int64 keys it is slower than this sort).
     order = logits.sort(dim=-1, descending=True, stable=True).indices
-    sorted_probs = torch.softmax(logits.float() / config.temperature, dim=-1).gather(-1, order)
-    cdf = _row_cumsum(sorted_probs)
-    size = ((cdf - sorted_probs) < config.top_p).sum(dim=-1, keepdim=True).clamp_(min=1)
+    if 0 < config.top_k < logits.shape[-1]:
+        order = order[:, :config.top_k]
+        probs = torch.softmax(logits.gather(-1, order).float() / config.temperature, dim=-1)
+    else:
+        probs = torch.softmax(logits.float() / config.temperature, dim=-1).gather(-1, order)
+    cdf = _row_cumsum(probs)
+    size = ((cdf - probs) < config.top_p).sum(dim=-1, keepdim=True).clamp_(min=1)
     target = uniform.reshape(-1, 1) * cdf.gather(-1, size - 1)
     index = torch.minimum(torch.searchsorted(cdf, target, right=True), size - 1)
     return order.gather(-1, index).squeeze(-1)
