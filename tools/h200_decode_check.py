@@ -129,7 +129,8 @@ def check_logits(lm, context: int = 4096, steps: int = 32) -> None:
 
 
 @torch.inference_mode()
-def breakdown(lm, context: int, bandwidth: float) -> None:
+def breakdown(lm, context: int, bandwidth: float, batch: int = 1) -> None:
+    """`batch` sequences of `context` tokens each (one cache copied into every row)."""
     model, cfg = lm.model, lm.model.config
     decoder = FastDecoder(lm)
     cache = DynamicCache()
@@ -137,10 +138,11 @@ def breakdown(lm, context: int, bandwidth: float) -> None:
           for _ in range(2)]
     for i in range(cfg.num_hidden_layers):
         cache.update(kv[0], kv[1], i)
-    signature = (tuple([context] * cfg.num_hidden_layers), False, 130, SamplingConfig(), 1)
+    signature = (tuple([context] * cfg.num_hidden_layers), False, 130, SamplingConfig(), batch)
     state = _DecodeState(decoder, cache, signature, SamplingConfig())
-    state.load([cache], [{}], [list(signature[0])], torch.tensor([1], device=DEV), [context],
-               torch.rand(130, 1, device=DEV), torch.zeros(130, 1, dtype=torch.long, device=DEV))
+    state.load([cache] * batch, [{}] * batch, [list(signature[0])] * batch, torch.ones(batch, dtype=torch.long,
+               device=DEV), [context] * batch, torch.rand(130, batch, device=DEV),
+               torch.zeros(130, batch, dtype=torch.long, device=DEV))
     del cache, kv
 
     def restore():
@@ -148,8 +150,8 @@ def breakdown(lm, context: int, bandwidth: float) -> None:
         state.position.fill_(context)
         state.step_index.fill_(1)
 
-    x = torch.randn(1, cfg.hidden_size, device=DEV, dtype=torch.bfloat16)
-    act = torch.randn(1, cfg.intermediate_size, device=DEV, dtype=torch.bfloat16)
+    x = torch.randn(batch, cfg.hidden_size, device=DEV, dtype=torch.bfloat16)
+    act = torch.randn(batch, cfg.intermediate_size, device=DEV, dtype=torch.bfloat16)
     layers = decoder.layers
 
     def gemvs():
@@ -169,10 +171,10 @@ def breakdown(lm, context: int, bandwidth: float) -> None:
             kernels.decode_attention(state.q, state.keys[i], state.values[i], live[i: i + 1], None, w.scale,
                                      state.attn_out, state.splits[i])
 
-    state._qkv_probe = torch.randn(1, (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim,
+    state._qkv_probe = torch.randn(batch, (cfg.num_attention_heads + 2 * cfg.num_key_value_heads) * cfg.head_dim,
                                    device=DEV, dtype=torch.bfloat16)
-    state._cos = torch.ones(1, cfg.head_dim, device=DEV, dtype=torch.bfloat16)
-    state._sin = torch.zeros(1, cfg.head_dim, device=DEV, dtype=torch.bfloat16)
+    state._cos = torch.ones(batch, cfg.head_dim, device=DEV, dtype=torch.bfloat16)
+    state._sin = torch.zeros(batch, cfg.head_dim, device=DEV, dtype=torch.bfloat16)
 
     def small_ops():
         for w in layers:
@@ -180,8 +182,8 @@ def breakdown(lm, context: int, bandwidth: float) -> None:
             kernels.add_rmsnorm(state.residual, x, w.post_norm.weight, 1e-6, state.normed)
             kernels.silu_mul(state._gu_probe, state.mlp_act)
 
-    state._gu_probe = torch.randn(1, 2 * cfg.intermediate_size, device=DEV, dtype=torch.bfloat16)
-    logits = torch.randn(1, cfg.vocab_size, device=DEV)
+    state._gu_probe = torch.randn(batch, 2 * cfg.intermediate_size, device=DEV, dtype=torch.bfloat16)
+    logits = torch.randn(batch, cfg.vocab_size, device=DEV, dtype=torch.bfloat16)
 
     def sampling():
         sample(logits, state.uniforms[:1], SamplingConfig())
@@ -196,28 +198,33 @@ def breakdown(lm, context: int, bandwidth: float) -> None:
              "attention (+rope/store)": (attention, kv_bytes), "norms + silu": (small_ops, 0),
              "sampling": (sampling, 0)}
     ideal = (weight_bytes + kv_bytes) / bandwidth
-    print(f"\ncontext {context}: bytes/step {(weight_bytes + kv_bytes) / 1e9:.2f} GB (weights read by a step + KV) -> "
-          f"{4.3e12 / (weight_bytes + kv_bytes):.1f} tok/s at 4.3 TB/s, {1 / ideal:.1f} at the measured copy rate")
+    print(f"\ncontext {context} x batch {batch}: bytes/step {(weight_bytes + kv_bytes) / 1e9:.2f} GB (weights read by a step + KV) -> "
+          f"{4.3e12 / (weight_bytes + kv_bytes) * batch:.1f} tok/s at 4.3 TB/s, {batch / ideal:.1f} at the measured "
+          f"copy rate")
     for name, (fn, nbytes) in parts.items():
         t = time_graph(fn)
         bw = f"{nbytes / t / 1e12:.2f} TB/s" if nbytes else ""
         print(f"  {name:24s} {t * 1e3:7.3f} ms  {bw}")
         if name == "full step":
-            print(f"  {'':24s} = {1 / t:.1f} tok/s, {ideal / t * 100:.0f} % of the measured-copy roofline, "
+            print(f"  {'':24s} = {batch / t:.1f} tok/s, {ideal / t * 100:.0f} % of the measured-copy roofline, "
                   f"{(weight_bytes + kv_bytes) / 4.3e12 / t * 100:.0f} % of the 4.3 TB/s one")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--contexts", default="8192,32768")
+    parser.add_argument("--batch", default="1", help="contexts x batches for the breakdown, e.g. 1,8")
+    parser.add_argument("--breakdown-only", action="store_true", help="skip the kernel and logits checks")
     args = parser.parse_args()
     bandwidth = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e12:.2f} TB/s (read + write)")
     lm = models.load(models.MODELS["qwen3-8b"], device=DEV, random_weights=True)
-    check_kernels(lm.model.config)
-    check_logits(lm)
+    if not args.breakdown_only:
+        check_kernels(lm.model.config)
+        check_logits(lm)
     for context in (int(c) for c in args.contexts.split(",")):
-        breakdown(lm, context, bandwidth)
+        for batch in (int(b) for b in args.batch.split(",")):
+            breakdown(lm, context, bandwidth, batch)
     return 0
 
 

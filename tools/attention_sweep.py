@@ -1,0 +1,131 @@
+"""GPU-only: the fast engine's decode attention (kernels.decode_attention: split-K partials, then a combine) timed over
+its launch parameters at the shapes the batch benchmark decodes (Qwen3-8B: 32 query heads, 8 KV heads, dim 128).
+
+For each shape: the engine's current choice, then every (programs per SM, BLOCK_N, num_warps, num_stages), each
+the median of 5 x 50 CUDA-graph replays of one layer's partial + combine kernels, in TB/s of KV read. Then native
+DMS's ragged kernel (compact per-head rows, dms-8x at 8K and 32K x batch 8) at num_stages 1, 2 and 3.
+
+    python tools/attention_sweep.py [--ragged-only]
+"""
+
+import argparse
+import itertools
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kvcompress.engine import kernels  # noqa: E402
+
+HQ, HKV, D = 32, 8, 128
+SHAPES = [(1, 8192), (8, 1152), (32, 1152), (8, 4224)]  # (batch, cache entries per row)
+
+
+def graph_ms(fn, replays: int = 50) -> float:
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        fn()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            fn()
+    samples = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        samples.append(start.elapsed_time(end) / replays)
+    return statistics.median(samples)
+
+
+def launch(q, keys, values, length, out, splits, block_n, warps, stages):
+    batch, capacity = q.shape[0], keys.shape[2]
+    partial_out, partial_lse = kernels.attention_workspace(batch, HQ, D, splits, q.device)
+    chunk = math.ceil(math.ceil(capacity / splits) / block_n) * block_n
+    kernels._attention_partial_kernel[(batch * HKV, splits)](
+        q, keys, values, length, length, partial_out, partial_lse, D ** -0.5,
+        q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), 0, 0,
+        HEADS_KV=HKV, GROUP=HQ // HKV, GROUP_PAD=16, D=D, CHUNK=chunk, BLOCK_N=block_n, HAS_VALID=False,
+        num_warps=warps, num_stages=stages)
+    kernels._attention_combine_kernel[(batch * HQ,)](
+        partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=HQ, GROUP=HQ // HKV,
+        SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=D)
+
+
+def ragged(batch: int, live: int, device) -> None:
+    """dms-8x's compact cache: each (sequence, KV head) row holds about `live` entries plus a 127-row reserve."""
+    rows = batch * HKV
+    generator = torch.Generator(device=device).manual_seed(1)
+    lengths = torch.randint(live * 9 // 10, live * 11 // 10, (rows,), device=device, generator=generator)
+    stride = int(lengths.max()) + 127
+    offsets = torch.arange(rows, device=device) * stride
+    keys = torch.randn(rows * stride, D, device=device, dtype=torch.bfloat16)
+    values = torch.randn_like(keys)
+    q = torch.randn(batch, HQ, D, device=device, dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+    max_length = stride
+    splits = kernels.attention_splits(rows, max_length, device)
+    nbytes = 2 * int(lengths.sum()) * D * 2
+    for stages in (1, 2, 3):
+        def call():
+            partial_out, partial_lse = kernels.attention_workspace(batch, HQ, D, splits, device)
+            chunk = math.ceil(math.ceil(max_length / splits) / kernels.BLOCK_N) * kernels.BLOCK_N
+            kernels._ragged_attention_partial_kernel[(rows, splits)](
+                q, keys, values, lengths, offsets, partial_out, partial_lse, D ** -0.5, chunk, q.stride(0),
+                q.stride(1), keys.stride(0), HEADS_KV=HKV, GROUP=HQ // HKV, GROUP_PAD=16, D=D,
+                BLOCK_N=kernels.BLOCK_N, num_stages=stages)
+            kernels._attention_combine_kernel[(batch * HQ,)](
+                partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=HQ, GROUP=HQ // HKV,
+                SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=D)
+        ms = graph_ms(call)
+        print(f"ragged (dms-8x) batch {batch} x ~{live} live a head ({nbytes / 1e6:.1f} MB): stages {stages} "
+              f"{ms * 1e3:6.1f} us = {nbytes / ms / 1e9:.2f} TB/s (splits {splits})", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ragged-only", action="store_true", help="only native DMS's ragged kernel")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    torch.manual_seed(0)
+    for batch, capacity in [] if args.ragged_only else SHAPES:
+        keys = torch.randn(batch, HKV, capacity, D, device=device, dtype=torch.bfloat16)
+        values = torch.randn_like(keys)
+        q = torch.randn(batch, HQ, D, device=device, dtype=torch.bfloat16)
+        out = torch.empty_like(q)
+        length = torch.tensor([capacity], device=device)
+        nbytes = keys.nbytes + values.nbytes
+        current = kernels.attention_splits(batch * HKV, capacity, device)
+        base = graph_ms(lambda: kernels.decode_attention(q, keys, values, length, None, D ** -0.5, out, current))
+        reference = out.clone()
+        print(f"batch {batch} x {capacity} entries ({nbytes / 1e6:.1f} MB): engine {base * 1e3:.1f} us = "
+              f"{nbytes / base / 1e9:.2f} TB/s (splits {current})", flush=True)
+        rows = []
+        for per_sm, block_n, warps, stages in itertools.product((4, 8), (64, 128), (4, 8), (1, 2, 3)):
+            splits = max(1, min(math.ceil(per_sm * sms / (batch * HKV)), math.ceil(capacity / block_n)))
+            try:
+                ms = graph_ms(lambda: launch(q, keys, values, length, out, splits, block_n, warps, stages))
+            except Exception as error:  # out of shared memory for a tile: skip that combination
+                print(f"  skip per_sm {per_sm} block {block_n} warps {warps} stages {stages}: "
+                      f"{type(error).__name__}")
+                continue
+            err = float((out.float() - reference.float()).abs().max())
+            rows.append((ms, per_sm, block_n, warps, stages, splits, err))
+        rows.sort()
+        for ms, per_sm, block_n, warps, stages, splits, err in rows[:6]:
+            print(f"  {ms * 1e3:6.1f} us {nbytes / ms / 1e9:5.2f} TB/s  per_sm {per_sm} block {block_n} warps {warps}"
+                  f" stages {stages} (splits {splits}); max diff vs engine {err:.1e}")
+    for batch, live in ((8, 1473), (8, 4500), (32, 1473)):
+        ragged(batch, live, device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
