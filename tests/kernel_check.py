@@ -3,6 +3,7 @@ reference twin on fresh random inputs. Prints one line per kernel and exits non-
 
 import os
 import sys
+from dataclasses import replace
 
 import torch
 
@@ -247,6 +248,37 @@ def dms_engine_check(steps: int = 10) -> int:
     return status | int(wrong)
 
 
+def engine_gpu_check(steps: int = 24, device: str = "cuda") -> int:
+    """GPU only (the lead's H200 run): the fast engine's captured CUDA graphs against the hf engine on the tiny model
+    in fp32, greedy and sampled (Qwen3's top-k 20 / top-p 0.95 at temperature 8, so the seed decides): each method
+    alone, and a batch of 3 whose rows generate what each generates alone. `python tests/kernel_check.py gpu`."""
+    from kvcompress import models
+    from kvcompress.engine import GenerationSettings, generate_once
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.engine.fast import FastDecoder
+    from kvcompress.engine.generate import HFDecoder
+    from kvcompress.engine.sampling import SamplingConfig
+    from kvcompress.methods import parse_method
+    from kvcompress.tasks.cell import Cell
+
+    lm = models.load(models.MODELS["tiny"], device=torch.device(device), dtype=torch.float32)
+    prompts = Cell(target_tokens=400, needle_seed=0).build_batch(lm.tokenizer, 3)[0]  # as tests/test_batch.py
+    decoder, status = FastDecoder(lm), 0
+    for sampling in (SamplingConfig(greedy=True), SamplingConfig(temperature=8.0, seed=5)):
+        for name in ("vanilla", "knorm@0.5", "adakv+snapkv@0.5", "pyramidkv@0.5"):  # plain, shrink, mask, uneven
+            method = parse_method(name)
+            own = [GenerationSettings(steps, replace(sampling, seed=sampling.seed + b)) for b in range(3)]
+            hf = [generate_once(lm, method, p, s, HFDecoder()).token_ids for p, s in zip(prompts, own)]
+            fast = [generate_once(lm, method, p, s, decoder).token_ids for p, s in zip(prompts, own)]
+            batch = generate_batch(lm, method, prompts, GenerationSettings(steps, sampling), decoder).batch_token_ids
+            ok = hf == fast == batch
+            print(f"engine gpu {sampling.describe()} {name}: fast alone = hf {fast == hf}, fast batch of 3 = hf "
+                  f"alone {batch == hf}")
+            status |= not ok
+    print("FAILED" if status else "fast engine matches hf on the GPU")
+    return status
+
+
 def batch_rows(states) -> list[list[int]]:
     """Live entries per [layer][row] a batch of these sequences must hold: sequence b's heads are rows b * Hkv + h."""
     return [[n for state in states for n in state.tokens_per_head[i]] for i in range(len(states[0].tokens_per_head))]
@@ -357,5 +389,6 @@ def dms_gpu_check() -> int:
 
 if __name__ == "__main__":
     mode = sys.argv[1:2]
-    checks = {"engine": engine_check, "dms-engine": dms_engine_check, "dms-gpu": dms_gpu_check}
+    checks = {"engine": engine_check, "dms-engine": dms_engine_check, "dms-gpu": dms_gpu_check,
+              "gpu": engine_gpu_check}
     sys.exit(checks[mode[0]]() if mode else main())
