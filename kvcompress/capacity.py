@@ -268,13 +268,9 @@ DESCRIPTION = ("For each method x context: the largest batch whose whole generat
 def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, console=None):
     """Every cell of cfg.contexts x cfg.methods; records are saved as they come (a cell that fails is a record)."""
     from kvcompress import models
-    from kvcompress.checks import architecture_of
-    from kvcompress.engine.generate import HFDecoder
-    from kvcompress.one_cell import prepare_dms
     from kvcompress.report import make_console
     from kvcompress.results import ResultFile, run_header
-    from kvcompress.runner import _public_args, preflight
-    from kvcompress.tasks.cell import Cell
+    from kvcompress.runner import _public_args, run_on_models
 
     console = console or make_console()
     say = console.print
@@ -288,47 +284,55 @@ def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, conso
     out = ResultFile(cfg.out, header)
     budget.apply()  # before loading: the weights count towards the budget
     try:
-        lm = models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
-                         attn_implementation=cfg.attn_implementation, seed=cfg.settings.sampling.seed)
-        out.run.update(model=lm.name, weights=lm.weights, tokenizer=lm.tokenizer_source, notes=lm.notes,
-                       architecture=architecture_of(lm.model.config))
-        if cfg.engine == "fast":
-            from kvcompress.engine.fast import FastDecoder
-
-            decoder = FastDecoder(lm)
-        else:
-            decoder = HFDecoder()
-        runner = Runner(lm, decoder, cfg.settings, budget, search_tokens)
-        seed = cfg.settings.sampling.seed
-        fitted: dict[str, int] = {}  # method -> longest context seen to fit at batch 1
-        for context in cfg.contexts:
-            pair = tuple(Cell(target_tokens=context, needle_seed=seed + b, haystack=cfg.haystack).build(lm.tokenizer)[0]
-                         for b in (0, 1))
-            for method in cfg.methods:
-                say(f"capacity: {method.name} @ {context} tok, budget {size_label(budget.budget)}")
-                for record in _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight, say):
-                    out.add(record)
-                    if not record.error and record.batch == 1:
-                        fitted[method.name] = max(fitted.get(method.name, 0), context)
-        limit = (cfg.spec.max_positions or 4 * max(cfg.contexts)) - cfg.settings.max_new_tokens
-        for method in cfg.methods:
-            if method.name not in fitted:
-                continue
-            say(f"capacity: longest context of {method.name} at batch 1")
-            def build(n: int):
-                return Cell(target_tokens=n, needle_seed=seed, haystack=cfg.haystack).build(lm.tokenizer)[0]
-
-            ready = prepare_dms(lm, method, build(fitted[method.name]))
-            longest, probes = longest_context(runner, ready, build, fitted[method.name], limit, max_runs, say)
-            record = _record(lm, method, cfg, longest, 1, decoder.name, "capacity_context")
-            record.capacity_budget_bytes, record.capacity_probes = budget.budget, [p.to_dict() for p in probes]
-            record.notes.append(f"longest context at batch 1: {longest} tokens" +
-                                (" (the model's position limit less the new tokens)" if longest >= limit // 1024 * 1024
-                                 else ""))
-            out.add(record)
+        # each method on the model it runs on: native DMS with pretrained weights on the DMS checkpoint, after the rest
+        run_on_models(cfg, cfg.methods, out, lambda lm, methods: _methods(cfg, lm, methods, budget, out, search_tokens,
+                                                                          max_batch, max_runs, say), say)
     finally:
         budget.release()
     return out
+
+
+def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, max_runs: int, say) -> None:
+    """Every context x `methods` on one loaded model, then each method's longest context at batch 1."""
+    from kvcompress.engine.generate import HFDecoder
+    from kvcompress.one_cell import prepare_dms
+    from kvcompress.runner import preflight
+    from kvcompress.tasks.cell import Cell
+
+    if cfg.engine == "fast":
+        from kvcompress.engine.fast import FastDecoder
+
+        decoder = FastDecoder(lm)
+    else:
+        decoder = HFDecoder()
+    runner = Runner(lm, decoder, cfg.settings, budget, search_tokens)
+    seed = cfg.settings.sampling.seed
+    fitted: dict[str, int] = {}  # method -> longest context seen to fit at batch 1
+    for context in cfg.contexts:
+        pair = tuple(Cell(target_tokens=context, needle_seed=seed + b, haystack=cfg.haystack).build(lm.tokenizer)[0]
+                     for b in (0, 1))
+        for method in methods:
+            say(f"capacity: {method.name} @ {context} tok, budget {size_label(budget.budget)}")
+            for record in _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight, say):
+                out.add(record)
+                if not record.error and record.batch == 1:
+                    fitted[method.name] = max(fitted.get(method.name, 0), context)
+    limit = (cfg.spec.max_positions or 4 * max(cfg.contexts)) - cfg.settings.max_new_tokens
+    for method in methods:
+        if method.name not in fitted:
+            continue
+        say(f"capacity: longest context of {method.name} at batch 1")
+        def build(n: int):
+            return Cell(target_tokens=n, needle_seed=seed, haystack=cfg.haystack).build(lm.tokenizer)[0]
+
+        ready = prepare_dms(lm, method, build(fitted[method.name]))
+        longest, probes = longest_context(runner, ready, build, fitted[method.name], limit, max_runs, say)
+        record = _record(lm, method, cfg, longest, 1, decoder.name, "capacity_context")
+        record.capacity_budget_bytes, record.capacity_probes = budget.budget, [p.to_dict() for p in probes]
+        record.notes.append(f"longest context at batch 1: {longest} tokens" +
+                            (" (the model's position limit less the new tokens)" if longest >= limit // 1024 * 1024
+                             else ""))
+        out.add(record)
 
 
 def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight, say):

@@ -15,6 +15,7 @@ from kvcompress.checks import architecture_of
 from kvcompress.cli import RunConfig
 from kvcompress.engine.batch import batch_problem
 from kvcompress.engine.generate import HFDecoder
+from kvcompress.loaded import LoadedModel
 from kvcompress.methods import Method
 from kvcompress.one_cell import (console, free_memory, pick_decoder, preflight, prepare_dms,  # noqa: F401
                                  progress_line, run_cell, run_cell_questions, skeleton)
@@ -38,29 +39,8 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
     console.print(f"{len(cfg.methods)} method(s) x {len(cells)} prompt(s) = {total} cells -> {cfg.out}")
     progress = {"done": 0, "total": total}
     if local:
-        if cfg.spec.is_dms:  # --model <a DMS checkpoint>: only dms-8x runs on it (preflight refuses the others)
-            lm = models.load_dms_native(cfg.spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
-        else:
-            lm = models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
-                             attn_implementation=cfg.attn_implementation, seed=cfg.settings.sampling.seed)
-        out.run.update(model=lm.name, weights=lm.weights, tokenizer=lm.tokenizer_source, notes=lm.notes,
-                       architecture=architecture_of(lm.model.config))
-        for note in lm.notes:
-            console.print(f"[yellow]{note}[/yellow]")
-        # Random weights: native DMS runs on the same model (it adds no weights; its decisions are calibrated).
-        # Pretrained: it needs the DMS checkpoint, loaded once the other methods are done.
-        later = [m for m in local if m.native_dms and lm.weights != "random" and not cfg.spec.is_dms]
-        _run_local(cfg, lm, [m for m in local if m not in later], cells, task, out, annotate, progress)
-        del lm
-        free_memory()
-        if later:
-            spec = models.resolve_spec(cfg.dms_model)
-            console.print(f"native DMS: loading {spec.hub_id or spec.name} with transformers' Qwen3 class")
-            lm = models.load_dms_native(spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
-            out.run.update(dms_model=lm.name, dms_notes=lm.notes)
-            _run_local(cfg, lm, later, cells, task, out, annotate, progress)
-            del lm
-            free_memory()
+        run_on_models(cfg, local, out, lambda lm, methods: _run_local(cfg, lm, methods, cells, task, out, annotate,
+                                                                      progress))
     if in_child and cfg.batches != [1]:
         for cell in cells:  # the child process decodes batch 1 only
             for batch in (b for b in cfg.batches if b > 1):
@@ -84,6 +64,35 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
 
         isolated.run_in_child(cfg, in_child, cells, task, done=done_ids, on_record=save)
     return out
+
+
+def run_on_models(cfg: RunConfig, methods: list[Method], out: ResultFile,
+                  work: Callable[[LoadedModel, list[Method]], None],
+                  say: Callable[[str], None] = console.print) -> None:
+    """`work(lm, methods)` on the model each method runs on, one model in memory at a time, both named in the run
+    header: --model for every method but native DMS on pretrained weights, then the DMS checkpoint (cfg.dms_model)
+    for those. Random weights: native DMS runs on the same model (it adds no weights; its decisions are calibrated)."""
+    if cfg.spec.is_dms:  # --model <a DMS checkpoint>: only dms-8x runs on it (preflight refuses the others)
+        lm = models.load_dms_native(cfg.spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
+    else:
+        lm = models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
+                         attn_implementation=cfg.attn_implementation, seed=cfg.settings.sampling.seed)
+    out.run.update(model=lm.name, weights=lm.weights, tokenizer=lm.tokenizer_source, notes=lm.notes,
+                   architecture=architecture_of(lm.model.config))
+    for note in lm.notes:
+        say(f"[yellow]{note}[/yellow]")
+    later = [m for m in methods if m.native_dms and lm.weights != "random" and not cfg.spec.is_dms]
+    work(lm, [m for m in methods if m not in later])
+    del lm  # before the checkpoint loads: never two models in memory (nor under a capacity budget)
+    free_memory()
+    if later:
+        spec = models.resolve_spec(cfg.dms_model)
+        say(f"native DMS: loading {spec.hub_id or spec.name} with transformers' Qwen3 class")
+        lm = models.load_dms_native(spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
+        out.run.update(dms_model=lm.name, dms_notes=lm.notes)
+        work(lm, later)
+        del lm
+        free_memory()
 
 
 def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:

@@ -168,3 +168,24 @@ def test_a_kept_budget_is_searched_at_the_ratio_it_gives(tmp_path):
     assert budgeted and all(r["kv_budget"] and r["compression_ratio"] > 0 for r in budgeted)
     assert all(abs(r["kv_tokens_kept"] - 64) <= 1 for r in budgeted if r["batch"] == 1)
     assert max(r["capacity_max_batch"] for r in budgeted) > max(r["capacity_max_batch"] for r in vanilla)
+
+
+def test_with_pretrained_weights_dms_runs_on_the_dms_checkpoint(tiny, tmp_path, monkeypatch):
+    """As runner.run: pretrained weights share no model with native DMS, so dms-8x runs on --dms-model (loaded after
+    the other methods), and the run header names it (not on the main model's weights under dms-8x's name)."""
+    import dataclasses
+
+    from kvcompress import models
+
+    pretrained = dataclasses.replace(tiny, weights="pretrained")  # as Qwen3-8B from the Hub
+    monkeypatch.setattr(models, "load", lambda *a, **k: pretrained)
+    out = tmp_path / "capacity.json"
+    assert capacity.main(["--preset", "tiny", "--methods", "vanilla,dms-8x", "--dms-model", "tiny-dms", "--contexts",
+                          "256", "--budget", "3MiB", "--max-new-tokens", "4", "--search-runs", "2", "--max-batch", "4",
+                          "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["run"]["model"] == "tiny" and data["run"]["dms_model"] == "tiny-dms"
+    for r in data["results"]:
+        assert r["error"] is None, r["error"]
+        assert r["model"] == ("tiny-dms" if r["method"] == "dms-8x" else "tiny"), (r["method"], r["model"])
+    assert {r["task"] for r in data["results"] if r["method"] == "dms-8x"} == {"capacity", "capacity_context"}
