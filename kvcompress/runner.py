@@ -42,12 +42,13 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
         run_on_models(cfg, local, out, lambda lm, methods: _run_local(cfg, lm, methods, cells, task, out, annotate,
                                                                       progress))
     if in_child and cfg.batches != [1]:
+        model, weights = isolated.model_name(cfg.dms_model)  # what the child's batch-1 records name
         for cell in cells:  # the child process decodes batch 1 only
             for batch in (b for b in cfg.batches if b > 1):
                 for method in in_child:
                     progress["done"] += 1
-                    record = skeleton(cfg.spec.name, "pretrained", method, cell, None, task, {"hf": None}, None,
-                                      cfg.settings, batch)
+                    record = skeleton(model, weights, method, cell, None, task, {"hf": None}, None, cfg.settings,
+                                      batch)
                     record.error = batch_problem(method, cfg.settings)
                     out.add(record)
                     console.print(f"[{progress['done']}/{total}] {progress_line(record)}")
