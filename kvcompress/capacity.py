@@ -226,12 +226,20 @@ def capacity_cell(runner: Runner, method, prompts: tuple, context: int, max_batc
     return lo, hi, predicted, probes
 
 
+def context_grid(limit: int) -> tuple[int, int]:
+    """(step, top) of the longest-context search: 1K steps (64 below 4K positions); top = `limit` rounded down to a
+    step, the longest context it can find."""
+    step = 1024 if limit >= 4096 else 64
+    return step, limit // step * step
+
+
 def longest_context(runner: Runner, method, build: Callable[[int], object], known_fit: int, limit: int,
                     max_runs: int, progress: Callable[[str], None] = lambda line: None) -> tuple[int, list[Probe]]:
-    """The longest context (in 1K steps) whose batch-1 generation fits; `known_fit` already fitted; `limit` is the
-    model's (positions - new tokens). Tries the limit first: on a large budget every method reaches it."""
+    """The longest context (in `context_grid` steps) whose batch-1 generation fits; `known_fit` already fitted;
+    `limit` is the model's (positions - new tokens). Tries the limit first: on a large budget every method reaches
+    it."""
     probes: list[Probe] = []
-    step = 1024 if limit >= 4096 else 64
+    step, top = context_grid(limit)
 
     def fits(context: int) -> bool:
         prompt = build(context)
@@ -241,7 +249,6 @@ def longest_context(runner: Runner, method, build: Callable[[int], object], know
         progress(f"  context {context}: {'fits' if probe.fits else probe.error}")
         return probe.fits
 
-    top = limit // step * step
     if top <= known_fit or fits(top):
         return max(top, known_fit), probes
     lo, hi = known_fit // step, top // step  # in steps: lo fits, hi does not
@@ -330,8 +337,8 @@ def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, 
         record = _record(lm, method, cfg, longest, 1, decoder.name, "capacity_context")
         record.capacity_budget_bytes, record.capacity_probes = budget.budget, [p.to_dict() for p in probes]
         record.notes.append(f"longest context at batch 1: {longest} tokens" +
-                            (" (the model's position limit less the new tokens)" if longest >= limit // 1024 * 1024
-                             else ""))
+                            (" (the model's position limit less the new tokens)"
+                             if longest >= context_grid(limit)[1] else ""))
         out.add(record)
 
 

@@ -189,3 +189,26 @@ def test_with_pretrained_weights_dms_runs_on_the_dms_checkpoint(tiny, tmp_path, 
         assert r["error"] is None, r["error"]
         assert r["model"] == ("tiny-dms" if r["method"] == "dms-8x" else "tiny"), (r["method"], r["model"])
     assert {r["task"] for r in data["results"] if r["method"] == "dms-8x"} == {"capacity", "capacity_context"}
+
+
+@pytest.mark.parametrize("room, at_limit", [(1500, False), (4000, True)])
+def test_the_longest_context_note_names_the_position_limit_only_when_reached(tmp_path, monkeypatch, room, at_limit):
+    """A 2048-position model: the longest context is searched in 64-token steps up to 2048 - 4 new tokens, i.e.
+    1984. A budget of `room` KV tokens stops it below that (1500) or lets it reach it (4000): only then does the
+    note say the position limit was the bound."""
+    import dataclasses
+
+    from kvcompress import models, tiny as tiny_module
+
+    monkeypatch.setattr(tiny_module, "MAX_POSITIONS", 2048)
+    monkeypatch.setitem(models.MODELS, "tiny", dataclasses.replace(models.MODELS["tiny"], max_positions=2048))
+    model = models.load(models.MODELS["tiny"], device=torch.device("cpu"))
+    assert model.max_positions == 2048
+    budget = model.weights_bytes + room * bytes_per_token(model.model)
+    out = tmp_path / "capacity.json"
+    assert capacity.main(["--preset", "tiny", "--methods", "vanilla", "--contexts", "256", "--budget", str(budget),
+                          "--max-new-tokens", "4", "--search-runs", "8", "--max-batch", "2", "--out", str(out)]) == 0
+    [longest] = [r for r in json.loads(out.read_text())["results"] if r["task"] == "capacity_context"]
+    top = (2048 - 4) // 64 * 64
+    assert (longest["target_tokens"] == top) if at_limit else (1024 <= longest["target_tokens"] < top)
+    assert any("position limit" in n for n in longest["notes"]) == at_limit, longest["notes"]
