@@ -274,21 +274,15 @@ DESCRIPTION = ("For each method x context: the largest batch whose whole generat
 
 def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, console=None):
     """Every cell of cfg.contexts x cfg.methods; records are saved as they come (a cell that fails is a record)."""
-    from kvcompress import models
     from kvcompress.report import make_console
-    from kvcompress.results import ResultFile, run_header
-    from kvcompress.runner import _public_args, run_on_models
+    from kvcompress.results import ResultFile
+    from kvcompress.runner import header_of, run_on_models
 
     console = console or make_console()
     say = console.print
-    dtype = cfg.dtype or models.default_dtype(cfg.device)
-    header = run_header(_public_args(cfg), device=cfg.device, dtype=dtype, attn_implementation=cfg.attn_implementation,
-                        seed=cfg.settings.sampling.seed,
-                        extra={"engine": cfg.engine, "sampling": cfg.settings.sampling.describe(),
-                               "max_new_tokens": cfg.settings.max_new_tokens, "repeats": cfg.repeats,
-                               "preset": cfg.preset, "budget_bytes": budget.budget, "budget_kind": budget.kind,
-                               "search_tokens": search_tokens, "max_batch": max_batch, "search_runs": max_runs})
-    out = ResultFile(cfg.out, header)
+    out = ResultFile(cfg.out, header_of(cfg, {"budget_bytes": budget.budget, "budget_kind": budget.kind,
+                                              "search_tokens": search_tokens, "max_batch": max_batch,
+                                              "search_runs": max_runs}))
     budget.apply()  # before loading: the weights count towards the budget
     try:
         # each method on the model it runs on: native DMS with pretrained weights on the DMS checkpoint, after the rest
@@ -301,17 +295,12 @@ def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, conso
 
 def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, max_runs: int, say) -> None:
     """Every context x `methods` on one loaded model, then each method's longest context at batch 1."""
-    from kvcompress.engine.generate import HFDecoder
     from kvcompress.one_cell import prepare_dms
-    from kvcompress.runner import preflight
+    from kvcompress.runner import make_decoders, preflight
     from kvcompress.tasks.cell import Cell
 
-    if cfg.engine == "fast":
-        from kvcompress.engine.fast import FastDecoder
-
-        decoder = FastDecoder(lm)
-    else:
-        decoder = HFDecoder()
+    decoders = make_decoders(cfg, lm)
+    decoder = decoders.get("fast", decoders["hf"])  # one engine: every run of the search and the timed ones
     runner = Runner(lm, decoder, cfg.settings, budget, search_tokens)
     seed = cfg.settings.sampling.seed
     fitted: dict[str, int] = {}  # method -> longest context seen to fit at batch 1

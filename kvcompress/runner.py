@@ -26,13 +26,7 @@ from kvcompress.tasks.cell import Cell
 def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | None = None,
         annotate: Callable[[BenchmarkResult, Method], None] | None = None) -> ResultFile:
     """`annotate(record, method)`, if given, adds a script's own fields to each record before it is saved."""
-    dtype = cfg.dtype or models.default_dtype(cfg.device)
-    header = run_header(_public_args(cfg), device=cfg.device, dtype=dtype, attn_implementation=cfg.attn_implementation,
-                        seed=cfg.settings.sampling.seed,
-                        extra={"task": task, "engine": cfg.engine, "sampling": cfg.settings.sampling.describe(),
-                               "max_new_tokens": cfg.settings.max_new_tokens, "repeats": cfg.repeats,
-                               "preset": cfg.preset, **(header_extra or {})})
-    out = ResultFile(cfg.out, header, resume=cfg.resume)
+    out = ResultFile(cfg.out, header_of(cfg, header_extra, task=task), resume=cfg.resume)
     in_child = [m for m in cfg.methods if m.kind == "dms" and m.impl == "remote"]
     local = [m for m in cfg.methods if m not in in_child]
     total = len(cells) * len(cfg.batches) * len(cfg.methods)
@@ -67,6 +61,18 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
     return out
 
 
+def header_of(cfg: RunConfig, extra: dict | None = None, *, task: str | None = None) -> dict:
+    """The run header of a script's result file: environment, arguments and settings, then `extra` (`task`, if
+    given, leads the settings)."""
+    dtype = cfg.dtype or models.default_dtype(cfg.device)
+    return run_header(_public_args(cfg), device=cfg.device, dtype=dtype, attn_implementation=cfg.attn_implementation,
+                      seed=cfg.settings.sampling.seed,
+                      extra={**({"task": task} if task is not None else {}), "engine": cfg.engine,
+                             "sampling": cfg.settings.sampling.describe(),
+                             "max_new_tokens": cfg.settings.max_new_tokens, "repeats": cfg.repeats,
+                             "preset": cfg.preset, **(extra or {})})
+
+
 def run_on_models(cfg: RunConfig, methods: list[Method], out: ResultFile,
                   work: Callable[[LoadedModel, list[Method]], None],
                   say: Callable[[str], None] = console.print) -> None:
@@ -97,7 +103,7 @@ def run_on_models(cfg: RunConfig, methods: list[Method], out: ResultFile,
 
 
 def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
-    decoders = _decoders(cfg, lm)
+    decoders = make_decoders(cfg, lm)
     # Every prompt is built before the first measurement: a cell that cannot be built (a target too short for a
     # task's text, say) ends the run in one line before anything is measured, not half-way through.
     built = [cell.build(lm.tokenizer) for cell in cells]
@@ -143,7 +149,8 @@ def _nth(cell: Cell, tokenizer, b: int):
     return replace(cell, needle_seed=cell.needle_seed + b).build(tokenizer)[0]
 
 
-def _decoders(cfg: RunConfig, lm) -> dict:
+def make_decoders(cfg: RunConfig, lm) -> dict:
+    """{"hf": HFDecoder} and, for --engine fast, "fast": its FastDecoder on `lm`."""
     decoders = {"hf": HFDecoder()}
     if cfg.engine == "fast":
         from kvcompress.engine.fast import FastDecoder
