@@ -226,12 +226,20 @@ def capacity_cell(runner: Runner, method, prompts: tuple, context: int, max_batc
     return lo, hi, predicted, probes
 
 
+def context_grid(limit: int) -> tuple[int, int]:
+    """(step, top) of the longest-context search: 1K steps (64 below 4K positions); top = `limit` rounded down to a
+    step, the longest context it can find."""
+    step = 1024 if limit >= 4096 else 64
+    return step, limit // step * step
+
+
 def longest_context(runner: Runner, method, build: Callable[[int], object], known_fit: int, limit: int,
                     max_runs: int, progress: Callable[[str], None] = lambda line: None) -> tuple[int, list[Probe]]:
-    """The longest context (in 1K steps) whose batch-1 generation fits; `known_fit` already fitted; `limit` is the
-    model's (positions - new tokens). Tries the limit first: on a large budget every method reaches it."""
+    """The longest context (in `context_grid` steps) whose batch-1 generation fits; `known_fit` already fitted;
+    `limit` is the model's (positions - new tokens). Tries the limit first: on a large budget every method reaches
+    it."""
     probes: list[Probe] = []
-    step = 1024 if limit >= 4096 else 64
+    step, top = context_grid(limit)
 
     def fits(context: int) -> bool:
         prompt = build(context)
@@ -241,7 +249,6 @@ def longest_context(runner: Runner, method, build: Callable[[int], object], know
         progress(f"  context {context}: {'fits' if probe.fits else probe.error}")
         return probe.fits
 
-    top = limit // step * step
     if top <= known_fit or fits(top):
         return max(top, known_fit), probes
     lo, hi = known_fit // step, top // step  # in steps: lo fits, hi does not
@@ -267,68 +274,61 @@ DESCRIPTION = ("For each method x context: the largest batch whose whole generat
 
 def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, console=None):
     """Every cell of cfg.contexts x cfg.methods; records are saved as they come (a cell that fails is a record)."""
-    from kvcompress import models
-    from kvcompress.checks import architecture_of
-    from kvcompress.engine.generate import HFDecoder
-    from kvcompress.one_cell import prepare_dms
     from kvcompress.report import make_console
-    from kvcompress.results import ResultFile, run_header
-    from kvcompress.runner import _public_args, preflight
-    from kvcompress.tasks.cell import Cell
+    from kvcompress.results import ResultFile
+    from kvcompress.runner import header_of, run_on_models
 
     console = console or make_console()
     say = console.print
-    dtype = cfg.dtype or models.default_dtype(cfg.device)
-    header = run_header(_public_args(cfg), device=cfg.device, dtype=dtype, attn_implementation=cfg.attn_implementation,
-                        seed=cfg.settings.sampling.seed,
-                        extra={"engine": cfg.engine, "sampling": cfg.settings.sampling.describe(),
-                               "max_new_tokens": cfg.settings.max_new_tokens, "repeats": cfg.repeats,
-                               "preset": cfg.preset, "budget_bytes": budget.budget, "budget_kind": budget.kind,
-                               "search_tokens": search_tokens, "max_batch": max_batch, "search_runs": max_runs})
-    out = ResultFile(cfg.out, header)
+    out = ResultFile(cfg.out, header_of(cfg, {"budget_bytes": budget.budget, "budget_kind": budget.kind,
+                                              "search_tokens": search_tokens, "max_batch": max_batch,
+                                              "search_runs": max_runs}))
     budget.apply()  # before loading: the weights count towards the budget
     try:
-        lm = models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
-                         attn_implementation=cfg.attn_implementation, seed=cfg.settings.sampling.seed)
-        out.run.update(model=lm.name, weights=lm.weights, tokenizer=lm.tokenizer_source, notes=lm.notes,
-                       architecture=architecture_of(lm.model.config))
-        if cfg.engine == "fast":
-            from kvcompress.engine.fast import FastDecoder
-
-            decoder = FastDecoder(lm)
-        else:
-            decoder = HFDecoder()
-        runner = Runner(lm, decoder, cfg.settings, budget, search_tokens)
-        seed = cfg.settings.sampling.seed
-        fitted: dict[str, int] = {}  # method -> longest context seen to fit at batch 1
-        for context in cfg.contexts:
-            pair = tuple(Cell(target_tokens=context, needle_seed=seed + b, haystack=cfg.haystack).build(lm.tokenizer)[0]
-                         for b in (0, 1))
-            for method in cfg.methods:
-                say(f"capacity: {method.name} @ {context} tok, budget {size_label(budget.budget)}")
-                for record in _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight, say):
-                    out.add(record)
-                    if not record.error and record.batch == 1:
-                        fitted[method.name] = max(fitted.get(method.name, 0), context)
-        limit = (cfg.spec.max_positions or 4 * max(cfg.contexts)) - cfg.settings.max_new_tokens
-        for method in cfg.methods:
-            if method.name not in fitted:
-                continue
-            say(f"capacity: longest context of {method.name} at batch 1")
-            def build(n: int):
-                return Cell(target_tokens=n, needle_seed=seed, haystack=cfg.haystack).build(lm.tokenizer)[0]
-
-            ready = prepare_dms(lm, method, build(fitted[method.name]))
-            longest, probes = longest_context(runner, ready, build, fitted[method.name], limit, max_runs, say)
-            record = _record(lm, method, cfg, longest, 1, decoder.name, "capacity_context")
-            record.capacity_budget_bytes, record.capacity_probes = budget.budget, [p.to_dict() for p in probes]
-            record.notes.append(f"longest context at batch 1: {longest} tokens" +
-                                (" (the model's position limit less the new tokens)" if longest >= limit // 1024 * 1024
-                                 else ""))
-            out.add(record)
+        # each method on the model it runs on: native DMS with pretrained weights on the DMS checkpoint, after the rest
+        run_on_models(cfg, cfg.methods, out, lambda lm, methods: _methods(cfg, lm, methods, budget, out, search_tokens,
+                                                                          max_batch, max_runs, say), say)
     finally:
         budget.release()
     return out
+
+
+def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, max_runs: int, say) -> None:
+    """Every context x `methods` on one loaded model, then each method's longest context at batch 1."""
+    from kvcompress.one_cell import prepare_dms
+    from kvcompress.runner import make_decoders, preflight
+    from kvcompress.tasks.cell import Cell
+
+    decoders = make_decoders(cfg, lm)
+    decoder = decoders.get("fast", decoders["hf"])  # one engine: every run of the search and the timed ones
+    runner = Runner(lm, decoder, cfg.settings, budget, search_tokens)
+    seed = cfg.settings.sampling.seed
+    fitted: dict[str, int] = {}  # method -> longest context seen to fit at batch 1
+    for context in cfg.contexts:
+        pair = tuple(Cell(target_tokens=context, needle_seed=seed + b, haystack=cfg.haystack).build(lm.tokenizer)[0]
+                     for b in (0, 1))
+        for method in methods:
+            say(f"capacity: {method.name} @ {context} tok, budget {size_label(budget.budget)}")
+            for record in _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight, say):
+                out.add(record)
+                if not record.error and record.batch == 1:
+                    fitted[method.name] = max(fitted.get(method.name, 0), context)
+    limit = (cfg.spec.max_positions or 4 * max(cfg.contexts)) - cfg.settings.max_new_tokens
+    for method in methods:
+        if method.name not in fitted:
+            continue
+        say(f"capacity: longest context of {method.name} at batch 1")
+        def build(n: int):
+            return Cell(target_tokens=n, needle_seed=seed, haystack=cfg.haystack).build(lm.tokenizer)[0]
+
+        ready = prepare_dms(lm, method, build(fitted[method.name]))
+        longest, probes = longest_context(runner, ready, build, fitted[method.name], limit, max_runs, say)
+        record = _record(lm, method, cfg, longest, 1, decoder.name, "capacity_context")
+        record.capacity_budget_bytes, record.capacity_probes = budget.budget, [p.to_dict() for p in probes]
+        record.notes.append(f"longest context at batch 1: {longest} tokens" +
+                            (" (the model's position limit less the new tokens)"
+                             if longest >= context_grid(limit)[1] else ""))
+        out.add(record)
 
 
 def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight, say):

@@ -105,11 +105,11 @@ def job_for(cfg, methods, cells, task: str, done=frozenset()) -> dict:
     }
 
 
-def model_name(job) -> tuple[str, str]:
-    """(model, weights) as the loaded model will name itself in its records."""
+def model_name(dms_model: str) -> tuple[str, str]:
+    """(model, weights) as the child's loaded --dms-model will name itself in its records."""
     from kvcompress import models
 
-    spec = models.resolve_spec(job["model"])
+    spec = models.resolve_spec(dms_model)
     return spec.hub_id or spec.name, "random" if spec.name == "tiny-dms" else "pretrained"
 
 
@@ -118,7 +118,7 @@ def identity(job, cell, method: str) -> tuple:
 
 
 def error_record(job, cell, method: str, reason: str) -> BenchmarkResult:
-    model, weights = model_name(job)
+    model, weights = model_name(job["model"])
     needle = None if cell.text is not None else cell.task().label
     return BenchmarkResult(model=model, weights=weights, method=method, task=job["task"],
                            target_tokens=cell.target_tokens, prompt_id=cell.prompt_id, needle=needle,

@@ -15,6 +15,7 @@ from kvcompress.checks import architecture_of
 from kvcompress.cli import RunConfig
 from kvcompress.engine.batch import batch_problem
 from kvcompress.engine.generate import HFDecoder
+from kvcompress.loaded import LoadedModel
 from kvcompress.methods import Method
 from kvcompress.one_cell import (console, free_memory, pick_decoder, preflight, prepare_dms,  # noqa: F401
                                  progress_line, run_cell, run_cell_questions, skeleton)
@@ -25,49 +26,23 @@ from kvcompress.tasks.cell import Cell
 def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | None = None,
         annotate: Callable[[BenchmarkResult, Method], None] | None = None) -> ResultFile:
     """`annotate(record, method)`, if given, adds a script's own fields to each record before it is saved."""
-    dtype = cfg.dtype or models.default_dtype(cfg.device)
-    header = run_header(_public_args(cfg), device=cfg.device, dtype=dtype, attn_implementation=cfg.attn_implementation,
-                        seed=cfg.settings.sampling.seed,
-                        extra={"task": task, "engine": cfg.engine, "sampling": cfg.settings.sampling.describe(),
-                               "max_new_tokens": cfg.settings.max_new_tokens, "repeats": cfg.repeats,
-                               "preset": cfg.preset, **(header_extra or {})})
-    out = ResultFile(cfg.out, header, resume=cfg.resume)
+    out = ResultFile(cfg.out, header_of(cfg, header_extra, task=task), resume=cfg.resume)
     in_child = [m for m in cfg.methods if m.kind == "dms" and m.impl == "remote"]
     local = [m for m in cfg.methods if m not in in_child]
     total = len(cells) * len(cfg.batches) * len(cfg.methods)
     console.print(f"{len(cfg.methods)} method(s) x {len(cells)} prompt(s) = {total} cells -> {cfg.out}")
     progress = {"done": 0, "total": total}
     if local:
-        if cfg.spec.is_dms:  # --model <a DMS checkpoint>: only dms-8x runs on it (preflight refuses the others)
-            lm = models.load_dms_native(cfg.spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
-        else:
-            lm = models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
-                             attn_implementation=cfg.attn_implementation, seed=cfg.settings.sampling.seed)
-        out.run.update(model=lm.name, weights=lm.weights, tokenizer=lm.tokenizer_source, notes=lm.notes,
-                       architecture=architecture_of(lm.model.config))
-        for note in lm.notes:
-            console.print(f"[yellow]{note}[/yellow]")
-        # Random weights: native DMS runs on the same model (it adds no weights; its decisions are calibrated).
-        # Pretrained: it needs the DMS checkpoint, loaded once the other methods are done.
-        later = [m for m in local if m.native_dms and lm.weights != "random" and not cfg.spec.is_dms]
-        _run_local(cfg, lm, [m for m in local if m not in later], cells, task, out, annotate, progress)
-        del lm
-        free_memory()
-        if later:
-            spec = models.resolve_spec(cfg.dms_model)
-            console.print(f"native DMS: loading {spec.hub_id or spec.name} with transformers' Qwen3 class")
-            lm = models.load_dms_native(spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
-            out.run.update(dms_model=lm.name, dms_notes=lm.notes)
-            _run_local(cfg, lm, later, cells, task, out, annotate, progress)
-            del lm
-            free_memory()
+        run_on_models(cfg, local, out, lambda lm, methods: _run_local(cfg, lm, methods, cells, task, out, annotate,
+                                                                      progress))
     if in_child and cfg.batches != [1]:
+        model, weights = isolated.model_name(cfg.dms_model)  # what the child's batch-1 records name
         for cell in cells:  # the child process decodes batch 1 only
             for batch in (b for b in cfg.batches if b > 1):
                 for method in in_child:
                     progress["done"] += 1
-                    record = skeleton(cfg.spec.name, "pretrained", method, cell, None, task, {"hf": None}, None,
-                                      cfg.settings, batch)
+                    record = skeleton(model, weights, method, cell, None, task, {"hf": None}, None, cfg.settings,
+                                      batch)
                     record.error = batch_problem(method, cfg.settings)
                     out.add(record)
                     console.print(f"[{progress['done']}/{total}] {progress_line(record)}")
@@ -86,8 +61,49 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
     return out
 
 
+def header_of(cfg: RunConfig, extra: dict | None = None, *, task: str | None = None) -> dict:
+    """The run header of a script's result file: environment, arguments and settings, then `extra` (`task`, if
+    given, leads the settings)."""
+    dtype = cfg.dtype or models.default_dtype(cfg.device)
+    return run_header(_public_args(cfg), device=cfg.device, dtype=dtype, attn_implementation=cfg.attn_implementation,
+                      seed=cfg.settings.sampling.seed,
+                      extra={**({"task": task} if task is not None else {}), "engine": cfg.engine,
+                             "sampling": cfg.settings.sampling.describe(),
+                             "max_new_tokens": cfg.settings.max_new_tokens, "repeats": cfg.repeats,
+                             "preset": cfg.preset, **(extra or {})})
+
+
+def run_on_models(cfg: RunConfig, methods: list[Method], out: ResultFile,
+                  work: Callable[[LoadedModel, list[Method]], None],
+                  say: Callable[[str], None] = console.print) -> None:
+    """`work(lm, methods)` on the model each method runs on, one model in memory at a time, both named in the run
+    header: --model for every method but native DMS on pretrained weights, then the DMS checkpoint (cfg.dms_model)
+    for those. Random weights: native DMS runs on the same model (it adds no weights; its decisions are calibrated)."""
+    if cfg.spec.is_dms:  # --model <a DMS checkpoint>: only dms-8x runs on it (preflight refuses the others)
+        lm = models.load_dms_native(cfg.spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
+    else:
+        lm = models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
+                         attn_implementation=cfg.attn_implementation, seed=cfg.settings.sampling.seed)
+    out.run.update(model=lm.name, weights=lm.weights, tokenizer=lm.tokenizer_source, notes=lm.notes,
+                   architecture=architecture_of(lm.model.config))
+    for note in lm.notes:
+        say(f"[yellow]{note}[/yellow]")
+    later = [m for m in methods if m.native_dms and lm.weights != "random" and not cfg.spec.is_dms]
+    work(lm, [m for m in methods if m not in later])
+    del lm  # before the checkpoint loads: never two models in memory (nor under a capacity budget)
+    free_memory()
+    if later:
+        spec = models.resolve_spec(cfg.dms_model)
+        say(f"native DMS: loading {spec.hub_id or spec.name} with transformers' Qwen3 class")
+        lm = models.load_dms_native(spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
+        out.run.update(dms_model=lm.name, dms_notes=lm.notes)
+        work(lm, later)
+        del lm
+        free_memory()
+
+
 def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
-    decoders = _decoders(cfg, lm)
+    decoders = make_decoders(cfg, lm)
     # Every prompt is built before the first measurement: a cell that cannot be built (a target too short for a
     # task's text, say) ends the run in one line before anything is measured, not half-way through.
     built = [cell.build(lm.tokenizer) for cell in cells]
@@ -133,7 +149,8 @@ def _nth(cell: Cell, tokenizer, b: int):
     return replace(cell, needle_seed=cell.needle_seed + b).build(tokenizer)[0]
 
 
-def _decoders(cfg: RunConfig, lm) -> dict:
+def make_decoders(cfg: RunConfig, lm) -> dict:
+    """{"hf": HFDecoder} and, for --engine fast, "fast": its FastDecoder on `lm`."""
     decoders = {"hf": HFDecoder()}
     if cfg.engine == "fast":
         from kvcompress.engine.fast import FastDecoder

@@ -168,3 +168,47 @@ def test_a_kept_budget_is_searched_at_the_ratio_it_gives(tmp_path):
     assert budgeted and all(r["kv_budget"] and r["compression_ratio"] > 0 for r in budgeted)
     assert all(abs(r["kv_tokens_kept"] - 64) <= 1 for r in budgeted if r["batch"] == 1)
     assert max(r["capacity_max_batch"] for r in budgeted) > max(r["capacity_max_batch"] for r in vanilla)
+
+
+def test_with_pretrained_weights_dms_runs_on_the_dms_checkpoint(tiny, tmp_path, monkeypatch):
+    """As runner.run: pretrained weights share no model with native DMS, so dms-8x runs on --dms-model (loaded after
+    the other methods), and the run header names it (not on the main model's weights under dms-8x's name)."""
+    import dataclasses
+
+    from kvcompress import models
+
+    pretrained = dataclasses.replace(tiny, weights="pretrained")  # as Qwen3-8B from the Hub
+    monkeypatch.setattr(models, "load", lambda *a, **k: pretrained)
+    out = tmp_path / "capacity.json"
+    assert capacity.main(["--preset", "tiny", "--methods", "vanilla,dms-8x", "--dms-model", "tiny-dms", "--contexts",
+                          "256", "--budget", "3MiB", "--max-new-tokens", "4", "--search-runs", "2", "--max-batch", "4",
+                          "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["run"]["model"] == "tiny" and data["run"]["dms_model"] == "tiny-dms"
+    for r in data["results"]:
+        assert r["error"] is None, r["error"]
+        assert r["model"] == ("tiny-dms" if r["method"] == "dms-8x" else "tiny"), (r["method"], r["model"])
+    assert {r["task"] for r in data["results"] if r["method"] == "dms-8x"} == {"capacity", "capacity_context"}
+
+
+@pytest.mark.parametrize("room, at_limit", [(1500, False), (4000, True)])
+def test_the_longest_context_note_names_the_position_limit_only_when_reached(tmp_path, monkeypatch, room, at_limit):
+    """A 2048-position model: the longest context is searched in 64-token steps up to 2048 - 4 new tokens, i.e.
+    1984. A budget of `room` KV tokens stops it below that (1500) or lets it reach it (4000): only then does the
+    note say the position limit was the bound."""
+    import dataclasses
+
+    from kvcompress import models, tiny as tiny_module
+
+    monkeypatch.setattr(tiny_module, "MAX_POSITIONS", 2048)
+    monkeypatch.setitem(models.MODELS, "tiny", dataclasses.replace(models.MODELS["tiny"], max_positions=2048))
+    model = models.load(models.MODELS["tiny"], device=torch.device("cpu"))
+    assert model.max_positions == 2048
+    budget = model.weights_bytes + room * bytes_per_token(model.model)
+    out = tmp_path / "capacity.json"
+    assert capacity.main(["--preset", "tiny", "--methods", "vanilla", "--contexts", "256", "--budget", str(budget),
+                          "--max-new-tokens", "4", "--search-runs", "8", "--max-batch", "2", "--out", str(out)]) == 0
+    [longest] = [r for r in json.loads(out.read_text())["results"] if r["task"] == "capacity_context"]
+    top = (2048 - 4) // 64 * 64
+    assert (longest["target_tokens"] == top) if at_limit else (1024 <= longest["target_tokens"] < top)
+    assert any("position limit" in n for n in longest["notes"]) == at_limit, longest["notes"]

@@ -309,3 +309,18 @@ def _cfg(tmp_path):
     args = cli.parser("t", "t").parse_args(["--preset", "tiny", "--dms-model", "tiny-dms", "--repeats", "1",
                                             "--max-new-tokens", "3", "--out", str(tmp_path / "o.json")])
     return cli.resolve(args, "t")
+
+
+def test_a_refused_remote_batch_names_the_model_the_child_runs(tmp_path):
+    """dms-8x-remote decodes batch 1 in its child; the batch-2 refusal carries that record's model and weights (the
+    DMS checkpoint, here tiny-dms with random weights), not the main model's."""
+    from kvcompress import cli
+
+    args = cli.parser("t", "t").parse_args(["--preset", "tiny", "--methods", "dms-8x-remote", "--dms-model",
+                                            "tiny-dms", "--batch", "1,2", "--repeats", "1", "--max-new-tokens", "3",
+                                            "--out", str(tmp_path / "o.json")])
+    out = runner.run(cli.resolve(args, "t"), [Cell(256, prompt_id="p")], task="t")
+    by_batch = {r.batch: r for r in out.results}
+    assert by_batch[1].error is None and (by_batch[1].model, by_batch[1].weights) == ("tiny-dms", "random")
+    assert "child process decodes batch 1" in by_batch[2].error
+    assert (by_batch[2].model, by_batch[2].weights) == ("tiny-dms", "random")
