@@ -54,9 +54,7 @@ def main(argv=None) -> int:
     if args.methods is not None:
         raise UserError("--methods belongs to benchmark.py; here choose --presses and --ratios")
     cfg = cli.resolve(args, "kvpress_api")
-    import torch  # and transformers: only once the arguments are good
-
-    from kvcompress import runner
+    from kvcompress import runner  # torch and transformers: only once the arguments are good
     from kvcompress.tasks.cell import Cell
 
     press_sweep.warn_once()
@@ -68,18 +66,9 @@ def main(argv=None) -> int:
     args.methods = None  # the run header records --presses and --ratios instead
     cell = Cell(target_tokens=target, depth=0.5, needle_kind="single", needle_seed=cfg.settings.sampling.seed,
                 haystack=cfg.haystack)
-    threads = torch.get_num_threads()
-    if cfg.preset == "tiny":
-        # The tiny model's matrices are too small for threads to help, and on a busy CPU their spin-waits made
-        # cells 10-100x slower (measured: 0.07 s with one thread vs 4-37 s with two under load).
-        torch.set_num_threads(1)
-    try:
-        own = {m.name: m.options for m in cfg.methods if m.kind == "press" and m.compression_ratio is None}
-        extra = {"presses": args.presses, "ratios": ratios, "own_settings": own,
-                 "torch_threads": torch.get_num_threads()}
-        out = runner.run(cfg, [cell], task="kvpress_api", annotate=press_sweep.annotate, header_extra=extra)
-    finally:
-        torch.set_num_threads(threads)
+    own = {m.name: m.options for m in cfg.methods if m.kind == "press" and m.compression_ratio is None}
+    extra = {"presses": args.presses, "ratios": ratios, "own_settings": own}  # runner adds torch_threads
+    out = runner.run(cfg, [cell], task="kvpress_api", annotate=press_sweep.annotate, header_extra=extra)
     title = (f"kvpress presses — {out.run.get('model')} ({out.run.get('weights')}), {target}-token prompt, "
              f"{cfg.settings.max_new_tokens} output tokens, {cfg.repeats} repeat(s)")
     report.print_press_grid(out.results, ratios, title, console)

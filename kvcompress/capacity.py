@@ -275,14 +275,21 @@ DESCRIPTION = ("For each method x context: the largest batch whose whole generat
 def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, console=None):
     """Every cell of cfg.contexts x cfg.methods; records are saved as they come (a cell that fails is a record)."""
     from kvcompress.report import make_console
-    from kvcompress.results import ResultFile
-    from kvcompress.runner import header_of, run_on_models
+    from kvcompress.runner import tiny_threads
 
     console = console or make_console()
     say = console.print
+    with tiny_threads(cfg):
+        return _run(cfg, budget, search_tokens, max_batch, max_runs, say)
+
+
+def _run(cfg, budget, search_tokens: int, max_batch: int, max_runs: int, say):
+    from kvcompress.results import ResultFile
+    from kvcompress.runner import header_of, run_on_models
+
     out = ResultFile(cfg.out, header_of(cfg, {"budget_bytes": budget.budget, "budget_kind": budget.kind,
                                               "search_tokens": search_tokens, "max_batch": max_batch,
-                                              "search_runs": max_runs}))
+                                              "search_runs": max_runs, "torch_threads": torch.get_num_threads()}))
     budget.apply()  # before loading: the weights count towards the budget
     try:
         # each method on the model it runs on: native DMS with pretrained weights on the DMS checkpoint, after the rest

@@ -136,6 +136,24 @@ def per_head_state(layers, positions: int) -> KVState:
     return KVState(total, live, full, tokens, positions, per_head)
 
 
+def padded_rows_state(layers, positions) -> KVState:
+    """A batch held as padded rows (the fast engine's buffers, the hf engine's stacked cache), from (bytes allocated,
+    rows = sequences, slots per row, live entries per kv head summed over the rows) per layer: one sequence's token
+    (all heads) is bytes / (rows x slots), live_bytes and full_bytes that times the live entries and the positions.
+    `positions`: one count (every row), or one per sequence (tokens are then per sequence, bytes the whole batch's)."""
+    total = live_bytes = full = 0
+    tokens = []
+    for allocated, batch, slots, live in layers:
+        seen = positions if isinstance(positions, list) else [positions] * batch
+        per_token = allocated / (slots * batch)
+        total += allocated
+        tokens.append(live / batch)
+        live_bytes += round(per_token * live)
+        full += round(per_token * sum(seen))
+    mean_positions = sum(positions) / len(positions) if isinstance(positions, list) else positions
+    return KVState(total, live_bytes, full, tokens, mean_positions)
+
+
 def _paged_dms_state(layers, positions: int) -> KVState:
     """DMS's paged cache: `bytes` is the block pool as allocated (it grows x1.5 and never shrinks), `live_bytes` the
     entries attention reads (cache_seq_lengths per batch x kv head)."""

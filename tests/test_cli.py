@@ -45,6 +45,24 @@ def test_random_weights_need_a_gpu(capsys):
     assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("preset, inside", [("tiny", 1), (None, 2)])
+def test_the_tiny_preset_runs_on_one_thread_and_gives_the_count_back(preset, inside, monkeypatch):
+    import torch
+
+    from kvcompress import runner
+
+    seen = []
+    monkeypatch.setattr(runner, "_run", lambda cfg, cells, task, extra, annotate: seen.append(
+        (torch.get_num_threads(), extra["torch_threads"])))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        runner.run(type("Cfg", (), {"preset": preset})(), [], task="benchmark")
+        assert seen == [(inside, inside)] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_tiny_preset_end_to_end_writes_every_field(tmp_path):
     """The real command, in a subprocess, with no GPU: falls back to the tiny preset and completes."""
     out = tmp_path / "run.json"
@@ -56,6 +74,7 @@ def test_tiny_preset_end_to_end_writes_every_field(tmp_path):
     assert "No CUDA GPU: running the tiny preset" in proc.stdout
     data = json.loads(out.read_text())
     assert data["run"]["preset"] == "tiny" and data["run"]["torch"] and data["run"]["command"].startswith("benchmark.py")
+    assert data["run"]["torch_threads"] == 1  # torch's default here is one per core (runner.tiny_threads)
     results = {r["method"]: r for r in data["results"]}
     assert set(results) == {"vanilla", "dms-8x", "knorm@0.5", "expected_attention@0.5", "snapkv@0.5",
                             "streaming_llm@0.5"}

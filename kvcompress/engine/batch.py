@@ -26,7 +26,7 @@ from kvcompress.engine.generate import Generation, GenerationSettings, Prompt, _
 from kvcompress.engine.sampling import draw_uniforms, sample
 from kvcompress.engine.timing import Stopwatch
 from kvcompress.errors import UserError
-from kvcompress.memory import KVState, PhasePeaks, clear_masks, kv_state, take_masked_indices
+from kvcompress.memory import KVState, PhasePeaks, clear_masks, kv_state, padded_rows_state, take_masked_indices
 from kvcompress.methods import Method, press_context
 
 @dataclass
@@ -240,19 +240,13 @@ class BatchedCache:
     def kv_state(self, positions: list[int]) -> KVState:
         """Bytes of the stacked tensors (pads included: they are allocated); live entries exclude pads and hidden
         entries; full = the same sequences with nothing evicted."""
-        total = live_bytes = full = 0
-        tokens = []
+        layers = []
         for i, layer in enumerate(self.cache.layers):
             batch, heads, length, _ = layer.keys.shape
-            layer_bytes = layer.keys.nbytes + layer.values.nbytes
-            per_token = layer_bytes / (batch * length)  # one sequence's token, all heads
             hidden = int(self.masked[i][0].numel()) / heads if i in self.masked else 0.0
-            live = batch * length - sum(self.pads[i]) - hidden
-            total += layer_bytes
-            tokens.append(live / batch)
-            live_bytes += round(per_token * live)
-            full += round(per_token * sum(positions))
-        return KVState(total, live_bytes, full, tokens, sum(positions) / len(positions))
+            layers.append((layer.keys.nbytes + layer.values.nbytes, batch, length,
+                           batch * length - sum(self.pads[i]) - hidden))
+        return padded_rows_state(layers, positions)
 
 
 def hf_decode_batch(lm, admitted: list[Admission], uniforms, settings, out_tokens, mark=lambda *a: None):

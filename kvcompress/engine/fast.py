@@ -21,13 +21,11 @@ compact caches are merged into one (rows b x KV heads + h) and decoded by one gr
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
 from kvcompress.engine import fast_dms, kernels
-from kvcompress.engine.sampling import sample
-from kvcompress.engine.timing import capture_graph
-from kvcompress.memory import KVState, empty_in_pool, take_masked_indices
+from kvcompress.engine.decode_state import DecodeState, qk_norms
+from kvcompress.memory import KVState, empty_in_pool, padded_rows_state, take_masked_indices
 
 
 class FastDecoder:
@@ -227,19 +225,16 @@ def _fuse(owner, name: str, linears) -> tuple[torch.Tensor, torch.Tensor | None]
     return fused, bias
 
 
-class _DecodeState:
+class _DecodeState(DecodeState):
     """Buffers, static inputs and the captured graph for one cache shape (reused across repeats of a cell)."""
 
+    captured_inputs = ("lengths", "position", "step_index", "token")
+
     def __init__(self, decoder: FastDecoder, cache, signature, sampling):
-        model = decoder.model
         lengths, self.masked, n_new, _, batch = signature
-        self.signature, self.sampling, self.decoder = signature, sampling, decoder
         first = cache.layers[0].keys
         _, heads_kv, _, dim = first.shape
         device, dtype = first.device, first.dtype
-        config = model.config
-        heads_q = config.num_attention_heads
-        hidden = config.hidden_size
         # Capacity: what was kept (+ question) plus the n_new - 1 tokens this decode will write. The buffers are
         # allocated layer by layer in load(), as each source layer is freed, so the cache never exists twice.
         self.capacities = [n + n_new - 1 for n in lengths]
@@ -252,18 +247,7 @@ class _DecodeState:
         # land in a larger cached block whose unsplittable rest then counts as allocated (up to 1 MiB a buffer).
         self.pool = torch.cuda.MemPool() if device.type == "cuda" else None
         self.lengths = torch.zeros(len(lengths), dtype=torch.long, device=device)
-        self.token = torch.zeros(batch, dtype=torch.long, device=device)
-        self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        self.step_index = torch.zeros(1, dtype=torch.long, device=device)
-        self.uniforms = torch.zeros(n_new, batch, dtype=torch.float32, device=device)  # (step, sequence)
-        self.out = torch.zeros(n_new, batch, dtype=torch.long, device=device)
-        self.residual = torch.zeros(batch, hidden, device=device, dtype=dtype)
-        self.normed = torch.zeros_like(self.residual)
-        self.q = torch.zeros(batch, heads_q, dim, device=device, dtype=dtype)
-        self.attn_out = torch.zeros_like(self.q)
-        self.mlp_act = torch.zeros(batch, config.intermediate_size, device=device, dtype=dtype)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.cuda = device.type == "cuda"
+        super().__init__(decoder, signature, sampling, batch, n_new, dim, dtype, device)
 
     def load(self, caches, masks, per_sequence, token, positions, uniforms, out_tokens) -> None:
         """Move the prefilled caches into the buffers (sequence b into row b), layer by layer, freeing each source
@@ -295,103 +279,35 @@ class _DecodeState:
                         rows, h, s = masked.pop(i)
                         self.valid[i][rows + b, h, s] = 0
         self.lengths.copy_(torch.tensor(lengths, dtype=torch.long))
-        self.token.copy_(token.view(-1))
-        self.position.copy_(torch.tensor(positions, dtype=torch.long).view(-1, 1))
-        self.step_index.fill_(1)
-        self.uniforms[:uniforms.shape[0]].copy_(uniforms)
-        self.out[:out_tokens.shape[0]].copy_(out_tokens)
+        self.load_inputs(token, positions, uniforms, out_tokens)
 
     def _empty(self, shape, dtype, device) -> torch.Tensor:
         return empty_in_pool(self.pool, shape, dtype, device)  # the KV pool, retried once near the memory limit
 
     def free(self) -> None:
         """Drop the graph and the buffers, then their pool (a pool must outlive the blocks carved from it)."""
-        self.graph = self.logits = None
+        super().free()
         self.keys = self.values = self.valid = []
         self.pool = None
 
-    def run(self, eos: set[int], n: int, mark=None) -> int:
-        """Decode steps 1..n-1 (n may be below the buffers' reserve: a capacity search holds a whole generation's
-        memory and decodes a few steps of it). `mark("steady", steps)`, if given, before the replayed steps."""
-        if not self.cuda:
-            for step in range(1, n):
-                if step == 2 and mark is not None:
-                    mark("steady", n - 2)
-                self.step()
-                if eos and int(self.token[0]) in eos:
-                    return step + 1
-            return n
-        first = 1
-        if self.graph is None:
-            self.step()  # eager once: compiles the Triton kernels and initialises cuBLAS before capture
-            if eos and int(self.token[0]) in eos:
-                return 2
-            self._capture()
-            first = 2
-        if mark is not None and n > first:
-            mark("steady", n - first)
-        for step in range(first, n):
-            self.graph.replay()
-            if eos and int(self.token[0]) in eos:  # quality runs only; timing runs never synchronise here
-                return step + 1
-        return n
+    def _step_context(self) -> torch.Tensor:
+        return self.lengths + 1  # entries each layer attends to once this token is written
 
-    def _capture(self) -> None:
-        self.graph = None
-        saved = (self.lengths.clone(), self.position.clone(), self.step_index.clone(), self.token.clone())
-        self.graph = capture_graph(self.step, self.decoder.stream)
-        # capture records without executing; the static inputs are untouched, but restore them to be explicit
-        for dst, src in zip((self.lengths, self.position, self.step_index, self.token), saved):
-            dst.copy_(src)
+    def _attend(self, i, w, qkv, cos, sin, live) -> None:
+        kernels.qk_norm_rope_store(qkv, *qk_norms(w), cos, sin, self.keys[i], self.values[i], self.valid[i],
+                                   self.lengths[i: i + 1], self.q)
+        kernels.decode_attention(self.q, self.keys[i], self.values[i], live[i: i + 1], self.valid[i], w.scale,
+                                 self.attn_out, self.splits[i])
 
-    def step(self) -> None:
-        """One token: embed, every layer, LM head, sample; all inputs and outputs are the static tensors above."""
-        model = self.decoder.model
-        h = self.residual
-        h.copy_(model.model.embed_tokens(self.token))
-        cos, sin = model.model.rotary_emb(h[:, None, :], self.position)
-        cos, sin = cos[:, 0], sin[:, 0]
-        live = self.lengths + 1  # entries each layer attends to once this token is written
-        delta = None
-        for i, w in enumerate(self.decoder.layers):
-            x = kernels.add_rmsnorm(h, delta, w.input_norm.weight, w.input_norm.variance_epsilon, self.normed)
-            qkv = F.linear(x, w.qkv_weight, w.qkv_bias)
-            kernels.qk_norm_rope_store(
-                qkv, w.q_norm.weight if w.q_norm is not None else None,
-                w.k_norm.weight if w.k_norm is not None else None,
-                w.q_norm.variance_epsilon if w.q_norm is not None else 0.0, cos, sin, self.keys[i], self.values[i],
-                self.valid[i], self.lengths[i: i + 1], self.q)
-            kernels.decode_attention(self.q, self.keys[i], self.values[i], live[i: i + 1], self.valid[i], w.scale,
-                                     self.attn_out, self.splits[i])
-            attn = w.o_proj(self.attn_out.view(h.shape[0], -1))
-            x = kernels.add_rmsnorm(h, attn, w.post_norm.weight, w.post_norm.variance_epsilon, self.normed)
-            kernels.silu_mul(F.linear(x, w.gate_up_weight), self.mlp_act)
-            delta = w.down_proj(self.mlp_act)
-        norm = model.model.norm
-        x = kernels.add_rmsnorm(h, delta, norm.weight, norm.variance_epsilon, self.normed)
-        logits = model.lm_head(x)
-        self.logits = logits  # kept for engine checks (tools/h200_decode_check.py); inside a graph it is updated in place
-        token = sample(logits, self.uniforms.index_select(0, self.step_index), self.sampling)
-        self.out.index_copy_(0, self.step_index, token.view(1, -1))
-        self.token.copy_(token)
+    def _advance(self) -> None:
         self.lengths.add_(1)
-        self.position.add_(1)
-        self.step_index.add_(1)
 
     def kv_state(self, positions) -> KVState:
         """Bytes the buffers hold (allocated capacity, pads included) and the entries attention can see; `positions`
         is one count, or one per sequence of a batch (tokens are then per sequence, bytes the whole batch's)."""
-        total = live_bytes = full = 0
-        tokens = []
-        lengths = self.lengths.tolist()
-        for keys, values, valid, n in zip(self.keys, self.values, self.valid, lengths):
+        layers = []
+        for keys, values, valid, n in zip(self.keys, self.values, self.valid, self.lengths.tolist()):
             batch, heads, capacity, _ = keys.shape
-            seen = positions if isinstance(positions, list) else [positions] * batch
-            total += keys.nbytes + values.nbytes
-            per_token = (keys.nbytes + values.nbytes) / (capacity * batch)  # one sequence's token, all heads
             live = float(valid[:, :, :n].sum()) / heads if valid is not None else float(n * batch)
-            tokens.append(live / batch)
-            live_bytes += round(per_token * live)
-            full += round(per_token * sum(seen))
-        mean_positions = sum(positions) / len(positions) if isinstance(positions, list) else positions
-        return KVState(total, live_bytes, full, tokens, mean_positions)
+            layers.append((keys.nbytes + values.nbytes, batch, capacity, live))
+        return padded_rows_state(layers, positions)

@@ -33,11 +33,9 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 
 from kvcompress.engine import kernels
-from kvcompress.engine.sampling import sample
-from kvcompress.engine.timing import capture_graph
+from kvcompress.engine.decode_state import DecodeState, qk_norms
 from kvcompress.memory import KVState, empty_in_pool, in_pool
 from kvcompress.methods import dms as rule
 
@@ -56,9 +54,9 @@ def decode(decoder, lm, cache: CompactDMSCache, token, next_position, uniforms, 
         decoder._dms = _DMSDecodeState(decoder, cache, signature, settings.sampling)
     state = decoder._dms
     state.cache = cache  # the same tensors as the captured step's (same signature), held by the newest cache
-    state.load(token, [next_position], uniforms.view(-1, 1), out_tokens.view(-1, 1))
+    state.load_inputs(token, [next_position], uniforms.view(-1, 1), out_tokens.view(-1, 1))
     cache.decoding = True
-    n = state.run(eos)
+    n = state.run(eos, out_tokens.shape[0])
     out_tokens.copy_(state.out.view(-1))
     return n, cache
 
@@ -74,11 +72,11 @@ def decode_batch(decoder, lm, admitted, uniforms, settings, out_tokens, mark=Non
     del caches
     signature = (cache.signature(), out_tokens.shape[0], settings.sampling)
     decoder._dms = state = _DMSDecodeState(decoder, cache, signature, settings.sampling)
-    state.load(out_tokens[0], [a.next_position for a in admitted], uniforms, out_tokens)
+    state.load_inputs(out_tokens[0], [a.next_position for a in admitted], uniforms, out_tokens)
     if mark is not None:
         mark("admitted")
     cache.decoding = True
-    n = state.run(set(), mark)
+    n = state.run(set(), out_tokens.shape[0], mark)
     out_tokens.copy_(state.out)
     return n, cache
 
@@ -294,17 +292,14 @@ class CompactDMSCache:
         return rule.rows_state([(nbytes, entry, n) for n, (nbytes, entry) in zip(counts, sizes)], positions)
 
 
-class _DMSDecodeState:
+class _DMSDecodeState(DecodeState):
     """Static inputs, scratch tensors and the captured graph of the DMS decode step over one CompactDMSCache."""
 
     def __init__(self, decoder, cache: CompactDMSCache, signature, sampling):
-        model = decoder.model
-        config = model.config
-        self.decoder, self.cache, self.signature, self.sampling = decoder, cache, signature, sampling
+        self.cache = cache
         batch, heads_kv = cache.heads
         first = cache.keys[0]
         device, dtype, dim = first.device, first.dtype, first.shape[1]
-        n_new = signature[1]  # output tokens (rows of uniforms / out), each (step, sequence)
         self.max_lengths = [max(c) for c in cache.capacities]
         # One split count for every layer: the combine kernel compiles once per count, not once per layer
         self.splits = [kernels.attention_splits(batch * heads_kv, max(self.max_lengths), device)] * cache.n_layers
@@ -314,92 +309,22 @@ class _DMSDecodeState:
         self.thresholds = [(threshold[i].float() if self.calibrated else torch.zeros(heads_kv, device=device)).to(device)
                            for i in range(cache.n_layers)]
         self.no_tie = torch.zeros(batch, device=device)
-        self.token = torch.zeros(batch, dtype=torch.long, device=device)
-        self.position = torch.zeros(batch, 1, dtype=torch.long, device=device)
-        self.step_index = torch.zeros(1, dtype=torch.long, device=device)
-        self.uniforms = torch.zeros(n_new, batch, dtype=torch.float32, device=device)
-        self.out = torch.zeros(n_new, batch, dtype=torch.long, device=device)
-        self.residual = torch.zeros(batch, config.hidden_size, device=device, dtype=dtype)
-        self.normed = torch.zeros_like(self.residual)
-        self.q = torch.zeros(batch, config.num_attention_heads, dim, device=device, dtype=dtype)
-        self.attn_out = torch.zeros_like(self.q)
-        self.mlp_act = torch.zeros(batch, config.intermediate_size, device=device, dtype=dtype)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.cuda = device.type == "cuda"
-
-    def load(self, token, positions: list[int], uniforms, out_tokens) -> None:
-        """token (batch,), each sequence's next position, uniforms and out_tokens (steps, batch)."""
-        self.token.copy_(token.view(-1))
-        self.position.copy_(torch.tensor(positions, dtype=torch.long).view(-1, 1))
-        self.step_index.fill_(1)
-        self.uniforms.copy_(uniforms)
-        self.out.copy_(out_tokens)
+        # signature[1]: output tokens (rows of uniforms / out)
+        super().__init__(decoder, signature, sampling, batch, signature[1], dim, dtype, device)
 
     def free(self) -> None:
-        self.graph = self.logits = self.cache = None
+        super().free()
+        self.cache = None
 
-    def run(self, eos: set[int], mark=None) -> int:
-        """Decode steps 1..n-1; `mark("steady", steps)`, if given, before the steps after the first (which runs
-        eagerly and captures the graph on CUDA)."""
-        n = self.out.shape[0]
-        if not self.cuda:
-            for step in range(1, n):
-                if step == 2 and mark is not None:
-                    mark("steady", n - 2)
-                self.step()
-                if eos and int(self.token[0]) in eos:
-                    return step + 1
-            return n
-        first = 1
-        if self.graph is None:
-            self.step()  # eager once: compiles the Triton kernels and initialises cuBLAS before capture
-            if eos and int(self.token[0]) in eos:
-                return 2
-            self._capture()
-            first = 2
-        if mark is not None and n > first:
-            mark("steady", n - first)
-        for step in range(first, n):
-            self.graph.replay()
-            if eos and int(self.token[0]) in eos:  # quality runs only; timing runs never synchronise here
-                return step + 1
-        return n
+    def _step_context(self) -> torch.Tensor:
+        """The tie break of methods.dms.evicts, once per step: the DMS bookkeeping happens inside the store kernel."""
+        return rule.tie_break(self.position.view(-1)) if self.calibrated else self.no_tie
 
-    def _capture(self) -> None:
-        self.graph = None
-        self.graph = capture_graph(self.step, self.decoder.stream)  # on the measurement stream, as fast.py's
-
-    def step(self) -> None:
-        """One token through every layer; the DMS bookkeeping happens inside the store kernel, on device."""
-        model, cache, params = self.decoder.model, self.cache, self.cache.params
-        h = self.residual
-        h.copy_(model.model.embed_tokens(self.token))
-        cos, sin = model.model.rotary_emb(h[:, None, :], self.position)
-        cos, sin = cos[:, 0], sin[:, 0]
-        tie = rule.tie_break(self.position.view(-1)) if self.calibrated else self.no_tie  # once per step
-        delta = None
-        for i, w in enumerate(self.decoder.layers):
-            x = kernels.add_rmsnorm(h, delta, w.input_norm.weight, w.input_norm.variance_epsilon, self.normed)
-            qkv = F.linear(x, w.qkv_weight, w.qkv_bias)
-            kernels.dms_qk_norm_rope_store(
-                qkv, w.q_norm.weight if w.q_norm is not None else None,
-                w.k_norm.weight if w.k_norm is not None else None,
-                w.q_norm.variance_epsilon if w.q_norm is not None else 0.0, cos, sin, cache.keys[i], cache.values[i],
-                cache.offsets[i], cache.lengths[i], cache.ring_slot[i], cache.ring_marked[i], self.position,
-                self.thresholds[i], tie, params, i, self.q)
-            kernels.decode_attention(self.q, cache.keys[i], cache.values[i], cache.lengths[i], None, w.scale,
-                                     self.attn_out, self.splits[i], offsets=cache.offsets[i],
-                                     max_length=self.max_lengths[i])
-            attn = w.o_proj(self.attn_out.view(h.shape[0], -1))
-            x = kernels.add_rmsnorm(h, attn, w.post_norm.weight, w.post_norm.variance_epsilon, self.normed)
-            kernels.silu_mul(F.linear(x, w.gate_up_weight), self.mlp_act)
-            delta = w.down_proj(self.mlp_act)
-        norm = model.model.norm
-        x = kernels.add_rmsnorm(h, delta, norm.weight, norm.variance_epsilon, self.normed)
-        logits = model.lm_head(x)
-        self.logits = logits
-        token = sample(logits, self.uniforms.index_select(0, self.step_index), self.sampling)
-        self.out.index_copy_(0, self.step_index, token.view(1, -1))
-        self.token.copy_(token)
-        self.position.add_(1)
-        self.step_index.add_(1)
+    def _attend(self, i, w, qkv, cos, sin, tie) -> None:
+        cache = self.cache
+        kernels.dms_qk_norm_rope_store(
+            qkv, *qk_norms(w), cos, sin, cache.keys[i], cache.values[i], cache.offsets[i], cache.lengths[i],
+            cache.ring_slot[i], cache.ring_marked[i], self.position, self.thresholds[i], tie, cache.params, i, self.q)
+        kernels.decode_attention(self.q, cache.keys[i], cache.values[i], cache.lengths[i], None, w.scale,
+                                 self.attn_out, self.splits[i], offsets=cache.offsets[i],
+                                 max_length=self.max_lengths[i])

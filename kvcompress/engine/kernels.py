@@ -361,8 +361,7 @@ def dms_qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_nor
         q, k = _rmsnorm_reference(q, q_norm, eps), _rmsnorm_reference(k, k_norm, eps)
     q = q.clone()[:, :, None, :]  # (B, Hq, 1, D): the rule's layout; never a view of qkv
     logits = rule.decision_logits(q, params)  # (B, Hkv, 1)
-    evict = torch.cat([rule.evicts(logits[b:b + 1], layer, params, position[b].view(1))
-                       for b in range(batch)]).reshape(-1)  # (B * Hkv,)
+    evict = rule.evicts(logits, layer, params, position.view(batch, 1, 1)).reshape(-1)  # (B * Hkv,), each row at its p
     rule.zero_decision_channel(q, heads_kv)
     cos4, sin4 = cos[:, None, None, :], sin[:, None, None, :]
     q = q * cos4 + _rotate_half(q) * sin4
