@@ -104,11 +104,6 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------------------------------
 
 BLOCK_N = 64
-# Software-pipelining depth of the partial kernel's loop over the cache. 2 beat Triton's default (3) at every decode
-# shape measured on an H200 (tools/attention_sweep.py: 8 x 1152 entries 15.5 -> 12.9 us a layer, 1 x 8192 14.1 ->
-# 12.0, 8 x 4224 44.6 -> 41.1, 32 x 1152 unchanged); programs are short (a few blocks each), and a shallower pipeline
-# leaves shared memory for more of them per SM.
-ATTENTION_STAGES = 2
 
 
 def attention_splits(batch_heads: int, capacity: int, device: torch.device) -> int:
@@ -117,6 +112,17 @@ def attention_splits(batch_heads: int, capacity: int, device: torch.device) -> i
         return 2 if FORCE_TRITON else 1  # the interpreter test still exercises the split/combine path
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     return max(1, min(math.ceil(4 * sms / batch_heads), math.ceil(capacity / BLOCK_N)))
+
+
+def attention_stages(batch_heads: int, device: torch.device) -> int:
+    """Software-pipelining depth of the partial kernel's loop over the cache, as measured on an H200
+    (tools/attention_sweep.py, results/h200/attention_sweep*.log): 2 while the batch has at most one (sequence, KV
+    head) row per SM (Qwen3-8B's batch 1 and 8: 8 x 1152 entries a row 15.5 -> 12.9 us a layer, 8 x 4224 44.6 ->
+    41.1, 1 x 8192 14.1 -> 12.0, 8 x 32896 unchanged), Triton's default 3 above (batch 32: 32 x 8320 entries 253 us,
+    309 at 2; 32 x 16512 481 against 595)."""
+    if device.type != "cuda":
+        return 2  # Triton's interpreter (CPU tests) ignores it
+    return 2 if batch_heads <= torch.cuda.get_device_properties(device).multi_processor_count else 3
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor,
@@ -144,7 +150,8 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
             q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
             valid.stride(0) if valid is not None else 0, valid.stride(1) if valid is not None else 0,
             HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
-            CHUNK=chunk, BLOCK_N=BLOCK_N, HAS_VALID=valid is not None, num_stages=ATTENTION_STAGES)
+            CHUNK=chunk, BLOCK_N=BLOCK_N, HAS_VALID=valid is not None,
+            num_stages=attention_stages(batch * heads_kv, q.device))
         _attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
             SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=dim)
