@@ -250,8 +250,9 @@ def dms_engine_check(steps: int = 10) -> int:
 
 def engine_gpu_check(steps: int = 24, device: str = "cuda") -> int:
     """GPU only (the lead's H200 run): the fast engine's captured CUDA graphs against the hf engine on the tiny model
-    in fp32, greedy and sampled (Qwen3's top-k 20 / top-p 0.95 at temperature 8, so the seed decides): each method
-    alone, and a batch of 3 whose rows generate what each generates alone. `python tests/kernel_check.py gpu`."""
+    in fp32, greedy (must match exactly) and sampled (Qwen3's top-k 20 / top-p 0.95 at temperature 8, so the seed
+    decides; shown as tokens equal before the first difference): each method alone, and a batch of 3 against each
+    sequence alone. `python tests/kernel_check.py gpu`."""
     from kvcompress import models
     from kvcompress.engine import GenerationSettings, generate_once
     from kvcompress.engine.batch import generate_batch
@@ -271,12 +272,19 @@ def engine_gpu_check(steps: int = 24, device: str = "cuda") -> int:
             hf = [generate_once(lm, method, p, s, HFDecoder()).token_ids for p, s in zip(prompts, own)]
             fast = [generate_once(lm, method, p, s, decoder).token_ids for p, s in zip(prompts, own)]
             batch = generate_batch(lm, method, prompts, GenerationSettings(steps, sampling), decoder).batch_token_ids
-            ok = hf == fast == batch
-            print(f"engine gpu {sampling.describe()} {name}: fast alone = hf {fast == hf}, fast batch of 3 = hf "
-                  f"alone {batch == hf}")
-            status |= not ok
+            print(f"engine gpu {sampling.describe()} {name}: tokens equal before the first difference, per "
+                  f"sequence: fast alone vs hf {_agree(fast, hf)}, fast batch of 3 vs hf alone {_agree(batch, hf)}, "
+                  f"fast batch vs fast alone {_agree(batch, fast)} (of {steps})")
+            # Greedy must match exactly. Sampled at temperature 8 the tiny model's top 20 are nearly flat, so fp32
+            # logits that differ in the last bits (other kernels, another GEMM shape in a batch) can move a draw
+            # across a CDF boundary and the sequences part; CPU tests assert sampled equality where the ops agree.
+            status |= sampling.greedy and not hf == fast == batch
     print("FAILED" if status else "fast engine matches hf on the GPU")
     return status
+
+
+def _agree(a: list[list[int]], b: list[list[int]]) -> list[int]:
+    return [next((i for i, (x, y) in enumerate(zip(p, q)) if x != y), min(len(p), len(q))) for p, q in zip(a, b)]
 
 
 def batch_rows(states) -> list[list[int]]:
