@@ -92,6 +92,20 @@ def test_vt_chain_links_come_in_order_after_the_depth(qwen3_tokenizer):
     assert at == sorted(at) and at[0] / len(built.text) > 0.35
 
 
+def test_an_item_context_is_bisected_from_the_attempt_that_first_overshoots(tiny):
+    """The search doubles n until an attempt reaches the target, then bisects below it: the bracket comes from that
+    attempt, not from the closest one so far (8 items one short and 16 far over used to send it on to 32, 64, ...)."""
+    tok, target = tiny.tokenizer, 300
+    task = contract.TaskContext("items", [contract.Question("Which?", ["a"])], make_body=lambda n: "")
+    overhead = sum(map(len, contract._render(tok, task, "", False, 0)))
+    one_short = target - overhead - 1  # the byte tokenizer: one token a character
+
+    def body(n):  # n items: 8 -> one token short, 9 -> exact, 10..15 over by a few, 16 and more far over
+        return "a" * (one_short + (n - 8) if n < 16 else one_short + 100 + n)
+    task.make_body = body
+    assert contract.build_prompt(tok, target, None, task).prompt.input_tokens == target
+
+
 def test_ruler_scoring_as_published():
     q = contract.Question("?", ["Apple", "pear"])
     assert contract.string_match_all("an APPLE and a Pear", q.answers) == 1.0
