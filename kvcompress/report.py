@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kvcompress.results import BenchmarkResult
+from kvcompress.results import BenchmarkResult, median_kv_bytes
 
 GIB, MIB = 2**30, 2**20
 
@@ -468,9 +468,8 @@ def task_table(summaries, records: list[BenchmarkResult], title: str) -> Table:
             score = sum(r.score or 0.0 for r in measured) / len(measured)
             right = sum(bool(r.correct) for r in measured)
             row.append(f"{score:.0%} ({right}/{len(measured)})" + (f" [red]+{errors} err[/red]" if errors else ""))
-        held = [r.kv_cache_bytes for s in cells for r in s.measured if r.kv_cache_bytes is not None]
         ratios = sorted({r.compression_ratio for s in cells for r in s.measured if r.compression_ratio is not None})
-        row.append(_num(sorted(held)[len(held) // 2] if held else None, ",.1f", MIB))
+        row.append(_num(median_kv_bytes([r for s in cells for r in s.measured]), ",.1f", MIB))
         row.append("—" if not ratios else f"{ratios[0]:.3g}" if len(ratios) == 1 else f"{ratios[0]:.3g}–{ratios[-1]:.3g}")
         change = lengths.get(method)
         row.append("—" if change is None else f"{change[0]:+.1f} ({change[1]})")
@@ -484,8 +483,9 @@ def print_tasks(summaries, records: list[BenchmarkResult], title: str, console: 
     console = console or make_console()
     console.print(task_table(summaries, records, title))
     console.print("score: RULER's string_match_all (string_match_part for nolima), mean over trials and questions; "
-                  "(n/N): answers naming every expected string and no distractor. answer tok vs vanilla: mean "
-                  "change in answer length on the same prompts (pairs).")
+                  "(n/N): answers naming every expected string and no distractor. KV held: median KV bytes after "
+                  "the prefill over the method's measured trials (every task and context). answer tok vs vanilla: "
+                  "mean change in answer length on the same prompts (pairs).")
     for method, error in sorted({(r.method, r.error) for r in records if r.error}):
         console.print(f"[red]error[/red] {escape(method)}: {escape(error)}")
     missed = [r for r in records if r.error is None and not r.correct and r.weights != "random"]

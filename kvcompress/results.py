@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,14 @@ class BenchmarkResult:
     def from_dict(cls, data: dict) -> "BenchmarkResult":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def median_kv_bytes(records: list[BenchmarkResult]) -> float | None:
+    """The median KV bytes held after the prefill over the records that measured them (statistics.median: the mean
+    of the two middle values for an even count), None without any: one definition for the task table, the Pareto
+    plot and --match-kv."""
+    held = [r.kv_cache_bytes for r in records if r.kv_cache_bytes is not None]
+    return float(statistics.median(held)) if held else None
 
 
 FIELDS = [f.name for f in fields(BenchmarkResult)]

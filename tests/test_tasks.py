@@ -6,6 +6,7 @@ Several questions over one compression are checked against separate full generat
 """
 
 import collections
+import io
 import json
 import re
 
@@ -256,3 +257,25 @@ def test_answer_length_change_pairs_the_same_prompts_and_pareto_keeps_the_points
               {"method": "knorm@0.875", "target_tokens": 1024, "kv_bytes": 2**20, "score": 0.4, "n": 3}]
     path = plots.accuracy_vs_kv(points, tmp_path / "p.png", "t")
     assert json.loads(Image.open(path).info["Description"]) == points
+
+
+def test_the_task_table_and_the_pareto_points_hold_the_same_median_kv_bytes():
+    """Four trials holding 1, 2, 3 and 4 MiB: the median is 2.5 MiB (the mean of the two middle trials) in the
+    table and in the plot's points alike (the table showed 3.0, the upper median)."""
+    from rich.console import Console
+
+    from kvcompress import report
+    from kvcompress.results import BenchmarkResult
+    from kvcompress.tasks import niah_grid
+
+    records = [BenchmarkResult(model="m", weights="pretrained", method="knorm@0.5", task_family="vt",
+                               target_tokens=1024, depth=0.5, prompt_id=f"p{i}", kv_cache_bytes=i * 2**20, score=1.0,
+                               correct=True, compression_ratio=0.5) for i in (4, 1, 3, 2)]
+    summaries = niah_grid.summarize(records)
+    assert [p["kv_bytes"] for p in niah_grid.pareto_points(summaries)] == [2.5 * 2**20]
+    console = Console(width=200, record=True, file=io.StringIO())
+    report.print_tasks(summaries, records, "t", console)
+    printed = console.export_text()
+    row = next(line for line in printed.splitlines() if "knorm@0.5" in line)
+    assert row.split("│")[3].strip() == "2.5", row  # method, vt @ 1,024 tok, KV held (MiB)
+    assert "KV held: median KV bytes" in printed
