@@ -99,6 +99,7 @@ class BenchmarkResult:
     task_family: str | None = None  # "niah" | "multiquery" | "vt" | "cwe" | "fwe" | "nolima"
     scorer: str | None = None  # RULER's string_match_all | string_match_part (score = its value; niah: own)
     expected: list[str] | None = None  # the strings the answer must contain
+    chance: float | None = None  # cwe, fwe, nolima: the score, on this prompt, of a strategy without the tested ability
     # --questions K: K records share one compressed context; its compression time is on question 0 only
     question_index: int | None = None
     questions_per_context: int | None = None

@@ -83,6 +83,23 @@ def test_generators_size_on_qwen3_and_their_answers_are_in_the_text(qwen3_tokeni
         tail = tok.decode(ids[0].tolist())
         assert q.text in tail and tail.endswith("<think>\n\n</think>\n\n" + q.answer_prefix)
         assert sorted(_recovered(family, text, q.text)) == sorted(q.answers)
+    assert built.chance == pytest.approx(_baseline(family, text, task.questions[0]))
+    assert prompt.meta["chance"] == built.chance
+
+
+def _baseline(family: str, text: str, question) -> float | None:
+    """The documented no-ability strategies, scored by RULER's scorer on the text as a reader parses it: the
+    better of naming k random distinct words (expected score k / distinct words) and copying the first k distinct
+    words (cwe, fwe); a guess among the characters (nolima); none for the other families."""
+    if family == "nolima":
+        return 1 / len(re.findall(r"(\w+) lives next to the ", text))
+    if family not in ("cwe", "fwe"):
+        return None
+    items = re.findall(r"^\d+\. (\w+)$", text, flags=re.M) if family == "cwe" else \
+        text.rsplit("\n\n", 1)[1].split(" .... ")  # fwe: the coded text follows the instruction
+    distinct, k = list(dict.fromkeys(items)), len(question.answers)
+    copied = contract.score(" ".join(distinct[:k]), question)[1]
+    return max(min(1.0, k / len(distinct)), copied)
 
 
 def test_vt_chain_links_come_in_order_after_the_depth(qwen3_tokenizer):
@@ -145,6 +162,12 @@ def test_the_default_is_the_cheap_set_and_every_cheap_task_fits_the_tiny_context
     assert all(r["error"] is None for r in records)
     printed = capsys.readouterr().out
     assert "long-context tasks" in printed and all(t in printed for t in cheap)
+    # nolima's baseline, a guess among its 3 characters, is on its records and in the table's chance row
+    assert {r["task_family"]: r["chance"] for r in records} == \
+        {t: pytest.approx(1 / 3) if t == "nolima" else None for t in cheap}
+    assert len({(r["task_family"], r["chance"]) for r in records}) == len(cheap)  # one value per family
+    chance_row = next(line for line in printed.splitlines() if line.lstrip("│ ").startswith("chance"))
+    assert chance_row.count("33%") == 2 and "%" not in chance_row.replace("33%", "")  # nolima at 1K and 2K only
 
 
 # --- several questions over one compressed context (tiny model, greedy) --------------------------------------------

@@ -10,7 +10,9 @@ each question is fed after it (kvpress's query-agnostic protocol; --questions K 
 Scoring is RULER's, as published (scripts/eval/synthetic/constants.py): string_match_all = fraction of the
 expected strings found in the answer (case-insensitive substring); string_match_part = 1 if any is found. The
 record's `score` is that number; `correct` additionally needs every expected string and no distractor (an answer
-listing every variable of a haystack is not tracking).
+listing every variable of a haystack is not tracking). A family with a baseline (cwe, fwe, nolima) sets
+`TaskContext.chance`: the score of a strategy without the tested ability on the prompt's text, recorded with each
+answer (`BenchmarkResult.chance`) so the task table can show it beside the scores.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class TaskContext:
     make_body: Callable[[int], str] | None = None  # a context of its own from n items (replaces the haystack)
     items_hint: int = 0  # make_body: items per token, a first guess for the sizing search
     label: str = ""
+    chance: Callable[[str], float] | None = None  # the family's baseline score, from the context text (its module)
 
     @property
     def uses_haystack(self) -> bool:
@@ -62,6 +65,7 @@ class TaskPrompt:
     question_ids: list[torch.Tensor]  # one (1, Q) tensor per question
     text: str = field(repr=False, default="")  # the context (before the chat template)
     depth_achieved: float | None = None
+    chance: float | None = None  # task.chance on this text
 
 
 def build_prompt(tokenizer, target_tokens: int, depth: float | None, task: TaskContext, haystack: str = "noise",
@@ -81,9 +85,10 @@ def build_prompt(tokenizer, target_tokens: int, depth: float | None, task: TaskC
         raise UserError(f"could not size the {task.family} prompt to {target_tokens} tokens (got {total})")
     questions = [torch.tensor([first])] + [torch.tensor([_render(tokenizer, task, text, thinking, i)[1]])
                                            for i in range(1, len(task.questions))]
+    chance = task.chance(text) if task.chance else None
     prompt = Prompt(torch.tensor([context_ids]), questions[0],
-                    meta={"depth": depth, "depth_achieved": achieved, "needle": task.label})
-    return TaskPrompt(prompt, task, questions, text, achieved)
+                    meta={"depth": depth, "depth_achieved": achieved, "needle": task.label, "chance": chance})
+    return TaskPrompt(prompt, task, questions, text, achieved, chance)
 
 
 def _size_haystack(tokenizer, target_tokens, depth, task, haystack, thinking):
@@ -166,5 +171,6 @@ def grade(record, task: TaskContext, prompt: Prompt, index: int = 0) -> None:
     record.correct, record.score = score(answer, q)
     record.depth_achieved = prompt.meta.get("depth_achieved")
     record.task_family, record.scorer, record.expected = task.family, q.scorer, list(q.answers)
+    record.chance = prompt.meta.get("chance")
     if niah.thinking_unfinished(answer):
         record.notes = list(record.notes) + ["the think block was not closed within max_new_tokens: no answer"]
