@@ -9,26 +9,25 @@ ratio per prompt; the record keeps the ratio and the budget).
 
 from __future__ import annotations
 
-import statistics
 from pathlib import Path
 
 from kvcompress.errors import UserError
 from kvcompress.methods import Method, budget_capable
-from kvcompress.results import BenchmarkResult, load
+from kvcompress.results import BenchmarkResult, load, median_kv_bytes
 
 
 def measured_kv_bytes(records: list[BenchmarkResult], method: str, contexts: list[int]) -> dict[int, float]:
     """Median KV bytes METHOD held after its prefill, per context length asked for (every length must be there)."""
-    by_length: dict[int, list[int]] = {}
+    by_length: dict[int, list[BenchmarkResult]] = {}
     for r in records:
         if r.method == method and r.error is None and r.kv_cache_bytes:
-            by_length.setdefault(r.target_tokens, []).append(r.kv_cache_bytes)
+            by_length.setdefault(r.target_tokens, []).append(r)
     missing = [c for c in contexts if c not in by_length]
     if missing:
         have = ", ".join(str(c) for c in sorted(by_length)) or "none"
         raise UserError(f"--match-kv {method}: no measured record of {method} at {missing[0]} tokens (it has: "
                         f"{have}); run it first with the same --contexts and pass that file with --match-from")
-    return {c: float(statistics.median(by_length[c])) for c in contexts}
+    return {c: median_kv_bytes(by_length[c]) for c in contexts}
 
 
 def matched_methods(methods: list[Method], other: str, source: Path, contexts: list[int]) -> list[Method]:

@@ -162,7 +162,7 @@ def accuracy_vs_kv(points: list[dict], path: Path, title: str) -> Path:
                 linestyle="-", zorder=2, marker=markers[c_i % len(markers)], markerfacecolor="none",
                 label=f"frontier at {_tokens_label(n)} tokens")
     ax.set_xscale("log")
-    ax.set_xlabel("KV bytes held after the prefill (MiB, measured; log scale)")
+    ax.set_xlabel("median KV bytes held after the prefill (MiB, measured; log scale)")
     ax.set_ylabel("mean score over tasks and trials")
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3, which="both")

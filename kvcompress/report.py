@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kvcompress.results import BenchmarkResult
+from kvcompress.results import BenchmarkResult, median_kv_bytes
 
 GIB, MIB = 2**30, 2**20
 
@@ -468,14 +468,25 @@ def task_table(summaries, records: list[BenchmarkResult], title: str) -> Table:
             score = sum(r.score or 0.0 for r in measured) / len(measured)
             right = sum(bool(r.correct) for r in measured)
             row.append(f"{score:.0%} ({right}/{len(measured)})" + (f" [red]+{errors} err[/red]" if errors else ""))
-        held = [r.kv_cache_bytes for s in cells for r in s.measured if r.kv_cache_bytes is not None]
         ratios = sorted({r.compression_ratio for s in cells for r in s.measured if r.compression_ratio is not None})
-        row.append(_num(sorted(held)[len(held) // 2] if held else None, ",.1f", MIB))
+        row.append(_num(median_kv_bytes([r for s in cells for r in s.measured]), ",.1f", MIB))
         row.append("—" if not ratios else f"{ratios[0]:.3g}" if len(ratios) == 1 else f"{ratios[0]:.3g}–{ratios[-1]:.3g}")
         change = lengths.get(method)
         row.append("—" if change is None else f"{change[0]:+.1f} ({change[1]})")
         table.add_row(*row)
+    chance = [_chance([s for s in summaries if (s.task_family, s.target_tokens) == c]) for c in columns]
+    if any(c is not None for c in chance):
+        table.add_section()
+        table.add_row("[dim]chance[/dim]", *("" if c is None else f"[dim]{c:.0%}[/dim]" for c in chance), "", "", "",
+                      style="dim", end_section=False)
     return table
+
+
+def _chance(cells) -> float | None:
+    """The family's baseline score (BenchmarkResult.chance) at one task x context, averaged over its prompts: every
+    method answers the same prompts, so each counts once."""
+    by_prompt = {r.prompt_id: r.chance for s in cells for r in s.records if r.chance is not None}
+    return sum(by_prompt.values()) / len(by_prompt) if by_prompt else None
 
 
 def print_tasks(summaries, records: list[BenchmarkResult], title: str, console: Console | None = None,
@@ -484,8 +495,13 @@ def print_tasks(summaries, records: list[BenchmarkResult], title: str, console: 
     console = console or make_console()
     console.print(task_table(summaries, records, title))
     console.print("score: RULER's string_match_all (string_match_part for nolima), mean over trials and questions; "
-                  "(n/N): answers naming every expected string and no distractor. answer tok vs vanilla: mean "
-                  "change in answer length on the same prompts (pairs).")
+                  "(n/N): answers naming every expected string and no distractor. KV held: median KV bytes after "
+                  "the prefill over the method's measured trials (every task and context). answer tok vs vanilla: "
+                  "mean change in answer length on the same prompts (pairs).")
+    if any(r.chance is not None for r in records):
+        console.print("chance: the score of a strategy without the tested ability, mean over the prompts (cwe, fwe: "
+                      "the better of naming random words of the list and copying its first distinct words; nolima: "
+                      "guessing one of the context's characters).")
     for method, error in sorted({(r.method, r.error) for r in records if r.error}):
         console.print(f"[red]error[/red] {escape(method)}: {escape(error)}")
     missed = [r for r in records if r.error is None and not r.correct and r.weights != "random"]

@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,6 +99,7 @@ class BenchmarkResult:
     task_family: str | None = None  # "niah" | "multiquery" | "vt" | "cwe" | "fwe" | "nolima"
     scorer: str | None = None  # RULER's string_match_all | string_match_part (score = its value; niah: own)
     expected: list[str] | None = None  # the strings the answer must contain
+    chance: float | None = None  # cwe, fwe, nolima: the score, on this prompt, of a strategy without the tested ability
     # --questions K: K records share one compressed context; its compression time is on question 0 only
     question_index: int | None = None
     questions_per_context: int | None = None
@@ -142,6 +144,14 @@ class BenchmarkResult:
     def from_dict(cls, data: dict) -> "BenchmarkResult":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def median_kv_bytes(records: list[BenchmarkResult]) -> float | None:
+    """The median KV bytes held after the prefill over the records that measured them (statistics.median: the mean
+    of the two middle values for an even count), None without any: one definition for the task table, the Pareto
+    plot and --match-kv."""
+    held = [r.kv_cache_bytes for r in records if r.kv_cache_bytes is not None]
+    return float(statistics.median(held)) if held else None
 
 
 FIELDS = [f.name for f in fields(BenchmarkResult)]

@@ -62,6 +62,31 @@ def test_needle_sits_at_its_token_depth_on_a_sentence_start(qwen3_tokenizer, dep
     assert at == 0 or re.search(r"[.!?\n]\s*$", text[:at])
 
 
+def _sized(total_of, target=100, first=90):
+    tried = []
+
+    def attempt(budget):  # a stand-in for place + render: the whole prompt's tokens at this haystack budget
+        tried.append(budget)
+        return total_of(budget), budget
+
+    return niah.size_to_target(target, first, attempt), tried
+
+
+def test_sizing_corrects_each_budget_by_its_own_total_and_never_repeats_one():
+    # Seams make the total step unevenly with the budget: 90 overshoots by one, 89 undershoots by one, 91 is exact.
+    # Correcting 89 by the closer 90's error walks down (88, 87, ...); correcting each budget by its own total
+    # alone cycles 90, 89, 90, ...: only moving past the tried budgets reaches 91.
+    seams = {90: 101, 89: 99, 91: 100}
+    (total, budget), tried = _sized(lambda b: seams.get(b, b + 10))
+    assert (total, budget) == (100, 91) and tried == [90, 89, 91]
+
+
+def test_sizing_keeps_the_closest_attempt_when_none_is_exact():
+    (total, budget), tried = _sized(lambda b: 2 * (b // 2) + 11)  # odd totals only: 100 is never reached
+    assert (total, budget) == (101, 90)  # one off, the first such attempt
+    assert len(tried) == len(set(tried)) == 8
+
+
 def test_depths_order_the_needle_and_multi_needles_spread_out(tiny):
     tok = tiny.tokenizer
     positions = []

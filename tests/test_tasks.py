@@ -6,6 +6,7 @@ Several questions over one compression are checked against separate full generat
 """
 
 import collections
+import io
 import json
 import re
 
@@ -82,6 +83,23 @@ def test_generators_size_on_qwen3_and_their_answers_are_in_the_text(qwen3_tokeni
         tail = tok.decode(ids[0].tolist())
         assert q.text in tail and tail.endswith("<think>\n\n</think>\n\n" + q.answer_prefix)
         assert sorted(_recovered(family, text, q.text)) == sorted(q.answers)
+    assert built.chance == pytest.approx(_baseline(family, text, task.questions[0]))
+    assert prompt.meta["chance"] == built.chance
+
+
+def _baseline(family: str, text: str, question) -> float | None:
+    """The documented no-ability strategies, scored by RULER's scorer on the text as a reader parses it: the
+    better of naming k random distinct words (expected score k / distinct words) and copying the first k distinct
+    words (cwe, fwe); a guess among the characters (nolima); none for the other families."""
+    if family == "nolima":
+        return 1 / len(re.findall(r"(\w+) lives next to the ", text))
+    if family not in ("cwe", "fwe"):
+        return None
+    items = re.findall(r"^\d+\. (\w+)$", text, flags=re.M) if family == "cwe" else \
+        text.rsplit("\n\n", 1)[1].split(" .... ")  # fwe: the coded text follows the instruction
+    distinct, k = list(dict.fromkeys(items)), len(question.answers)
+    copied = contract.score(" ".join(distinct[:k]), question)[1]
+    return max(min(1.0, k / len(distinct)), copied)
 
 
 def test_vt_chain_links_come_in_order_after_the_depth(qwen3_tokenizer):
@@ -90,6 +108,20 @@ def test_vt_chain_links_come_in_order_after_the_depth(qwen3_tokenizer):
     built = contract.build_prompt(tok, 2048, 0.4, task)
     at = [built.text.index(s) for s in task.sentences]
     assert at == sorted(at) and at[0] / len(built.text) > 0.35
+
+
+def test_an_item_context_is_bisected_from_the_attempt_that_first_overshoots(tiny):
+    """The search doubles n until an attempt reaches the target, then bisects below it: the bracket comes from that
+    attempt, not from the closest one so far (8 items one short and 16 far over used to send it on to 32, 64, ...)."""
+    tok, target = tiny.tokenizer, 300
+    task = contract.TaskContext("items", [contract.Question("Which?", ["a"])], make_body=lambda n: "")
+    overhead = sum(map(len, contract._render(tok, task, "", False, 0)))
+    one_short = target - overhead - 1  # the byte tokenizer: one token a character
+
+    def body(n):  # n items: 8 -> one token short, 9 -> exact, 10..15 over by a few, 16 and more far over
+        return "a" * (one_short + (n - 8) if n < 16 else one_short + 100 + n)
+    task.make_body = body
+    assert contract.build_prompt(tok, target, None, task).prompt.input_tokens == target
 
 
 def test_ruler_scoring_as_published():
@@ -130,6 +162,12 @@ def test_the_default_is_the_cheap_set_and_every_cheap_task_fits_the_tiny_context
     assert all(r["error"] is None for r in records)
     printed = capsys.readouterr().out
     assert "long-context tasks" in printed and all(t in printed for t in cheap)
+    # nolima's baseline, a guess among its 3 characters, is on its records and in the table's chance row
+    assert {r["task_family"]: r["chance"] for r in records} == \
+        {t: pytest.approx(1 / 3) if t == "nolima" else None for t in cheap}
+    assert len({(r["task_family"], r["chance"]) for r in records}) == len(cheap)  # one value per family
+    chance_row = next(line for line in printed.splitlines() if line.lstrip("│ ").startswith("chance"))
+    assert chance_row.count("33%") == 2 and "%" not in chance_row.replace("33%", "")  # nolima at 1K and 2K only
 
 
 # --- several questions over one compressed context (tiny model, greedy) --------------------------------------------
@@ -242,3 +280,25 @@ def test_answer_length_change_pairs_the_same_prompts_and_pareto_keeps_the_points
               {"method": "knorm@0.875", "target_tokens": 1024, "kv_bytes": 2**20, "score": 0.4, "n": 3}]
     path = plots.accuracy_vs_kv(points, tmp_path / "p.png", "t")
     assert json.loads(Image.open(path).info["Description"]) == points
+
+
+def test_the_task_table_and_the_pareto_points_hold_the_same_median_kv_bytes():
+    """Four trials holding 1, 2, 3 and 4 MiB: the median is 2.5 MiB (the mean of the two middle trials) in the
+    table and in the plot's points alike (the table showed 3.0, the upper median)."""
+    from rich.console import Console
+
+    from kvcompress import report
+    from kvcompress.results import BenchmarkResult
+    from kvcompress.tasks import niah_grid
+
+    records = [BenchmarkResult(model="m", weights="pretrained", method="knorm@0.5", task_family="vt",
+                               target_tokens=1024, depth=0.5, prompt_id=f"p{i}", kv_cache_bytes=i * 2**20, score=1.0,
+                               correct=True, compression_ratio=0.5) for i in (4, 1, 3, 2)]
+    summaries = niah_grid.summarize(records)
+    assert [p["kv_bytes"] for p in niah_grid.pareto_points(summaries)] == [2.5 * 2**20]
+    console = Console(width=200, record=True, file=io.StringIO())
+    report.print_tasks(summaries, records, "t", console)
+    printed = console.export_text()
+    row = next(line for line in printed.splitlines() if "knorm@0.5" in line)
+    assert row.split("│")[3].strip() == "2.5", row  # method, vt @ 1,024 tok, KV held (MiB)
+    assert "KV held: median KV bytes" in printed

@@ -132,13 +132,18 @@ def _prefill(lm, method: Method, press, context, question, prefill_only, single_
     with press_context(prefill_only, model):
         model.model(input_ids=context, past_key_values=cache, use_cache=True)  # no LM head: only KV is kept
     kv_after = kv_snapshot(cache, model, context.shape[1])
-    # kvpress's rule: after a press that rerotates keys, the question follows the compressed cache
-    start = cache.get_seq_length() if question_starts_at_cache_length(press) else context.shape[1]
+    start = question_start(press, cache, context.shape[1])
     next_position = start + question.shape[1]
     positions = torch.arange(start, next_position, device=device)[None]
     logits = model(input_ids=question, past_key_values=cache, position_ids=positions, use_cache=True,
                    logits_to_keep=1).logits[:, -1]
     return cache, kv_after, logits, next_position
+
+
+def question_start(press, cache, context_tokens: int) -> int:
+    """The position of a question's first token after the context was prefilled under `press`: kvpress's rule, the
+    compressed cache's length after a press that rerotates keys, else right after the uncompressed context."""
+    return cache.get_seq_length() if question_starts_at_cache_length(press) else context_tokens
 
 
 class HFDecoder:
@@ -210,9 +215,9 @@ class SharedContextRun:
 def generate_questions(lm, method: Method, context_ids: torch.Tensor, questions: list[torch.Tensor],
                        settings: GenerationSettings, decoder=None) -> SharedContextRun:
     """Compress the context once, then answer each question from that same cache (SCBench's shared context,
-    kvpress's query-agnostic protocol): a question is fed at the positions after the context, its answer decoded,
-    and every layer cropped back to the length the compression left, so the next question sees exactly the
-    compressed context. Only prefill presses qualify: a decoding press or DMS changes the shared part itself."""
+    kvpress's query-agnostic protocol): a question is fed where `question_start` puts it (as in the single-question
+    path), its answer decoded, and every layer cropped back to the length the compression left, so the next
+    question sees exactly the compressed context. Only prefill presses qualify: a decoding press or DMS changes the shared part itself."""
     if method.kind == "dms" or method.compresses_during_decoding or settings.query_aware:
         raise ValueError(f"{method.name}: several questions need a press that compresses the context once, "
                          "in its prefill (no DMS, no decoding press, no query-aware compression)")
@@ -236,15 +241,16 @@ def generate_questions(lm, method: Method, context_ids: torch.Tensor, questions:
         uniforms = draw_uniforms(settings.sampling, settings.max_new_tokens, device)
         out_tokens = torch.empty(settings.max_new_tokens, dtype=torch.long, device=device)
         clock.mark(f"q{i}")
-        positions = torch.arange(context.shape[1], context.shape[1] + question.shape[1], device=device)[None]
+        start = question_start(press, cache, context.shape[1])  # the cache is back at its compressed length here
+        positions = torch.arange(start, start + question.shape[1], device=device)[None]
         logits = model(input_ids=question, past_key_values=cache, position_ids=positions, use_cache=True,
                        logits_to_keep=1).logits[:, -1]
         token = sample(logits, uniforms[0], settings.sampling)
         out_tokens[0] = token
         n = 1
         if settings.max_new_tokens > 1 and int(token.item()) not in eos:
-            n, cache = decoder.decode(lm, cache, token, context.shape[1] + question.shape[1], uniforms, settings,
-                                      out_tokens, eos)
+            n, cache = decoder.decode(lm, cache, token, start + question.shape[1], uniforms, settings, out_tokens,
+                                      eos)
         clock.mark(f"a{i}")
         kv_end = kv_state(cache, model, context.shape[1] + question.shape[1] + n - 1)
         for layer, length in zip(cache.layers, kept):

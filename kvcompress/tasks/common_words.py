@@ -65,7 +65,7 @@ def make(seed: int, questions: int = 1) -> TaskContext:
 
     q = Question(QUESTION, list(common), answer_prefix=ANSWER_PREFIX)
     return TaskContext("cwe", [q], instruction=example(rng, rare) + "\n\n" + INSTRUCTION, make_body=body,
-                       items_hint=0.2, label="cwe:" + ",".join(common))
+                       items_hint=0.2, label="cwe:" + ",".join(common), chance=lambda text: chance(text, q.answers))
 
 
 def list_items(text: str) -> list[str]:

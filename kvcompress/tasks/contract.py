@@ -10,7 +10,9 @@ each question is fed after it (kvpress's query-agnostic protocol; --questions K 
 Scoring is RULER's, as published (scripts/eval/synthetic/constants.py): string_match_all = fraction of the
 expected strings found in the answer (case-insensitive substring); string_match_part = 1 if any is found. The
 record's `score` is that number; `correct` additionally needs every expected string and no distractor (an answer
-listing every variable of a haystack is not tracking).
+listing every variable of a haystack is not tracking). A family with a baseline (cwe, fwe, nolima) sets
+`TaskContext.chance`: the score of a strategy without the tested ability on the prompt's text, recorded with each
+answer (`BenchmarkResult.chance`) so the task table can show it beside the scores.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class TaskContext:
     make_body: Callable[[int], str] | None = None  # a context of its own from n items (replaces the haystack)
     items_hint: int = 0  # make_body: items per token, a first guess for the sizing search
     label: str = ""
+    chance: Callable[[str], float] | None = None  # the family's baseline score, from the context text (its module)
 
     @property
     def uses_haystack(self) -> bool:
@@ -62,6 +65,7 @@ class TaskPrompt:
     question_ids: list[torch.Tensor]  # one (1, Q) tensor per question
     text: str = field(repr=False, default="")  # the context (before the chat template)
     depth_achieved: float | None = None
+    chance: float | None = None  # task.chance on this text
 
 
 def build_prompt(tokenizer, target_tokens: int, depth: float | None, task: TaskContext, haystack: str = "noise",
@@ -81,51 +85,49 @@ def build_prompt(tokenizer, target_tokens: int, depth: float | None, task: TaskC
         raise UserError(f"could not size the {task.family} prompt to {target_tokens} tokens (got {total})")
     questions = [torch.tensor([first])] + [torch.tensor([_render(tokenizer, task, text, thinking, i)[1]])
                                            for i in range(1, len(task.questions))]
+    chance = task.chance(text) if task.chance else None
     prompt = Prompt(torch.tensor([context_ids]), questions[0],
-                    meta={"depth": depth, "depth_achieved": achieved, "needle": task.label})
-    return TaskPrompt(prompt, task, questions, text, achieved)
+                    meta={"depth": depth, "depth_achieved": achieved, "needle": task.label, "chance": chance})
+    return TaskPrompt(prompt, task, questions, text, achieved, chance)
 
 
 def _size_haystack(tokenizer, target_tokens, depth, task, haystack, thinking):
-    """niah's sizing: haystack tokens = target - overhead, corrected a few times for merges at the seams."""
+    """niah's sizing (`niah.size_to_target`): haystack tokens = target - overhead, corrected for the seams."""
     hay_ids = niah._haystack_ids(tokenizer, haystack, target_tokens)
-    budget = target_tokens - sum(len(x) for x in _render(tokenizer, task, " ".join(task.sentences), thinking, 0))
-    best = None
-    for _ in range(8):
+
+    def attempt(budget: int):
         if budget <= 16:
             raise UserError(f"{target_tokens} tokens cannot hold the chat template, question and {task.family} text")
         text, achieved = niah._place(tokenizer, hay_ids, budget, depth or 0.0, task, ordered=task.ordered)
-        best = _closer(best, tokenizer, task, text, achieved, thinking, target_tokens)
-        if best[0] == target_tokens:
-            break
-        budget += target_tokens - best[0]
-    return best
+        return _attempt(tokenizer, task, text, achieved, thinking)
+
+    overhead = sum(len(x) for x in _render(tokenizer, task, " ".join(task.sentences), thinking, 0))
+    return niah.size_to_target(target_tokens, target_tokens - overhead, attempt)
 
 
 def _size_items(tokenizer, target_tokens, task, thinking):
-    """A context of n items: bisect n (tokens grow with n, up to the seams of a reshuffle)."""
+    """A context of n items: bisect n (tokens grow with n, up to the seams of a reshuffle); the closest attempt."""
     lo, hi, best = 1, max(8, int(target_tokens * task.items_hint * 2)), None
     while True:
-        best = _closer(best, tokenizer, task, task.make_body(hi), None, thinking, target_tokens)
-        if best[0] >= target_tokens or hi > 10 * target_tokens:
+        last = _attempt(tokenizer, task, task.make_body(hi), None, thinking)
+        best = niah.closer(best, last, target_tokens)
+        if last[0] >= target_tokens or hi > 10 * target_tokens:  # the bracket comes from this attempt, not the best
             break
         lo, hi = hi, hi * 2
     while lo + 1 < hi:
         mid = (lo + hi) // 2
-        last = _closer(None, tokenizer, task, task.make_body(mid), None, thinking, target_tokens)
-        best = last if abs(last[0] - target_tokens) < abs(best[0] - target_tokens) else best  # as _closer(best, ...)
+        last = _attempt(tokenizer, task, task.make_body(mid), None, thinking)
+        best = niah.closer(best, last, target_tokens)
         if last[0] == target_tokens:
             break
         lo, hi = (mid, hi) if last[0] < target_tokens else (lo, mid)
     return best
 
 
-def _closer(best, tokenizer, task, text, achieved, thinking, target_tokens):
+def _attempt(tokenizer, task, text, achieved, thinking):
+    """(total tokens, text, depth achieved, context ids, first question's ids) of one candidate context."""
     context_ids, question_ids = _render(tokenizer, task, text, thinking, 0)
-    total = len(context_ids) + len(question_ids)
-    if best is None or abs(total - target_tokens) < abs(best[0] - target_tokens):
-        return total, text, achieved, context_ids, question_ids
-    return best
+    return len(context_ids) + len(question_ids), text, achieved, context_ids, question_ids
 
 
 def _render(tokenizer, task: TaskContext, text: str, thinking: bool, index: int) -> tuple[list[int], list[int]]:
@@ -169,5 +171,6 @@ def grade(record, task: TaskContext, prompt: Prompt, index: int = 0) -> None:
     record.correct, record.score = score(answer, q)
     record.depth_achieved = prompt.meta.get("depth_achieved")
     record.task_family, record.scorer, record.expected = task.family, q.scorer, list(q.answers)
+    record.chance = prompt.meta.get("chance")
     if niah.thinking_unfinished(answer):
         record.notes = list(record.notes) + ["the think block was not closed within max_new_tokens: no answer"]

@@ -44,7 +44,7 @@ def make(seed: int, questions: int = 1) -> TaskContext:
                  "appeared words in the above coded text?", vocabulary[:TOP],
                  answer_prefix="According to the coded text above, the three most frequently appeared words are:")
     return TaskContext("fwe", [q], instruction=INSTRUCTION, make_body=body, items_hint=0.3,
-                       label="fwe:" + ",".join(vocabulary[:TOP]))
+                       label="fwe:" + ",".join(vocabulary[:TOP]), chance=lambda text: chance(text, q.answers))
 
 
 def chance(text: str, answers: list[str]) -> float:

@@ -91,20 +91,15 @@ def build_prompt(tokenizer, target_tokens: int, depth: float, needle: Needle, ha
     if target_tokens is None or target_tokens < 1:
         raise UserError(f"a needle prompt needs a positive token count (got {target_tokens})")
     hay_ids = _haystack_ids(tokenizer, haystack, target_tokens)
-    budget = target_tokens - _overhead(tokenizer, needle, thinking)
-    best = None
-    # Re-tokenizing the assembled text can merge or split a few tokens at the seams; a few corrections converge.
-    for _ in range(8):
+
+    def attempt(budget: int):
         if budget <= 16:
             raise UserError(f"{target_tokens} tokens cannot hold the chat template, question and needle")
         context_text, achieved = _place(tokenizer, hay_ids, budget, depth, needle)
         context_ids, question_ids = render(tokenizer, context_text, needle.question, thinking)
-        total = len(context_ids) + len(question_ids)
-        if best is None or abs(total - target_tokens) < abs(best[0] - target_tokens):
-            best = (total, context_text, achieved, context_ids, question_ids)
-        if total == target_tokens:
-            break
-        budget += target_tokens - total
+        return len(context_ids) + len(question_ids), context_text, achieved, context_ids, question_ids
+
+    best = size_to_target(target_tokens, target_tokens - _overhead(tokenizer, needle, thinking), attempt)
     total, context_text, achieved, context_ids, question_ids = best
     if abs(total - target_tokens) > tolerance * target_tokens:
         raise UserError(f"could not size the prompt to {target_tokens} tokens (got {total})")
@@ -115,6 +110,31 @@ def build_prompt(tokenizer, target_tokens: int, depth: float, needle: Needle, ha
     prompt = Prompt(torch.tensor([context_ids]), torch.tensor([question_ids]),
                     meta={"depth": depth, "depth_achieved": achieved, "needle": needle.label})
     return NeedlePrompt(prompt, needle, depth, target_tokens, context_text, achieved)
+
+
+def size_to_target(target_tokens: int, budget: int, attempt, steps: int = 8) -> tuple:
+    """The closest to `target_tokens` of a few attempts, `attempt(budget)` -> (total tokens, ...), from a first
+    haystack budget. Re-tokenizing the assembled text merges or splits a few tokens at the seams, so each next budget
+    corrects the last one by the error of the total that budget gave (correcting it by an earlier, closer attempt's
+    error walks away from the target once an attempt overshoots). A correction back to a budget already tried would
+    repeat itself to the end (b -> T+1, b-1 -> T-1, b ...): it moves on past the tried ones instead."""
+    best, tried = None, set()
+    for _ in range(steps):
+        last = attempt(budget)
+        tried.add(budget)
+        best = closer(best, last, target_tokens)
+        if last[0] == target_tokens:
+            break
+        step = 1 if last[0] < target_tokens else -1
+        budget += target_tokens - last[0]
+        while budget in tried:
+            budget += step
+    return best
+
+
+def closer(best: tuple | None, last: tuple, target_tokens: int) -> tuple:
+    """Of two attempts (total tokens first), the one nearer the target; the earlier one on a tie."""
+    return last if best is None or abs(last[0] - target_tokens) < abs(best[0] - target_tokens) else best
 
 
 _HAYSTACK_CACHE: dict = {}  # (id(tokenizer), source) -> (weak reference to that tokenizer, token ids)

@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from kvcompress.errors import UserError
-from kvcompress.results import BenchmarkResult
+from kvcompress.results import BenchmarkResult, median_kv_bytes
 from kvcompress.tasks import niah
 from kvcompress.tasks.cell import Cell
 
@@ -170,9 +170,9 @@ def pareto_points(summaries: list[CellSummary]) -> list[dict]:
         groups.setdefault((s.method, s.target_tokens), []).extend(s.measured)
     points = []
     for (method, n), records in groups.items():
-        held = [r.kv_cache_bytes for r in records if r.kv_cache_bytes]
+        held = median_kv_bytes(records)
         scores = [r.score for r in records if r.score is not None]
-        if held and scores:
-            points.append({"method": method, "target_tokens": n, "kv_bytes": statistics.median(held),
+        if held is not None and scores:
+            points.append({"method": method, "target_tokens": n, "kv_bytes": held,
                            "score": sum(scores) / len(scores), "n": len(scores)})
     return points
