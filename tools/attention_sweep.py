@@ -11,7 +11,6 @@ DMS's ragged kernel (compact per-head rows, dms-8x at 8K and 32K x batch 8) at n
 import argparse
 import itertools
 import math
-import statistics
 import sys
 from pathlib import Path
 
@@ -20,28 +19,10 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kvcompress.engine import kernels  # noqa: E402
+from kvcompress.engine.timing import replayed_seconds  # noqa: E402
 
 HQ, HKV, D = 32, 8, 128
 SHAPES = [(1, 8192), (8, 1152), (32, 1152), (8, 4224)]  # (batch, cache entries per row)
-
-
-def graph_ms(fn, replays: int = 50) -> float:
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        fn()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            fn()
-    samples = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end) / replays)
-    return statistics.median(samples)
 
 
 def launch(q, keys, values, length, out, splits, block_n, warps, stages):
@@ -83,7 +64,7 @@ def ragged(batch: int, live: int, device) -> None:
             kernels._attention_combine_kernel[(batch * HQ,)](
                 partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=HQ, GROUP=HQ // HKV,
                 SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=D)
-        ms = graph_ms(call)
+        ms = 1e3 * replayed_seconds(call)
         print(f"ragged (dms-8x) batch {batch} x ~{live} live a head ({nbytes / 1e6:.1f} MB): stages {stages} "
               f"{ms * 1e3:6.1f} us = {nbytes / ms / 1e9:.2f} TB/s (splits {splits})", flush=True)
 
@@ -105,7 +86,8 @@ def main() -> int:
         length = torch.tensor([capacity], device=device)
         nbytes = keys.nbytes + values.nbytes
         current = kernels.attention_splits(batch * HKV, capacity, device)
-        base = graph_ms(lambda: kernels.decode_attention(q, keys, values, length, None, D ** -0.5, out, current))
+        base = 1e3 * replayed_seconds(
+            lambda: kernels.decode_attention(q, keys, values, length, None, D ** -0.5, out, current))
         reference = out.clone()
         print(f"batch {batch} x {capacity} entries ({nbytes / 1e6:.1f} MB): engine {base * 1e3:.1f} us = "
               f"{nbytes / base / 1e9:.2f} TB/s (splits {current})", flush=True)
@@ -113,7 +95,8 @@ def main() -> int:
         for per_sm, block_n, warps, stages in itertools.product((4, 8), (64, 128), (4, 8), (1, 2, 3)):
             splits = max(1, min(math.ceil(per_sm * sms / (batch * HKV)), math.ceil(capacity / block_n)))
             try:
-                ms = graph_ms(lambda: launch(q, keys, values, length, out, splits, block_n, warps, stages))
+                ms = 1e3 * replayed_seconds(
+                    lambda: launch(q, keys, values, length, out, splits, block_n, warps, stages))
             except Exception as error:  # out of shared memory for a tile: skip that combination
                 print(f"  skip per_sm {per_sm} block {block_n} warps {warps} stages {stages}: "
                       f"{type(error).__name__}")

@@ -23,28 +23,10 @@ from kvcompress import models  # noqa: E402
 from kvcompress.engine import kernels  # noqa: E402
 from kvcompress.engine.fast import FastDecoder, _DecodeState  # noqa: E402
 from kvcompress.engine.sampling import SamplingConfig, sample  # noqa: E402
+from kvcompress.engine.timing import replayed_seconds  # noqa: E402
 from transformers import DynamicCache  # noqa: E402
 
 DEV = torch.device("cuda")
-
-
-def time_graph(fn, replays=50, rounds=5) -> float:
-    """Median seconds per call of fn, captured once as a CUDA graph and replayed."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    samples = []
-    for _ in range(rounds):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / 1000 / replays)
-    return statistics.median(samples)
 
 
 def copy_bandwidth() -> float:
@@ -52,7 +34,7 @@ def copy_bandwidth() -> float:
     dst = torch.empty_like(src)
     for _ in range(200):  # about a second of copies first: an idle GPU starts at low clocks
         dst.copy_(src)
-    t = time_graph(lambda: dst.copy_(src), replays=20)
+    t = replayed_seconds(lambda: dst.copy_(src), replays=20)
     return 2 * src.nbytes / t  # bytes read + written
 
 
@@ -202,7 +184,7 @@ def breakdown(lm, context: int, bandwidth: float, batch: int = 1) -> None:
           f"{4.3e12 / (weight_bytes + kv_bytes) * batch:.1f} tok/s at 4.3 TB/s, {batch / ideal:.1f} at the measured "
           f"copy rate")
     for name, (fn, nbytes) in parts.items():
-        t = time_graph(fn)
+        t = replayed_seconds(fn)
         bw = f"{nbytes / t / 1e12:.2f} TB/s" if nbytes else ""
         print(f"  {name:24s} {t * 1e3:7.3f} ms  {bw}")
         if name == "full step":

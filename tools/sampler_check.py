@@ -8,7 +8,6 @@
     python tools/sampler_check.py
 """
 
-import statistics
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -17,27 +16,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kvcompress.engine.sampling import SamplingConfig, sample  # noqa: E402
+from kvcompress.engine.timing import replayed_seconds  # noqa: E402
 
 VOCAB = 151936
-
-
-def graph_ms(fn, replays: int = 50) -> float:
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        fn()  # warm-up outside the graph
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            fn()
-    samples = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        samples.append(start.elapsed_time(end) / replays)
-    return statistics.median(samples)
 
 
 def main() -> int:
@@ -61,7 +42,7 @@ def main() -> int:
     print("3. ms per call (CUDA graph), bf16 logits:")
     for batch in (1, 8, 32):
         x, v = logits[:batch].cuda(), u[:batch].cuda()
-        times = {name: graph_ms(lambda c=config: sample(x, v, c)) for name, config in
+        times = {name: 1e3 * replayed_seconds(lambda c=config: sample(x, v, c)) for name, config in
                  (("greedy", SamplingConfig(greedy=True)), ("top_k=20", SamplingConfig()),
                   ("top_k=0", replace(SamplingConfig(), top_k=0)))}
         print(f"   batch {batch:2d}: " + ", ".join(f"{name} {ms:.3f}" for name, ms in times.items()))

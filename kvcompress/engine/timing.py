@@ -4,6 +4,7 @@ perf_counter on CPU."""
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 from contextlib import nullcontext
 
@@ -45,6 +46,25 @@ def capture_graph(step, own_stream) -> torch.cuda.CUDAGraph:
         graph.capture_end()
     current.wait_stream(stream)
     return graph
+
+
+def replayed_seconds(fn, replays: int = 50, rounds: int = 5) -> float:
+    """Median seconds per call of `fn` (GPU tools: kernels, a step's parts): run once eagerly (compiles), captured
+    once as a CUDA graph, replayed `replays` times per round between two events."""
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        fn()
+        graph = capture_graph(fn, stream)
+    samples = []
+    for _ in range(rounds):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1000 / replays)
+    return statistics.median(samples)
 
 
 class Stopwatch:
