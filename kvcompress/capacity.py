@@ -310,10 +310,17 @@ def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, 
     decoder = decoders.get("fast", decoders["hf"])  # one engine: every run of the search and the timed ones
     runner = Runner(lm, decoder, cfg.settings, budget, search_tokens)
     seed = cfg.settings.sampling.seed
+    built: dict[int, object] = {}  # length -> its batch-1 prompt (sequence 0's), built once for every method
+
+    def build(n: int):
+        if n not in built:
+            built[n] = Cell(target_tokens=n, needle_seed=seed, haystack=cfg.haystack).build(lm.tokenizer)[0]
+        return built[n]
+
     fitted: dict[str, int] = {}  # method -> longest context seen to fit at batch 1
     for context in cfg.contexts:
-        pair = tuple(Cell(target_tokens=context, needle_seed=seed + b, haystack=cfg.haystack).build(lm.tokenizer)[0]
-                     for b in (0, 1))
+        pair = (build(context),
+                Cell(target_tokens=context, needle_seed=seed + 1, haystack=cfg.haystack).build(lm.tokenizer)[0])
         for method in methods:
             say(f"capacity: {method.name} @ {context} tok, budget {size_label(budget.budget)}")
             for record in _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight, say):
@@ -325,9 +332,6 @@ def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, 
         if method.name not in fitted:
             continue
         say(f"capacity: longest context of {method.name} at batch 1")
-        def build(n: int):
-            return Cell(target_tokens=n, needle_seed=seed, haystack=cfg.haystack).build(lm.tokenizer)[0]
-
         ready = prepare_dms(lm, method, build(fitted[method.name]))
         longest, probes = longest_context(runner, ready, build, fitted[method.name], limit, max_runs, say)
         record = _record(lm, method, cfg, longest, 1, decoder.name, "capacity_context")

@@ -248,7 +248,7 @@ def dms_engine_check(steps: int = 10) -> int:
     return status | int(wrong)
 
 
-def engine_gpu_check(steps: int = 24, device: str = "cuda") -> int:
+def engine_gpu_check(steps: int = 24) -> int:
     """GPU only (the lead's H200 run): the fast engine's captured CUDA graphs against the hf engine on the tiny model
     in fp32, greedy (must match exactly) and sampled (Qwen3's top-k 20 / top-p 0.95 at temperature 8, so the seed
     decides; shown as tokens equal before the first difference): each method alone, and a batch of 3 against each
@@ -262,7 +262,8 @@ def engine_gpu_check(steps: int = 24, device: str = "cuda") -> int:
     from kvcompress.methods import parse_method
     from kvcompress.tasks.cell import Cell
 
-    lm = models.load(models.MODELS["tiny"], device=torch.device(device), dtype=torch.float32)
+    device = torch.device(os.environ.get("KVCOMPRESS_CHECK_DEVICE", "cuda"))  # cpu: a dry run, as dms_gpu_check
+    lm = models.load(models.MODELS["tiny"], device=device, dtype=torch.float32)
     prompts = Cell(target_tokens=400, needle_seed=0).build_batch(lm.tokenizer, 3)[0]  # as tests/test_batch.py
     decoder, status = FastDecoder(lm), 0
     for sampling in (SamplingConfig(greedy=True), SamplingConfig(temperature=8.0, seed=5)):

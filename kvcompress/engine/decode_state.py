@@ -16,9 +16,7 @@ from kvcompress.engine.timing import capture_graph
 class DecodeState:
     """A subclass implements `_step_context()` (once per step, after RoPE) and `_attend(i, w, qkv, cos, sin,
     context)` (layer i's store into its cache and attention into `attn_out`); `_advance()` moves its own counters
-    after each token. `captured_inputs`: the static inputs the step advances, restored after capture."""
-
-    captured_inputs = ("position", "step_index", "token")
+    after each token."""
 
     def __init__(self, decoder, signature, sampling, batch: int, n_new: int, dim: int, dtype, device):
         """Allocated after the subclass's own tensors (its __init__ calls this last): n_new rows of uniforms and
@@ -78,13 +76,8 @@ class DecodeState:
         return n
 
     def _capture(self) -> None:
-        self.graph = None
-        inputs = [getattr(self, name) for name in self.captured_inputs]
-        saved = [t.clone() for t in inputs]
-        self.graph = capture_graph(self.step, self.decoder.stream)  # on the measurement stream (timing.py)
-        # capture records without executing; the static inputs are untouched, but restore them to be explicit
-        for dst, src in zip(inputs, saved):
-            dst.copy_(src)
+        # on the measurement stream (timing.py); capture records without executing, so the static inputs stay put
+        self.graph = capture_graph(self.step, self.decoder.stream)
 
     def step(self) -> None:
         """One token: embed, every layer, LM head, sample; all inputs and outputs are static tensors."""

@@ -228,7 +228,6 @@ def _fuse(owner, name: str, linears) -> tuple[torch.Tensor, torch.Tensor | None]
 class _DecodeState(DecodeState):
     """Buffers, static inputs and the captured graph for one cache shape (reused across repeats of a cell)."""
 
-    captured_inputs = ("lengths", "position", "step_index", "token")
 
     def __init__(self, decoder: FastDecoder, cache, signature, sampling):
         lengths, self.masked, n_new, _, batch = signature

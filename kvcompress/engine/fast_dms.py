@@ -306,7 +306,7 @@ class _DMSDecodeState(DecodeState):
         threshold = cache.params.threshold
         # the kernel's copies of methods.dms.evicts' threshold and tie break (zeros for the checkpoint's rule)
         self.calibrated = threshold is not None
-        self.thresholds = [(threshold[i].float() if self.calibrated else torch.zeros(heads_kv, device=device)).to(device)
+        self.thresholds = [(threshold[i].float() if self.calibrated else torch.zeros(heads_kv)).to(device)
                            for i in range(cache.n_layers)]
         self.no_tie = torch.zeros(batch, device=device)
         # signature[1]: output tokens (rows of uniforms / out)

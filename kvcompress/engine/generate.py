@@ -235,13 +235,13 @@ def generate_questions(lm, method: Method, context_ids: torch.Tensor, questions:
     kept = [layer.keys.shape[-2] for layer in cache.layers]
     kv_after = kv_state(cache, model, context.shape[1])
     eos = eos_ids(lm) if not settings.fixed_length else set()
+    start = question_start(press, cache, context.shape[1])  # every question: the cache is cropped back to this
     answers = []
     for i, question in enumerate(questions):
         question = question.to(device)
         uniforms = draw_uniforms(settings.sampling, settings.max_new_tokens, device)
         out_tokens = torch.empty(settings.max_new_tokens, dtype=torch.long, device=device)
         clock.mark(f"q{i}")
-        start = question_start(press, cache, context.shape[1])  # the cache is back at its compressed length here
         positions = torch.arange(start, start + question.shape[1], device=device)[None]
         logits = model(input_ids=question, past_key_values=cache, position_ids=positions, use_cache=True,
                        logits_to_keep=1).logits[:, -1]

@@ -15,6 +15,7 @@ Numerics follow transformers' bf16 code: each op computes in fp32 and rounds whe
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -110,8 +111,12 @@ def attention_splits(batch_heads: int, capacity: int, device: torch.device) -> i
     """Enough programs to fill the GPU (about 4 per SM), none with an empty share of the cache."""
     if device.type != "cuda":
         return 2 if FORCE_TRITON else 1  # the interpreter test still exercises the split/combine path
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return max(1, min(math.ceil(4 * sms / batch_heads), math.ceil(capacity / BLOCK_N)))
+    return max(1, min(math.ceil(4 * _sm_count(device) / batch_heads), math.ceil(capacity / BLOCK_N)))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def attention_stages(batch_heads: int, device: torch.device) -> int:
@@ -122,7 +127,7 @@ def attention_stages(batch_heads: int, device: torch.device) -> int:
     309 at 2; 32 x 16512 481 against 595)."""
     if device.type != "cuda":
         return 2  # Triton's interpreter (CPU tests) ignores it
-    return 2 if batch_heads <= torch.cuda.get_device_properties(device).multi_processor_count else 3
+    return 2 if batch_heads <= _sm_count(device) else 3
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor,

@@ -21,7 +21,9 @@ def measurement_stream(device: torch.device):
     """
     if device.type != "cuda":
         return nullcontext()
-    stream = _STREAMS.setdefault(str(device), torch.cuda.Stream(device))
+    if str(device) not in _STREAMS:
+        _STREAMS[str(device)] = torch.cuda.Stream(device)
+    stream = _STREAMS[str(device)]
     return torch.cuda.stream(stream)
 
 
@@ -50,11 +52,15 @@ def capture_graph(step, own_stream) -> torch.cuda.CUDAGraph:
 
 def replayed_seconds(fn, replays: int = 50, rounds: int = 5) -> float:
     """Median seconds per call of `fn` (GPU tools: kernels, a step's parts): run once eagerly (compiles), captured
-    once as a CUDA graph, replayed `replays` times per round between two events."""
-    stream = torch.cuda.Stream()
+    once as a CUDA graph, replayed `replays` times per round between two events. Every call captures on one side
+    stream (PyTorch keeps a cuBLAS workspace per stream that ran a GEMM)."""
+    if "tools" not in _STREAMS:
+        _STREAMS["tools"] = torch.cuda.Stream()
+    stream = _STREAMS["tools"]
     with torch.cuda.stream(stream):
         fn()
         graph = capture_graph(fn, stream)
+    torch.cuda.synchronize()  # the eager call ran on the side stream: let it finish before the first round starts
     samples = []
     for _ in range(rounds):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

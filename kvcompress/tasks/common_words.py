@@ -37,8 +37,8 @@ def counts(n_items: int) -> tuple[int, int]:
     return common, math.ceil(others / (len(words.COMMON) - COMMON_WORDS))
 
 
-def _numbered(items: list[str]) -> str:
-    return " ".join(f"{i + 1}. {w}" for i, w in enumerate(items))
+def _numbered(items: list[str], sep: str = " ") -> str:
+    return sep.join(f"{i + 1}. {w}" for i, w in enumerate(items))
 
 
 def example(rng: random.Random, pool: list[str]) -> str:
@@ -61,7 +61,7 @@ def make(seed: int, questions: int = 1) -> TaskContext:
         items = [w for w in common for _ in range(c)]
         items += [rare[i // per_rare] for i in range(others)]  # each rare word per_rare times (the last fewer)
         random.Random(seed * 7919 + n_items).shuffle(items)
-        return "\n".join(f"{i + 1}. {w}" for i, w in enumerate(items))
+        return _numbered(items, "\n")
 
     q = Question(QUESTION, list(common), answer_prefix=ANSWER_PREFIX)
     return TaskContext("cwe", [q], instruction=example(rng, rare) + "\n\n" + INSTRUCTION, make_body=body,
@@ -75,8 +75,4 @@ def list_items(text: str) -> list[str]:
 
 def chance(text: str, answers: list[str]) -> float:
     """Expected string_match_all of the better no-counting strategy (see the module docstring)."""
-    items = list_items(text)
-    distinct = list(dict.fromkeys(items))
-    random_guess = min(1.0, COMMON_WORDS / len(distinct))
-    copy = sum(w in answers for w in distinct[:COMMON_WORDS]) / len(answers)
-    return max(random_guess, copy)
+    return words.no_counting_chance(list_items(text), COMMON_WORDS, answers)

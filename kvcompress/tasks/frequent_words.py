@@ -49,5 +49,4 @@ def make(seed: int, questions: int = 1) -> TaskContext:
 
 def chance(text: str, answers: list[str]) -> float:
     """Expected string_match_all of the better no-counting strategy (see the module docstring)."""
-    distinct = list(dict.fromkeys(text.split(" .... ")))
-    return max(min(1.0, TOP / len(distinct)), sum(w in answers for w in distinct[:TOP]) / len(answers))
+    return words.no_counting_chance(text.split(" .... "), TOP, answers)

@@ -33,3 +33,10 @@ def coded(rng: random.Random, n: int) -> list[str]:
         if word not in out:
             out.append(word)
     return out
+
+
+def no_counting_chance(items: list[str], k: int, answers: list[str]) -> float:
+    """Expected string_match_all, for the k most frequent of `items` (`answers`), of the better strategy that does not
+    count: k distinct words guessed at random, or the first k distinct words copied (the frequent ones dominate)."""
+    distinct = list(dict.fromkeys(items))
+    return max(min(1.0, k / len(distinct)), sum(w in answers for w in distinct[:k]) / len(answers))
