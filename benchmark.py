@@ -20,15 +20,15 @@ from kvcompress.results import BenchmarkResult  # noqa: F401  (the one result re
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["compare"]:  # a subcommand only in first position, so every benchmark option keeps its meaning
-        from kvcompress import compare
+        from kvcompress.commands import compare
 
         return compare.main(argv[1:])
     if argv[:1] == ["check"]:
-        from kvcompress import checks
+        from kvcompress.commands import checks
 
         return checks.main(argv[1:])
     if argv[:1] == ["capacity"]:
-        from kvcompress import capacity
+        from kvcompress.commands import capacity
 
         return capacity.main(argv[1:])
     parser = cli.parser("benchmark.py", "Measure TTFT, decode speed, phase peaks and KV bytes for each method at "
@@ -38,7 +38,8 @@ def main(argv=None) -> int:
                         "benchmark.py capacity --budget 80GiB (see capacity --help).")
     args = parser.parse_args(argv)
     cfg = cli.resolve(args, "benchmark")
-    from kvcompress import report, runner  # torch and transformers: only once the arguments are good
+    from kvcompress import report  # torch and transformers: only once the arguments are good
+    from kvcompress.run import runner
     from kvcompress.tasks.cell import Cell
 
     cells = [Cell(target_tokens=n, depth=0.5, needle_kind="single", needle_seed=cfg.settings.sampling.seed,

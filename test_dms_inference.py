@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     args.query_aware = True  # one prefill of the whole prompt for every method, as DMS-8x must
     cfg = cli.resolve(args, "dms_inference")
-    from kvcompress import report, runner  # torch and transformers: only once the arguments are good
+    from kvcompress import report  # torch and transformers: only once the arguments are good
+    from kvcompress.run import runner
     from kvcompress.tasks import prompts
 
     cells = (prompts.load_cells(args.prompts) if args.prompts else

@@ -11,7 +11,8 @@ tensors; real eviction vs masking), what it costs (TTFT with compression, decode
 import sys
 from pathlib import Path
 
-from kvcompress import cli, press_sweep, report
+from kvcompress import cli, report
+from kvcompress.commands import press_sweep
 from kvcompress.errors import UserError
 
 MEMORY = """\
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     if args.methods is not None:
         raise UserError("--methods belongs to benchmark.py; here choose --presses and --ratios")
     cfg = cli.resolve(args, "kvpress_api")
-    from kvcompress import runner  # torch and transformers: only once the arguments are good
+    from kvcompress.run import runner  # torch and transformers: only once the arguments are good
     from kvcompress.tasks.cell import Cell
 
     press_sweep.warn_once()

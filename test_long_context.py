@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kvcompress import cli
 from kvcompress.errors import UserError
-from kvcompress.equal_memory import matched_methods
+from kvcompress.run.equal_memory import matched_methods
 from kvcompress.tasks import families, niah_grid
 from kvcompress.tasks.niah import NEEDLE_KINDS
 
@@ -97,7 +97,8 @@ def main(argv=None) -> int:
     grid = {"depths": depths, "trials": args.trials, "needle": args.needle, "needles": args.needles,
             "haystack": cfg.haystack, "thinking": args.thinking, "tasks": tasks, "questions": args.questions,
             "match_kv": args.match_kv}
-    from kvcompress import plots, report, runner  # torch, transformers, matplotlib: once the arguments are good
+    from kvcompress import plots, report  # torch, transformers, matplotlib: once the arguments are good
+    from kvcompress.run import runner
 
     out = runner.run(cfg, cells, task="long_context", header_extra={"niah": grid})
 

@@ -25,7 +25,7 @@ def kv_bytes_vs_ratio(results: list[BenchmarkResult], path: Path, title: str) ->
     green uneven, red mask, grey none). Presses that size themselves (no ratio) and decoding-only presses (their
     ratio acts after the prefill) are in the table, not here.
     """
-    from kvcompress.press_sweep import chain_of
+    from kvcompress.commands.press_sweep import chain_of
 
     measured = [r for r in results if not r.error and r.kv_cache_bytes is not None]
     full = next((r.kv_cache_bytes_full for r in measured if r.kv_cache_bytes_full), None)

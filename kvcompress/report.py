@@ -107,7 +107,7 @@ def press_grid_table(results: list[BenchmarkResult], ratios: list[float], title:
     after compression and at the end, TTFT, decode tok/s, whether memory was saved, and the first characters of the
     answer. Errors show as 'error' and are listed under the table.
     """
-    from kvcompress.press_sweep import group_of
+    from kvcompress.commands.press_sweep import group_of
 
     groups: dict[str, list[BenchmarkResult]] = {}
     for r in results:
@@ -177,7 +177,7 @@ def _grid_cell(r: BenchmarkResult | None, metric: str, decoding: bool) -> str:
 
 def print_press_grid(results: list[BenchmarkResult], ratios: list[float], title: str,
                      console: Console | None = None) -> None:
-    from kvcompress.press_sweep import group_of
+    from kvcompress.commands.press_sweep import group_of
 
     console = console or make_console()
     console.print(press_grid_table(results, ratios, title))
@@ -443,7 +443,7 @@ def print_capacity(results: list[BenchmarkResult], title: str, console: Console 
 def task_table(summaries, records: list[BenchmarkResult], title: str) -> Table:
     """One row per method: per task and context, RULER's score (mean %, the fraction of expected strings named) with
     correct/measured; then KV bytes held (median) and the answer-length change against vanilla on the same prompts."""
-    from kvcompress.equal_memory import answer_length_change
+    from kvcompress.run.equal_memory import answer_length_change
     from kvcompress.tasks.niah_grid import by_method
 
     tasks = list(dict.fromkeys(s.task_family for s in summaries))

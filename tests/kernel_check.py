@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 
 os.environ["KVCOMPRESS_FORCE_TRITON"] = "1"
-from kvcompress.engine import kernels  # noqa: E402
+from kvcompress.engine.fast import kernels  # noqa: E402
 
 
 def rel_err(a, b):
@@ -173,7 +173,7 @@ def engine_check(steps: int = 10) -> int:
     """The whole fast step through the Triton kernels (interpreted) against the hf engine, greedy, tiny model."""
     from kvcompress import models
     from kvcompress.engine import GenerationSettings, generate_once
-    from kvcompress.engine.fast import FastDecoder
+    from kvcompress.engine.fast.decoder import FastDecoder
     from kvcompress.engine.generate import HFDecoder
     from kvcompress.engine.sampling import SamplingConfig
     from kvcompress.methods import parse_method
@@ -211,7 +211,7 @@ def dms_engine_check(steps: int = 10) -> int:
     and the same live entries per (layer, head) at the end (tiny model, window 16, prompt of 300 tokens)."""
     from kvcompress import models
     from kvcompress.engine import GenerationSettings, generate_once
-    from kvcompress.engine.fast import FastDecoder
+    from kvcompress.engine.fast.decoder import FastDecoder
     from kvcompress.engine.generate import HFDecoder
     from kvcompress.engine.sampling import SamplingConfig
     from kvcompress.methods import parse_method
@@ -233,7 +233,7 @@ def dms_engine_check(steps: int = 10) -> int:
     from dms_reference import batch_prompts
     from kvcompress.engine.batch import generate_batch
 
-    from kvcompress.one_cell import prepare_dms
+    from kvcompress.run.one_cell import prepare_dms
 
     prompts = batch_prompts(lm.tokenizer, (120, 113))
     method = prepare_dms(lm, method, prompts[0])  # calibrated: the kernel's thresholds and per-row tie-breaks
@@ -256,7 +256,7 @@ def engine_gpu_check(steps: int = 24) -> int:
     from kvcompress import models
     from kvcompress.engine import GenerationSettings, generate_once
     from kvcompress.engine.batch import generate_batch
-    from kvcompress.engine.fast import FastDecoder
+    from kvcompress.engine.fast.decoder import FastDecoder
     from kvcompress.engine.generate import HFDecoder
     from kvcompress.engine.sampling import SamplingConfig
     from kvcompress.methods import parse_method
@@ -357,7 +357,7 @@ def dms_gpu_check() -> int:
 
     from kvcompress import models
     from kvcompress.engine import GenerationSettings, generate_once
-    from kvcompress.engine.fast import FastDecoder
+    from kvcompress.engine.fast.decoder import FastDecoder
     from kvcompress.engine.generate import HFDecoder
     from kvcompress.engine.sampling import SamplingConfig
     from kvcompress.methods import parse_method
@@ -379,7 +379,7 @@ def dms_gpu_check() -> int:
     # a batch of 4 prompts of different lengths, calibrated on sequence 0's: one merged compact cache, one graph
     from dms_reference import batch_prompts
     from kvcompress.engine.batch import generate_batch
-    from kvcompress.one_cell import prepare_dms
+    from kvcompress.run.one_cell import prepare_dms
 
     prompts = batch_prompts(lm.tokenizer, (300, 297, 310, 291))
     method = prepare_dms(lm, method, prompts[0])

@@ -6,7 +6,7 @@ import pytest
 
 from kvcompress.engine import GenerationSettings, generate_once, measure
 from kvcompress.engine.batch import generate_batch
-from kvcompress.engine.fast import FastDecoder
+from kvcompress.engine.fast.decoder import FastDecoder
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.errors import UserError
@@ -147,7 +147,7 @@ def dms_prompts(tiny):
 @pytest.fixture(scope="module")
 def dms_method(tiny, dms_prompts):
     """Calibrated once, on sequence 0's prompt, as one_cell.prepare_dms does for a batch; every sequence shares it."""
-    from kvcompress.one_cell import prepare_dms
+    from kvcompress.run.one_cell import prepare_dms
 
     return prepare_dms(tiny, parse_method("dms-8x"), dms_prompts[0])
 

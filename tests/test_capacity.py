@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from kvcompress import capacity
-from kvcompress.capacity import BytesBudget, Probe, Runner, capacity_cell, parse_budget, predict, search
+from kvcompress.commands import capacity
+from kvcompress.commands.capacity import BytesBudget, Probe, Runner, capacity_cell, parse_budget, predict, search
 from kvcompress.engine import GenerationSettings
-from kvcompress.engine.fast import FastDecoder
+from kvcompress.engine.fast.decoder import FastDecoder
 from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.errors import UserError
 from kvcompress.methods import parse_method
@@ -198,7 +198,8 @@ def test_the_longest_context_note_names_the_position_limit_only_when_reached(tmp
     note say the position limit was the bound."""
     import dataclasses
 
-    from kvcompress import models, tiny as tiny_module
+    from kvcompress import models
+    from kvcompress.models import tiny as tiny_module
 
     monkeypatch.setattr(tiny_module, "MAX_POSITIONS", 2048)
     monkeypatch.setitem(models.MODELS, "tiny", dataclasses.replace(models.MODELS["tiny"], max_positions=2048))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 import benchmark
-from kvcompress import checks
+from kvcompress.commands import checks
 from kvcompress.results import load
 
 

@@ -49,7 +49,7 @@ def test_random_weights_need_a_gpu(capsys):
 def test_the_tiny_preset_runs_on_one_thread_and_gives_the_count_back(preset, inside, monkeypatch):
     import torch
 
-    from kvcompress import runner
+    from kvcompress.run import runner
 
     seen = []
     monkeypatch.setattr(runner, "_run", lambda cfg, cells, task, extra, annotate: seen.append(

@@ -13,8 +13,10 @@ import torch
 import transformers
 
 import test_dms_inference
-from kvcompress import dms, isolated, models, runner, tiny_dms
-from kvcompress.tiny import tiny_config
+from kvcompress.models import dms, tiny_dms
+from kvcompress.run import isolated, runner
+from kvcompress import models
+from kvcompress.models.tiny import tiny_config
 from kvcompress.engine import GenerationSettings, generate_once, measure
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig

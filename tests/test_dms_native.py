@@ -15,7 +15,7 @@ from kvcompress.engine import GenerationSettings, generate_once, measure
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.methods import dms, parse_method
-from kvcompress.runner import prepare_dms
+from kvcompress.run.runner import prepare_dms
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 33  # greedy tokens compared (32 decode steps after the first token)
@@ -145,7 +145,7 @@ def test_calibration_hits_the_requested_fraction(tiny, tiny_prompt, target):
 
 
 def test_runner_records_say_how_dms_ran(tiny, long_prompt):
-    from kvcompress.runner import run_cell
+    from kvcompress.run.runner import run_cell
     from kvcompress.tasks.cell import Cell
 
     cell = Cell(None, text="x", prompt_id="p")
@@ -214,7 +214,7 @@ from kvcompress.engine import GenerationSettings, generate_once
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.methods import parse_method, dms
-from kvcompress.runner import prepare_dms
+from kvcompress.run.runner import prepare_dms
 from kvcompress.tasks import niah
 torch.set_num_threads(1)
 lm = models.load(models.MODELS["tiny"], device=torch.device("cpu"))
@@ -256,7 +256,8 @@ def test_a_dms_checkpoint_loads_with_the_vanilla_class(tiny):
 
 
 def test_with_pretrained_weights_the_runner_loads_the_dms_checkpoint_after_the_others(tiny, tmp_path, monkeypatch):
-    from kvcompress import cli, models, runner
+    from kvcompress import cli, models
+    from kvcompress.run import runner
 
     pretrained = dataclasses.replace(tiny, weights="pretrained")  # as Qwen3-8B from the Hub: no shared model
     monkeypatch.setattr(models, "load", lambda *a, **k: pretrained)
@@ -342,7 +343,7 @@ def test_a_batch_record_on_the_hf_engine_passes_the_kv_bytes_check(tmp_path, tin
     """benchmark.py --batch 2 --engine hf: the dms-8x row has figures, holds every position of both sequences (mask,
     no reclaim), and the KV-bytes check says so; one entry more and it fails."""
     import benchmark
-    from kvcompress import checks
+    from kvcompress.commands import checks
     from kvcompress.results import load
 
     out = tmp_path / "run.json"

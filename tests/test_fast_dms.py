@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from dms_reference import BruteForceDMS, prompt_ids as _ids
-from kvcompress.engine import GenerationSettings, generate_once, kernels
-from kvcompress.engine.fast import FastDecoder
-from kvcompress.engine.fast_dms import CompactDMSCache, _DMSDecodeState, ring_size
+from kvcompress.engine import GenerationSettings, generate_once
+from kvcompress.engine.fast import kernels
+from kvcompress.engine.fast.decoder import FastDecoder
+from kvcompress.engine.fast.dms import CompactDMSCache, _DMSDecodeState, ring_size
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.methods import dms, parse_method
-from kvcompress.runner import pick_decoder
+from kvcompress.run.runner import pick_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 33  # greedy tokens compared: the first (from the prefill) and 32 decode steps
@@ -239,7 +240,7 @@ def test_benchmark_records_native_dms_on_the_fast_engine(tmp_path, tiny, batch):
     how its cache is held, its bytes are live entries + the reserve (per row of the batch), and the roofline check
     reads its live entries only."""
     import benchmark
-    from kvcompress import checks
+    from kvcompress.commands import checks
     from kvcompress.results import load
 
     out = tmp_path / "run.json"
@@ -270,7 +271,7 @@ def test_a_batch_row_keeps_what_the_reference_keeps_for_that_sequence_alone(tiny
     matching the stored keys to that sequence's keys), in their own rows of the merged buffers."""
     from dms_reference import batch_prompts
     from kvcompress.engine.batch import generate_batch
-    from kvcompress.one_cell import prepare_dms
+    from kvcompress.run.one_cell import prepare_dms
 
     prompts = batch_prompts(tiny.tokenizer)
     method = prepare_dms(tiny, parse_method("dms-8x"), prompts[0])  # calibrated on sequence 0's prompt
@@ -301,8 +302,8 @@ def test_dms_capacity_search_counts_every_cloned_row_and_fits_more_than_vanilla(
     """benchmark.py capacity's search on a CPU byte budget (weights + the batch's KV bytes): cloned admission's
     copies of the first compact cache hold real bytes (a probe's KV = (B - 1) x the first's + the last's, each
     measured alone), and DMS-8x fits several times vanilla's batch on the same budget."""
-    from kvcompress.capacity import BytesBudget, Runner, capacity_cell
-    from kvcompress.one_cell import prepare_dms
+    from kvcompress.commands.capacity import BytesBudget, Runner, capacity_cell
+    from kvcompress.run.one_cell import prepare_dms
     from kvcompress.tasks.cell import Cell
 
     from conftest import bytes_per_token
@@ -329,7 +330,7 @@ def test_the_merge_moves_the_batch_layer_by_layer_never_holding_it_twice(tiny, f
     one buffer, and at the end the sources hold nothing."""
     from dms_reference import batch_prompts
     from kvcompress.engine.batch import generate_batch
-    from kvcompress.one_cell import prepare_dms
+    from kvcompress.run.one_cell import prepare_dms
 
     prompts = batch_prompts(tiny.tokenizer)
     method = prepare_dms(tiny, parse_method("dms-8x"), prompts[0])

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from kvcompress.engine import GenerationSettings, generate_once
-from kvcompress.engine.fast import FastDecoder, _DecodeState
+from kvcompress.engine.fast.decoder import FastDecoder, _DecodeState
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.memory import masked_indices
 from kvcompress.methods import parse_method
-from kvcompress.runner import pick_decoder
+from kvcompress.run.runner import pick_decoder
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["vanilla", "knorm@0.5", "adakv+snapkv@0.5", "pyramidkv@0.5"]  # plain, real shrink, mask-only, uneven

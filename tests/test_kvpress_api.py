@@ -8,7 +8,8 @@ import pytest
 import torch
 from rich.console import Console
 
-from kvcompress import models, press_sweep, report, results
+from kvcompress import models, report, results
+from kvcompress.commands import press_sweep
 from kvcompress.engine import GenerationSettings, measure
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig

@@ -242,7 +242,7 @@ def test_match_kv_runs_presses_at_another_methods_measured_bytes(tiny, tmp_path)
         "string_match_all"
     assert (tmp_path / "matched-pareto.png").exists() and (tmp_path / "matched-heatmap-vt-vanilla.png").exists()
     with pytest.raises(UserError, match="no measured record of dms-8x"):
-        from kvcompress.equal_memory import matched_methods
+        from kvcompress.run.equal_memory import matched_methods
 
         matched_methods([parse_method("knorm@0.5")], "dms-8x", first, [1024])
 
@@ -266,7 +266,7 @@ def test_answer_length_change_pairs_the_same_prompts_and_pareto_keeps_the_points
     from PIL import Image
 
     from kvcompress import plots
-    from kvcompress.equal_memory import answer_length_change
+    from kvcompress.run.equal_memory import answer_length_change
     from kvcompress.results import BenchmarkResult
 
     def rec(method, prompt, tokens):

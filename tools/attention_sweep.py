@@ -18,7 +18,7 @@ import torch
 import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kvcompress.engine import kernels  # noqa: E402
+from kvcompress.engine.fast import kernels  # noqa: E402
 from kvcompress.engine.timing import replayed_seconds  # noqa: E402
 
 HQ, HKV, D = 32, 8, 128

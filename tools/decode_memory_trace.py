@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kvcompress import models  # noqa: E402
 from kvcompress.engine import generate as generate_module  # noqa: E402
-from kvcompress.engine.fast import FastDecoder  # noqa: E402
+from kvcompress.engine.fast.decoder import FastDecoder  # noqa: E402
 from kvcompress.engine.generate import GenerationSettings, HFDecoder, Prompt, generate_once  # noqa: E402
 from kvcompress.engine.measure import _release  # noqa: E402
 from kvcompress.engine.sampling import SamplingConfig  # noqa: E402

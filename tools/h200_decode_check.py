@@ -20,8 +20,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kvcompress import models  # noqa: E402
-from kvcompress.engine import kernels  # noqa: E402
-from kvcompress.engine.fast import FastDecoder, _DecodeState  # noqa: E402
+from kvcompress.engine.fast import kernels  # noqa: E402
+from kvcompress.engine.fast.decoder import FastDecoder, _DecodeState  # noqa: E402
 from kvcompress.engine.sampling import SamplingConfig, sample  # noqa: E402
 from kvcompress.engine.timing import replayed_seconds  # noqa: E402
 from transformers import DynamicCache  # noqa: E402

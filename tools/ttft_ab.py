@@ -25,13 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kvcompress import models  # noqa: E402
 from kvcompress.cli import parse_contexts  # noqa: E402
 from kvcompress.engine import measure  # noqa: E402
-from kvcompress.engine.fast import FastDecoder  # noqa: E402
+from kvcompress.engine.fast.decoder import FastDecoder  # noqa: E402
 from kvcompress.engine.generate import GenerationSettings, HFDecoder, generate_once  # noqa: E402
 from kvcompress.engine.sampling import SamplingConfig  # noqa: E402
 from kvcompress.engine.timing import measurement_stream  # noqa: E402
 from kvcompress.errors import UserError  # noqa: E402
 from kvcompress.methods import parse_method  # noqa: E402
-from kvcompress.runner import prepare_dms  # noqa: E402
+from kvcompress.run.runner import prepare_dms  # noqa: E402
 from kvcompress.tasks.cell import Cell  # noqa: E402
 
 SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero")  # ops that wait for the device

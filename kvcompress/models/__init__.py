@@ -8,9 +8,10 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
-from kvcompress import assets, dms, tiny
+from kvcompress import assets
+from kvcompress.models import dms, tiny
 from kvcompress.errors import UserError
-from kvcompress.loaded import LoadedModel, ModelSpec, qwen3_tokenizer, weights_bytes  # noqa: F401 (re-exported)
+from kvcompress.models.loaded import LoadedModel, ModelSpec, qwen3_tokenizer, weights_bytes  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def load(spec: ModelSpec, *, device: torch.device, dtype: torch.dtype | None = N
     if random_weights:
         return _load_random(spec, device, dtype, attn_implementation, seed)
     if spec.name == "tiny-dms":
-        from kvcompress import tiny_dms
+        from kvcompress.models import tiny_dms
 
         return dms.load(spec, device=device, dtype=dtype, revision=None, folder=tiny_dms.cached_folder(seed),
                         weights="random")
@@ -108,7 +109,7 @@ def load_dms_native(spec: ModelSpec, *, device: torch.device, dtype: torch.dtype
     (methods/dms.py) applies the rule. The official repository has no tokenizer: Qwen3-8B's."""
     dtype = dtype or default_dtype(device)
     if spec.name == "tiny-dms":
-        from kvcompress import tiny_dms
+        from kvcompress.models import tiny_dms
 
         model_id, revision = str(tiny_dms.cached_folder()), None
     else:

@@ -38,7 +38,7 @@ def run_in_child(cfg, methods, cells, task: str, done: set[tuple] = frozenset(),
     read_fd, write_fd = os.pipe()
     with tempfile.TemporaryFile() as stderr:  # already unlinked: a killed parent leaves nothing behind
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "kvcompress.isolated", str(write_fd), str(os.getpid())],
+            proc = subprocess.Popen([sys.executable, "-m", "kvcompress.run.isolated", str(write_fd), str(os.getpid())],
                                     stdin=subprocess.PIPE, stderr=stderr, pass_fds=(write_fd,))
         finally:
             os.close(write_fd)  # the child holds the only write end: end of file = the child is gone
@@ -140,7 +140,7 @@ def measure_job(job: dict, emit: Callable[[BenchmarkResult], None]) -> int:
     from kvcompress.engine.sampling import SamplingConfig
     from kvcompress.errors import UserError
     from kvcompress.methods import parse_method
-    from kvcompress.one_cell import console, progress_line, run_cell
+    from kvcompress.run.one_cell import console, progress_line, run_cell
     from kvcompress.tasks.cell import Cell
 
     device = torch.device(job["device"])

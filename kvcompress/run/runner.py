@@ -13,14 +13,15 @@ from typing import Callable
 
 import torch
 
-from kvcompress import isolated, models
-from kvcompress.checks import architecture_of
+from kvcompress.run import isolated
+from kvcompress import models
+from kvcompress.commands.checks import architecture_of
 from kvcompress.cli import RunConfig
 from kvcompress.engine.batch import batch_problem
 from kvcompress.engine.generate import HFDecoder
-from kvcompress.loaded import LoadedModel
+from kvcompress.models.loaded import LoadedModel
 from kvcompress.methods import Method
-from kvcompress.one_cell import (console, free_memory, pick_decoder, preflight, prepare_dms,  # noqa: F401
+from kvcompress.run.one_cell import (console, free_memory, pick_decoder, preflight, prepare_dms,  # noqa: F401
                                  progress_line, run_cell, run_cell_questions, skeleton)
 from kvcompress.results import BenchmarkResult, ResultFile, run_header
 from kvcompress.tasks.cell import Cell
@@ -175,7 +176,7 @@ def make_decoders(cfg: RunConfig, lm) -> dict:
     """{"hf": HFDecoder} and, for --engine fast, "fast": its FastDecoder on `lm`."""
     decoders = {"hf": HFDecoder()}
     if cfg.engine == "fast":
-        from kvcompress.engine.fast import FastDecoder
+        from kvcompress.engine.fast.decoder import FastDecoder
 
         decoders["fast"] = FastDecoder(lm)
     return decoders

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kvcompress.engine import kernels
+from kvcompress.engine.fast import kernels
 from kvcompress.engine.sampling import sample
 from kvcompress.engine.timing import capture_graph
 

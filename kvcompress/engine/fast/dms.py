@@ -34,8 +34,8 @@ import functools
 
 import torch
 
-from kvcompress.engine import kernels
-from kvcompress.engine.decode_state import DecodeState, qk_norms
+from kvcompress.engine.fast import kernels
+from kvcompress.engine.fast.decode_state import DecodeState, qk_norms
 from kvcompress.memory import KVState, empty_in_pool, in_pool
 from kvcompress.methods import dms as rule
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from kvcompress.engine import fast_dms, kernels
-from kvcompress.engine.decode_state import DecodeState, qk_norms
+from kvcompress.engine.fast import dms as fast_dms, kernels
+from kvcompress.engine.fast.decode_state import DecodeState, qk_norms
 from kvcompress.memory import KVState, empty_in_pool, padded_rows_state, take_masked_indices
 
 

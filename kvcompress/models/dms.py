@@ -24,7 +24,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
 
 from kvcompress.errors import UserError
-from kvcompress.loaded import LoadedModel, ModelSpec, qwen3_tokenizer
+from kvcompress.models.loaded import LoadedModel, ModelSpec, qwen3_tokenizer
 
 DMS_HUB_ID = "nvidia/Qwen3-8B-DMS-8x"
 REQUIRED_TRANSFORMERS = "4.57.3"

@@ -26,7 +26,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM
 
-from kvcompress import assets, tiny
+from kvcompress import assets
+from kvcompress.models import tiny
 
 REMOTE_CODE = Path(__file__).with_name("tiny_dms_remote")
 REMOTE_FILES = ("configuration_qwen3_dms.py", "modeling_qwen3_dms.py", "dms_cache.py")

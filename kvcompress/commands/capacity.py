@@ -197,7 +197,7 @@ class Runner:
         return Probe(len(prompts), context, error is None, used, error, time.perf_counter() - start)
 
     def free(self) -> None:
-        from kvcompress.one_cell import free_memory
+        from kvcompress.run.one_cell import free_memory
 
         if hasattr(self.decoder, "release"):
             self.decoder.release()
@@ -275,7 +275,7 @@ DESCRIPTION = ("For each method x context: the largest batch whose whole generat
 def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, console=None):
     """Every cell of cfg.contexts x cfg.methods; records are saved as they come (a cell that fails is a record)."""
     from kvcompress.report import make_console
-    from kvcompress.runner import tiny_threads
+    from kvcompress.run.runner import tiny_threads
 
     console = console or make_console()
     say = console.print
@@ -285,7 +285,7 @@ def run(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int, conso
 
 def _run(cfg, budget, search_tokens: int, max_batch: int, max_runs: int, say):
     from kvcompress.results import ResultFile
-    from kvcompress.runner import header_of, run_on_models
+    from kvcompress.run.runner import header_of, run_on_models
 
     out = ResultFile(cfg.out, header_of(cfg, {"budget_bytes": budget.budget, "budget_kind": budget.kind,
                                               "search_tokens": search_tokens, "max_batch": max_batch,
@@ -302,8 +302,8 @@ def _run(cfg, budget, search_tokens: int, max_batch: int, max_runs: int, say):
 
 def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, max_runs: int, say) -> None:
     """Every context x `methods` on one loaded model, then each method's longest context at batch 1."""
-    from kvcompress.one_cell import prepare_dms
-    from kvcompress.runner import make_decoders, preflight
+    from kvcompress.run.one_cell import prepare_dms
+    from kvcompress.run.runner import make_decoders, preflight
     from kvcompress.tasks.cell import Cell
 
     decoders = make_decoders(cfg, lm)
@@ -344,7 +344,7 @@ def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, 
 
 def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight, say):
     from kvcompress.engine import measure
-    from kvcompress.one_cell import dms_fields, prepare_dms
+    from kvcompress.run.one_cell import dms_fields, prepare_dms
 
     method = method.for_context(pair[0].context_tokens, lm.model, context)  # a kept budget becomes a ratio
     reason = preflight(method, lm) or batch_problem(method, cfg.settings)

@@ -1,0 +1,1 @@
+"""The subcommands: one module each, its arguments and its run function."""
