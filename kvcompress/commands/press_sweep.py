@@ -14,6 +14,7 @@ import re
 from kvcompress.errors import UserError
 from kvcompress.methods import Method, split_top_level, parse_method, takes_ratio
 from kvcompress.methods import presses as registry
+from kvcompress.readings import measured_memory, positions_end
 from kvcompress.results import BenchmarkResult
 
 DEFAULT_RATIOS = "0.25,0.5,0.75,0.875"
@@ -126,44 +127,6 @@ def _options_text(options: dict) -> str:
     if not options:
         return ""
     return "[" + ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()) + "]"
-
-
-def chain_of(method_name: str) -> str:
-    """'adakv+snapkv@0.5[x=1]' -> 'adakv+snapkv': the group a record belongs to in the table and the plot."""
-    return re.split(r"[@\[]", method_name, maxsplit=1)[0]
-
-
-def group_of(r: BenchmarkResult) -> str:
-    """The chain, plus the options of a self-sizing press (its variants are different rows, not ratios)."""
-    chain = chain_of(r.method)
-    if r.compression_ratio is None and "[" in r.method:
-        return chain + r.method[r.method.index("["):]
-    return chain
-
-
-def positions_end(r: BenchmarkResult) -> int:
-    """Sequence positions the cache has seen at the end: the prompt and every output token but the last."""
-    return r.input_tokens + r.output_tokens - 1
-
-
-def measured_memory(r: BenchmarkResult) -> str | None:
-    """real | uneven | mask | none, from the bytes measured in the cache's tensors (not from the registry).
-
-    mask: the tensors hold entries attention no longer sees. real: they hold fewer bytes than the same cache
-    uncompressed (uneven: and layers differ in length). none: neither. Decoding-phase presses act after the prefill,
-    so for them the cache at the end of decoding is judged.
-    """
-    if r.error or r.kv_cache_bytes is None:
-        return None
-    if r.phase == "decoding":
-        if r.kv_live_bytes_end is not None and r.kv_live_bytes_end < r.kv_cache_bytes_end:
-            return "mask"
-        return "real" if r.kv_tokens_end < positions_end(r) else "none"
-    if r.kv_live_bytes < r.kv_cache_bytes:
-        return "mask"
-    if r.kv_cache_bytes < r.kv_cache_bytes_full:
-        return "uneven" if r.kv_tokens_kept_min != r.kv_tokens_kept_max else "real"
-    return "none"
 
 
 def annotate(record: BenchmarkResult, method: Method) -> None:
