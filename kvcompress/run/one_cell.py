@@ -17,6 +17,7 @@ from kvcompress.engine.measure import measure_questions
 from kvcompress.errors import UserError
 from kvcompress.hub import hub_available
 from kvcompress.methods import Method
+from kvcompress.record import record_for
 from kvcompress.report import context_label, make_console
 from kvcompress.results import BenchmarkResult
 from kvcompress.tasks import contract, niah
@@ -155,14 +156,8 @@ def skeleton(model, weights, method, cell, needle, task, decoders, prompt, setti
              ) -> BenchmarkResult:
     """A record holding only the identity of a cell: what an error record carries, and what --resume matches."""
     engine = pick_decoder(decoders, method, None)[0].name if "fast" in decoders else "hf"
-    return BenchmarkResult(
-        model=model, weights=weights, method=method.name, compression_ratio=method.compression_ratio, batch=batch,
-        context_tokens=prompt.context_tokens if prompt else 0, input_tokens=prompt.input_tokens if prompt else 0,
-        engine=engine, task=task,
-        target_tokens=cell.target_tokens, depth=cell.depth if needle else None,
-        needle=needle.label if needle else None, prompt_id=cell.prompt_id, expected_memory=method.expected_memory,
-        phase=method.phase, fixed_output_length=settings.fixed_length, max_new_tokens=settings.max_new_tokens,
-        dms_impl=method.impl if method.kind == "dms" else None)
+    return record_for(model, weights, method, settings, task=task, engine=engine, target_tokens=cell.target_tokens,
+                      batch=batch, cell=cell, needle=needle, prompt=prompt)
 
 
 def failure_line(exc: BaseException) -> str:

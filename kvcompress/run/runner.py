@@ -15,7 +15,7 @@ import torch
 
 from kvcompress.run import isolated
 from kvcompress import models
-from kvcompress.commands.checks import architecture_of
+from kvcompress.architecture import architecture_of
 from kvcompress.cli import RunConfig
 from kvcompress.engine.batch import batch_problem
 from kvcompress.engine.generate import HFDecoder
