@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import os
+from dataclasses import replace
 
 import torch
 from rich.markup import escape
@@ -16,7 +17,7 @@ from kvcompress.engine.batch import batch_problem
 from kvcompress.engine.measure import measure_questions
 from kvcompress.errors import UserError
 from kvcompress.hub import hub_available
-from kvcompress.methods import Method
+from kvcompress.methods import Method, dms
 from kvcompress.record import record_for
 from kvcompress.report import context_label, make_console
 from kvcompress.results import BenchmarkResult
@@ -112,13 +113,8 @@ def prepare_dms(lm, method: Method, prompt) -> Method:
     """Native DMS for one cell: the checkpoint's decisions, or thresholds calibrated on this prompt (random weights
     always; `dms-8x[evict=X]` on any weights). One calibration prefill, before warm-up: nothing of it is timed.
     Any other method is returned as it is."""
-    from dataclasses import replace
-
     if not method.native_dms:
         return method
-
-    from kvcompress.methods import dms
-
     params = dms.DMSParams.from_config(lm.model.config)
     target = method.options.get("evict")
     if target is None and lm.weights == "random":
