@@ -1,6 +1,6 @@
 """What records say once read together or classified: a press's chain and table group, the memory behaviour its
-measured bytes show, the answer-length change against vanilla. Pure functions of BenchmarkResult, below the report,
-the plots and the commands that all read them."""
+measured bytes show, the answer-length change against vanilla, records (or summaries) by method. Pure functions of
+BenchmarkResult, below the report, the plots and the commands that all read them."""
 
 from __future__ import annotations
 
@@ -20,6 +20,14 @@ def group_of(r: BenchmarkResult) -> str:
     if r.compression_ratio is None and "[" in r.method:
         return chain + r.method[r.method.index("["):]
     return chain
+
+
+def by_method(items: list) -> dict[str, list]:
+    """Records, or summaries of cells (tasks/niah_grid.py), grouped by their method, in first-seen order."""
+    groups: dict[str, list] = {}
+    for item in items:
+        groups.setdefault(item.method, []).append(item)
+    return groups
 
 
 def positions_end(r: BenchmarkResult) -> int:

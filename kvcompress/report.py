@@ -6,9 +6,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from kvcompress.readings import answer_length_change, group_of
+from kvcompress.readings import answer_length_change, by_method, group_of
 from kvcompress.results import BenchmarkResult, median_kv_bytes
-from kvcompress.tasks.niah_grid import by_method
 
 GIB, MIB = 2**30, 2**20
 

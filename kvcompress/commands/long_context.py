@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kvcompress import cli, report
 from kvcompress.errors import UserError
+from kvcompress.readings import by_method
 from kvcompress.run.equal_memory import matched_methods
 from kvcompress.tasks import families, niah_grid
 from kvcompress.tasks.niah import NEEDLE_KINDS
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
                                     f"score vs KV bytes held — {model}, {', '.join(tasks)}")
         runner.console.print(f"wrote {path}")
     for family, family_cells in niah_grid.by_task(summaries).items():
-        for method, method_cells in niah_grid.by_method(family_cells).items():
+        for method, method_cells in by_method(family_cells).items():
             tag = "" if family == "niah" else f"{family}-"
             safe = re.sub(r"[^A-Za-z0-9_.@=-]+", "_", method)
             path = cfg.out.with_name(f"{cfg.out.stem}-heatmap-{tag}{safe}.png")

@@ -24,7 +24,7 @@ from typing import Callable
 
 import torch
 
-from kvcompress import engine
+import kvcompress.engine
 from kvcompress.engine.batch import batch_problem, generate_batch
 from kvcompress.errors import UserError
 from kvcompress.record import record_for
@@ -362,8 +362,8 @@ def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight
             timed = batch if not attempt else max(1, batch - attempt * max(1, round(0.02 * batch)))
             prompts = pair[0] if timed == 1 else [pair[0]] * (timed - 1) + [pair[1]]
             try:
-                record = engine.measure(lm, method, prompts, cfg.settings, runner.decoder, repeats=cfg.repeats,
-                                 task="capacity", target_tokens=context, admission="cloned")
+                record = kvcompress.engine.measure(lm, method, prompts, cfg.settings, runner.decoder, repeats=cfg.repeats,
+                                                   task="capacity", target_tokens=context, admission="cloned")
                 break
             except torch.OutOfMemoryError as exc:
                 failures.append(f"the timed run at batch {timed} ran out of memory "

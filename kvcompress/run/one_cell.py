@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from rich.markup import escape
@@ -22,7 +23,9 @@ from kvcompress.record import record_for
 from kvcompress.report import context_label, make_console
 from kvcompress.results import BenchmarkResult
 from kvcompress.tasks import contract, niah
-from kvcompress.tasks.cell import Cell
+
+if TYPE_CHECKING:  # annotations only: the cell's prompt is built by the caller
+    from kvcompress.tasks.cell import Cell
 
 console = make_console()
 

@@ -11,6 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from kvcompress.errors import UserError
+from kvcompress.readings import by_method
 from kvcompress.results import BenchmarkResult, median_kv_bytes
 from kvcompress.tasks import families, niah
 from kvcompress.tasks.cell import Cell
@@ -145,13 +146,6 @@ def by_task(summaries: list[CellSummary]) -> dict[str, list[CellSummary]]:
     groups: dict[str, list[CellSummary]] = {}
     for s in summaries:
         groups.setdefault(s.task_family, []).append(s)
-    return groups
-
-
-def by_method(summaries: list[CellSummary]) -> dict[str, list[CellSummary]]:
-    groups: dict[str, list[CellSummary]] = {}
-    for s in summaries:
-        groups.setdefault(s.method, []).append(s)
     return groups
 
 
