@@ -63,6 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg, cells, grid = _grid(args)
+    from kvcompress.run import runner  # torch and transformers: once the arguments are good
+
+    out = runner.run(cfg, cells, task="long_context", header_extra={"niah": grid})
+    summaries = niah_grid.summarize(niah_grid.select(out.results, cells, [m.name for m in cfg.methods]))
+    for path in _tables_and_figures(out, cfg, args, grid["tasks"], summaries):
+        runner.console.print(f"wrote {path}")
+    runner.console.print(f"wrote {cfg.out}")
+    return 0
+
+
+def _grid(args: argparse.Namespace):
+    """(cfg, cells, the grid as the run header records it): every check that needs no model, in the order a user
+    meets them."""
     tasks = families.parse_tasks(args.tasks)
     depths = niah_grid.parse_depths(args.depths)
     if args.sample and args.greedy:
@@ -89,35 +103,35 @@ def run(args: argparse.Namespace) -> int:
     grid = {"depths": depths, "trials": args.trials, "needle": args.needle, "needles": args.needles,
             "haystack": cfg.haystack, "thinking": args.thinking, "tasks": tasks, "questions": args.questions,
             "match_kv": args.match_kv}
-    # torch, transformers, matplotlib: once the arguments are good
-    from kvcompress import plots
-    from kvcompress.run import runner
+    return cfg, cells, grid
 
-    out = runner.run(cfg, cells, task="long_context", header_extra={"niah": grid})
 
-    summaries = niah_grid.summarize(niah_grid.select(out.results, cells, [m.name for m in cfg.methods]))
+def _tables_and_figures(out, cfg, args: argparse.Namespace, tasks: list[str], summaries) -> list[Path]:
+    """The found/trials table (--tasks niah) or the task table and the Pareto figure, then one depth x length heatmap
+    per task and method beside the result file; the figures' paths."""
+    from kvcompress import plots  # matplotlib only when figures are drawn
+
     model = out.run.get("model") or cfg.spec.name  # no local method ran: the DMS records name their own model
     weights = out.run.get("weights") or next((r.weights for s in summaries for r in s.records), "?")
     what = (f"{args.needle} needle, {cfg.haystack} haystack, {'thinking' if args.thinking else 'no thinking'}, "
             f"{cfg.settings.sampling.describe()}")
+    written = []
     if tasks == ["niah"] and args.questions == 1:
         report.print_niah(summaries, f"needle in a haystack — {model} ({weights}), {what}")
     else:
         records = [r for s in summaries for r in s.records]
         report.print_tasks(summaries, records, f"long-context tasks — {model} ({weights}), {what}")
-        path = plots.accuracy_vs_kv(niah_grid.pareto_points(summaries), cfg.out.with_name(f"{cfg.out.stem}-pareto.png"),
-                                    f"score vs KV bytes held — {model}, {', '.join(tasks)}")
-        runner.console.print(f"wrote {path}")
+        written.append(plots.accuracy_vs_kv(niah_grid.pareto_points(summaries),
+                                            cfg.out.with_name(f"{cfg.out.stem}-pareto.png"),
+                                            f"score vs KV bytes held — {model}, {', '.join(tasks)}"))
     for family, family_cells in niah_grid.by_task(summaries).items():
         for method, method_cells in by_method(family_cells).items():
             tag = "" if family == "niah" else f"{family}-"
             safe = re.sub(r"[^A-Za-z0-9_.@=-]+", "_", method)
             path = cfg.out.with_name(f"{cfg.out.stem}-heatmap-{tag}{safe}.png")
-            cells = {(s.target_tokens, s.depth): (s.found, s.total) for s in method_cells}
+            found = {(s.target_tokens, s.depth): (s.found, s.total) for s in method_cells}
             scores = None if family == "niah" else {(s.target_tokens, s.depth): s.mean_score or 0.0
                                                     for s in method_cells}
-            plots.retrieval_heatmap(cells, path, f"{family}: {method} — {model}\n{what}", scores=scores)
-            runner.console.print(f"wrote {path}")
-    runner.console.print(f"wrote {cfg.out}")
-    return 0
-
+            plots.retrieval_heatmap(found, path, f"{family}: {method} — {model}\n{what}", scores=scores)
+            written.append(path)
+    return written
