@@ -76,7 +76,7 @@ def prefill_flops(arch: dict, tokens: int) -> tuple[float, float]:
 def _known_architecture(model: str | None) -> dict | None:
     """Result files written before the header carried the architecture: Qwen3-8B's is known."""
     if model in ("Qwen/Qwen3-8B", "nvidia/Qwen3-8B-DMS-8x"):
-        from kvcompress.models import qwen3_8b_config
+        from kvcompress.models import qwen3_8b_config  # torch and transformers: only for such an old file
 
         return architecture_of(qwen3_8b_config())
     return None
