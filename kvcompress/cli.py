@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from kvcompress.errors import UserError
+from kvcompress.hub import go_offline, hub_available, offline_by_choice
 from kvcompress.methods import Method, parse_method, parse_methods
 from kvcompress.tasks.haystack import SOURCES
 
@@ -273,8 +274,6 @@ def _device(text: str | None):
 def _check_reachable(spec, *, random_weights: bool) -> None:
     """A local folder must hold a config; a Hub model needs the Hub or the local cache: say so in one line instead of
     retrying the network for minutes."""
-    from kvcompress.hub import go_offline, hub_available, offline_by_choice
-
     if spec.hub_id is None:
         return  # built in code
     folder = Path(spec.hub_id)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 
+from kvcompress.readings import chain_of  # noqa: E402
 from kvcompress.results import BenchmarkResult  # noqa: E402
 
 MIB = 2**20
@@ -25,8 +28,6 @@ def kv_bytes_vs_ratio(results: list[BenchmarkResult], path: Path, title: str) ->
     green uneven, red mask, grey none). Presses that size themselves (no ratio) and decoding-only presses (their
     ratio acts after the prefill) are in the table, not here.
     """
-    from kvcompress.commands.press_sweep import chain_of
-
     measured = [r for r in results if not r.error and r.kv_cache_bytes is not None]
     full = next((r.kv_cache_bytes_full for r in measured if r.kv_cache_bytes_full), None)
     series: dict[str, list[BenchmarkResult]] = {}
@@ -89,10 +90,6 @@ def retrieval_heatmap(cells: dict[tuple[int, float], tuple[int, int]], path: Pat
     colour instead, and the text reads 'score% (found/trials)'. A depth of None (a task without a haystack) is one
     row labelled 'whole'.
     """
-    import json
-
-    import numpy as np
-
     contexts = sorted({c for c, _ in cells})
     depths = sorted({d for _, d in cells}, key=lambda d: -1 if d is None else d)
     fraction = np.full((len(depths), len(contexts)), np.nan)
@@ -139,8 +136,6 @@ def accuracy_vs_kv(points: list[dict], path: Path, title: str) -> Path:
     after the prefill (measured), y = mean score over every task and trial; the methods no other beats on both axes
     at that length are joined by a line. `points`: dicts with method, target_tokens, kv_bytes, score, n. The PNG's
     'Description' text chunk holds the points as JSON."""
-    import json
-
     contexts = sorted({p["target_tokens"] for p in points})
     methods = list(dict.fromkeys(p["method"] for p in points))
     cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")

@@ -6,6 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from kvcompress.readings import answer_length_change, by_method, group_of
 from kvcompress.results import BenchmarkResult, median_kv_bytes
 
 GIB, MIB = 2**30, 2**20
@@ -107,8 +108,6 @@ def press_grid_table(results: list[BenchmarkResult], ratios: list[float], title:
     after compression and at the end, TTFT, decode tok/s, whether memory was saved, and the first characters of the
     answer. Errors show as 'error' and are listed under the table.
     """
-    from kvcompress.commands.press_sweep import group_of
-
     groups: dict[str, list[BenchmarkResult]] = {}
     for r in results:
         groups.setdefault(group_of(r), []).append(r)
@@ -177,8 +176,6 @@ def _grid_cell(r: BenchmarkResult | None, metric: str, decoding: bool) -> str:
 
 def print_press_grid(results: list[BenchmarkResult], ratios: list[float], title: str,
                      console: Console | None = None) -> None:
-    from kvcompress.commands.press_sweep import group_of
-
     console = console or make_console()
     console.print(press_grid_table(results, ratios, title))
     errors: dict[tuple[str, str], list[str]] = {}
@@ -312,8 +309,6 @@ def print_dms_agreement(results: list[BenchmarkResult], console: Console | None 
 
 def niah_table(summaries, title: str) -> Table:
     """One row per method x context x depth: found / trials, then the medians of the measured trials."""
-    from rich.markup import escape
-
     table = Table(title=title, title_justify="left", header_style="bold")
     for header, justify in [("method", "left"), ("context\n(tok)", "right"), ("depth", "right"),
                             ("reached\n(median)", "right"), ("found", "right"), ("TTFT\n(s)", "right"),
@@ -343,8 +338,6 @@ def _tail(text: str, n: int) -> str:
 
 def niah_overall_table(summaries, title: str) -> Table:
     """Per method: found / measured over the whole grid and per context length."""
-    from kvcompress.tasks.niah_grid import by_method
-
     contexts = sorted({s.target_tokens for s in summaries})
     table = Table(title=title, title_justify="left", header_style="bold")
     table.add_column("method")
@@ -363,8 +356,6 @@ def niah_overall_table(summaries, title: str) -> Table:
 
 def print_niah(summaries, title: str, console: Console | None = None, max_misses: int = 20) -> None:
     """Both tables, then the errors and the missed answers (the JSON holds every answer)."""
-    from rich.markup import escape
-
     console = console or make_console()
     console.print(niah_table(summaries, title))
     console.print(niah_overall_table(summaries, "found / trials, per method"))
@@ -443,9 +434,6 @@ def print_capacity(results: list[BenchmarkResult], title: str, console: Console 
 def task_table(summaries, records: list[BenchmarkResult], title: str) -> Table:
     """One row per method: per task and context, RULER's score (mean %, the fraction of expected strings named) with
     correct/measured; then KV bytes held (median) and the answer-length change against vanilla on the same prompts."""
-    from kvcompress.run.equal_memory import answer_length_change
-    from kvcompress.tasks.niah_grid import by_method
-
     tasks = list(dict.fromkeys(s.task_family for s in summaries))
     columns = sorted({(s.task_family, s.target_tokens) for s in summaries}, key=lambda c: (tasks.index(c[0]), c[1]))
     table = Table(title=title, title_justify="left", header_style="bold")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kvcompress.commands import capacity
-from kvcompress.commands.capacity import BytesBudget, Probe, Runner, capacity_cell, parse_budget, predict, search
+from kvcompress.run.capacity import BytesBudget, Probe, Runner, capacity_cell, parse_budget, predict, search
 from kvcompress.engine import GenerationSettings
 from kvcompress.engine.fast.decoder import FastDecoder
 from kvcompress.engine.sampling import SamplingConfig

@@ -302,7 +302,7 @@ def test_dms_capacity_search_counts_every_cloned_row_and_fits_more_than_vanilla(
     """benchmark.py capacity's search on a CPU byte budget (weights + the batch's KV bytes): cloned admission's
     copies of the first compact cache hold real bytes (a probe's KV = (B - 1) x the first's + the last's, each
     measured alone), and DMS-8x fits several times vanilla's batch on the same budget."""
-    from kvcompress.commands.capacity import BytesBudget, Runner, capacity_cell
+    from kvcompress.run.capacity import BytesBudget, Runner, capacity_cell
     from kvcompress.run.one_cell import prepare_dms
     from kvcompress.tasks.cell import Cell
 

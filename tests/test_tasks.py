@@ -266,7 +266,7 @@ def test_answer_length_change_pairs_the_same_prompts_and_pareto_keeps_the_points
     from PIL import Image
 
     from kvcompress import plots
-    from kvcompress.run.equal_memory import answer_length_change
+    from kvcompress.readings import answer_length_change
     from kvcompress.results import BenchmarkResult
 
     def rec(method, prompt, tokens):

@@ -20,9 +20,11 @@ Architecture figures (layers, heads, parameters) come from the run header, which
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
-from kvcompress.results import BenchmarkResult
+from kvcompress.architecture import architecture_of
+from kvcompress.results import BenchmarkResult, load
 
 HBM_BANDWIDTH = 4.3e12  # bytes/s: H200 device-to-device copy, read + write (measured in this workplace)
 BF16_FLOPS = 790e12  # FLOP/s: H200 8192^3 bf16 matmul on random data (measured in this workplace)
@@ -35,18 +37,6 @@ class Check:
     name: str
     passed: bool | None  # None: informational
     lines: list[str] = field(default_factory=list)
-
-
-def architecture_of(config) -> dict:
-    """What the checks need from a transformers config (stored in the run header by the runner)."""
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    layers, hidden, inter = config.num_hidden_layers, config.hidden_size, config.intermediate_size
-    q, kv = config.num_attention_heads, config.num_key_value_heads
-    per_layer = hidden * (q * head_dim) * 2 + hidden * (kv * head_dim) * 2 + 3 * hidden * inter
-    return {"layers": layers, "hidden": hidden, "heads": q, "kv_heads": kv, "head_dim": head_dim,
-            "intermediate": inter, "vocab": config.vocab_size,
-            "tied_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
-            "layer_params": layers * per_layer}
 
 
 def run_checks(run: dict, results: list[BenchmarkResult], bandwidth: float = HBM_BANDWIDTH,
@@ -86,7 +76,7 @@ def prefill_flops(arch: dict, tokens: int) -> tuple[float, float]:
 def _known_architecture(model: str | None) -> dict | None:
     """Result files written before the header carried the architecture: Qwen3-8B's is known."""
     if model in ("Qwen/Qwen3-8B", "nvidia/Qwen3-8B-DMS-8x"):
-        from kvcompress.models import qwen3_8b_config
+        from kvcompress.models import qwen3_8b_config  # torch and transformers: only for such an old file
 
         return architecture_of(qwen3_8b_config())
     return None
@@ -308,12 +298,8 @@ def format_checks(checks: list[Check]) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str]) -> int:
-    """`benchmark.py check FILE [--reference HF.json ...]`: print the checks; exit 1 if a pass/fail check fails."""
-    import argparse
-
-    from kvcompress.results import load
-
+def build_parser() -> argparse.ArgumentParser:
+    """`benchmark.py check FILE [--reference HF.json ...]`."""
     parser = argparse.ArgumentParser(prog="benchmark.py check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", help="a result file written by benchmark.py (GPU runs)")
@@ -324,9 +310,13 @@ def main(argv: list[str]) -> int:
                         help=f"memory bandwidth for the roofline, TB/s (default {HBM_BANDWIDTH / 1e12:.1f}: H200)")
     parser.add_argument("--flops", type=float, default=BF16_FLOPS / 1e12,
                         help=f"bf16 matrix throughput, TFLOP/s (default {BF16_FLOPS / 1e12:.0f}: H200)")
-    args = parser.parse_args(argv)
-    run, results = load(args.file)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the checks; exit 1 if a pass/fail check fails."""
+    header, results = load(args.file)
     references = [(path, load(path)[1]) for path in args.reference]
-    checks = run_checks(run, results, args.bandwidth * 1e12, args.flops * 1e12, references)
+    checks = run_checks(header, results, args.bandwidth * 1e12, args.flops * 1e12, references)
     print(format_checks(checks))
     return 1 if any(c.passed is False for c in checks) else 0

@@ -1,5 +1,5 @@
-"""The kvpress sweep behind test_kvpress_api.py: which methods a list of presses x ratios expands to, and what each
-record's measured bytes say about the press's memory behaviour.
+"""test_kvpress_api.py, the kvpress sweep: which methods a list of presses x ratios expands to, what each record's
+measured bytes say about the press's memory behaviour, and the command that runs them and draws the grid.
 
 A press that takes a ratio runs once per ratio. A press that sizes itself (simlayerkv, dmspress, decoding, cam) runs
 once, with settings scaled to the prompt so it does something at any context length (OWN_SETTINGS); options given
@@ -8,13 +8,18 @@ in --presses override them.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
+from pathlib import Path
 
+from kvcompress import cli, report
 from kvcompress.errors import UserError
 from kvcompress.methods import Method, split_top_level, parse_method, takes_ratio
 from kvcompress.methods import presses as registry
+from kvcompress.readings import measured_memory, positions_end
 from kvcompress.results import BenchmarkResult
+from kvcompress.tasks.cell import Cell
 
 DEFAULT_RATIOS = "0.25,0.5,0.75,0.875"
 _ITEM = re.compile(r"^(?P<chain>[a-z0-9_+]+)(?:@(?P<ratio>[^\[]+))?(?:\[(?P<options>.*)\])?$")
@@ -128,44 +133,6 @@ def _options_text(options: dict) -> str:
     return "[" + ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items()) + "]"
 
 
-def chain_of(method_name: str) -> str:
-    """'adakv+snapkv@0.5[x=1]' -> 'adakv+snapkv': the group a record belongs to in the table and the plot."""
-    return re.split(r"[@\[]", method_name, maxsplit=1)[0]
-
-
-def group_of(r: BenchmarkResult) -> str:
-    """The chain, plus the options of a self-sizing press (its variants are different rows, not ratios)."""
-    chain = chain_of(r.method)
-    if r.compression_ratio is None and "[" in r.method:
-        return chain + r.method[r.method.index("["):]
-    return chain
-
-
-def positions_end(r: BenchmarkResult) -> int:
-    """Sequence positions the cache has seen at the end: the prompt and every output token but the last."""
-    return r.input_tokens + r.output_tokens - 1
-
-
-def measured_memory(r: BenchmarkResult) -> str | None:
-    """real | uneven | mask | none, from the bytes measured in the cache's tensors (not from the registry).
-
-    mask: the tensors hold entries attention no longer sees. real: they hold fewer bytes than the same cache
-    uncompressed (uneven: and layers differ in length). none: neither. Decoding-phase presses act after the prefill,
-    so for them the cache at the end of decoding is judged.
-    """
-    if r.error or r.kv_cache_bytes is None:
-        return None
-    if r.phase == "decoding":
-        if r.kv_live_bytes_end is not None and r.kv_live_bytes_end < r.kv_cache_bytes_end:
-            return "mask"
-        return "real" if r.kv_tokens_end < positions_end(r) else "none"
-    if r.kv_live_bytes < r.kv_cache_bytes:
-        return "mask"
-    if r.kv_cache_bytes < r.kv_cache_bytes_full:
-        return "uneven" if r.kv_tokens_kept_min != r.kv_tokens_kept_max else "real"
-    return "none"
-
-
 def annotate(record: BenchmarkResult, method: Method) -> None:
     """Add the sweep's own fields to a record before it is saved."""
     if method.kind == "press":
@@ -220,3 +187,70 @@ def registry_rows() -> list[dict]:
                 f"NOT RUNNABLE here: {info.not_runnable}" if info.not_runnable else "", info.note])),
         })
     return rows
+
+
+MEMORY = """\
+Memory behaviour (column 'press': documented by kvpress vs measured here):
+  real    the K/V tensors get shorter: memory is freed      uneven  real, but layers keep different lengths
+  mask    tensors keep full length, evicted entries are hidden from attention: no memory saved
+  none    no change in size (ThinK zeroes key channels; a threshold press that evicted nothing)
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.parser(
+        "test_kvpress_api.py",
+        "Run every kvpress press (or --presses) at each --ratios value on one needle prompt and record, per press "
+        "and ratio, TTFT, decode speed, phase peaks, KV bytes measured from the cache tensors, kept tokens (per-layer "
+        "min/max), achieved vs requested ratio, whether memory was really saved, and a short answer. A press that "
+        "fails is recorded with a one-line error and the sweep goes on.",
+        cli.Defaults(methods="vanilla", contexts="8K", max_new_tokens=32, repeats=3),
+        tiny=cli.Defaults(methods="vanilla", contexts="384", max_new_tokens=4, repeats=1),
+        hidden=("methods", "contexts"))
+    parser.epilog += "\n" + MEMORY + OWN_SETTINGS
+    g = parser.add_argument_group("press sweep")
+    g.add_argument("--presses", default="all", help="comma-separated presses in the methods grammar without a "
+                   "ratio, e.g. knorm,adakv+snapkv,dmspress+knorm[threshold=-5]; a wrapper alone runs over the scorer "
+                   "--list shows; name@ratio runs just that ratio (default: all, every press of the registry)")
+    g.add_argument("--ratios", default=DEFAULT_RATIOS,
+                   help=f"compression ratios for presses that take one (default {DEFAULT_RATIOS})")
+    g.add_argument("--context", dest="contexts", default=None,
+                   help="prompt length in tokens, context + question (default 8K; tiny: 384)")
+    g.add_argument("--plot", type=Path, default=None, help="PNG of KV bytes vs requested ratio (default: --out "
+                   "with .png)")
+    g.add_argument("--list", action="store_true", help="print the press registry (name, class, phase, memory "
+                   "behaviour, needs Hub, attention) and exit")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    console = report.make_console()
+    if args.list:
+        report.print_registry(registry_rows(), console)
+        return 0
+    if args.methods is not None:
+        raise UserError("--methods belongs to benchmark.py; here choose --presses and --ratios")
+    cfg = cli.resolve(args, "kvpress_api")
+    from kvcompress.run import runner  # torch and transformers: only once the arguments are good
+
+    warn_once()
+    if len(cfg.contexts) != 1:
+        raise UserError("--context takes one prompt length (the table's columns are ratios)")
+    ratios = parse_ratios(args.ratios)
+    target = cfg.contexts[0]
+    cfg.methods = sweep_methods(args.presses, ratios, target, cfg.settings.max_new_tokens)
+    args.methods = None  # the run header records --presses and --ratios instead
+    cell = Cell(target_tokens=target, depth=0.5, needle_kind="single", needle_seed=cfg.settings.sampling.seed,
+                haystack=cfg.haystack)
+    own = {m.name: m.options for m in cfg.methods if m.kind == "press" and m.compression_ratio is None}
+    extra = {"presses": args.presses, "ratios": ratios, "own_settings": own}  # runner adds torch_threads
+    out = runner.run(cfg, [cell], task="kvpress_api", annotate=annotate, header_extra=extra)
+    title = (f"kvpress presses — {out.run.get('model')} ({out.run.get('weights')}), {target}-token prompt, "
+             f"{cfg.settings.max_new_tokens} output tokens, {cfg.repeats} repeat(s)")
+    report.print_press_grid(out.results, ratios, title, console)
+    from kvcompress import plots  # matplotlib only when a plot is drawn
+
+    plot = plots.kv_bytes_vs_ratio(out.results, args.plot or cfg.out.with_suffix(".png"), title)
+    console.print(f"wrote {cfg.out} and {plot}")
+    return 0
+

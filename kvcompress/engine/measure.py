@@ -9,9 +9,10 @@ import numpy as np
 import torch
 
 from kvcompress.engine.batch import generate_batch
-from kvcompress.engine.generate import GenerationSettings, Prompt, eos_ids, generate_once
+from kvcompress.engine.generate import GenerationSettings, Prompt, eos_ids, generate_once, generate_questions
 from kvcompress.engine.timing import measurement_stream
 from kvcompress.memory import PhasePeaks
+from kvcompress.record import record_for
 from kvcompress.results import BenchmarkResult
 
 
@@ -65,14 +66,10 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
     after, end = memory.kv_after, memory.kv_end
     admits = [getattr(g, "admit_s", g.ttft_s) for g in runs]
     prompt = prompts[0]
-    return BenchmarkResult(
-        model=lm.name,
-        weights=lm.weights,
-        method=method.name,
+    return record_for(
+        lm.name, lm.weights, method, settings, task=task, engine=decoder.name, target_tokens=target_tokens,
+        batch=batch, prompt=prompt,
         press=method.press_label(lm.model),
-        compression_ratio=method.compression_ratio,
-        context_tokens=prompt.context_tokens,
-        input_tokens=prompt.input_tokens,
         output_tokens=last.output_tokens,
         ttft_s=ttft,
         prefill_tokens_per_s=prompt.input_tokens / ttft if ttft > 0 else None,
@@ -91,11 +88,7 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
         ttft_iqr_s=_iqr(ttfts),
         tpot_iqr_ms=_iqr(tpots),
         answer=lm.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
-        engine=decoder.name,
         protocol=last.protocol,
-        fixed_output_length=settings.fixed_length,
-        expected_memory=method.expected_memory,
-        phase=method.phase,
         kv_tokens_kept_min=min(after.tokens_per_layer) if after.tokens_per_layer else None,
         kv_tokens_kept_max=max(after.tokens_per_layer) if after.tokens_per_layer else None,
         kv_cache_bytes_full=after.full_bytes,
@@ -113,11 +106,7 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
         seed=settings.sampling.seed,
         dtype=str(lm.dtype).removeprefix("torch."),
         attn_implementation=lm.attn_implementation,
-        task=task,
-        target_tokens=target_tokens,
-        max_new_tokens=settings.max_new_tokens,
         notes=list(lm.notes),
-        batch=batch,
         batch_admit_s=float(np.median(admits)),
         ttft_sequences_s=list(getattr(last, "ttft_each_s", [last.ttft_s])),
         aggregate_decode_tokens_per_s=batch * 1000.0 / tpot if tpot else None,
@@ -173,32 +162,28 @@ def measure_questions(lm, method, prompt: Prompt, questions: list, settings: Gen
     The compression's time is counted once: in `context_compress_s` of question 0 (None on the others); each
     record's `e2e_s` is its own question + answer. No warm-up, no repeats: a quality measurement, not a timing.
     """
-    from kvcompress.engine.generate import generate_questions
-
     with _collector_paused():
         shared = generate_questions(lm, method, prompt.context_ids, questions, settings)
     after = shared.kv_after
     records = []
     for i, (answer, question) in enumerate(zip(shared.answers, questions)):
         answer_ids = _until_eos(answer.token_ids, lm)
-        records.append(BenchmarkResult(
-            model=lm.name, weights=lm.weights, method=method.name, press=method.press_label(lm.model),
-            compression_ratio=method.compression_ratio, context_tokens=prompt.context_tokens,
+        records.append(record_for(
+            lm.name, lm.weights, method, settings, task=task, engine="hf", target_tokens=target_tokens, prompt=prompt,
+            press=method.press_label(lm.model),
             input_tokens=prompt.context_tokens + int(question.shape[1]), output_tokens=len(answer.token_ids),
             e2e_s=answer.seconds, weights_bytes=lm.weights_bytes, kv_cache_bytes=after.bytes,
             kv_cache_bytes_end=answer.kv_end.bytes, kv_tokens_kept=after.tokens_kept,
             kv_compression_achieved=after.compression_achieved, kv_memory_saved=after.memory_saved, repeats=1,
-            answer=lm.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(), engine="hf",
-            protocol="query_agnostic_shared", fixed_output_length=settings.fixed_length,
-            expected_memory=method.expected_memory, phase=method.phase,
+            answer=lm.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
+            protocol="query_agnostic_shared",
             kv_tokens_kept_min=min(after.tokens_per_layer) if after.tokens_per_layer else None,
             kv_tokens_kept_max=max(after.tokens_per_layer) if after.tokens_per_layer else None,
             kv_cache_bytes_full=after.full_bytes, kv_live_bytes=after.live_bytes,
             kv_live_bytes_end=answer.kv_end.live_bytes, kv_tokens_end=answer.kv_end.tokens_kept,
             answer_tokens=len(answer_ids), timing="cuda_events" if lm.device.type == "cuda" else "wall_clock",
             sampling=settings.sampling.describe(), seed=settings.sampling.seed,
-            dtype=str(lm.dtype).removeprefix("torch."), attn_implementation=lm.attn_implementation, task=task,
-            target_tokens=target_tokens, max_new_tokens=settings.max_new_tokens, notes=list(lm.notes),
-            question_index=i, questions_per_context=len(questions),
+            dtype=str(lm.dtype).removeprefix("torch."), attn_implementation=lm.attn_implementation,
+            notes=list(lm.notes), question_index=i, questions_per_context=len(questions),
             context_compress_s=shared.compress_s if i == 0 else None))
     return records

@@ -1,4 +1,4 @@
-"""Equal-memory comparison: presses sized to another method's measured KV bytes (--match-kv), and answer length.
+"""Equal-memory comparison: presses sized to another method's measured KV bytes (--match-kv).
 
 `--match-kv METHOD` reads METHOD's records (a file from an earlier run: DMS-8x's bytes are measured, not
 documented, and grow with the context), takes the median `kv_cache_bytes` of its error-free records at each
@@ -48,18 +48,3 @@ def matched_methods(methods: list[Method], other: str, source: Path, contexts: l
     if not added:
         raise UserError(f"--match-kv {other}: --methods holds no press that takes a kept budget (e.g. knorm@0.5)")
     return methods + added
-
-
-def answer_length_change(records: list[BenchmarkResult]) -> dict[str, tuple[float, int] | None]:
-    """method -> (mean answer tokens minus vanilla's on the same prompt and question, pairs), None without pairs."""
-    def key(r):
-        return (r.task_family, r.target_tokens, r.depth, r.prompt_id)
-
-    vanilla = {key(r): r.answer_tokens for r in records
-               if r.method == "vanilla" and r.error is None and r.answer_tokens is not None}
-    out: dict[str, tuple[float, int] | None] = {}
-    for method in dict.fromkeys(r.method for r in records):
-        diffs = [r.answer_tokens - vanilla[key(r)] for r in records if r.method == method and r.error is None
-                 and r.answer_tokens is not None and key(r) in vanilla]
-        out[method] = (sum(diffs) / len(diffs), len(diffs)) if diffs and method != "vanilla" else None
-    return out

@@ -21,7 +21,17 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from kvcompress.results import BenchmarkResult, record_json
+import torch
+
+from kvcompress import models
+from kvcompress.engine.generate import GenerationSettings, HFDecoder
+from kvcompress.engine.sampling import SamplingConfig
+from kvcompress.errors import UserError
+from kvcompress.methods import parse_method
+from kvcompress.record import record_for
+from kvcompress.results import BenchmarkResult, record_json, write_json_atomic
+from kvcompress.run.one_cell import console, progress_line, run_cell
+from kvcompress.tasks.cell import Cell
 
 KVPRESS_IMPORTED = "kvpress was imported in the DMS process; its attention patch may have altered DMS"
 
@@ -107,23 +117,29 @@ def job_for(cfg, methods, cells, task: str, done=frozenset()) -> dict:
 
 def model_name(dms_model: str) -> tuple[str, str]:
     """(model, weights) as the child's loaded --dms-model will name itself in its records."""
-    from kvcompress import models
-
     spec = models.resolve_spec(dms_model)
     return spec.hub_id or spec.name, "random" if spec.name == "tiny-dms" else "pretrained"
 
 
+def job_settings(job: dict) -> GenerationSettings:
+    s = job["settings"]
+    return GenerationSettings(s["max_new_tokens"], SamplingConfig(**s["sampling"]), s["fixed_length"],
+                              s["query_aware"])
+
+
 def identity(job, cell, method: str) -> tuple:
+    """The identity the child's record of `method` on `cell` will have: made as the child makes it (record_for)."""
     return error_record(job, cell, method, "").identity()
 
 
 def error_record(job, cell, method: str, reason: str) -> BenchmarkResult:
+    """The record of a cell the child did not send back, as the child's own error record would be (no prompt). The
+    method is parsed from its name, as the child parses it."""
     model, weights = model_name(job["model"])
-    needle = None if cell.text is not None else cell.task().label
-    return BenchmarkResult(model=model, weights=weights, method=method, task=job["task"],
-                           target_tokens=cell.target_tokens, prompt_id=cell.prompt_id, needle=needle,
-                           depth=cell.depth if needle else None, error=reason or None, process="isolated",
-                           engine="hf", max_new_tokens=job["settings"]["max_new_tokens"], dms_impl="remote")
+    needle = None if cell.text is not None else cell.task()
+    return record_for(model, weights, parse_method(method), job_settings(job), task=job["task"], engine="hf",
+                      target_tokens=cell.target_tokens, cell=cell, needle=needle, error=reason or None,
+                      process="isolated")
 
 
 def _last_line(text: str) -> str:
@@ -133,16 +149,6 @@ def _last_line(text: str) -> str:
 
 def measure_job(job: dict, emit: Callable[[BenchmarkResult], None]) -> int:
     """The child's work: load the DMS checkpoint, measure every cell not done, `emit` each record when finished."""
-    import torch
-
-    from kvcompress import models
-    from kvcompress.engine.generate import GenerationSettings, HFDecoder
-    from kvcompress.engine.sampling import SamplingConfig
-    from kvcompress.errors import UserError
-    from kvcompress.methods import parse_method
-    from kvcompress.run.one_cell import console, progress_line, run_cell
-    from kvcompress.tasks.cell import Cell
-
     device = torch.device(job["device"])
     dtype = getattr(torch, job["dtype"]) if job["dtype"] else None
     spec = models.resolve_spec(job["model"])
@@ -151,9 +157,8 @@ def measure_job(job: dict, emit: Callable[[BenchmarkResult], None]) -> int:
     methods = [parse_method(name) for name in job["methods"]]
     cells = [Cell(**c) for c in job["cells"]]
     done = {tuple(i) for i in job["done"]}
-    s = job["settings"]
-    sampling = SamplingConfig(**s["sampling"])
-    settings = GenerationSettings(s["max_new_tokens"], sampling, s["fixed_length"], s["query_aware"])
+    settings = job_settings(job)
+    sampling = settings.sampling
     console.print(f"DMS: loading {job['model']} in its own process (kvpress is never imported there)")
     try:
         lm = models.load(spec, device=device, dtype=dtype, dms_revision=job["revision"], seed=sampling.seed)
@@ -179,8 +184,6 @@ def measure_job(job: dict, emit: Callable[[BenchmarkResult], None]) -> int:
 
 def _child(job_path: str, out_path: str) -> int:
     """measure_job in this process, from a job file, its records to a JSON file (tests use it)."""
-    from kvcompress.results import write_json_atomic
-
     records = []
 
     def emit(record: BenchmarkResult) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import gc
 import os
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 import torch
 from rich.markup import escape
@@ -16,11 +18,14 @@ from kvcompress.engine.batch import batch_problem
 from kvcompress.engine.measure import measure_questions
 from kvcompress.errors import UserError
 from kvcompress.hub import hub_available
-from kvcompress.methods import Method
+from kvcompress.methods import Method, dms
+from kvcompress.record import record_for
 from kvcompress.report import context_label, make_console
 from kvcompress.results import BenchmarkResult
 from kvcompress.tasks import contract, niah
-from kvcompress.tasks.cell import Cell
+
+if TYPE_CHECKING:  # annotations only: the cell's prompt is built by the caller
+    from kvcompress.tasks.cell import Cell
 
 console = make_console()
 
@@ -111,13 +116,8 @@ def prepare_dms(lm, method: Method, prompt) -> Method:
     """Native DMS for one cell: the checkpoint's decisions, or thresholds calibrated on this prompt (random weights
     always; `dms-8x[evict=X]` on any weights). One calibration prefill, before warm-up: nothing of it is timed.
     Any other method is returned as it is."""
-    from dataclasses import replace
-
     if not method.native_dms:
         return method
-
-    from kvcompress.methods import dms
-
     params = dms.DMSParams.from_config(lm.model.config)
     target = method.options.get("evict")
     if target is None and lm.weights == "random":
@@ -155,14 +155,8 @@ def skeleton(model, weights, method, cell, needle, task, decoders, prompt, setti
              ) -> BenchmarkResult:
     """A record holding only the identity of a cell: what an error record carries, and what --resume matches."""
     engine = pick_decoder(decoders, method, None)[0].name if "fast" in decoders else "hf"
-    return BenchmarkResult(
-        model=model, weights=weights, method=method.name, compression_ratio=method.compression_ratio, batch=batch,
-        context_tokens=prompt.context_tokens if prompt else 0, input_tokens=prompt.input_tokens if prompt else 0,
-        engine=engine, task=task,
-        target_tokens=cell.target_tokens, depth=cell.depth if needle else None,
-        needle=needle.label if needle else None, prompt_id=cell.prompt_id, expected_memory=method.expected_memory,
-        phase=method.phase, fixed_output_length=settings.fixed_length, max_new_tokens=settings.max_new_tokens,
-        dms_impl=method.impl if method.kind == "dms" else None)
+    return record_for(model, weights, method, settings, task=task, engine=engine, target_tokens=cell.target_tokens,
+                      batch=batch, cell=cell, needle=needle, prompt=prompt)
 
 
 def failure_line(exc: BaseException) -> str:

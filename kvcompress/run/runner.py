@@ -9,15 +9,18 @@ of its records joins the same file and table the moment the child finishes it.
 from __future__ import annotations
 
 import contextlib
+from argparse import Namespace
+from dataclasses import replace
 from typing import Callable
 
 import torch
 
 from kvcompress.run import isolated
 from kvcompress import models
-from kvcompress.commands.checks import architecture_of
+from kvcompress.architecture import architecture_of
 from kvcompress.cli import RunConfig
 from kvcompress.engine.batch import batch_problem
+from kvcompress.engine.fast.decoder import FastDecoder
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.models.loaded import LoadedModel
 from kvcompress.methods import Method
@@ -167,8 +170,6 @@ def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
 
 def _nth(cell: Cell, tokenizer, b: int):
     """Sequence b of a batch of this cell (needle seed + b), as Cell.build_batch makes it."""
-    from dataclasses import replace
-
     return replace(cell, needle_seed=cell.needle_seed + b).build(tokenizer)[0]
 
 
@@ -176,14 +177,10 @@ def make_decoders(cfg: RunConfig, lm) -> dict:
     """{"hf": HFDecoder} and, for --engine fast, "fast": its FastDecoder on `lm`."""
     decoders = {"hf": HFDecoder()}
     if cfg.engine == "fast":
-        from kvcompress.engine.fast.decoder import FastDecoder
-
         decoders["fast"] = FastDecoder(lm)
     return decoders
 
 
 def _public_args(cfg: RunConfig):
-    from argparse import Namespace
-
     return Namespace(**{k: (str(v) if not isinstance(v, (int, float, str, bool, type(None), list)) else v)
                         for k, v in vars(cfg.args).items() if not k.startswith("_")})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING
 
-from kvcompress.tasks import niah
+from kvcompress.tasks import contract, families, niah
 
 if TYPE_CHECKING:  # torch (via Prompt) only when a prompt is built: the scripts' --help stays instant
     from kvcompress.engine.generate import Prompt
@@ -34,8 +34,6 @@ class Cell:
         if self.text is not None:
             return None
         if self.uses_contract:
-            from kvcompress.tasks import families
-
             return families.make(self.task_family, self.needle_seed, self.questions)
         return niah.make_needle(self.needle_kind, self.needle_seed, self.needle_count)
 
@@ -45,8 +43,6 @@ class Cell:
         from kvcompress.engine.generate import Prompt
 
         if self.uses_contract:
-            from kvcompress.tasks import contract
-
             task = self.task()
             built = contract.build_prompt(tokenizer, self.target_tokens, self.depth, task, self.haystack,
                                           self.thinking)

@@ -11,8 +11,9 @@ import statistics
 from dataclasses import dataclass, field
 
 from kvcompress.errors import UserError
+from kvcompress.readings import by_method
 from kvcompress.results import BenchmarkResult, median_kv_bytes
-from kvcompress.tasks import niah
+from kvcompress.tasks import families, niah
 from kvcompress.tasks.cell import Cell
 
 DEFAULT_DEPTHS = "0.05,0.5,0.95"
@@ -51,8 +52,6 @@ def task_prompt_id(family: str, questions: int, haystack: str | None, thinking: 
 def grid_cells(contexts: list[int], depths: list[float], trials: int, *, kind: str, count: int, haystack: str,
                thinking: bool, seed: int, tasks: tuple[str, ...] = ("niah",), questions: int = 1) -> list[Cell]:
     """Cells for every task x context x depth x trial (cwe and fwe have no haystack, hence one row, depth None)."""
-    from kvcompress.tasks import families
-
     if trials < 1:
         raise UserError("--trials must be at least 1")
     if questions < 1:
@@ -147,13 +146,6 @@ def by_task(summaries: list[CellSummary]) -> dict[str, list[CellSummary]]:
     groups: dict[str, list[CellSummary]] = {}
     for s in summaries:
         groups.setdefault(s.task_family, []).append(s)
-    return groups
-
-
-def by_method(summaries: list[CellSummary]) -> dict[str, list[CellSummary]]:
-    groups: dict[str, list[CellSummary]] = {}
-    for s in summaries:
-        groups.setdefault(s.method, []).append(s)
     return groups
 
 

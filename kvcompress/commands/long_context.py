@@ -1,0 +1,137 @@
+"""test_long_context.py: needle in a haystack and RULER-style tasks at 8K-32K, with their tables and figures."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from kvcompress import cli, report
+from kvcompress.errors import UserError
+from kvcompress.readings import by_method
+from kvcompress.run.equal_memory import matched_methods
+from kvcompress.tasks import families, niah_grid
+from kvcompress.tasks.niah import NEEDLE_KINDS
+
+PRESSES = "knorm,expected_attention,snapkv,streaming_llm"
+DEFAULTS = cli.Defaults(methods="vanilla,dms-8x," + ",".join(f"{p}@{r}" for r in (0.5, 0.875) for p in PRESSES.split(",")),
+                        contexts="8K,16K,32K", max_new_tokens=128, repeats=1)
+# tiny's byte tokenizer: multiquery's four needles, question and answer prefix alone take ~700 tokens
+TINY = cli.Defaults(methods="vanilla,dms-8x,knorm@0.5,streaming_llm@0.5", contexts="1K,2K", max_new_tokens=16,
+                    repeats=1, dms_model="tiny-dms")
+DESCRIPTION = (
+    "Long-context quality on the same engine as benchmark.py: every method x context length x depth x trial x task "
+    "is one generation, recorded with its speed and memory. By default the cheap task set (" + families.CHEAP +
+    "), scored with RULER's string_match_all / string_match_part: a table of mean score per task x method x "
+    "context, the answer-length change against vanilla, one heatmap per task and method and an "
+    "accuracy-vs-KV-bytes plot of all methods. --tasks niah runs the needle alone: a trial is one needle (its own "
+    "key and 7-digit values), found when the answer contains every value as a whole number (thinking removed, "
+    "verbosity fine) and no distractor's value; it prints found/trials per cell and one depth x length heatmap PNG "
+    "per method. End-of-sequence ends each answer (its length is recorded); answers are greedy unless --thinking "
+    "or --sample."
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = cli.parser("test_long_context.py", DESCRIPTION, DEFAULTS, tiny=TINY, hidden=("batch", "admission"))
+    g = parser.add_argument_group("needle in a haystack")
+    g.add_argument("--depths", default=niah_grid.DEFAULT_DEPTHS, help="needle depths as fractions of the haystack's "
+                   f"tokens or percentages, snapped back to a sentence start (default {niah_grid.DEFAULT_DEPTHS})")
+    g.add_argument("--trials", type=int, default=None, help="needles per cell, each with its own key, values and "
+                   "seed (default 3; tiny: 1)")
+    g.add_argument("--needle", default="single", choices=list(NEEDLE_KINDS), help="; ".join(
+        f"{k}: {v}" for k, v in NEEDLE_KINDS.items()) + " (default single)")
+    g.add_argument("--needles", type=int, default=4, help="keys (multikey) or values (multivalue) per prompt "
+                   "(default 4)")
+    g.add_argument("--thinking", action="store_true", help="Qwen3 thinking mode (default off, as kvpress); the "
+                   f"output budget defaults to {niah_grid.THINKING_BUDGET} and must be at least "
+                   f"{niah_grid.MIN_THINKING_BUDGET} so a think block can finish")
+    g.add_argument("--sample", action="store_true", help="sample with --temperature/--top-p instead of greedy "
+                   "(the default with --thinking, as Qwen3 advises)")
+    t = parser.add_argument_group("tasks and equal memory")
+    t.add_argument("--tasks", default="cheap", help="task families, comma-separated: " + "; ".join(
+        f"{k}: {v}" for k, v in families.FAMILIES.items()) + f" (default cheap = {families.CHEAP}; niah alone prints "
+        "the found/trials table)")
+    t.add_argument("--questions", type=int, default=1, help="K questions per context, all answered from one "
+                   "compression (the cache cropped back to the compressed context after each answer); records per "
+                   "question, the compression time counted once (default 1: the timed single-question path)")
+    t.add_argument("--match-kv", metavar="METHOD", help="add every press of --methods that takes a kept budget at "
+                   "METHOD's measured KV bytes per context length (e.g. dms-8x), read from --match-from")
+    t.add_argument("--match-from", type=Path, metavar="FILE", help="results JSON holding METHOD's records "
+                   "(default: --out, with --resume)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg, cells, grid = _grid(args)
+    from kvcompress.run import runner  # torch and transformers: once the arguments are good
+
+    out = runner.run(cfg, cells, task="long_context", header_extra={"niah": grid})
+    summaries = niah_grid.summarize(niah_grid.select(out.results, cells, [m.name for m in cfg.methods]))
+    for path in _tables_and_figures(out, cfg, args, grid["tasks"], summaries):
+        runner.console.print(f"wrote {path}")
+    runner.console.print(f"wrote {cfg.out}")
+    return 0
+
+
+def _grid(args: argparse.Namespace):
+    """(cfg, cells, the grid as the run header records it): every check that needs no model, in the order a user
+    meets them."""
+    tasks = families.parse_tasks(args.tasks)
+    depths = niah_grid.parse_depths(args.depths)
+    if args.sample and args.greedy:
+        raise UserError("--sample and --greedy contradict each other")
+    args.greedy = args.greedy or not (args.sample or args.thinking)
+    if args.thinking and args.max_new_tokens is None:
+        args.max_new_tokens = niah_grid.THINKING_BUDGET
+    cfg = cli.resolve(args, "long_context", fixed_length=False)
+    if args.questions > 1 and any(m.kind == "dms" or m.compresses_during_decoding for m in cfg.methods):
+        raise UserError("--questions > 1 needs prefill presses: DMS-8x and decoding presses change the shared "
+                        "context while they answer (drop them or use --questions 1)")
+    if args.match_kv:
+        source = args.match_from or (cfg.out if cfg.resume else None)
+        if source is None:
+            raise UserError(f"--match-kv {args.match_kv}: pass the file holding its records with --match-from")
+        cfg.methods = matched_methods(cfg.methods, args.match_kv, source, cfg.contexts)
+    if args.thinking and cfg.settings.max_new_tokens < niah_grid.MIN_THINKING_BUDGET:
+        raise UserError(f"--thinking needs --max-new-tokens >= {niah_grid.MIN_THINKING_BUDGET} (a cut-off think "
+                        "block is scored as no answer)")
+    args.trials = args.trials if args.trials is not None else (1 if cfg.preset == "tiny" else 3)
+    cells = niah_grid.grid_cells(cfg.contexts, depths, args.trials, kind=args.needle, count=args.needles,
+                                 haystack=cfg.haystack, thinking=args.thinking, seed=cfg.settings.sampling.seed,
+                                 tasks=tuple(tasks), questions=args.questions)
+    grid = {"depths": depths, "trials": args.trials, "needle": args.needle, "needles": args.needles,
+            "haystack": cfg.haystack, "thinking": args.thinking, "tasks": tasks, "questions": args.questions,
+            "match_kv": args.match_kv}
+    return cfg, cells, grid
+
+
+def _tables_and_figures(out, cfg, args: argparse.Namespace, tasks: list[str], summaries) -> list[Path]:
+    """The found/trials table (--tasks niah) or the task table and the Pareto figure, then one depth x length heatmap
+    per task and method beside the result file; the figures' paths."""
+    from kvcompress import plots  # matplotlib only when figures are drawn
+
+    model = out.run.get("model") or cfg.spec.name  # no local method ran: the DMS records name their own model
+    weights = out.run.get("weights") or next((r.weights for s in summaries for r in s.records), "?")
+    what = (f"{args.needle} needle, {cfg.haystack} haystack, {'thinking' if args.thinking else 'no thinking'}, "
+            f"{cfg.settings.sampling.describe()}")
+    written = []
+    if tasks == ["niah"] and args.questions == 1:
+        report.print_niah(summaries, f"needle in a haystack — {model} ({weights}), {what}")
+    else:
+        records = [r for s in summaries for r in s.records]
+        report.print_tasks(summaries, records, f"long-context tasks — {model} ({weights}), {what}")
+        written.append(plots.accuracy_vs_kv(niah_grid.pareto_points(summaries),
+                                            cfg.out.with_name(f"{cfg.out.stem}-pareto.png"),
+                                            f"score vs KV bytes held — {model}, {', '.join(tasks)}"))
+    for family, family_cells in niah_grid.by_task(summaries).items():
+        for method, method_cells in by_method(family_cells).items():
+            tag = "" if family == "niah" else f"{family}-"
+            safe = re.sub(r"[^A-Za-z0-9_.@=-]+", "_", method)
+            path = cfg.out.with_name(f"{cfg.out.stem}-heatmap-{tag}{safe}.png")
+            found = {(s.target_tokens, s.depth): (s.found, s.total) for s in method_cells}
+            scores = None if family == "niah" else {(s.target_tokens, s.depth): s.mean_score or 0.0
+                                                    for s in method_cells}
+            plots.retrieval_heatmap(found, path, f"{family}: {method} — {model}\n{what}", scores=scores)
+            written.append(path)
+    return written
