@@ -69,3 +69,13 @@ def test_a_local_dms_folder_runs_native_dms_as_model_or_dms_model(dms_folder, tm
     assert record.error is None and record.model == str(dms_folder) and record.dms_impl == "native"
     assert NATIVE_NOTE in run.get("dms_notes", run["notes"])
     assert loads == []  # every method runs on the checkpoint: the tiny model is never loaded
+
+
+def test_qwen3s_tokenizer_goes_offline_at_once_where_the_hub_is_unreachable(monkeypatch, qwen3_tokenizer):
+    """A folder without a tokenizer takes Qwen3-8B's: where the Hub cannot be reached, cached files only, at once
+    (a download would retry for about 30 s before the npm copy is used)."""
+    offline = []
+    monkeypatch.setattr(loaded, "hub_available", lambda: False)
+    monkeypatch.setattr(loaded, "go_offline", lambda: offline.append(True))
+    tokenizer, _ = loaded.qwen3_tokenizer()
+    assert offline == [True] and len(tokenizer) == len(qwen3_tokenizer)
