@@ -75,6 +75,7 @@ class RunConfig:
     args: argparse.Namespace
     batches: list[int] = dataclasses.field(default_factory=lambda: [1])  # --batch: sequences decoded together
     admission: str = "each"  # --admission: how a batch's sequences are prefilled (engine.batch)
+    dms_model_given: bool = False  # --dms-model named on the command line (not a default): native DMS runs on it
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
         print("No CUDA GPU: running the tiny preset on CPU (a pipeline check; its figures are not performance).")
         preset = "tiny"
     fill = args._tiny if preset == "tiny" else args._defaults
+    dms_model_given = args.dms_model is not None
     for key in ("methods", "contexts", "max_new_tokens", "repeats", "dms_model"):
         if getattr(args, key) is None:
             setattr(args, key, getattr(fill, key))
@@ -224,7 +226,7 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
             raise UserError("--dms-impl remote runs the checkpoint's own decisions: drop dms-8x's [evict=...]")
         methods = [parse_method("dms-8x-remote") if m.native_dms else m for m in methods]
     # native DMS runs on the main model when its weights are random (it adds no weights): no checkpoint to load
-    shares_model = args.random_weights or spec.architecture == "tiny"
+    shares_model = models.dms_runs_on_main(spec, random_weights=args.random_weights, dms_model_given=dms_model_given)
     loads_dms = any(m.kind == "dms" and (m.impl == "remote" or not shares_model) for m in methods)
     if any(m.kind == "dms" for m in methods):
         models.resolve_spec(args.dms_model)  # an unknown --dms-model fails now, even where the main model serves
@@ -250,7 +252,7 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
                                   query_aware=args.query_aware)
     return RunConfig(spec, preset, device, dtype, args.attn, args.random_weights, methods, contexts, settings,
                      args.repeats, engine, out, args.resume, args.haystack, args.dms_model, args.dms_revision, args,
-                     batches, getattr(args, "admission", "each"))
+                     batches, getattr(args, "admission", "each"), dms_model_given=dms_model_given)
 
 
 

@@ -1,8 +1,15 @@
 """BenchmarkResult (the one record every script writes), the run header, and atomic, resumable JSON files.
 
-File layout: {"schema_version": 1, "run": {...}, "results": [BenchmarkResult, ...]}. The file is rewritten
+File layout: {"schema_version": 2, "run": {...}, "results": [BenchmarkResult, ...]}. The file is rewritten
 atomically after every record, so a run that dies half-way loses at most the record in flight, and `--resume`
 skips the records already there.
+
+The file stays standard JSON (json.load reads it) laid out to be diffed: a list of numbers is one line, a list of
+such lists one line per row (kv_tokens_per_head: one line per layer), everything else as json.dump(indent=1).
+A batch whose consecutive sequences repeat (cloned admission: rows 1..B-2 copy row 0's cache) stores its per-head
+lists once per run of identical sequences: the record then carries `sequence_copies`, how many consecutive
+sequences each stored block of kv heads stands for (sum = batch); `load` expands them back, so in memory
+kv_tokens_per_head[_end][layer] always holds batch x kv heads entries (row b * Hkv + h).
 """
 
 from __future__ import annotations
@@ -21,10 +28,14 @@ from pathlib import Path
 
 from kvcompress.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+READABLE = " and ".join(map(str, READABLE_VERSIONS))
 # Loader policy. Within a version, fields are only ever added: a record that lacks a newer field takes its default,
-# and a field this code does not know is ignored. Any other version is refused by name: version 1 is the first, so
-# there is nothing older to migrate, and a newer file may mean something this code cannot know.
+# and a field this code does not know is ignored. Version 2 added `sequence_copies`, which changes how long the
+# per-head lists stored beside it are (an older reader would take them as they stand): version 1 files never carry
+# it and are read as they are. Any other version is refused by name: version 1 is the first, so there is nothing
+# older to migrate, and a newer file may mean something this code cannot know.
 
 
 @dataclass
@@ -69,7 +80,8 @@ class BenchmarkResult:
     kv_live_bytes: int | None = None  # bytes of entries attention still sees (DMS pool: live part)
     kv_live_bytes_end: int | None = None
     kv_tokens_end: float | None = None
-    # live tokens per [layer][kv head] after prefill and at the end, where heads keep different counts (DMS)
+    # live tokens per [layer][kv head] after prefill and at the end, where heads keep different counts (DMS); a batch's
+    # rows are b * Hkv + h (in a file, repeated sequences are stored once: `sequence_copies`, see the module docstring)
     kv_tokens_per_head: list[list[int]] | None = None
     kv_tokens_per_head_end: list[list[int]] | None = None
     # test_kvpress_api.py: memory behaviour classified from the measured bytes (real | uneven | mask | none), at the
@@ -248,8 +260,83 @@ class ResultFile:
         self.save()
 
     def save(self) -> None:
-        payload = {"schema_version": SCHEMA_VERSION, "run": self.run, "results": [r.to_dict() for r in self.results]}
-        write_json_atomic(self.path, payload)
+        save(self.path, self.run, self.results)
+
+
+def save(path: Path, run: dict, results: list[BenchmarkResult]) -> None:
+    """Write a whole result file atomically (ResultFile.save; also how an older file is rewritten in this layout)."""
+    payload = {"schema_version": SCHEMA_VERSION, "run": run, "results": [file_record(r) for r in results]}
+    write_json_atomic(path, payload)
+
+
+# Per-head lists of a batch: per layer, batch x kv heads entries, sequence b's heads at b * Hkv + h.
+PER_SEQUENCE_HEAD_FIELDS = ("kv_tokens_per_head", "kv_tokens_per_head_end")
+
+
+def file_record(record: BenchmarkResult) -> dict:
+    """A record as the file stores it: its per-head lists once per run of identical consecutive sequences, with
+    `sequence_copies` saying how many each stands for, where that is shorter (a cloned batch of 270 stores 2)."""
+    data = record.to_dict()
+    copies = _sequence_runs(data)
+    if copies is None:
+        return data
+    stored = {}
+    for key, value in data.items():
+        if key == PER_SEQUENCE_HEAD_FIELDS[0]:
+            stored["sequence_copies"] = copies
+        if key in PER_SEQUENCE_HEAD_FIELDS and value is not None:
+            value = [_runs_kept(layer, copies, len(layer) // data["batch"]) for layer in value]
+        stored[key] = value
+    return stored
+
+
+def _sequence_runs(data: dict) -> list[int] | None:
+    """Lengths of the runs of consecutive sequences whose per-head counts are equal in every per-head field; None
+    when there is nothing to fold (batch 1, no per-head lists, every sequence its own)."""
+    batch = data.get("batch") or 1
+    lists = [data.get(key) for key in PER_SEQUENCE_HEAD_FIELDS if data.get(key)]
+    if batch < 2 or not lists or any(len(layer) % batch or not layer for value in lists for layer in value):
+        return None
+
+    def sequence(b: int) -> list:
+        return [layer[b * (len(layer) // batch):(b + 1) * (len(layer) // batch)] for value in lists for layer in value]
+
+    runs = [1]
+    for b in range(1, batch):
+        if sequence(b) == sequence(b - 1):
+            runs[-1] += 1
+        else:
+            runs.append(1)
+    return runs if len(runs) < batch else None
+
+
+def _runs_kept(layer: list, copies: list[int], heads: int) -> list:
+    """One block of `heads` entries per run: the run's first sequence."""
+    starts = [sum(copies[:i]) for i in range(len(copies))]
+    return [n for start in starts for n in layer[start * heads:(start + 1) * heads]]
+
+
+def _runs_expanded(layer: list, copies: list[int]) -> list:
+    """The inverse of _runs_kept: block i repeated copies[i] times."""
+    heads = len(layer) // len(copies)
+    return [n for i, c in enumerate(copies) for _ in range(c) for n in layer[i * heads:(i + 1) * heads]]
+
+
+def _expand_sequences(record: dict) -> dict:
+    """A stored record back to one block of kv heads per sequence (the inverse of file_record)."""
+    copies = record.pop("sequence_copies", None)
+    if copies is None:
+        return record
+    if (not isinstance(copies, list) or not copies or any(type(c) is not int or c < 1 for c in copies)
+            or sum(copies) != record.get("batch", 1)):
+        raise TypeError(f"sequence_copies {copies!r} are not positive counts summing to the batch")
+    for key in PER_SEQUENCE_HEAD_FIELDS:
+        value = record.get(key)
+        if value is not None:
+            if any(not isinstance(layer, list) or len(layer) % len(copies) for layer in value):
+                raise TypeError(f"{key} does not hold one block of kv heads per entry of sequence_copies")
+            record[key] = [_runs_expanded(layer, copies) for layer in value]
+    return record
 
 
 # What a resumed run must share with the file's header: its records would otherwise be mixed with other settings'.
@@ -288,13 +375,37 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes 0600; result files are meant to be shared and diffed
         with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=1, default=_jsonable)
-            f.write("\n")
+            f.write(json_text(payload) + "\n")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def json_text(payload) -> str:
+    """JSON as json.dump(indent=1) writes it, except that a list of numbers is one line and a list of such lists one
+    line per row: a per-head array is a few lines, not one line per integer, so a re-run diffs in what changed."""
+    return _layout(json.loads(json.dumps(payload, default=_jsonable)), 0)  # plain JSON values first (tensors, ...)
+
+
+def _layout(value, depth: int) -> str:
+    inner = " " * (depth + 1)
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(key)}: {_layout(item, depth + 1)}" for key, item in value.items()]
+    elif isinstance(value, list) and value and not _numbers(value):
+        if all(isinstance(item, list) and _numbers(item) for item in value):
+            items = [inner + json.dumps(item) for item in value]
+        else:
+            items = [inner + _layout(item, depth + 1) for item in value]
+    else:
+        return json.dumps(value)
+    brackets = "{}" if isinstance(value, dict) else "[]"
+    return brackets[0] + "\n" + ",\n".join(items) + "\n" + " " * depth + brackets[1]
+
+
+def _numbers(values: list) -> bool:
+    return all(v is None or isinstance(v, (bool, int, float)) for v in values)
 
 
 def record_json(record: BenchmarkResult) -> str:
@@ -324,12 +435,12 @@ def load(path: Path) -> tuple[dict, list[BenchmarkResult]]:
     version = data.get("schema_version")
     if type(version) is not int:
         raise UserError(f"{path}: schema_version {version!r} is not a version number (this kvcompress reads "
-                        f"{SCHEMA_VERSION})")
-    if version != SCHEMA_VERSION:
+                        f"{READABLE})")
+    if version not in READABLE_VERSIONS:
         why = ("written by a newer kvcompress: upgrade to read it" if version > SCHEMA_VERSION
                else "an older format with no migration")
         raise UserError(f"{path}: schema_version {version} is not supported ({why}; this kvcompress reads "
-                        f"{SCHEMA_VERSION})")
+                        f"{READABLE}")
     run = data.get("run", {})
     if not isinstance(run, dict):
         raise UserError(f"{path}: the 'run' header is not an object")
@@ -338,7 +449,7 @@ def load(path: Path) -> tuple[dict, list[BenchmarkResult]]:
         if not isinstance(record, dict):
             raise UserError(f"{path}: record {i} is not an object")
         try:
-            results.append(BenchmarkResult.from_dict(record))
+            results.append(BenchmarkResult.from_dict(_expand_sequences(dict(record))))
         except TypeError as exc:
             raise UserError(f"{path}: record {i} is malformed ({exc})") from None
     return run, results

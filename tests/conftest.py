@@ -1,6 +1,8 @@
 """Offline, CPU-only fixtures: the tiny Qwen3 built in code, prompts, and a quick measurement helper."""
 
+import importlib
 import os
+import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the test suite may reach the Hugging Face Hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -16,6 +18,23 @@ from kvcompress.methods import parse_method  # noqa: E402
 from kvcompress.tasks import niah  # noqa: E402
 
 torch.set_num_threads(1)  # tiny models gain nothing from threads, and spin-waiting threads slow a busy 2-core box
+
+
+@pytest.fixture
+def without_flash_attn(monkeypatch):
+    """flash-attn absent, also where it is installed (the GPU machine): importlib.util.find_spec answers None and
+    importing it fails as a missing package does (transformers vets a remote module's imports by importing them)."""
+    for name in [m for m in sys.modules if m == "flash_attn" or m.startswith("flash_attn.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # find_spec: None for a module set to None
+    real_import = importlib.import_module
+
+    def import_module(name, package=None):
+        if name == "flash_attn" or name.startswith("flash_attn."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
 
 
 @pytest.fixture(scope="session")

@@ -227,8 +227,7 @@ def dms_engine_check(steps: int = 10) -> int:
     fast = generate_once(lm, method, prompt, settings, FastDecoder(lm))
     print(f"dms engine tokens: hf {reference.token_ids} fast {fast.token_ids}")
     print(f"dms engine live per head: hf {reference.kv_end.tokens_per_head} fast {fast.kv_end.tokens_per_head}")
-    status = int(reference.token_ids != fast.token_ids or
-                 reference.kv_end.tokens_per_head != fast.kv_end.tokens_per_head)
+    failures = dms_engine_failures(reference, fast)
     # a batch of two prompts of different lengths: one merged compact cache, rows at their own positions
     from dms_reference import batch_prompts
     from kvcompress.engine.batch import generate_batch
@@ -244,8 +243,10 @@ def dms_engine_check(steps: int = 10) -> int:
     want_live = batch_rows([g.kv_end for g in alone])
     print(f"dms batch x2 tokens: hf alone {[g.token_ids for g in alone]} fast batched {batch.batch_token_ids}")
     print(f"dms batch x2 live per row: hf alone {want_live} fast batched {batch.kv_end.tokens_per_head}")
-    wrong = batch.batch_token_ids != [g.token_ids for g in alone] or batch.kv_end.tokens_per_head != want_live
-    return status | int(wrong)
+    failures += dms_batch_failures(alone, batch)
+    if failures:
+        print("FAILED: " + ", ".join(failures))
+    return 1 if failures else 0
 
 
 def engine_gpu_check(steps: int = 24) -> int:
@@ -293,10 +294,30 @@ def batch_rows(states) -> list[list[int]]:
     return [[n for state in states for n in state.tokens_per_head[i]] for i in range(len(states[0].tokens_per_head))]
 
 
+def dms_engine_failures(hf, fast, again=None) -> list[str]:
+    """Native DMS, greedy, one sequence: the fast engine must give the hf engine's tokens and live entries per
+    (layer, head) exactly, and replaying its captured graph (`again`, where run) the same tokens."""
+    failures = ["greedy tokens"] if fast.token_ids != hf.token_ids else []
+    failures += ["live per head"] if fast.kv_end.tokens_per_head != hf.kv_end.tokens_per_head else []
+    failures += ["graph replay"] if again is not None and again.token_ids != fast.token_ids else []
+    return failures
+
+
+def dms_batch_failures(alone, batch, summed_bytes: int | None = None) -> list[str]:
+    """Native DMS, greedy, a batch on the fast engine against each sequence alone on hf: the same tokens per
+    sequence, the same live entries per row, and (where given) the bytes of the sequences' own caches summed."""
+    failures = ["batch greedy tokens"] if batch.batch_token_ids != [g.token_ids for g in alone] else []
+    want_live = batch_rows([g.kv_end for g in alone])
+    failures += ["batch live per row"] if batch.kv_end.tokens_per_head != want_live else []
+    failures += ["batch KV bytes"] if summed_bytes is not None and batch.kv_end.bytes != summed_bytes else []
+    return failures
+
+
 def dms_gpu_check() -> int:
     """GPU only (the lead's H200 run): the compiled DMS kernels at Qwen3-8B shapes in bf16 against their torch twins
     (run on CPU copies in fp32), then native DMS through the fast engine's captured CUDA graph against the hf engine
-    on the tiny model in fp32. `python tests/kernel_check.py dms-gpu`; exits non-zero on a kernel mismatch."""
+    on the tiny model in fp32. `python tests/kernel_check.py dms-gpu`; exits non-zero on a kernel mismatch, and on
+    any greedy token or live count where the engines differ."""
     from kvcompress.methods.dms import DMSParams, tie_break
 
     # KVCOMPRESS_CHECK_DEVICE=cpu (with TRITON_INTERPRET=1, in fp32) dry-runs this check without a GPU
@@ -376,6 +397,7 @@ def dms_gpu_check() -> int:
     print(f"dms engine (tiny, fp32, CUDA graph): {same}/{len(hf.token_ids)} greedy tokens as hf; "
           f"live per head hf {hf.kv_end.tokens_per_head} fast {fast.kv_end.tokens_per_head}; "
           f"repeat identical: {again.token_ids == fast.token_ids}")
+    failures += dms_engine_failures(hf, fast, again)
     # a batch of 4 prompts of different lengths, calibrated on sequence 0's: one merged compact cache, one graph
     from dms_reference import batch_prompts
     from kvcompress.engine.batch import generate_batch
@@ -391,7 +413,7 @@ def dms_gpu_check() -> int:
     print(f"dms batch x4 (tiny, fp32, CUDA graph): greedy tokens as hf alone per sequence {same} of "
           f"{len(alone[0].token_ids)}; live per row as alone: {batch.kv_end.tokens_per_head == want_live}; "
           f"KV bytes {batch.kv_end.bytes:,}, the sequences' fast bytes summed {summed:,}")
-    failures += ["batch KV bytes"] if batch.kv_end.bytes != summed else []
+    failures += dms_batch_failures(alone, batch, summed)
     print("FAILED: " + ", ".join(failures) if failures else "dms kernels match on the GPU")
     return 1 if failures else 0
 

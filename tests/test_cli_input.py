@@ -19,11 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["benchmark.py", "test_kvpress_api.py", "test_dms_inference.py", "test_long_context.py"]
 
 
-def test_flash_attention_without_flash_attn_is_one_line(capsys, tmp_path):
-    import importlib.util
-
-    if importlib.util.find_spec("flash_attn") is not None:
-        pytest.skip("flash-attn is installed here")
+def test_flash_attention_without_flash_attn_is_one_line(capsys, tmp_path, without_flash_attn):
     assert benchmark.main(["--preset", "tiny", "--attn", "flash_attention_2", "--out", str(tmp_path / "o.json")]) == 2
     assert "needs the flash-attn package" in one_line_error(capsys)
 

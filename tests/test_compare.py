@@ -268,11 +268,11 @@ def _duplicate(data):
 @pytest.mark.parametrize("content, message", [
     (lambda text: text[: len(text) // 2], "not valid JSON (truncated or corrupt?)"),
     (lambda text: "[1, 2]", "not a kvcompress result file"),
-    (lambda text: text.replace('"schema_version": 1', '"schema_version": 0'), "schema_version 0 is not supported "
+    (lambda text: text.replace('"schema_version": 2', '"schema_version": 0'), "schema_version 0 is not supported "
                                                                                "(an older format with no migration"),
-    (lambda text: text.replace('"schema_version": 1', '"schema_version": 2'), "schema_version 2 is not supported "
+    (lambda text: text.replace('"schema_version": 2', '"schema_version": 3'), "schema_version 3 is not supported "
                                                                                "(written by a newer kvcompress"),
-    (lambda text: text.replace('"schema_version": 1,', ''), "schema_version None is not a version number"),
+    (lambda text: text.replace('"schema_version": 2,', ''), "schema_version None is not a version number"),
     (lambda text: json.dumps({"schema_version": 1, "run": {}, "results": [{"weights": "random"}]}),
      "record 0 is malformed"),
     (lambda text: json.dumps({"schema_version": 1, "run": {}, "results": ["x"]}), "record 0 is not an object"),

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -232,6 +233,35 @@ def test_the_dms_step_through_triton_matches_the_hf_engine_under_the_interpreter
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.count("dms engine ") == 2
     assert proc.stdout.count("dms batch x2 ") == 2  # a batch of two rows at different positions, calibrated
+
+
+def _generation(tokens, live, nbytes=0):
+    return SimpleNamespace(token_ids=tokens, kv_end=SimpleNamespace(tokens_per_head=live, bytes=nbytes))
+
+
+def test_the_gpu_check_fails_where_the_engines_differ(monkeypatch):
+    """kernel_check.py dms-gpu runs on a GPU only (its CPU dry run takes minutes): it exits non-zero on a greedy
+    token or a live count the fast engine gets wrong, not only on a kernel mismatch. Its verdicts, on generations
+    that differ in one place each."""
+    monkeypatch.setenv("KVCOMPRESS_FORCE_TRITON", "1")  # kernel_check sets it on import: restored after this test
+    kernels_forced = kernels.FORCE_TRITON
+    import kernel_check
+
+    assert kernels.FORCE_TRITON == kernels_forced  # already imported: this process's kernels are left alone
+    hf = _generation([1, 2, 3], [[5, 6]])
+    assert kernel_check.dms_engine_failures(hf, _generation([1, 2, 3], [[5, 6]]), hf) == []
+    assert kernel_check.dms_engine_failures(hf, _generation([1, 2, 4], [[5, 6]])) == ["greedy tokens"]
+    assert kernel_check.dms_engine_failures(hf, _generation([1, 2, 3], [[5, 7]])) == ["live per head"]
+    assert kernel_check.dms_engine_failures(hf, hf, _generation([1, 2, 4], [[5, 6]])) == ["graph replay"]
+    alone = [_generation([1, 2], [[5, 6]], 10), _generation([3, 4], [[7, 8]], 12)]
+
+    def batch(tokens, live, nbytes=22):
+        return SimpleNamespace(batch_token_ids=tokens, kv_end=SimpleNamespace(tokens_per_head=live, bytes=nbytes))
+
+    assert kernel_check.dms_batch_failures(alone, batch([[1, 2], [3, 4]], [[5, 6, 7, 8]]), 22) == []
+    assert kernel_check.dms_batch_failures(alone, batch([[1, 2], [3, 5]], [[5, 6, 7, 8]])) == ["batch greedy tokens"]
+    assert kernel_check.dms_batch_failures(alone, batch([[1, 2], [3, 4]], [[5, 6, 8, 7]])) == ["batch live per row"]
+    assert kernel_check.dms_batch_failures(alone, batch([[1, 2], [3, 4]], [[5, 6, 7, 8]], 23), 22) == ["batch KV bytes"]
 
 
 @pytest.mark.parametrize("batch", [1, 2])

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from kvcompress.errors import UserError
-from kvcompress.results import CONTRACT_FIELDS, BenchmarkResult, ResultFile, load
+from kvcompress.results import CONTRACT_FIELDS, BenchmarkResult, ResultFile, load, save
 
 CONTRACT = ["model", "weights", "method", "press", "compression_ratio", "context_tokens", "input_tokens",
             "output_tokens", "ttft_s", "prefill_tokens_per_s", "tpot_ms", "decode_tokens_per_s", "e2e_s",
@@ -24,7 +24,7 @@ def test_file_round_trip_and_resume(tmp_path, run_method):
     record = run_method("knorm@0.5")
     f.add(record)
     data = json.loads(path.read_text())
-    assert data["schema_version"] == 1 and data["run"] == {"command": "x"}
+    assert data["schema_version"] == 2 and data["run"] == {"command": "x"}
     assert set(CONTRACT) <= set(data["results"][0])
     resumed = ResultFile(path, {"command": "y"}, resume=True)
     assert resumed.done(record.identity())
@@ -77,5 +77,58 @@ def test_bad_files_are_refused_in_one_line(tmp_path, content, message):
     path = tmp_path / "bad.json"
     path.write_text(content)
     with pytest.raises(UserError, match=message) as info:
+        load(path)
+    assert "\n" not in str(info.value)
+
+
+def _cloned_dms_batch(batch: int, layers: int = 3, heads: int = 2) -> BenchmarkResult:
+    """A cloned-admission batch as the capacity search records it: rows 1..B-2 repeat row 0, the last its own."""
+    first = [[100 + 10 * layer + h for h in range(heads)] for layer in range(layers)]
+    last = [[200 + 10 * layer + h for h in range(heads)] for layer in range(layers)]
+    per_head = [first[layer] * (batch - 1) + last[layer] for layer in range(layers)]
+    end = [[n + 1 for n in layer] for layer in per_head]
+    return BenchmarkResult(model="m", weights="random", method="dms-8x", batch=batch, admission="cloned",
+                           kv_tokens_per_head=per_head, kv_tokens_per_head_end=end,
+                           ttft_sequences_s=[0.25, 0.5], ttft_samples_s=[0.1, 0.2, 0.3],
+                           notes=["a note"], capacity_probes=[{"batch": 2, "fits": True, "peak_bytes": {"decode": 7}}])
+
+
+def _old_layout(path, run, records) -> None:
+    """A file as kvcompress wrote it before: schema 1, json.dump(indent=1), one integer per line."""
+    path.write_text(json.dumps({"schema_version": 1, "run": run, "results": [r.to_dict() for r in records]},
+                               indent=1) + "\n")
+
+
+def test_a_rewritten_file_loads_to_the_same_records_in_a_diffable_layout(tmp_path):
+    heads = [[5, 6, 7, 8], [1, 2, 3, 4]]  # a batch of 2 admitted each: two distinct sequences, nothing to fold
+    records = [_cloned_dms_batch(270), _cloned_dms_batch(2),
+               BenchmarkResult(model="m", weights="random", method="dms-8x", batch=2, admission="each",
+                               kv_tokens_per_head=heads, kv_tokens_per_head_end=heads),
+               BenchmarkResult(model="m", weights="random", method="knorm@0.5", ttft_s=0.5, tpot_samples_ms=[1.5])]
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    _old_layout(old, {"command": "x", "arguments": {"batch": [1, 270]}}, records)
+    run, loaded = load(old)
+    save(new, run, loaded)
+    assert load(new) == load(old) == (run, records)  # record by record, every value
+    assert json.loads(new.read_text())["schema_version"] == 2  # standard JSON, for any reader
+    text = new.read_text()
+    assert len(text.splitlines()) * 8 < len(old.read_text().splitlines())  # 398 lines against 3,712
+    assert not [line for line in text.splitlines() if line.strip().rstrip(",").isdigit()]  # no integer on its own
+    stored = json.loads(text)["results"]
+    assert stored[0]["sequence_copies"] == [269, 1] and len(stored[0]["kv_tokens_per_head"][0]) == 2 * 2
+    assert stored[0]["kv_tokens_per_head_end"][2] == [121, 122, 221, 222]
+    assert "sequence_copies" not in stored[1]  # batch 2: the first and the last, both prefilled
+    assert "sequence_copies" not in stored[2] and stored[2]["kv_tokens_per_head"] == heads
+    assert '   "kv_tokens_per_head": [\n    [100, 101, 200, 201],\n' in text  # one line per layer
+    assert '   "ttft_samples_s": [0.1, 0.2, 0.3],\n' in text
+
+
+def test_sequence_copies_that_do_not_add_up_to_the_batch_are_refused_in_one_line(tmp_path):
+    path = tmp_path / "r.json"
+    save(path, {}, [_cloned_dms_batch(5)])
+    data = json.loads(path.read_text())
+    data["results"][0]["sequence_copies"] = [3, 1]
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="record 0 is malformed .*summing to the batch") as info:
         load(path)
     assert "\n" not in str(info.value)

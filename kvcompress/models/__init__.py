@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3
 from kvcompress import assets
 from kvcompress.models import dms, tiny
 from kvcompress.errors import UserError
-from kvcompress.models.loaded import LoadedModel, ModelSpec, qwen3_tokenizer, weights_bytes  # noqa: F401 (re-exported)
+from kvcompress.models.loaded import (LoadedModel, ModelSpec, checkpoint_tokenizer, qwen3_tokenizer,  # noqa: F401
+                                      weights_bytes)  # (qwen3_tokenizer, weights_bytes: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,19 @@ def resolve_spec(name: str) -> ModelSpec:
     known = next((spec for spec in MODELS.values() if spec.hub_id == name), None)
     if known:  # a registered model by its Hub id: the same checks (GPU, context limit) and the reviewed revision
         return known
+    if Path(name).is_dir():  # a local checkpoint: DMS when its config.json says so (read here, nothing runs)
+        return ModelSpec(name, name, name, is_dms=dms.config_is_dms(name))
     if "/" in name or Path(name).exists():
         return ModelSpec(name, name, name)
     raise UserError(f"unknown model {name!r}; use one of {', '.join(MODELS)} or a Hub id / local folder")
+
+
+def dms_runs_on_main(main: ModelSpec, *, random_weights: bool, dms_model_given: bool) -> bool:
+    """Whether native dms-8x runs on the main model rather than on the DMS checkpoint (--dms-model), known before
+    anything loads: where the main model is a DMS checkpoint itself, or where its weights are random (--random-weights,
+    or the tiny model's: native DMS adds no weights, its decisions are calibrated) and no --dms-model was named (a
+    named checkpoint is never ignored)."""
+    return main.is_dms or ((random_weights or main.architecture == "tiny") and not dms_model_given)
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -106,7 +117,8 @@ def load_dms_native(spec: ModelSpec, *, device: torch.device, dtype: torch.dtype
                     revision: str | None = None) -> LoadedModel:
     """A DMS checkpoint as a plain Qwen3 (it adds no weights: the decision is a repurposed query channel): the
     vanilla class, no trust_remote_code, no flash-attn; its dms_* fields come from its config.json and native DMS
-    (methods/dms.py) applies the rule. The official repository has no tokenizer: Qwen3-8B's."""
+    (methods/dms.py) applies the rule. The official repository has no tokenizer: Qwen3-8B's; a local folder or another
+    checkpoint uses its own where it has one."""
     dtype = dtype or default_dtype(device)
     if spec.name == "tiny-dms":
         from kvcompress.models import tiny_dms
@@ -121,8 +133,13 @@ def load_dms_native(spec: ModelSpec, *, device: torch.device, dtype: torch.dtype
         raise UserError(f"cannot read {model_id}'s config (revision {revision or 'local'}): {_first_line(exc)}") from None
     if getattr(config, "dms_window_size", None) is None:
         raise UserError(f"{model_id} is not a DMS checkpoint (its config has no dms_window_size)")
-    tokenizer, source = qwen3_tokenizer("Qwen/Qwen3-8B") if spec.tokenizer_id else (tiny.build_byte_tokenizer(),
-                                                                                     "built in code (byte level)")
+    if spec.name == "tiny-dms":
+        tokenizer, source = tiny.build_byte_tokenizer(), "built in code (byte level)"
+    else:  # the official repository ships none (Qwen3-8B's); a folder or another checkpoint, its own if it has one
+        tokenizer, source = checkpoint_tokenizer(model_id, revision, ships_none=model_id == dms.DMS_HUB_ID)
+    if len(tokenizer) > config.vocab_size:
+        raise UserError(f"{model_id}: tokenizer {source} has {len(tokenizer)} tokens, more than the model's "
+                        f"vocab_size {config.vocab_size} (a local checkpoint needs its own tokenizer in the folder)")
     notes = [f"dms_window_size={config.dms_window_size}", f"revision={revision or 'local'}",
              "loaded with transformers' Qwen3ForCausalLM (no remote code)"]
     if getattr(config, "pad_token_id", None) is None:

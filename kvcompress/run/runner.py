@@ -104,28 +104,38 @@ def run_on_models(cfg: RunConfig, methods: list[Method], out: ResultFile,
                   say: Callable[[str], None] = console.print) -> None:
     """`work(lm, methods)` on the model each method runs on, one model in memory at a time, both named in the run
     header: --model for every method but native DMS on pretrained weights, then the DMS checkpoint (cfg.dms_model)
-    for those. Random weights: native DMS runs on the same model (it adds no weights; its decisions are calibrated)."""
-    if cfg.spec.is_dms:  # --model <a DMS checkpoint>: only dms-8x runs on it (preflight refuses the others)
-        lm = models.load_dms_native(cfg.spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
-    else:
-        lm = models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
-                         attn_implementation=cfg.attn_implementation, seed=cfg.settings.sampling.seed)
-    out.run.update(model=lm.name, weights=lm.weights, tokenizer=lm.tokenizer_source, notes=lm.notes,
-                   architecture=architecture_of(lm.model.config))
-    for note in lm.notes:
-        say(f"[yellow]{note}[/yellow]")
-    later = [m for m in methods if m.native_dms and lm.weights != "random" and not cfg.spec.is_dms]
-    work(lm, [m for m in methods if m not in later])
-    del lm  # before the checkpoint loads: never two models in memory (nor under a capacity budget)
-    free_memory()
+    for those. Random weights: native DMS runs on the same model (it adds no weights; its decisions are calibrated)
+    unless --dms-model names a checkpoint (models.dms_runs_on_main). A model no method runs on is not loaded."""
+    on_main = models.dms_runs_on_main(cfg.spec, random_weights=cfg.random_weights, dms_model_given=cfg.dms_model_given)
+    later = [m for m in methods if m.native_dms and not on_main]
+    first = [m for m in methods if m not in later]
+    if first or not later:
+        lm = _load_main(cfg)
+        out.run.update(model=lm.name, weights=lm.weights, tokenizer=lm.tokenizer_source, notes=lm.notes,
+                       architecture=architecture_of(lm.model.config))
+        for note in lm.notes:
+            say(f"[yellow]{note}[/yellow]")
+        work(lm, first)
+        del lm  # before the checkpoint loads: never two models in memory (nor under a capacity budget)
+        free_memory()
     if later:
         spec = models.resolve_spec(cfg.dms_model)
         say(f"native DMS: loading {spec.hub_id or spec.name} with transformers' Qwen3 class")
         lm = models.load_dms_native(spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
         out.run.update(dms_model=lm.name, dms_notes=lm.notes)
+        if not first:  # the only model loaded: the header's model is the checkpoint
+            out.run.update(model=lm.name, weights=lm.weights, tokenizer=lm.tokenizer_source, notes=lm.notes,
+                           architecture=architecture_of(lm.model.config))
         work(lm, later)
         del lm
         free_memory()
+
+
+def _load_main(cfg: RunConfig) -> LoadedModel:
+    if cfg.spec.is_dms:  # --model <a DMS checkpoint>: only dms-8x runs on it (preflight refuses the others)
+        return models.load_dms_native(cfg.spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
+    return models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
+                       attn_implementation=cfg.attn_implementation, seed=cfg.settings.sampling.seed)
 
 
 def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
