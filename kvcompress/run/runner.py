@@ -17,11 +17,10 @@ from kvcompress.run import isolated
 from kvcompress import models
 from kvcompress.commands.checks import architecture_of
 from kvcompress.cli import RunConfig
-from kvcompress.engine.batch import batch_problem
-from kvcompress.engine.generate import HFDecoder
+from kvcompress.engine.hf import HFDecoder
 from kvcompress.models.loaded import LoadedModel
 from kvcompress.methods import Method
-from kvcompress.run.one_cell import (console, free_memory, pick_decoder, preflight, prepare_dms,  # noqa: F401
+from kvcompress.run.one_cell import (console, free_memory, pick_decoder,  # noqa: F401
                                  progress_line, run_cell, run_cell_questions, skeleton)
 from kvcompress.results import BenchmarkResult, ResultFile, run_header
 from kvcompress.tasks.cell import Cell
@@ -50,7 +49,7 @@ def tiny_threads(cfg: RunConfig):
 
 def _run(cfg: RunConfig, cells: list[Cell], task: str, header_extra: dict, annotate) -> ResultFile:
     out = ResultFile(cfg.out, header_of(cfg, header_extra, task=task), resume=cfg.resume)
-    in_child = [m for m in cfg.methods if m.kind == "dms" and m.impl == "remote"]
+    in_child = [m for m in cfg.methods if m.runs_in_child]
     local = [m for m in cfg.methods if m not in in_child]
     total = len(cells) * len(cfg.batches) * len(cfg.methods)
     console.print(f"{len(cfg.methods)} method(s) x {len(cells)} prompt(s) = {total} cells -> {cfg.out}")
@@ -66,7 +65,7 @@ def _run(cfg: RunConfig, cells: list[Cell], task: str, header_extra: dict, annot
                     progress["done"] += 1
                     record = skeleton(model, weights, method, cell, None, task, {"hf": None}, None, cfg.settings,
                                       batch)
-                    record.error = batch_problem(method, cfg.settings)
+                    record.error = method.batch_problem(cfg.settings)
                     out.add(record)
                     console.print(f"[{progress['done']}/{total}] {progress_line(record)}")
     if in_child:
@@ -102,7 +101,7 @@ def run_on_models(cfg: RunConfig, methods: list[Method], out: ResultFile,
     """`work(lm, methods)` on the model each method runs on, one model in memory at a time, both named in the run
     header: --model for every method but native DMS on pretrained weights, then the DMS checkpoint (cfg.dms_model)
     for those. Random weights: native DMS runs on the same model (it adds no weights; its decisions are calibrated)."""
-    if cfg.spec.is_dms:  # --model <a DMS checkpoint>: only dms-8x runs on it (preflight refuses the others)
+    if cfg.spec.is_dms:  # --model <a DMS checkpoint>: only dms-8x runs on it (Method.problem refuses the others)
         lm = models.load_dms_native(cfg.spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
     else:
         lm = models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
@@ -111,7 +110,7 @@ def run_on_models(cfg: RunConfig, methods: list[Method], out: ResultFile,
                    architecture=architecture_of(lm.model.config))
     for note in lm.notes:
         say(f"[yellow]{note}[/yellow]")
-    later = [m for m in methods if m.native_dms and lm.weights != "random" and not cfg.spec.is_dms]
+    later = [m for m in methods if m.needs_dms_checkpoint and lm.weights != "random" and not cfg.spec.is_dms]
     work(lm, [m for m in methods if m not in later])
     del lm  # before the checkpoint loads: never two models in memory (nor under a capacity budget)
     free_memory()
