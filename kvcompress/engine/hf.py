@@ -13,7 +13,7 @@ from transformers import DynamicCache
 from kvcompress.engine.decoder import Decoder
 from kvcompress.engine.sampling import sample
 from kvcompress.errors import UserError
-from kvcompress.memory import KVState, padded_rows_state
+from kvcompress.memory import KVState, ReportsOwnKV, padded_rows_state
 from kvcompress.methods.dms import MaskedDMSCache
 
 
@@ -88,7 +88,7 @@ class HFDecoder(Decoder):
         return steps, batched
 
 
-class BatchedCache:
+class BatchedCache(ReportsOwnKV):
     """The sequences' caches stacked along the batch, right-padded per layer; an attention mask hides the pads.
 
     transformers applies one attention mask to every layer, so a padded batch needs every sequence to keep the same

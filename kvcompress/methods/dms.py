@@ -47,7 +47,7 @@ from transformers import DynamicCache
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, apply_rotary_pos_emb
 
 from kvcompress.errors import UserError
-from kvcompress.memory import KVState, per_head_state
+from kvcompress.memory import KVState, ReportsOwnKV, per_head_state
 
 PREFILL_CHUNK = 512  # CPU path: queries per chunk (the mask of one chunk is Hkv x 512 x L booleans)
 FLEX_BLOCK = 128
@@ -121,7 +121,7 @@ def marks_from_decisions(decisions: torch.Tensor) -> torch.Tensor:
 # --- the hf engine's cache ------------------------------------------------------------------------------------------
 
 
-class MaskedDMSCache(DynamicCache):
+class MaskedDMSCache(DynamicCache, ReportsOwnKV):
     """Every K/V entry kept, plus each token's mark: the rule applied by masking (reference semantics, no reclaim).
 
     A batch (`stack`): the sequences' caches right-padded to the longest prompt; the pads sit at a position no query

@@ -26,7 +26,7 @@ from transformers import DynamicCache
 from kvcompress.engine.decoder import Decoder
 from kvcompress.engine.fast import dms as fast_dms, kernels
 from kvcompress.engine.fast.decode_state import DecodeState, qk_norms
-from kvcompress.memory import KVState, empty_in_pool, padded_rows_state, take_masked_indices
+from kvcompress.memory import KVState, ReportsOwnKV, empty_in_pool, padded_rows_state, take_masked_indices
 
 
 class FastDecoder(Decoder):
@@ -234,7 +234,7 @@ def _fuse(owner, name: str, linears) -> tuple[torch.Tensor, torch.Tensor | None]
     return fused, bias
 
 
-class _DecodeState(DecodeState):
+class _DecodeState(DecodeState, ReportsOwnKV):
     """Buffers, static inputs and the captured graph for one cache shape (reused across repeats of a cell)."""
 
 

@@ -37,7 +37,7 @@ import torch
 
 from kvcompress.engine.fast import kernels
 from kvcompress.engine.fast.decode_state import DecodeState, qk_norms
-from kvcompress.memory import KVState, empty_in_pool, in_pool
+from kvcompress.memory import KVState, ReportsOwnKV, empty_in_pool, in_pool
 from kvcompress.methods import dms as rule
 
 
@@ -116,7 +116,7 @@ def ring_size(window: int) -> int:
     return int(ages[gone[0]])
 
 
-class CompactDMSCache:
+class CompactDMSCache(ReportsOwnKV):
     """The fast engine's DMS cache (see the module docstring for the layout and what its slack is)."""
 
     layout = "compact per head, slots reclaimed"
