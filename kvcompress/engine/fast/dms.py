@@ -116,7 +116,7 @@ def ring_size(window: int) -> int:
     return int(ages[gone[0]])
 
 
-class CompactDMSCache(ReportsOwnKV):
+class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
     """The fast engine's DMS cache (see the module docstring for the layout and what its slack is)."""
 
     layout = "compact per head, slots reclaimed"
