@@ -97,13 +97,13 @@ def test_batched_generations_release_the_buffers_between_repeats(tiny, prompts, 
     import kvcompress.engine.batch as batch_module
 
     states = []
-    real = batch_module._prefill
+    real = batch_module.prefill
 
     def watched(*args, **kwargs):
         states.append(fast.state)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(batch_module, "_prefill", watched)
+    monkeypatch.setattr(batch_module, "prefill", watched)
     measure(tiny, parse_method("vanilla"), prompts, SETTINGS, fast, repeats=2, warmup=True)
     assert len(states) == 4 * 3 and all(s is None for s in states)
 

@@ -21,7 +21,7 @@ from statistics import median
 
 import torch
 
-from kvcompress.engine.generate import Generation, GenerationSettings, Prompt, _prefill, prefill_protocol
+from kvcompress.engine.generate import Generation, GenerationSettings, Prompt, prefill, prefill_protocol
 from kvcompress.engine.sampling import draw_uniforms, sample
 from kvcompress.engine.timing import Stopwatch
 from kvcompress.errors import UserError
@@ -115,7 +115,7 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
             # its prefill, so that prefill's peak holds the batch's other caches and nothing more
             room = max(1, n - 1 - b)
             cache = method.new_cache(decoder, lm, rows_for, batch_room=room)
-            cache, kv_after, logits, next_position = _prefill(
+            cache, kv_after, logits, next_position = prefill(
                 lm, method, presses[b], prompt.context_ids.to(device), prompt.question_ids.to(device), presses[b],
                 single_prefill, cache)
             token = sample(logits, uniforms[0, b:b + 1], settings.sampling)

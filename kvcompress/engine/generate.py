@@ -81,7 +81,7 @@ def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettin
     peaks.reset()
     clock.start()
     with press_context(whole_run, model):
-        cache, kv_after, logits, next_position = _prefill(lm, method, press, context, question, prefill_only,
+        cache, kv_after, logits, next_position = prefill(lm, method, press, context, question, prefill_only,
                                                           single_prefill, method.new_cache(decoder, lm, n_new))
         token = sample(logits, uniforms[0], settings.sampling)
         out_tokens[0] = token
@@ -113,7 +113,7 @@ def prefill_protocol(method: Method, settings: GenerationSettings) -> tuple[bool
     return (True, "query_aware") if settings.query_aware else (False, "query_agnostic")
 
 
-def _prefill(lm, method: Method, press, context, question, prefill_only, single_prefill: bool, cache):
+def prefill(lm, method: Method, press, context, question, prefill_only, single_prefill: bool, cache):
     """One sequence's prefill into `cache` under the method: the cache, a snapshot of its size, the last position's
     logits, and the position of the first generated token."""
     model, device = lm.model, lm.device
