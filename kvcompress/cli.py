@@ -17,7 +17,7 @@ from pathlib import Path
 
 from kvcompress.errors import UserError
 from kvcompress.hub import go_offline, hub_available, offline_by_choice
-from kvcompress.methods import Method, parse_method, parse_methods
+from kvcompress.methods import Method, as_remote_dms, parse_methods
 from kvcompress.tasks.haystack import SOURCES
 
 # torch, transformers and kvpress are imported only once the arguments are parsed (resolve): --help and a bad
@@ -222,17 +222,15 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
         raise UserError("--top-k must be 0 (the whole vocabulary) or a positive number of tokens")
     methods = parse_methods(args.methods)
     if getattr(args, "dms_impl", "native") == "remote":
-        if any(m.native_dms and m.options for m in methods):
-            raise UserError("--dms-impl remote runs the checkpoint's own decisions: drop dms-8x's [evict=...]")
-        methods = [parse_method("dms-8x-remote") if m.native_dms else m for m in methods]
+        methods = as_remote_dms(methods)
     # native DMS runs on the main model when its weights are random (it adds no weights): no checkpoint to load
     shares_model = models.dms_runs_on_main(spec, random_weights=args.random_weights, dms_model_given=dms_model_given)
-    loads_dms = any(m.kind == "dms" and (m.impl == "remote" or not shares_model) for m in methods)
-    if any(m.kind == "dms" for m in methods):
+    loads_dms = any(m.needs_dms_checkpoint and (m.runs_in_child or not shares_model) for m in methods)
+    if any(m.needs_dms_checkpoint for m in methods):
         models.resolve_spec(args.dms_model)  # an unknown --dms-model fails now, even where the main model serves
     dms_spec = models.resolve_spec(args.dms_model) if loads_dms else None
     # an unknown, unreachable or incomplete model fails now, not after the other methods ran
-    for needed in filter(None, (spec if any(m.kind != "dms" for m in methods) else None, dms_spec)):
+    for needed in filter(None, (spec if any(not m.needs_dms_checkpoint for m in methods) else None, dms_spec)):
         _check_reachable(needed, random_weights=args.random_weights)
     contexts = parse_contexts(args.contexts)
     batches = parse_batches(getattr(args, "batch", "1"))

@@ -5,8 +5,9 @@ Three caches are understood:
   Mask-only presses leave S unchanged and record evicted entries in `self_attn.masked_key_indices`.
 - DMS-8x's paged cache: per layer a block pool `key_blocks/value_blocks` (num_blocks, block, 1, D) and the live
   entry count per (batch x kv head) in `cache_seq_lengths`.
-- the fast engine's static buffers (see engine/fast.py) and native DMS's caches (methods/dms.py MaskedDMSCache, the
-  fast engine's compact DMS cache), which report themselves in the same terms (`kv_state`, `kv_snapshot`).
+- our own caches, which report themselves in the same terms (`ReportsOwnKV`): the fast engine's static buffers
+  (engine/fast/decoder.py), the hf engine's stacked batch (engine/hf.py) and native DMS's caches (methods/dms.py
+  MaskedDMSCache, the fast engine's compact DMS cache, engine/fast/dms.py).
 """
 
 from __future__ import annotations
@@ -44,6 +45,18 @@ class KVState:
         return self.bytes < self.full_bytes
 
 
+class ReportsOwnKV:
+    """A cache of ours that reports its own KV state (`kv_state`), and a snapshot of it that a timed region can take
+    without synchronising the device (`kv_snapshot`: by default the state read at once)."""
+
+    def kv_state(self, positions) -> KVState:
+        raise NotImplementedError
+
+    def kv_snapshot(self, positions):
+        state = self.kv_state(positions)
+        return lambda: state
+
+
 def kv_snapshot(cache, model: torch.nn.Module, positions: int):
     """Capture the cache's size now without synchronising the device; call the result later for the KVState.
 
@@ -53,7 +66,7 @@ def kv_snapshot(cache, model: torch.nn.Module, positions: int):
     if layers and hasattr(layers[0], "key_blocks"):
         frozen = [_FrozenDMSLayer(layer) for layer in layers if layer.key_blocks is not None]
         return lambda: _paged_dms_state(frozen, positions)
-    if hasattr(cache, "kv_snapshot"):  # native DMS caches: live counts cloned on device, read later
+    if isinstance(cache, ReportsOwnKV):  # native DMS caches: live counts cloned on device, read later
         return cache.kv_snapshot(positions)
     state = kv_state(cache, model, positions)
     return lambda: state
@@ -72,7 +85,7 @@ def kv_state(cache, model: torch.nn.Module, positions: int) -> KVState:
     layers = getattr(cache, "layers", None)
     if layers and hasattr(layers[0], "key_blocks"):
         return _paged_dms_state(layers, positions)
-    if hasattr(cache, "kv_state"):  # the fast engine's buffers
+    if isinstance(cache, ReportsOwnKV):  # the fast engine's buffers, the hf engine's batch, native DMS's caches
         return cache.kv_state(positions)
     return _dynamic_cache_state(cache, model, positions)
 

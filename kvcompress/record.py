@@ -22,6 +22,6 @@ def record_for(model: str, weights: str, method, settings, *, task: str, engine:
         depth=cell.depth if cell is not None and needle else None, needle=needle.label if needle else None,
         prompt_id=cell.prompt_id if cell is not None else None, expected_memory=method.expected_memory,
         phase=method.phase, fixed_output_length=settings.fixed_length, max_new_tokens=settings.max_new_tokens,
-        dms_impl=method.impl if method.kind == "dms" else None)
+        dms_impl=method.dms_impl)
     values.update(measured)
     return BenchmarkResult(**values)

@@ -232,10 +232,8 @@ def dms_engine_check(steps: int = 10) -> int:
     from dms_reference import batch_prompts
     from kvcompress.engine.batch import generate_batch
 
-    from kvcompress.run.one_cell import prepare_dms
-
     prompts = batch_prompts(lm.tokenizer, (120, 113))
-    method = prepare_dms(lm, method, prompts[0])  # calibrated: the kernel's thresholds and per-row tie-breaks
+    method = method.prepare(lm, prompts[0])  # calibrated: the kernel's thresholds and per-row tie-breaks
     kernels.FORCE_TRITON = False
     alone = [generate_once(lm, method, p, settings, HFDecoder()) for p in prompts]
     kernels.FORCE_TRITON = True
@@ -401,10 +399,9 @@ def dms_gpu_check() -> int:
     # a batch of 4 prompts of different lengths, calibrated on sequence 0's: one merged compact cache, one graph
     from dms_reference import batch_prompts
     from kvcompress.engine.batch import generate_batch
-    from kvcompress.run.one_cell import prepare_dms
 
     prompts = batch_prompts(lm.tokenizer, (300, 297, 310, 291))
-    method = prepare_dms(lm, method, prompts[0])
+    method = method.prepare(lm, prompts[0])
     alone = [generate_once(lm, method, p, settings, HFDecoder()) for p in prompts]
     batch = generate_batch(lm, method, prompts, settings, fast_decoder)
     same = [sum(x == y for x, y in zip(g.token_ids, t)) for g, t in zip(alone, batch.batch_token_ids)]

@@ -97,13 +97,13 @@ def test_batched_generations_release_the_buffers_between_repeats(tiny, prompts, 
     import kvcompress.engine.batch as batch_module
 
     states = []
-    real = batch_module._prefill
+    real = batch_module.prefill
 
     def watched(*args, **kwargs):
-        states.append(fast._state)
+        states.append(fast.state)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(batch_module, "_prefill", watched)
+    monkeypatch.setattr(batch_module, "prefill", watched)
     measure(tiny, parse_method("vanilla"), prompts, SETTINGS, fast, repeats=2, warmup=True)
     assert len(states) == 4 * 3 and all(s is None for s in states)
 
@@ -146,10 +146,8 @@ def dms_prompts(tiny):
 
 @pytest.fixture(scope="module")
 def dms_method(tiny, dms_prompts):
-    """Calibrated once, on sequence 0's prompt, as one_cell.prepare_dms does for a batch; every sequence shares it."""
-    from kvcompress.run.one_cell import prepare_dms
-
-    return prepare_dms(tiny, parse_method("dms-8x"), dms_prompts[0])
+    """Calibrated once, on sequence 0's prompt, as Method.prepare does for a batch; every sequence shares it."""
+    return parse_method("dms-8x").prepare(tiny, dms_prompts[0])
 
 
 DMS_SAMPLING = {"greedy": SamplingConfig(greedy=True), "sampled": SamplingConfig(temperature=8.0, top_p=0.95, seed=5)}
@@ -197,7 +195,7 @@ def test_fast_dms_batch_bytes_are_the_sum_of_its_sequences(tiny, dms_prompts, dm
         assert state.bytes == sum(g.bytes for g in parts)
         assert state.live_bytes == sum(g.live_bytes for g in parts)
     assert batch.kv_after.bytes == batch.kv_after.live_bytes + 9 * rows * entry  # a reserve of 9 rows per head
-    merged = fast._dms.cache  # the batch's one cache: its tensors are where the bytes come from
+    merged = fast.dms.state.cache  # the batch's one cache: its tensors are where the bytes come from
     assert merged.heads == (3, c.num_key_value_heads)
     assert sum(k.nbytes + v.nbytes for k, v in zip(merged.keys, merged.values)) == batch.kv_end.bytes
 

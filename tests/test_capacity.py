@@ -83,7 +83,7 @@ def test_capacity_search_on_a_cpu_budget_finds_the_byte_boundary(tiny, pair):
     assert (lo, hi) == (5, 6) and predicted == 5
     failed = [p for p in probes if not p.fits]
     assert failed and all(p.batch >= 6 and "OOM" in p.error for p in failed)
-    assert runner.decoder._state is None  # every probe released its buffers
+    assert runner.decoder.state is None  # every probe released its buffers
 
 
 def test_a_cell_that_does_not_fit_at_batch_one_is_recorded_not_fatal(tiny, pair):

@@ -187,7 +187,7 @@ def test_a_short_prompt_saves_no_memory_because_the_pool_is_preallocated(dms_lm)
 
 
 def test_a_dms_model_refuses_other_methods(dms_lm):
-    reason = runner.preflight(parse_method("vanilla"), dms_lm)
+    reason = parse_method("vanilla").problem(dms_lm)
     assert reason and "dms-8x" in reason
 
 

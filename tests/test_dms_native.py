@@ -15,7 +15,6 @@ from kvcompress.engine import GenerationSettings, generate_once, measure
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.methods import dms, parse_method
-from kvcompress.run.runner import prepare_dms
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 33  # greedy tokens compared (32 decode steps after the first token)
@@ -48,7 +47,7 @@ def test_hf_engine_matches_brute_force_reference(tiny, long_prompt, calibrated):
     thresholds = params.threshold.tolist() if calibrated else None
     reference = BruteForceDMS(tiny.model, params.window, params.alpha_scale, params.alpha_offset, thresholds)
     want_tokens, want_lives = reference.greedy(_ids(long_prompt)[0].tolist(), STEPS)
-    method = dataclasses.replace(parse_method("dms-8x"), dms_params=params)
+    method = dataclasses.replace(parse_method("dms-8x"), params=params)
     got = generate_once(tiny, method, long_prompt, _settings(), HFDecoder())
     assert got.token_ids == want_tokens
     got_lives = _native_trace(tiny, params, _ids(long_prompt), got.token_ids)
@@ -116,7 +115,7 @@ def test_visible_rule_at_the_boundary():
 
 def test_kv_bytes_are_live_entries_times_entry_bytes(tiny, long_prompt):
     new = 9
-    method = prepare_dms(tiny, parse_method("dms-8x"), long_prompt)
+    method = parse_method("dms-8x").prepare(tiny, long_prompt)
     r = measure(tiny, method, long_prompt, _settings(new), HFDecoder(), repeats=1, warmup=False)
     c = tiny.model.config
     entry = 2 * c.head_dim * 4  # K and V of one token of one kv head, float32
@@ -161,7 +160,7 @@ def test_runner_records_say_how_dms_ran(tiny, long_prompt):
 def test_method_grammar():
     from kvcompress.errors import UserError
 
-    assert parse_method("dms-8x").impl == "native" and parse_method("dms-8x-remote").impl == "remote"
+    assert parse_method("dms-8x").dms_impl == "native" and parse_method("dms-8x-remote").dms_impl == "remote"
     assert parse_method("dms-8x[evict=0.25]").options == {"evict": 0.25}
     with pytest.raises(UserError, match="fraction in"):
         parse_method("dms-8x[evict=1.5]")
@@ -214,16 +213,15 @@ from kvcompress.engine import GenerationSettings, generate_once
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig
 from kvcompress.methods import parse_method, dms
-from kvcompress.run.runner import prepare_dms
 from kvcompress.tasks import niah
 torch.set_num_threads(1)
 lm = models.load(models.MODELS["tiny"], device=torch.device("cpu"))
 prompt = niah.build_prompt(lm.tokenizer, 300, 0.5, niah.make_needle("single", 0)).prompt
 settings = GenerationSettings(12, SamplingConfig(greedy=True), query_aware=True)
 def run():
-    method = prepare_dms(lm, parse_method("dms-8x"), prompt)
+    method = parse_method("dms-8x").prepare(lm, prompt)
     ids = torch.cat([prompt.context_ids, prompt.question_ids], 1)
-    with torch.inference_mode(), dms.DMSPatch(method.dms_params)(lm.model):
+    with torch.inference_mode(), dms.DMSPatch(method.params)(lm.model):
         logits = lm.model(input_ids=ids, past_key_values=dms.MaskedDMSCache(16)).logits[0, -1]
     return generate_once(lm, method, prompt, settings, HFDecoder()).token_ids, logits
 before, sdpa = run(), ALL_ATTENTION_FUNCTIONS["sdpa"]
@@ -289,7 +287,7 @@ def test_dms_impl_remote_maps_the_method():
 def test_the_model_through_the_flex_path_generates_what_the_chunked_path_does(tiny, long_prompt, monkeypatch, kind):
     """The whole patched model with the CUDA prefill path (KVCOMPRESS_FORCE_FLEX: flex eagerly on CPU, kernels
     cached per prompt shape as on CUDA): same tokens and live counts as the exact path, two generations in a row."""
-    method = prepare_dms(tiny, parse_method("dms-8x"), long_prompt)
+    method = parse_method("dms-8x").prepare(tiny, long_prompt)
     want = generate_once(tiny, method, long_prompt, _settings(12), HFDecoder())
     monkeypatch.setenv("KVCOMPRESS_FORCE_FLEX", "1")
     monkeypatch.setenv("KVCOMPRESS_DMS_PREFILL", kind)
@@ -304,15 +302,14 @@ def test_a_batch_keeps_for_each_row_what_the_reference_keeps_for_that_sequence_a
     """hf engine, a batch of three prompts of different lengths (rows padded to the longest): after the decode,
     each row's live positions per (layer, kv head) are those the brute-force reference keeps for that sequence
     alone; the calibrated decisions used each row's own positions (RoPE and tie-break), not its padded column."""
-    import kvcompress.engine.batch as batch_module
     from dms_reference import batch_prompts
     from kvcompress.engine.batch import generate_batch
 
     prompts = batch_prompts(tiny.tokenizer)
-    method = prepare_dms(tiny, parse_method("dms-8x"), prompts[0])  # calibrated on sequence 0's prompt
-    params = method.dms_params
+    method = parse_method("dms-8x").prepare(tiny, prompts[0])  # calibrated on sequence 0's prompt
+    params = method.params
     finals, positions = [], []
-    real_decode, real_evicts = batch_module.hf_decode_batch, dms.evicts
+    real_decode, real_evicts = HFDecoder.decode_batch, dms.evicts
 
     def keep_final(*args, **kwargs):
         n, final = real_decode(*args, **kwargs)
@@ -324,7 +321,7 @@ def test_a_batch_keeps_for_each_row_what_the_reference_keeps_for_that_sequence_a
             positions.append(rows.flatten().tolist())
         return real_evicts(logits, layer, p, rows)
 
-    monkeypatch.setattr(batch_module, "hf_decode_batch", keep_final)
+    monkeypatch.setattr(HFDecoder, "decode_batch", keep_final)
     monkeypatch.setattr(dms, "evicts", watch)
     steps = 9
     g = generate_batch(tiny, method, prompts, GenerationSettings(steps, SamplingConfig(greedy=True)), HFDecoder())

@@ -1,4 +1,4 @@
-"""Native DMS on the fast engine (engine/fast_dms.py): the compact per-head cache holds exactly the entries the rule
+"""Native DMS on the fast engine (engine/fast/dms.py): the compact per-head cache holds exactly the entries the rule
 keeps, decodes the same tokens as the brute-force reference (tests/dms_reference.py) and the hf engine, and its
 bytes are live entries plus exactly the reserve it allocates. The tiny Qwen3 carries DMS fields with window 16."""
 
@@ -37,7 +37,7 @@ def _settings(n=STEPS):
 
 
 def _method(params):
-    return dataclasses.replace(parse_method("dms-8x"), dms_params=params)
+    return dataclasses.replace(parse_method("dms-8x"), params=params)
 
 
 def _params(tiny, prompt, calibrated):
@@ -93,7 +93,7 @@ def test_fast_engine_matches_brute_force_reference_and_hf(tiny, long_prompt, fas
 
     monkeypatch.setattr(_DMSDecodeState, "step", step)
     got = generate_once(tiny, _method(params), long_prompt, _settings(), fast)
-    snapshot(fast._dms)
+    snapshot(fast.dms.state)
     hf = generate_once(tiny, _method(params), long_prompt, _settings(), HFDecoder())
 
     assert got.token_ids == want_tokens == hf.token_ids
@@ -215,12 +215,12 @@ def test_repeats_reuse_the_buffers_and_release_drops_them(tiny, long_prompt, fas
     method = _method(_params(tiny, long_prompt, False))
     fast.release()
     generate_once(tiny, method, long_prompt, _settings(8), fast)
-    first = [k.data_ptr() for k in fast._dms.cache.keys]
-    state = fast._dms
+    first = [k.data_ptr() for k in fast.dms.state.cache.keys]
+    state = fast.dms.state
     generate_once(tiny, method, long_prompt, _settings(8), fast)
-    assert fast._dms is state and [k.data_ptr() for k in fast._dms.cache.keys] == first
+    assert fast.dms.state is state and [k.data_ptr() for k in fast.dms.state.cache.keys] == first
     fast.release()
-    assert fast._dms is None
+    assert fast.dms.state is None
 
 
 def test_the_dms_step_through_triton_matches_the_hf_engine_under_the_interpreter():
@@ -301,14 +301,13 @@ def test_a_batch_row_keeps_what_the_reference_keeps_for_that_sequence_alone(tiny
     matching the stored keys to that sequence's keys), in their own rows of the merged buffers."""
     from dms_reference import batch_prompts
     from kvcompress.engine.batch import generate_batch
-    from kvcompress.run.one_cell import prepare_dms
 
     prompts = batch_prompts(tiny.tokenizer)
-    method = prepare_dms(tiny, parse_method("dms-8x"), prompts[0])  # calibrated on sequence 0's prompt
-    params = method.dms_params
+    method = parse_method("dms-8x").prepare(tiny, prompts[0])  # calibrated on sequence 0's prompt
+    params = method.params
     steps = 9
     g = generate_batch(tiny, method, prompts, _settings(steps), fast)
-    merged = fast._dms.cache
+    merged = fast.dms.state.cache
     heads = tiny.model.config.num_key_value_heads
     assert merged.heads == (len(prompts), heads)
     reference = BruteForceDMS(tiny.model, params.window, params.alpha_scale, params.alpha_offset,
@@ -333,7 +332,6 @@ def test_dms_capacity_search_counts_every_cloned_row_and_fits_more_than_vanilla(
     copies of the first compact cache hold real bytes (a probe's KV = (B - 1) x the first's + the last's, each
     measured alone), and DMS-8x fits several times vanilla's batch on the same budget."""
     from kvcompress.run.capacity import BytesBudget, Runner, capacity_cell
-    from kvcompress.run.one_cell import prepare_dms
     from kvcompress.tasks.cell import Cell
 
     from conftest import bytes_per_token
@@ -343,10 +341,10 @@ def test_dms_capacity_search_counts_every_cloned_row_and_fits_more_than_vanilla(
     budget = tiny.weights_bytes + int(5.5 * bytes_per_token(tiny.model) * (400 + new - 1))  # vanilla: 5 fit
     runner = Runner(tiny, fast, GenerationSettings(new, SamplingConfig(greedy=True)), BytesBudget(budget), 2)
     vanilla = capacity_cell(runner, parse_method("vanilla"), pair, 400, max_batch=256, max_runs=8)[:2]
-    method = prepare_dms(tiny, parse_method("dms-8x"), pair[0])
+    method = parse_method("dms-8x").prepare(tiny, pair[0])
     lo, hi, _, probes = capacity_cell(runner, method, pair, 400, max_batch=256, max_runs=12)
     assert vanilla == (5, 6) and hi == lo + 1 and lo > 3 * vanilla[0]
-    assert fast._dms is None  # every probe released its buffers
+    assert fast.dms.state is None  # every probe released its buffers
     alone = [generate_once(tiny, method, p, _settings(new), fast).kv_end.bytes for p in pair]
     for probe in probes:
         kv = (probe.batch - 1) * alone[0] + alone[1] if probe.batch > 1 else alone[0]
@@ -360,10 +358,9 @@ def test_the_merge_moves_the_batch_layer_by_layer_never_holding_it_twice(tiny, f
     one buffer, and at the end the sources hold nothing."""
     from dms_reference import batch_prompts
     from kvcompress.engine.batch import generate_batch
-    from kvcompress.run.one_cell import prepare_dms
 
     prompts = batch_prompts(tiny.tokenizer)
-    method = prepare_dms(tiny, parse_method("dms-8x"), prompts[0])
+    method = parse_method("dms-8x").prepare(tiny, prompts[0])
     seen = {}
     held = []
     real_merge, real_empty = CompactDMSCache.merge.__func__, CompactDMSCache._empty
@@ -371,7 +368,7 @@ def test_the_merge_moves_the_batch_layer_by_layer_never_holding_it_twice(tiny, f
     def merge(cls, caches, moved):
         seen["sources"] = caches
         seen["total"] = sum(t.nbytes for c in caches for t in c.keys + c.values)
-        slabs = fast._staging.slabs  # the sources' K/V are views of the decoder's per-layer staging slabs
+        slabs = fast.staging.slabs  # the sources' K/V are views of the decoder's per-layer staging slabs
 
         def dropped(layer):  # each layer's slabs go as soon as that layer is merged, before the next is allocated
             assert slabs[layer] and not any(slabs[j] for j in range(layer)) and all(slabs[layer:])
@@ -393,5 +390,6 @@ def test_the_merge_moves_the_batch_layer_by_layer_never_holding_it_twice(tiny, f
     assert len(held) == 2 * tiny.model.config.num_hidden_layers  # K and V of every layer, one at a time
     assert all(total <= seen["total"] + new for total, new in held)
     assert all(x is None for c in seen["sources"] for x in c.keys + c.values + c.offsets + c.lengths)
-    assert sum(k.nbytes + v.nbytes for k, v in zip(fast._dms.cache.keys, fast._dms.cache.values)) == seen["total"]
-    assert not any(fast._staging.slabs)
+    merged = fast.dms.state.cache
+    assert sum(k.nbytes + v.nbytes for k, v in zip(merged.keys, merged.values)) == seen["total"]
+    assert not any(fast.staging.slabs)

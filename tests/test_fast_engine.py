@@ -75,7 +75,7 @@ def test_the_validity_mask_replaces_kvpress_indices_before_decoding(tiny, tiny_p
 
 def test_buffers_are_reused_across_repeats_and_released_after(run_method, fast):
     run_method("knorm@0.5", max_new_tokens=6, repeats=2, decoder=fast)
-    assert fast._state is None  # measure() releases them before its memory pass and after it
+    assert fast.state is None  # measure() releases them before its memory pass and after it
 
 
 @pytest.mark.parametrize("method, reason", [
@@ -123,7 +123,7 @@ def test_a_failing_cell_releases_the_buffers(tiny, tiny_prompt, fast, monkeypatc
     settings = GenerationSettings(6, SamplingConfig(greedy=True))
     with pytest.raises(RuntimeError, match="boom"):
         measure_module.measure(tiny, parse_method("knorm@0.5"), tiny_prompt, settings, fast, repeats=2)
-    assert fast._state is None
+    assert fast.state is None
 
 
 @pytest.mark.parametrize("admission", ["each", "cloned"])
@@ -136,10 +136,10 @@ def test_a_batch_waits_in_per_layer_slabs_that_are_dropped_as_each_layer_moves(t
 
     prompts = Cell(target_tokens=300, needle_seed=0).build_batch(tiny.tokenizer, 4)[0]
     seen = []
-    real = FastDecoder._moved
+    real = FastDecoder.layer_moved
 
     def moved(self, layer):
-        slabs = self._staging.slabs
+        slabs = self.staging.slabs
         seen.append((layer, [s[0].numel() for s in slabs[layer]], [s[1] for s in slabs[layer]],
                      sum(bool(slabs[j]) for j in range(len(slabs)))))
         real(self, layer)
@@ -148,13 +148,13 @@ def test_a_batch_waits_in_per_layer_slabs_that_are_dropped_as_each_layer_moves(t
     held = []
 
     def decode_batch(self, lm, admitted, *args, **kwargs):  # the admitted caches are views of the slabs, not copies
-        slabs = [{s[0].untyped_storage().data_ptr() for s in layer} for layer in self._staging.slabs]
+        slabs = [{s[0].untyped_storage().data_ptr() for s in layer} for layer in self.staging.slabs]
         held.extend(layer.keys.untyped_storage().data_ptr() in slabs[i] and
                     layer.values.untyped_storage().data_ptr() in slabs[i]
                     for a in admitted for i, layer in enumerate(a.cache.layers))
         return real_decode(self, lm, admitted, *args, **kwargs)
 
-    monkeypatch.setattr(FastDecoder, "_moved", moved)
+    monkeypatch.setattr(FastDecoder, "layer_moved", moved)
     monkeypatch.setattr(FastDecoder, "decode_batch", decode_batch)
     out = generate_batch(tiny, parse_method("vanilla"), prompts, GenerationSettings(4, SamplingConfig(greedy=True)),
                          fast, admission=admission)
@@ -167,5 +167,5 @@ def test_a_batch_waits_in_per_layer_slabs_that_are_dropped_as_each_layer_moves(t
     for layer, sizes, used, still_staged in seen:
         assert sizes == [per_token * lengths[0] * 3, per_token * lengths[3]] and used == sizes
         assert still_staged == layers - layer  # this layer and the ones after it; the ones before are dropped
-    assert all(not s for s in fast._staging.slabs) and out.batch == 4
+    assert all(not s for s in fast.staging.slabs) and out.batch == 4
     assert len(held) == 4 * layers and all(held)

@@ -179,17 +179,17 @@ def test_k_questions_from_one_compression_equal_k_separate_runs(tiny, name, monk
     built = contract.build_prompt(tok, 1200, 0.2, task)
     settings = GenerationSettings(6, SamplingConfig(greedy=True), fixed_length=True)
     counted, compressed = parse_method(name), []
-    if counted.kind == "press":
-        build = counted.new_press
+    if counted.chain:
+        build = counted.hook
 
-        def new_press(model):  # count kvpress's per-layer compress calls
+        def hook(model):  # count kvpress's per-layer compress calls
             press = build(model)
             compress = press.compress
             press.compress = lambda module, *a, **k: compressed.append(module.layer_idx) or compress(module, *a, **k)
             return press
-        monkeypatch.setattr(counted, "new_press", new_press)
+        monkeypatch.setattr(counted, "hook", hook)
     shared = generate_questions(tiny, counted, built.prompt.context_ids, built.question_ids, settings)
-    if counted.kind == "press":  # one compression of every layer for all three questions
+    if counted.chain:  # one compression of every layer for all three questions
         assert sorted(compressed) == list(range(tiny.model.config.num_hidden_layers))
     method = parse_method(name)
     assert len(shared.answers) == 3

@@ -31,7 +31,6 @@ from kvcompress.engine.sampling import SamplingConfig  # noqa: E402
 from kvcompress.engine.timing import measurement_stream  # noqa: E402
 from kvcompress.errors import UserError  # noqa: E402
 from kvcompress.methods import parse_method  # noqa: E402
-from kvcompress.run.runner import prepare_dms  # noqa: E402
 from kvcompress.tasks.cell import Cell  # noqa: E402
 
 SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero")  # ops that wait for the device
@@ -101,8 +100,7 @@ def main() -> None:
     print(f"{args.rounds} rounds of fast, hf per cell; {args.repeats} repeats each; {args.max_new_tokens} new tokens")
     for text, tokens in cells:
         method, prompt = parse_method(text), prompts[tokens]
-        if method.native_dms:  # random weights: DMS's thresholds calibrated on this prompt, as the runner does
-            method = prepare_dms(lm, method, prompt)
+        method = method.prepare(lm, prompt)  # random weights: DMS's thresholds calibrated here, as the runner does
         samples = {d.name: [] for d in decoders}
         for _ in range(args.rounds):
             for decoder in decoders:
@@ -118,9 +116,7 @@ def main() -> None:
     for text in dict.fromkeys(["vanilla"] + [m for m, _ in cells]):
         tokens = next((t for m, t in cells if m == text), cells[0][1])
         try:
-            method = parse_method(text)
-            if method.native_dms:
-                method = prepare_dms(lm, method, prompts[tokens])
+            method = parse_method(text).prepare(lm, prompts[tokens])
             print(f"profile {text} @ {tokens}: {profile_prefill(lm, method, prompts[tokens], settings)}",
                   flush=True)
         except Exception as exc:  # noqa: BLE001 - the A/B figures above are already printed

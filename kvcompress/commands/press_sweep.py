@@ -75,7 +75,7 @@ def sweep_methods(presses: str, ratios: list[float], target_tokens: int, max_new
         match = _ITEM.match(item)
         if not match or match["chain"] in ("vanilla", "none", "no_press"):
             method = parse_method(item)  # raises the grammar's one-line error for anything malformed
-            if method.kind == "dms":
+            if method.needs_dms_checkpoint:
                 raise UserError("dms-8x is a model, not a kvpress press: compare it with test_dms_inference.py")
             continue  # vanilla always runs first, as the reference
         chain = registry.ALIASES.get(match["chain"], match["chain"])
@@ -135,7 +135,7 @@ def _options_text(options: dict) -> str:
 
 def annotate(record: BenchmarkResult, method: Method) -> None:
     """Add the sweep's own fields to a record before it is saved."""
-    if method.kind == "press":
+    if method.chain:  # a kvpress press (not the vanilla reference)
         own = _options_text(method.options) or "(defaults)"
         record.notes.append("ratio sweep" if method.compression_ratio is not None else
                             f"takes no ratio: ran once with its own settings {own}")

@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from kvcompress.engine.sampling import SamplingConfig, draw_uniforms, sample
+from kvcompress.engine.hf import HFDecoder
 from kvcompress.engine.timing import Stopwatch
-from kvcompress.errors import UserError
 from kvcompress.memory import KVState, PhasePeaks, clear_masks, kv_snapshot, kv_state
 from kvcompress.methods import Method, press_context
 from kvcompress.methods.presses import question_starts_at_cache_length
@@ -71,10 +70,9 @@ def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettin
     n_new = settings.max_new_tokens
     uniforms = draw_uniforms(settings.sampling, n_new, device)
     out_tokens = torch.empty(n_new, dtype=torch.long, device=device)
-    press = method.new_press(model)
+    press = method.hook(model)
     clear_masks(model)
-    single_prefill = method.kind == "dms" or settings.query_aware
-    protocol = "single_prefill" if method.kind == "dms" else ("query_aware" if settings.query_aware else "query_agnostic")
+    single_prefill, protocol = prefill_protocol(method, settings)
     # A prefill press acts on the context only (as in kvpress's pipeline); a decoding press stays hooked throughout.
     whole_run, prefill_only = (press, None) if method.compresses_during_decoding else (None, press)
 
@@ -83,8 +81,8 @@ def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettin
     peaks.reset()
     clock.start()
     with press_context(whole_run, model):
-        cache, kv_after, logits, next_position = _prefill(lm, method, press, context, question, prefill_only,
-                                                          single_prefill, new_cache(decoder, method, lm, n_new))
+        cache, kv_after, logits, next_position = prefill(lm, method, press, context, question, prefill_only,
+                                                          single_prefill, method.new_cache(decoder, lm, n_new))
         token = sample(logits, uniforms[0], settings.sampling)
         out_tokens[0] = token
         first_token = int(token.item())  # the first token is on the host: TTFT ends here
@@ -107,18 +105,15 @@ def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettin
     return Generation(ttft, e2e, tokens, kv_after(), kv_end, peak_prefill, peak_decode, protocol)
 
 
-def new_cache(decoder, method: Method, lm, n_new: int):
-    """The cache to prefill into: the decoder's own for a method it handles (`decoder.new_cache`, None = no
-    preference), else a DynamicCache; DMS-8x's remote code swaps any cache for its own, so it gets None."""
-    own = decoder.new_cache(method, lm, n_new) if hasattr(decoder, "new_cache") else None
-    if own is not None:
-        return own
-    if method.native_dms:
-        raise UserError(f"the {getattr(decoder, 'name', 'chosen')} engine has no cache for native DMS")
-    return None if method.kind == "dms" else DynamicCache()
+def prefill_protocol(method: Method, settings: GenerationSettings) -> tuple[bool, str]:
+    """(whether context and question are one prefill, the records' protocol): the method's own single prefill
+    (DMS), kvpress's query-aware compression, or the question fed after the compressed context."""
+    if method.single_prefill:
+        return True, "single_prefill"
+    return (True, "query_aware") if settings.query_aware else (False, "query_agnostic")
 
 
-def _prefill(lm, method: Method, press, context, question, prefill_only, single_prefill: bool, cache):
+def prefill(lm, method: Method, press, context, question, prefill_only, single_prefill: bool, cache):
     """One sequence's prefill into `cache` under the method: the cache, a snapshot of its size, the last position's
     logits, and the position of the first generated token."""
     model, device = lm.model, lm.device
@@ -144,47 +139,6 @@ def question_start(press, cache, context_tokens: int) -> int:
     """The position of a question's first token after the context was prefilled under `press`: kvpress's rule, the
     compressed cache's length after a press that rerotates keys, else right after the uncompressed context."""
     return cache.get_seq_length() if question_starts_at_cache_length(press) else context_tokens
-
-
-class HFDecoder:
-    """The reference decode: transformers' own forward over the method's cache, one token at a time.
-
-    This is what a kvpress user runs today; every eager kernel launch and Python step is part of the cost.
-    """
-
-    name = "hf"
-
-    def __init__(self, trace=None):
-        # Optional `trace(step, cache)` after every decode step (tests watch a decoding press hold the cache size).
-        # It must only read host metadata (shapes), so the timed path stays free of device synchronisation.
-        self.trace = trace
-
-    def unsupported(self, method, lm) -> str | None:
-        return None
-
-    def new_cache(self, method, lm, n_new):
-        if method.native_dms:
-            from kvcompress.methods.dms import DMSParams, MaskedDMSCache
-
-            params = method.dms_params or DMSParams.from_config(lm.model.config)
-            return MaskedDMSCache(params.window)
-        return None
-
-    def decode(self, lm, cache, token, next_position, uniforms, settings, out_tokens, eos):
-        model = lm.model
-        position = torch.full((1, 1), next_position, dtype=torch.long, device=lm.device)
-        n = out_tokens.shape[0]
-        for step in range(1, n):
-            logits = model(input_ids=token.view(1, 1), past_key_values=cache, position_ids=position,
-                           use_cache=True).logits[:, -1]
-            if self.trace is not None:
-                self.trace(step, cache)
-            token = sample(logits, uniforms[step], settings.sampling)
-            out_tokens[step] = token
-            position += 1
-            if eos and int(token.item()) in eos:  # quality runs only: timing runs never synchronise here
-                return step + 1, cache
-        return n, cache
 
 
 def eos_ids(lm) -> set[int]:
@@ -218,17 +172,17 @@ def generate_questions(lm, method: Method, context_ids: torch.Tensor, questions:
     kvpress's query-agnostic protocol): a question is fed where `question_start` puts it (as in the single-question
     path), its answer decoded, and every layer cropped back to the length the compression left, so the next
     question sees exactly the compressed context. Only prefill presses qualify: a decoding press or DMS changes the shared part itself."""
-    if method.kind == "dms" or method.compresses_during_decoding or settings.query_aware:
+    if not method.shares_prefill or settings.query_aware:
         raise ValueError(f"{method.name}: several questions need a press that compresses the context once, "
                          "in its prefill (no DMS, no decoding press, no query-aware compression)")
     model, device = lm.model, lm.device
     decoder = decoder or HFDecoder()
     context = context_ids.to(device)
-    press = method.new_press(model)
+    press = method.hook(model)
     clear_masks(model)
     clock = Stopwatch(device)
     clock.start()
-    cache = DynamicCache()
+    cache = method.new_cache(decoder, lm, settings.max_new_tokens)
     with press_context(press, model):
         model.model(input_ids=context, past_key_values=cache, use_cache=True)
     clock.mark("compressed")

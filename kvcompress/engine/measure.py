@@ -134,8 +134,7 @@ def _collector_paused():
 
 
 def _release(decoder) -> None:
-    if hasattr(decoder, "release"):
-        decoder.release()
+    decoder.release()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

@@ -47,7 +47,7 @@ from transformers import DynamicCache
 from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention, apply_rotary_pos_emb
 
 from kvcompress.errors import UserError
-from kvcompress.memory import KVState, per_head_state
+from kvcompress.memory import KVState, ReportsOwnKV, per_head_state
 
 PREFILL_CHUNK = 512  # CPU path: queries per chunk (the mask of one chunk is Hkv x 512 x L booleans)
 FLEX_BLOCK = 128
@@ -121,7 +121,18 @@ def marks_from_decisions(decisions: torch.Tensor) -> torch.Tensor:
 # --- the hf engine's cache ------------------------------------------------------------------------------------------
 
 
-class MaskedDMSCache(DynamicCache):
+class DMSCache:
+    """A cache DMSPatch can write into: `dms_prefill_layer` keeps what the last prefill query sees; the hf decode
+    also calls `dms_decode_layer` (the fast engine decodes its compact cache with its own step)."""
+
+    def dms_prefill_layer(self, layer_idx: int, keys, values, marked) -> None:
+        raise NotImplementedError
+
+    def dms_decode_layer(self, layer_idx: int, keys, values, decision):
+        raise NotImplementedError(f"{type(self).__name__} is decoded by its own engine, not by transformers' forward")
+
+
+class MaskedDMSCache(DynamicCache, ReportsOwnKV, DMSCache):
     """Every K/V entry kept, plus each token's mark: the rule applied by masking (reference semantics, no reclaim).
 
     A batch (`stack`): the sequences' caches right-padded to the longest prompt; the pads sit at a position no query
@@ -513,7 +524,7 @@ class DMSPatch:
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             zero_decision_channel(q, params.kv_heads)
             cache = past_key_values
-            if cache is None or not hasattr(cache, "dms_prefill_layer"):
+            if not isinstance(cache, DMSCache):
                 raise UserError("native DMS needs its own cache (MaskedDMSCache or the fast engine's)")
             batch, _, length, _ = q.shape
             if cache.get_seq_length(layer) == 0:

@@ -25,12 +25,12 @@ from typing import Callable
 import torch
 
 import kvcompress.engine
-from kvcompress.engine.batch import batch_problem, generate_batch
+from kvcompress.engine.batch import generate_batch
 from kvcompress.errors import UserError
 from kvcompress.record import record_for
 from kvcompress.report import make_console
 from kvcompress.results import ResultFile
-from kvcompress.run.one_cell import dms_fields, free_memory, prepare_dms, preflight
+from kvcompress.run.one_cell import free_memory
 from kvcompress.run.runner import header_of, make_decoders, run_on_models, tiny_threads
 from kvcompress.tasks.cell import Cell
 
@@ -185,9 +185,9 @@ class Runner:
         self.lm, self.decoder, self.budget = lm, decoder, budget
         # The fast engine sizes its buffers for the whole generation and decodes a few steps of it; the hf engine's
         # cache grows as it decodes, so it must decode everything to reach its peak.
-        fast = getattr(decoder, "name", "hf") == "fast"
         self.search_settings = (replace(settings, max_new_tokens=min(search_tokens, settings.max_new_tokens),
-                                        reserve_tokens=settings.max_new_tokens) if fast else settings)
+                                        reserve_tokens=settings.max_new_tokens)
+                                if decoder.sizes_buffers_up_front else settings)
 
     def probe(self, method, prompts: list, context: int) -> Probe:
         start = time.perf_counter()
@@ -205,8 +205,7 @@ class Runner:
         return Probe(len(prompts), context, error is None, used, error, time.perf_counter() - start)
 
     def free(self) -> None:
-        if hasattr(self.decoder, "release"):
-            self.decoder.release()
+        self.decoder.release()
         free_memory()
 
 
@@ -312,7 +311,7 @@ def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, 
                 Cell(target_tokens=context, needle_seed=seed + 1, haystack=cfg.haystack).build(lm.tokenizer)[0])
         for method in methods:
             say(f"capacity: {method.name} @ {context} tok, budget {size_label(budget.budget)}")
-            for record in _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight, say):
+            for record in _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, say):
                 out.add(record)
                 if not record.error and record.batch == 1:
                     fitted[method.name] = max(fitted.get(method.name, 0), context)
@@ -321,7 +320,7 @@ def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, 
         if method.name not in fitted:
             continue
         say(f"capacity: longest context of {method.name} at batch 1")
-        ready = prepare_dms(lm, method, build(fitted[method.name]))
+        ready = method.prepare(lm, build(fitted[method.name]))
         longest, probes = longest_context(runner, ready, build, fitted[method.name], limit, max_runs, say)
         record = _record(lm, method, cfg, longest, 1, decoder.name, "capacity_context")
         record.capacity_budget_bytes, record.capacity_probes = budget.budget, [p.to_dict() for p in probes]
@@ -331,11 +330,11 @@ def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, 
         out.add(record)
 
 
-def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight, say):
+def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, say):
     method = method.for_context(pair[0].context_tokens, lm.model, context)  # a kept budget becomes a ratio
-    reason = preflight(method, lm) or batch_problem(method, cfg.settings)
+    reason = method.problem(lm) or method.batch_problem(cfg.settings)
     engine = runner.decoder.name
-    unsupported = runner.decoder.unsupported(method, lm) if engine == "fast" else None
+    unsupported = runner.decoder.unsupported(method, lm)
     if reason is None and unsupported:
         reason = f"fast engine cannot run this method ({unsupported})"
     if reason:
@@ -343,7 +342,7 @@ def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight
         record.error = reason
         say(f"  error: {reason}")
         return [record]
-    method = prepare_dms(lm, method, pair[0])  # calibrated once, shared by every sequence of every batch
+    method = method.prepare(lm, pair[0])  # DMS calibrated once, shared by every sequence of every batch
     lo, hi, predicted, probes = capacity_cell(runner, method, pair, context, max_batch, max_runs, say)
     details = {"capacity_budget_bytes": runner.budget.budget, "capacity_max_batch": lo,
                "capacity_predicted_batch": predicted, "capacity_probes": [p.to_dict() for p in probes]}
@@ -377,7 +376,7 @@ def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, preflight
         elif failures:
             record.notes.append(f"timed at batch {record.batch}: " + "; ".join(failures))
         vars(record).update(details)
-        dms_fields(record, method, runner.decoder)
+        method.record_fields(record, runner.decoder)
         record.kv_budget = method.budget_label
         if lo < max_batch and hi - lo > 1:
             record.notes.append(f"search stopped after {len(probes)} runs: the boundary lies in [{lo}, {hi})")

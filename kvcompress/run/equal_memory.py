@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kvcompress.errors import UserError
-from kvcompress.methods import Method, budget_capable
+from kvcompress.methods import Method
 from kvcompress.results import BenchmarkResult, load, median_kv_bytes
 
 
@@ -39,7 +39,7 @@ def matched_methods(methods: list[Method], other: str, source: Path, contexts: l
     budget = measured_kv_bytes(records, other, contexts)
     added, seen = [], set()
     for m in methods:
-        if m.kind != "press" or budget_capable(m.chain) is not None:
+        if not m.takes_budget:
             continue
         chain = tuple(p.name for p in m.chain)
         if chain not in seen:

@@ -14,11 +14,9 @@ import torch
 from rich.markup import escape
 
 from kvcompress.engine import measure
-from kvcompress.engine.batch import batch_problem
 from kvcompress.engine.measure import measure_questions
 from kvcompress.errors import UserError
-from kvcompress.hub import hub_available
-from kvcompress.methods import Method, dms
+from kvcompress.methods import Method
 from kvcompress.record import record_for
 from kvcompress.report import context_label, make_console
 from kvcompress.results import BenchmarkResult
@@ -39,13 +37,13 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
     method = method.for_context(first.context_tokens, lm.model, cell.target_tokens)  # a budget becomes a ratio
     decoder, engine_note = pick_decoder(decoders, method, lm)
     blank = skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, first, settings, batch)
-    reason = preflight(method, lm) or (batch_problem(method, settings) if batch > 1 else None)
+    reason = method.problem(lm) or (method.batch_problem(settings) if batch > 1 else None)
     if reason:
         blank.error = reason
         return blank
     error = None
     try:
-        method = prepare_dms(lm, method, first)  # a batch: calibrated once, on sequence 0's prompt; all share it
+        method = method.prepare(lm, first)  # a batch: DMS calibrated once, on sequence 0's prompt; all share it
         record = measure(lm, method, prompt, settings, decoder, repeats=repeats, task=task,
                          target_tokens=cell.target_tokens, admission=admission)
     except Exception as exc:  # noqa: BLE001 - one failing press must not end the run
@@ -57,9 +55,8 @@ def run_cell(lm, method: Method, prompt, needle, cell: Cell, settings, repeats: 
         blank.error = error
         return blank
     record.engine_note = engine_note
-    dms_fields(record, method, decoder)
-    if method.native_dms and batch > 1 and method.dms_params.threshold is not None:
-        record.notes.append("DMS thresholds calibrated once, on sequence 0's prompt, shared by the batch")
+    method.record_fields(record, decoder)
+    record.notes.extend(method.batch_notes(batch))
     record.depth, record.prompt_id = cell.depth if needle else None, cell.prompt_id
     record.kv_budget = method.budget_label
     grade(record, needle, first, cell)
@@ -91,7 +88,7 @@ def run_cell_questions(lm, method: Method, prompt, task, cell: Cell, settings, t
     if resume and all(out.done(s.identity()) for s in blanks):
         console.print(f"{method.name} @ {cell.target_tokens}: {len(questions)} questions already in {out.path}, skipped")
         return []
-    reason = preflight(method, lm) or (
+    reason = method.problem(lm) or (
         "several questions over one cache need a prefill press (not a decoding press)"
         if method.compresses_during_decoding else None)
     try:
@@ -110,37 +107,6 @@ def run_cell_questions(lm, method: Method, prompt, task, cell: Cell, settings, t
         record.depth, record.prompt_id, record.kv_budget = blank.depth, blank.prompt_id, sized.budget_label
         grade(record, task, prompt, cell, i)
     return records
-
-
-def prepare_dms(lm, method: Method, prompt) -> Method:
-    """Native DMS for one cell: the checkpoint's decisions, or thresholds calibrated on this prompt (random weights
-    always; `dms-8x[evict=X]` on any weights). One calibration prefill, before warm-up: nothing of it is timed.
-    Any other method is returned as it is."""
-    if not method.native_dms:
-        return method
-    params = dms.DMSParams.from_config(lm.model.config)
-    target = method.options.get("evict")
-    if target is None and lm.weights == "random":
-        target = params.default_evict
-    if target is not None:
-        ids = torch.cat([prompt.context_ids, prompt.question_ids], dim=1).to(lm.device)
-        params = dms.calibrate(lm.model, ids, params, target)
-    return replace(method, dms_params=params)
-
-
-def preflight(method: Method, lm) -> str | None:
-    if method.native_dms and getattr(lm.model.config, "dms_window_size", None) is None:
-        return f"{lm.name} has no DMS config fields (dms_window_size): native dms-8x cannot run on it"
-    if lm.spec.is_dms and method.kind != "dms":
-        # its forward swaps any cache it is given for its own paged one: another method would measure nothing
-        return "a DMS checkpoint runs only as method dms-8x: pass it with --dms-model, not --model"
-    if method.not_runnable:
-        return f"not runnable here: {method.not_runnable}"
-    if method.needs_hub and not hub_available():
-        return f"needs the Hugging Face Hub ({method.needs_hub}); offline, skipped"
-    if method.needs_eager and lm.attn_implementation != "eager":
-        return "needs attention weights: rerun with --attn eager"
-    return None
 
 
 def pick_decoder(decoders: dict, method: Method, lm):
@@ -188,16 +154,6 @@ def progress_line(r: BenchmarkResult) -> str:
                  if r.batch > 1 and r.aggregate_decode_tokens_per_s else "")
     return (f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s{aggregate}, KV "
             f"{r.kv_cache_bytes / 2**20:.1f} MiB ({r.kv_tokens_kept:.0f} kept){found}")
-
-
-def dms_fields(record, method: Method, decoder) -> None:
-    """How a DMS record ran: remote or native, and for native DMS the engine's layout and where decisions came from."""
-    if method.kind != "dms":
-        return
-    record.dms_impl = method.impl
-    if method.native_dms:
-        record.dms_layout = getattr(decoder, "dms_layout", None) or "mask, no reclaim"
-        record.dms_decisions = method.dms_params.decisions
 
 
 def free_memory() -> None:

@@ -19,12 +19,11 @@ from kvcompress.run import isolated
 from kvcompress import models
 from kvcompress.architecture import architecture_of
 from kvcompress.cli import RunConfig
-from kvcompress.engine.batch import batch_problem
 from kvcompress.engine.fast.decoder import FastDecoder
-from kvcompress.engine.generate import HFDecoder
+from kvcompress.engine.hf import HFDecoder
 from kvcompress.models.loaded import LoadedModel
 from kvcompress.methods import Method
-from kvcompress.run.one_cell import (console, free_memory, pick_decoder, preflight, prepare_dms,  # noqa: F401
+from kvcompress.run.one_cell import (console, free_memory, pick_decoder,  # noqa: F401
                                  progress_line, run_cell, run_cell_questions, skeleton)
 from kvcompress.results import BenchmarkResult, ResultFile, run_header
 from kvcompress.tasks.cell import Cell
@@ -53,7 +52,7 @@ def tiny_threads(cfg: RunConfig):
 
 def _run(cfg: RunConfig, cells: list[Cell], task: str, header_extra: dict, annotate) -> ResultFile:
     out = ResultFile(cfg.out, header_of(cfg, header_extra, task=task), resume=cfg.resume)
-    in_child = [m for m in cfg.methods if m.kind == "dms" and m.impl == "remote"]
+    in_child = [m for m in cfg.methods if m.runs_in_child]
     local = [m for m in cfg.methods if m not in in_child]
     total = len(cells) * len(cfg.batches) * len(cfg.methods)
     console.print(f"{len(cfg.methods)} method(s) x {len(cells)} prompt(s) = {total} cells -> {cfg.out}")
@@ -69,7 +68,7 @@ def _run(cfg: RunConfig, cells: list[Cell], task: str, header_extra: dict, annot
                     progress["done"] += 1
                     record = skeleton(model, weights, method, cell, None, task, {"hf": None}, None, cfg.settings,
                                       batch)
-                    record.error = batch_problem(method, cfg.settings)
+                    record.error = method.batch_problem(cfg.settings)
                     out.add(record)
                     console.print(f"[{progress['done']}/{total}] {progress_line(record)}")
     if in_child:
@@ -107,7 +106,7 @@ def run_on_models(cfg: RunConfig, methods: list[Method], out: ResultFile,
     for those. Random weights: native DMS runs on the same model (it adds no weights; its decisions are calibrated)
     unless --dms-model names a checkpoint (models.dms_runs_on_main). A model no method runs on is not loaded."""
     on_main = models.dms_runs_on_main(cfg.spec, random_weights=cfg.random_weights, dms_model_given=cfg.dms_model_given)
-    later = [m for m in methods if m.native_dms and not on_main]
+    later = [m for m in methods if m.needs_dms_checkpoint and not m.runs_in_child and not on_main]
     first = [m for m in methods if m not in later]
     if first or not later:
         lm = _load_main(cfg)
@@ -132,7 +131,7 @@ def run_on_models(cfg: RunConfig, methods: list[Method], out: ResultFile,
 
 
 def _load_main(cfg: RunConfig) -> LoadedModel:
-    if cfg.spec.is_dms:  # --model <a DMS checkpoint>: only dms-8x runs on it (preflight refuses the others)
+    if cfg.spec.is_dms:  # --model <a DMS checkpoint>: only dms-8x runs on it (Method.problem refuses the others)
         return models.load_dms_native(cfg.spec, device=cfg.device, dtype=cfg.dtype, revision=cfg.dms_revision)
     return models.load(cfg.spec, device=cfg.device, dtype=cfg.dtype, random_weights=cfg.random_weights,
                        attn_implementation=cfg.attn_implementation, seed=cfg.settings.sampling.seed)

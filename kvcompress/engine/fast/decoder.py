@@ -7,7 +7,7 @@ graph and replayed, so the host's Python never sits on the critical path. On CPU
 torch reference ops, which is how the tests compare it with the hf engine.
 
 Handled: presses that keep different lengths per layer (each layer has its own buffer), mask-only presses (a
-validity mask per KV head keeps masked entries out of attention), native DMS (engine/fast_dms.py: a compact cache
+validity mask per KV head keeps masked entries out of attention), native DMS (engine/fast/dms.py: a compact cache
 per head, its own store and attention kernels), and batches (engine.batch): sequence b fills row b
 of every buffer; rows shorter than the layer's longest are zero-padded and the pads hidden by the same validity mask,
 each row keeps its own RoPE position, and one graph is captured per (batch, shape). A batched step is the same
@@ -15,7 +15,7 @@ kernels at batch B: GEMMs instead of GEMVs (the weights are read once for all ro
 (B x KV heads, splits) grid whose split count falls as B grows (attention_splits), each row's KV read once.
 Refused, with the reason recorded and the hf engine used instead: DMS-8x's remote code (its own paged cache) and
 decoding-phase presses (they rewrite the cache inside transformers' forward). Native DMS batches too: the sequences'
-compact caches are merged into one (rows b x KV heads + h) and decoded by one graph (engine/fast_dms.py).
+compact caches are merged into one (rows b x KV heads + h) and decoded by one graph (engine/fast/dms.py).
 """
 
 from __future__ import annotations
@@ -23,39 +23,46 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
+from kvcompress.engine.decoder import Decoder
 from kvcompress.engine.fast import dms as fast_dms, kernels
 from kvcompress.engine.fast.decode_state import DecodeState, qk_norms
-from kvcompress.memory import KVState, empty_in_pool, padded_rows_state, take_masked_indices
+from kvcompress.memory import KVState, ReportsOwnKV, empty_in_pool, padded_rows_state, take_masked_indices
 
 
-class FastDecoder:
+class FastDecoder(Decoder):
     name = "fast"
     dms_layout = fast_dms.CompactDMSCache.layout
+    runs_model_forward = False  # its own step: hooks inside transformers' forward do not run while it decodes
+    sizes_buffers_up_front = True
 
     def __init__(self, lm):
         self.model = lm.model
         self.problem = architecture_problem(lm.model)
         self._state: _DecodeState | None = None
-        self._dms = None  # fast_dms's decode state (native DMS)
-        self._staging: list | None = None  # per-layer memory pools of a batch being admitted (admit)
+        self.dms = fast_dms.CompactDMSBackend(self)  # native DMS: its compact cache and its own captured step
+        self._staging: StagingSlabs | None = None  # a batch being admitted (admit)
         # Capture needs a non-default stream. PyTorch keeps a cuBLAS workspace (32 MiB on Hopper) per stream that
         # ever ran a GEMM, so this one is made once (and only used when the caller runs on the default stream).
         self.stream = torch.cuda.Stream(lm.device) if lm.device.type == "cuda" else None
         if self.problem is None:
             self.layers = [_LayerWeights(layer) for layer in lm.model.model.layers]
 
-    def unsupported(self, method, lm=None) -> str | None:
-        if method.kind == "dms":  # native DMS decodes here (engine/fast_dms.py), its remote code cannot
-            return self.problem if method.native_dms else "DMS-8x's remote code keeps its own paged cache"
-        if method.compresses_during_decoding:
-            return "a decoding-phase press rewrites the cache inside transformers' forward"
-        return self.problem
+    @property
+    def state(self) -> _DecodeState | None:
+        """The buffers and captured graph of the last press or vanilla decode (None once released): reused by the
+        next decode of the same shape; what tests inspect."""
+        return self._state
+
+    @property
+    def staging(self) -> StagingSlabs | None:
+        """The per-layer slabs holding a batch's admitted caches until decode_batch moves them (None when none)."""
+        return self._staging
 
     def release(self) -> None:
         """Drop the buffers and the captured graph (before a memory measurement, or between cells)."""
         self._drop_state()
         self._staging = None
-        fast_dms.release(self)
+        self.dms.release()
 
     def _drop_state(self) -> None:
         if self._state is not None:
@@ -65,13 +72,13 @@ class FastDecoder:
     def admit(self, cache, copy: bool = False, expected: int = 1):
         """engine.batch hands over each admitted sequence's compressed cache (copy: a cloned row's copy of it;
         expected: how many sequences a slab opened now makes room for). Each layer's K and V move into a slab of
-        that layer (`_Slabs`), so once decode_batch has moved layer i of every sequence into the batch buffer, the
+        that layer (`StagingSlabs`), so once decode_batch has moved layer i of every sequence into the batch buffer, the
         layer's slabs are whole allocations the allocator can hand back before the next layer's buffer is carved.
         Left where the prefill put them, one sequence's layers (a few MiB each once compressed) share the
         allocator's 20 MiB segments: moving one layer across the batch freed no segment, and near the memory limit
         about five layers' KV stood twice (capped at 80 GiB, knorm@0.875 at 8K fitted 330 of the 378 its bytes
         predict)."""
-        if isinstance(cache, fast_dms.CompactDMSCache):  # prefilled into the slabs already (staging_buffers)
+        if isinstance(cache, fast_dms.CompactDMSCache):  # prefilled into the slabs already (new_dms_cache)
             return cache.copy(self.staging_buffers(cache.n_layers, expected)) if copy else cache
         if not isinstance(cache, DynamicCache):
             return cache
@@ -93,20 +100,22 @@ class FastDecoder:
 
     def _stage(self, layers: int) -> None:
         if self._staging is None or len(self._staging.slabs) != layers:
-            self._staging = _Slabs(layers)
+            self._staging = StagingSlabs(layers)
 
-    def _moved(self, layer: int) -> None:
+    def layer_moved(self, layer: int) -> None:
         """Layer `layer` of every admitted cache now sits in the batch's buffers: its slabs can go."""
         if self._staging is not None:
             self._staging.slabs[layer] = []
 
-    def new_cache(self, method, lm, n_new):
-        """Native DMS prefills into the compact cache it decodes from (engine/fast_dms.py); others: no preference."""
-        return fast_dms.new_cache(self, method, lm, n_new) if method.native_dms else None
+    def new_dms_cache(self, params, lm, n_new: int, batch_room: int | None = None):
+        """Native DMS prefills into the compact cache it decodes from (engine/fast/dms.py); a batch's member puts its
+        K/V in this decoder's staging slabs."""
+        allocate = self.staging_buffers(lm.model.config.num_hidden_layers, batch_room) if batch_room else None
+        return self.dms.new_cache(params, lm, n_new, allocate)
 
     def decode(self, lm, cache, token, next_position, uniforms, settings, out_tokens, eos):
         if isinstance(cache, fast_dms.CompactDMSCache):
-            return fast_dms.decode(self, lm, cache, token, next_position, uniforms, settings, out_tokens, eos)
+            return self.dms.decode(lm, cache, token, next_position, uniforms, settings, out_tokens, eos)
         # The validity mask replaces kvpress's index tensors (1 byte per entry instead of 24 per hidden entry);
         # load() frees them layer by layer, so the two never coexist in full.
         masked = take_masked_indices(self.model)
@@ -117,9 +126,9 @@ class FastDecoder:
     def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=None):
         """engine.batch's admitted sequences, decoded together: out_tokens (steps, batch), row 0 already sampled.
         `mark("admitted")` once the caches sit in the buffers; `mark("steady", steps)` before the steps that replay
-        the graph (the first step runs eagerly and captures it). Native DMS: engine/fast_dms.py's own batch."""
+        the graph (the first step runs eagerly and captures it). Native DMS: engine/fast/dms.py's own batch."""
         if isinstance(admitted[0].cache, fast_dms.CompactDMSCache):
-            return fast_dms.decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark)
+            return self.dms.decode_batch(lm, admitted, uniforms, settings, out_tokens, mark, self.layer_moved)
         n = self._decode([a.cache for a in admitted], [a.masked for a in admitted], out_tokens[0],
                          [a.next_position for a in admitted], uniforms, settings, out_tokens, set(), mark)
         return n, self._state
@@ -134,7 +143,7 @@ class FastDecoder:
         signature = (tuple(lengths), ragged or any(masks), reserve, settings.sampling, len(caches))
         if self._state is None or self._state.signature != signature:
             self._drop_state()  # free the old buffers before allocating new ones (not the staged caches)
-            fast_dms.release(self)
+            self.dms.release()
             self._state = _DecodeState(self, caches[0], signature, settings.sampling)
         state = self._state
         state.load(caches, masks, per_sequence, token, positions, uniforms, out_tokens)
@@ -167,7 +176,7 @@ def architecture_problem(model) -> str | None:
     return None
 
 
-class _Slabs:
+class StagingSlabs:
     """A batch's admitted caches while they wait for decode_batch: per layer a list of slabs (flat tensors). A slab
     is opened for the sequences still to come at the size of the sequence that opens it, and each sequence's K and V
     of that layer are views into it; a sequence that does not fit opens the next slab."""
@@ -225,7 +234,7 @@ def _fuse(owner, name: str, linears) -> tuple[torch.Tensor, torch.Tensor | None]
     return fused, bias
 
 
-class _DecodeState(DecodeState):
+class _DecodeState(DecodeState, ReportsOwnKV):
     """Buffers, static inputs and the captured graph for one cache shape (reused across repeats of a cell)."""
 
 
@@ -267,7 +276,7 @@ class _DecodeState(DecodeState):
                         buffers[i][b, :, n:lengths[i]].zero_()
                 for cache in caches:
                     setattr(cache.layers[i], name, empty)
-            self.decoder._moved(i)
+            self.decoder.layer_moved(i)
             if self.masked and self.valid[i] is None:
                 self.valid[i] = self._empty((batch, heads_kv, self.capacities[i]), torch.uint8, device).zero_()
             if self.valid[i] is not None:

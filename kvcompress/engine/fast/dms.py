@@ -1,6 +1,7 @@
 """Native DMS in the fast engine: memory really reclaimed, decoding at the fast engine's speed.
 
-`CompactDMSCache` is the cache the prefill writes into (`FastDecoder.new_cache`). As each layer finishes its prefill
+`CompactDMSCache` is the cache the prefill writes into (`CompactDMSBackend.new_cache`, asked by
+`FastDecoder.new_dms_cache`). As each layer finishes its prefill
 (methods/dms.py's attention patch calls `dms_prefill_layer`), its K/V are compacted at once into a per-(layer, batch,
 kv head) ragged layout and the full K/V of the layer can be freed:
 
@@ -36,55 +37,72 @@ import torch
 
 from kvcompress.engine.fast import kernels
 from kvcompress.engine.fast.decode_state import DecodeState, qk_norms
-from kvcompress.memory import KVState, empty_in_pool, in_pool
+from kvcompress.memory import KVState, ReportsOwnKV, empty_in_pool, in_pool
 from kvcompress.methods import dms as rule
 
 
-def new_cache(decoder, method, lm, n_new: int) -> CompactDMSCache:
-    params = method.dms_params or rule.DMSParams.from_config(lm.model.config)
-    state = decoder._dms
-    previous = state.cache if state is not None else None  # its buffers are reused when the shapes match
-    return CompactDMSCache(lm.model.config.num_hidden_layers, params, n_new, previous)
+class CompactDMSBackend:
+    """Native DMS on the fast engine: the compact cache a prefill writes into, the captured decode step over it, and
+    its release. A FastDecoder owns one; it reads the decoder's weights and stream (through _DMSDecodeState) and
+    keeps its own state: the step captured for the newest cache, whose buffers the next prefill of the same shape
+    reuses (timed repeats replay one graph)."""
 
+    def __init__(self, decoder):
+        self.decoder = decoder
+        self._state: _DMSDecodeState | None = None
 
-def decode(decoder, lm, cache: CompactDMSCache, token, next_position, uniforms, settings, out_tokens, eos):
-    signature = (cache.signature(), out_tokens.shape[0], settings.sampling)
-    if decoder._dms is None or decoder._dms.signature != signature:
-        release(decoder)
-        decoder._dms = _DMSDecodeState(decoder, cache, signature, settings.sampling)
-    state = decoder._dms
-    state.cache = cache  # the same tensors as the captured step's (same signature), held by the newest cache
-    state.load_inputs(token, [next_position], uniforms.view(-1, 1), out_tokens.view(-1, 1))
-    cache.decoding = True
-    n = state.run(eos, out_tokens.shape[0])
-    out_tokens.copy_(state.out.view(-1))
-    return n, cache
+    @property
+    def state(self) -> _DMSDecodeState | None:
+        """The captured decode step and the cache it decodes (None once released): what tests and tools inspect."""
+        return self._state
 
+    def new_cache(self, params, lm, n_new: int, allocate=None) -> CompactDMSCache:
+        """A cache for one prefill under `params`; `allocate`: one sequence of a batch, its K/V in the decoder's
+        staging slabs (CompactDMSCache.admit_to_batch), else the buffers of the previous cache are reused when the
+        shapes match."""
+        previous = self._state.cache if self._state is not None else None
+        cache = CompactDMSCache(lm.model.config.num_hidden_layers, params, n_new, previous)
+        if allocate is not None:
+            cache.admit_to_batch(allocate)
+        return cache
 
-def decode_batch(decoder, lm, admitted, uniforms, settings, out_tokens, mark=None):
-    """engine.batch's admitted sequences (each prefilled into its own CompactDMSCache), merged into one batch cache
-    and decoded together by one captured step: out_tokens (steps, batch), row 0 already sampled."""
-    release(decoder)  # a batch starts from the weights alone: no buffers of an earlier generation beside it
-    caches = [a.cache for a in admitted]
-    cache = CompactDMSCache.merge(caches, decoder._moved)
-    for a in admitted:  # emptied by the merge
-        a.cache = None
-    del caches
-    signature = (cache.signature(), out_tokens.shape[0], settings.sampling)
-    decoder._dms = state = _DMSDecodeState(decoder, cache, signature, settings.sampling)
-    state.load_inputs(out_tokens[0], [a.next_position for a in admitted], uniforms, out_tokens)
-    if mark is not None:
-        mark("admitted")
-    cache.decoding = True
-    n = state.run(set(), out_tokens.shape[0], mark)
-    out_tokens.copy_(state.out)
-    return n, cache
+    def decode(self, lm, cache: CompactDMSCache, token, next_position, uniforms, settings, out_tokens, eos):
+        signature = (cache.signature(), out_tokens.shape[0], settings.sampling)
+        if self._state is None or self._state.signature != signature:
+            self.release()
+            self._state = _DMSDecodeState(self.decoder, cache, signature, settings.sampling)
+        state = self._state
+        state.cache = cache  # the same tensors as the captured step's (same signature), held by the newest cache
+        state.load_inputs(token, [next_position], uniforms.view(-1, 1), out_tokens.view(-1, 1))
+        cache.decoding = True
+        n = state.run(eos, out_tokens.shape[0])
+        out_tokens.copy_(state.out.view(-1))
+        return n, cache
 
+    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=None, moved=lambda layer: None):
+        """engine.batch's admitted sequences (each prefilled into its own CompactDMSCache), merged into one batch
+        cache and decoded together by one captured step: out_tokens (steps, batch), row 0 already sampled.
+        `moved(layer)`: layer `layer` of every sequence is in the batch cache (the decoder drops its staging)."""
+        self.release()  # a batch starts from the weights alone: no buffers of an earlier generation beside it
+        caches = [a.cache for a in admitted]
+        cache = CompactDMSCache.merge(caches, moved)
+        for a in admitted:  # emptied by the merge
+            a.cache = None
+        del caches
+        signature = (cache.signature(), out_tokens.shape[0], settings.sampling)
+        self._state = state = _DMSDecodeState(self.decoder, cache, signature, settings.sampling)
+        state.load_inputs(out_tokens[0], [a.next_position for a in admitted], uniforms, out_tokens)
+        if mark is not None:
+            mark("admitted")
+        cache.decoding = True
+        n = state.run(set(), out_tokens.shape[0], mark)
+        out_tokens.copy_(state.out)
+        return n, cache
 
-def release(decoder) -> None:
-    if decoder._dms is not None:
-        decoder._dms.free()
-    decoder._dms = None
+    def release(self) -> None:
+        if self._state is not None:
+            self._state.free()
+        self._state = None
 
 
 @functools.lru_cache
@@ -98,7 +116,7 @@ def ring_size(window: int) -> int:
     return int(ages[gone[0]])
 
 
-class CompactDMSCache:
+class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
     """The fast engine's DMS cache (see the module docstring for the layout and what its slack is)."""
 
     layout = "compact per head, slots reclaimed"
