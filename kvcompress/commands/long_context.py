@@ -85,7 +85,7 @@ def _grid(args: argparse.Namespace):
     if args.thinking and args.max_new_tokens is None:
         args.max_new_tokens = niah_grid.THINKING_BUDGET
     cfg = cli.resolve(args, "long_context", fixed_length=False)
-    if args.questions > 1 and any(m.kind == "dms" or m.compresses_during_decoding for m in cfg.methods):
+    if args.questions > 1 and any(not m.shares_prefill for m in cfg.methods):
         raise UserError("--questions > 1 needs prefill presses: DMS-8x and decoding presses change the shared "
                         "context while they answer (drop them or use --questions 1)")
     if args.match_kv:

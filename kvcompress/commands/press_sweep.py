@@ -242,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     args.methods = None  # the run header records --presses and --ratios instead
     cell = Cell(target_tokens=target, depth=0.5, needle_kind="single", needle_seed=cfg.settings.sampling.seed,
                 haystack=cfg.haystack)
-    own = {m.name: m.options for m in cfg.methods if m.kind == "press" and m.compression_ratio is None}
+    own = {m.name: m.options for m in cfg.methods if m.chain and m.compression_ratio is None}
     extra = {"presses": args.presses, "ratios": ratios, "own_settings": own}  # runner adds torch_threads
     out = runner.run(cfg, [cell], task="kvpress_api", annotate=annotate, header_extra=extra)
     title = (f"kvpress presses — {out.run.get('model')} ({out.run.get('weights')}), {target}-token prompt, "
