@@ -13,21 +13,7 @@ from kvcompress.engine.timing import Stopwatch
 from kvcompress.memory import KVState, PhasePeaks, clear_masks, kv_snapshot, kv_state
 from kvcompress.methods import Method, press_context
 from kvcompress.methods.presses import question_starts_at_cache_length
-
-
-@dataclass
-class Prompt:
-    context_ids: torch.Tensor  # (1, C): chat-template prefix + context, the part a press compresses
-    question_ids: torch.Tensor  # (1, Q): question + template suffix, fed after compression
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def context_tokens(self) -> int:
-        return int(self.context_ids.shape[1])
-
-    @property
-    def input_tokens(self) -> int:
-        return int(self.context_ids.shape[1] + self.question_ids.shape[1])
+from kvcompress.prompt import Prompt  # noqa: F401 (the engine's input; re-exported)
 
 
 @dataclass

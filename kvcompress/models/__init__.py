@@ -9,7 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
 from kvcompress import assets
-from kvcompress.models import dms, tiny
+from kvcompress.models import dms, tiny, tiny_dms
 from kvcompress.errors import UserError
 from kvcompress.models.loaded import (LoadedModel, ModelSpec, checkpoint_tokenizer, qwen3_tokenizer,  # noqa: F401
                                       weights_bytes)  # (qwen3_tokenizer, weights_bytes: re-exported)
@@ -103,8 +103,6 @@ def load(spec: ModelSpec, *, device: torch.device, dtype: torch.dtype | None = N
     if random_weights:
         return _load_random(spec, device, dtype, attn_implementation, seed)
     if spec.name == "tiny-dms":
-        from kvcompress.models import tiny_dms
-
         return dms.load(spec, device=device, dtype=dtype, revision=None, folder=tiny_dms.cached_folder(seed),
                         weights="random")
 
@@ -121,8 +119,6 @@ def load_dms_native(spec: ModelSpec, *, device: torch.device, dtype: torch.dtype
     checkpoint uses its own where it has one."""
     dtype = dtype or default_dtype(device)
     if spec.name == "tiny-dms":
-        from kvcompress.models import tiny_dms
-
         model_id, revision = str(tiny_dms.cached_folder()), None
     else:
         model_id = spec.hub_id

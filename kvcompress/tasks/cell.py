@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
 
+from kvcompress.prompt import Prompt, token_ids
 from kvcompress.tasks import contract, families, niah
 
-if TYPE_CHECKING:  # torch (via Prompt) only when a prompt is built: the scripts' --help stays instant
-    from kvcompress.engine.generate import Prompt
 
 
 @dataclass
@@ -38,10 +36,6 @@ class Cell:
         return niah.make_needle(self.needle_kind, self.needle_seed, self.needle_count)
 
     def build(self, tokenizer) -> tuple[Prompt, niah.Needle | None]:
-        import torch
-
-        from kvcompress.engine.generate import Prompt
-
         if self.uses_contract:
             task = self.task()
             built = contract.build_prompt(tokenizer, self.target_tokens, self.depth, task, self.haystack,
@@ -50,7 +44,7 @@ class Cell:
             return built.prompt, task
         if self.text is not None:
             context_ids, question_ids = niah.render(tokenizer, self.text, "", self.thinking)
-            return Prompt(torch.tensor([context_ids]), torch.tensor([question_ids])), None
+            return Prompt(token_ids(context_ids), token_ids(question_ids)), None
         needle = niah.make_needle(self.needle_kind, self.needle_seed, self.needle_count)
         built = niah.build_prompt(tokenizer, self.target_tokens, self.depth, needle, self.haystack, self.thinking)
         return built.prompt, needle

@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from kvcompress.errors import UserError
+from kvcompress.prompt import Prompt, token_ids
 from kvcompress.tasks import niah
 
-if TYPE_CHECKING:  # torch (via Prompt) only when a prompt is built: the scripts' --help stays instant
+if TYPE_CHECKING:
     import torch
-
-    from kvcompress.engine.generate import Prompt
 
 SCORERS = ("string_match_all", "string_match_part")
 
@@ -70,10 +69,6 @@ class TaskPrompt:
 
 def build_prompt(tokenizer, target_tokens: int, depth: float | None, task: TaskContext, haystack: str = "noise",
                  thinking: bool = False, tolerance: float = 0.01) -> TaskPrompt:
-    import torch
-
-    from kvcompress.engine.generate import Prompt
-
     if target_tokens is None or target_tokens < 1:
         raise UserError(f"a task prompt needs a positive token count (got {target_tokens})")
     if task.uses_haystack:
@@ -83,10 +78,10 @@ def build_prompt(tokenizer, target_tokens: int, depth: float | None, task: TaskC
     total, text, achieved, context_ids, first = best
     if abs(total - target_tokens) > tolerance * target_tokens:
         raise UserError(f"could not size the {task.family} prompt to {target_tokens} tokens (got {total})")
-    questions = [torch.tensor([first])] + [torch.tensor([_render(tokenizer, task, text, thinking, i)[1]])
+    questions = [token_ids(first)] + [token_ids(_render(tokenizer, task, text, thinking, i)[1])
                                            for i in range(1, len(task.questions))]
     chance = task.chance(text) if task.chance else None
-    prompt = Prompt(torch.tensor([context_ids]), questions[0],
+    prompt = Prompt(token_ids(context_ids), questions[0],
                     meta={"depth": depth, "depth_achieved": achieved, "needle": task.label, "chance": chance})
     return TaskPrompt(prompt, task, questions, text, achieved, chance)
 

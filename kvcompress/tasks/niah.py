@@ -9,18 +9,14 @@ land inside the context (the bug that corrupts some public NIAH harnesses).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import random
 import re
 import weakref
 from dataclasses import dataclass, field
 
 from kvcompress.errors import UserError
+from kvcompress.prompt import Prompt, token_ids
 from kvcompress.tasks.haystack import haystack_text
-
-if TYPE_CHECKING:  # torch (via Prompt) only when a prompt is built: the scripts' --help stays instant
-    from kvcompress.engine.generate import Prompt
 
 NEEDLE_KINDS = {
     "fact": "one fact: 'The secret number is V.'",
@@ -103,11 +99,7 @@ def build_prompt(tokenizer, target_tokens: int, depth: float, needle: Needle, ha
     total, context_text, achieved, context_ids, question_ids = best
     if abs(total - target_tokens) > tolerance * target_tokens:
         raise UserError(f"could not size the prompt to {target_tokens} tokens (got {total})")
-    import torch
-
-    from kvcompress.engine.generate import Prompt
-
-    prompt = Prompt(torch.tensor([context_ids]), torch.tensor([question_ids]),
+    prompt = Prompt(token_ids(context_ids), token_ids(question_ids),
                     meta={"depth": depth, "depth_achieved": achieved, "needle": needle.label})
     return NeedlePrompt(prompt, needle, depth, target_tokens, context_text, achieved)
 

@@ -22,6 +22,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from kvcompress.methods import dms as rule  # the rule's own definitions are the reference twins' oracle
+
 try:  # Triton ships with CUDA builds of torch; the CPU path never needs it
     import triton
     import triton.language as tl
@@ -366,8 +368,6 @@ def dms_qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_nor
             q_out.stride(1), HEADS_Q=heads_q, HEADS_KV=heads_kv, GROUP=heads_q // heads_kv, D=dim, RING=ring,
             HAS_NORM=q_norm is not None)
         return q_out
-    from kvcompress.methods import dms as rule  # the rule's own definitions are the oracle
-
     q, k, v = qkv.view(batch, heads_q + 2 * heads_kv, dim).split([heads_q, heads_kv, heads_kv], dim=1)
     if q_norm is not None:
         q, k = _rmsnorm_reference(q, q_norm, eps), _rmsnorm_reference(k, k_norm, eps)
