@@ -85,8 +85,8 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
         kv_compression_achieved=after.compression_achieved,
         kv_memory_saved=after.memory_saved,
         repeats=repeats,
-        ttft_iqr_s=_iqr(ttfts),
-        tpot_iqr_ms=_iqr(tpots),
+        ttft_iqr_s=iqr(ttfts),
+        tpot_iqr_ms=iqr(tpots),
         answer=lm.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
         protocol=last.protocol,
         kv_tokens_kept_min=min(after.tokens_per_layer) if after.tokens_per_layer else None,
@@ -139,7 +139,7 @@ def _release(decoder) -> None:
         torch.cuda.empty_cache()
 
 
-def _iqr(values: list[float]) -> float | None:
+def iqr(values: list[float]) -> float | None:
     if len(values) < 2:
         return None
     q75, q25 = np.percentile(values, [75, 25])
