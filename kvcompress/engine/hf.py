@@ -60,7 +60,7 @@ class HFDecoder(Decoder):
                 return step + 1, cache
         return n, cache
 
-    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=lambda *a: None):
+    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=lambda *a: None, eos=frozenset()):
         """The sequences' caches stacked into one, decoded by transformers' forward at batch B."""
         model = lm.model
         first = admitted[0].cache
@@ -75,6 +75,7 @@ class HFDecoder(Decoder):
         n, steps = out_tokens.shape[1], out_tokens.shape[0]
         token = out_tokens[0].clone()
         position = torch.tensor([a.next_position for a in admitted], dtype=torch.long, device=lm.device).view(n, 1)
+        done = {b for b, t in enumerate(token.view(-1).tolist()) if t in eos} if eos else set()
         for step in range(1, steps):
             if step == 2:  # timed like the fast engine's: the steps after the first
                 mark("steady", steps - 2)
@@ -85,6 +86,10 @@ class HFDecoder(Decoder):
             token = sample(logits, uniforms[step], settings.sampling)
             out_tokens[step] = token
             position += 1
+            if eos:  # quality runs only: stop once every row has emitted an end-of-sequence token
+                done.update(b for b, t in enumerate(token.view(-1).tolist()) if t in eos)
+                if len(done) == n:
+                    return step + 1, batched
         return steps, batched
 
 

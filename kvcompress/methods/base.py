@@ -4,7 +4,7 @@ dms_methods.py), so nothing outside methods/ asks which family a method belongs 
 A method says how it hooks the model (`hook`), what it prepares for a prompt before anything is timed (`prepare`),
 why it cannot run on a loaded model (`problem`), on an engine (`engine_problem`, from the decoder's named
 capabilities, engine/decoder.py) or in a batch (`batch_problem`), which cache its prefill writes into (`new_cache`),
-whether several questions can share its prefill (`shares_prefill`), where it runs (`runs_in_child`,
+whether several questions can share its prefill (`shares_prefill`), whether other methods can (`joins_shared_prefill`), where it runs (`runs_in_child`,
 `needs_dms_checkpoint`) and the record fields only it knows (`record_fields`). A new family is one module with a
 subclass and a parser, plus its entry in methods/__init__.py's FAMILIES.
 
@@ -49,6 +49,13 @@ class Method:
         """Whether several questions can be answered from one prefill of the context: it compresses (if at all)
         after a plain prefill and leaves the shared part alone while decoding."""
         return not self.single_prefill and not self.compresses_during_decoding
+
+    @property
+    def joins_shared_prefill(self) -> bool:
+        """Whether one plain prefill of a context can serve it together with other methods (quality runs,
+        engine/shared_prefill.py): it compresses each layer from that layer's inputs alone, after the layer's
+        attention, so its own prefill would compute nothing else. Off unless a family says so."""
+        return False
 
     @property
     def takes_budget(self) -> bool:

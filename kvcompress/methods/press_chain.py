@@ -59,6 +59,17 @@ class PressChain(Method):
         return "; ".join(p.not_runnable for p in self.chain if p.not_runnable)
 
     @property
+    def own_prefill(self) -> str:
+        """Why it needs a prefill of its own ("" = one plain prefill can serve it and others)."""
+        if self.phase != "prefill":
+            return f"it compresses during decoding ({self.phase})"
+        return "; ".join(p.own_prefill for p in self.chain if p.own_prefill)
+
+    @property
+    def joins_shared_prefill(self) -> bool:
+        return self.shares_prefill and not self.own_prefill
+
+    @property
     def takes_budget(self) -> bool:
         return budget_capable(self.chain) is None
 

@@ -36,6 +36,9 @@ class PressInfo:
     inner: str = ""  # wrappers: the scorer a bare `<wrapper>` runs over (kvpress's evaluation pairing where it has one)
     required: tuple = ()  # options without a usable default, e.g. dmspress's threshold
     memory_if: tuple = ()  # (option, value, memory) when an option changes the memory behaviour
+    # why it needs a prefill of its own ("" = it compresses each layer from that layer's inputs alone, after the
+    # layer's attention, so one plain prefill can serve it and others: engine/shared_prefill.py)
+    own_prefill: str = ""
     note: str = ""
 
     @property
@@ -95,16 +98,20 @@ PRESSES: dict[str, PressInfo] = {p.name: p for p in [
             "scoring over kmfoda/booksum); " + _MASK_NOTE),
     _p("finch", "FinchPress", "press", "real",
        not_runnable="query-aware only: needs a delimiter token added to the tokenizer and embeddings "
-                    "(update_model_and_tokenizer) between context and question"),
+                    "(update_model_and_tokenizer) between context and question",
+       own_prefill="query-aware: the question is prefilled with the context"),
     _p("kvzip", "KVzipPress", "press", "mask", attention="not eager",
+       own_prefill="runs its own context-reconstruction passes around the prefill",
        note="extra context-reconstruction passes (2-3x prefill); reloads the tokenizer by config.name_or_path"),
     _p("kvgrad", "KVgradPress", "press", "mask", attention="not eager",
+       own_prefill="runs its own backward passes around the prefill",
        note="a backward pass per chunk (3-4x prefill); reloads the tokenizer by config.name_or_path"),
     _p("restorekv", "RestoreKVPress", "press", "mask", attention="not eager",
-       needs_hub="higokri/RestoreKV-* adapters"),
+       needs_hub="higokri/RestoreKV-* adapters", own_prefill="its own forward hook and adapters around the prefill"),
     _p("fastkvzip", "FastKVzipPress", "press", "mask", attention="not eager",
-       needs_hub="Jang-Hyun/Fast-KVzip gates"),
+       needs_hub="Jang-Hyun/Fast-KVzip gates", own_prefill="its own hooks and gates around the prefill"),
     _p("kvcompose", "KVComposePress", "press", "uneven", memory_if=(("structured", False, "mask"),),
+       own_prefill="runs its own eager pass over the context after the prefill",
        note="runs its own eager pass over the context again (KV about 2x during prefill); per-layer lengths; "
             "structured=false masks instead"),
     # Wrappers: `wrapper+scorer@ratio`, e.g. adakv+expected_attention@0.5. `inner` is what a bare wrapper runs over.
@@ -134,6 +141,7 @@ PRESSES: dict[str, PressInfo] = {p.name: p for p in [
        note="ComposedPress([<scorer>@ratio, ThinKPress(key_channel_compression_ratio)]), kvpress's snap_think"),
     _p("dmspress", "DMSPress", "wrapper", "mask", takes_ratio=False, attention="not eager", inner="random",
        required=("threshold",),
+       own_prefill="its hook keeps state across calls (scores buffered between forwards)",
        note="threshold + sliding-window PROXY of DMS, no trained evictors; NOT nvidia's DMS-8x; decoding=true "
             "evicts during decoding too; options threshold, sliding_window_size, decoding; " + _MASK_NOTE),
     # Decoding-phase presses: `decoding+knorm[compression_interval=512,target_size=2048]`.

@@ -15,6 +15,10 @@ NAMES = ("vanilla", "none", "no_press")
 class Vanilla(Method):
     """The plain cache: a prefill, then transformers' (or the fast engine's) decode, nothing evicted."""
 
+    @property
+    def joins_shared_prefill(self) -> bool:
+        return True  # its cache is the shared prefill's own
+
 
 def parse(text: str) -> Method | None:
     if text in NAMES:

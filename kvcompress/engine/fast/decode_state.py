@@ -52,18 +52,21 @@ class DecodeState:
         """Decode steps 1..n-1 (n may be below the buffers' reserve: a capacity search holds a whole generation's
         memory and decodes a few steps of it). `mark("steady", steps)`, if given, before the steps after the first
         (which runs eagerly and captures the graph on CUDA)."""
+        done: set[int] = set()  # rows that emitted an end-of-sequence token (the first token included)
+        if self._finished(eos, done):
+            return 1
         if not self.cuda:
             for step in range(1, n):
                 if step == 2 and mark is not None:
                     mark("steady", n - 2)
                 self.step()
-                if eos and int(self.token[0]) in eos:
+                if self._finished(eos, done):
                     return step + 1
             return n
         first = 1
         if self.graph is None:
             self.step()  # eager once: compiles the Triton kernels and initialises cuBLAS before capture
-            if eos and int(self.token[0]) in eos:
+            if self._finished(eos, done):
                 return 2
             self._capture()
             first = 2
@@ -71,9 +74,18 @@ class DecodeState:
             mark("steady", n - first)
         for step in range(first, n):
             self.graph.replay()
-            if eos and int(self.token[0]) in eos:  # quality runs only; timing runs never synchronise here
+            if self._finished(eos, done):
                 return step + 1
         return n
+
+    def _finished(self, eos: set[int], done: set[int]) -> bool:
+        """Every row has emitted an end-of-sequence token (`done` collects the rows). Quality runs only: timing runs
+        pass no `eos` and never synchronise here; a row that finished early keeps decoding until all have, and its
+        caller cuts it at its first end-of-sequence token."""
+        if not eos:
+            return False
+        done.update(b for b, token in enumerate(self.token.tolist()) if token in eos)
+        return len(done) == self.token.shape[0]
 
     def _capture(self) -> None:
         # on the measurement stream (timing.py); capture records without executing, so the static inputs stay put

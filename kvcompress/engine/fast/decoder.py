@@ -123,14 +123,14 @@ class FastDecoder(Decoder):
                          out_tokens.view(-1, 1), eos)
         return n, self._state
 
-    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=None):
+    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=None, eos=frozenset()):
         """engine.batch's admitted sequences, decoded together: out_tokens (steps, batch), row 0 already sampled.
         `mark("admitted")` once the caches sit in the buffers; `mark("steady", steps)` before the steps that replay
         the graph (the first step runs eagerly and captures it). Native DMS: engine/fast/dms.py's own batch."""
         if isinstance(admitted[0].cache, fast_dms.CompactDMSCache):
             return self.dms.decode_batch(lm, admitted, uniforms, settings, out_tokens, mark, self.layer_moved)
         n = self._decode([a.cache for a in admitted], [a.masked for a in admitted], out_tokens[0],
-                         [a.next_position for a in admitted], uniforms, settings, out_tokens, set(), mark)
+                         [a.next_position for a in admitted], uniforms, settings, out_tokens, set(eos), mark)
         return n, self._state
 
     def _decode(self, caches, masks, token, positions, uniforms, settings, out_tokens, eos, mark=None) -> int:

@@ -1,0 +1,89 @@
+"""Answers for quality runs: each sample answered once, no warm-up, no repeats, no memory pass, nothing timed.
+
+Methods that join a shared prefill (engine/shared_prefill.py) answer a batch of samples together: each sample's
+compressed cache gets its question prefilled after it (where engine.generate.question_start puts it, with the
+method's hidden entries on the attention modules, as in its own run), its first token sampled, and the batch is
+decoded by the engine (engine.batch's admission and `decode_batch`) until every row has emitted end-of-sequence or
+reached the batch's token budget; each row is then cut at its own end-of-sequence and its own budget. Every row
+draws the same uniforms (the run's seed), so a sample's answer does not depend on its place in the batch. A method
+with a prefill of its own (native DMS, decoding presses, query-aware runs) answers each sample alone through
+engine.generate.generate_once, as the measured path does, minus the repeats and the memory pass.
+
+KV figures come from the compressed cache's own tensors, read once per sample before its question (memory.kv_state).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from kvcompress.engine.batch import Admission
+from kvcompress.engine.generate import GenerationSettings, Prompt, eos_ids, generate_once
+from kvcompress.engine.sampling import draw_uniforms, sample
+from kvcompress.engine.shared_prefill import Compressed, set_masks
+from kvcompress.memory import KVState, clear_masks, kv_state, take_masked_indices
+from kvcompress.methods import Method
+
+
+@dataclass
+class QualityAnswer:
+    token_ids: list[int]  # generated, cut after its first end-of-sequence token and at its own budget
+    kv_after: KVState  # the compressed context's cache, before the question
+    decoded_with: int  # sequences decoded together (1: alone)
+
+
+@torch.inference_mode()
+def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], budgets: list[int],
+                      settings: GenerationSettings, decoder) -> list[QualityAnswer]:
+    """One method's answers to `prompts` (their question parts) from its compressed caches, decoded as one batch;
+    `budgets`: each sample's output tokens at most. The caches are consumed."""
+    model, device = lm.model, lm.device
+    n, steps = len(prompts), max(budgets)
+    eos = eos_ids(lm) if not settings.fixed_length else set()
+    row = draw_uniforms(settings.sampling, steps, device)
+    uniforms = row[:, None].expand(steps, n).contiguous()  # every row samples as if alone
+    out_tokens = torch.empty(steps, n, dtype=torch.long, device=device)
+    admitted, states = [], []
+    for b, (c, prompt) in enumerate(zip(compressed, prompts)):
+        set_masks(model, c.masked)
+        states.append(kv_state(c.cache, model, prompt.context_tokens))
+        question = prompt.question_ids.to(device)
+        positions = torch.arange(c.question_start, c.question_start + question.shape[1], device=device)[None]
+        logits = model(input_ids=question, past_key_values=c.cache, position_ids=positions, use_cache=True,
+                       logits_to_keep=1).logits[:, -1]
+        out_tokens[0, b:b + 1] = sample(logits, uniforms[0, b:b + 1], settings.sampling)
+        room = max(1, n - 1 - b)
+        admitted.append(Admission(decoder.admit(c.cache, expected=room), c.question_start + question.shape[1],
+                                  take_masked_indices(model), lambda: None))
+        c.cache = None  # the decoder owns it now
+    try:
+        generated, final = (decoder.decode_batch(lm, admitted, uniforms, settings, out_tokens, eos=eos)
+                            if steps > 1 else (1, None))
+        tokens = out_tokens[:generated].T.tolist()
+    finally:
+        del admitted
+        decoder.release()
+        clear_masks(model)
+    return [QualityAnswer(cut(t, budget, eos), state, n) for t, budget, state in zip(tokens, budgets, states)]
+
+
+def answer_alone(lm, method: Method, prompt: Prompt, budget: int, settings: GenerationSettings,
+                 decoder) -> QualityAnswer:
+    """A method with a prefill of its own: the measured path's one generation, once."""
+    try:
+        generation = generate_once(lm, method, prompt, replace(settings, max_new_tokens=budget), decoder)
+    finally:
+        decoder.release()
+    eos = eos_ids(lm) if not settings.fixed_length else set()
+    return QualityAnswer(cut(generation.token_ids, budget, eos), generation.kv_after, 1)
+
+
+def cut(tokens: list[int], budget: int, eos: set[int]) -> list[int]:
+    """A row of a batch: its own budget, and nothing after its first end-of-sequence token (kept, as
+    generate_once keeps it)."""
+    tokens = tokens[:budget]
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return tokens[:i + 1]
+    return tokens

@@ -1,0 +1,131 @@
+"""Quality runs: one prefill serves every method that compresses after it, exactly as its own prefill would (the
+cache's tensors bit for bit, kept tokens per layer, hidden entries, greedy answers), and a batch of answers equals
+the answers given one by one (engine/shared_prefill.py, engine/quality.py)."""
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from kvcompress.engine import GenerationSettings, generate_once
+from kvcompress.engine.fast.decoder import FastDecoder
+from kvcompress.engine.generate import HFDecoder
+from kvcompress.engine.quality import answer_alone, answer_compressed, cut
+from kvcompress.engine.sampling import SamplingConfig
+from kvcompress.engine.shared_prefill import prefill_shared
+from kvcompress.memory import clear_masks, masked_indices
+from kvcompress.methods import parse_method, press_context
+from kvcompress.methods.presses import question_starts_at_cache_length
+from kvcompress.tasks import niah
+from kvcompress.tasks.cell import Cell
+
+# vanilla, four scorers (one at 0.875), a mask-only wrapper, a wrapper that rewrites the keys (and moves the
+# question), a wrapper that scores chunks, an uneven per-layer press
+SHARED = ["vanilla", "knorm@0.5", "snapkv@0.5", "expected_attention@0.5", "streaming_llm@0.875", "adakv+snapkv@0.5",
+          "key_rerotation+knorm@0.5", "chunk+knorm@0.5", "pyramidkv@0.5"]
+GREEDY = GenerationSettings(8, SamplingConfig(greedy=True), fixed_length=False)
+
+
+def own_prefill(lm, method, context):
+    """The method's own prefill of the context, as engine.generate.prefill runs it: (cache, hidden entries, start)."""
+    press = method.hook(lm.model)
+    clear_masks(lm.model)
+    cache = DynamicCache()
+    with torch.inference_mode(), press_context(press, lm.model):
+        lm.model.model(input_ids=context, past_key_values=cache, use_cache=True)
+    masked = masked_indices(lm.model)
+    clear_masks(lm.model)
+    start = cache.get_seq_length() if question_starts_at_cache_length(press) else context.shape[1]
+    return cache, masked, start
+
+
+def assert_same_compression(lm, prompt, names):
+    methods = [parse_method(n) for n in names]
+    shared = prefill_shared(lm, methods, prompt.context_ids)
+    for method in methods:
+        cache, masked, start = own_prefill(lm, method, prompt.context_ids)
+        got = shared[method.name]
+        assert got.error is None
+        kept = [layer.keys.shape[2] for layer in cache.layers]
+        assert [layer.keys.shape[2] for layer in got.cache.layers] == kept, method.name
+        for mine, theirs in zip(got.cache.layers, cache.layers):
+            assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values), method.name
+        assert sorted(got.masked) == sorted(masked), method.name
+        for i in masked:
+            assert all(torch.equal(a, b) for a, b in zip(got.masked[i], masked[i])), method.name
+        assert got.question_start == start, method.name
+        if method.compression_ratio:  # it really compressed (or hid) something
+            assert sum(kept) < len(kept) * prompt.context_tokens or masked, method.name
+    return shared
+
+
+def test_one_prefill_leaves_each_method_the_cache_its_own_prefill_leaves(tiny, tiny_prompt):
+    assert_same_compression(tiny, tiny_prompt, SHARED)
+
+
+@pytest.mark.parametrize("engine", ["hf", "fast"])
+def test_answers_from_the_shared_prefill_are_each_methods_own_greedy_answers(tiny, tiny_prompt, engine):
+    decoder = FastDecoder(tiny) if engine == "fast" else HFDecoder()
+    shared = prefill_shared(tiny, [parse_method(n) for n in SHARED], tiny_prompt.context_ids)
+    for name in SHARED:
+        alone = generate_once(tiny, parse_method(name), tiny_prompt, GREEDY, HFDecoder())
+        got, = answer_compressed(tiny, [shared[name]], [tiny_prompt], [8], GREEDY, decoder)
+        assert got.token_ids == alone.token_ids, name
+        assert got.kv_after.tokens_per_layer == alone.kv_after.tokens_per_layer, name
+        assert got.kv_after.bytes == alone.kv_after.bytes and got.kv_after.live_bytes == alone.kv_after.live_bytes
+
+
+def test_the_shared_prefill_on_smollm2_is_exact_too(smollm2):
+    built = niah.build_prompt(smollm2.tokenizer, 256, 0.5, niah.make_needle("single", 0))
+    names = ["vanilla", "knorm@0.5", "snapkv@0.875", "streaming_llm@0.5", "adakv+expected_attention@0.5"]
+    shared = assert_same_compression(smollm2, built.prompt, names)
+    settings = GenerationSettings(12, SamplingConfig(greedy=True), fixed_length=False)
+    for name in ["snapkv@0.875"]:  # the answer path itself is held against generate_once on tiny, for every method
+        alone = generate_once(smollm2, parse_method(name), built.prompt, settings, HFDecoder())
+        got, = answer_compressed(smollm2, [shared[name]], [built.prompt], [12], settings, HFDecoder())
+        assert got.token_ids == alone.token_ids, name
+
+
+def test_methods_with_a_prefill_of_their_own_are_refused_by_the_shared_prefill(tiny, tiny_prompt):
+    for name in ["dms-8x", "decoding+knorm[compression_interval=8,target_size=64]", "kvzip@0.5"]:
+        assert not parse_method(name).joins_shared_prefill, name
+    with pytest.raises(ValueError, match="their own prefill"):
+        prefill_shared(tiny, [parse_method("dms-8x")], tiny_prompt.context_ids)
+
+
+@pytest.fixture(scope="module")
+def three(tiny):
+    """Three prompts of one length, different needles (kept lengths differ: ragged rows)."""
+    return Cell(target_tokens=400, needle_seed=0).build_batch(tiny.tokenizer, 3)[0]
+
+
+@pytest.mark.parametrize("engine", ["hf", "fast"])
+@pytest.mark.parametrize("name", ["vanilla", "knorm@0.5", "adakv+snapkv@0.5"])
+def test_a_batch_of_answers_equals_the_answers_given_one_by_one(tiny, three, engine, name):
+    decoder = FastDecoder(tiny) if engine == "fast" else HFDecoder()
+    method = parse_method(name)
+    compressed = [prefill_shared(tiny, [method], p.context_ids)[name] for p in three]
+    budgets = [8, 5, 8]
+    batched = answer_compressed(tiny, compressed, three, budgets, GREEDY, decoder)
+    alone = [answer_alone(tiny, method, p, b, GREEDY, HFDecoder()) for p, b in zip(three, budgets)]
+    assert [a.token_ids for a in batched] == [a.token_ids for a in alone]
+    assert len({tuple(a.token_ids) for a in alone}) > 1  # the rows really differ
+    assert [a.decoded_with for a in batched] == [3, 3, 3]
+    assert [a.kv_after.bytes for a in batched] == [a.kv_after.bytes for a in alone]
+
+
+def test_a_row_is_cut_at_its_first_end_of_sequence_and_its_own_budget():
+    assert cut([5, 7, 2, 9, 2], 10, {2}) == [5, 7, 2]
+    assert cut([5, 7, 2, 9], 2, {2}) == [5, 7]
+    assert cut([5, 7, 9], 10, set()) == [5, 7, 9]
+
+
+def test_every_press_that_joins_a_shared_prefill_is_hooked_only_by_kvpress_base_call():
+    """prefill_shared does what BasePress.__call__ does besides hooking; a press with its own __call__ (extra passes,
+    its own hooks) must say own_prefill in the registry."""
+    from kvpress.presses.base_press import BasePress
+
+    from kvcompress.methods import presses
+
+    for info in presses.PRESSES.values():
+        if info.phase == "prefill" and not info.own_prefill and not info.not_runnable:
+            assert presses.kvpress_class(info).__call__ is BasePress.__call__, info.name
