@@ -143,6 +143,11 @@ class BenchmarkResult:
     capacity_max_batch: int | None = None  # largest batch whose whole generation fitted (0: not even batch 1)
     capacity_predicted_batch: int | None = None  # from weights + per-sequence KV + measured activation/workspace
     capacity_probes: list[dict] = field(default_factory=list)  # {"batch"|"context", "fits", "peak_bytes", "error"}
+    # --- quality runs (test_long_context.py --mode quality, run/quality.py): each sample answered once; no timing,
+    # no peaks (those fields stay None); KV figures read from the compressed cache's tensors before the question.
+    run_mode: str | None = None  # "quality" | None (a measured record: warm-up, repeats, memory pass); identity
+    answer_batch: int | None = None  # samples decoded together with this one (1: alone)
+    shared_prefill: bool | None = None  # its cache came from one prefill shared with the other methods
 
     def identity(self, *, across_engines: bool = False) -> tuple:
         """What makes two records the same cell (used by --resume, compare and check); named by IDENTITY_FIELDS.
@@ -168,7 +173,7 @@ def median_kv_bytes(records: list[BenchmarkResult]) -> float | None:
 
 FIELDS = [f.name for f in fields(BenchmarkResult)]
 IDENTITY_FIELDS = ("task", "model", "weights", "method", "target_tokens", "depth", "needle", "prompt_id", "engine",
-                   "max_new_tokens", "batch")
+                   "max_new_tokens", "batch", "run_mode")
 CONTRACT_FIELDS = FIELDS[: FIELDS.index("error") + 1]
 
 

@@ -13,6 +13,8 @@ from kvcompress.run.equal_memory import matched_methods
 from kvcompress.tasks import families, niah_grid
 from kvcompress.tasks.niah import NEEDLE_KINDS
 
+DEFAULT_ANSWER_BATCH = 32  # run/quality.py's default (not imported: torch would load before the options are read)
+
 PRESSES = "knorm,expected_attention,snapkv,streaming_llm"
 DEFAULTS = cli.Defaults(methods="vanilla,dms-8x," + ",".join(f"{p}@{r}" for r in (0.5, 0.875) for p in PRESSES.split(",")),
                         contexts="8K,16K,32K", max_new_tokens=128, repeats=1)
@@ -55,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--questions", type=int, default=1, help="K questions per context, all answered from one "
                    "compression (the cache cropped back to the compressed context after each answer); records per "
                    "question, the compression time counted once (default 1: the timed single-question path)")
+    t.add_argument("--samples", type=int, default=None, metavar="N", help="prompts per (task, context): trial t "
+                   "at depth t mod the number of --depths, each with its own seed (replaces --trials)")
+    q = parser.add_argument_group("quality mode")
+    q.add_argument("--mode", choices=["quality", "measured"], default="quality", help="quality (default): each "
+                   "sample answered once, no warm-up, repeats or memory pass; one prefill per sample serves every "
+                   "method that compresses after it; samples of one length decoded together; records without "
+                   "timings (run_mode quality). measured: every cell timed as benchmark.py times it (warm-up, "
+                   "--repeats, a memory pass), one prefill per method")
+    q.add_argument("--answer-batch", type=int, default=None, metavar="N", help="quality mode: samples decoded "
+                   f"together (default {DEFAULT_ANSWER_BATCH}; lower it if a long context runs out of memory)")
     t.add_argument("--match-kv", metavar="METHOD", help="add every press of --methods that takes a kept budget at "
                    "METHOD's measured KV bytes per context length (e.g. dms-8x), read from --match-from")
     t.add_argument("--match-from", type=Path, metavar="FILE", help="results JSON holding METHOD's records "
@@ -66,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
     cfg, cells, grid = _grid(args)
     from kvcompress.run import runner  # torch and transformers: once the arguments are good
 
-    out = runner.run(cfg, cells, task="long_context", header_extra={"niah": grid})
+    quality = args.mode == "quality"
+    out = runner.run(cfg, cells, task="long_context", header_extra={"niah": grid, "mode": args.mode},
+                     answer_batch=(args.answer_batch or DEFAULT_ANSWER_BATCH) if quality else None)
     summaries = niah_grid.summarize(niah_grid.select(out.results, cells, [m.name for m in cfg.methods]))
     for path in _tables_and_figures(out, cfg, args, grid["tasks"], summaries):
         runner.console.print(f"wrote {path}")
@@ -96,14 +110,37 @@ def _grid(args: argparse.Namespace):
     if args.thinking and cfg.settings.max_new_tokens < niah_grid.MIN_THINKING_BUDGET:
         raise UserError(f"--thinking needs --max-new-tokens >= {niah_grid.MIN_THINKING_BUDGET} (a cut-off think "
                         "block is scored as no answer)")
+    if args.mode == "quality" and args.questions > 1:
+        raise UserError("--questions > 1 answers several questions from one timed compression: add --mode measured")
+    if args.answer_batch is not None and (args.answer_batch < 1 or args.mode != "quality"):
+        raise UserError("--answer-batch needs --mode quality and a positive count")
+    if args.samples is not None and (args.samples < 1 or args.trials is not None):
+        raise UserError("--samples must be positive and replaces --trials (pass one of them)")
     args.trials = args.trials if args.trials is not None else (1 if cfg.preset == "tiny" else 3)
-    cells = niah_grid.grid_cells(cfg.contexts, depths, args.trials, kind=args.needle, count=args.needles,
-                                 haystack=cfg.haystack, thinking=args.thinking, seed=cfg.settings.sampling.seed,
-                                 tasks=tuple(tasks), questions=args.questions)
+    cells = niah_grid.grid_cells(cfg.contexts, depths, args.samples or args.trials, kind=args.needle,
+                                 count=args.needles, haystack=cfg.haystack, thinking=args.thinking,
+                                 seed=cfg.settings.sampling.seed, tasks=tuple(tasks), questions=args.questions)
+    if args.samples:
+        cells = first_samples(cells, args.samples, depths)
     grid = {"depths": depths, "trials": args.trials, "needle": args.needle, "needles": args.needles,
             "haystack": cfg.haystack, "thinking": args.thinking, "tasks": tasks, "questions": args.questions,
-            "match_kv": args.match_kv}
+            "match_kv": args.match_kv, "samples": args.samples}
     return cfg, cells, grid
+
+
+def first_samples(cells: list, n: int, depths: list[float]) -> list:
+    """n cells per (task, context): trial t at depth t mod len(depths) (haystack-free tasks: trials 0..n-1)."""
+    kept, seen = [], {}
+    for cell in cells:
+        trial = cell.needle_seed % 10_000
+        depth_index = depths.index(cell.depth) if cell.depth in depths else 0
+        if cell.depth is not None and trial % len(depths) != depth_index:
+            continue
+        key = (cell.task_family, cell.target_tokens)
+        if seen.get(key, 0) < n:
+            seen[key] = seen.get(key, 0) + 1
+            kept.append(cell)
+    return kept
 
 
 def _tables_and_figures(out, cfg, args: argparse.Namespace, tasks: list[str], summaries) -> list[Path]:

@@ -35,37 +35,50 @@ class QualityAnswer:
 
 @torch.inference_mode()
 def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], budgets: list[int],
-                      settings: GenerationSettings, decoder) -> list[QualityAnswer]:
+                      settings: GenerationSettings, decoder) -> list[QualityAnswer | str]:
     """One method's answers to `prompts` (their question parts) from its compressed caches, decoded as one batch;
-    `budgets`: each sample's output tokens at most. The caches are consumed."""
+    `budgets`: each sample's output tokens at most. A sample whose question cannot be fed (kvpress's mask search can
+    fail on some queries, as in its own pipeline) gets its one-line error instead, the others still answer. The
+    caches are consumed."""
     model, device = lm.model, lm.device
-    n, steps = len(prompts), max(budgets)
+    steps = max(budgets)
     eos = eos_ids(lm) if not settings.fixed_length else set()
-    row = draw_uniforms(settings.sampling, steps, device)
-    uniforms = row[:, None].expand(steps, n).contiguous()  # every row samples as if alone
-    out_tokens = torch.empty(steps, n, dtype=torch.long, device=device)
-    admitted, states = [], []
+    uniforms = draw_uniforms(settings.sampling, steps, device)  # every row samples as if alone
+    firsts, admitted, states, failed = [], [], {}, {}
     for b, (c, prompt) in enumerate(zip(compressed, prompts)):
-        set_masks(model, c.masked)
-        states.append(kv_state(c.cache, model, prompt.context_tokens))
-        question = prompt.question_ids.to(device)
-        positions = torch.arange(c.question_start, c.question_start + question.shape[1], device=device)[None]
-        logits = model(input_ids=question, past_key_values=c.cache, position_ids=positions, use_cache=True,
-                       logits_to_keep=1).logits[:, -1]
-        out_tokens[0, b:b + 1] = sample(logits, uniforms[0, b:b + 1], settings.sampling)
-        room = max(1, n - 1 - b)
+        try:
+            set_masks(model, c.masked)
+            state = kv_state(c.cache, model, prompt.context_tokens)
+            question = prompt.question_ids.to(device)
+            positions = torch.arange(c.question_start, c.question_start + question.shape[1], device=device)[None]
+            logits = model(input_ids=question, past_key_values=c.cache, position_ids=positions, use_cache=True,
+                           logits_to_keep=1).logits[:, -1]
+        except Exception as exc:  # noqa: BLE001 - this sample's error; the batch goes on without it
+            failed[b] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+            c.cache = None
+            continue
+        states[b] = state
+        firsts.append(sample(logits, uniforms[:1], settings.sampling))
+        room = max(1, len(prompts) - 1 - b)
         admitted.append(Admission(decoder.admit(c.cache, expected=room), c.question_start + question.shape[1],
                                   take_masked_indices(model), lambda: None))
         c.cache = None  # the decoder owns it now
-    try:
-        generated, final = (decoder.decode_batch(lm, admitted, uniforms, settings, out_tokens, eos=eos)
-                            if steps > 1 else (1, None))
-        tokens = out_tokens[:generated].T.tolist()
-    finally:
-        del admitted
-        decoder.release()
-        clear_masks(model)
-    return [QualityAnswer(cut(t, budget, eos), state, n) for t, budget, state in zip(tokens, budgets, states)]
+    clear_masks(model)
+    rows = [b for b in range(len(prompts)) if b not in failed]
+    tokens = {}
+    if rows:
+        out_tokens = torch.empty(steps, len(rows), dtype=torch.long, device=device)
+        out_tokens[0] = torch.cat(firsts)
+        try:
+            generated = (decoder.decode_batch(lm, admitted, uniforms[:, None].expand(steps, len(rows)).contiguous(),
+                                              settings, out_tokens, eos=eos)[0] if steps > 1 else 1)
+            tokens = dict(zip(rows, out_tokens[:generated].T.tolist()))
+        finally:
+            del admitted
+            decoder.release()
+            clear_masks(model)
+    return [failed[b] if b in failed else QualityAnswer(cut(tokens[b], budgets[b], eos), states[b], len(rows))
+            for b in range(len(prompts))]
 
 
 def answer_alone(lm, method: Method, prompt: Prompt, budget: int, settings: GenerationSettings,

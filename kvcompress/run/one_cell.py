@@ -147,6 +147,8 @@ def progress_line(r: BenchmarkResult) -> str:
     if r.error:
         return f"{where}: [red]error[/red] {escape(r.error)}"
     found = "" if r.correct is None else (" [green]found[/green]" if r.correct else " [red]missed[/red]")
+    if r.run_mode == "quality":  # answered once, nothing timed
+        return f"{where}: {r.answer_tokens} answer tokens, KV {r.kv_cache_bytes / 2**20:.1f} MiB{found}"
     if r.ttft_s is None:  # --questions: one answer over a shared compressed context (not timed per token)
         return (f"{where}: answer {r.e2e_s:.3f} s, KV {r.kv_cache_bytes / 2**20:.1f} MiB ({r.kv_tokens_kept:.0f} kept)"
                 f"{found}")

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from kvcompress.run import isolated
+from kvcompress.run import isolated, quality
 from kvcompress import models
 from kvcompress.architecture import architecture_of
 from kvcompress.cli import RunConfig
@@ -30,10 +30,14 @@ from kvcompress.tasks.cell import Cell
 
 
 def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | None = None,
-        annotate: Callable[[BenchmarkResult, Method], None] | None = None) -> ResultFile:
-    """`annotate(record, method)`, if given, adds a script's own fields to each record before it is saved."""
+        annotate: Callable[[BenchmarkResult, Method], None] | None = None,
+        answer_batch: int | None = None) -> ResultFile:
+    """`annotate(record, method)`, if given, adds a script's own fields to each record before it is saved.
+    `answer_batch`: a quality run (run/quality.py: each sample answered once, this many decoded together) instead of
+    measured cells."""
     with tiny_threads(cfg):
-        return _run(cfg, cells, task, {**(header_extra or {}), "torch_threads": torch.get_num_threads()}, annotate)
+        return _run(cfg, cells, task, {**(header_extra or {}), "torch_threads": torch.get_num_threads()}, annotate,
+                    answer_batch)
 
 
 @contextlib.contextmanager
@@ -50,14 +54,17 @@ def tiny_threads(cfg: RunConfig):
         torch.set_num_threads(threads)
 
 
-def _run(cfg: RunConfig, cells: list[Cell], task: str, header_extra: dict, annotate) -> ResultFile:
+def _run(cfg: RunConfig, cells: list[Cell], task: str, header_extra: dict, annotate, answer_batch) -> ResultFile:
     out = ResultFile(cfg.out, header_of(cfg, header_extra, task=task), resume=cfg.resume)
     in_child = [m for m in cfg.methods if m.runs_in_child]
     local = [m for m in cfg.methods if m not in in_child]
     total = len(cells) * len(cfg.batches) * len(cfg.methods)
     console.print(f"{len(cfg.methods)} method(s) x {len(cells)} prompt(s) = {total} cells -> {cfg.out}")
     progress = {"done": 0, "total": total}
-    if local:
+    if local and answer_batch:
+        run_on_models(cfg, local, out, lambda lm, methods: quality.run_local(
+            cfg, lm, methods, cells, task, out, annotate, progress, make_decoders(cfg, lm), answer_batch))
+    elif local:
         run_on_models(cfg, local, out, lambda lm, methods: _run_local(cfg, lm, methods, cells, task, out, annotate,
                                                                       progress))
     if in_child and cfg.batches != [1]:

@@ -1,0 +1,216 @@
+"""Quality runs (test_long_context.py --mode quality, the default): every (sample, method) answered once, as fast as
+one prefill per sample allows.
+
+Samples are grouped by context length and output budget and taken `answer_batch` at a time. Each sample's context is
+prefilled once for every method that joins a shared prefill (engine/shared_prefill.py: vanilla and the prefill
+presses), each method then answers the group's samples as one batch (engine/quality.py); a method with a prefill of
+its own (native DMS, decoding presses, --query-aware) answers each sample alone. A record is saved the moment its
+method's batch is done, so a killed run loses at most one batch, and --resume skips every (sample, method) already
+answered. Progress prints answers/s so far and the time left at that rate.
+
+Records are quality records (`run_mode` "quality"): answer, score, KV bytes and kept tokens from the compressed
+cache, no timing or memory peaks (BenchmarkResult's timing fields stay None). The whole run's answers/s goes into
+the run header (`quality`), wall clock on the host: a throughput of the quality run, not a latency.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from rich.markup import escape
+
+from kvcompress.engine.generate import GenerationSettings, eos_ids
+from kvcompress.engine.quality import QualityAnswer, answer_alone, answer_compressed
+from kvcompress.engine.shared_prefill import prefill_shared
+from kvcompress.memory import clear_masks
+from kvcompress.methods import Method
+from kvcompress.record import record_for
+from kvcompress.report import context_label
+from kvcompress.run.one_cell import console, failure_line, free_memory, grade, pick_decoder, skeleton
+from kvcompress.tasks import contract
+
+DEFAULT_ANSWER_BATCH = 32  # samples of one length decoded together; --answer-batch
+
+
+@dataclass
+class Sample:
+    cell: object  # tasks.cell.Cell
+    prompt: object  # engine Prompt
+    needle: object  # niah.Needle or contract.TaskContext
+    budget: int  # output tokens at most: the task's tokens_to_generate, else --max-new-tokens
+
+
+@dataclass
+class Progress:
+    done: int
+    total: int
+    answered: int = 0  # answered in this process (resumed ones are not)
+    start: float = field(default_factory=time.monotonic)
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        rate = self.answered / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        return f"{rate:.1f} answers/s, {_duration(left)} left"
+
+
+def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, progress: dict, decoders: dict,
+              answer_batch: int = DEFAULT_ANSWER_BATCH) -> None:
+    settings = cfg.settings
+    samples = [Sample(cell, prompt, needle, budget_of(needle, settings)) for cell in cells
+               for prompt, needle in [cell.build(lm.tokenizer)]]
+    state = Progress(progress["done"], progress["total"])
+    for chunk in chunks(samples, answer_batch):
+        _answer_chunk(cfg, lm, methods, chunk, task, out, annotate, state, decoders)
+    progress["done"] = state.done
+    elapsed = time.monotonic() - state.start
+    out.run["quality"] = {"answers": state.answered, "wall_s": round(elapsed, 3),
+                          "answers_per_s": round(state.answered / elapsed, 3) if elapsed > 0 else None,
+                          "answer_batch": answer_batch, "clock": "host wall clock around the whole quality run"}
+    out.save()
+
+
+def budget_of(needle, settings: GenerationSettings) -> int:
+    """The task's own output budget (RULER's tokens_to_generate, where the task says it), else --max-new-tokens."""
+    if isinstance(needle, contract.TaskContext):
+        own = getattr(needle.questions[0], "tokens_to_generate", None)
+        if own:
+            return int(own)
+    return settings.max_new_tokens
+
+
+def chunks(samples: list[Sample], size: int) -> list[list[Sample]]:
+    """Samples of one context length and budget, `size` at a time, in the order the grid gives them."""
+    groups: dict[tuple, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault((s.cell.target_tokens, s.budget), []).append(s)
+    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
+
+
+def _answer_chunk(cfg, lm, methods, chunk: list[Sample], task, out, annotate, state: Progress, decoders) -> None:
+    settings = cfg.settings
+    probes = {}  # (sample index, method name) -> the record's skeleton, for those still to answer
+    for i, s in enumerate(chunk):
+        for m in methods:
+            sized = m.for_context(s.prompt.context_tokens, lm.model, s.cell.target_tokens)
+            probe = skeleton(lm.name, lm.weights, sized, s.cell, s.needle, task, decoders, s.prompt, settings)
+            probe.run_mode = "quality"
+            if cfg.resume and out.done(probe.identity()):
+                state.done += 1
+                continue
+            probes[i, m.name] = (sized, probe)
+    if not probes:
+        return
+    shared_ok = not settings.query_aware
+    compressed = {}
+    for i, s in enumerate(chunk):
+        joiners = [sized for (j, _), (sized, _) in probes.items()
+                   if j == i and shared_ok and sized.joins_shared_prefill and sized.problem(lm) is None]
+        if not joiners:
+            continue
+        try:
+            for name, c in prefill_shared(lm, joiners, s.prompt.context_ids).items():
+                compressed[i, name] = c
+        except Exception as exc:  # noqa: BLE001 - the sample's shared prefill failed: every joiner's record says so
+            line = failure_line(exc)
+            for m in joiners:
+                compressed[i, m.name] = _Failed(line)
+            free_memory()
+    for m in methods:
+        rows = [i for i in range(len(chunk)) if (i, m.name) in probes]
+        if rows:
+            _answer_method(lm, m, chunk, rows, probes, compressed, settings, task, out, annotate, state, decoders)
+
+
+@dataclass
+class _Failed:
+    error: str
+    cache: None = None
+
+
+def _answer_method(lm, method, chunk, rows, probes, compressed, settings, task, out, annotate, state, decoders):
+    sized_of = {i: probes[i, method.name][0] for i in rows}
+    decoder, engine_note = pick_decoder(decoders, sized_of[rows[0]], lm)
+    answers: dict[int, QualityAnswer | str] = {}
+    reason = sized_of[rows[0]].problem(lm)
+    if reason:
+        answers = {i: reason for i in rows}
+    elif all((i, method.name) in compressed for i in rows):
+        ready = [i for i in rows if compressed[i, method.name].error is None]
+        answers.update({i: compressed[i, method.name].error for i in rows if i not in ready})
+        # the hf engine pads a batch with one attention mask for every layer: a press whose layers keep different
+        # lengths answers one sample at a time there (the fast engine pads each layer on its own)
+        groups = [ready] if decoder.name == "fast" or method.expected_memory != "uneven" else [[i] for i in ready]
+        for group in (g for g in groups if g):
+            try:
+                got = answer_compressed(lm, [compressed[i, method.name] for i in group],
+                                        [chunk[i].prompt for i in group], [chunk[i].budget for i in group],
+                                        settings, decoder)
+                answers.update(zip(group, got))
+            except Exception as exc:  # noqa: BLE001 - one failing press must not end the run
+                line = failure_line(exc)
+                answers.update({i: line for i in group})
+                free_memory()
+    else:
+        for i in rows:
+            try:
+                sized_of[i] = sized_of[i].prepare(lm, chunk[i].prompt)  # DMS: calibrated on this prompt
+                answers[i] = answer_alone(lm, sized_of[i], chunk[i].prompt, chunk[i].budget, settings, decoder)
+            except Exception as exc:  # noqa: BLE001
+                answers[i] = failure_line(exc)
+                free_memory()
+    clear_masks(lm.model)
+    for i in rows:
+        compressed.pop((i, method.name), None)  # whatever a failed batch left
+        record = _record(lm, sized_of[i], probes[i, method.name][1], chunk[i], answers[i], settings, task, decoder,
+                         engine_note)
+        record.process = "main"
+        if annotate:
+            annotate(record, method)
+        out.add(record)
+        state.done += 1
+        state.answered += record.error is None
+    mine = out.results[-len(rows):]
+    scores = [r.score for r in mine if r.score is not None]
+    errors = [r.error for r in mine if r.error]
+    where = escape(f"{method.name} @ {context_label(mine[0])} tok")
+    said = (f"{len(rows) - len(errors)} answers (decoded {max((r.answer_batch or 1) for r in mine)} together)"
+            + (f", mean score {sum(scores) / len(scores):.2f}" if scores else "")
+            + (f", [red]{len(errors)} error(s)[/red] {escape(errors[0])}" if errors else ""))
+    console.print(f"[{state.done}/{state.total}] {where}: {said} — {state.line()}")
+
+
+def _record(lm, method, blank, sample: Sample, answer, settings, task, decoder, engine_note):
+    if isinstance(answer, str):  # why it could not answer
+        blank.error = answer
+        return blank
+    eos = eos_ids(lm)
+    answer_ids = [t for t in answer.token_ids if t not in eos]  # cut() ends a row at its first end-of-sequence
+    after = answer.kv_after
+    record = record_for(
+        lm.name, lm.weights, method, settings, task=task, engine=decoder.name, target_tokens=sample.cell.target_tokens,
+        prompt=sample.prompt, press=method.press_label(lm.model), output_tokens=len(answer.token_ids),
+        weights_bytes=lm.weights_bytes, kv_cache_bytes=after.bytes, kv_tokens_kept=after.tokens_kept,
+        kv_compression_achieved=after.compression_achieved, kv_memory_saved=after.memory_saved, repeats=1,
+        answer=lm.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
+        protocol="query_aware" if settings.query_aware else (
+            "single_prefill" if method.single_prefill else "query_agnostic"),
+        kv_tokens_kept_min=min(after.tokens_per_layer) if after.tokens_per_layer else None,
+        kv_tokens_kept_max=max(after.tokens_per_layer) if after.tokens_per_layer else None,
+        kv_cache_bytes_full=after.full_bytes, kv_live_bytes=after.live_bytes, kv_tokens_per_head=after.tokens_per_head,
+        answer_tokens=len(answer_ids), timing=None, sampling=settings.sampling.describe(), seed=settings.sampling.seed,
+        dtype=str(lm.dtype).removeprefix("torch."), attn_implementation=lm.attn_implementation,
+        notes=list(lm.notes), run_mode="quality", answer_batch=answer.decoded_with,
+        shared_prefill=method.joins_shared_prefill and not settings.query_aware, engine_note=engine_note)
+    method.record_fields(record, decoder)
+    record.depth, record.prompt_id, record.kv_budget = blank.depth, blank.prompt_id, method.budget_label
+    grade(record, sample.needle, sample.prompt, sample.cell)
+    return record
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # nan: no answer yet
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
