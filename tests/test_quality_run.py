@@ -1,0 +1,73 @@
+"""test_long_context.py's quality mode as a user runs it (tiny model): the same greedy answers and KV figures as the
+measured path, the same answers whatever the answer batch, per-sample resume, and quality records that say what
+they are (run/quality.py)."""
+
+import json
+
+import pytest
+
+import test_long_context
+from conftest import one_line_error
+
+GRID = ["--preset", "tiny", "--tasks", "niah,vt", "--contexts", "1024", "--samples", "2", "--max-new-tokens", "8",
+        "--methods", "vanilla,knorm@0.5,streaming_llm@0.875,dms-8x"]
+
+
+def run(path, *extra):
+    assert test_long_context.main(GRID + ["--out", str(path), *extra]) == 0
+    data = json.loads(path.read_text())
+    return data, {(r["method"], r["prompt_id"], r["depth"]): r for r in data["results"]}
+
+
+@pytest.fixture(scope="module")
+def quality(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("quality") / "q.json")
+
+
+def test_quality_records_say_what_they_are(quality):
+    data, records = quality
+    assert len(records) == 4 * 4 and all(r["error"] is None for r in records.values())
+    assert data["run"]["mode"] == "quality" and data["run"]["quality"]["answers"] == 16
+    for r in records.values():
+        assert r["run_mode"] == "quality" and r["ttft_s"] is None and r["tpot_ms"] is None
+        assert r["peak_mem_prefill_bytes"] is None and r["repeats"] == 1
+        assert r["shared_prefill"] == (r["method"] != "dms-8x")
+        assert r["answer_batch"] == (1 if r["method"] == "dms-8x" else 4)  # niah and vt share length and budget
+        assert r["kv_cache_bytes"] > 0 and r["score"] is not None
+
+
+def test_quality_answers_equal_the_measured_paths(quality, tmp_path):
+    _, fast = quality
+    _, measured = run(tmp_path / "m.json", "--mode", "measured")
+    assert measured.keys() == fast.keys()
+    for key, m in measured.items():
+        q = fast[key]
+        assert m["run_mode"] is None and m["ttft_s"] is not None
+        for name in ("answer", "answer_tokens", "output_tokens", "score", "kv_cache_bytes", "kv_tokens_kept",
+                     "kv_live_bytes", "context_tokens", "input_tokens"):
+            assert q[name] == m[name], (key, name)
+    assert len({r["answer"] for r in measured.values()}) > 2  # the answers really differ
+
+
+def test_answers_do_not_depend_on_the_answer_batch(quality, tmp_path):
+    _, batched = quality
+    _, alone = run(tmp_path / "one.json", "--answer-batch", "1")
+    assert {k: r["answer"] for k, r in alone.items()} == {k: r["answer"] for k, r in batched.items()}
+    assert {r["answer_batch"] for r in alone.values()} == {1}
+
+
+def test_resume_answers_only_what_is_missing(quality, tmp_path):
+    data, records = quality
+    path = tmp_path / "resumed.json"
+    kept = data["results"][:-5]  # as if killed five answers before the end
+    path.write_text(json.dumps({**data, "results": kept}))
+    again, resumed = run(path, "--resume")
+    assert again["run"]["quality"]["answers"] == 5
+    assert {k: r["answer"] for k, r in resumed.items()} == {k: r["answer"] for k, r in records.items()}
+
+
+def test_quality_options_are_checked_before_any_model_loads(capsys):
+    for argv in (["--mode", "measured", "--answer-batch", "4"], ["--questions", "2"], ["--samples", "0"],
+                 ["--samples", "2", "--trials", "2"]):
+        assert test_long_context.main(["--preset", "tiny", *argv]) == 2
+        assert one_line_error(capsys)
