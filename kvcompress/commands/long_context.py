@@ -13,8 +13,6 @@ from kvcompress.run.equal_memory import matched_methods
 from kvcompress.tasks import families, niah_grid
 from kvcompress.tasks.niah import NEEDLE_KINDS
 
-DEFAULT_ANSWER_BATCH = 32  # run/quality.py's default (not imported: torch would load before the options are read)
-
 PRESSES = "knorm,expected_attention,snapkv,streaming_llm"
 DEFAULTS = cli.Defaults(methods="vanilla,dms-8x," + ",".join(f"{p}@{r}" for r in (0.5, 0.875) for p in PRESSES.split(",")),
                         contexts="8K,16K,32K", max_new_tokens=128, repeats=1)
@@ -23,7 +21,10 @@ TINY = cli.Defaults(methods="vanilla,dms-8x,knorm@0.5,streaming_llm@0.5", contex
                     repeats=1, dms_model="tiny-dms")
 DESCRIPTION = (
     "Long-context quality on the same engine as benchmark.py: every method x context length x depth x trial x task "
-    "is one generation, recorded with its speed and memory. By default the cheap task set (" + families.CHEAP +
+    "is one answer. By default (--mode quality) each is answered once, nothing timed: one prefill per sample serves "
+    "every method that compresses after it, samples of one length are decoded together, a killed run resumes per "
+    "sample (--resume) and progress shows the time left; --mode measured times every cell as benchmark.py does "
+    "(speed and memory). By default the cheap task set (" + families.CHEAP +
     "), scored with RULER's string_match_all / string_match_part: a table of mean score per task x method x "
     "context, the answer-length change against vanilla, one heatmap per task and method and an "
     "accuracy-vs-KV-bytes plot of all methods. --tasks niah runs the needle alone: a trial is one needle (its own "
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "timings (run_mode quality). measured: every cell timed as benchmark.py times it (warm-up, "
                    "--repeats, a memory pass), one prefill per method")
     q.add_argument("--answer-batch", type=int, default=None, metavar="N", help="quality mode: samples decoded "
-                   f"together (default {DEFAULT_ANSWER_BATCH}; lower it if a long context runs out of memory)")
+                   "together (default: as many as 60 %% of the GPU's free memory holds with every method's compressed "
+                   "cache; 32 on a CPU; lower it if a long context runs out of memory)")
     t.add_argument("--match-kv", metavar="METHOD", help="add every press of --methods that takes a kept budget at "
                    "METHOD's measured KV bytes per context length (e.g. dms-8x), read from --match-from")
     t.add_argument("--match-from", type=Path, metavar="FILE", help="results JSON holding METHOD's records "
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     quality = args.mode == "quality"
     out = runner.run(cfg, cells, task="long_context", header_extra={"niah": grid, "mode": args.mode},
-                     answer_batch=(args.answer_batch or DEFAULT_ANSWER_BATCH) if quality else None)
+                     quality=quality, answer_batch=args.answer_batch)
     summaries = niah_grid.summarize(niah_grid.select(out.results, cells, [m.name for m in cfg.methods]))
     for path in _tables_and_figures(out, cfg, args, grid["tasks"], summaries):
         runner.console.print(f"wrote {path}")

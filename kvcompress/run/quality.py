@@ -1,7 +1,8 @@
 """Quality runs (test_long_context.py --mode quality, the default): every (sample, method) answered once, as fast as
 one prefill per sample allows.
 
-Samples are grouped by context length and output budget and taken `answer_batch` at a time. Each sample's context is
+Samples are grouped by context length and output budget and taken `answer_batch` at a time (by default as many
+as a share of the GPU's free memory holds: auto_answer_batch). Each sample's context is
 prefilled once for every method that joins a shared prefill (engine/shared_prefill.py: vanilla and the prefill
 presses), each method then answers the group's samples as one batch (engine/quality.py); a method with a prefill of
 its own (native DMS, decoding presses, --query-aware) answers each sample alone. A record is saved the moment its
@@ -30,7 +31,8 @@ from kvcompress.report import context_label
 from kvcompress.run.one_cell import console, failure_line, free_memory, grade, pick_decoder, skeleton
 from kvcompress.tasks import contract
 
-DEFAULT_ANSWER_BATCH = 32  # samples of one length decoded together; --answer-batch
+CPU_ANSWER_BATCH = 32  # samples decoded together on a CPU (on a GPU: sized to its free memory, auto_answer_batch)
+MEMORY_SHARE = 0.6  # of the GPU's free memory, for the compressed caches a group of samples holds at once
 
 
 @dataclass
@@ -56,19 +58,40 @@ class Progress:
 
 
 def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, progress: dict, decoders: dict,
-              answer_batch: int = DEFAULT_ANSWER_BATCH) -> None:
+              answer_batch: int | None = None) -> None:
+    """`answer_batch`: samples decoded together (None: auto_answer_batch per context length)."""
     settings = cfg.settings
     samples = [Sample(cell, prompt, needle, budget_of(needle, settings)) for cell in cells
                for prompt, needle in [cell.build(lm.tokenizer)]]
     state = Progress(progress["done"], progress["total"])
-    for chunk in chunks(samples, answer_batch):
+    sizes = {}
+    for chunk in chunks(samples, lambda s: sizes.setdefault(s.cell.target_tokens, answer_batch or auto_answer_batch(
+            lm, methods, s.prompt.input_tokens + s.budget))):
         _answer_chunk(cfg, lm, methods, chunk, task, out, annotate, state, decoders)
     progress["done"] = state.done
     elapsed = time.monotonic() - state.start
     out.run["quality"] = {"answers": state.answered, "wall_s": round(elapsed, 3),
                           "answers_per_s": round(state.answered / elapsed, 3) if elapsed > 0 else None,
-                          "answer_batch": answer_batch, "clock": "host wall clock around the whole quality run"}
+                          "answer_batch": {str(k): v for k, v in sizes.items()},
+                          "clock": "host wall clock around the whole quality run (model load excluded)"}
     out.save()
+
+
+def auto_answer_batch(lm, methods: list[Method], tokens: int) -> int:
+    """Samples one group can hold: every joining method's compressed cache of every sample stays in memory until
+    its method's batch is answered, about (1 - ratio) x tokens x KV bytes per token each; a share of the GPU's free
+    memory over that (CPU: CPU_ANSWER_BATCH). An estimate: a group that still runs out of memory fails as a one-line
+    error on its records, and --answer-batch sets the size by hand."""
+    import torch
+
+    from kvcompress.methods.press_chain import kv_bytes_per_token
+
+    if lm.device.type != "cuda":
+        return CPU_ANSWER_BATCH
+    free, _ = torch.cuda.mem_get_info(lm.device)
+    kept = sum(1.0 - (m.compression_ratio or 0.0) for m in methods if m.joins_shared_prefill) or 1.0
+    per_sample = kept * tokens * kv_bytes_per_token(lm.model)
+    return max(1, min(256, int(MEMORY_SHARE * free / per_sample)))
 
 
 def budget_of(needle, settings: GenerationSettings) -> int:
@@ -80,12 +103,12 @@ def budget_of(needle, settings: GenerationSettings) -> int:
     return settings.max_new_tokens
 
 
-def chunks(samples: list[Sample], size: int) -> list[list[Sample]]:
-    """Samples of one context length and budget, `size` at a time, in the order the grid gives them."""
+def chunks(samples: list[Sample], size) -> list[list[Sample]]:
+    """Samples of one context length and budget, `size(first sample)` at a time, in the order the grid gives them."""
     groups: dict[tuple, list[Sample]] = {}
     for s in samples:
         groups.setdefault((s.cell.target_tokens, s.budget), []).append(s)
-    return [group[i:i + size] for group in groups.values() for i in range(0, len(group), size)]
+    return [group[i:i + size(group[0])] for group in groups.values() for i in range(0, len(group), size(group[0]))]
 
 
 def _answer_chunk(cfg, lm, methods, chunk: list[Sample], task, out, annotate, state: Progress, decoders) -> None:

@@ -31,13 +31,13 @@ from kvcompress.tasks.cell import Cell
 
 def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | None = None,
         annotate: Callable[[BenchmarkResult, Method], None] | None = None,
-        answer_batch: int | None = None) -> ResultFile:
+        quality: bool = False, answer_batch: int | None = None) -> ResultFile:
     """`annotate(record, method)`, if given, adds a script's own fields to each record before it is saved.
-    `answer_batch`: a quality run (run/quality.py: each sample answered once, this many decoded together) instead of
-    measured cells."""
+    `quality`: a quality run (run/quality.py: each sample answered once, `answer_batch` decoded together, None: sized
+    to memory) instead of measured cells."""
     with tiny_threads(cfg):
         return _run(cfg, cells, task, {**(header_extra or {}), "torch_threads": torch.get_num_threads()}, annotate,
-                    answer_batch)
+                    quality, answer_batch)
 
 
 @contextlib.contextmanager
@@ -54,14 +54,15 @@ def tiny_threads(cfg: RunConfig):
         torch.set_num_threads(threads)
 
 
-def _run(cfg: RunConfig, cells: list[Cell], task: str, header_extra: dict, annotate, answer_batch) -> ResultFile:
+def _run(cfg: RunConfig, cells: list[Cell], task: str, header_extra: dict, annotate, quality_run: bool,
+         answer_batch: int | None) -> ResultFile:
     out = ResultFile(cfg.out, header_of(cfg, header_extra, task=task), resume=cfg.resume)
     in_child = [m for m in cfg.methods if m.runs_in_child]
     local = [m for m in cfg.methods if m not in in_child]
     total = len(cells) * len(cfg.batches) * len(cfg.methods)
     console.print(f"{len(cfg.methods)} method(s) x {len(cells)} prompt(s) = {total} cells -> {cfg.out}")
     progress = {"done": 0, "total": total}
-    if local and answer_batch:
+    if local and quality_run:
         run_on_models(cfg, local, out, lambda lm, methods: quality.run_local(
             cfg, lm, methods, cells, task, out, annotate, progress, make_decoders(cfg, lm), answer_batch))
     elif local:
