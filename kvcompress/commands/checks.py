@@ -55,6 +55,11 @@ def run_checks(run: dict, results: list[BenchmarkResult], bandwidth: float = HBM
         return checks + [Check("2-6. Hardware checks", None, [
             f"skipped: this run is on {run.get('device') or 'an unknown device'}, not a GPU; peaks, roofline, "
             "FLOPs, noise and engine comparisons need a GPU run"])]
+    timed = [r for r in ok if r.run_mode != "quality"]  # quality records (answered once) carry no timings or peaks
+    if not timed:
+        return checks + [Check("2-6. Hardware checks", None, [
+            "skipped: a quality run's records hold no timings or peaks (test_long_context.py --mode measured times)"])]
+    ok = timed
     checks += [_memory(ok), _roofline(ok, bandwidth, arch), _compute(ok, flops, arch), _noise(ok)]
     if references:
         checks.append(_engines(ok, references))
