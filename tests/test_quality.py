@@ -129,3 +129,28 @@ def test_every_press_that_joins_a_shared_prefill_is_hooked_only_by_kvpress_base_
     for info in presses.PRESSES.values():
         if info.phase == "prefill" and not info.own_prefill and not info.not_runnable:
             assert presses.kvpress_class(info).__call__ is BasePress.__call__, info.name
+
+
+@pytest.mark.parametrize("engine", ["hf", "fast"])
+def test_a_batch_stops_once_every_row_has_ended_and_each_row_is_cut_at_its_own_end(tiny, three, engine, monkeypatch):
+    from kvcompress.engine import quality
+
+    decoder = FastDecoder(tiny) if engine == "fast" else HFDecoder()
+    method = parse_method("knorm@0.5")
+
+    def answers(eos):
+        monkeypatch.setattr(quality, "eos_ids", lambda lm: set(eos))
+        compressed = [prefill_shared(tiny, [method], p.context_ids)[method.name] for p in three]
+        steps = []
+        real = decoder.decode_batch
+        monkeypatch.setattr(decoder, "decode_batch", lambda *a, **k: steps.append(real(*a, **k)[0]) or (steps[-1], None))
+        got = answer_compressed(tiny, compressed, three, [12, 12, 12], GREEDY, decoder)
+        monkeypatch.setattr(decoder, "decode_batch", real)
+        return [a.token_ids for a in got], steps[0]
+
+    full, steps = answers(set())
+    assert steps == 12 and all(len(row) == 12 for row in full)
+    ends = {row[3] for row in full}  # every row meets one of these by its 4th token
+    cut_rows, steps = answers(ends)
+    assert cut_rows == [cut(row, 12, ends) for row in full]
+    assert steps == max(len(row) for row in cut_rows) < 12  # the batch stopped when its last row ended
