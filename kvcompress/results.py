@@ -264,6 +264,14 @@ class ResultFile:
         self.results.append(result)
         self.save()
 
+    def add_all(self, results: list[BenchmarkResult], write: bool = True) -> None:
+        """Several records at once (a quality run's batch), each replacing a failed attempt of its cell; one write,
+        or none (`write` False: the caller saves later; a quality run writes every SAVE_EVERY_S seconds)."""
+        new = {r.identity() for r in results}
+        self.results = [r for r in self.results if r.identity() not in new] + list(results)
+        if write:
+            self.save()
+
     def save(self) -> None:
         save(self.path, self.run, self.results)
 

@@ -2,20 +2,25 @@
 one prefill per sample allows.
 
 Samples are grouped by context length and output budget and taken `answer_batch` at a time (by default as many
-as a share of the GPU's free memory holds: auto_answer_batch). Each sample's context is
-prefilled once for every method that joins a shared prefill (engine/shared_prefill.py: vanilla and the prefill
-presses), each method then answers the group's samples as one batch (engine/quality.py); a method with a prefill of
-its own (native DMS, decoding presses, --query-aware) answers each sample alone. A record is saved the moment its
-method's batch is done, so a killed run loses at most one batch, and --resume skips every (sample, method) already
-answered. Progress prints answers/s so far and the time left at that rate.
+as a share of the GPU's free memory holds: auto_answer_batch). Each sample's context is prefilled once for every
+method that joins a shared prefill (engine/shared_prefill.py: vanilla and the prefill presses), each method then
+answers the group's samples as one batch (engine/quality.py); a method with a prefill of its own (native DMS,
+decoding presses, --query-aware) answers each sample alone. Records join the result file as each method's batch is
+done; the file is written every SAVE_EVERY_S seconds (rewriting it after every answer would cost minutes of JSON
+over thousands of answers), at the end, and when the run stops on an error or ^C, so a killed process loses at
+most those seconds, and --resume skips every (sample, method) already answered. Progress prints answers/s so far
+and the time left at that rate.
 
 Records are quality records (`run_mode` "quality"): answer, score, KV bytes and kept tokens from the compressed
 cache, no timing or memory peaks (BenchmarkResult's timing fields stay None). The whole run's answers/s goes into
-the run header (`quality`), wall clock on the host: a throughput of the quality run, not a latency.
+the run header (`quality`), wall clock on the host: a throughput of the quality run, not a latency; beside it the
+seconds spent in shared prefills and in answering (question, decode, records), the device drained at each phase's
+ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -31,6 +36,9 @@ from kvcompress.report import context_label
 from kvcompress.run.one_cell import console, failure_line, free_memory, grade, pick_decoder, skeleton
 from kvcompress.tasks import contract
 
+# The result file is rewritten whole (results.ResultFile): after every record, thousands of answers would cost
+# minutes of JSON. A quality run writes at most this often (and at the end, and when it stops on an error or ^C).
+SAVE_EVERY_S = 30.0
 CPU_ANSWER_BATCH = 32  # samples decoded together on a CPU (on a GPU: sized to its free memory, auto_answer_batch)
 MEMORY_SHARE = 0.6  # of the GPU's free memory, for the compressed caches a group of samples holds at once
 
@@ -49,6 +57,27 @@ class Progress:
     total: int
     answered: int = 0  # answered in this process (resumed ones are not)
     start: float = field(default_factory=time.monotonic)
+    phases: dict = field(default_factory=dict)  # host seconds per phase: "shared prefill", "answers"
+    finished: set = field(default_factory=set)  # identities of the records a resumed file holds without error
+    saved: float = field(default_factory=time.monotonic)
+
+    def save_due(self) -> bool:
+        if time.monotonic() - self.saved < SAVE_EVERY_S:
+            return False
+        self.saved = time.monotonic()
+        return True
+
+    @contextlib.contextmanager
+    def phase(self, name: str, device):
+        """Host wall clock around one phase, the device drained at both ends (phases are whole prefills and whole
+        batches: one synchronisation each costs nothing against them)."""
+        _drain(device)
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            _drain(device)
+            self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - start
 
     def line(self) -> str:
         elapsed = time.monotonic() - self.start
@@ -64,15 +93,20 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
     samples = [Sample(cell, prompt, needle, budget_of(needle, settings)) for cell in cells
                for prompt, needle in [cell.build(lm.tokenizer)]]
     state = Progress(progress["done"], progress["total"])
+    state.finished = {r.identity() for r in out.results if r.error is None} if cfg.resume else set()
     sizes = {}
-    for chunk in chunks(samples, lambda s: sizes.setdefault(s.cell.target_tokens, answer_batch or auto_answer_batch(
-            lm, methods, s.prompt.input_tokens + s.budget))):
-        _answer_chunk(cfg, lm, methods, chunk, task, out, annotate, state, decoders)
+    try:
+        for chunk in chunks(samples, lambda s: sizes.setdefault(s.cell.target_tokens, answer_batch or
+                                                                auto_answer_batch(lm, methods, s.prompt.input_tokens + s.budget))):
+            _answer_chunk(cfg, lm, methods, chunk, task, out, annotate, state, decoders)
+    finally:
+        out.save()  # whatever was answered, also when the run stops on an error or ^C
     progress["done"] = state.done
     elapsed = time.monotonic() - state.start
     out.run["quality"] = {"answers": state.answered, "wall_s": round(elapsed, 3),
                           "answers_per_s": round(state.answered / elapsed, 3) if elapsed > 0 else None,
                           "answer_batch": {str(k): v for k, v in sizes.items()},
+                          "phases_s": {k: round(v, 3) for k, v in state.phases.items()},
                           "clock": "host wall clock around the whole quality run (model load excluded)"}
     out.save()
 
@@ -119,7 +153,7 @@ def _answer_chunk(cfg, lm, methods, chunk: list[Sample], task, out, annotate, st
             sized = m.for_context(s.prompt.context_tokens, lm.model, s.cell.target_tokens)
             probe = skeleton(lm.name, lm.weights, sized, s.cell, s.needle, task, decoders, s.prompt, settings)
             probe.run_mode = "quality"
-            if cfg.resume and out.done(probe.identity()):
+            if probe.identity() in state.finished:
                 state.done += 1
                 continue
             probes[i, m.name] = (sized, probe)
@@ -133,7 +167,9 @@ def _answer_chunk(cfg, lm, methods, chunk: list[Sample], task, out, annotate, st
         if not joiners:
             continue
         try:
-            for name, c in prefill_shared(lm, joiners, s.prompt.context_ids).items():
+            with state.phase("shared prefill", lm.device):
+                shared = prefill_shared(lm, joiners, s.prompt.context_ids)
+            for name, c in shared.items():
                 compressed[i, name] = c
         except Exception as exc:  # noqa: BLE001 - the sample's shared prefill failed: every joiner's record says so
             line = failure_line(exc)
@@ -143,7 +179,8 @@ def _answer_chunk(cfg, lm, methods, chunk: list[Sample], task, out, annotate, st
     for m in methods:
         rows = [i for i in range(len(chunk)) if (i, m.name) in probes]
         if rows:
-            _answer_method(lm, m, chunk, rows, probes, compressed, settings, task, out, annotate, state, decoders)
+            with state.phase("answers", lm.device):
+                _answer_method(lm, m, chunk, rows, probes, compressed, settings, task, out, annotate, state, decoders)
 
 
 @dataclass
@@ -184,6 +221,7 @@ def _answer_method(lm, method, chunk, rows, probes, compressed, settings, task, 
                 answers[i] = failure_line(exc)
                 free_memory()
     clear_masks(lm.model)
+    mine = []
     for i in rows:
         compressed.pop((i, method.name), None)  # whatever a failed batch left
         record = _record(lm, sized_of[i], probes[i, method.name][1], chunk[i], answers[i], settings, task, decoder,
@@ -191,10 +229,10 @@ def _answer_method(lm, method, chunk, rows, probes, compressed, settings, task, 
         record.process = "main"
         if annotate:
             annotate(record, method)
-        out.add(record)
-        state.done += 1
-        state.answered += record.error is None
-    mine = out.results[-len(rows):]
+        mine.append(record)
+    out.add_all(mine, write=state.save_due())
+    state.done += len(mine)
+    state.answered += sum(r.error is None for r in mine)
     scores = [r.score for r in mine if r.score is not None]
     errors = [r.error for r in mine if r.error]
     where = escape(f"{method.name} @ {context_label(mine[0])} tok")
@@ -230,6 +268,13 @@ def _record(lm, method, blank, sample: Sample, answer, settings, task, decoder, 
     record.depth, record.prompt_id, record.kv_budget = blank.depth, blank.prompt_id, method.budget_label
     grade(record, sample.needle, sample.prompt, sample.cell)
     return record
+
+
+def _drain(device) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def _duration(seconds: float) -> str:
