@@ -78,11 +78,12 @@ def test_the_shared_prefill_on_smollm2_is_exact_too(smollm2):
     built = niah.build_prompt(smollm2.tokenizer, 256, 0.5, niah.make_needle("single", 0))
     names = ["vanilla", "knorm@0.5", "snapkv@0.875", "streaming_llm@0.5", "adakv+expected_attention@0.5"]
     shared = assert_same_compression(smollm2, built.prompt, names)
-    settings = GenerationSettings(12, SamplingConfig(greedy=True), fixed_length=False)
-    for name in ["snapkv@0.875"]:  # the answer path itself is held against generate_once on tiny, for every method
+    settings = GenerationSettings(6, SamplingConfig(greedy=True), fixed_length=False)
+    for name in names:
         alone = generate_once(smollm2, parse_method(name), built.prompt, settings, HFDecoder())
-        got, = answer_compressed(smollm2, [shared[name]], [built.prompt], [12], settings, HFDecoder())
+        got, = answer_compressed(smollm2, [shared[name]], [built.prompt], [6], settings, HFDecoder())
         assert got.token_ids == alone.token_ids, name
+        assert got.kv_after.tokens_per_layer == alone.kv_after.tokens_per_layer, name
 
 
 def test_methods_with_a_prefill_of_their_own_are_refused_by_the_shared_prefill(tiny, tiny_prompt):
