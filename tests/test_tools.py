@@ -29,3 +29,22 @@ def test_cells_parse_or_say_what_is_wrong():
         ("knorm@0.5", 16384), ("adakv+expected_attention@0.5", 8192)]
     with pytest.raises(SystemExit, match="method:tokens"):
         parse("knorm@0.5")
+
+
+def test_quality_ab_pairs_records_of_both_modes_and_refuses_bad_grids(capsys):
+    from kvcompress.results import BenchmarkResult
+
+    tool = _tool("quality_ab")
+
+    def record(method, prompt, answer, kv, mode=None):
+        return BenchmarkResult(model="m", weights="random", method=method, prompt_id=prompt, answer=answer, kv_cache_bytes=kv,
+                               target_tokens=4096, run_mode=mode)
+
+    quality = [record("vanilla", "p0", "12", 100, "quality"), record("knorm@0.5", "p0", "7", 50, "quality"),
+               record("knorm@0.5", "p1", "8", 50, "quality")]
+    measured = [record("vanilla", "p0", "12", 100), record("knorm@0.5", "p0", "9", 50)]
+    got = tool.agreement(quality, measured)
+    assert (got["pairs"], got["same_answer"], got["same_kv_bytes"]) == (2, 1, 2)
+    assert got["differ"] == ["knorm@0.5 p0: '7' vs '9'"]
+    assert tool.main(["--", "--preset", "tiny", "--samples", "0"]) == 2
+    assert "error:" in capsys.readouterr().out

@@ -3,7 +3,8 @@
 A/B (default): one process, one model; the grid that test_long_context.py would run for the arguments after `--`
 is answered twice, first in quality mode (run/quality.py), then in measured mode (runner's per-cell path: warm-up,
 --repeats, memory pass, a prefill per method), each timed by the host's wall clock around the whole pass (model
-load and one untimed quality answer per method beforehand, which imports kvpress, excluded). Prints answers/s of each and their ratio, and writes both result files and a summary JSON.
+load and one untimed quality answer per method beforehand, which imports kvpress, excluded), then their answers and
+KV bytes compared pair by pair. Prints answers/s of each and their ratio, and writes both result files and a summary JSON.
 
 --prefill N: for N samples per context of the same grid, the plain prefill of the context (CUDA events) and the
 shared prefill that serves every joining method of --methods, against the FLOP ideal `benchmark.py check` prints
@@ -68,7 +69,7 @@ def ab(cfg, lm, cells, args) -> dict:
     quality.run_local(cfg, lm, cfg.methods, cells[:1], "long_context", warm, None, {"done": 0, "total": 0},
                       runner.make_decoders(cfg, lm), 1)
     (args.out_dir / "ab-warmup.json").unlink(missing_ok=True)
-    out = {}
+    out, files = {}, {}
     for mode in ("quality", "measured"):
         path = args.out_dir / f"ab-{mode}.json"
         path.unlink(missing_ok=True)
@@ -85,14 +86,32 @@ def ab(cfg, lm, cells, args) -> dict:
             runner._run_local(cfg, lm, cfg.methods, cells, "long_context", file, None, progress)
         _sync(lm)
         wall = time.monotonic() - start
+        files[mode] = file.results
         answers = sum(r.error is None for r in file.results)
         out[mode] = {"answers": answers, "errors": len(file.results) - answers, "wall_s": round(wall, 3),
                      "answers_per_s": round(answers / wall, 3), "file": str(path)}
         print(f"{mode}: {answers} answers in {wall:.1f} s = {answers / wall:.2f} answers/s")
     out["speedup"] = round(out["quality"]["answers_per_s"] / out["measured"]["answers_per_s"], 2)
+    out["agreement"] = agreement(files["quality"], files["measured"])
+    print(f"same answer in both modes: {out['agreement']['same_answer']}/{out['agreement']['pairs']} pairs; same KV "
+          f"bytes: {out['agreement']['same_kv_bytes']}/{out['agreement']['pairs']} (batched decode may part from "
+          "batch 1 by rounding, where two tokens' logits tie within bf16)")
     print(f"quality / measured: x{out['speedup']:.1f} answers/s (host wall clock, model load excluded, "
           f"{lm.device}, {len(cells)} samples x {len(cfg.methods)} methods)")
     return out
+
+
+def agreement(quality, measured) -> dict:
+    """Pairs of records of one (method, prompt) in both modes: how many give the same answer and the same KV bytes
+    (the same greedy tokens: the quality path computes what the measured one does, the batch aside)."""
+    def key(r):
+        return r.method, r.target_tokens, r.depth, r.prompt_id
+
+    by_key = {key(r): r for r in measured if r.error is None}
+    pairs = [(q, by_key[key(q)]) for q in quality if q.error is None and key(q) in by_key]
+    differ = [f"{q.method} {q.prompt_id}: {q.answer!r} vs {m.answer!r}" for q, m in pairs if q.answer != m.answer]
+    return {"pairs": len(pairs), "same_answer": len(pairs) - len(differ),
+            "same_kv_bytes": sum(q.kv_cache_bytes == m.kv_cache_bytes for q, m in pairs), "differ": differ[:20]}
 
 
 def prefill_probe(cfg, lm, cells, n: int) -> dict:
