@@ -9,8 +9,8 @@ copy of it) on that method's own cache, holding the layer's full keys and values
 its own prefill would have left, and the full layer is dropped as soon as every method has taken what it keeps.
 
 Which methods qualify is the method protocol's `joins_shared_prefill` (methods/base.py; for presses the
-registry's `own_prefill`, methods/presses.py). tests/test_shared_prefill.py holds the caches, kept lengths per layer and greedy
-answers against each method's own prefill.
+registry's `own_prefill`, methods/presses.py). tests/test_shared_prefill.py holds the caches, kept lengths per layer
+and greedy answers against each method's own prefill.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def prefill_shared(lm, methods: list[Method], context_ids: torch.Tensor) -> dict
     context = context_ids.to(lm.device)
     presses = {m.name: m.hook(model) for m in methods}  # None: no compression (vanilla)
     # What kvpress's BasePress.__call__ does besides hooking each attention layer (a press that joins a shared
-    # prefill has no __call__ of its own: tests/test_quality.py checks the registry for it).
+    # prefill has no __call__ of its own: tests/test_shared_prefill.py checks the registry for it).
     for press in presses.values():
         if press is not None:
             press.post_init_from_model(model)

@@ -131,7 +131,7 @@ def auto_answer_batch(lm, methods: list[Method], tokens: int) -> int:
 def budget_of(needle, settings: GenerationSettings) -> int:
     """The task's own output budget (RULER's tokens_to_generate, where the task says it), else --max-new-tokens."""
     if isinstance(needle, contract.TaskContext):
-        own = getattr(needle.questions[0], "tokens_to_generate", None)
+        own = getattr(needle, "tokens_to_generate", None) or getattr(needle.questions[0], "tokens_to_generate", None)
         if own:
             return int(own)
     return settings.max_new_tokens
