@@ -144,7 +144,8 @@ def test_a_batch_stops_once_every_row_has_ended_and_each_row_is_cut_at_its_own_e
         compressed = [prefill_shared(tiny, [method], p.context_ids)[method.name] for p in three]
         steps = []
         real = decoder.decode_batch
-        monkeypatch.setattr(decoder, "decode_batch", lambda *a, **k: steps.append(real(*a, **k)[0]) or (steps[-1], None))
+        monkeypatch.setattr(decoder, "decode_batch",
+                            lambda *a, **k: steps.append(real(*a, **k)[0]) or (steps[-1], None))
         got = answer_compressed(tiny, compressed, three, [12, 12, 12], GREEDY, decoder)
         monkeypatch.setattr(decoder, "decode_batch", real)
         return [a.token_ids for a in got], steps[0]

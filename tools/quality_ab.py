@@ -4,7 +4,8 @@ A/B (default): one process, one model; the grid that test_long_context.py would 
 is answered twice, first in quality mode (run/quality.py), then in measured mode (runner's per-cell path: warm-up,
 --repeats, memory pass, a prefill per method), each timed by the host's wall clock around the whole pass (model
 load and one untimed quality answer per method beforehand, which imports kvpress, excluded), then their answers and
-KV bytes compared pair by pair. Prints answers/s of each and their ratio, and writes both result files and a summary JSON.
+KV bytes compared pair by pair. Prints answers/s of each and their ratio, and writes both result files and a summary
+JSON.
 
 --prefill N: for N samples per context of the same grid, the plain prefill of the context (CUDA events) and the
 shared prefill that serves every joining method of --methods, against the FLOP ideal `benchmark.py check` prints
@@ -150,7 +151,8 @@ def prefill_probe(cfg, lm, cells, n: int) -> dict:
             ideal = (linear + attention) / BF16_FLOPS
             rows.append({"target_tokens": target, "context_tokens": prompt.context_tokens, "ideal_s": ideal,
                          "plain_s": times["plain"], "shared_s": times["shared"], "methods_served": len(joiners)})
-            print(f"{prompt.context_tokens} tokens: plain prefill {times['plain']:.3f} s = x{times['plain'] / ideal:.2f} "
+            print(f"{prompt.context_tokens} tokens: plain prefill {times['plain']:.3f} s = "
+                  f"x{times['plain'] / ideal:.2f} "
                   f"of the {ideal:.3f} s FLOP ideal; shared prefill for {len(joiners)} methods {times['shared']:.3f} s "
                   f"(x{times['shared'] / times['plain']:.2f} of the plain one)")
     return {"rows": rows, "flops_per_s": BF16_FLOPS, "device": str(lm.device), "torch": torch.__version__,

@@ -4,8 +4,9 @@ dms_methods.py), so nothing outside methods/ asks which family a method belongs 
 A method says how it hooks the model (`hook`), what it prepares for a prompt before anything is timed (`prepare`),
 why it cannot run on a loaded model (`problem`), on an engine (`engine_problem`, from the decoder's named
 capabilities, engine/decoder.py) or in a batch (`batch_problem`), which cache its prefill writes into (`new_cache`),
-whether several questions can share its prefill (`shares_prefill`), whether other methods can (`joins_shared_prefill`), where it runs (`runs_in_child`,
-`needs_dms_checkpoint`) and the record fields only it knows (`record_fields`). A new family is one module with a
+whether several questions can share its prefill (`shares_prefill`), whether other methods can
+(`joins_shared_prefill`), where it runs (`runs_in_child`, `needs_dms_checkpoint`) and the record fields only it
+knows (`record_fields`). A new family is one module with a
 subclass and a parser, plus its entry in methods/__init__.py's FAMILIES.
 
 This module stays free of torch, transformers and kvpress: the grammar is parsed before any of them is imported.

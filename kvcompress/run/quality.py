@@ -95,9 +95,15 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
     state = Progress(progress["done"], progress["total"])
     state.finished = {r.identity() for r in out.results if r.error is None} if cfg.resume else set()
     sizes = {}
+
+    def size(s: Sample) -> int:  # one size per context length, fixed by its first group
+        if s.cell.target_tokens not in sizes:
+            tokens = s.prompt.input_tokens + s.budget
+            sizes[s.cell.target_tokens] = answer_batch or auto_answer_batch(lm, methods, tokens)
+        return sizes[s.cell.target_tokens]
+
     try:
-        for chunk in chunks(samples, lambda s: sizes.setdefault(s.cell.target_tokens, answer_batch or
-                                                                auto_answer_batch(lm, methods, s.prompt.input_tokens + s.budget))):
+        for chunk in chunks(samples, size):
             _answer_chunk(cfg, lm, methods, chunk, task, out, annotate, state, decoders)
     finally:
         out.save()  # whatever was answered, also when the run stops on an error or ^C
@@ -281,4 +287,6 @@ def _duration(seconds: float) -> str:
     if seconds != seconds:  # nan: no answer yet
         return "?"
     seconds = int(round(seconds))
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 60}m{seconds % 60:02d}s"
