@@ -353,7 +353,7 @@ def _expand_sequences(record: dict) -> dict:
 
 
 # What a resumed run must share with the file's header: its records would otherwise be mixed with other settings'.
-RESUME_HEADER = ("task", "engine", "sampling", "max_new_tokens", "dtype", "attn_implementation")
+RESUME_HEADER = ("task", "engine", "sampling", "max_new_tokens", "dtype", "attn_implementation", "mode")
 RESUME_ARGUMENTS = ("model", "random_weights", "dms_model", "dms_revision", "haystack", "query_aware")
 
 

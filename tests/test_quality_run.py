@@ -66,6 +66,14 @@ def test_resume_answers_only_what_is_missing(quality, tmp_path):
     assert {k: r["answer"] for k, r in resumed.items()} == {k: r["answer"] for k, r in records.items()}
 
 
+def test_a_quality_file_does_not_resume_as_a_measured_run(quality, tmp_path, capsys):
+    data, _ = quality
+    path = tmp_path / "q.json"
+    path.write_text(json.dumps(data))
+    assert test_long_context.main(GRID + ["--out", str(path), "--resume", "--mode", "measured"]) == 2
+    assert "mode 'quality'" in one_line_error(capsys)
+
+
 def test_quality_options_are_checked_before_any_model_loads(capsys):
     for argv in (["--mode", "measured", "--answer-batch", "4"], ["--questions", "2"], ["--samples", "0"],
                  ["--samples", "2", "--trials", "2"]):
