@@ -4,7 +4,8 @@ A/B (default): one process, one model; the grid that test_long_context.py would 
 is answered twice, first in quality mode (run/quality.py), then in measured mode (runner's per-cell path: warm-up,
 --repeats, memory pass, a prefill per method), each timed by the host's wall clock around the whole pass (model
 load and one untimed quality answer per method beforehand, which imports kvpress, excluded), then their answers and
-KV bytes compared pair by pair. Prints answers/s of each and their ratio, and writes both result files and a summary
+KV bytes compared pair by pair. Both decode --max-new-tokens per answer (the measured path's budget; a quality run
+otherwise uses each task's own tokens_to_generate). Prints answers/s of each and their ratio, and writes both result files and a summary
 JSON.
 
 --prefill N: for N samples per context of the same grid, the plain prefill of the context (CUDA events) and the
@@ -81,6 +82,9 @@ def ab(cfg, lm, cells, args) -> dict:
         _sync(lm)
         start = time.monotonic()
         if mode == "quality":
+            # the measured path decodes --max-new-tokens for every task: the same work here, whatever a task's own
+            # tokens_to_generate (random weights never stop at end-of-sequence)
+            quality.budget_of = lambda needle, settings: settings.max_new_tokens
             quality.run_local(cfg, lm, cfg.methods, cells, "long_context", file, None, progress,
                               runner.make_decoders(cfg, lm), args.answer_batch)
         else:

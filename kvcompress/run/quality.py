@@ -158,7 +158,7 @@ def _answer_chunk(cfg, lm, methods, chunk: list[Sample], task, out, annotate, st
         for m in methods:
             sized = m.for_context(s.prompt.context_tokens, lm.model, s.cell.target_tokens)
             probe = skeleton(lm.name, lm.weights, sized, s.cell, s.needle, task, decoders, s.prompt, settings)
-            probe.run_mode = "quality"
+            probe.run_mode, probe.max_new_tokens = "quality", s.budget  # the budget it answers with
             if probe.identity() in state.finished:
                 state.done += 1
                 continue
@@ -258,6 +258,7 @@ def _record(lm, method, blank, sample: Sample, answer, settings, task, decoder, 
     record = record_for(
         lm.name, lm.weights, method, settings, task=task, engine=decoder.name, target_tokens=sample.cell.target_tokens,
         prompt=sample.prompt, press=method.press_label(lm.model), output_tokens=len(answer.token_ids),
+        max_new_tokens=sample.budget,
         weights_bytes=lm.weights_bytes, kv_cache_bytes=after.bytes, kv_tokens_kept=after.tokens_kept,
         kv_compression_achieved=after.compression_achieved, kv_memory_saved=after.memory_saved, repeats=1,
         answer=lm.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
