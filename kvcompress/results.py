@@ -173,7 +173,7 @@ def median_kv_bytes(records: list[BenchmarkResult]) -> float | None:
 
 FIELDS = [f.name for f in fields(BenchmarkResult)]
 IDENTITY_FIELDS = ("task", "model", "weights", "method", "target_tokens", "depth", "needle", "prompt_id", "engine",
-                   "max_new_tokens", "batch", "run_mode")
+                   "max_new_tokens", "run_mode", "batch")
 CONTRACT_FIELDS = FIELDS[: FIELDS.index("error") + 1]
 
 
