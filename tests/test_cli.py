@@ -52,7 +52,7 @@ def test_the_tiny_preset_runs_on_one_thread_and_gives_the_count_back(preset, ins
     from kvcompress.run import runner
 
     seen = []
-    monkeypatch.setattr(runner, "_run", lambda cfg, cells, task, extra, annotate: seen.append(
+    monkeypatch.setattr(runner, "_run", lambda cfg, cells, task, extra, annotate, *quality: seen.append(
         (torch.get_num_threads(), extra["torch_threads"])))
     before = torch.get_num_threads()
     torch.set_num_threads(2)

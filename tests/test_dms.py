@@ -214,7 +214,7 @@ def test_resume_skips_measured_dms_cells_without_starting_a_process(tmp_path):
 
     measured = {"task": "benchmark", "model": "tiny-dms", "weights": "random", "method": "dms-8x-remote",
                 "target_tokens": 300, "depth": 0.5, "needle": niah.make_needle("single", 0, 4).label,
-                "prompt_id": "needle-300", "engine": "hf", "max_new_tokens": 3, "batch": 1}
+                "prompt_id": "needle-300", "engine": "hf", "max_new_tokens": 3, "run_mode": None, "batch": 1}
     done = {tuple(measured[name] for name in IDENTITY_FIELDS)}
     assert isolated.run_in_child(cfg, [parse_method("dms-8x-remote")], [cell], "benchmark", done=done) == []
 
