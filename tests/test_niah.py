@@ -190,7 +190,8 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, capsys, tmp_path):
 def test_tiny_preset_runs_and_resume_skips_every_done_cell(tmp_path, capsys):
     out = tmp_path / "lc.json"
     argv = ["--preset", "tiny", "--methods", "vanilla,knorm@0.5", "--contexts", "512", "--depths", "0.5",
-            "--trials", "2", "--max-new-tokens", "4", "--tasks", "niah", "--out", str(out)]
+            "--trials", "2", "--max-new-tokens", "4", "--tasks", "niah", "--out", str(out),
+            "--mode", "measured"]  # the timed path (quality mode's resume: tests/test_quality_run.py)
     assert test_long_context.main(argv) == 0
     data = json.loads(out.read_text())
     records = data["results"]

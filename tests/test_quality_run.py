@@ -75,7 +75,8 @@ def test_a_quality_file_does_not_resume_as_a_measured_run(quality, tmp_path, cap
 
 
 def test_quality_options_are_checked_before_any_model_loads(capsys):
-    for argv in (["--mode", "measured", "--answer-batch", "4"], ["--questions", "2"], ["--samples", "0"],
+    for argv in (["--mode", "measured", "--answer-batch", "4"], ["--questions", "2", "--answer-batch", "4"],
+                 ["--samples", "0"],
                  ["--samples", "2", "--trials", "2"]):
         assert test_long_context.main(["--preset", "tiny", *argv]) == 2
         assert one_line_error(capsys)

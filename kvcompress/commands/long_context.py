@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         "the found/trials table)")
     t.add_argument("--questions", type=int, default=1, help="K questions per context, all answered from one "
                    "compression (the cache cropped back to the compressed context after each answer); records per "
-                   "question, the compression time counted once (default 1: the timed single-question path)")
+                   "question, the compression time counted once (default 1; K > 1 is a path of its own, --mode "
+                   "does not apply)")
     t.add_argument("--samples", type=int, default=None, metavar="N", help="prompts per (task, context): trial t "
                    "at depth t mod the number of --depths, each with its own seed (replaces --trials)")
     q = parser.add_argument_group("quality mode")
@@ -112,9 +113,9 @@ def _grid(args: argparse.Namespace):
     if args.thinking and cfg.settings.max_new_tokens < niah_grid.MIN_THINKING_BUDGET:
         raise UserError(f"--thinking needs --max-new-tokens >= {niah_grid.MIN_THINKING_BUDGET} (a cut-off think "
                         "block is scored as no answer)")
-    if args.mode == "quality" and args.questions > 1:
-        raise UserError("--questions > 1 answers several questions from one timed compression: add --mode measured")
-    if args.answer_batch is not None and (args.answer_batch < 1 or args.mode != "quality"):
+    if args.questions > 1:
+        args.mode = "questions"  # its own path: one compression, K answers (engine.measure_questions)
+    if args.answer_batch is not None and (args.answer_batch < 1 or args.mode != "quality"):  # after --questions
         raise UserError("--answer-batch needs --mode quality and a positive count")
     if args.samples is not None and (args.samples < 1 or args.trials is not None):
         raise UserError("--samples must be positive and replaces --trials (pass one of them)")
