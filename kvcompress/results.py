@@ -143,6 +143,14 @@ class BenchmarkResult:
     capacity_max_batch: int | None = None  # largest batch whose whole generation fitted (0: not even batch 1)
     capacity_predicted_batch: int | None = None  # from weights + per-sequence KV + measured activation/workspace
     capacity_probes: list[dict] = field(default_factory=list)  # {"batch"|"context", "fits", "peak_bytes", "error"}
+    # --- quantized KV caches (methods/quantized.py): the format ("fp8", "int4[group=32,window=128]"), how the engine
+    # held it ("simulated": codes stored, dequantized to bf16 for attention inside transformers' forward), and
+    # kv_cache_bytes by part, from the cache's own tensors: {"data": codes, "scales": scales + zero points,
+    # "window": bf16 tokens not quantized}
+    kv_quant: str | None = None
+    kv_quant_storage: str | None = None
+    kv_bytes_parts: dict | None = None
+    kv_bytes_parts_end: dict | None = None
 
     def identity(self, *, across_engines: bool = False) -> tuple:
         """What makes two records the same cell (used by --resume, compare and check); named by IDENTITY_FIELDS.

@@ -97,6 +97,8 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
         kv_tokens_end=end.tokens_kept,
         kv_tokens_per_head=after.tokens_per_head,
         kv_tokens_per_head_end=end.tokens_per_head,
+        kv_bytes_parts=after.parts,
+        kv_bytes_parts_end=end.parts,
         answer_tokens=len(answer_ids),
         ttft_samples_s=ttfts,
         tpot_samples_ms=tpots,

@@ -1,0 +1,148 @@
+"""The hf engine's quantized KV cache: reference semantics of `fp8`, `int4`, `int2` (methods/quant_spec.py), simulated
+in that attention runs on the dequantized entries (bf16) inside transformers' forward, while what the cache holds
+between forwards is only the quantized codes, their scales and zero points, and the bf16 window.
+
+Each layer holds the tokens it has quantized (`quantized`, codes + scales) and, in `keys` / `values` (transformers'
+and kvpress's names), the bf16 tokens not quantized yet. A prefill's tokens stay bf16 until the layer settles: at
+its next update (question, decode step) or when the cache's bytes are read (right after the prefill), whichever
+comes first. So the prefill's own attention runs in bf16 and a prefill press (kvpress's forward hook, after the
+attention) compresses bf16 keys and values: evict, then store what is kept quantized. Settling quantizes the oldest
+tokens until spec.quantized_tokens(length) are quantized; fp8's per-layer scale is fixed at the first settle, from
+what the prefill left.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from kvcompress.memory import KVState, ReportsOwnKV, masked_counts
+from kvcompress.methods import quant
+from kvcompress.methods.quant_spec import QuantSpec
+
+
+class QuantizedLayer(DynamicLayer):
+    def __init__(self, spec: QuantSpec):
+        super().__init__()
+        self.spec = spec
+        self.quantized = 0  # tokens held quantized
+        self.qk = self.qv = None  # int: IntGroups; fp8: e4m3 codes (B, H, Q, D)
+        self.k_scale = self.v_scale = None  # fp8's float32 scales, fixed at the first settle
+
+    def update(self, key_states, value_states, cache_kwargs=None):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states)
+        self.settle()
+        self.keys = torch.cat([self.keys, key_states], dim=-2)
+        self.values = torch.cat([self.values, value_states], dim=-2)
+        if not self.quantized:
+            return self.keys, self.values
+        keys, values = self.dequantized(self.keys.dtype)
+        return torch.cat([keys, self.keys], dim=-2), torch.cat([values, self.values], dim=-2)
+
+    def settle(self) -> None:
+        """Quantize the oldest bf16 tokens until spec.quantized_tokens(length) are quantized."""
+        if not self.is_initialized or self.keys.numel() == 0:
+            return
+        take = self.spec.quantized_tokens(self.get_seq_length()) - self.quantized
+        if take <= 0:
+            return
+        k, v = self.keys[:, :, :take], self.values[:, :, :take]
+        if self.spec.format == "fp8":
+            if self.k_scale is None:
+                self.k_scale = quant.fp8_scale(self.keys, self.spec.scale)
+                self.v_scale = quant.fp8_scale(self.values, self.spec.scale)
+            new_k, new_v = quant.fp8_quantize(k, self.k_scale), quant.fp8_quantize(v, self.v_scale)
+            self.qk = new_k if self.qk is None else torch.cat([self.qk, new_k], dim=2)
+            self.qv = new_v if self.qv is None else torch.cat([self.qv, new_v], dim=2)
+        else:
+            bits, group = self.spec.bits, self.spec.group
+            new_k = quant.int_quantize(k, bits, group, "tokens")
+            new_v = quant.int_quantize(v, bits, group, "channels")
+            self.qk = new_k if self.qk is None else self.qk.cat(new_k)
+            self.qv = new_v if self.qv is None else self.qv.cat(new_v)
+        self.quantized += take
+        self.keys, self.values = self.keys[:, :, take:].clone(), self.values[:, :, take:].clone()
+
+    def dequantized(self, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.spec.format == "fp8":
+            return quant.fp8_dequantize(self.qk, self.k_scale, dtype), quant.fp8_dequantize(self.qv, self.v_scale, dtype)
+        return quant.int_dequantize(self.qk, dtype), quant.int_dequantize(self.qv, dtype)
+
+    def get_seq_length(self) -> int:
+        if not self.is_initialized:
+            return 0
+        return self.quantized + self.keys.shape[-2]
+
+    def crop(self, max_length: int) -> None:
+        raise NotImplementedError("a quantized cache is not cropped (methods share no prefill)")
+
+    def parts(self) -> dict:
+        """Bytes of this layer's tensors by part: codes, scales (+ zero points), the bf16 window."""
+        data = scales = 0
+        if self.quantized:
+            if self.spec.format == "fp8":
+                data = self.qk.nbytes + self.qv.nbytes
+                scales = self.k_scale.nbytes + self.v_scale.nbytes
+            else:
+                for g in (self.qk, self.qv):
+                    codes, s = g.nbytes
+                    data, scales = data + codes, scales + s
+        elif self.k_scale is not None:
+            scales = self.k_scale.nbytes + self.v_scale.nbytes
+        return {"data": data, "scales": scales, "window": self.keys.nbytes + self.values.nbytes}
+
+    def copy(self) -> QuantizedLayer:
+        out = QuantizedLayer(self.spec)
+        out.__dict__.update({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()})
+        if self.qk is not None and not isinstance(self.qk, torch.Tensor):
+            out.qk, out.qv = self.qk.rows(slice(None)), self.qv.rows(slice(None))
+        return out
+
+
+class QuantizedKVCache(Cache, ReportsOwnKV):
+    """One QuantizedLayer per model layer (transformers' Cache: the model's forward updates it layer by layer)."""
+
+    def __init__(self, spec: QuantSpec, n_layers: int, head_dim: int):
+        super().__init__(layers=[QuantizedLayer(spec) for _ in range(n_layers)])
+        self.spec, self.head_dim = spec, head_dim
+        self.model = None  # set by the engine: mask-only presses record their hidden entries on its modules
+
+    def settle(self) -> None:
+        for layer in self.layers:
+            layer.settle()
+
+    def parts(self) -> dict:
+        total = {"data": 0, "scales": 0, "window": 0}
+        for layer in self.layers:
+            for name, n in layer.parts().items():
+                total[name] += n
+        return total
+
+    def kv_state(self, positions) -> KVState:
+        """Bytes summed from the layers' own tensors (settled first: the prefill's tokens are quantized now, as at
+        the end of each layer's prefill); full_bytes: the same sequences in bf16 with nothing evicted."""
+        self.settle()
+        masked = masked_counts(self.model) if self.model is not None else {}
+        total = live = full = 0
+        tokens = []
+        for i, layer in enumerate(self.layers):
+            if not layer.is_initialized:
+                continue
+            batch, heads = layer.keys.shape[:2]
+            layer_bytes = sum(layer.parts().values())
+            length = layer.get_seq_length()
+            hidden = masked.get(i, 0) / (batch * heads)
+            total += layer_bytes
+            live += round(layer_bytes * (length - hidden) / max(1, length))
+            full += 2 * batch * heads * positions * self.head_dim * layer.keys.element_size()
+            tokens.append(length - hidden)
+        state = KVState(total, live, full, tokens, positions)
+        state.parts = self.parts()
+        return state
+
+    def copy(self) -> QuantizedKVCache:
+        out = QuantizedKVCache(self.spec, len(self.layers), self.head_dim)
+        out.layers = [layer.copy() for layer in self.layers]
+        out.model = self.model
+        return out
