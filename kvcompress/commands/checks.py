@@ -3,7 +3,9 @@
     uv run python benchmark.py check results/h200/benchmark-fast.json
 
 1. KV bytes: vanilla holds exactly context x bytes/token (summed over a batch's sequences); a real-shrink press
-   at ratio r holds (1 - r) of that within 1 %; a mask-only press holds 100 % and says so.
+   at ratio r holds (1 - r) of that within 1 %; a mask-only press holds 100 % and says so; a quantized cache
+   (fp8, int4, int2, alone or after a press) holds exactly its format's codes + scales + window for the tokens
+   kept, by part (methods/quant_spec.py's formula).
 2. Peak memory: weights, and the prefill's activation cost (peak - weights - KV) per context.
 3. Decode speed against the HBM roofline: bandwidth / bytes per step (x batch: one step gives each sequence a
    token); each method's speed-up over vanilla at the same batch against the speed-up its smaller KV predicts.
@@ -124,6 +126,9 @@ def _kv_bytes(results, arch) -> Check:
                                f"{vanilla.kv_cache_bytes / tokens:,.0f} B "
                                f"({'exact' if exact else f'expected {expected:,}'})")
         for r in cell:
+            if r.kv_quant and arch:
+                check.passed &= _quant_bytes(check, context, r, arch)
+                continue
             if r.dms_impl == "native" and r.kv_tokens_per_head and per_token:
                 check.passed &= _dms_bytes(check, context, r, per_token)
                 continue
@@ -140,6 +145,27 @@ def _kv_bytes(results, arch) -> Check:
             check.lines.append(f"{context}: {r.method:30s} holds {share:.4f} of vanilla ({verdict}) "
                                f"{'ok' if good else 'FAIL'}")
     return check
+
+
+def _quant_bytes(check: Check, context, r, arch) -> bool:
+    """A quantized cache: its parts (codes, scales + zero points, window), summed from its tensors, against the
+    formula for the tokens each layer kept (every position under a mask-only press), x layers."""
+    from kvcompress.methods.quant_spec import spec_from_label
+
+    kept = r.context_tokens if r.expected_memory == "mask" else r.kv_tokens_kept
+    if r.kv_tokens_kept_min != r.kv_tokens_kept_max or kept != int(kept) or r.kv_bytes_parts is None:
+        check.lines.append(f"{context}: {r.method:30s} layers keep different counts (or no parts recorded): "
+                           "the formula needs one count per layer FAIL")
+        return False
+    one = spec_from_label(r.kv_quant).bytes_parts(r.batch, arch["kv_heads"], arch["head_dim"], int(kept),
+                                                  _itemsize(r))
+    expected = {name: n * arch["layers"] for name, n in one.items()}
+    good = r.kv_bytes_parts == expected and r.kv_cache_bytes == sum(expected.values())
+    parts = ", ".join(f"{name} {n:,}" for name, n in r.kv_bytes_parts.items())
+    check.lines.append(f"{context}: {r.method:30s} {r.kv_cache_bytes:,} B = {parts} for {int(kept)} tokens "
+                       f"({'exact' if good else f'expected {expected}'}); "
+                       f"{r.kv_cache_bytes / r.kv_cache_bytes_full:.4f} of vanilla")
+    return good
 
 
 def _dms_bytes(check: Check, context, r, per_token: int) -> bool:

@@ -77,6 +77,9 @@ class HFDecoder(Decoder):
         if isinstance(first, MaskedDMSCache):  # native DMS: its masked cache stacks itself and hides its own pads
             batched = MaskedDMSCache.stack([a.cache for a in admitted])
             cache, mask = batched, None
+        elif isinstance(first, QuantizedKVCache):  # equal lengths only: no pads to hide
+            batched = QuantizedKVCache.stack([a.cache for a in admitted])
+            cache, mask = batched, None
         else:
             batched = BatchedCache(admitted, model)
             cache, mask = batched.cache, batched.attention_mask

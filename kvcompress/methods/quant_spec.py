@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvcompress.errors import UserError
+from kvcompress.methods.grammar import parse_options
 
 FORMATS = ("fp8", "int4", "int2")
 FP8_MAX = 448.0  # e4m3fn's largest finite value
@@ -67,6 +68,12 @@ class QuantSpec:
         if self.format != "fp8" and head_dim % self.group:
             return f"{self.label}: head_dim {head_dim} is not a multiple of group {self.group} (values group channels)"
         return None
+
+
+def spec_from_label(label: str) -> QuantSpec:
+    """A record's kv_quant back into its format (QuantSpec.label's inverse)."""
+    fmt, _, options = label.partition("[")
+    return parse_spec(fmt, parse_options(options.rstrip("]"), label), label)
 
 
 def parse_spec(fmt: str, options: dict, text: str) -> QuantSpec:

@@ -51,7 +51,8 @@ class Quantized(Method):
 
     @property
     def expected_memory(self) -> str:
-        return "real"
+        # a mask-only press still hides rather than frees: its quantized cache holds every position
+        return "mask" if self.inner.expected_memory == "mask" else "real"
 
     @property
     def takes_budget(self) -> bool:
@@ -93,6 +94,8 @@ class Quantized(Method):
         return self.inner.engine_problem(decoder)
 
     def batch_problem(self, settings) -> str | None:
+        if self.inner.expected_memory == "mask":
+            return "batched decode of a mask-only press over a quantized cache is not supported"
         return self.inner.batch_problem(settings)
 
     # -- what its records say ------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from kvcompress.errors import UserError
 from kvcompress.memory import KVState, ReportsOwnKV, masked_counts
 from kvcompress.methods import quant
 from kvcompress.methods.quant_spec import QuantSpec
@@ -123,6 +124,7 @@ class QuantizedKVCache(Cache, ReportsOwnKV):
         """Bytes summed from the layers' own tensors (settled first: the prefill's tokens are quantized now, as at
         the end of each layer's prefill); full_bytes: the same sequences in bf16 with nothing evicted."""
         self.settle()
+        seen = sum(positions) if isinstance(positions, list) else None  # a batch: each sequence's own positions
         masked = masked_counts(self.model) if self.model is not None else {}
         total = live = full = 0
         tokens = []
@@ -132,12 +134,13 @@ class QuantizedKVCache(Cache, ReportsOwnKV):
             batch, heads = layer.keys.shape[:2]
             layer_bytes = sum(layer.parts().values())
             length = layer.get_seq_length()
-            hidden = masked.get(i, 0) / (batch * heads)
+            hidden = masked.get(i, 0) / heads  # entries hidden by a mask-only press, summed over the batch's rows
             total += layer_bytes
-            live += round(layer_bytes * (length - hidden) / max(1, length))
-            full += 2 * batch * heads * positions * self.head_dim * layer.keys.element_size()
-            tokens.append(length - hidden)
-        state = KVState(total, live, full, tokens, positions)
+            live += round(layer_bytes * (batch * length - hidden) / max(1, batch * length))
+            full += 2 * heads * (seen or batch * positions) * self.head_dim * layer.keys.element_size()
+            tokens.append(length - hidden / batch)
+        mean = seen / len(positions) if seen is not None else positions
+        state = KVState(total, live, full, tokens, mean)
         state.parts = self.parts()
         return state
 
@@ -145,4 +148,39 @@ class QuantizedKVCache(Cache, ReportsOwnKV):
         out = QuantizedKVCache(self.spec, len(self.layers), self.head_dim)
         out.layers = [layer.copy() for layer in self.layers]
         out.model = self.model
+        return out
+
+    @staticmethod
+    def stack(caches: list[QuantizedKVCache]) -> QuantizedKVCache:
+        """The sequences' caches as one batch (the hf engine's decode_batch): row b is caches[b]. Each layer's split
+        into quantized tokens and window is a function of its length, so equal lengths stack with no padding;
+        sequences of different lengths are refused (transformers' one attention mask cannot hide pads inside the
+        quantized part)."""
+        first = caches[0]
+        out = QuantizedKVCache(first.spec, len(first.layers), first.head_dim)
+        out.model = first.model
+        for cache in caches:
+            cache.settle()
+        for i, layer in enumerate(out.layers):
+            sources = [c.layers[i] for c in caches]
+            if len({s.get_seq_length() for s in sources}) > 1:
+                raise UserError("hf engine: a batch of quantized caches needs sequences of one length per layer "
+                                "(the prompts, or what the press kept, differ); use one prompt length")
+            src = sources[0]
+            layer.lazy_initialization(src.keys)
+            layer.quantized = src.quantized
+            layer.keys = torch.cat([s.keys for s in sources])
+            layer.values = torch.cat([s.values for s in sources])
+            if src.k_scale is not None:
+                layer.k_scale = torch.cat([s.k_scale for s in sources])
+                layer.v_scale = torch.cat([s.v_scale for s in sources])
+            if src.quantized and src.spec.format == "fp8":
+                layer.qk, layer.qv = torch.cat([s.qk for s in sources]), torch.cat([s.qv for s in sources])
+            elif src.quantized:
+                layer.qk, layer.qv = (quant.IntGroups(*(torch.cat([getattr(getattr(s, name), f) for s in sources])
+                                                        for f in ("codes", "scale", "zero")),
+                                                      src.spec.bits, src.spec.group, along)
+                                      for name, along in (("qk", "tokens"), ("qv", "channels")))
+            for s in sources:  # each source is freed as soon as it is stacked
+                s.keys = s.values = s.qk = s.qv = None
         return out
