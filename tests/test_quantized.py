@@ -1,0 +1,108 @@
+"""Quantized KV caches as methods (methods/quantized.py): the grammar, the protocol, and on the tiny model the hf
+engine's cache holding exactly the formula's bytes by part, alone and after a press."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import benchmark
+from kvcompress.commands import checks
+from kvcompress.engine.generate import GenerationSettings, HFDecoder, generate_once
+from kvcompress.engine.sampling import SamplingConfig
+from kvcompress.errors import UserError
+from kvcompress.methods import parse_method
+from kvcompress.methods.quant_spec import QuantSpec
+from kvcompress.results import load
+
+SETTINGS = GenerationSettings(6, SamplingConfig(greedy=True))
+
+
+@pytest.mark.parametrize("text, name, inner, spec", [
+    ("fp8", "fp8", "vanilla", QuantSpec("fp8")),
+    ("vanilla+fp8[scale=head]", "fp8[scale=head]", "vanilla", QuantSpec("fp8", scale="head")),
+    ("int4", "int4[group=32,window=128]", "vanilla", QuantSpec("int4", group=32, window=128)),
+    ("int2[window=0,group=64]", "int2[group=64,window=0]", "vanilla", QuantSpec("int2", group=64, window=0)),
+    ("knorm@0.5+fp8", "knorm@0.5+fp8", "knorm@0.5", QuantSpec("fp8")),
+    ("snapkv@0.875+int4", "snapkv@0.875+int4[group=32,window=128]", "snapkv@0.875", QuantSpec("int4", 32, 128)),
+    ("dms-8x+fp8", "dms-8x+fp8", "dms-8x", QuantSpec("fp8")),
+    ("knorm@64MiB+int4[group=16]", "knorm@64MiB+int4[group=16,window=128]", "knorm@64MiB", QuantSpec("int4", 16, 128)),
+])
+def test_a_format_follows_any_method(text, name, inner, spec):
+    m = parse_method(text)
+    assert (m.name, m.inner.name, m.spec) == (name, inner, spec)
+    assert m.compression_ratio == m.inner.compression_ratio
+    assert m.single_prefill == m.inner.single_prefill
+    assert not m.shares_prefill  # decode tokens are quantized as they come: no shared prefix to crop back to
+
+
+@pytest.mark.parametrize("text, message", [
+    ("fp8@0.5", "take no ratio"), ("int4[group=3]", "power of two"), ("int4[bits=3]", "no option 'bits'"),
+    ("fp8[scale=token]", "layer or head"), ("int2[window=-1]", ">= 0"), ("knorm@0.5+int4+fp8", "two KV formats"),
+    ("decoding+knorm[compression_interval=8,target_size=64]+int4", "decoding-phase press"),
+    ("dms-8x-remote+fp8", "native dms-8x"), ("nosuchpress@0.5+fp8", "unknown press"),
+])
+def test_bad_formats_are_one_line_errors(text, message):
+    with pytest.raises(UserError, match=message):
+        parse_method(text)
+
+
+def test_the_fast_engine_refuses_it_in_one_line(tiny):
+    from kvcompress.engine.fast.decoder import FastDecoder
+
+    reason = parse_method("knorm@0.5+fp8").engine_problem(FastDecoder(tiny))
+    assert reason and "\n" not in reason and "quantized" in reason
+    assert parse_method("fp8").engine_problem(HFDecoder()) is None
+
+
+@pytest.mark.parametrize("name", ["fp8", "fp8[scale=head]", "int4[group=16,window=32]", "int2[group=32,window=64]",
+                                  "knorm@0.5+fp8", "snapkv@0.75+int4[group=16,window=16]"])
+def test_bytes_are_the_formula_by_part_on_the_tiny_model(tiny, tiny_prompt, name):
+    """After the prefill (every layer settled) and at the end of decoding."""
+    method = parse_method(name)
+    g = generate_once(tiny, method, tiny_prompt, SETTINGS, HFDecoder())
+    c = tiny.model.config
+    for state, tokens in ((g.kv_after, g.kv_after.tokens_per_layer), (g.kv_end, g.kv_end.tokens_per_layer)):
+        assert len(set(tokens)) == 1
+        one = method.spec.bytes_parts(1, c.num_key_value_heads, c.head_dim, int(tokens[0]), tiny.dtype.itemsize)
+        assert state.parts == {k: v * c.num_hidden_layers for k, v in one.items()}
+        assert state.bytes == sum(state.parts.values())
+    kept = g.kv_after.tokens_per_layer[0]
+    expected_kept = tiny_prompt.context_tokens * (1 - (method.compression_ratio or 0))
+    assert abs(kept - expected_kept) <= 1
+    assert g.kv_after.parts["data"] > 0  # something really is quantized
+
+
+def test_fidelity_orders_fp8_before_int2_on_the_tiny_model(tiny, tiny_prompt):
+    """fp8 barely moves the logits; int2 moves them more (the tiny model's greedy tokens may still agree)."""
+    from kvcompress.engine.fidelity import compare, continuation_logprobs
+
+    ids = torch.cat([tiny_prompt.context_ids, tiny_prompt.question_ids], 1)
+    ctx, cont = ids[:, :300], ids[:, 300:340]
+    ref = continuation_logprobs(tiny, parse_method("vanilla"), ctx, cont)
+    scores = {m: compare(ref, continuation_logprobs(tiny, parse_method(m), ctx, cont), cont)
+              for m in ("vanilla", "fp8", "int2[window=0]")}
+    assert scores["vanilla"].kl_mean == 0 and scores["vanilla"].top1_agreement == 1
+    assert 0 < scores["fp8"].kl_mean < scores["int2[window=0]"].kl_mean
+
+
+def test_check_verifies_the_parts_and_fails_one_off(tmp_path):
+    out = tmp_path / "q.json"
+    assert benchmark.main(["--preset", "tiny", "--contexts", "320", "--methods",
+                           "vanilla,fp8,int4[group=16,window=32],knorm@0.5+int2[window=16]", "--max-new-tokens", "3",
+                           "--repeats", "1", "--out", str(out)]) == 0
+    run, results = load(out)
+    quantized = [r for r in results if r.kv_quant]
+    assert len(quantized) == 3 and all(r.kv_quant_storage == "simulated" and r.engine == "hf" for r in quantized)
+    kv = checks.run_checks(run, results)[0]
+    assert kv.passed is True, kv.lines
+    assert sum("exact" in line and "window" in line for line in kv.lines) == 3
+    data = json.loads(out.read_text())
+    record = next(r for r in data["results"] if r["method"] == "fp8")
+    record["kv_bytes_parts"]["scales"] += 4  # one float32 scale too many
+    record["kv_cache_bytes"] += 4
+    out.write_text(json.dumps(data))
+    run, results = load(out)
+    assert checks.run_checks(run, results)[0].passed is False
