@@ -429,6 +429,41 @@ def print_capacity(results: list[BenchmarkResult], title: str, console: Console 
     console.print("max batch (measured): largest batch whose whole generation ran under the budget; (bytes): predicted "
                   "from the batch-1 and batch-2 peaks (intercept + per-sequence cost); aggregate = batch x 1000 / TPOT "
                   "at the measured max batch (or where a note says it was timed); x vanilla against vanilla's aggregate at its own max batch.")
+# --- benchmark.py fidelity: closeness to vanilla beside the KV bytes ------------------------------------------------
+
+def fidelity_table(results: list[BenchmarkResult], title: str) -> Table:
+    """One row per context and method: KV bytes after the prefill (median over prompts) and its share of vanilla's,
+    then the means over prompts of KL(vanilla || method), top-1 agreement and the perplexity change."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for header in ("method", "context\n(tok)", "KV\n(MiB)", "of\nvanilla", "KL mean\n(nats)", "KL max\n(nats)",
+                   "top-1\nagree", "ppl", "ppl\nchange", "prompts"):
+        table.add_column(header, justify="left" if header == "method" else "right")
+    cells: dict[tuple, list[BenchmarkResult]] = {}
+    for r in results:
+        if r.task == "fidelity" and r.error is None:
+            cells.setdefault((r.target_tokens, r.method), []).append(r)
+    for (context, method), records in sorted(cells.items(), key=lambda kv: kv[0][0]):
+        vanilla = median_kv_bytes(cells.get((context, "vanilla"), []))
+        held = median_kv_bytes(records)
+        mean = lambda name: sum(getattr(r, name) for r in records) / len(records)  # noqa: E731
+        ppl, ppl_vanilla = mean("fidelity_perplexity"), mean("fidelity_perplexity_vanilla")
+        table.add_row(escape(method), str(context), _num(held, ",.2f", MIB), _num(held / vanilla if vanilla else None,
+                      ".3f"), f"{mean('fidelity_kl'):.4f}", f"{max(r.fidelity_kl_max for r in records):.3f}",
+                      f"{mean('fidelity_top1'):.3f}", f"{ppl:.2f}", f"{ppl / ppl_vanilla - 1:+.1%}", str(len(records)))
+    return table
+
+
+def print_fidelity(results: list[BenchmarkResult], title: str, console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(fidelity_table(results, title))
+    for r in results:
+        if r.error:
+            console.print(f"[red]error[/red] {escape(r.method)} @ {r.target_tokens}: {escape(r.error)}")
+    console.print("KL: KL(vanilla || method) of the next-token distributions, nats, mean over the teacher-forced "
+                  "positions (max: the largest single position); top-1: fraction of positions where the argmaxes "
+                  "agree; ppl: perplexity of the text's true tokens (change: against vanilla's on the same prompts).")
+
+
 # --- test_long_context.py --tasks: accuracy per task x method x context -----------------------------------------------
 
 def task_table(summaries, records: list[BenchmarkResult], title: str) -> Table:

@@ -151,6 +151,15 @@ class BenchmarkResult:
     kv_quant_storage: str | None = None
     kv_bytes_parts: dict | None = None
     kv_bytes_parts_end: dict | None = None
+    # --- benchmark.py fidelity (engine/fidelity.py): against vanilla on the same model and prompt, teacher-forced
+    # over `fidelity_tokens` predicted tokens of a text's continuation: mean and max KL(vanilla || method) in nats,
+    # top-1 agreement, perplexity of the true tokens (the method's and vanilla's)
+    fidelity_kl: float | None = None
+    fidelity_kl_max: float | None = None
+    fidelity_top1: float | None = None
+    fidelity_perplexity: float | None = None
+    fidelity_perplexity_vanilla: float | None = None
+    fidelity_tokens: int | None = None
 
     def identity(self, *, across_engines: bool = False) -> tuple:
         """What makes two records the same cell (used by --resume, compare and check); named by IDENTITY_FIELDS.

@@ -19,7 +19,7 @@ import torch
 
 from kvcompress.engine.generate import GenerationSettings, prefill, prefill_protocol
 from kvcompress.engine.hf import HFDecoder
-from kvcompress.memory import clear_masks
+from kvcompress.memory import KVState, clear_masks
 from kvcompress.methods import Method, press_context
 from kvcompress.prompt import Prompt
 
@@ -41,10 +41,17 @@ class Fidelity:
         return self.perplexity / self.perplexity_vanilla - 1.0
 
 
+@dataclass
+class Continuation:
+    logprobs: torch.Tensor  # (T - 1, vocab) float64: the distributions of the continuation's tokens 1..T-1
+    kv_after: KVState  # the method's cache right after the prefill (context + the continuation's first token)
+    method: Method  # as prepared for this prompt (DMS: calibrated), for its record fields
+
+
 @torch.inference_mode()
-def continuation_logprobs(lm, method: Method, context: torch.Tensor, continuation: torch.Tensor):
-    """(log-probabilities (T - 1, vocab) float64 of the continuation's tokens 1..T-1, the KV bytes after the
-    context's prefill). The first continuation token is fed with the prefill (as a question is), the rest one by one."""
+def continuation_logprobs(lm, method: Method, context: torch.Tensor, continuation: torch.Tensor) -> Continuation:
+    """The method's next-token distributions over the continuation, teacher-forced. The first continuation token is
+    fed with the prefill (as a question is: after the press compressed the context), the rest one by one."""
     model, device = lm.model, lm.device
     context, continuation = context.to(device), continuation.to(device)
     method = method.prepare(lm, Prompt(context, continuation[:, :1]))
@@ -59,7 +66,7 @@ def continuation_logprobs(lm, method: Method, context: torch.Tensor, continuatio
         cache = method.new_cache(decoder, lm, steps)
         cache, kv_after, logits, position = prefill(lm, method, press, context, continuation[:, :1], prefill_only,
                                                     single_prefill, cache)
-        kv_bytes = kv_after().bytes
+        kv_after = kv_after()
         out.append(logits)
         for t in range(1, steps - 1):
             ids = continuation[:, t:t + 1]
@@ -67,13 +74,12 @@ def continuation_logprobs(lm, method: Method, context: torch.Tensor, continuatio
             out.append(model(input_ids=ids, past_key_values=cache, position_ids=pos, use_cache=True).logits[:, -1])
             position += 1
     clear_masks(model)
-    return torch.log_softmax(torch.cat(out).double(), dim=-1), kv_bytes
+    return Continuation(torch.log_softmax(torch.cat(out).double(), dim=-1), kv_after, method)
 
 
-def compare(reference, candidate, continuation: torch.Tensor) -> Fidelity:
-    """Fidelity of `candidate` to `reference`, both continuation_logprobs() results for the same continuation."""
-    ref, ref_bytes = reference
-    got, got_bytes = candidate
+def compare(reference: Continuation, candidate: Continuation, continuation: torch.Tensor) -> Fidelity:
+    """Fidelity of `candidate` to `reference` (vanilla), both continuation_logprobs() of the same continuation."""
+    ref, got = reference.logprobs, candidate.logprobs
     targets = continuation[0, 1:].to(ref.device)
     kl = (ref.exp() * (ref - got)).sum(-1)
     nll = -got.gather(1, targets[:, None]).mean()
@@ -81,4 +87,5 @@ def compare(reference, candidate, continuation: torch.Tensor) -> Fidelity:
     return Fidelity(kl_mean=float(kl.mean()), kl_max=float(kl.max()),
                     top1_agreement=float((ref.argmax(-1) == got.argmax(-1)).double().mean()),
                     perplexity=math.exp(float(nll)), perplexity_vanilla=math.exp(float(nll_ref)),
-                    predictions=int(targets.numel()), kv_bytes=got_bytes, kv_bytes_vanilla=ref_bytes)
+                    predictions=int(targets.numel()), kv_bytes=candidate.kv_after.bytes,
+                    kv_bytes_vanilla=reference.kv_after.bytes)
