@@ -106,3 +106,19 @@ def test_check_verifies_the_parts_and_fails_one_off(tmp_path):
     out.write_text(json.dumps(data))
     run, results = load(out)
     assert checks.run_checks(run, results)[0].passed is False
+
+
+@pytest.mark.parametrize("name", ["dms-8x+fp8", "dms-8x+int4[group=16,window=32]"])
+def test_native_dms_stores_its_masked_cache_quantized(tiny, long_prompt, name):
+    """The hf engine's DMS cache holds every position (mask, no reclaim): in quantized form, the formula's bytes for
+    all of them; DMS keeps the same live entries as without quantization on this prompt (its decisions are made on
+    bf16 keys in the prefill)."""
+    method = parse_method(name).prepare(tiny, long_prompt)
+    plain = parse_method("dms-8x").prepare(tiny, long_prompt)
+    g = generate_once(tiny, method, long_prompt, SETTINGS, HFDecoder())
+    reference = generate_once(tiny, plain, long_prompt, SETTINGS, HFDecoder())
+    c = tiny.model.config
+    one = method.spec.bytes_parts(1, c.num_key_value_heads, c.head_dim, long_prompt.input_tokens, tiny.dtype.itemsize)
+    assert g.kv_after.parts == {k: v * c.num_hidden_layers for k, v in one.items()}
+    assert g.kv_after.tokens_per_head == reference.kv_after.tokens_per_head
+    assert g.kv_after.full_bytes == reference.kv_after.full_bytes and g.kv_after.bytes < g.kv_after.full_bytes

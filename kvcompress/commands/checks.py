@@ -153,6 +153,8 @@ def _quant_bytes(check: Check, context, r, arch) -> bool:
     from kvcompress.methods.quant_spec import spec_from_label
 
     kept = r.context_tokens if r.expected_memory == "mask" else r.kv_tokens_kept
+    if r.dms_layout == "mask, no reclaim":  # native DMS on the hf engine: every position held, the rule masks
+        kept = r.kv_tokens_kept_min = r.kv_tokens_kept_max = r.input_tokens
     if r.kv_tokens_kept_min != r.kv_tokens_kept_max or kept != int(kept) or r.kv_bytes_parts is None:
         check.lines.append(f"{context}: {r.method:30s} layers keep different counts (or no parts recorded): "
                            "the formula needs one count per layer FAIL")

@@ -15,7 +15,7 @@ from kvcompress.engine.sampling import sample
 from kvcompress.errors import UserError
 from kvcompress.memory import KVState, ReportsOwnKV, padded_rows_state
 from kvcompress.methods.dms import MaskedDMSCache
-from kvcompress.methods.quantized_cache import QuantizedKVCache
+from kvcompress.methods.quantized_cache import QuantizedKVCache, QuantizedMaskedDMSCache
 
 
 class HFDecoder(Decoder):
@@ -42,6 +42,9 @@ class HFDecoder(Decoder):
                                  c.hidden_size // c.num_attention_heads)
         cache.model = lm.model  # mask-only presses leave their hidden entries on its attention modules
         return cache
+
+    def new_quantized_dms_cache(self, params, spec, lm, n_new: int):
+        return QuantizedMaskedDMSCache(params.window, spec)
 
     def admit(self, cache, copy: bool = False, expected: int = 1):
         """The prefilled cache stays where it is until decode_batch stacks it; a cloned row gets a copy."""

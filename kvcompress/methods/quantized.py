@@ -76,14 +76,14 @@ class Quantized(Method):
         return replace(self, inner=self.inner.prepare(lm, prompt))
 
     def new_cache(self, decoder, lm, n_new: int, batch_room: int | None = None):
+        if self.inner.single_prefill:  # native DMS: its own cache (the rule's marks), its entries quantized
+            return decoder.new_quantized_dms_cache(self.inner.params_for(lm.model), self.spec, lm, n_new)
         return decoder.new_quantized_cache(self.spec, lm, n_new)
 
     # -- why it cannot run ---------------------------------------------------------------------------------------------
     def problem(self, lm) -> str | None:
         if reason := self.inner.problem(lm):
             return reason
-        if self.inner.single_prefill:
-            return f"{self.name}: native DMS's cache is not stored quantized yet (issue 24); run dms-8x and fp8 apart"
         c = lm.model.config
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         return self.spec.problem_with(head_dim)
@@ -94,6 +94,8 @@ class Quantized(Method):
         return self.inner.engine_problem(decoder)
 
     def batch_problem(self, settings) -> str | None:
+        if self.inner.single_prefill:
+            return "batched decode of dms-8x over a quantized cache is not supported on the hf engine yet"
         if self.inner.expected_memory == "mask":
             return "batched decode of a mask-only press over a quantized cache is not supported"
         return self.inner.batch_problem(settings)

@@ -19,6 +19,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from kvcompress.errors import UserError
 from kvcompress.memory import KVState, ReportsOwnKV, masked_counts
 from kvcompress.methods import quant
+from kvcompress.methods.dms import MaskedDMSCache
 from kvcompress.methods.quant_spec import QuantSpec
 
 
@@ -184,3 +185,42 @@ class QuantizedKVCache(Cache, ReportsOwnKV):
             for s in sources:  # each source is freed as soon as it is stacked
                 s.keys = s.values = s.qk = s.qv = None
         return out
+
+
+class QuantizedMaskedDMSCache(MaskedDMSCache):
+    """Native DMS's hf cache (methods/dms.py: every entry kept, the rule applied by masking) with its entries stored
+    as QuantizedLayers: `dms-8x+fp8` on the hf engine. DMS decides on bf16 keys (its prefill attends in bf16); what
+    attention reads afterwards is dequantized. Held bytes are every position's (mask, no reclaim), by part."""
+
+    def __init__(self, window: int, spec: QuantSpec):
+        super().__init__(window)
+        self.spec = spec
+        self.layer_class_to_replicate = lambda: QuantizedLayer(spec)  # Cache.update appends one per new layer index
+
+    def parts(self) -> dict:
+        total = {"data": 0, "scales": 0, "window": 0}
+        for layer in self.layers:
+            layer.settle()
+            for name, n in layer.parts().items():
+                total[name] += n
+        return total
+
+    def kv_snapshot(self, positions):
+        parts = self.parts()  # settles every layer: the prefill's tokens are quantized now
+        counts = [c.clone() for c in self.live_per_head()]
+        sizes = [(sum(layer.parts().values()), (layer.keys.shape[0], layer.keys.shape[1], layer.get_seq_length()))
+                 for layer in self.layers]
+
+        seen = sum(positions) if isinstance(positions, list) else positions * self.layers[0].keys.shape[0]
+        # what vanilla holds for the same positions, in the model's dtype (not in quantized entries)
+        full = sum(2 * layer.keys.shape[1] * seen * layer.keys.shape[-1] * layer.keys.element_size()
+                   for layer in self.layers)
+
+        def state():
+            out = self._state(counts, sizes, positions)
+            out.parts, out.full_bytes = parts, full
+            return out
+        return state
+
+    def copy(self):
+        raise NotImplementedError("a quantized DMS cache is not copied (dms-8x+<format> decodes batch 1)")
