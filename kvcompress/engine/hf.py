@@ -27,6 +27,7 @@ class HFDecoder(Decoder):
     sizes_buffers_up_front = False  # the cache grows as it decodes: its peak needs the whole generation
     # methods/quantized_cache.py: codes + scales + bf16 window held, dequantized to bf16 for each forward's attention
     quantized_kv = "simulated"
+    quantized_formats = ("fp8", "int4", "int2")
 
     def __init__(self, trace=None):
         # Optional `trace(step, cache)` after every decode step (tests watch a decoding press hold the cache size).
@@ -37,11 +38,7 @@ class HFDecoder(Decoder):
         return MaskedDMSCache(params.window)
 
     def new_quantized_cache(self, spec, lm, n_new: int):
-        c = lm.model.config
-        cache = QuantizedKVCache(spec, c.num_hidden_layers, getattr(c, "head_dim", None) or
-                                 c.hidden_size // c.num_attention_heads)
-        cache.model = lm.model  # mask-only presses leave their hidden entries on its attention modules
-        return cache
+        return QuantizedKVCache.for_model(spec, lm.model)
 
     def new_quantized_dms_cache(self, params, spec, lm, n_new: int):
         return QuantizedMaskedDMSCache(params.window, spec)

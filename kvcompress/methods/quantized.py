@@ -89,8 +89,10 @@ class Quantized(Method):
         return self.spec.problem_with(head_dim)
 
     def engine_problem(self, decoder) -> str | None:
-        if decoder.quantized_kv is None:
-            return f"the {decoder.name} engine does not store a quantized KV cache yet (issue 24)"
+        if self.spec.format not in decoder.quantized_formats:
+            return f"the {decoder.name} engine does not store a {self.spec.format} KV cache yet (issue 24)"
+        if self.inner.single_prefill and not decoder.runs_model_forward:
+            return f"the {decoder.name} engine's compact DMS cache is not stored quantized yet (issue 24)"
         return self.inner.engine_problem(decoder)
 
     def batch_problem(self, settings) -> str | None:

@@ -3,9 +3,10 @@ in that attention runs on the dequantized entries (bf16) inside transformers' fo
 between forwards is only the quantized codes, their scales and zero points, and the bf16 window.
 
 Each layer holds the tokens it has quantized (`quantized`, codes + scales) and, in `keys` / `values` (transformers'
-and kvpress's names), the bf16 tokens not quantized yet. A prefill's tokens stay bf16 until the layer settles: at
-its next update (question, decode step) or when the cache's bytes are read (right after the prefill), whichever
-comes first. So the prefill's own attention runs in bf16 and a prefill press (kvpress's forward hook, after the
+and kvpress's names), the bf16 tokens not quantized yet. A prefill's (or a question's) tokens stay bf16 for its own
+attention and until the layer settles: at its next update or when the cache's bytes are read (right after the
+prefill), whichever comes first. A decode step's single token is stored first and then read as stored, as a
+serving engine's decode does (quantized for fp8; in the bf16 window for int4/int2 until its group is quantized). So the prefill's own attention runs in bf16 and a prefill press (kvpress's forward hook, after the
 attention) compresses bf16 keys and values: evict, then store what is kept quantized. Settling quantizes the oldest
 tokens until spec.quantized_tokens(length) are quantized; fp8's per-layer scale is fixed at the first settle, from
 what the prefill left.
@@ -37,6 +38,10 @@ class QuantizedLayer(DynamicLayer):
         self.settle()
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
+        if key_states.shape[-2] == 1:
+            # a decode step stores its token, then attends over the cache (vLLM: reshape_and_cache, then paged
+            # attention): the token is read as stored, quantized unless it lands in the bf16 window
+            self.settle()
         if not self.quantized:
             return self.keys, self.values
         keys, values = self.dequantized(self.keys.dtype)
@@ -109,6 +114,13 @@ class QuantizedKVCache(Cache, ReportsOwnKV):
         super().__init__(layers=[QuantizedLayer(spec) for _ in range(n_layers)])
         self.spec, self.head_dim = spec, head_dim
         self.model = None  # set by the engine: mask-only presses record their hidden entries on its modules
+
+    @classmethod
+    def for_model(cls, spec: QuantSpec, model) -> QuantizedKVCache:
+        c = model.config
+        cache = cls(spec, c.num_hidden_layers, getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+        cache.model = model  # mask-only presses leave their hidden entries on its attention modules
+        return cache
 
     def settle(self) -> None:
         for layer in self.layers:
