@@ -298,8 +298,17 @@ if triton is not None:
 
     @triton.jit
     def _fp8_code(x, scale, code: tl.constexpr):
-        """x / scale, correctly rounded in float32, clamped to e4m3's +-448, rounded to e4m3 (nearest even)."""
-        return tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0).to(code, fp_downcast_rounding="rtne")
+        """x / scale, correctly rounded in float32, clamped to e4m3's +-448, rounded to e4m3 (nearest even).
+
+        The rounding is done here in float32, so the cast at the end is exact: the spacing of e4m3 at v is
+        2**(max(exponent(v), -6) - 3) (3 mantissa bits; subnormals below 2**-6), and adding then subtracting
+        1.5 x 2**23 spacings rounds v to a multiple of it, to nearest even, by float32's own rounding. (Triton's
+        interpreter rounds a mantissa that overflows into the next binade down when it casts: 1.97 -> 1.0.)"""
+        v = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0)
+        exponent = ((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+        m = tl.maximum(exponent, -6) - 3
+        magic = (((m + 23 + 127) << 23) | (1 << 22)).to(tl.float32, bitcast=True)  # 1.5 x 2**(m + 23)
+        return ((v + magic) - magic).to(code)
 
     @triton.jit
     def _attention_partial_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, po_ptr, plse_ptr, scale, ks_ptr, vs_ptr,
