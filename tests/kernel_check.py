@@ -229,7 +229,7 @@ def engine_check(steps: int = 10) -> int:
     prompt = niah.build_prompt(lm.tokenizer, 300, 0.5, niah.make_needle("single", 1)).prompt
     settings = GenerationSettings(steps, SamplingConfig(greedy=True))
     status = 0
-    for name in ("vanilla", "adakv+snapkv@0.5"):
+    for name in ("vanilla", "adakv+snapkv@0.5", "knorm@0.5+fp8"):
         method = parse_method(name)
         kernels.FORCE_TRITON = False
         reference = generate_once(lm, method, prompt, settings, HFDecoder()).token_ids
@@ -242,13 +242,14 @@ def engine_check(steps: int = 10) -> int:
     from kvcompress.tasks.cell import Cell
 
     prompts = Cell(target_tokens=300, needle_seed=1).build_batch(lm.tokenizer, 2)[0]
-    method = parse_method("knorm@0.5")
-    kernels.FORCE_TRITON = False
-    reference = [generate_once(lm, method, p, settings, HFDecoder()).token_ids for p in prompts]
-    kernels.FORCE_TRITON = True
-    fast = generate_batch(lm, method, prompts, settings, FastDecoder(lm)).batch_token_ids
-    print(f"batch knorm@0.5 x2: hf alone {reference} fast batched {fast}")
-    status |= reference != fast
+    for name in ("knorm@0.5", "fp8"):  # fp8: each row its own scales
+        method = parse_method(name)
+        kernels.FORCE_TRITON = False
+        reference = [generate_once(lm, method, p, settings, HFDecoder()).token_ids for p in prompts]
+        kernels.FORCE_TRITON = True
+        fast = generate_batch(lm, method, prompts, settings, FastDecoder(lm)).batch_token_ids
+        print(f"batch {name} x2: hf alone {reference} fast batched {fast}")
+        status |= reference != fast
     return status
 
 
@@ -312,7 +313,8 @@ def engine_gpu_check(steps: int = 24) -> int:
     prompts = Cell(target_tokens=400, needle_seed=0).build_batch(lm.tokenizer, 3)[0]  # as tests/test_batch.py
     decoder, status = FastDecoder(lm), 0
     for sampling in (SamplingConfig(greedy=True), SamplingConfig(temperature=8.0, seed=5)):
-        for name in ("vanilla", "knorm@0.5", "adakv+snapkv@0.5", "pyramidkv@0.5"):  # plain, shrink, mask, uneven
+        for name in ("vanilla", "knorm@0.5", "adakv+snapkv@0.5", "pyramidkv@0.5",  # plain, shrink, mask, uneven
+                     "fp8", "knorm@0.5+fp8"):  # fp8 buffers, stored and read by the kernels
             method = parse_method(name)
             own = [GenerationSettings(steps, replace(sampling, seed=sampling.seed + b)) for b in range(3)]
             hf = [generate_once(lm, method, p, s, HFDecoder()).token_ids for p, s in zip(prompts, own)]

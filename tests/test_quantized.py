@@ -49,12 +49,57 @@ def test_bad_formats_are_one_line_errors(text, message):
         parse_method(text)
 
 
-def test_the_fast_engine_refuses_it_in_one_line(tiny):
+@pytest.fixture(scope="module")
+def fast(tiny):
     from kvcompress.engine.fast.decoder import FastDecoder
 
-    reason = parse_method("knorm@0.5+fp8").engine_problem(FastDecoder(tiny))
-    assert reason and "\n" not in reason and "quantized" in reason
-    assert parse_method("fp8").engine_problem(HFDecoder()) is None
+    return FastDecoder(tiny)
+
+
+def test_the_fast_engine_refuses_what_it_does_not_store_in_one_line(fast):
+    for name, words in (("int4", "int4 KV cache"), ("knorm@0.5+int2", "int2 KV cache"),
+                        ("dms-8x+fp8", "compact DMS cache")):
+        reason = parse_method(name).engine_problem(fast)
+        assert reason and "\n" not in reason and words in reason, reason
+    assert parse_method("knorm@0.5+fp8").engine_problem(fast) is None
+    assert parse_method("int2").engine_problem(HFDecoder()) is None
+
+
+@pytest.mark.parametrize("name", ["fp8", "fp8[scale=head]", "knorm@0.5+fp8", "adakv+snapkv@0.5+fp8"])
+def test_fast_fp8_decodes_the_hf_engines_tokens_from_fp8_buffers(tiny, tiny_prompt, fast, name):
+    """The fast engine's buffers hold e4m3 codes (1 byte an element): bytes = codes + scales for the capacity it
+    allocates (kept + n_new - 1 tokens), exactly; the tokens are the hf engine's (torch twins on CPU; the Triton
+    kernels: tests/kernel_check.py, interpreted)."""
+    method = parse_method(name)
+    settings = GenerationSettings(12, SamplingConfig(greedy=True))
+    reference = generate_once(tiny, method, tiny_prompt, settings, HFDecoder())
+    got = generate_once(tiny, method, tiny_prompt, settings, fast)
+    assert got.token_ids == reference.token_ids
+    state = fast.state
+    assert all(k.dtype == torch.float8_e4m3fn for k in state.keys + state.values)
+    c = tiny.model.config
+    capacity = state.capacities[0]
+    assert len(set(state.capacities)) == 1
+    one = method.spec.bytes_parts(1, c.num_key_value_heads, c.head_dim, capacity, tiny.dtype.itemsize)
+    assert got.kv_end.parts == {k: v * c.num_hidden_layers for k, v in one.items()}
+    assert got.kv_end.bytes == sum(got.kv_end.parts.values())
+    assert got.kv_end.full_bytes == reference.kv_end.full_bytes
+
+
+def test_a_fast_fp8_batch_decodes_what_each_sequence_decodes_alone(tiny, fast):
+    """Rows that keep different lengths after the press (padded rows, pads hidden), each with its own scales."""
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.tasks.cell import Cell
+
+    prompts = Cell(target_tokens=400, needle_seed=0).build_batch(tiny.tokenizer, 3)[0]
+    method = parse_method("knorm@0.5+fp8")
+    settings = GenerationSettings(8, SamplingConfig(greedy=True))
+    alone = [generate_once(tiny, method, p, settings, HFDecoder()).token_ids for p in prompts]
+    batch = generate_batch(tiny, method, prompts, settings, fast)
+    assert batch.batch_token_ids == alone
+    assert len({tuple(t) for t in alone}) > 1
+    assert fast.state.scales[0][0].shape == (3, 1)
+    assert fast.state.signature[1]  # ragged: the validity mask hides the pads
 
 
 @pytest.mark.parametrize("name", ["fp8", "fp8[scale=head]", "int4[group=16,window=32]", "int2[group=32,window=64]",
