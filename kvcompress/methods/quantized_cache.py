@@ -4,8 +4,8 @@ between forwards is only the quantized codes, their scales and zero points, and 
 
 Each layer holds the tokens it has quantized (`quantized`, codes + scales) and, in `keys` / `values` (transformers'
 and kvpress's names), the bf16 tokens not quantized yet. A prefill's (or a question's) tokens stay bf16 for its own
-attention and until the layer settles: at its next update or when the cache's bytes are read (right after the
-prefill), whichever comes first. A decode step's single token is stored first and then read as stored, as a
+attention and until the layer settles: when the next layer's update begins (this layer's forward and its press are
+done), at its own next update, or when the cache's bytes are read, whichever comes first. A decode step's single token is stored first and then read as stored, as a
 serving engine's decode does (quantized for fp8; in the bf16 window for int4/int2 until its group is quantized). So the prefill's own attention runs in bf16 and a prefill press (kvpress's forward hook, after the
 attention) compresses bf16 keys and values: evict, then store what is kept quantized. Settling quantizes the oldest
 tokens until spec.quantized_tokens(length) are quantized; fp8's per-layer scale is fixed at the first settle, from
@@ -122,6 +122,13 @@ class QuantizedKVCache(Cache, ReportsOwnKV):
         cache.model = model  # mask-only presses leave their hidden entries on its attention modules
         return cache
 
+    def update(self, key_states, value_states, layer_idx: int, cache_kwargs=None):
+        # the layer below has finished this forward, its press included: quantize it now, so a prefill holds one
+        # layer's prompt in bf16 at a time (the last one settles at the next forward or when its bytes are read)
+        if layer_idx > 0:
+            self.layers[layer_idx - 1].settle()
+        return super().update(key_states, value_states, layer_idx, cache_kwargs)
+
     def settle(self) -> None:
         for layer in self.layers:
             layer.settle()
@@ -208,6 +215,11 @@ class QuantizedMaskedDMSCache(MaskedDMSCache):
         super().__init__(window)
         self.spec = spec
         self.layer_class_to_replicate = lambda: QuantizedLayer(spec)  # Cache.update appends one per new layer index
+
+    def update(self, key_states, value_states, layer_idx: int, cache_kwargs=None):
+        if layer_idx > 0:  # as QuantizedKVCache: the layer below is done, DMS's marks and all
+            self.layers[layer_idx - 1].settle()
+        return super().update(key_states, value_states, layer_idx, cache_kwargs)
 
     def parts(self) -> dict:
         total = {"data": 0, "scales": 0, "window": 0}
