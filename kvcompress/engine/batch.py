@@ -152,5 +152,8 @@ def combine(states: list[KVState]) -> KVState:
     per_head = None
     if all(s.tokens_per_head is not None for s in states):
         per_head = [[c for rows in layer for c in rows] for layer in zip(*(s.tokens_per_head for s in states))]
+    parts = None
+    if all(s.parts is not None for s in states):  # a quantized cache's bytes by part, summed as the bytes are
+        parts = {name: sum(s.parts[name] for s in states) for name in states[0].parts}
     return KVState(sum(s.bytes for s in states), sum(s.live_bytes for s in states), sum(s.full_bytes for s in states),
-                   per_layer, sum(s.positions for s in states) / n, per_head)
+                   per_layer, sum(s.positions for s in states) / n, per_head, parts)
