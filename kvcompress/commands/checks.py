@@ -26,6 +26,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from kvcompress.architecture import architecture_of
+from kvcompress.methods.quant_spec import spec_from_label
 from kvcompress.results import BenchmarkResult, load
 
 HBM_BANDWIDTH = 4.3e12  # bytes/s: H200 device-to-device copy, read + write (measured in this workplace)
@@ -150,8 +151,6 @@ def _kv_bytes(results, arch) -> Check:
 def _quant_bytes(check: Check, context, r, arch) -> bool:
     """A quantized cache: its parts (codes, scales + zero points, window), summed from its tensors, against the
     formula for the tokens each layer kept (every position under a mask-only press), x layers."""
-    from kvcompress.methods.quant_spec import spec_from_label
-
     kept = r.context_tokens if r.expected_memory == "mask" else r.kv_tokens_kept
     if r.dms_layout == "mask, no reclaim":  # native DMS on the hf engine: every position held, the rule masks
         kept = r.kv_tokens_kept_min = r.kv_tokens_kept_max = r.input_tokens
