@@ -167,3 +167,17 @@ def test_native_dms_stores_its_masked_cache_quantized(tiny, long_prompt, name):
     assert g.kv_after.parts == {k: v * c.num_hidden_layers for k, v in one.items()}
     assert g.kv_after.tokens_per_head == reference.kv_after.tokens_per_head
     assert g.kv_after.full_bytes == reference.kv_after.full_bytes and g.kv_after.bytes < g.kv_after.full_bytes
+
+
+def test_cloned_rows_of_a_fast_fp8_batch_are_copies(tiny, tiny_prompt, fast):
+    """--admission cloned: rows 1..B-2 copy row 0's quantized cache; every row decodes what row 0 decodes alone."""
+    from kvcompress.engine.batch import generate_batch
+
+    method = parse_method("fp8")
+    settings = GenerationSettings(6, SamplingConfig(greedy=True))
+    alone = generate_once(tiny, method, tiny_prompt, settings, HFDecoder()).token_ids
+    batch = generate_batch(tiny, method, [tiny_prompt] * 4, settings, fast, admission="cloned")
+    assert batch.batch_token_ids == [alone] * 4
+    c = tiny.model.config
+    one = method.spec.bytes_parts(4, c.num_key_value_heads, c.head_dim, tiny_prompt.context_tokens, tiny.dtype.itemsize)
+    assert batch.kv_after.parts == {k: v * c.num_hidden_layers for k, v in one.items()}

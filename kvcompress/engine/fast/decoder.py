@@ -84,6 +84,8 @@ class FastDecoder(Decoder):
         predict)."""
         if isinstance(cache, fast_dms.CompactDMSCache):  # prefilled into the slabs already (new_dms_cache)
             return cache.copy(self.staging_buffers(cache.n_layers, expected)) if copy else cache
+        if isinstance(cache, QuantizedKVCache):  # fp8: its codes move into the buffers at decode_batch, as they are
+            return cache.copy() if copy else cache
         if not isinstance(cache, DynamicCache):
             return cache
         self._stage(len(cache.layers))
