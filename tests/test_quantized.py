@@ -28,7 +28,8 @@ SETTINGS = GenerationSettings(6, SamplingConfig(greedy=True))
     ("knorm@0.5+fp8", "knorm@0.5+fp8", "knorm@0.5", QuantSpec("fp8")),
     ("snapkv@0.875+int4", "snapkv@0.875+int4[group=32,window=128]", "snapkv@0.875", QuantSpec("int4", 32, 128)),
     ("dms-8x+fp8", "dms-8x+fp8", "dms-8x", QuantSpec("fp8")),
-    ("knorm@64MiB+int4[group=16]", "knorm@64MiB+int4[group=16,window=128]", "knorm@64MiB", QuantSpec("int4", 16, 128)),
+    ("knorm@2048tok+int4[group=16]", "knorm@2048tok+int4[group=16,window=128]", "knorm@2048tok",
+     QuantSpec("int4", 16, 128)),
 ])
 def test_a_format_follows_any_method(text, name, inner, spec):
     m = parse_method(text)
@@ -43,6 +44,7 @@ def test_a_format_follows_any_method(text, name, inner, spec):
     ("fp8[scale=token]", "layer or head"), ("int2[window=-1]", ">= 0"), ("knorm@0.5+int4+fp8", "two KV formats"),
     ("decoding+knorm[compression_interval=8,target_size=64]+int4", "decoding-phase press"),
     ("dms-8x-remote+fp8", "native dms-8x"), ("nosuchpress@0.5+fp8", "unknown press"),
+    ("knorm@64MiB+fp8", "token budget"),
 ])
 def test_bad_formats_are_one_line_errors(text, message):
     with pytest.raises(UserError, match=message):
@@ -181,3 +183,17 @@ def test_cloned_rows_of_a_fast_fp8_batch_are_copies(tiny, tiny_prompt, fast):
     c = tiny.model.config
     one = method.spec.bytes_parts(4, c.num_key_value_heads, c.head_dim, tiny_prompt.context_tokens, tiny.dtype.itemsize)
     assert batch.kv_after.parts == {k: v * c.num_hidden_layers for k, v in one.items()}
+
+
+def test_an_hf_batch_of_quantized_caches_stacks_equal_lengths_and_refuses_others(tiny, tiny_prompt):
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.tasks.cell import Cell
+
+    method = parse_method("int4[group=16,window=32]")
+    settings = GenerationSettings(6, SamplingConfig(greedy=True))
+    alone = generate_once(tiny, method, tiny_prompt, settings, HFDecoder()).token_ids
+    batch = generate_batch(tiny, method, [tiny_prompt] * 3, settings, HFDecoder())
+    assert batch.batch_token_ids == [alone] * 3
+    prompts = Cell(target_tokens=400, needle_seed=0).build_batch(tiny.tokenizer, 3)[0]
+    with pytest.raises(UserError, match="one length per layer"):
+        generate_batch(tiny, parse_method("knorm@0.5+fp8"), prompts, settings, HFDecoder())

@@ -56,7 +56,7 @@ class Quantized(Method):
 
     @property
     def takes_budget(self) -> bool:
-        return self.inner.takes_budget
+        return False  # --match-kv sizes a press in bf16 bytes; a quantized cache holds fewer (one to do)
 
     @property
     def budget_label(self) -> str | None:
@@ -131,6 +131,9 @@ def parse(text: str, parse_inner) -> Method | None:
         raise UserError(f"{text!r} names two KV formats; one cache has one")
     if inner.compresses_during_decoding and not inner.single_prefill:
         raise UserError(f"{text!r}: a decoding-phase press rewrites bf16 entries the quantized cache no longer holds")
+    if getattr(inner, "budget", None) and inner.budget[0] == "bytes":
+        raise UserError(f"{text!r}: a byte budget sizes a bf16 cache; before a KV format write a token budget, "
+                        f"e.g. knorm@2048tok+{match['format']}")
     if inner.runs_in_child:
         raise UserError(f"{text!r}: dms-8x-remote keeps its own paged bf16 cache; compose the native dms-8x")
     return Quantized(f"{inner.name}+{spec.label}", compression_ratio=inner.compression_ratio, inner=inner, spec=spec)
