@@ -7,7 +7,9 @@ graph and replayed, so the host's Python never sits on the critical path. On CPU
 torch reference ops, which is how the tests compare it with the hf engine.
 
 Handled: presses that keep different lengths per layer (each layer has its own buffer), mask-only presses (a
-validity mask per KV head keeps masked entries out of attention), native DMS (engine/fast/dms.py: a compact cache
+validity mask per KV head keeps masked entries out of attention), an fp8 KV cache alone or after a press (e4m3
+buffers and per-sequence scales: the store kernel quantizes each new token, the attention kernel dequantizes as it
+reads; int4/int2 are refused, quantized_formats), native DMS (engine/fast/dms.py: a compact cache
 per head, its own store and attention kernels), and batches (engine.batch): sequence b fills row b
 of every buffer; rows shorter than the layer's longest are zero-padded and the pads hidden by the same validity mask,
 each row keeps its own RoPE position, and one graph is captured per (batch, shape). A batched step is the same
