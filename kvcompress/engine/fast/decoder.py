@@ -314,11 +314,12 @@ class _DecodeState(DecodeState, ReportsOwnKV):
 
     def _load_scales(self, i: int, caches) -> None:
         """Layer i's fp8 scales, row b from sequence b's cache (set from its own prefill)."""
-        for name in ("k_scale", "v_scale"):
-            rows = torch.cat([getattr(c.layers[i], name).flatten(1) for c in caches])  # (B, 1 | Hkv) float32
-            if self.scales[i] is None or len(self.scales[i]) < 2:
-                self.scales[i] = (self.scales[i] or ()) + (self._empty(rows.shape, torch.float32, rows.device),)
-            self.scales[i][0 if name == "k_scale" else 1].copy_(rows)
+        rows = [torch.cat([getattr(c.layers[i], name).flatten(1) for c in caches])  # (B, 1 | Hkv) float32
+                for name in ("k_scale", "v_scale")]
+        if self.scales[i] is None:  # static tensors, as the buffers: a captured graph reads them where they are
+            self.scales[i] = tuple(self._empty(r.shape, torch.float32, r.device) for r in rows)
+        for static, r in zip(self.scales[i], rows):
+            static.copy_(r)
 
     def _empty(self, shape, dtype, device) -> torch.Tensor:
         return empty_in_pool(self.pool, shape, dtype, device)  # the KV pool, retried once near the memory limit
