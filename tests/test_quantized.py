@@ -17,6 +17,8 @@ from kvcompress.methods import parse_method
 from kvcompress.methods.quant_spec import QuantSpec
 from kvcompress.results import load
 
+from conftest import one_line_error
+
 SETTINGS = GenerationSettings(6, SamplingConfig(greedy=True))
 
 
@@ -197,3 +199,24 @@ def test_an_hf_batch_of_quantized_caches_stacks_equal_lengths_and_refuses_others
     prompts = Cell(target_tokens=400, needle_seed=0).build_batch(tiny.tokenizer, 3)[0]
     with pytest.raises(UserError, match="one length per layer"):
         generate_batch(tiny, parse_method("knorm@0.5+fp8"), prompts, settings, HFDecoder())
+
+
+def test_fidelity_command_writes_one_record_per_method_and_prompt(tmp_path, capsys):
+    out = tmp_path / "f.json"
+    assert benchmark.main(["fidelity", "--preset", "tiny", "--contexts", "256", "--prompts", "2", "--continuation",
+                           "8", "--methods", "vanilla,fp8,knorm@0.5+int2", "--out", str(out)]) == 0
+    run, results = load(out)
+    assert run["continuation_tokens"] == 8 and len(results) == 6
+    assert {r.prompt_id for r in results} == {"paul_graham-0", "paul_graham-1"}
+    vanilla = [r for r in results if r.method == "vanilla"]
+    assert all(r.fidelity_kl == 0 and r.fidelity_top1 == 1 and r.fidelity_tokens == 7 for r in vanilla)
+    quantized = [r for r in results if r.kv_quant]
+    assert all(r.fidelity_kl > 0 and r.kv_bytes_parts and r.kv_quant_storage == "simulated" for r in quantized)
+    assert "KL mean" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--continuation", "1"], "--continuation"), (["--methods", "vanilla,int4[group=3]"], "power of two")])
+def test_fidelity_command_refuses_bad_input_in_one_line(argv, message, capsys):
+    assert benchmark.main(["fidelity", "--preset", "tiny", *argv]) == 2
+    assert message in one_line_error(capsys)
