@@ -13,7 +13,7 @@ import benchmark
 import test_long_context
 from kvcompress import cli, models
 
-from conftest import one_line_error
+from conftest import held_by_another_process, one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["benchmark.py", "test_kvpress_api.py", "test_dms_inference.py", "test_long_context.py"]
@@ -88,6 +88,19 @@ def test_resume_with_other_settings_or_another_script_is_refused(finished, capsy
     assert test_long_context.main(["--preset", "tiny", "--resume", "--out", str(finished)]) == 2
     assert "another script (task 'benchmark', this run is 'long_context')" in one_line_error(capsys)
     assert finished.read_bytes() == before
+
+
+def test_a_run_onto_a_file_another_run_writes_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    """Two runs with one --out used to both exit 0, the file holding the second run's records only."""
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load", no_load)
+    out = tmp_path / "run.json"
+    with held_by_another_process(out):
+        assert benchmark.main(ARGV + ["--out", str(out)]) == 2
+    assert "is being written by another run" in one_line_error(capsys)
+    assert not out.exists()
 
 
 def test_the_model_names_in_help_are_the_registered_ones():
