@@ -307,7 +307,12 @@ def main(fn):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("interrupted: every finished record is already in the output file", file=sys.stderr)
+            from kvcompress.results import files_written
+
+            written = files_written()
+            print("interrupted: every finished record is already in the output file (" + ", ".join(map(str, written))
+                  + ")" if written else "interrupted before any record was finished: no result file was written",
+                  file=sys.stderr)
             return 130
         except Exception as exc:  # noqa: BLE001 - last resort: still one line, details on request
             if os.environ.get("KVCOMPRESS_DEBUG"):

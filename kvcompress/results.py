@@ -146,6 +146,11 @@ class BenchmarkResult:
     capacity_max_batch: int | None = None  # largest batch whose whole generation fitted (0: not even batch 1)
     capacity_predicted_batch: int | None = None  # from weights + per-sequence KV + measured activation/workspace
     capacity_probes: list[dict] = field(default_factory=list)  # {"batch"|"context", "fits", "peak_bytes", "error"}
+    # positions the cache had seen when kv_cache_bytes, kv_live_bytes and kv_tokens_kept were read: the context, for
+    # every method (DMS's single prefill is read after the context alone, engine.generate.kv_after_context), and
+    # context + question under --query-aware. Held (kv_cache_bytes) and live (kv_live_bytes) differ where a cache
+    # keeps what attention no longer sees (the hf engine masks DMS's evictions and reclaims nothing).
+    kv_positions: float | None = None
 
     def identity(self, *, across_engines: bool = False) -> tuple:
         """What makes two records the same cell (used by --resume, compare and check); named by IDENTITY_FIELDS.
@@ -161,11 +166,11 @@ class BenchmarkResult:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def median_kv_bytes(records: list[BenchmarkResult]) -> float | None:
-    """The median KV bytes held after the prefill over the records that measured them (statistics.median: the mean
-    of the two middle values for an even count), None without any: one definition for the task table, the Pareto
-    plot and --match-kv."""
-    held = [r.kv_cache_bytes for r in records if r.kv_cache_bytes is not None]
+def median_kv_bytes(records: list[BenchmarkResult], name: str = "kv_cache_bytes") -> float | None:
+    """The median KV bytes held after the prefill (`name` "kv_live_bytes": live) over the records that measured them
+    (statistics.median: the mean of the two middle values for an even count), None without any: one definition for
+    the task table, the Pareto plot and --match-kv."""
+    held = [getattr(r, name) for r in records if getattr(r, name) is not None]
     return float(statistics.median(held)) if held else None
 
 
@@ -233,6 +238,14 @@ def _driver_version() -> str | None:
         return None
 
 
+_OPEN: "weakref.WeakSet[ResultFile]" = weakref.WeakSet()  # the result files this process is writing
+
+
+def files_written() -> list[Path]:
+    """The result files this process has written a record to (what an interrupted run has kept)."""
+    return [f.path for f in list(_OPEN) if f.path.exists()]
+
+
 class ResultFile:
     """A result file being written: records are appended and the file is replaced atomically each time."""
 
@@ -261,6 +274,7 @@ class ResultFile:
         except BaseException:
             self.close()
             raise
+        _OPEN.add(self)
 
     def done(self, record_identity: tuple) -> bool:
         return any(r.identity() == record_identity and r.error is None for r in self.results)

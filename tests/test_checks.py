@@ -162,3 +162,34 @@ def test_one_slow_repeat_of_the_default_run_does_not_fail_the_noise_check():
     samples = [0.300] * (repeats - 1) + [0.325]  # one repeat 8 % slower
     assert iqr(samples) / median(samples) < checks.NOISE_LIMIT
     assert iqr([0.300, 0.301, 0.302, 0.303, 0.325]) == pytest.approx(0.303 - 0.301)
+
+
+def _dms_pair(dms_positions: int, kv_positions):
+    """A hand-made vanilla + native-DMS (hf engine: masked) pair at 124 context tokens of 256 input; the tiny
+    architecture: 2 layers x 2 kv heads x head_dim 8 in float32, 256 B per token, 64 B per (layer, head) entry."""
+    from kvcompress.results import BenchmarkResult
+
+    common = dict(model="tiny", weights="random", context_tokens=124, input_tokens=256, target_tokens=256,
+                  dtype="float32", engine="hf", max_new_tokens=8, task="benchmark")
+    vanilla = BenchmarkResult(method="vanilla", kv_cache_bytes=124 * 256, kv_cache_bytes_full=124 * 256,
+                              kv_live_bytes=124 * 256, kv_positions=124, **common)
+    dms = BenchmarkResult(method="dms-8x", dms_impl="native", kv_tokens_per_head=[[30, 31], [40, 35]],
+                          kv_live_bytes=136 * 64, kv_cache_bytes=dms_positions * 256,
+                          kv_cache_bytes_full=dms_positions * 256, kv_positions=kv_positions, **common)
+    return {"architecture": {"layers": 2, "kv_heads": 2, "head_dim": 8}, "device": "cpu"}, [vanilla, dms]
+
+
+def test_the_dms_line_names_each_ratio_by_what_it_divides():
+    """check printed 'dms-8x ... 0.1328 of vanilla' for live / DMS's own full cache over 256 positions: by hand,
+    live / vanilla's held bytes is 136 entries x 64 B / (124 tokens x 256 B) = 8704 / 31744 = 0.2742."""
+    run, results = _dms_pair(124, 124)
+    kv = checks.run_checks(run, results)[0]
+    line = next(line for line in kv.lines if "dms-8x" in line)
+    assert kv.passed is True, kv.lines
+    assert f"live / vanilla held {8704 / 31744:.4f}" in line and "held / vanilla held 1.0000" in line, line
+    assert "124 positions x 256 B (mask, no reclaim) (exact)" in line
+    # a file from before kv_positions: DMS read after context + question, and the line says so
+    run, results = _dms_pair(256, None)
+    line = next(line for line in checks.run_checks(run, results)[0].lines if "dms-8x" in line)
+    assert f"live / vanilla held {8704 / 31744:.4f}" in line and "held / vanilla held 2.0645" in line, line
+    assert "(measured after 256 positions, vanilla after 124)" in line

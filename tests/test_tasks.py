@@ -300,5 +300,5 @@ def test_the_task_table_and_the_pareto_points_hold_the_same_median_kv_bytes():
     report.print_tasks(summaries, records, "t", console)
     printed = console.export_text()
     row = next(line for line in printed.splitlines() if "knorm@0.5" in line)
-    assert row.split("│")[3].strip() == "2.5", row  # method, vt @ 1,024 tok, KV held (MiB)
-    assert "KV held: median KV bytes" in printed
+    assert row.split("│")[3].strip() == "2.5", row  # method, vt @ 1,024 tok, KV held / live (MiB)
+    assert "KV held / live: median KV bytes" in printed

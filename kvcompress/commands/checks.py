@@ -125,7 +125,7 @@ def _kv_bytes(results, arch) -> Check:
                                f"({'exact' if exact else f'expected {expected:,}'})")
         for r in cell:
             if r.dms_impl == "native" and r.kv_tokens_per_head and per_token:
-                check.passed &= _dms_bytes(check, context, r, per_token)
+                check.passed &= _dms_bytes(check, context, r, per_token, vanilla)
                 continue
             if r.method == "vanilla" or r.compression_ratio is None:
                 continue
@@ -137,15 +137,16 @@ def _kv_bytes(results, arch) -> Check:
                 good = abs(share - (1 - r.compression_ratio)) <= 0.01 * (1 - r.compression_ratio)
                 verdict = f"expected {1 - r.compression_ratio:.3f}"
             check.passed &= good
-            check.lines.append(f"{context}: {r.method:30s} holds {share:.4f} of vanilla ({verdict}) "
+            check.lines.append(f"{context}: {r.method:30s} held / vanilla held {share:.4f} ({verdict}) "
                                f"{'ok' if good else 'FAIL'}")
     return check
 
 
-def _dms_bytes(check: Check, context, r, per_token: int) -> bool:
+def _dms_bytes(check: Check, context, r, per_token: int, vanilla) -> bool:
     """Native DMS: live bytes = live entries x bytes of one entry, exactly; the fast engine's compact cache allocates
     exactly a reserve of max_new_tokens - 1 rows per (layer, head) more; the hf engine's masked cache holds every
-    position. A batch's rows are (sequence, layer, kv head): its bytes are its sequences' summed."""
+    position it has seen. A batch's rows are (sequence, layer, kv head): its bytes are its sequences' summed. Both
+    are then set against vanilla's bytes, each ratio named by what it divides."""
     heads = sum(len(layer) for layer in r.kv_tokens_per_head)  # rows: batch x layers x kv heads
     entry = per_token * r.batch // heads  # K and V of one token of one (layer, kv head)
     entries = sum(sum(layer) for layer in r.kv_tokens_per_head)
@@ -153,13 +154,23 @@ def _dms_bytes(check: Check, context, r, per_token: int) -> bool:
     if r.engine == "fast":
         slack = (r.max_new_tokens - 1) * heads * entry
         held_ok, held = r.kv_cache_bytes == r.kv_live_bytes + slack, f"live + reserve {slack:,} B"
-    elif r.batch > 1:  # each sequence's own positions (their lengths may differ by a few tokens)
+    elif r.kv_positions is not None:  # every position seen, of every sequence: positions are a mean over a batch
+        positions = round(r.kv_positions * r.batch)
+        held_ok = r.kv_cache_bytes == positions * per_token
+        held = f"{positions:,} positions x {per_token:,} B (mask, no reclaim)"
+    elif r.batch > 1:  # files before kv_positions: each sequence's own positions
         held_ok, held = r.kv_cache_bytes == r.kv_cache_bytes_full, "every position of every sequence (mask, no reclaim)"
     else:
         held_ok, held = r.kv_cache_bytes == r.input_tokens * per_token, "every position (mask, no reclaim)"
-    check.lines.append(f"{context}: {r.method:30s} live {entries:,} entries x {entry} B = {r.kv_live_bytes:,} B "
-                       f"({'exact' if live_ok else 'FAIL'}); allocated {r.kv_cache_bytes:,} B = {held} "
-                       f"({'exact' if held_ok else 'FAIL'}); {r.kv_live_bytes / r.kv_cache_bytes_full:.4f} of vanilla")
+    line = (f"{context}: {r.method:30s} live {entries:,} entries x {entry} B = {r.kv_live_bytes:,} B "
+            f"({'exact' if live_ok else 'FAIL'}); held {r.kv_cache_bytes:,} B = {held} "
+            f"({'exact' if held_ok else 'FAIL'})")
+    if vanilla is not None and vanilla.kv_cache_bytes:
+        line += (f"; live / vanilla held {r.kv_live_bytes / vanilla.kv_cache_bytes:.4f}, "
+                 f"held / vanilla held {r.kv_cache_bytes / vanilla.kv_cache_bytes:.4f}")
+        if r.kv_positions is None or r.kv_positions != vanilla.kv_positions:  # a file written before kv_positions
+            line += f" (measured after {r.input_tokens} positions, vanilla after {vanilla.context_tokens})"
+    check.lines.append(line)
     return live_ok and held_ok
 
 

@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     for path in _tables_and_figures(out, cfg, args, grid["tasks"], summaries):
         runner.console.print(f"wrote {path}")
     runner.console.print(f"wrote {cfg.out}")
-    return 0
+    return runner.exit_status(out)
 
 
 def _grid(args: argparse.Namespace):

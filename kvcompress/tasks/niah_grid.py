@@ -156,7 +156,8 @@ def overall(summaries: list[CellSummary]) -> dict[str, tuple[int, int, int]]:
 
 
 def pareto_points(summaries: list[CellSummary]) -> list[dict]:
-    """Per method and context length: median KV bytes held and mean score over every task, trial and question."""
+    """Per method and context length: median KV bytes held and live (after the context, every method at the same
+    positions) and mean score over every task, trial and question."""
     groups: dict[tuple, list[BenchmarkResult]] = {}
     for s in summaries:
         groups.setdefault((s.method, s.target_tokens), []).extend(s.measured)
@@ -166,5 +167,6 @@ def pareto_points(summaries: list[CellSummary]) -> list[dict]:
         scores = [r.score for r in records if r.score is not None]
         if held is not None and scores:
             points.append({"method": method, "target_tokens": n, "kv_bytes": held,
+                           "kv_live_bytes": median_kv_bytes(records, "kv_live_bytes"),
                            "score": sum(scores) / len(scores), "n": len(scores)})
     return points
