@@ -103,6 +103,31 @@ def test_a_run_onto_a_file_another_run_writes_is_refused_before_loading(tmp_path
     assert not out.exists()
 
 
+def test_a_run_in_which_every_cell_failed_exits_non_zero(tmp_path, capsys, monkeypatch):
+    """Every cell an error record: the run used to exit 0, so a CI step passed on a run that measured nothing."""
+    from kvcompress.run import one_cell
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(one_cell, "measure", broken)
+    out = tmp_path / "run.json"
+    assert benchmark.main(ARGV + ["--out", str(out)]) == 1
+    assert "no cell produced a figure" in capsys.readouterr().out
+    assert [r["error"] for r in json.loads(out.read_text())["results"]] == ["RuntimeError: boom"] * 2
+
+
+def test_ctrl_c_before_the_first_record_does_not_claim_a_file(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "load", interrupted)
+    out = tmp_path / "run.json"
+    assert benchmark.main(ARGV + ["--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted before any record was finished: no result file was written" and not out.exists()
+
+
 def test_the_model_names_in_help_are_the_registered_ones():
     assert set(cli.MODEL_NAMES) == set(models.MODELS)
 
