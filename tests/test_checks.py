@@ -193,3 +193,40 @@ def test_the_dms_line_names_each_ratio_by_what_it_divides():
     line = next(line for line in checks.run_checks(run, results)[0].lines if "dms-8x" in line)
     assert f"live / vanilla held {8704 / 31744:.4f}" in line and "held / vanilla held 2.0645" in line, line
     assert "(measured after 256 positions, vanilla after 124)" in line
+
+
+def _press_records(context_tokens: int, kept: dict, **fields):
+    """Hand-made vanilla + press records on one prompt (tiny architecture: 256 B per token)."""
+    from kvcompress.results import BenchmarkResult
+
+    common = dict(model="tiny", weights="random", context_tokens=context_tokens, input_tokens=context_tokens + 10,
+                  target_tokens=256, dtype="float32", engine="hf", task="benchmark", **fields)
+    records = [BenchmarkResult(method="vanilla", kv_cache_bytes=context_tokens * 256, **common)]
+    for method, (ratio, tokens) in kept.items():
+        records.append(BenchmarkResult(method=method, compression_ratio=ratio, expected_memory="real",
+                                       kv_cache_bytes=tokens * 256, kv_memory_saved=True, **common))
+    return records
+
+
+RUN = {"architecture": {"layers": 2, "kv_heads": 2, "head_dim": 8}, "device": "cpu"}
+
+
+def test_a_press_is_held_to_kvpress_s_own_rounding():
+    """knorm@0.875 on 124 tokens keeps int(124 x 0.125) = 15 (kvpress's compute_n_kept): 0.1210 of vanilla, which
+    the 1 % band around 0.125 called a FAIL; one token more or less is a FAIL."""
+    assert checks.kvpress_kept(124, 0.875) == 15 and checks.kvpress_kept(3, 0.9) == 1
+    kv = checks.run_checks(RUN, _press_records(124, {"knorm@0.875": (0.875, 15), "knorm@0.5": (0.5, 62)}))[0]
+    assert kv.passed is True, kv.lines
+    assert "kvpress keeps int(124 x 0.125) = 15 tokens; held 15) ok" in kv.lines[1]
+    for wrong in (14, 16):
+        assert checks.run_checks(RUN, _press_records(124, {"knorm@0.875": (0.875, wrong)}))[0].passed is False
+
+
+def test_each_prompt_is_checked_against_its_own_vanilla():
+    """A long-context file: two tasks at one length, 892 and 902 context tokens; knorm@0.5 of the second held 451
+    tokens, which against the first prompt's vanilla (892) read as 0.5056 of vanilla: a FAIL."""
+    records = (_press_records(892, {"knorm@0.5": (0.5, 446)}, task_family="niah", prompt_id="niah/0")
+               + _press_records(902, {"knorm@0.5": (0.5, 451)}, task_family="vt", prompt_id="vt/0"))
+    kv = checks.run_checks(RUN, records)[0]
+    assert kv.passed is True, kv.lines
+    assert [line.split(":")[0] for line in kv.lines] == ["256 niah/0"] * 2 + ["256 vt/0"] * 2
