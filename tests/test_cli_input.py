@@ -161,3 +161,12 @@ def test_the_context_column_names_every_row_by_its_target_and_shows_a_different_
     vanilla, dms = (next(line for line in text.splitlines() if line.startswith(f"│ {m}")) for m in ("vanilla", "dms-8x"))
     assert "512 (511 measured)" in vanilla and "512" in dms and "511" not in dms
     assert "dms-8x @ 512 tok: boom" in text
+
+
+def test_dms_8x_remote_on_the_tiny_preset_names_the_tiny_checkpoint(tmp_path, capsys):
+    """It used to reach for the 8B checkpoint: 'the Hub is unreachable ... set HF_HUB_OFFLINE=1' (offline: a
+    flash-attn error after the other methods ran), where the answer is --dms-model tiny-dms."""
+    assert benchmark.main(["--preset", "tiny", "--methods", "vanilla,dms-8x-remote",
+                           "--out", str(tmp_path / "o.json")]) == 2
+    assert "add --dms-model tiny-dms" in one_line_error(capsys)
+    assert not (tmp_path / "o.json").exists()

@@ -275,7 +275,8 @@ def test_dms_impl_remote_maps_the_method():
     from kvcompress import cli
     from kvcompress.errors import UserError
 
-    args = cli.parser("t", "t").parse_args(["--preset", "tiny", "--methods", "vanilla,dms-8x", "--dms-impl", "remote"])
+    args = cli.parser("t", "t").parse_args(["--preset", "tiny", "--methods", "vanilla,dms-8x", "--dms-impl", "remote",
+                                            "--dms-model", "tiny-dms"])
     assert [m.name for m in cli.resolve(args, "t").methods] == ["vanilla", "dms-8x-remote"]
     args = cli.parser("t", "t").parse_args(["--preset", "tiny", "--methods", "dms-8x[evict=0.5]", "--dms-impl",
                                             "remote"])
