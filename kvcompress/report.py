@@ -85,10 +85,25 @@ def _saved(r: BenchmarkResult) -> str:
     return "yes" if r.kv_memory_saved else "[yellow]no[/yellow]"
 
 
+RESULTS_LEGEND = (
+    "TTFT: prefill start -> first token, compression included; prefill = input tokens / TTFT; TPOT: one decode step "
+    "per sequence; decode = 1000 / TPOT (aggregate: x batch).",
+    "peak prefill / decode: the allocator's peak in each phase (process RSS on CPU), weights included.",
+    "KV held / live: bytes the cache tensors hold after the context / those attention still sees (shown where "
+    "fewer); kept: live tokens per layer; evicted: 1 - kept / context tokens; mem saved: held < vanilla's bytes.",
+)
+
+
+def print_legend(lines, console: Console) -> None:
+    for line in lines:
+        console.print(f"[dim]{escape(line)}[/dim]")
+
+
 def print_results(results: list[BenchmarkResult], title: str, console: Console | None = None, *,
                   weights_note: bool = True) -> None:
     console = console or make_console()
     console.print(results_table(results, title))
+    print_legend(RESULTS_LEGEND, console)
     for r in results:
         if r.error:
             console.print(f"[red]error[/red] {escape(r.method)} @ {context_label(r)} tok: "
@@ -251,6 +266,16 @@ _SIDE_BY_SIDE = (
 )
 
 
+SIDE_BY_SIDE_LEGEND = (
+    "input: context + question, one prefill for every method (as DMS needs); TTFT, decode and peaks as in "
+    "benchmark.py.",
+    "KV held: bytes the cache tensors occupy (DMS remote: its block pool as allocated; hf: the masked cache); KV "
+    "live: the entries attention reads; kept: live tokens per head.",
+    "live ratio = positions / live entries (DMS's '8x'); vanilla / held = a vanilla cache's bytes for the same "
+    "positions / bytes held (> 1: smaller than vanilla). DMS: implementation; cache layout; whose decisions.",
+)
+
+
 def _ratio(full, part) -> str:
     return "—" if not full or not part else f"{full / part:.2f}"
 
@@ -287,6 +312,7 @@ def print_side_by_side(results: list[BenchmarkResult], title: str, console: Cons
     console = console or make_console()
     for table in side_by_side_tables(results, title):
         console.print(table)
+    print_legend(SIDE_BY_SIDE_LEGEND, console)
     if any(r.weights == "random" for r in results):
         console.print("[yellow]weights: random — speed and memory are real; answers are noise.[/yellow]")
     if any(r.timing == "wall_clock" for r in results):

@@ -170,3 +170,23 @@ def test_dms_8x_remote_on_the_tiny_preset_names_the_tiny_checkpoint(tmp_path, ca
                            "--out", str(tmp_path / "o.json")]) == 2
     assert "add --dms-model tiny-dms" in one_line_error(capsys)
     assert not (tmp_path / "o.json").exists()
+
+
+def test_the_tables_have_a_legend_for_each_column_group():
+    """benchmark.py's and test_dms_inference.py's tables had no legend: one line per column group under each."""
+    import io
+
+    from rich.console import Console
+
+    from kvcompress import report
+    from kvcompress.results import BenchmarkResult
+
+    r = BenchmarkResult(model="tiny", weights="pretrained", method="dms-8x", target_tokens=256, input_tokens=256,
+                        ttft_s=0.1, kv_cache_bytes=2**20, kv_live_bytes=2**19, kv_cache_bytes_full=2**20)
+    console = Console(width=300, record=True, file=io.StringIO())
+    report.print_results([r], "t", console)
+    report.print_side_by_side([r], "t", console)
+    printed = console.export_text()
+    for words in ("TTFT:", "TPOT:", "peak prefill / decode:", "KV held / live:", "evicted:", "mem saved:",
+                  "input: context + question", "KV held: bytes", "live ratio =", "vanilla / held ="):
+        assert words in printed, words
