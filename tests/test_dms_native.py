@@ -351,7 +351,8 @@ def test_a_batch_record_on_the_hf_engine_passes_the_kv_bytes_check(tmp_path, tin
     r = next(r for r in results if r.method == "dms-8x")
     assert r.error is None and r.batch == 2 and r.aggregate_decode_tokens_per_s and r.dms_layout == "mask, no reclaim"
     vanilla = next(r for r in results if r.method == "vanilla")
-    assert r.kv_cache_bytes == r.kv_cache_bytes_full >= vanilla.kv_cache_bytes  # context + question of each
+    # at the same positions as vanilla's, each sequence's context: held (masked, nothing reclaimed) = vanilla's
+    assert r.kv_cache_bytes == r.kv_cache_bytes_full == vanilla.kv_cache_bytes and r.kv_positions == vanilla.kv_positions
     assert r.kv_live_bytes < r.kv_cache_bytes
     kv_check = checks.run_checks(run, results)[0]
     assert kv_check.passed is True, kv_check.lines
