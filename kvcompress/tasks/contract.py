@@ -51,6 +51,11 @@ class TaskContext:
     items_hint: int = 0  # make_body: items per token, a first guess for the sizing search
     label: str = ""
     chance: Callable[[str], float] | None = None  # the family's baseline score, from the context text (its module)
+    # RULER's tasks (tasks/ruler/): the generation budget of RULER's constants.py. RULER's context length counts the
+    # generated tokens, so the prompt is sized to target - tokens_to_generate, never above it (see _fit_below)
+    tokens_to_generate: int | None = None
+    question_separator: str = "\n\n"  # between the context and the question (RULER: its template's "\n")
+    min_items: int = 1  # make_body's smallest n (fewer makes no valid task)
 
     @property
     def uses_haystack(self) -> bool:
@@ -71,12 +76,14 @@ def build_prompt(tokenizer, target_tokens: int, depth: float | None, task: TaskC
                  thinking: bool = False, tolerance: float = 0.01) -> TaskPrompt:
     if target_tokens is None or target_tokens < 1:
         raise UserError(f"a task prompt needs a positive token count (got {target_tokens})")
-    if task.uses_haystack:
+    if task.tokens_to_generate is not None:
+        best = _fit_below(tokenizer, target_tokens, task, thinking, tolerance)
+    elif task.uses_haystack:
         best = _size_haystack(tokenizer, target_tokens, depth, task, haystack, thinking)
     else:
         best = _size_items(tokenizer, target_tokens, task, thinking)
     total, text, achieved, context_ids, first = best
-    if abs(total - target_tokens) > tolerance * target_tokens:
+    if task.tokens_to_generate is None and abs(total - target_tokens) > tolerance * target_tokens:
         raise UserError(f"could not size the {task.family} prompt to {target_tokens} tokens (got {total})")
     questions = [token_ids(first)] + [token_ids(_render(tokenizer, task, text, thinking, i)[1])
                                            for i in range(1, len(task.questions))]
@@ -119,6 +126,36 @@ def _size_items(tokenizer, target_tokens, task, thinking):
     return best
 
 
+def _fit_below(tokenizer, target_tokens, task, thinking, tolerance):
+    """RULER's rule: the prompt + tokens_to_generate fit the context. The largest n whose prompt is at most
+    target - tokens_to_generate (gallop, then bisect; tokens grow with n up to the seams); it must come within
+    `tolerance` of that budget, or within one step of n where one step is coarser (a needle-haystack line of UUIDs)."""
+    budget = target_tokens - task.tokens_to_generate
+    lo = task.min_items
+    best = _attempt(tokenizer, task, task.make_body(lo), None, thinking)
+    if best[0] > budget:
+        raise UserError(f"{task.family} needs a context of at least {best[0] + task.tokens_to_generate} tokens on "
+                        f"this tokenizer (its smallest prompt plus {task.tokens_to_generate} generated tokens); "
+                        f"{target_tokens} is too small")
+    hi = max(lo + 1, int(budget * task.items_hint))
+    while True:
+        over = _attempt(tokenizer, task, task.make_body(hi), None, thinking)
+        if over[0] > budget:
+            break
+        lo, best, hi = hi, over, hi * 2
+    while lo + 1 < hi:
+        mid = (lo + hi) // 2
+        last = _attempt(tokenizer, task, task.make_body(mid), None, thinking)
+        if last[0] <= budget:
+            lo, best = mid, last
+        else:
+            hi, over = mid, last
+    step = over[0] - best[0]  # what one more item adds: the finest size the task's units allow here
+    if budget - best[0] > max(tolerance * budget, step):
+        raise UserError(f"could not size the {task.family} prompt to {budget} tokens (got {best[0]})")
+    return best
+
+
 def _attempt(tokenizer, task, text, achieved, thinking):
     """(total tokens, text, depth achieved, context ids, first question's ids) of one candidate context."""
     context_ids, question_ids = _render(tokenizer, task, text, thinking, 0)
@@ -128,7 +165,8 @@ def _attempt(tokenizer, task, text, achieved, thinking):
 def _render(tokenizer, task: TaskContext, text: str, thinking: bool, index: int) -> tuple[list[int], list[int]]:
     q = task.questions[index]
     context = (task.instruction + "\n\n" if task.instruction else "") + text
-    return niah.render(tokenizer, context, q.text, thinking, answer_prefix=q.answer_prefix)
+    return niah.render(tokenizer, context, q.text, thinking, answer_prefix=q.answer_prefix,
+                       separator=task.question_separator)
 
 
 # --- scoring (RULER's metrics) -------------------------------------------------------------------------------------
