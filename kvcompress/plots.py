@@ -134,8 +134,9 @@ def retrieval_heatmap(cells: dict[tuple[int, float], tuple[int, int]], path: Pat
 def accuracy_vs_kv(points: list[dict], path: Path, title: str) -> Path:
     """Pareto view of quality at equal memory: one marker per method and context length, x = median KV bytes held
     after the prefill (measured), y = mean score over every task and trial; the methods no other beats on both axes
-    at that length are joined by a line. `points`: dicts with method, target_tokens, kv_bytes, score, n. The PNG's
-    'Description' text chunk holds the points as JSON."""
+    at that length are joined by a line. `points`: dicts with method, target_tokens, kv_bytes, score, n, and optionally
+    low and high (the score's 95 % interval, drawn as an error bar). The PNG's 'Description' text chunk holds the
+    points as JSON."""
     contexts = sorted({p["target_tokens"] for p in points})
     methods = list(dict.fromkeys(p["method"] for p in points))
     cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
@@ -145,6 +146,9 @@ def accuracy_vs_kv(points: list[dict], path: Path, title: str) -> Path:
         for p in (p for p in points if p["method"] == method):
             ax.scatter(p["kv_bytes"] / MIB, p["score"], color=cmap(m_i % cmap.N), s=46, zorder=3,
                        marker=markers[contexts.index(p["target_tokens"]) % len(markers)])
+            if p.get("low") is not None:
+                ax.errorbar(p["kv_bytes"] / MIB, p["score"], yerr=[[p["score"] - p["low"]], [p["high"] - p["score"]]],
+                            color=cmap(m_i % cmap.N), linewidth=1, capsize=3, zorder=2)
         ax.scatter([], [], color=cmap(m_i % cmap.N), marker="o", label=method)
     for c_i, n in enumerate(contexts):
         at = sorted((p for p in points if p["target_tokens"] == n), key=lambda p: (p["kv_bytes"], -p["score"]))
@@ -158,7 +162,7 @@ def accuracy_vs_kv(points: list[dict], path: Path, title: str) -> Path:
                 label=f"frontier at {_tokens_label(n)} tokens")
     ax.set_xscale("log")
     ax.set_xlabel("median KV bytes held after the prefill (MiB, measured; log scale)")
-    ax.set_ylabel("mean score over tasks and trials")
+    ax.set_ylabel("mean score over tasks and trials" + (" (bars: 95 % CI)" if any("low" in p for p in points) else ""))
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)

@@ -6,9 +6,10 @@ import argparse
 import re
 from pathlib import Path
 
-from kvcompress import cli, report
+from kvcompress import cli, quality, report, samples
 from kvcompress.errors import UserError
 from kvcompress.readings import by_method
+from kvcompress.results import median_kv_bytes
 from kvcompress.run.equal_memory import matched_methods
 from kvcompress.tasks import families, niah_grid
 from kvcompress.tasks.niah import NEEDLE_KINDS
@@ -115,13 +116,16 @@ def _tables_and_figures(out, cfg, args: argparse.Namespace, tasks: list[str], su
     weights = out.run.get("weights") or next((r.weights for s in summaries for r in s.records), "?")
     what = (f"{args.needle} needle, {cfg.haystack} haystack, {'thinking' if args.thinking else 'no thinking'}, "
             f"{cfg.settings.sampling.describe()}")
-    written = []
+    records = [r for s in summaries for r in s.records]
+    written = [samples.write_samples(records, samples.samples_path(cfg.out))]
     if tasks == ["niah"] and args.questions == 1:
         report.print_niah(summaries, f"needle in a haystack — {model} ({weights}), {what}")
     else:
-        records = [r for s in summaries for r in s.records]
         report.print_tasks(summaries, records, f"long-context tasks — {model} ({weights}), {what}")
-        written.append(plots.accuracy_vs_kv(niah_grid.pareto_points(summaries),
+        report.print_quality(quality.quality_rows(records), f"scores with 95 % intervals — {model} ({weights})")
+        if any(t in families.RULER.split(",") for t in tasks):
+            report.make_console().print(families.ruler.qa.UNAVAILABLE + ".")
+        written.append(plots.accuracy_vs_kv(quality.pareto_points(records, median_kv_bytes),
                                             cfg.out.with_name(f"{cfg.out.stem}-pareto.png"),
                                             f"score vs KV bytes held — {model}, {', '.join(tasks)}"))
     for family, family_cells in niah_grid.by_task(summaries).items():
