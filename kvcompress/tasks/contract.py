@@ -56,6 +56,7 @@ class TaskContext:
     tokens_to_generate: int | None = None
     question_separator: str = "\n\n"  # between the context and the question (RULER: its template's "\n")
     min_items: int = 1  # make_body's smallest n (fewer makes no valid task)
+    shorter: Callable[[], TaskContext] | None = None  # the same task in less text, for contexts too small for this one
 
     @property
     def uses_haystack(self) -> bool:
@@ -81,6 +82,12 @@ def build_prompt(tokenizer, target_tokens: int, depth: float | None, task: TaskC
     elif task.uses_haystack:
         best = _size_haystack(tokenizer, target_tokens, depth, task, haystack, thinking)
     else:
+        smallest = _attempt(tokenizer, task, task.make_body(task.min_items), None, thinking)[0]
+        if smallest > target_tokens * (1 + tolerance):
+            if task.shorter is not None:  # e.g. cwe without its solved example
+                return build_prompt(tokenizer, target_tokens, depth, task.shorter(), haystack, thinking, tolerance)
+            raise UserError(f"{task.family} needs a context of at least {smallest} tokens on this tokenizer; "
+                            f"{target_tokens} is too small")
         best = _size_items(tokenizer, target_tokens, task, thinking)
     total, text, achieved, context_ids, first = best
     if task.tokens_to_generate is None and abs(total - target_tokens) > tolerance * target_tokens:
