@@ -63,7 +63,7 @@ def average_rows(scored: dict[tuple, dict[tuple, float]]) -> list[QualityRow]:
     tasks = list(dict.fromkeys(t for t, _, _ in scored))
     if len(tasks) < 2:
         return []
-    label = "RULER average" if set(tasks) == set(ruler.TASKS) else "average"
+    label = "RULER average" if set(ruler.TASKS) <= set(tasks) <= set(ruler.TASKS) | set(ruler.QA) else "average"
     rows = []
     for method, context in dict.fromkeys((m, c) for _, m, c in scored):
         mine = [scored.get((t, method, context), {}) for t in tasks]

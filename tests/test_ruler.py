@@ -7,6 +7,7 @@ lists directly.
 """
 
 import collections
+import json
 import re
 
 import pytest
@@ -162,7 +163,7 @@ def test_ruler_tasks_fit_small_contexts_or_name_the_smallest(qwen3_tokenizer):
 def test_tasks_ruler_selects_the_eleven_and_names_qa_unavailable():
     assert families.parse_tasks("ruler") == list(ruler.TASKS) and len(ruler.TASKS) == 11
     assert families.parse_tasks("cheap,ruler")[:4] == ["niah", "multiquery", "vt", "nolima"]
-    with pytest.raises(UserError, match="qa_1 .SQuAD. and qa_2 .HotpotQA."):
+    with pytest.raises(UserError, match="qa_1 .SQuAD. and qa_2 .HotpotQA.*--qa-data"):
         families.parse_tasks("ruler,qa_2")
 
 
@@ -179,3 +180,46 @@ def test_scorers_are_rulers_definitions(answer, refs, all_, part):
     string_match_part = max of the same; x100 and averaged over predictions in RULER (the tables' score)."""
     assert contract.string_match_all(answer, refs) == all_
     assert contract.string_match_part(answer, refs) == part
+
+
+def _qa_files(folder):
+    """Hand-written files in SQuAD v2 and HotpotQA layout (no third-party data): 3 articles, 6 paragraphs."""
+    squad = {"data": [{"title": f"t{a}", "paragraphs": [
+        {"context": f"Paragraph {a}-{p}. " + " ".join(f"filler{a}{p}{w}" for w in range(60)) + f" The key of {a}-{p} "
+                    f"is gold{a}{p}.",
+         "qas": [{"question": f"What is the key of {a}-{p}?", "is_impossible": False,
+                  "answers": [{"text": f"gold{a}{p}"}, {"text": f"Gold{a}{p}!"}]},
+                 {"question": "Unanswerable?", "is_impossible": True, "answers": []}]}
+        for p in range(2)]} for a in range(3)]}
+    hotpot = [{"question": f"Who wrote book {i}?", "answer": f"author{i}",
+               "context": [[f"Book {i}", [f"Book {i} was written by author{i}. ", "It sold well."]],
+                           [f"Other {i}", ["Unrelated text " * 30]]]} for i in range(4)]
+    (folder / "squad.json").write_text(json.dumps(squad))
+    (folder / "hotpotqa.json").write_text(json.dumps(hotpot))
+
+
+def test_qa_tasks_from_the_users_files(qwen3_tokenizer, tmp_path, monkeypatch):
+    with pytest.raises(UserError, match="pass --qa-data"):
+        families.parse_tasks("qa_1")
+    _qa_files(tmp_path)
+    monkeypatch.setenv("KVCOMPRESS_RULER_QA", str(tmp_path))
+    assert families.parse_tasks("ruler,qa_1,qa_2")[-2:] == ["qa_1", "qa_2"]
+    instruction = ("Answer the question based on the given documents. Only give me the answer and do not output any "
+                   "other words.")
+    for name, seed in (("qa_1", 3), ("qa_2", 1)):
+        task = families.make(name, seed, 1, 1024)
+        built = contract.build_prompt(qwen3_tokenizer, 1024, None, task)
+        q = task.questions[0]
+        assert q.scorer == "string_match_part" and q.answer_prefix == "Answer:" and task.tokens_to_generate == 32
+        assert built.prompt.input_tokens <= 1024 - 32
+        text = built.text
+        assert text.startswith(instruction + "\n\nThe following are given documents.\n\nDocument 1:\n")
+        assert q.text.startswith(instruction + "\n\nQuestion: ")
+        docs = re.findall(r"Document (\d+):\n", text)
+        assert [int(d) for d in docs] == list(range(1, len(docs) + 1)) and len(docs) >= 2
+        if name == "qa_1":  # question 3 of the answerable ones: article 1, paragraph 1; its gold paragraph is there
+            assert q.text.endswith("What is the key of 1-1?") and "The key of 1-1 is gold11." in text
+            assert q.answers == ["gold11", "Gold11!"]
+            assert contract.string_match_part("it is GOLD11", q.answers) == 1.0
+        else:
+            assert q.text.endswith("Who wrote book 1?") and "Book 1 was written by author1." in text

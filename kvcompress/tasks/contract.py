@@ -56,6 +56,7 @@ class TaskContext:
     tokens_to_generate: int | None = None
     question_separator: str = "\n\n"  # between the context and the question (RULER: its template's "\n")
     min_items: int = 1  # make_body's smallest n (fewer makes no valid task)
+    max_items: int | None = None  # make_body's largest n (a finite source: RULER's qa documents)
     shorter: Callable[[], TaskContext] | None = None  # the same task in less text, for contexts too small for this one
 
     @property
@@ -146,6 +147,12 @@ def _fit_below(tokenizer, target_tokens, task, thinking, tolerance):
                         f"{target_tokens} is too small")
     hi = max(lo + 1, int(budget * task.items_hint))
     while True:
+        if task.max_items is not None and hi >= task.max_items:
+            hi = task.max_items
+            over = _attempt(tokenizer, task, task.make_body(hi), None, thinking)
+            if over[0] <= budget:
+                return over  # every item fits (RULER's qa: all the documents), shorter than the budget
+            break
         over = _attempt(tokenizer, task, task.make_body(hi), None, thinking)
         if over[0] > budget:
             break

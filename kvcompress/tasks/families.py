@@ -19,18 +19,20 @@ FAMILIES = {
     "fwe": "RULER frequent-words extraction: the 3 most frequent coded words (Zipf, alpha 2)",
     "nolima": "NoLiMa-style needle: the question names a city, the needle only its landmark",
     **{name: "RULER's own " + ruler.RULER_NAMES.get(name, name) for name in ruler.TASKS},
+    **{name: f"RULER's {name} ({ruler.qa.TASKS[name]} from --qa-data)" for name in ruler.QA},
 }
 MAKERS = {"multiquery": multiquery.make, "vt": variable_tracking.make, "cwe": common_words.make,
           "fwe": frequent_words.make, "nolima": nolima.make}
 CHEAP = "niah,multiquery,vt,nolima"  # `--tasks cheap`: short answers (cwe lists 10 words, fwe reads a whole list)
 RULER = ",".join(ruler.TASKS)  # `--tasks ruler`: RULER's 11 synthetic tasks
-HAYSTACK_FREE = ("cwe", "fwe", *ruler.TASKS)  # their context is their own (RULER: its own haystack): no depth grid
-SINGLE_QUESTION = ("cwe", "fwe", *ruler.TASKS)  # one natural question per context
+HAYSTACK_FREE = ("cwe", "fwe", *ruler.TASKS, *ruler.QA)  # their context is their own (RULER: its own haystack): no depth grid
+SINGLE_QUESTION = ("cwe", "fwe", *ruler.TASKS, *ruler.QA)  # one natural question per context
 
 
 def parse_tasks(text: str) -> list[str]:
-    if any(t.strip() in ruler.qa.TASKS for t in text.split(",")):
-        raise UserError(ruler.qa.UNAVAILABLE)
+    for name in (t.strip() for t in text.split(",")):
+        if name in ruler.QA:
+            ruler.qa.data_file(name)  # no data: one line naming them unavailable
     aliases = {"cheap": CHEAP, "ruler": RULER}
     names = [t.strip() for part in text.split(",") for t in aliases.get(part.strip(), part).split(",") if t.strip()]
     unknown = [t for t in names if t not in FAMILIES]
@@ -55,6 +57,6 @@ def make(family: str, seed: int, questions: int = 1, context_tokens: int | None 
     if questions > 1 and family in SINGLE_QUESTION:
         raise UserError(f"{family} asks one question per context; --questions > 1 applies to "
                         f"{', '.join(f for f in FAMILIES if f not in SINGLE_QUESTION)}")
-    if family in ruler.MAKERS:
+    if family in ruler.MAKERS or family in ruler.QA:
         return ruler.make(family, seed, context_tokens or 4096)
     return niah_questions(seed, questions) if family == "niah" else MAKERS[family](seed, questions)
