@@ -134,38 +134,47 @@ def _size_items(tokenizer, target_tokens, task, thinking):
     return best
 
 
+_LAST_N: dict = {}  # (family, target, id(tokenizer)) -> the n the last sample took: the next one's first guess
+
+
 def _fit_below(tokenizer, target_tokens, task, thinking, tolerance):
     """RULER's rule: the prompt + tokens_to_generate fit the context. The largest n whose prompt is at most
-    target - tokens_to_generate (gallop, then bisect; tokens grow with n up to the seams); it must come within
-    `tolerance` of that budget, or within one step of n where one step is coarser (a needle-haystack line of UUIDs)."""
+    target - tokens_to_generate; it must come within `tolerance` of that budget, or within one step of n where one
+    step is coarser (a needle-haystack line of UUIDs). Tokens grow about linearly with n (up to the seams), so the
+    search interpolates (every fourth step bisects, which bounds it) from the n the previous sample of this task and
+    length took, as RULER reuses its first sample's haystack size: a 32K prompt takes ~4 tokenizations, not ~17."""
     budget = target_tokens - task.tokens_to_generate
     lo = task.min_items
-    best = _attempt(tokenizer, task, task.make_body(lo), None, thinking)
+    smallest = best = _attempt(tokenizer, task, task.make_body(lo), None, thinking)
     if best[0] > budget:
         raise UserError(f"{task.family} needs a context of at least {best[0] + task.tokens_to_generate} tokens on "
                         f"this tokenizer (its smallest prompt plus {task.tokens_to_generate} generated tokens); "
                         f"{target_tokens} is too small")
-    hi = max(lo + 1, int(budget * task.items_hint))
-    while True:
-        if task.max_items is not None and hi >= task.max_items:
-            hi = task.max_items
-            over = _attempt(tokenizer, task, task.make_body(hi), None, thinking)
-            if over[0] <= budget:
-                return over  # every item fits (RULER's qa: all the documents), shorter than the budget
-            break
-        over = _attempt(tokenizer, task, task.make_body(hi), None, thinking)
-        if over[0] > budget:
-            break
-        lo, best, hi = hi, over, hi * 2
-    while lo + 1 < hi:
-        mid = (lo + hi) // 2
-        last = _attempt(tokenizer, task, task.make_body(mid), None, thinking)
+    key = (task.family, target_tokens, id(tokenizer))
+    n, hi, over = _LAST_N.get(key) or max(lo + 1, int(budget * task.items_hint)), None, None
+    for step in range(64):
+        if task.max_items is not None:
+            n = min(n, task.max_items)
+        n = max(n, lo + 1) if hi is None else min(max(n, lo + 1), hi - 1)
+        last = _attempt(tokenizer, task, task.make_body(n), None, thinking)
         if last[0] <= budget:
-            lo, best = mid, last
+            lo, best = n, last
+            if n == task.max_items:
+                return best  # every item fits (RULER's qa: all the documents), shorter than the budget
         else:
-            hi, over = mid, last
-    step = over[0] - best[0]  # what one more item adds: the finest size the task's units allow here
-    if budget - best[0] > max(tolerance * budget, step):
+            hi, over = n, last
+        if hi is not None and lo + 1 >= hi:
+            break
+        if hi is None:  # no overshoot yet: aim just past the budget at the slope seen so far
+            slope = max((best[0] - smallest[0]) / max(lo - task.min_items, 1), 1e-3)
+            n = lo + int((budget - best[0]) / slope) + 1
+        elif step % 4 == 3:
+            n = (lo + hi) // 2
+        else:
+            n = lo + int((budget - best[0]) * (hi - lo) / max(over[0] - best[0], 1))
+    _LAST_N[key] = lo
+    unit = over[0] - best[0] if over is not None else 0  # what one more item adds: the finest size allowed here
+    if budget - best[0] > max(tolerance * budget, unit):
         raise UserError(f"could not size the {task.family} prompt to {budget} tokens (got {best[0]})")
     return best
 
