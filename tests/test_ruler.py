@@ -223,3 +223,18 @@ def test_qa_tasks_from_the_users_files(qwen3_tokenizer, tmp_path, monkeypatch):
             assert contract.string_match_part("it is GOLD11", q.answers) == 1.0
         else:
             assert q.text.endswith("Who wrote book 1?") and "Book 1 was written by author1." in text
+
+
+def test_fit_below_takes_the_largest_size_that_fits(tiny):
+    """Against brute force on the byte tokenizer: the prompt of the largest n whose prompt <= target - reserve, with
+    seams (every 7th item is longer) so tokens are not a straight line in n; from a cold and from a warm guess."""
+    def body(n):
+        return " ".join("x" * (5 if i % 7 == 6 else 1) for i in range(n))
+    task = contract.TaskContext("fit", [contract.Question("Which?", ["x"])], make_body=body, items_hint=0.9,
+                                tokens_to_generate=50, question_separator="", min_items=1)
+    for target in (700, 701, 1000, 700):  # the last one starts from the first one's cached n
+        budget = target - 50
+        sizes = [sum(map(len, contract._render(tiny.tokenizer, task, body(n), False, 0))) for n in range(1, 400)]
+        largest = max(n for n, s in zip(range(1, 400), sizes) if s <= budget)
+        built = contract.build_prompt(tiny.tokenizer, target, None, task)
+        assert built.text == body(largest) and built.prompt.input_tokens == sizes[largest - 1]

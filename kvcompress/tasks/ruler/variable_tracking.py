@@ -5,8 +5,9 @@ scripts/data/synthetic/variable_tracking.py). Written from reading RULER; the te
 A chain `VAR A = 12345`, `VAR B = VAR A `, ... (five variables of five capitals) is spread at random lines of RULER's
 noise paragraph (one per line, lines joined by " "); the question gives the number, the answer must name the five
 variables (string_match_all). As RULER's default (`add_fewshot`), a solved example opens the prompt: a chain of
-three-capital variables in 15 noise lines (the size RULER's own search reaches for its 500-token example) with RULER's
-whitespace-collapsed template, whose base-template cut drops the question's last word ("above."), and its answer.
+three-capital variables in 10 noise lines (where RULER's own search for its 500-token example stops on the Qwen3
+tokenizer: 15 lines make 485 tokens, + 30 > 500) with RULER's whitespace-collapsed template, whose base-template cut
+drops the question's last word ("above."), and its answer.
 
 Split as kvpress's RULER data: context = example + instruction + noise with the chain + "\\n"; question = "Question:
 Find all variables ..."; answer prefix after it. tokens_to_generate = 30. The noise is sized in sentences (the last
@@ -29,7 +30,7 @@ INSTRUCTION = "Memorize and track the chain(s) of variable assignment hidden in 
 QUESTION = "Question: Find all variables that are assigned the value {query} in the text above."
 ANSWER_PREFIX = ("Answer: According to the chain(s) of variable assignment in the text above, {num_v} variables are "
                  "assgined the value {query}, they are: ")
-EXAMPLE_NOISES = 15
+EXAMPLE_NOISES = 10  # RULER's search (5 lines a step while example + 30 < 500 tokens) stops at 10 on Qwen3
 
 
 def chain(rng: random.Random, letters: int, hops: int = HOPS) -> tuple[list[str], list[str], str]:
