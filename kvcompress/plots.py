@@ -136,8 +136,8 @@ def accuracy_vs_kv(points: list[dict], path: Path, title: str) -> Path:
     after the context (measured; every method at the same positions), y = mean score over every task and trial; a
     hollow marker at the live bytes where a cache holds more than attention sees (hf-engine DMS masks, reclaims
     nothing); the methods no other beats on both axes at that length (by held bytes) are joined by a line. `points`:
-    dicts with method, target_tokens, kv_bytes, kv_live_bytes, score, n. The PNG's 'Description' text chunk holds
-    the points as JSON."""
+    dicts with method, target_tokens, kv_bytes, kv_live_bytes, score, n, and optionally low and high (the score's
+    95 % interval, drawn as an error bar). The PNG's 'Description' text chunk holds the points as JSON."""
     contexts = sorted({p["target_tokens"] for p in points})
     methods = list(dict.fromkeys(p["method"] for p in points))
     cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
@@ -147,6 +147,9 @@ def accuracy_vs_kv(points: list[dict], path: Path, title: str) -> Path:
         for p in (p for p in points if p["method"] == method):
             marker = markers[contexts.index(p["target_tokens"]) % len(markers)]
             ax.scatter(p["kv_bytes"] / MIB, p["score"], color=cmap(m_i % cmap.N), s=46, zorder=3, marker=marker)
+            if p.get("low") is not None:
+                ax.errorbar(p["kv_bytes"] / MIB, p["score"], yerr=[[p["score"] - p["low"]], [p["high"] - p["score"]]],
+                            color=cmap(m_i % cmap.N), linewidth=1, capsize=3, zorder=2)
             live = p.get("kv_live_bytes")
             if live is not None and live != p["kv_bytes"]:  # a cache holding more than attention sees: both shown
                 ax.scatter(live / MIB, p["score"], facecolors="none", edgecolors=cmap(m_i % cmap.N), s=46, zorder=3,
@@ -169,7 +172,7 @@ def accuracy_vs_kv(points: list[dict], path: Path, title: str) -> Path:
                 label=f"frontier at {_tokens_label(n)} tokens")
     ax.set_xscale("log")
     ax.set_xlabel("median KV bytes held after the context (MiB, measured; hollow: live; log scale)")
-    ax.set_ylabel("mean score over tasks and trials")
+    ax.set_ylabel("mean score over tasks and trials" + (" (bars: 95 % CI)" if any("low" in p for p in points) else ""))
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)

@@ -539,3 +539,46 @@ def print_tasks(summaries, records: list[BenchmarkResult], title: str, console: 
                           f"{escape(','.join(r.expected or []))}: {escape(repr((r.answer or '')[:90]))}")
     if any(r.weights == "random" for r in records):
         console.print("[yellow]weights: random — speed and memory are real; answers are noise.[/yellow]")
+
+
+# --- quality: scores with intervals, differences from vanilla (quality.py, stats.py) --------------------------------
+
+def _pm(it) -> str:
+    """A score x100 with its 95 % interval: '91.3 [86.5, 94.6]'."""
+    return f"{100 * it.estimate:.1f} [{100 * it.low:.1f}, {100 * it.high:.1f}]"
+
+
+def _delta(it) -> str:
+    """method - vanilla x100 with its interval; '*' marks an interval that excludes 0 (a measured difference)."""
+    if it is None:
+        return "—"
+    return f"{100 * it.estimate:+.1f} [{100 * it.low:+.1f}, {100 * it.high:+.1f}]" + (" *" if it.excludes_zero else "")
+
+
+def quality_table(rows, title: str) -> Table:
+    """quality.quality_rows: one row per (task, method, context), then the averages over tasks."""
+    table = Table(title=title, title_justify="left")
+    for name in ("task", "context", "method", "score x100 [95 % CI]", "n", "vs vanilla [95 % CI]", "errors"):
+        table.add_column(name, justify="left" if name in ("task", "method") else "right")
+    last = None
+    for row in rows:
+        if last is not None and (row.task, row.tasks > 1) != last:
+            table.add_section()
+        last = (row.task, row.tasks > 1)
+        task = f"{row.task} ({row.tasks} tasks)" if row.tasks > 1 else row.task
+        table.add_row(escape(task), f"{row.context:,}", escape(row.method), _pm(row.score), str(row.score.n),
+                      _delta(row.vs_vanilla), str(row.errors) if row.errors else "")
+    return table
+
+
+def print_quality(rows, title: str, console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(quality_table(rows, title))
+    methods = sorted({r.score.method for r in rows})
+    console.print("score: RULER's metric x100, mean over samples; [95 % CI]: "
+                  + ", ".join({"wilson": "Wilson's interval for 0/1 scores",
+                               "bootstrap": "percentile bootstrap over samples (2,000 resamples, seed 0) for "
+                                            "fractional scores and for averages over tasks (resampled within each "
+                                            "task)"}[m] for m in methods)
+                  + ". vs vanilla: mean difference on the same samples, paired bootstrap; * = its interval excludes 0. "
+                  "Averages weigh every task the same (RULER's, kvpress's leaderboard).")

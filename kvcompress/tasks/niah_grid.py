@@ -46,7 +46,8 @@ def prompt_id(kind: str, count: int, haystack: str, thinking: bool, trial: int) 
 def task_prompt_id(family: str, questions: int, haystack: str | None, thinking: bool, trial: int) -> str:
     """A tasks/families.py context; with --questions K each record adds /q<i>."""
     name = f"{family}x{questions}q" if questions > 1 else family
-    return f"{name}/{haystack or 'own-list'}/{'think' if thinking else 'no-think'}/trial{trial}"
+    haystack = haystack or ("ruler" if family in families.RULER.split(",") else "own-list")  # RULER's own haystacks
+    return f"{name}/{haystack}/{'think' if thinking else 'no-think'}/trial{trial}"
 
 
 def grid_cells(contexts: list[int], depths: list[float], trials: int, *, kind: str, count: int, haystack: str,
