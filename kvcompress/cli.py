@@ -229,6 +229,9 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
     if any(m.needs_dms_checkpoint for m in methods):
         models.resolve_spec(args.dms_model)  # an unknown --dms-model fails now, even where the main model serves
     dms_spec = models.resolve_spec(args.dms_model) if loads_dms else None
+    if spec.name == "tiny" and dms_spec is not None and dms_spec.name == "dms-8x" and not dms_model_given:
+        raise UserError("dms-8x-remote on the tiny preset runs a DMS checkpoint's own code: add --dms-model tiny-dms "
+                        "(the tiny DMS fixture; the default, dms-8x, is the 8B checkpoint: GPU, flash-attn, the Hub)")
     # an unknown, unreachable or incomplete model fails now, not after the other methods ran
     for needed in filter(None, (spec if any(not m.needs_dms_checkpoint for m in methods) else None, dms_spec)):
         _check_reachable(needed, random_weights=args.random_weights)
@@ -307,7 +310,12 @@ def main(fn):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("interrupted: every finished record is already in the output file", file=sys.stderr)
+            from kvcompress.results import files_written
+
+            written = files_written()
+            print("interrupted: every finished record is already in the output file (" + ", ".join(map(str, written))
+                  + ")" if written else "interrupted before any record was finished: no result file was written",
+                  file=sys.stderr)
             return 130
         except Exception as exc:  # noqa: BLE001 - last resort: still one line, details on request
             if os.environ.get("KVCOMPRESS_DEBUG"):

@@ -29,6 +29,8 @@ class KVState:
     positions: int  # sequence positions the cache has seen (context, or context + question + output)
     # live tokens per layer and kv head, where heads keep different counts (DMS paged cache); None elsewhere
     tokens_per_head: list[list[int]] | None = None
+    # a quantized cache's bytes by part: {"data": codes, "scales": scales + zero points, "window": bf16 tokens}
+    parts: dict | None = None
 
     @property
     def tokens_kept(self) -> float:

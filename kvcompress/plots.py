@@ -133,9 +133,11 @@ def retrieval_heatmap(cells: dict[tuple[int, float], tuple[int, int]], path: Pat
 
 def accuracy_vs_kv(points: list[dict], path: Path, title: str) -> Path:
     """Pareto view of quality at equal memory: one marker per method and context length, x = median KV bytes held
-    after the prefill (measured), y = mean score over every task and trial; the methods no other beats on both axes
-    at that length are joined by a line. `points`: dicts with method, target_tokens, kv_bytes, score, n. The PNG's
-    'Description' text chunk holds the points as JSON."""
+    after the context (measured; every method at the same positions), y = mean score over every task and trial; a
+    hollow marker at the live bytes where a cache holds more than attention sees (hf-engine DMS masks, reclaims
+    nothing); the methods no other beats on both axes at that length (by held bytes) are joined by a line. `points`:
+    dicts with method, target_tokens, kv_bytes, kv_live_bytes, score, n, and optionally low and high (the score's
+    95 % interval, drawn as an error bar). The PNG's 'Description' text chunk holds the points as JSON."""
     contexts = sorted({p["target_tokens"] for p in points})
     methods = list(dict.fromkeys(p["method"] for p in points))
     cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
@@ -143,9 +145,21 @@ def accuracy_vs_kv(points: list[dict], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for m_i, method in enumerate(methods):
         for p in (p for p in points if p["method"] == method):
-            ax.scatter(p["kv_bytes"] / MIB, p["score"], color=cmap(m_i % cmap.N), s=46, zorder=3,
-                       marker=markers[contexts.index(p["target_tokens"]) % len(markers)])
+            marker = markers[contexts.index(p["target_tokens"]) % len(markers)]
+            ax.scatter(p["kv_bytes"] / MIB, p["score"], color=cmap(m_i % cmap.N), s=46, zorder=3, marker=marker)
+            if p.get("low") is not None:
+                ax.errorbar(p["kv_bytes"] / MIB, p["score"], yerr=[[p["score"] - p["low"]], [p["high"] - p["score"]]],
+                            color=cmap(m_i % cmap.N), linewidth=1, capsize=3, zorder=2)
+            live = p.get("kv_live_bytes")
+            if live is not None and live != p["kv_bytes"]:  # a cache holding more than attention sees: both shown
+                ax.scatter(live / MIB, p["score"], facecolors="none", edgecolors=cmap(m_i % cmap.N), s=46, zorder=3,
+                           marker=marker)
+                ax.plot([live / MIB, p["kv_bytes"] / MIB], [p["score"]] * 2, color=cmap(m_i % cmap.N),
+                        linestyle=":", linewidth=1, zorder=2)
         ax.scatter([], [], color=cmap(m_i % cmap.N), marker="o", label=method)
+    if any(p.get("kv_live_bytes") not in (None, p["kv_bytes"]) for p in points):
+        ax.scatter([], [], facecolors="none", edgecolors="gray", marker="o",
+                   label="hollow: live bytes, where fewer than held (dotted to held)")
     for c_i, n in enumerate(contexts):
         at = sorted((p for p in points if p["target_tokens"] == n), key=lambda p: (p["kv_bytes"], -p["score"]))
         front, best = [], -1.0
@@ -157,8 +171,8 @@ def accuracy_vs_kv(points: list[dict], path: Path, title: str) -> Path:
                 linestyle="-", zorder=2, marker=markers[c_i % len(markers)], markerfacecolor="none",
                 label=f"frontier at {_tokens_label(n)} tokens")
     ax.set_xscale("log")
-    ax.set_xlabel("median KV bytes held after the prefill (MiB, measured; log scale)")
-    ax.set_ylabel("mean score over tasks and trials")
+    ax.set_xlabel("median KV bytes held after the context (MiB, measured; hollow: live; log scale)")
+    ax.set_ylabel("mean score over tasks and trials" + (" (bars: 95 % CI)" if any("low" in p for p in points) else ""))
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)

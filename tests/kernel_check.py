@@ -75,6 +75,8 @@ def main() -> int:
         b = kernels.decode_attention(q, keys, values, length, valid, D ** -0.5, torch.empty(B, Hq, D))
         check("decode_attention" + (" (masked)" if masked else ""), rel_err(a, b))
 
+    fp8_checks(check, B, Hq, Hkv, D, S)
+
     # silu_mul
     args, twin, a, b = run_both(lambda gu, o: kernels.silu_mul(gu, o), torch.randn(B, 2 * I), torch.empty(B, I))
     check("silu_mul", rel_err(a, b))
@@ -83,6 +85,50 @@ def main() -> int:
     return 1 if failures else 0
 
 
+
+
+def fp8_checks(check, B, Hq, Hkv, D, S) -> None:
+    """An fp8 cache: the store's e4m3 codes bit for bit, and the attention that dequantizes them, against the twins;
+    scales per sequence (one per layer) and per kv head, batch 2."""
+    from kvcompress.methods import quant
+
+    B = 2
+    for per in (1, Hkv):
+        scales = (torch.rand(B, per) * 0.05 + 0.01, torch.rand(B, per) * 0.05 + 0.01)
+        qn, kn = torch.randn(D), torch.randn(D)
+        angle = torch.randn(B, D // 2)
+        cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+        slot = torch.tensor([37])
+        qkv = torch.randn(B, (Hq + 2 * Hkv) * D) * 3
+        qkv[0, -1] = 1e4  # saturates
+        args, twin, a, b = run_both(
+            lambda x, k, v, q: kernels.qk_norm_rope_store(x, qn, kn, 1e-6, cos, sin, k, v, None, slot, q,
+                                                          scales=scales),
+            qkv, torch.zeros(B, Hkv, S, D, dtype=quant.FP8), torch.zeros(B, Hkv, S, D, dtype=quant.FP8),
+            torch.empty(B, Hq, D))
+        tag = f"fp8 store ({'layer' if per == 1 else 'head'} scales)"
+        check(tag + " q", rel_err(a, b))
+        # keys: the kernel's RoPE may differ from the twin's in the last bit, which can move a key across an e4m3
+        # rounding boundary: then by one step at most, and rarely; values are copied, so their codes are exact
+        kd = (args[1].float() - twin[1].float()).abs()
+        step = 2.0 ** (torch.floor(torch.log2(twin[1].float().abs().clamp_min(2.0**-6))) - 3)
+        check(tag + " key codes one step at most", float((kd > step * 1.0001).sum()))
+        check(tag + " key codes differ (fraction)", float((kd > 0).float().mean()), tol=0.01)
+        check(tag + " value codes differ", float((args[2].view(torch.uint8) != twin[2].view(torch.uint8)).sum()))
+        check(tag + " written", 1.0 - float(args[1][:, :, 37].float().abs().sum() > 0))
+        check(tag + " saturated", 1.0 - float(args[2].float().abs().max() == 448.0))
+        keys = quant.fp8_quantize(torch.randn(B, Hkv, S, D), torch.ones(B, 1, 1, 1) * 0.01)
+        values = quant.fp8_quantize(torch.randn(B, Hkv, S, D), torch.ones(B, 1, 1, 1) * 0.01)
+        q = torch.randn(B, Hq, D)
+        length = torch.tensor([123])
+        splits = 3
+        ws = kernels.attention_workspace(B, Hq, D, splits, "cpu")
+        kernels.FORCE_TRITON = True
+        a = kernels.decode_attention(q, keys, values, length, None, D ** -0.5, torch.empty(B, Hq, D), splits, ws,
+                                     scales=scales)
+        kernels.FORCE_TRITON = False
+        b = kernels.decode_attention(q, keys, values, length, None, D ** -0.5, torch.empty(B, Hq, D), scales=scales)
+        check(f"fp8 decode_attention ({'layer' if per == 1 else 'head'} scales)", rel_err(a, b))
 
 
 def dms_checks(check) -> None:
@@ -183,7 +229,7 @@ def engine_check(steps: int = 10) -> int:
     prompt = niah.build_prompt(lm.tokenizer, 300, 0.5, niah.make_needle("single", 1)).prompt
     settings = GenerationSettings(steps, SamplingConfig(greedy=True))
     status = 0
-    for name in ("vanilla", "adakv+snapkv@0.5"):
+    for name in ("vanilla", "adakv+snapkv@0.5", "knorm@0.5+fp8"):
         method = parse_method(name)
         kernels.FORCE_TRITON = False
         reference = generate_once(lm, method, prompt, settings, HFDecoder()).token_ids
@@ -196,13 +242,14 @@ def engine_check(steps: int = 10) -> int:
     from kvcompress.tasks.cell import Cell
 
     prompts = Cell(target_tokens=300, needle_seed=1).build_batch(lm.tokenizer, 2)[0]
-    method = parse_method("knorm@0.5")
-    kernels.FORCE_TRITON = False
-    reference = [generate_once(lm, method, p, settings, HFDecoder()).token_ids for p in prompts]
-    kernels.FORCE_TRITON = True
-    fast = generate_batch(lm, method, prompts, settings, FastDecoder(lm)).batch_token_ids
-    print(f"batch knorm@0.5 x2: hf alone {reference} fast batched {fast}")
-    status |= reference != fast
+    for name in ("knorm@0.5", "fp8"):  # fp8: each row its own scales
+        method = parse_method(name)
+        kernels.FORCE_TRITON = False
+        reference = [generate_once(lm, method, p, settings, HFDecoder()).token_ids for p in prompts]
+        kernels.FORCE_TRITON = True
+        fast = generate_batch(lm, method, prompts, settings, FastDecoder(lm)).batch_token_ids
+        print(f"batch {name} x2: hf alone {reference} fast batched {fast}")
+        status |= reference != fast
     return status
 
 
@@ -266,7 +313,8 @@ def engine_gpu_check(steps: int = 24) -> int:
     prompts = Cell(target_tokens=400, needle_seed=0).build_batch(lm.tokenizer, 3)[0]  # as tests/test_batch.py
     decoder, status = FastDecoder(lm), 0
     for sampling in (SamplingConfig(greedy=True), SamplingConfig(temperature=8.0, seed=5)):
-        for name in ("vanilla", "knorm@0.5", "adakv+snapkv@0.5", "pyramidkv@0.5"):  # plain, shrink, mask, uneven
+        for name in ("vanilla", "knorm@0.5", "adakv+snapkv@0.5", "pyramidkv@0.5",  # plain, shrink, mask, uneven
+                     "fp8", "knorm@0.5+fp8"):  # fp8 buffers, stored and read by the kernels
             method = parse_method(name)
             own = [GenerationSettings(steps, replace(sampling, seed=sampling.seed + b)) for b in range(3)]
             hf = [generate_once(lm, method, p, s, HFDecoder()).token_ids for p, s in zip(prompts, own)]

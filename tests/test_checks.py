@@ -162,3 +162,71 @@ def test_one_slow_repeat_of_the_default_run_does_not_fail_the_noise_check():
     samples = [0.300] * (repeats - 1) + [0.325]  # one repeat 8 % slower
     assert iqr(samples) / median(samples) < checks.NOISE_LIMIT
     assert iqr([0.300, 0.301, 0.302, 0.303, 0.325]) == pytest.approx(0.303 - 0.301)
+
+
+def _dms_pair(dms_positions: int, kv_positions):
+    """A hand-made vanilla + native-DMS (hf engine: masked) pair at 124 context tokens of 256 input; the tiny
+    architecture: 2 layers x 2 kv heads x head_dim 8 in float32, 256 B per token, 64 B per (layer, head) entry."""
+    from kvcompress.results import BenchmarkResult
+
+    common = dict(model="tiny", weights="random", context_tokens=124, input_tokens=256, target_tokens=256,
+                  dtype="float32", engine="hf", max_new_tokens=8, task="benchmark")
+    vanilla = BenchmarkResult(method="vanilla", kv_cache_bytes=124 * 256, kv_cache_bytes_full=124 * 256,
+                              kv_live_bytes=124 * 256, kv_positions=124, **common)
+    dms = BenchmarkResult(method="dms-8x", dms_impl="native", kv_tokens_per_head=[[30, 31], [40, 35]],
+                          kv_live_bytes=136 * 64, kv_cache_bytes=dms_positions * 256,
+                          kv_cache_bytes_full=dms_positions * 256, kv_positions=kv_positions, **common)
+    return {"architecture": {"layers": 2, "kv_heads": 2, "head_dim": 8}, "device": "cpu"}, [vanilla, dms]
+
+
+def test_the_dms_line_names_each_ratio_by_what_it_divides():
+    """check printed 'dms-8x ... 0.1328 of vanilla' for live / DMS's own full cache over 256 positions: by hand,
+    live / vanilla's held bytes is 136 entries x 64 B / (124 tokens x 256 B) = 8704 / 31744 = 0.2742."""
+    run, results = _dms_pair(124, 124)
+    kv = checks.run_checks(run, results)[0]
+    line = next(line for line in kv.lines if "dms-8x" in line)
+    assert kv.passed is True, kv.lines
+    assert f"live / vanilla held {8704 / 31744:.4f}" in line and "held / vanilla held 1.0000" in line, line
+    assert "124 positions x 256 B (mask, no reclaim) (exact)" in line
+    # a file from before kv_positions: DMS read after context + question, and the line says so
+    run, results = _dms_pair(256, None)
+    line = next(line for line in checks.run_checks(run, results)[0].lines if "dms-8x" in line)
+    assert f"live / vanilla held {8704 / 31744:.4f}" in line and "held / vanilla held 2.0645" in line, line
+    assert "(measured after 256 positions, vanilla after 124)" in line
+
+
+def _press_records(context_tokens: int, kept: dict, **fields):
+    """Hand-made vanilla + press records on one prompt (tiny architecture: 256 B per token)."""
+    from kvcompress.results import BenchmarkResult
+
+    common = dict(model="tiny", weights="random", context_tokens=context_tokens, input_tokens=context_tokens + 10,
+                  target_tokens=256, dtype="float32", engine="hf", task="benchmark", **fields)
+    records = [BenchmarkResult(method="vanilla", kv_cache_bytes=context_tokens * 256, **common)]
+    for method, (ratio, tokens) in kept.items():
+        records.append(BenchmarkResult(method=method, compression_ratio=ratio, expected_memory="real",
+                                       kv_cache_bytes=tokens * 256, kv_memory_saved=True, **common))
+    return records
+
+
+RUN = {"architecture": {"layers": 2, "kv_heads": 2, "head_dim": 8}, "device": "cpu"}
+
+
+def test_a_press_is_held_to_kvpress_s_own_rounding():
+    """knorm@0.875 on 124 tokens keeps int(124 x 0.125) = 15 (kvpress's compute_n_kept): 0.1210 of vanilla, which
+    the 1 % band around 0.125 called a FAIL; one token more or less is a FAIL."""
+    assert checks.kvpress_kept(124, 0.875) == 15 and checks.kvpress_kept(3, 0.9) == 1
+    kv = checks.run_checks(RUN, _press_records(124, {"knorm@0.875": (0.875, 15), "knorm@0.5": (0.5, 62)}))[0]
+    assert kv.passed is True, kv.lines
+    assert "kvpress keeps int(124 x 0.125) = 15 tokens; held 15) ok" in kv.lines[1]
+    for wrong in (14, 16):
+        assert checks.run_checks(RUN, _press_records(124, {"knorm@0.875": (0.875, wrong)}))[0].passed is False
+
+
+def test_each_prompt_is_checked_against_its_own_vanilla():
+    """A long-context file: two tasks at one length, 892 and 902 context tokens; knorm@0.5 of the second held 451
+    tokens, which against the first prompt's vanilla (892) read as 0.5056 of vanilla: a FAIL."""
+    records = (_press_records(892, {"knorm@0.5": (0.5, 446)}, task_family="niah", prompt_id="niah/0")
+               + _press_records(902, {"knorm@0.5": (0.5, 451)}, task_family="vt", prompt_id="vt/0"))
+    kv = checks.run_checks(RUN, records)[0]
+    assert kv.passed is True, kv.lines
+    assert [line.split(":")[0] for line in kv.lines] == ["256 niah/0"] * 2 + ["256 vt/0"] * 2

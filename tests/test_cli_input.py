@@ -13,7 +13,7 @@ import benchmark
 import test_long_context
 from kvcompress import cli, models
 
-from conftest import one_line_error
+from conftest import held_by_another_process, one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["benchmark.py", "test_kvpress_api.py", "test_dms_inference.py", "test_long_context.py"]
@@ -90,6 +90,44 @@ def test_resume_with_other_settings_or_another_script_is_refused(finished, capsy
     assert finished.read_bytes() == before
 
 
+def test_a_run_onto_a_file_another_run_writes_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    """Two runs with one --out used to both exit 0, the file holding the second run's records only."""
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(models, "load", no_load)
+    out = tmp_path / "run.json"
+    with held_by_another_process(out):
+        assert benchmark.main(ARGV + ["--out", str(out)]) == 2
+    assert "is being written by another run" in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_a_run_in_which_every_cell_failed_exits_non_zero(tmp_path, capsys, monkeypatch):
+    """Every cell an error record: the run used to exit 0, so a CI step passed on a run that measured nothing."""
+    from kvcompress.run import one_cell
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(one_cell, "measure", broken)
+    out = tmp_path / "run.json"
+    assert benchmark.main(ARGV + ["--out", str(out)]) == 1
+    assert "no cell produced a figure" in capsys.readouterr().out
+    assert [r["error"] for r in json.loads(out.read_text())["results"]] == ["RuntimeError: boom"] * 2
+
+
+def test_ctrl_c_before_the_first_record_does_not_claim_a_file(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models, "load", interrupted)
+    out = tmp_path / "run.json"
+    assert benchmark.main(ARGV + ["--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "interrupted before any record was finished: no result file was written" and not out.exists()
+
+
 def test_the_model_names_in_help_are_the_registered_ones():
     assert set(cli.MODEL_NAMES) == set(models.MODELS)
 
@@ -123,3 +161,32 @@ def test_the_context_column_names_every_row_by_its_target_and_shows_a_different_
     vanilla, dms = (next(line for line in text.splitlines() if line.startswith(f"│ {m}")) for m in ("vanilla", "dms-8x"))
     assert "512 (511 measured)" in vanilla and "512" in dms and "511" not in dms
     assert "dms-8x @ 512 tok: boom" in text
+
+
+def test_dms_8x_remote_on_the_tiny_preset_names_the_tiny_checkpoint(tmp_path, capsys):
+    """It used to reach for the 8B checkpoint: 'the Hub is unreachable ... set HF_HUB_OFFLINE=1' (offline: a
+    flash-attn error after the other methods ran), where the answer is --dms-model tiny-dms."""
+    assert benchmark.main(["--preset", "tiny", "--methods", "vanilla,dms-8x-remote",
+                           "--out", str(tmp_path / "o.json")]) == 2
+    assert "add --dms-model tiny-dms" in one_line_error(capsys)
+    assert not (tmp_path / "o.json").exists()
+
+
+def test_the_tables_have_a_legend_for_each_column_group():
+    """benchmark.py's and test_dms_inference.py's tables had no legend: one line per column group under each."""
+    import io
+
+    from rich.console import Console
+
+    from kvcompress import report
+    from kvcompress.results import BenchmarkResult
+
+    r = BenchmarkResult(model="tiny", weights="pretrained", method="dms-8x", target_tokens=256, input_tokens=256,
+                        ttft_s=0.1, kv_cache_bytes=2**20, kv_live_bytes=2**19, kv_cache_bytes_full=2**20)
+    console = Console(width=300, record=True, file=io.StringIO())
+    report.print_results([r], "t", console)
+    report.print_side_by_side([r], "t", console)
+    printed = console.export_text()
+    for words in ("TTFT:", "TPOT:", "peak prefill / decode:", "KV held / live:", "evicted:", "mem saved:",
+                  "input: context + question", "KV held: bytes", "live ratio =", "vanilla / held ="):
+        assert words in printed, words

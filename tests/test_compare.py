@@ -311,3 +311,20 @@ def test_the_command_line_refuses_a_truncated_file_without_a_traceback(baseline,
     err = capsys.readouterr().err
     assert err.startswith(f"error: {truncated}: not valid JSON") and len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("edit", ["empty", "another_script"])
+def test_a_gate_that_compared_nothing_fails(cpu_baseline, tmp_path, capsys, edit):
+    """--fail-on-regression exited 0 when B was empty or from another script: a CI gate passed on nothing."""
+    def change(data):
+        if edit == "empty":
+            data["results"] = []
+        for r in data["results"]:
+            r["task"] = "kvpress_api"
+
+    b = variant(cpu_baseline, tmp_path, change)
+    code, report, printed = compare(capsys, tmp_path, cpu_baseline, b, "--fail-on-regression")
+    assert code == 1 and report["cells"] == []
+    assert "no cell of" in printed and "nothing was compared" in printed
+    code, _, _ = compare(capsys, tmp_path, cpu_baseline, b)  # without the gate: a report, exit 0
+    assert code == 0

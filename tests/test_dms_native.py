@@ -275,7 +275,8 @@ def test_dms_impl_remote_maps_the_method():
     from kvcompress import cli
     from kvcompress.errors import UserError
 
-    args = cli.parser("t", "t").parse_args(["--preset", "tiny", "--methods", "vanilla,dms-8x", "--dms-impl", "remote"])
+    args = cli.parser("t", "t").parse_args(["--preset", "tiny", "--methods", "vanilla,dms-8x", "--dms-impl", "remote",
+                                            "--dms-model", "tiny-dms"])
     assert [m.name for m in cli.resolve(args, "t").methods] == ["vanilla", "dms-8x-remote"]
     args = cli.parser("t", "t").parse_args(["--preset", "tiny", "--methods", "dms-8x[evict=0.5]", "--dms-impl",
                                             "remote"])
@@ -350,9 +351,39 @@ def test_a_batch_record_on_the_hf_engine_passes_the_kv_bytes_check(tmp_path, tin
     r = next(r for r in results if r.method == "dms-8x")
     assert r.error is None and r.batch == 2 and r.aggregate_decode_tokens_per_s and r.dms_layout == "mask, no reclaim"
     vanilla = next(r for r in results if r.method == "vanilla")
-    assert r.kv_cache_bytes == r.kv_cache_bytes_full >= vanilla.kv_cache_bytes  # context + question of each
+    # at the same positions as vanilla's, each sequence's context: held (masked, nothing reclaimed) = vanilla's
+    assert r.kv_cache_bytes == r.kv_cache_bytes_full == vanilla.kv_cache_bytes and r.kv_positions == vanilla.kv_positions
     assert r.kv_live_bytes < r.kv_cache_bytes
     kv_check = checks.run_checks(run, results)[0]
     assert kv_check.passed is True, kv_check.lines
     r.kv_cache_bytes += 2 * tiny.model.config.head_dim * tiny.model.dtype.itemsize
     assert checks.run_checks(run, results)[0].passed is False
+
+
+@pytest.mark.parametrize("engine", ["hf", "fast"])
+def test_dms_kv_is_read_after_the_context_as_every_other_method_s(tiny, long_prompt, engine):
+    """Every method's KV bytes at the same positions: vanilla's are read after the context; DMS's timed prefill takes
+    the question too (one prefill per cache) and was read after it, so on the tiny run dms-8x 'held' more than
+    vanilla (0.5 vs 0.2 MiB at 256). Its bytes now come after the context alone: held by formula (hf: every
+    position, masked; fast: live + the reserve), live = what the brute-force reference keeps of the context."""
+    from kvcompress.engine.fast.decoder import FastDecoder
+
+    decoder = HFDecoder() if engine == "hf" else FastDecoder(tiny)
+    settings = GenerationSettings(9, SamplingConfig(greedy=True))
+    params = dms.DMSParams.from_config(tiny.model.config)
+    r = measure(tiny, dataclasses.replace(parse_method("dms-8x"), params=params), long_prompt, settings, decoder,
+                repeats=1, warmup=False)
+    vanilla = measure(tiny, parse_method("vanilla"), long_prompt, settings, decoder, repeats=1, warmup=False)
+    c = tiny.model.config
+    n, heads = long_prompt.context_tokens, c.num_hidden_layers * c.num_key_value_heads
+    entry = 2 * c.head_dim * tiny.model.dtype.itemsize  # K and V of one token of one kv head
+    assert vanilla.kv_cache_bytes == n * heads * entry
+    reference = BruteForceDMS(tiny.model, params.window, params.alpha_scale, params.alpha_offset)
+    _, want = reference.forward(long_prompt.context_ids[0].tolist())
+    assert r.kv_tokens_per_head == [[len(h) for h in layer] for layer in want]
+    live = sum(map(sum, r.kv_tokens_per_head))
+    assert r.kv_live_bytes == live * entry < vanilla.kv_cache_bytes  # DMS evicted inside the context
+    assert r.kv_compression_achieved == pytest.approx(1 - live / heads / n)
+    held = n * heads * entry if engine == "hf" else (live + (settings.max_new_tokens - 1) * heads) * entry
+    assert r.kv_cache_bytes == held
+    assert r.kv_cache_bytes_full == vanilla.kv_cache_bytes and r.kv_positions == vanilla.kv_positions == n

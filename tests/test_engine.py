@@ -136,3 +136,44 @@ def test_the_garbage_collector_never_runs_inside_a_measured_generation(run_metho
     run_method("vanilla", max_new_tokens=2, repeats=2)
     assert enabled_during == [False] * 3  # two timed repeats and the memory pass
     assert gc.isenabled()
+
+
+def test_a_method_s_own_random_draws_are_seeded_from_the_cell(tiny, tiny_prompt):
+    """leverage@0.75 sketches keys with an unseeded torch.randn: the same cell kept other tokens alone, in a sweep
+    (after other cells drew numbers) and after a resume. Each generation now seeds torch's generators from the
+    settings (a batch's sequence b with seed + b, as it samples) and restores them after."""
+    from kvcompress.engine import GenerationSettings
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.engine.generate import HFDecoder, generate_once
+    from kvcompress.methods import parse_method
+
+    class Spy(HFDecoder):  # the compressed cache each sequence hands to the decode
+        def admit(self, cache, copy=False, expected=1):
+            self.kept.append([layer.keys.clone() for layer in cache.layers])
+            return super().admit(cache, copy, expected)
+
+        def decode(self, lm, cache, *args, **kwargs):
+            self.kept.append([layer.keys.clone() for layer in cache.layers])
+            return super().decode(lm, cache, *args, **kwargs)
+
+    def kept(seed, before, batch=False):
+        torch.manual_seed(before)  # whatever ran before this cell
+        state = torch.get_rng_state()
+        spy = Spy()
+        spy.kept = []
+        settings = GenerationSettings(2, SamplingConfig(greedy=True, seed=seed))
+        if batch:
+            generate_batch(tiny, parse_method("leverage@0.75"), [tiny_prompt, tiny_prompt], settings, spy)
+        else:
+            generate_once(tiny, parse_method("leverage@0.75"), tiny_prompt, settings, spy)
+        assert torch.equal(torch.get_rng_state(), state)  # the caller's generator is left as it was
+        return spy.kept
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b))
+
+    alone = kept(0, before=1)[0]
+    assert same(alone, kept(0, before=2)[0]) and same(alone, kept(0, before=3)[0])
+    assert not same(alone, kept(1, before=1)[0])  # the seed does decide the sketch
+    rows = kept(0, before=4, batch=True)
+    assert same(rows[0], alone) and same(rows[1], kept(1, before=1)[0])  # row b: what seed + b keeps alone

@@ -207,3 +207,18 @@ def test_tiny_preset_runs_and_resume_skips_every_done_cell(tmp_path, capsys):
     assert test_long_context.main(argv + ["--resume"]) == 0
     assert capsys.readouterr().out.count("already in") == 4
     assert json.loads(out.read_text())["results"] == records
+
+
+def test_progress_lines_name_the_task_and_where_the_needle_really_is():
+    """test_long_context's lines did not say which task a cell belongs to (its tasks share lengths and depths), and
+    the tiny preset's 256-token line said 'depth 0.5' for a needle the sentence snap put at 0."""
+    from kvcompress.results import BenchmarkResult
+    from kvcompress.run.one_cell import progress_line
+
+    common = dict(model="tiny", weights="random", method="knorm@0.5", target_tokens=1024, input_tokens=1024,
+                  ttft_s=0.1, decode_tokens_per_s=10.0, kv_cache_bytes=2**20, kv_live_bytes=2**20,
+                  kv_tokens_kept=10.0, depth=0.5)
+    line = progress_line(BenchmarkResult(task="long_context", task_family="vt", depth_achieved=0.49, **common))
+    assert line.startswith("vt: knorm@0.5 @ 1024 tok, depth 0.5:"), line
+    line = progress_line(BenchmarkResult(task="benchmark", task_family="niah", depth_achieved=0.0, **common))
+    assert line.startswith("knorm@0.5 @ 1024 tok, depth 0.5 (reached 0: "), line

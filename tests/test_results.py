@@ -5,6 +5,7 @@ import json
 import pytest
 
 from kvcompress.errors import UserError
+from conftest import held_by_another_process
 from kvcompress.results import CONTRACT_FIELDS, BenchmarkResult, ResultFile, load, save
 
 CONTRACT = ["model", "weights", "method", "press", "compression_ratio", "context_tokens", "input_tokens",
@@ -132,3 +133,21 @@ def test_sequence_copies_that_do_not_add_up_to_the_batch_are_refused_in_one_line
     with pytest.raises(UserError, match="record 0 is malformed .*summing to the batch") as info:
         load(path)
     assert "\n" not in str(info.value)
+
+
+
+def test_a_second_writer_of_the_same_file_is_refused(tmp_path):
+    """Two runs naming one --out: the second is refused in one line (before, both ran and the file kept only the
+    last writer's records); once the first process ends, the file is free again."""
+    path = tmp_path / "r.json"
+    with held_by_another_process(path):
+        with pytest.raises(UserError, match="being written by another run"):
+            ResultFile(path, {})
+        with pytest.raises(UserError, match="being written by another run"):
+            ResultFile(path, {}, resume=True)
+    f = ResultFile(path, {})  # the holder is gone: its lock went with it
+    f.add(BenchmarkResult(model="m", weights="random", method="vanilla"))
+    again = ResultFile(path, {}, resume=True)  # the same process may reopen the file it writes
+    f.close()
+    again.close()
+    assert not (tmp_path / "r.json.lock").exists()  # no lock file left behind once every writer closed

@@ -300,5 +300,18 @@ def test_the_task_table_and_the_pareto_points_hold_the_same_median_kv_bytes():
     report.print_tasks(summaries, records, "t", console)
     printed = console.export_text()
     row = next(line for line in printed.splitlines() if "knorm@0.5" in line)
-    assert row.split("│")[3].strip() == "2.5", row  # method, vt @ 1,024 tok, KV held (MiB)
-    assert "KV held: median KV bytes" in printed
+    assert row.split("│")[3].strip() == "2.5", row  # method, vt @ 1,024 tok, KV held / live (MiB)
+    assert "KV held / live: median KV bytes" in printed
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_family_fits_the_tiny_presets_contexts(tiny, family):
+    """Issue 23 item 5: at 1K and 2K of the byte tokenizer every family is sized within 1 % (cwe drops its solved
+    example where it cannot hold it); a context that cannot hold even that names the smallest one."""
+    for target in (1024, 2048):
+        depth = None if family in families.HAYSTACK_FREE else 0.5
+        built = contract.build_prompt(tiny.tokenizer, target, depth, families.make(family, 0, 1))
+        assert abs(built.prompt.input_tokens - target) <= 0.01 * target
+    if family in ("cwe", "fwe"):
+        with pytest.raises(UserError, match=rf"{family} needs a context of at least \d+ tokens"):
+            contract.build_prompt(tiny.tokenizer, 200, None, families.make(family, 0, 1))

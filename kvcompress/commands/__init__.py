@@ -1,6 +1,6 @@
 """The commands: one module each, with its argument parser (`build_parser()`) and its run function (`run(args)`),
 dispatched from one table. The four scripts at the repository root each run one command; benchmark.py also takes
-compare, check and capacity in first position.
+compare, check, capacity and fidelity in first position.
 
 Every command module imports without torch, transformers or kvpress, so --help and a bad option answer at once:
 those are imported inside a command's `run`, once its arguments are good (the one place the package imports
@@ -12,7 +12,8 @@ from __future__ import annotations
 import sys
 
 from kvcompress import cli
-from kvcompress.commands import benchmark, capacity, checks, compare, dms_side_by_side, long_context, press_sweep
+from kvcompress.commands import (benchmark, capacity, checks, compare, dms_side_by_side, fidelity, long_context,
+                                 press_sweep)
 
 COMMANDS = {
     "benchmark": benchmark,  # benchmark.py
@@ -22,9 +23,10 @@ COMMANDS = {
     "capacity": capacity,  # benchmark.py capacity
     "compare": compare,  # benchmark.py compare
     "check": checks,  # benchmark.py check
+    "fidelity": fidelity,  # benchmark.py fidelity
 }
 # benchmark.py's subcommands: only in first position, so every benchmark option keeps its meaning
-SUBCOMMANDS = ("compare", "check", "capacity")
+SUBCOMMANDS = ("compare", "check", "capacity", "fidelity")
 
 
 def run_command(name: str, argv: list[str]) -> int:

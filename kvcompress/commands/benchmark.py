@@ -28,4 +28,4 @@ def run(args: argparse.Namespace) -> int:
     report.print_results(out.results, f"benchmark — {out.run.get('model')} ({out.run.get('weights')}), "
                          f"{cfg.settings.max_new_tokens} output tokens, {cfg.repeats} repeats")
     runner.console.print(f"wrote {cfg.out}")
-    return 0
+    return runner.exit_status(out)

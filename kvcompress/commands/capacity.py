@@ -55,4 +55,6 @@ def run(args: argparse.Namespace) -> int:
     figure = plots.aggregate_vs_batch(out.results, Path(cfg.out).with_suffix(".png"),
                                       f"aggregate decode vs batch — {out.run.get('model')}, budget {size_label(size)}")
     console.print(f"wrote {cfg.out} and {figure}")
-    return 0
+    from kvcompress.run.runner import exit_status
+
+    return exit_status(out)

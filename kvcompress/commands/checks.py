@@ -3,7 +3,9 @@
     uv run python benchmark.py check results/h200/benchmark-fast.json
 
 1. KV bytes: vanilla holds exactly context x bytes/token (summed over a batch's sequences); a real-shrink press
-   at ratio r holds (1 - r) of that within 1 %; a mask-only press holds 100 % and says so.
+   at ratio r holds (1 - r) of that within 1 %; a mask-only press holds 100 % and says so; a quantized cache
+   (fp8, int4, int2, alone or after a press) holds exactly its format's codes + scales + window for the tokens
+   kept, by part (methods/quant_spec.py's formula).
 2. Peak memory: weights, and the prefill's activation cost (peak - weights - KV) per context.
 3. Decode speed against the HBM roofline: bandwidth / bytes per step (x batch: one step gives each sequence a
    token); each method's speed-up over vanilla at the same batch against the speed-up its smaller KV predicts.
@@ -24,6 +26,7 @@ import argparse
 from dataclasses import dataclass, field
 
 from kvcompress.architecture import architecture_of
+from kvcompress.methods.quant_spec import spec_from_label
 from kvcompress.results import BenchmarkResult, load
 
 HBM_BANDWIDTH = 4.3e12  # bytes/s: H200 device-to-device copy, read + write (measured in this workplace)
@@ -88,15 +91,25 @@ def _known_architecture(model: str | None) -> dict | None:
 
 
 def _by_context(results):
-    """(label, records, vanilla record) per context and batch: a batch compares with vanilla at the same batch
-    (capacity records at a method's own max batch have no vanilla beside them; longest-context records are left
-    out: they hold no measurement)."""
+    """(label, records, vanilla record) per context, batch and prompt: each record compares with vanilla on its own
+    prompt at the same batch (a long-context file holds several tasks, depths and trials per length, each its own
+    context; capacity records at a method's own max batch have no vanilla beside them; longest-context records are
+    left out: they hold no measurement). The label names the prompt where a length has several."""
+    def prompt(r):
+        return (r.task_family or "", r.prompt_id or "", r.depth, r.needle or "")
+
     keys = sorted({(r.target_tokens or r.input_tokens, r.batch) for r in results if r.task != "capacity_context"})
     for c, batch in keys:
         cell = [r for r in results if (r.target_tokens or r.input_tokens) == c and r.batch == batch
                 and r.task != "capacity_context"]
-        vanilla = next((r for r in cell if r.method == "vanilla"), None)
-        yield (str(c) if batch == 1 else f"{c} x{batch}"), cell, vanilla
+        prompts = list(dict.fromkeys(prompt(r) for r in cell))
+        for p in prompts:
+            group = [r for r in cell if prompt(r) == p]
+            vanilla = next((r for r in group if r.method == "vanilla"), None)
+            label = str(c) if batch == 1 else f"{c} x{batch}"
+            if len(prompts) > 1:
+                label += f" {p[1] or p[0]}" + (f" depth {p[2]:g}" if p[2] is not None else "")
+            yield label, group, vanilla
 
 
 def _context_tokens(record) -> int:
@@ -129,8 +142,11 @@ def _kv_bytes(results, arch) -> Check:
                                f"{vanilla.kv_cache_bytes / tokens:,.0f} B "
                                f"({'exact' if exact else f'expected {expected:,}'})")
         for r in cell:
+            if r.kv_quant and arch:
+                check.passed &= _quant_bytes(check, context, r, arch)
+                continue
             if r.dms_impl == "native" and r.kv_tokens_per_head and per_token:
-                check.passed &= _dms_bytes(check, context, r, per_token)
+                check.passed &= _dms_bytes(check, context, r, per_token, vanilla)
                 continue
             if r.method == "vanilla" or r.compression_ratio is None:
                 continue
@@ -139,18 +155,66 @@ def _kv_bytes(results, arch) -> Check:
                 good = abs(share - 1) < 1e-9 and r.kv_memory_saved is False
                 verdict = "mask-only: full size, flagged mem saved = no" if good else "mask-only press changed size"
             else:
-                good = abs(share - (1 - r.compression_ratio)) <= 0.01 * (1 - r.compression_ratio)
-                verdict = f"expected {1 - r.compression_ratio:.3f}"
+                good, verdict = _press_share(r, vanilla, share, per_token)
             check.passed &= good
-            check.lines.append(f"{context}: {r.method:30s} holds {share:.4f} of vanilla ({verdict}) "
+            check.lines.append(f"{context}: {r.method:30s} held / vanilla held {share:.4f} ({verdict}) "
                                f"{'ok' if good else 'FAIL'}")
     return check
 
 
-def _dms_bytes(check: Check, context, r, per_token: int) -> bool:
+def _quant_bytes(check: Check, context, r, arch) -> bool:
+    """A quantized cache: its parts (codes, scales + zero points, window), summed from its tensors, against the
+    formula for the tokens each layer kept (every position under a mask-only press), x layers."""
+    kept = r.context_tokens if r.expected_memory == "mask" else r.kv_tokens_kept
+    if r.dms_layout == "mask, no reclaim":  # native DMS on the hf engine: every position held, the rule masks
+        kept = r.kv_tokens_kept_min = r.kv_tokens_kept_max = r.kv_positions or r.input_tokens
+    if r.kv_tokens_kept_min != r.kv_tokens_kept_max or kept != int(kept) or r.kv_bytes_parts is None:
+        check.lines.append(f"{context}: {r.method:30s} layers keep different counts (or no parts recorded): "
+                           "the formula needs one count per layer FAIL")
+        return False
+    one = spec_from_label(r.kv_quant).bytes_parts(r.batch, arch["kv_heads"], arch["head_dim"], int(kept),
+                                                  _itemsize(r))
+    expected = {name: n * arch["layers"] for name, n in one.items()}
+    good = r.kv_bytes_parts == expected and r.kv_cache_bytes == sum(expected.values())
+    parts = ", ".join(f"{name} {n:,}" for name, n in r.kv_bytes_parts.items())
+    check.lines.append(f"{context}: {r.method:30s} {r.kv_cache_bytes:,} B = {parts} for {int(kept)} tokens "
+                       f"({'exact' if good else f'expected {expected}'}); "
+                       f"{r.kv_cache_bytes / r.kv_cache_bytes_full:.4f} of vanilla")
+    return good
+
+
+def kvpress_kept(tokens: int, ratio: float) -> int:
+    """Tokens kvpress keeps of `tokens` at `ratio` (its compute_n_kept: the whole part of tokens x (1 - ratio), at
+    least one, none at ratio 1): knorm@0.875 keeps 15 of 124 tokens, 0.1210 of them, not 0.125."""
+    return 0 if ratio >= 1.0 else max(1, int(tokens * (1 - ratio)))
+
+
+def _press_share(r, vanilla, share: float, per_token: int | None) -> tuple[bool, str]:
+    """A real-shrink press against kvpress's own rounding (each sequence of a batch rounds down on its own: within one
+    token per sequence), else, without the architecture or for uneven layers, within 1 % of (1 - ratio)."""
+    ratio = r.compression_ratio
+    band = abs(share - (1 - ratio)) <= 0.01 * (1 - ratio)
+    tokens = _context_tokens(vanilla)
+    if not per_token:
+        return band, f"expected {1 - ratio:.3f}"
+    kept = r.kv_cache_bytes / per_token  # tokens, the mean over layers
+    if r.expected_memory == "uneven" or r.kv_tokens_kept_min != r.kv_tokens_kept_max:  # pyramidkv: per-layer budgets
+        target = tokens * (1 - ratio)
+        return abs(kept - target) <= r.batch or band, (f"uneven layers: within one token of {tokens} x "
+                                                       f"{1 - ratio:g} = {target:g} per sequence; held {kept:g}")
+    if r.batch == 1:
+        want = kvpress_kept(tokens, ratio)
+        return kept == want or band, f"kvpress keeps int({tokens} x {1 - ratio:g}) = {want} tokens; held {kept:g}"
+    low = tokens * (1 - ratio) - r.batch
+    return low < kept <= tokens * (1 - ratio) or band, (f"kvpress keeps {tokens} x {1 - ratio:g} less under one "
+                                                        f"token per sequence; held {kept:g}")
+
+
+def _dms_bytes(check: Check, context, r, per_token: int, vanilla) -> bool:
     """Native DMS: live bytes = live entries x bytes of one entry, exactly; the fast engine's compact cache allocates
     exactly a reserve of max_new_tokens - 1 rows per (layer, head) more; the hf engine's masked cache holds every
-    position. A batch's rows are (sequence, layer, kv head): its bytes are its sequences' summed."""
+    position it has seen. A batch's rows are (sequence, layer, kv head): its bytes are its sequences' summed. Both
+    are then set against vanilla's bytes, each ratio named by what it divides."""
     heads = sum(len(layer) for layer in r.kv_tokens_per_head)  # rows: batch x layers x kv heads
     entry = per_token * r.batch // heads  # K and V of one token of one (layer, kv head)
     entries = sum(sum(layer) for layer in r.kv_tokens_per_head)
@@ -158,13 +222,23 @@ def _dms_bytes(check: Check, context, r, per_token: int) -> bool:
     if r.engine == "fast":
         slack = (r.max_new_tokens - 1) * heads * entry
         held_ok, held = r.kv_cache_bytes == r.kv_live_bytes + slack, f"live + reserve {slack:,} B"
-    elif r.batch > 1:  # each sequence's own positions (their lengths may differ by a few tokens)
+    elif r.kv_positions is not None:  # every position seen, of every sequence: positions are a mean over a batch
+        positions = round(r.kv_positions * r.batch)
+        held_ok = r.kv_cache_bytes == positions * per_token
+        held = f"{positions:,} positions x {per_token:,} B (mask, no reclaim)"
+    elif r.batch > 1:  # files before kv_positions: each sequence's own positions
         held_ok, held = r.kv_cache_bytes == r.kv_cache_bytes_full, "every position of every sequence (mask, no reclaim)"
     else:
         held_ok, held = r.kv_cache_bytes == r.input_tokens * per_token, "every position (mask, no reclaim)"
-    check.lines.append(f"{context}: {r.method:30s} live {entries:,} entries x {entry} B = {r.kv_live_bytes:,} B "
-                       f"({'exact' if live_ok else 'FAIL'}); allocated {r.kv_cache_bytes:,} B = {held} "
-                       f"({'exact' if held_ok else 'FAIL'}); {r.kv_live_bytes / r.kv_cache_bytes_full:.4f} of vanilla")
+    line = (f"{context}: {r.method:30s} live {entries:,} entries x {entry} B = {r.kv_live_bytes:,} B "
+            f"({'exact' if live_ok else 'FAIL'}); held {r.kv_cache_bytes:,} B = {held} "
+            f"({'exact' if held_ok else 'FAIL'})")
+    if vanilla is not None and vanilla.kv_cache_bytes:
+        line += (f"; live / vanilla held {r.kv_live_bytes / vanilla.kv_cache_bytes:.4f}, "
+                 f"held / vanilla held {r.kv_cache_bytes / vanilla.kv_cache_bytes:.4f}")
+        if r.kv_positions is None or r.kv_positions != vanilla.kv_positions:  # a file written before kv_positions
+            line += f" (measured after {r.input_tokens} positions, vanilla after {vanilla.context_tokens})"
+    check.lines.append(line)
     return live_ok and held_ok
 
 

@@ -81,7 +81,7 @@ engine (unless --across-engines), output length, batch (sequences decoded togeth
 batches existed are batch 1). In a batch, decode tok/s is per sequence (aggregate = batch x decode), TTFT the
 sequences' median, KV bytes and peaks the whole batch's. Header differences (GPU, driver, CUDA, versions, dtype,
 attention, engine, weights, sampling, ...) are printed first, as warnings.
-Exit status: 0; 1 with --fail-on-regression when anything regressed; 2 for bad input (missing, truncated,
+Exit status: 0; 1 with --fail-on-regression when anything regressed or no cell matched; 2 for bad input (missing, truncated,
 corrupt or other-schema files).
 """
 
@@ -565,4 +565,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None:
         write_json_atomic(args.json, comparison.to_dict())
         console.print(f"wrote {args.json}")
+    if args.fail_on_regression and not comparison.cells:  # a gate that compared nothing must not pass
+        console.print(f"[red]--fail-on-regression: no cell of {args.b} matches one of {args.a} (B is empty or from "
+                      f"another run): nothing was compared[/red]")
+        return 1
     return 1 if args.fail_on_regression and comparison.regressions() else 0

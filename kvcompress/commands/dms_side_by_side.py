@@ -48,4 +48,4 @@ def run(args: argparse.Namespace) -> int:
                               f"{cfg.settings.sampling.describe()}, {cfg.settings.max_new_tokens} output tokens")
     report.print_dms_agreement(out.results)
     runner.console.print(f"wrote {cfg.out}")
-    return 0
+    return runner.exit_status(out)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from pathlib import Path
 
-from kvcompress import cli, report
+from kvcompress import cli, quality, report, samples
 from kvcompress.errors import UserError
 from kvcompress.readings import by_method
+from kvcompress.results import median_kv_bytes
 from kvcompress.run.equal_memory import matched_methods
 from kvcompress.tasks import families, niah_grid
 from kvcompress.tasks.niah import NEEDLE_KINDS
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "compression (the cache cropped back to the compressed context after each answer); records per "
                    "question, the compression time counted once (default 1; K > 1 is a path of its own, --mode "
                    "does not apply)")
+    t.add_argument("--qa-data", type=Path, metavar="DIR", help="a folder with RULER's squad.json and/or hotpotqa.json "
+                   "(SQuAD v2 dev, HotpotQA dev): enables --tasks qa_1,qa_2 (the project ships no third-party data)")
     t.add_argument("--samples", type=int, default=None, metavar="N", help="prompts per (task, context): trial t "
                    "at depth t mod the number of --depths, each with its own seed (replaces --trials)")
     q = parser.add_argument_group("quality mode")
@@ -88,12 +92,14 @@ def run(args: argparse.Namespace) -> int:
     for path in _tables_and_figures(out, cfg, args, grid["tasks"], summaries):
         runner.console.print(f"wrote {path}")
     runner.console.print(f"wrote {cfg.out}")
-    return 0
+    return runner.exit_status(out)
 
 
 def _grid(args: argparse.Namespace):
     """(cfg, cells, the grid as the run header records it): every check that needs no model, in the order a user
     meets them."""
+    if args.qa_data is not None:  # through the environment: a child process rebuilding a cell reads it too
+        os.environ[families.ruler.qa.ENV] = str(args.qa_data.resolve())
     tasks = families.parse_tasks(args.tasks)
     depths = niah_grid.parse_depths(args.depths)
     if args.sample and args.greedy:
@@ -155,13 +161,16 @@ def _tables_and_figures(out, cfg, args: argparse.Namespace, tasks: list[str], su
     weights = out.run.get("weights") or next((r.weights for s in summaries for r in s.records), "?")
     what = (f"{args.needle} needle, {cfg.haystack} haystack, {'thinking' if args.thinking else 'no thinking'}, "
             f"{cfg.settings.sampling.describe()}")
-    written = []
+    records = [r for s in summaries for r in s.records]
+    written = [samples.write_samples(records, samples.samples_path(cfg.out))]
     if tasks == ["niah"] and args.questions == 1:
         report.print_niah(summaries, f"needle in a haystack — {model} ({weights}), {what}")
     else:
-        records = [r for s in summaries for r in s.records]
         report.print_tasks(summaries, records, f"long-context tasks — {model} ({weights}), {what}")
-        written.append(plots.accuracy_vs_kv(niah_grid.pareto_points(summaries),
+        report.print_quality(quality.quality_rows(records), f"scores with 95 % intervals — {model} ({weights})")
+        if any(t in families.RULER.split(",") for t in tasks) and not any(t in families.ruler.QA for t in tasks):
+            report.make_console().print(families.ruler.qa.UNAVAILABLE + ".")
+        written.append(plots.accuracy_vs_kv(quality.pareto_points(records, median_kv_bytes),
                                             cfg.out.with_name(f"{cfg.out.stem}-pareto.png"),
                                             f"score vs KV bytes held — {model}, {', '.join(tasks)}"))
     for family, family_cells in niah_grid.by_task(summaries).items():

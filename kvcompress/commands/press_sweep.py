@@ -252,5 +252,5 @@ def run(args: argparse.Namespace) -> int:
 
     plot = plots.kv_bytes_vs_ratio(out.results, args.plot or cfg.out.with_suffix(".png"), title)
     console.print(f"wrote {cfg.out} and {plot}")
-    return 0
+    return runner.exit_status(out)
 

@@ -22,7 +22,7 @@ from statistics import median
 import torch
 
 from kvcompress.engine.generate import Generation, GenerationSettings, Prompt, prefill, prefill_protocol
-from kvcompress.engine.sampling import draw_uniforms, sample
+from kvcompress.engine.sampling import draw_uniforms, reseed, sample, seeded
 from kvcompress.engine.timing import Stopwatch
 from kvcompress.errors import UserError
 from kvcompress.memory import KVState, PhasePeaks, clear_masks, kv_state, take_masked_indices
@@ -64,9 +64,17 @@ class BatchGeneration(Generation):
         return (self.e2e_s - self.admit_s) * 1000.0 / (n - 1) if n > 1 else None
 
 
-@torch.inference_mode()
 def generate_batch(lm, method: Method, prompts: list[Prompt], settings: GenerationSettings, decoder, *,
                    admission: str = "each") -> BatchGeneration:
+    """_generate_batch with torch's generators seeded: sequence b's prefill with seed + b (engine.sampling.seeded),
+    so a method's own random draws for it are those it makes alone with that seed."""
+    with seeded(settings.sampling.seed, lm.device):
+        return _generate_batch(lm, method, prompts, settings, decoder, admission=admission)
+
+
+@torch.inference_mode()
+def _generate_batch(lm, method: Method, prompts: list[Prompt], settings: GenerationSettings, decoder, *,
+                    admission: str = "each") -> BatchGeneration:
     reason = method.batch_problem(settings)
     if reason:
         raise UserError(reason)
@@ -110,6 +118,7 @@ def generate_batch(lm, method: Method, prompts: list[Prompt], settings: Generati
                 continue
             prompt = prompts[b]
             if b:
+                reseed(settings.sampling.seed + b, device)  # host-side: a generator's seed, no device work
                 clock.mark(f"start{b}")
             # room in the decoder's staging for the sequences before the last: the last one's slot is made after
             # its prefill, so that prefill's peak holds the batch's other caches and nothing more
@@ -152,5 +161,8 @@ def combine(states: list[KVState]) -> KVState:
     per_head = None
     if all(s.tokens_per_head is not None for s in states):
         per_head = [[c for rows in layer for c in rows] for layer in zip(*(s.tokens_per_head for s in states))]
+    parts = None
+    if all(s.parts is not None for s in states):  # a quantized cache's bytes by part, summed as the bytes are
+        parts = {name: sum(s.parts[name] for s in states) for name in states[0].parts}
     return KVState(sum(s.bytes for s in states), sum(s.live_bytes for s in states), sum(s.full_bytes for s in states),
-                   per_layer, sum(s.positions for s in states) / n, per_head)
+                   per_layer, sum(s.positions for s in states) / n, per_head, parts)

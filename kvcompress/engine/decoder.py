@@ -25,6 +25,9 @@ class Decoder(ABC):
     # sizes its buffers for the whole generation at the first step (settings.reserve_tokens), so a few decode steps
     # reach the memory peak of the whole generation
     sizes_buffers_up_front: ClassVar[bool]
+    # how it holds a quantized KV cache (methods/quantized.py; the records' kv_quant_storage), None: it cannot
+    quantized_kv: ClassVar[str | None] = None
+    quantized_formats: ClassVar[tuple[str, ...]] = ()  # the formats it can hold
     problem: str | None = None  # why this engine cannot decode the loaded model at all
 
     def unsupported(self, method, lm=None) -> str | None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kvcompress.engine.sampling import SamplingConfig, draw_uniforms, sample
+from kvcompress.engine.sampling import SamplingConfig, draw_uniforms, sample, seeded
 from kvcompress.engine.hf import HFDecoder
 from kvcompress.engine.timing import Stopwatch
 from kvcompress.memory import KVState, PhasePeaks, clear_masks, kv_snapshot, kv_state
@@ -50,6 +50,14 @@ class Generation:
 
 @torch.inference_mode()
 def generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettings, decoder) -> Generation:
+    """One generation, torch's generators seeded from the settings (engine.sampling.seeded): a method's own random
+    draws are the same in every repeat and whatever ran before."""
+    with seeded(settings.sampling.seed, lm.device):
+        return _generate_once(lm, method, prompt, settings, decoder)
+
+
+@torch.inference_mode()
+def _generate_once(lm, method: Method, prompt: Prompt, settings: GenerationSettings, decoder) -> Generation:
     model, device = lm.model, lm.device
     context = prompt.context_ids.to(device)
     question = prompt.question_ids.to(device)
@@ -121,6 +129,25 @@ def prefill(lm, method: Method, press, context, question, prefill_only, single_p
     return cache, kv_after, logits, next_position
 
 
+@torch.inference_mode()
+def kv_after_context(lm, method: Method, prompt: Prompt, settings: GenerationSettings, decoder, seed: int) -> KVState:
+    """The cache a single-prefill method (DMS) holds after the context alone, read as every other method's is: a
+    prefill of the context into a fresh cache under the method, untimed. Its timed prefill takes context and question
+    together (one prefill per cache), so the state it leaves covers more positions than vanilla's after-context
+    bytes; DMS decides causally (token t's decision uses tokens <= t, applied once t leaves the window), so the
+    context alone leaves exactly what the joint prefill held when it had seen the context."""
+    model = lm.model
+    press = method.hook(model)
+    clear_masks(model)
+    cache = method.new_cache(decoder, lm, settings.max_new_tokens)
+    with seeded(seed, lm.device), press_context(press, model):
+        out = model(input_ids=prompt.context_ids.to(lm.device), past_key_values=cache, use_cache=True,
+                    logits_to_keep=1)
+    state = kv_state(out.past_key_values, model, prompt.context_tokens)
+    clear_masks(model)
+    return state
+
+
 def question_start(press, cache, context_tokens: int) -> int:
     """The position of a question's first token after the context was prefilled under `press`: kvpress's rule, the
     compressed cache's length after a press that rerotates keys, else right after the uncompressed context."""
@@ -154,6 +181,14 @@ class SharedContextRun:
 @torch.inference_mode()
 def generate_questions(lm, method: Method, context_ids: torch.Tensor, questions: list[torch.Tensor],
                        settings: GenerationSettings, decoder=None) -> SharedContextRun:
+    """_generate_questions with torch's generators seeded from the settings (as generate_once)."""
+    with seeded(settings.sampling.seed, lm.device):
+        return _generate_questions(lm, method, context_ids, questions, settings, decoder)
+
+
+@torch.inference_mode()
+def _generate_questions(lm, method: Method, context_ids: torch.Tensor, questions: list[torch.Tensor],
+                        settings: GenerationSettings, decoder=None) -> SharedContextRun:
     """Compress the context once, then answer each question from that same cache (SCBench's shared context,
     kvpress's query-agnostic protocol): a question is fed where `question_start` puts it (as in the single-question
     path), its answer decoded, and every layer cropped back to the length the compression left, so the next

@@ -15,6 +15,7 @@ from kvcompress.engine.sampling import sample
 from kvcompress.errors import UserError
 from kvcompress.memory import KVState, ReportsOwnKV, padded_rows_state
 from kvcompress.methods.dms import MaskedDMSCache
+from kvcompress.methods.quantized_cache import QuantizedKVCache, QuantizedMaskedDMSCache
 
 
 class HFDecoder(Decoder):
@@ -24,6 +25,9 @@ class HFDecoder(Decoder):
     dms_layout = "mask, no reclaim"  # methods/dms.py's MaskedDMSCache: evicted entries hidden, their memory kept
     runs_model_forward = True
     sizes_buffers_up_front = False  # the cache grows as it decodes: its peak needs the whole generation
+    # methods/quantized_cache.py: codes + scales + bf16 window held, dequantized to bf16 for each forward's attention
+    quantized_kv = "simulated"
+    quantized_formats = ("fp8", "int4", "int2")
 
     def __init__(self, trace=None):
         # Optional `trace(step, cache)` after every decode step (tests watch a decoding press hold the cache size).
@@ -33,11 +37,17 @@ class HFDecoder(Decoder):
     def new_dms_cache(self, params, lm, n_new: int, batch_room: int | None = None):
         return MaskedDMSCache(params.window)
 
+    def new_quantized_cache(self, spec, lm, n_new: int):
+        return QuantizedKVCache.for_model(spec, lm.model)
+
+    def new_quantized_dms_cache(self, params, spec, lm, n_new: int):
+        return QuantizedMaskedDMSCache(params.window, spec)
+
     def admit(self, cache, copy: bool = False, expected: int = 1):
         """The prefilled cache stays where it is until decode_batch stacks it; a cloned row gets a copy."""
         if not copy:
             return cache
-        if isinstance(cache, MaskedDMSCache):
+        if isinstance(cache, (MaskedDMSCache, QuantizedKVCache)):
             return cache.copy()  # native DMS's caches (marks, ring, per-head rows) copy themselves
         out = DynamicCache()
         for i, layer in enumerate(cache.layers):
@@ -66,6 +76,9 @@ class HFDecoder(Decoder):
         first = admitted[0].cache
         if isinstance(first, MaskedDMSCache):  # native DMS: its masked cache stacks itself and hides its own pads
             batched = MaskedDMSCache.stack([a.cache for a in admitted])
+            cache, mask = batched, None
+        elif isinstance(first, QuantizedKVCache):  # equal lengths only: no pads to hide
+            batched = QuantizedKVCache.stack([a.cache for a in admitted])
             cache, mask = batched, None
         else:
             batched = BatchedCache(admitted, model)

@@ -8,8 +8,9 @@ import gc
 import numpy as np
 import torch
 
-from kvcompress.engine.batch import generate_batch
-from kvcompress.engine.generate import GenerationSettings, Prompt, eos_ids, generate_once, generate_questions
+from kvcompress.engine.batch import combine, generate_batch
+from kvcompress.engine.generate import (GenerationSettings, Prompt, eos_ids, generate_once, generate_questions,
+                                       kv_after_context)
 from kvcompress.engine.timing import measurement_stream
 from kvcompress.memory import PhasePeaks
 from kvcompress.record import record_for
@@ -54,6 +55,18 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
             runs = [generation() for _ in range(repeats)]
             _release(decoder)
             memory = generation()
+            after = memory.kv_after
+            if method.single_prefill and not settings.query_aware:
+                # every method's KV after the context, at the same positions as vanilla's (DMS's timed prefill
+                # also took the question)
+                _release(decoder)
+                states = {}  # a cloned row is its first sequence's copy; sequence b is seeded seed + b, as it samples
+                with _collector_paused():
+                    for b, p in enumerate(prompts):
+                        if id(p) not in states:
+                            states[id(p)] = kv_after_context(lm, method, p, settings, decoder,
+                                                             settings.sampling.seed + b)
+                after = combine([states[id(p)] for p in prompts]) if batch > 1 else states[id(prompts[0])]
     finally:
         _release(decoder)  # also when a method fails: its buffers must not weigh on the next cell's peaks
     last = runs[-1]
@@ -63,7 +76,7 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
     ttft = float(np.median(ttfts))
     tpot = float(np.median(tpots)) if tpots else None
     answer_ids = _until_eos(last.token_ids, lm)
-    after, end = memory.kv_after, memory.kv_end
+    end = memory.kv_end
     admits = [getattr(g, "admit_s", g.ttft_s) for g in runs]
     prompt = prompts[0]
     return record_for(
@@ -80,6 +93,7 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
         peak_mem_decode_bytes=memory.peak_decode,
         weights_bytes=lm.weights_bytes,
         kv_cache_bytes=after.bytes,
+        kv_positions=after.positions,
         kv_cache_bytes_end=end.bytes,
         kv_tokens_kept=after.tokens_kept,
         kv_compression_achieved=after.compression_achieved,
@@ -97,6 +111,8 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
         kv_tokens_end=end.tokens_kept,
         kv_tokens_per_head=after.tokens_per_head,
         kv_tokens_per_head_end=end.tokens_per_head,
+        kv_bytes_parts=after.parts,
+        kv_bytes_parts_end=end.parts,
         answer_tokens=len(answer_ids),
         ttft_samples_s=ttfts,
         tpot_samples_ms=tpots,
@@ -172,6 +188,7 @@ def measure_questions(lm, method, prompt: Prompt, questions: list, settings: Gen
             press=method.press_label(lm.model),
             input_tokens=prompt.context_tokens + int(question.shape[1]), output_tokens=len(answer.token_ids),
             e2e_s=answer.seconds, weights_bytes=lm.weights_bytes, kv_cache_bytes=after.bytes,
+            kv_positions=after.positions,
             kv_cache_bytes_end=answer.kv_end.bytes, kv_tokens_kept=after.tokens_kept,
             kv_compression_achieved=after.compression_achieved, kv_memory_saved=after.memory_saved, repeats=1,
             answer=lm.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),

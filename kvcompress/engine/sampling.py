@@ -13,6 +13,7 @@ most likely tokens, then the nucleus of their renormalised probabilities.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,25 @@ class SamplingConfig:
             return "greedy"
         top_k = f"top_k={self.top_k}, " if self.top_k else ""
         return f"T={self.temperature:g}, {top_k}top_p={self.top_p:g}, seed={self.seed}"
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device):
+    """torch's global generators (CPU, and the device's) seeded with `seed` for one generation and restored after:
+    a method that draws random numbers in its forward (leverage's Gaussian sketch, torch.randn; kvpress passes it
+    no generator) draws the same ones for the same cell alone, in a sweep, after a resume, and in every repeat.
+    `reseed(seed)` inside (a batch: sequence b's prefill with seed + b, as it samples)."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        reseed(seed, device)
+        yield
+
+
+def reseed(seed: int, device: torch.device) -> None:
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
 
 
 def draw_uniforms(config: SamplingConfig, count: int, device: torch.device) -> torch.Tensor:

@@ -14,6 +14,10 @@ A budget instead of a ratio keeps that much of every prompt's context (equal mem
 The budget becomes kvpress's ratio per prompt, 1 - kept / context tokens (0 when the context is shorter);
 `Method.for_context` does it and the record holds both (compression_ratio, kv_budget).
 
+A KV format can follow any of them (methods/quantized.py; formats in quant_spec.py):
+    fp8 | int4 | int2                     a quantized cache alone: fp8, int4[group=32,window=128]
+    <method>+fp8|int4|int2[...]           evict, then store what is kept quantized: knorm@0.5+fp8, dms-8x+fp8
+
 Each family is one module: a `Method` subclass (methods/base.py's protocol) and a parser that returns its method,
 None when the text is not its own, or raises the grammar's one-line error. FAMILIES tries them in order; the press
 chain comes last, as it claims whatever is left.
@@ -24,7 +28,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 from kvcompress.errors import UserError
-from kvcompress.methods import dms_methods, press_chain, vanilla
+from kvcompress.methods import dms_methods, press_chain, quantized, vanilla
 from kvcompress.methods.base import Method
 from kvcompress.methods.dms_methods import NAME as DMS_NAME, REMOTE_NAME as DMS_REMOTE_NAME
 from kvcompress.methods.grammar import split_top_level
@@ -33,7 +37,13 @@ from kvcompress.methods.press_chain import budget_capable, kv_bytes_per_token, t
 __all__ = ["DMS_NAME", "DMS_REMOTE_NAME", "FAMILIES", "Method", "as_remote_dms", "budget_capable",
            "kv_bytes_per_token", "parse_method", "parse_methods", "press_context", "split_top_level", "takes_ratio"]
 
-FAMILIES = (vanilla.parse, dms_methods.parse, press_chain.parse)
+
+
+def _quantized(text: str) -> Method | None:
+    return quantized.parse(text, parse_method)  # the format's inner method is any other family
+
+
+FAMILIES = (_quantized, vanilla.parse, dms_methods.parse, press_chain.parse)
 as_remote_dms = dms_methods.as_remote
 
 

@@ -142,20 +142,34 @@ def one_line(exc: BaseException) -> str:
 
 
 def progress_line(r: BenchmarkResult) -> str:
-    where = escape(f"{r.method} @ {context_label(r)} tok" +  # options in [...] are not rich markup
-                   (f", depth {r.depth:g}" if r.depth is not None else "") + (f", batch {r.batch}" if r.batch > 1 else ""))
+    task = f"{r.task_family}: " if r.task == "long_context" and r.task_family else ""  # its tasks share lengths
+    where = escape(f"{task}{r.method} @ {context_label(r)} tok" +  # options in [...] are not rich markup
+                   (f", depth {r.depth:g}{_reached(r)}" if r.depth is not None else "")
+                   + (f", batch {r.batch}" if r.batch > 1 else ""))
     if r.error:
         return f"{where}: [red]error[/red] {escape(r.error)}"
     found = "" if r.correct is None else (" [green]found[/green]" if r.correct else " [red]missed[/red]")
     if r.run_mode == "quality":  # answered once, nothing timed
         return f"{where}: {r.answer_tokens} answer tokens, KV {r.kv_cache_bytes / 2**20:.1f} MiB{found}"
     if r.ttft_s is None:  # --questions: one answer over a shared compressed context (not timed per token)
-        return (f"{where}: answer {r.e2e_s:.3f} s, KV {r.kv_cache_bytes / 2**20:.1f} MiB ({r.kv_tokens_kept:.0f} kept)"
-                f"{found}")
+        return f"{where}: answer {r.e2e_s:.3f} s, KV {_kv(r)}{found}"
     aggregate = (f" ({r.aggregate_decode_tokens_per_s:.0f} aggregate)"
                  if r.batch > 1 and r.aggregate_decode_tokens_per_s else "")
-    return (f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s{aggregate}, KV "
-            f"{r.kv_cache_bytes / 2**20:.1f} MiB ({r.kv_tokens_kept:.0f} kept){found}")
+    return f"{where}: TTFT {r.ttft_s:.3f} s, {r.decode_tokens_per_s:.1f} tok/s{aggregate}, KV {_kv(r)}{found}"
+
+
+def _reached(r: BenchmarkResult) -> str:
+    """Where the needle really is, when the snap to a sentence start moved it far from the depth asked (a short
+    haystack of long sentences: the tiny preset's 256-token prompt puts it at 0)."""
+    if r.depth_achieved is None or abs(r.depth_achieved - r.depth) <= 0.05:
+        return ""
+    return f" (reached {r.depth_achieved:g}: the nearest sentence start before it)"
+
+
+def _kv(r: BenchmarkResult) -> str:
+    """KV bytes after the context: held, and live where attention sees fewer (a masked or reserved cache)."""
+    live = f", {r.kv_live_bytes / 2**20:.1f} live" if r.kv_live_bytes not in (None, r.kv_cache_bytes) else ""
+    return f"{r.kv_cache_bytes / 2**20:.1f} MiB held{live} ({r.kv_tokens_kept:.0f} kept)"
 
 
 def free_memory() -> None:

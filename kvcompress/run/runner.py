@@ -40,6 +40,15 @@ def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | No
                     quality, answer_batch)
 
 
+def exit_status(out: ResultFile) -> int:
+    """A script's exit status: 0 when at least one cell produced figures; 1, said in one line, when every cell failed
+    (or none ran): a CI step must not pass on a run that measured nothing."""
+    if any(r.error is None for r in out.results):
+        return 0
+    console.print("[red]no cell produced a figure: every one failed (the errors are above and in the file)[/red]")
+    return 1
+
+
 @contextlib.contextmanager
 def tiny_threads(cfg: RunConfig):
     """The tiny preset runs on one intra-op thread. Its matrices are too small for threads to help, and on a busy

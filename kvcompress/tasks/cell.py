@@ -32,7 +32,7 @@ class Cell:
         if self.text is not None:
             return None
         if self.uses_contract:
-            return families.make(self.task_family, self.needle_seed, self.questions)
+            return families.make(self.task_family, self.needle_seed, self.questions, self.target_tokens)
         return niah.make_needle(self.needle_kind, self.needle_seed, self.needle_count)
 
     def build(self, tokenizer) -> tuple[Prompt, niah.Needle | None]:

@@ -4,8 +4,9 @@ After RULER's template (scripts/data/synthetic/common_words_extraction.py), size
 `COMMON_WORDS` words fill half of the items (each equally often), the other words fill the rest, each far less
 often (6 : 1 at 1K tokens, RULER's short-context contrast; wider at longer contexts). As in RULER, the prompt opens
 with one solved example (a short list of other words, the question and its numbered answer) before the real list:
-it shows the answer's format (without it SmolLM2-135M answers in '- word' bullets). The answer must name the
-common words (string_match_all).
+it shows the answer's format (without it SmolLM2-135M answers in '- word' bullets). A context too small to hold
+the example (1K tokens of the tiny model's byte tokenizer) gets the task without it (`TaskContext.shorter`, as RULER
+shrinks its short configuration). The answer must name the common words (string_match_all).
 
 `chance` is the better of two strategies that need no counting: naming COMMON_WORDS distinct words of the list at
 random, and copying the list's first COMMON_WORDS distinct words. The second is the honest baseline: common words
@@ -50,7 +51,7 @@ def example(rng: random.Random, pool: list[str]) -> str:
     return f"{INSTRUCTION}\n{_numbered(items)}\nQuestion: {QUESTION}\n{ANSWER_PREFIX} {_numbered(common)}"
 
 
-def make(seed: int, questions: int = 1) -> TaskContext:
+def make(seed: int, questions: int = 1, solved_example: bool = True) -> TaskContext:
     rng = random.Random(seed)
     vocabulary = rng.sample(words.COMMON, len(words.COMMON))
     common, rare = vocabulary[:COMMON_WORDS], vocabulary[COMMON_WORDS:]
@@ -64,8 +65,11 @@ def make(seed: int, questions: int = 1) -> TaskContext:
         return _numbered(items, "\n")
 
     q = Question(QUESTION, list(common), answer_prefix=ANSWER_PREFIX)
-    return TaskContext("cwe", [q], instruction=example(rng, rare) + "\n\n" + INSTRUCTION, make_body=body,
-                       items_hint=0.2, label="cwe:" + ",".join(common), chance=lambda text: chance(text, q.answers))
+    shot = example(rng, rare) + "\n\n" if solved_example else ""
+    return TaskContext("cwe", [q], instruction=shot + INSTRUCTION, make_body=body, items_hint=0.2,
+                       label="cwe:" + ",".join(common) + ("" if solved_example else " (no solved example)"),
+                       chance=lambda text: chance(text, q.answers),
+                       shorter=(lambda: make(seed, questions, False)) if solved_example else None)
 
 
 def list_items(text: str) -> list[str]:

@@ -51,6 +51,13 @@ class TaskContext:
     items_hint: int = 0  # make_body: items per token, a first guess for the sizing search
     label: str = ""
     chance: Callable[[str], float] | None = None  # the family's baseline score, from the context text (its module)
+    # RULER's tasks (tasks/ruler/): the generation budget of RULER's constants.py. RULER's context length counts the
+    # generated tokens, so the prompt is sized to target - tokens_to_generate, never above it (see _fit_below)
+    tokens_to_generate: int | None = None
+    question_separator: str = "\n\n"  # between the context and the question (RULER: its template's "\n")
+    min_items: int = 1  # make_body's smallest n (fewer makes no valid task)
+    max_items: int | None = None  # make_body's largest n (a finite source: RULER's qa documents)
+    shorter: Callable[[], TaskContext] | None = None  # the same task in less text, for contexts too small for this one
 
     @property
     def uses_haystack(self) -> bool:
@@ -71,12 +78,20 @@ def build_prompt(tokenizer, target_tokens: int, depth: float | None, task: TaskC
                  thinking: bool = False, tolerance: float = 0.01) -> TaskPrompt:
     if target_tokens is None or target_tokens < 1:
         raise UserError(f"a task prompt needs a positive token count (got {target_tokens})")
-    if task.uses_haystack:
+    if task.tokens_to_generate is not None:
+        best = _fit_below(tokenizer, target_tokens, task, thinking, tolerance)
+    elif task.uses_haystack:
         best = _size_haystack(tokenizer, target_tokens, depth, task, haystack, thinking)
     else:
+        smallest = _attempt(tokenizer, task, task.make_body(task.min_items), None, thinking)[0]
+        if smallest > target_tokens * (1 + tolerance):
+            if task.shorter is not None:  # e.g. cwe without its solved example
+                return build_prompt(tokenizer, target_tokens, depth, task.shorter(), haystack, thinking, tolerance)
+            raise UserError(f"{task.family} needs a context of at least {smallest} tokens on this tokenizer; "
+                            f"{target_tokens} is too small")
         best = _size_items(tokenizer, target_tokens, task, thinking)
     total, text, achieved, context_ids, first = best
-    if abs(total - target_tokens) > tolerance * target_tokens:
+    if task.tokens_to_generate is None and abs(total - target_tokens) > tolerance * target_tokens:
         raise UserError(f"could not size the {task.family} prompt to {target_tokens} tokens (got {total})")
     questions = [token_ids(first)] + [token_ids(_render(tokenizer, task, text, thinking, i)[1])
                                            for i in range(1, len(task.questions))]
@@ -119,6 +134,51 @@ def _size_items(tokenizer, target_tokens, task, thinking):
     return best
 
 
+_LAST_N: dict = {}  # (family, target, id(tokenizer)) -> the n the last sample took: the next one's first guess
+
+
+def _fit_below(tokenizer, target_tokens, task, thinking, tolerance):
+    """RULER's rule: the prompt + tokens_to_generate fit the context. The largest n whose prompt is at most
+    target - tokens_to_generate; it must come within `tolerance` of that budget, or within one step of n where one
+    step is coarser (a needle-haystack line of UUIDs). Tokens grow about linearly with n (up to the seams), so the
+    search interpolates (every fourth step bisects, which bounds it) from the n the previous sample of this task and
+    length took, as RULER reuses its first sample's haystack size: a 32K prompt takes ~4 tokenizations, not ~17."""
+    budget = target_tokens - task.tokens_to_generate
+    lo = task.min_items
+    smallest = best = _attempt(tokenizer, task, task.make_body(lo), None, thinking)
+    if best[0] > budget:
+        raise UserError(f"{task.family} needs a context of at least {best[0] + task.tokens_to_generate} tokens on "
+                        f"this tokenizer (its smallest prompt plus {task.tokens_to_generate} generated tokens); "
+                        f"{target_tokens} is too small")
+    key = (task.family, target_tokens, id(tokenizer))
+    n, hi, over = _LAST_N.get(key) or max(lo + 1, int(budget * task.items_hint)), None, None
+    for step in range(64):
+        if task.max_items is not None:
+            n = min(n, task.max_items)
+        n = max(n, lo + 1) if hi is None else min(max(n, lo + 1), hi - 1)
+        last = _attempt(tokenizer, task, task.make_body(n), None, thinking)
+        if last[0] <= budget:
+            lo, best = n, last
+            if n == task.max_items:
+                return best  # every item fits (RULER's qa: all the documents), shorter than the budget
+        else:
+            hi, over = n, last
+        if hi is not None and lo + 1 >= hi:
+            break
+        if hi is None:  # no overshoot yet: aim just past the budget at the slope seen so far
+            slope = max((best[0] - smallest[0]) / max(lo - task.min_items, 1), 1e-3)
+            n = lo + int((budget - best[0]) / slope) + 1
+        elif step % 4 == 3:
+            n = (lo + hi) // 2
+        else:
+            n = lo + int((budget - best[0]) * (hi - lo) / max(over[0] - best[0], 1))
+    _LAST_N[key] = lo
+    unit = over[0] - best[0] if over is not None else 0  # what one more item adds: the finest size allowed here
+    if budget - best[0] > max(tolerance * budget, unit):
+        raise UserError(f"could not size the {task.family} prompt to {budget} tokens (got {best[0]})")
+    return best
+
+
 def _attempt(tokenizer, task, text, achieved, thinking):
     """(total tokens, text, depth achieved, context ids, first question's ids) of one candidate context."""
     context_ids, question_ids = _render(tokenizer, task, text, thinking, 0)
@@ -128,7 +188,8 @@ def _attempt(tokenizer, task, text, achieved, thinking):
 def _render(tokenizer, task: TaskContext, text: str, thinking: bool, index: int) -> tuple[list[int], list[int]]:
     q = task.questions[index]
     context = (task.instruction + "\n\n" if task.instruction else "") + text
-    return niah.render(tokenizer, context, q.text, thinking, answer_prefix=q.answer_prefix)
+    return niah.render(tokenizer, context, q.text, thinking, answer_prefix=q.answer_prefix,
+                       separator=task.question_separator)
 
 
 # --- scoring (RULER's metrics) -------------------------------------------------------------------------------------

@@ -198,11 +198,12 @@ def _sentence_start(tokenizer, ids: list[int], position: int) -> int:
     return 0
 
 
-def render(tokenizer, context: str, question: str, thinking: bool, answer_prefix: str = ""
-           ) -> tuple[list[int], list[int]]:
+def render(tokenizer, context: str, question: str, thinking: bool, answer_prefix: str = "",
+           separator: str = "\n\n") -> tuple[list[int], list[int]]:
     """Token ids of the context part and the question part of the chat-formatted prompt (`answer_prefix`, RULER's
-    start of the answer, follows the assistant header)."""
-    content = context + _SPLIT + ("\n\n" + question if question else "")  # kvpress: the question starts with \n\n
+    start of the answer, follows the assistant header; `separator` opens the question part: kvpress's \\n\\n, or
+    RULER's template's own text between context and question)."""
+    content = context + _SPLIT + (separator + question if question else "")
     messages = [{"role": "user", "content": content}]
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True,

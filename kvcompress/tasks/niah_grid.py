@@ -46,7 +46,8 @@ def prompt_id(kind: str, count: int, haystack: str, thinking: bool, trial: int) 
 def task_prompt_id(family: str, questions: int, haystack: str | None, thinking: bool, trial: int) -> str:
     """A tasks/families.py context; with --questions K each record adds /q<i>."""
     name = f"{family}x{questions}q" if questions > 1 else family
-    return f"{name}/{haystack or 'own-list'}/{'think' if thinking else 'no-think'}/trial{trial}"
+    haystack = haystack or ("ruler" if family in families.RULER.split(",") else "own-list")  # RULER's own haystacks
+    return f"{name}/{haystack}/{'think' if thinking else 'no-think'}/trial{trial}"
 
 
 def grid_cells(contexts: list[int], depths: list[float], trials: int, *, kind: str, count: int, haystack: str,
@@ -156,7 +157,8 @@ def overall(summaries: list[CellSummary]) -> dict[str, tuple[int, int, int]]:
 
 
 def pareto_points(summaries: list[CellSummary]) -> list[dict]:
-    """Per method and context length: median KV bytes held and mean score over every task, trial and question."""
+    """Per method and context length: median KV bytes held and live (after the context, every method at the same
+    positions) and mean score over every task, trial and question."""
     groups: dict[tuple, list[BenchmarkResult]] = {}
     for s in summaries:
         groups.setdefault((s.method, s.target_tokens), []).extend(s.measured)
@@ -166,5 +168,6 @@ def pareto_points(summaries: list[CellSummary]) -> list[dict]:
         scores = [r.score for r in records if r.score is not None]
         if held is not None and scores:
             points.append({"method": method, "target_tokens": n, "kv_bytes": held,
+                           "kv_live_bytes": median_kv_bytes(records, "kv_live_bytes"),
                            "score": sum(scores) / len(scores), "n": len(scores)})
     return points

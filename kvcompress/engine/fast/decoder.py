@@ -7,7 +7,9 @@ graph and replayed, so the host's Python never sits on the critical path. On CPU
 torch reference ops, which is how the tests compare it with the hf engine.
 
 Handled: presses that keep different lengths per layer (each layer has its own buffer), mask-only presses (a
-validity mask per KV head keeps masked entries out of attention), native DMS (engine/fast/dms.py: a compact cache
+validity mask per KV head keeps masked entries out of attention), an fp8 KV cache alone or after a press (e4m3
+buffers and per-sequence scales: the store kernel quantizes each new token, the attention kernel dequantizes as it
+reads; int4/int2 are refused, quantized_formats), native DMS (engine/fast/dms.py: a compact cache
 per head, its own store and attention kernels), and batches (engine.batch): sequence b fills row b
 of every buffer; rows shorter than the layer's longest are zero-padded and the pads hidden by the same validity mask,
 each row keeps its own RoPE position, and one graph is captured per (batch, shape). A batched step is the same
@@ -27,6 +29,8 @@ from kvcompress.engine.decoder import Decoder
 from kvcompress.engine.fast import dms as fast_dms, kernels
 from kvcompress.engine.fast.decode_state import DecodeState, qk_norms
 from kvcompress.memory import KVState, ReportsOwnKV, empty_in_pool, padded_rows_state, take_masked_indices
+from kvcompress.methods import quant
+from kvcompress.methods.quantized_cache import QuantizedKVCache, QuantizedLayer
 
 
 class FastDecoder(Decoder):
@@ -34,6 +38,8 @@ class FastDecoder(Decoder):
     dms_layout = fast_dms.CompactDMSCache.layout
     runs_model_forward = False  # its own step: hooks inside transformers' forward do not run while it decodes
     sizes_buffers_up_front = True
+    quantized_kv = "stored"  # the buffers hold the codes; the attention kernel dequantizes as it reads
+    quantized_formats = ("fp8",)  # int4 / int2 (KIVI groups, a bf16 window) run on the hf engine only, for now
 
     def __init__(self, lm):
         self.model = lm.model
@@ -80,6 +86,8 @@ class FastDecoder(Decoder):
         predict)."""
         if isinstance(cache, fast_dms.CompactDMSCache):  # prefilled into the slabs already (new_dms_cache)
             return cache.copy(self.staging_buffers(cache.n_layers, expected)) if copy else cache
+        if isinstance(cache, QuantizedKVCache):  # fp8: its codes move into the buffers at decode_batch, as they are
+            return cache.copy() if copy else cache
         if not isinstance(cache, DynamicCache):
             return cache
         self._stage(len(cache.layers))
@@ -106,6 +114,11 @@ class FastDecoder(Decoder):
         """Layer `layer` of every admitted cache now sits in the batch's buffers: its slabs can go."""
         if self._staging is not None:
             self._staging.slabs[layer] = []
+
+    def new_quantized_cache(self, spec, lm, n_new: int):
+        """fp8 (quantized_formats): the prefill writes the hf engine's quantized cache; the decode moves its codes and
+        scales into fp8 buffers, which the store kernel extends and the attention kernel dequantizes."""
+        return QuantizedKVCache.for_model(spec, lm.model)
 
     def new_dms_cache(self, params, lm, n_new: int, batch_room: int | None = None):
         """Native DMS prefills into the compact cache it decodes from (engine/fast/dms.py); a batch's member puts its
@@ -134,13 +147,16 @@ class FastDecoder(Decoder):
         return n, self._state
 
     def _decode(self, caches, masks, token, positions, uniforms, settings, out_tokens, eos, mark=None) -> int:
-        per_sequence = [[layer.keys.shape[2] for layer in cache.layers] for cache in caches]
+        spec = getattr(caches[0], "spec", None)  # a quantized cache (methods/quantized_cache.py): fp8 buffers
+        for cache in caches if spec is not None else ():
+            cache.settle()  # the question's tokens are quantized now, as the hf engine's next step would
+        per_sequence = [[layer.get_seq_length() for layer in cache.layers] for cache in caches]
         lengths = [max(column) for column in zip(*per_sequence)]
         # Sequences shorter than the longest in a layer are right-padded; the pads are hidden by the validity mask.
         ragged = any(seq != lengths for seq in per_sequence)
         steps = out_tokens.shape[0]
         reserve = max(steps, settings.reserve_tokens or 0)
-        signature = (tuple(lengths), ragged or any(masks), reserve, settings.sampling, len(caches))
+        signature = (tuple(lengths), ragged or any(masks), reserve, settings.sampling, len(caches), spec)
         if self._state is None or self._state.signature != signature:
             self._drop_state()  # free the old buffers before allocating new ones (not the staged caches)
             self.dms.release()
@@ -239,10 +255,13 @@ class _DecodeState(DecodeState, ReportsOwnKV):
 
 
     def __init__(self, decoder: FastDecoder, cache, signature, sampling):
-        lengths, self.masked, n_new, _, batch = signature
+        lengths, self.masked, n_new, _, batch, self.spec = signature
         first = cache.layers[0].keys
         _, heads_kv, _, dim = first.shape
         device, dtype = first.device, first.dtype
+        # fp8: e4m3 buffers, and each layer's float32 K and V scales per sequence (B, 1) or per kv head (B, Hkv)
+        self.kv_dtype = quant.FP8 if self.spec is not None else dtype
+        self.scales: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(lengths)
         # Capacity: what was kept (+ question) plus the n_new - 1 tokens this decode will write. The buffers are
         # allocated layer by layer in load(), as each source layer is freed, so the cache never exists twice.
         self.capacities = [n + n_new - 1 for n in lengths]
@@ -264,18 +283,22 @@ class _DecodeState(DecodeState, ReportsOwnKV):
         lengths = self.signature[0]
         empty = torch.empty(0, device=device, dtype=dtype)
         for i in range(len(lengths)):
+            if self.spec is not None:
+                self._load_scales(i, caches)
             # K, then V: each source is freed before the next buffer is allocated, so the transient is half a layer,
             # as for transformers' own cache growing by torch.cat.
             for name, buffers in (("keys", self.keys), ("values", self.values)):
                 if buffers[i] is None:
-                    buffers[i] = self._empty((batch, heads_kv, self.capacities[i], dim), dtype, device)
+                    buffers[i] = self._empty((batch, heads_kv, self.capacities[i], dim), self.kv_dtype, device)
                 for b, cache in enumerate(caches):
                     n = per_sequence[b][i]
-                    buffers[i][b:b + 1, :, :n].copy_(getattr(cache.layers[i], name))
+                    buffers[i][b:b + 1, :, :n].copy_(_stored(cache.layers[i], name))
                     if n < lengths[i]:
-                        buffers[i][b, :, n:lengths[i]].zero_()
+                        buffers[i][b, :, n:lengths[i]].view(torch.uint8 if self.spec else dtype).zero_()
                 for cache in caches:
                     setattr(cache.layers[i], name, empty)
+                    if self.spec is not None:
+                        setattr(cache.layers[i], "qk" if name == "keys" else "qv", None)
             self.decoder.layer_moved(i)
             if self.masked and self.valid[i] is None:
                 self.valid[i] = self._empty((batch, heads_kv, self.capacities[i]), torch.uint8, device).zero_()
@@ -289,13 +312,22 @@ class _DecodeState(DecodeState, ReportsOwnKV):
         self.lengths.copy_(torch.tensor(lengths, dtype=torch.long))
         self.load_inputs(token, positions, uniforms, out_tokens)
 
+    def _load_scales(self, i: int, caches) -> None:
+        """Layer i's fp8 scales, row b from sequence b's cache (set from its own prefill)."""
+        rows = [torch.cat([getattr(c.layers[i], name).flatten(1) for c in caches])  # (B, 1 | Hkv) float32
+                for name in ("k_scale", "v_scale")]
+        if self.scales[i] is None:  # static tensors, as the buffers: a captured graph reads them where they are
+            self.scales[i] = tuple(self._empty(r.shape, torch.float32, r.device) for r in rows)
+        for static, r in zip(self.scales[i], rows):
+            static.copy_(r)
+
     def _empty(self, shape, dtype, device) -> torch.Tensor:
         return empty_in_pool(self.pool, shape, dtype, device)  # the KV pool, retried once near the memory limit
 
     def free(self) -> None:
         """Drop the graph and the buffers, then their pool (a pool must outlive the blocks carved from it)."""
         super().free()
-        self.keys = self.values = self.valid = []
+        self.keys = self.values = self.valid = self.scales = []
         self.pool = None
 
     def _step_context(self) -> torch.Tensor:
@@ -303,9 +335,9 @@ class _DecodeState(DecodeState, ReportsOwnKV):
 
     def _attend(self, i, w, qkv, cos, sin, live) -> None:
         kernels.qk_norm_rope_store(qkv, *qk_norms(w), cos, sin, self.keys[i], self.values[i], self.valid[i],
-                                   self.lengths[i: i + 1], self.q)
+                                   self.lengths[i: i + 1], self.q, scales=self.scales[i])
         kernels.decode_attention(self.q, self.keys[i], self.values[i], live[i: i + 1], self.valid[i], w.scale,
-                                 self.attn_out, self.splits[i])
+                                 self.attn_out, self.splits[i], scales=self.scales[i])
 
     def _advance(self) -> None:
         self.lengths.add_(1)
@@ -314,8 +346,28 @@ class _DecodeState(DecodeState, ReportsOwnKV):
         """Bytes the buffers hold (allocated capacity, pads included) and the entries attention can see; `positions`
         is one count, or one per sequence of a batch (tokens are then per sequence, bytes the whole batch's)."""
         layers = []
-        for keys, values, valid, n in zip(self.keys, self.values, self.valid, self.lengths.tolist()):
+        parts = {"data": 0, "scales": 0, "window": 0}
+        for keys, values, valid, n, scales in zip(self.keys, self.values, self.valid, self.lengths.tolist(),
+                                                  self.scales):
             batch, heads, capacity, _ = keys.shape
             live = float(valid[:, :, :n].sum()) / heads if valid is not None else float(n * batch)
-            layers.append((keys.nbytes + values.nbytes, batch, capacity, live))
-        return padded_rows_state(layers, positions)
+            held = keys.nbytes + values.nbytes + (sum(t.nbytes for t in scales) if scales else 0)
+            layers.append((held, batch, capacity, live))
+            parts["data"] += keys.nbytes + values.nbytes
+            parts["scales"] += sum(t.nbytes for t in scales) if scales else 0
+        state = padded_rows_state(layers, positions)
+        if self.spec is not None:
+            state.parts = parts
+            # what vanilla holds for the same positions, in the model's dtype (the buffers are one byte an element)
+            batch, heads, _, dim = self.keys[0].shape
+            seen = sum(positions) if isinstance(positions, list) else positions * batch
+            state.full_bytes = len(self.keys) * 2 * heads * dim * self.q.element_size() * seen
+        return state
+
+
+def _stored(layer, name: str) -> torch.Tensor:
+    """What a layer of the prefilled cache holds for K or V, as the buffers store it: a plain cache's tensor, or a
+    settled fp8 cache's codes (every token quantized: fp8 keeps no bf16 window)."""
+    if isinstance(layer, QuantizedLayer):
+        return layer.qk if name == "keys" else layer.qv
+    return getattr(layer, name)

@@ -6,7 +6,7 @@ and expands grouped KV heads to all query heads (`repeat_kv`). These kernels fol
 into one launch and read every KV head once:
 
 - `add_rmsnorm`: residual += delta; out = RMSNorm(residual)                       (2 per layer)
-- `qk_norm_rope_store`: q/k head RMSNorm + RoPE, K/V written into the cache slot  (1 per layer)
+- `qk_norm_rope_store`: q/k head RMSNorm + RoPE, K/V written into the cache slot  (1 per layer; fp8: quantized)
 - `decode_attention`: split-K attention of a query group over its KV head         (2 per layer: partials, combine)
 - `silu_mul`: SiLU(gate) * up                                                     (1 per layer)
 
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from kvcompress.methods import dms as rule  # the rule's own definitions are the reference twins' oracle
+from kvcompress.methods import quant  # the fp8 format: the store's and the attention's twins quantize with it
 
 try:  # Triton ships with CUDA builds of torch; the CPU path never needs it
     import triton
@@ -69,19 +70,25 @@ def _rmsnorm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 
 def qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, eps: float,
                        cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                       valid: torch.Tensor | None, slot: torch.Tensor, q_out: torch.Tensor) -> torch.Tensor:
+                       valid: torch.Tensor | None, slot: torch.Tensor, q_out: torch.Tensor,
+                       scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Split qkv (B, (Hq + 2 Hkv) * D), normalise and rotate q and k, write k and v at `slot` of the cache
-    (keys/values: (B, Hkv, S, D)), mark the slot valid, return q (B, Hq, D) in `q_out`."""
+    (keys/values: (B, Hkv, S, D)), mark the slot valid, return q (B, Hq, D) in `q_out`. An fp8 cache (`scales`:
+    float32 K and V scales (B, 1 | Hkv), methods/quant.py's fp8 format) stores k and v, as the model's dtype rounds
+    them, divided by their scale and rounded to e4m3 (saturating at +-448)."""
     batch, heads_q, dim = q_out.shape
     heads_kv = keys.shape[1]
     if use_triton(qkv):
+        k_scale, v_scale = scales if scales is not None else (cos, cos)
         _qk_norm_rope_store_kernel[(batch, heads_q + heads_kv)](
             qkv, q_norm if q_norm is not None else cos, k_norm if k_norm is not None else cos, cos, sin,
-            keys, values, valid if valid is not None else slot, slot, q_out, eps,
+            keys, values, valid if valid is not None else slot, slot, q_out, k_scale, v_scale, eps,
             qkv.stride(0), cos.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
             valid.stride(0) if valid is not None else 0, valid.stride(1) if valid is not None else 0,
-            q_out.stride(0), q_out.stride(1), HEADS_Q=heads_q, HEADS_KV=heads_kv, D=dim,
-            HAS_NORM=q_norm is not None, HAS_VALID=valid is not None)
+            q_out.stride(0), q_out.stride(1), k_scale.stride(0) if scales is not None else 0,
+            k_scale.stride(1) if scales is not None and k_scale.shape[1] > 1 else 0,
+            HEADS_Q=heads_q, HEADS_KV=heads_kv, D=dim, HAS_NORM=q_norm is not None, HAS_VALID=valid is not None,
+            FP8=scales is not None)
         return q_out
     q, k, v = qkv.view(batch, heads_q + 2 * heads_kv, dim).split([heads_q, heads_kv, heads_kv], dim=1)
     if q_norm is not None:
@@ -89,8 +96,13 @@ def qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_norm: t
     cos, sin = cos[:, None, :], sin[:, None, :]
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
-    keys.index_copy_(2, slot, k[:, :, None, :])
-    values.index_copy_(2, slot, v[:, :, None, :])
+    k, v = k[:, :, None, :], v[:, :, None, :]
+    if scales is not None:  # written as bytes: CPU torch has no index_copy_ for float8
+        k = quant.fp8_quantize(k, scales[0][:, :, None, None]).view(torch.uint8)
+        v = quant.fp8_quantize(v, scales[1][:, :, None, None]).view(torch.uint8)
+        keys, values = keys.view(torch.uint8), values.view(torch.uint8)
+    keys.index_copy_(2, slot, k)
+    values.index_copy_(2, slot, v)
     if valid is not None:
         valid.index_fill_(2, slot, True)
     q_out.copy_(q)
@@ -135,9 +147,12 @@ def attention_stages(batch_heads: int, device: torch.device) -> int:
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, length: torch.Tensor,
                      valid: torch.Tensor | None, scale: float, out: torch.Tensor, splits: int = 1,
                      workspace: tuple[torch.Tensor, torch.Tensor] | None = None, *,
-                     offsets: torch.Tensor | None = None, max_length: int | None = None) -> torch.Tensor:
+                     offsets: torch.Tensor | None = None, max_length: int | None = None,
+                     scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """One query token per head. q (B, Hq, D); keys/values (B, Hkv, S, D), the first `length` slots live;
     valid (B, Hkv, S) uint8 hides masked entries (0). Each KV head is read once for its whole group of query heads.
+    An fp8 cache (`scales`: K and V scales (B, 1 | Hkv)) is read as stored and dequantized in the kernel: code x
+    scale in float32, rounded to q's dtype (as the hf engine's cache dequantizes, methods/quantized_cache.py).
 
     Ragged form (DMS's compact cache): with `offsets`, keys/values are flat (rows, D) buffers, head (b, h) owns rows
     offsets[b * Hkv + h] onwards, `length` (B * Hkv,) holds each head's live count and `max_length` bounds it."""
@@ -152,12 +167,15 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         # the step, so it never adds to the decode phase's peak.
         partial_out, partial_lse = workspace or attention_workspace(batch, heads_q, dim, splits, q.device)
         chunk = math.ceil(math.ceil(capacity / splits) / BLOCK_N) * BLOCK_N
+        k_scale, v_scale = scales if scales is not None else (q, q)
         _attention_partial_kernel[(batch * heads_kv, splits)](
             q, keys, values, valid if valid is not None else length, length, partial_out, partial_lse, scale,
-            q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
+            k_scale, v_scale, q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
             valid.stride(0) if valid is not None else 0, valid.stride(1) if valid is not None else 0,
+            k_scale.stride(0) if scales is not None else 0,
+            k_scale.stride(1) if scales is not None and k_scale.shape[1] > 1 else 0,
             HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
-            CHUNK=chunk, BLOCK_N=BLOCK_N, HAS_VALID=valid is not None,
+            CHUNK=chunk, BLOCK_N=BLOCK_N, HAS_VALID=valid is not None, FP8=scales is not None,
             num_stages=attention_stages(batch * heads_kv, q.device))
         _attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
@@ -166,7 +184,11 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     n = int(length)
     mask = valid[:, :, None, :n].bool() if valid is not None else None  # (B, Hkv, 1, n), broadcast over the group
     grouped = q.view(batch, heads_kv, group, dim)  # query heads of one KV head share a row block
-    o = F.scaled_dot_product_attention(grouped, keys[:, :, :n], values[:, :, :n], attn_mask=mask, scale=scale)
+    keys, values = keys[:, :, :n], values[:, :, :n]
+    if scales is not None:
+        keys = quant.fp8_dequantize(keys, scales[0][:, :, None, None], q.dtype)
+        values = quant.fp8_dequantize(values, scales[1][:, :, None, None], q.dtype)
+    o = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scale)
     out.copy_(o.reshape(batch, heads_q, dim))
     return out
 
@@ -232,9 +254,9 @@ if triton is not None:
 
     @triton.jit
     def _qk_norm_rope_store_kernel(qkv_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr,
-                                   q_ptr, eps, s_qkv, s_cos, s_kb, s_kh, s_ks, s_mb, s_mh, s_qb, s_qh,
-                                   HEADS_Q: tl.constexpr, HEADS_KV: tl.constexpr, D: tl.constexpr,
-                                   HAS_NORM: tl.constexpr, HAS_VALID: tl.constexpr):
+                                   q_ptr, ks_ptr, vs_ptr, eps, s_qkv, s_cos, s_kb, s_kh, s_ks, s_mb, s_mh, s_qb, s_qh,
+                                   s_sb, s_sh, HEADS_Q: tl.constexpr, HEADS_KV: tl.constexpr, D: tl.constexpr,
+                                   HAS_NORM: tl.constexpr, HAS_VALID: tl.constexpr, FP8: tl.constexpr):
         b = tl.program_id(0)
         head = tl.program_id(1)  # 0..HEADS_Q-1: query heads; then the key/value heads
         half = tl.arange(0, D // 2)
@@ -256,21 +278,44 @@ if triton is not None:
             slot = tl.load(slot_ptr)
             y1, y2 = _norm_rope(x1, x2, kn_ptr, cos1, cos2, sin1, sin2, eps, D, HAS_NORM, dtype)
             dst = k_ptr + b * s_kb + kv * s_kh + slot * s_ks
-            tl.store(dst + half, y1.to(dtype))
-            tl.store(dst + D // 2 + half, y2.to(dtype))
             vsrc = qkv_ptr + b * s_qkv + (HEADS_Q + HEADS_KV + kv) * D
             vdst = v_ptr + b * s_kb + kv * s_kh + slot * s_ks
-            tl.store(vdst + half, tl.load(vsrc + half))
-            tl.store(vdst + D // 2 + half, tl.load(vsrc + D // 2 + half))
+            if FP8:  # k as the model's dtype rounds it, / scale (correctly rounded), saturated, to e4m3
+                ks = tl.load(ks_ptr + b * s_sb + kv * s_sh)
+                vs = tl.load(vs_ptr + b * s_sb + kv * s_sh)
+                code = k_ptr.dtype.element_ty
+                tl.store(dst + half, _fp8_code(y1.to(dtype).to(tl.float32), ks, code))
+                tl.store(dst + D // 2 + half, _fp8_code(y2.to(dtype).to(tl.float32), ks, code))
+                tl.store(vdst + half, _fp8_code(tl.load(vsrc + half).to(tl.float32), vs, code))
+                tl.store(vdst + D // 2 + half, _fp8_code(tl.load(vsrc + D // 2 + half).to(tl.float32), vs, code))
+            else:
+                tl.store(dst + half, y1.to(dtype))
+                tl.store(dst + D // 2 + half, y2.to(dtype))
+                tl.store(vdst + half, tl.load(vsrc + half))
+                tl.store(vdst + D // 2 + half, tl.load(vsrc + D // 2 + half))
             if HAS_VALID:
                 tl.store(valid_ptr + b * s_mb + kv * s_mh + slot, 1)
 
     @triton.jit
-    def _attention_partial_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, po_ptr, plse_ptr, scale,
-                                  s_qb, s_qh, s_kb, s_kh, s_ks, s_mb, s_mh,
+    def _fp8_code(x, scale, code: tl.constexpr):
+        """x / scale, correctly rounded in float32, clamped to e4m3's +-448, rounded to e4m3 (nearest even).
+
+        The rounding is done here in float32, so the cast at the end is exact: the spacing of e4m3 at v is
+        2**(max(exponent(v), -6) - 3) (3 mantissa bits; subnormals below 2**-6), and adding then subtracting
+        1.5 x 2**23 spacings rounds v to a multiple of it, to nearest even, by float32's own rounding. (Triton's
+        interpreter rounds a mantissa that overflows into the next binade down when it casts: 1.97 -> 1.0.)"""
+        v = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -448.0), 448.0)
+        exponent = ((v.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127
+        m = tl.maximum(exponent, -6) - 3
+        magic = (((m + 23 + 127) << 23) | (1 << 22)).to(tl.float32, bitcast=True)  # 1.5 x 2**(m + 23)
+        return ((v + magic) - magic).to(code)
+
+    @triton.jit
+    def _attention_partial_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, po_ptr, plse_ptr, scale, ks_ptr, vs_ptr,
+                                  s_qb, s_qh, s_kb, s_kh, s_ks, s_mb, s_mh, s_sb, s_sh,
                                   HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                                   D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
-                                  HAS_VALID: tl.constexpr):
+                                  HAS_VALID: tl.constexpr, FP8: tl.constexpr):
         bh = tl.program_id(0)  # (batch, kv head)
         split = tl.program_id(1)
         b = bh // HEADS_KV
@@ -289,10 +334,15 @@ if triton is not None:
         end = tl.minimum(start + CHUNK, length)
         kbase = k_ptr + b * s_kb + kvh * s_kh
         vbase = v_ptr + b * s_kb + kvh * s_kh
+        if FP8:
+            ks = tl.load(ks_ptr + b * s_sb + kvh * s_sh)
+            vs = tl.load(vs_ptr + b * s_sb + kvh * s_sh)
         for offset in range(0, CHUNK, BLOCK_N):  # constant trip count; loads past `length` are masked: never read
             cols = start + offset + tl.arange(0, BLOCK_N)
             live = cols < end
             k = tl.load(kbase + cols[:, None] * s_ks + dims[None, :], mask=live[:, None], other=0.0)
+            if FP8:  # dequantized here, in registers: the cache is read at one byte an element
+                k = (k.to(tl.float32) * ks).to(q.dtype)
             s = tl.dot(q, tl.trans(k)) * scale
             if HAS_VALID:
                 live = live & (tl.load(valid_ptr + b * s_mb + kvh * s_mh + cols, mask=live, other=0) != 0)
@@ -302,6 +352,8 @@ if triton is not None:
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m - m_safe)
             v = tl.load(vbase + cols[:, None] * s_ks + dims[None, :], mask=live[:, None], other=0.0)
+            if FP8:
+                v = (v.to(tl.float32) * vs).to(q.dtype)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
             m = m_new

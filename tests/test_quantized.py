@@ -1,0 +1,222 @@
+"""Quantized KV caches as methods (methods/quantized.py): the grammar, the protocol, and on the tiny model the hf
+engine's cache holding exactly the formula's bytes by part, alone and after a press."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import benchmark
+from kvcompress.commands import checks
+from kvcompress.engine.generate import GenerationSettings, HFDecoder, generate_once
+from kvcompress.engine.sampling import SamplingConfig
+from kvcompress.errors import UserError
+from kvcompress.methods import parse_method
+from kvcompress.methods.quant_spec import QuantSpec
+from kvcompress.results import load
+
+from conftest import one_line_error
+
+SETTINGS = GenerationSettings(6, SamplingConfig(greedy=True))
+
+
+@pytest.mark.parametrize("text, name, inner, spec", [
+    ("fp8", "fp8", "vanilla", QuantSpec("fp8")),
+    ("vanilla+fp8[scale=head]", "fp8[scale=head]", "vanilla", QuantSpec("fp8", scale="head")),
+    ("int4", "int4[group=32,window=128]", "vanilla", QuantSpec("int4", group=32, window=128)),
+    ("int2[window=0,group=64]", "int2[group=64,window=0]", "vanilla", QuantSpec("int2", group=64, window=0)),
+    ("knorm@0.5+fp8", "knorm@0.5+fp8", "knorm@0.5", QuantSpec("fp8")),
+    ("snapkv@0.875+int4", "snapkv@0.875+int4[group=32,window=128]", "snapkv@0.875", QuantSpec("int4", 32, 128)),
+    ("dms-8x+fp8", "dms-8x+fp8", "dms-8x", QuantSpec("fp8")),
+    ("knorm@2048tok+int4[group=16]", "knorm@2048tok+int4[group=16,window=128]", "knorm@2048tok",
+     QuantSpec("int4", 16, 128)),
+])
+def test_a_format_follows_any_method(text, name, inner, spec):
+    m = parse_method(text)
+    assert (m.name, m.inner.name, m.spec) == (name, inner, spec)
+    assert m.compression_ratio == m.inner.compression_ratio
+    assert m.single_prefill == m.inner.single_prefill
+    assert not m.shares_prefill  # decode tokens are quantized as they come: no shared prefix to crop back to
+
+
+@pytest.mark.parametrize("text, message", [
+    ("fp8@0.5", "take no ratio"), ("int4[group=3]", "power of two"), ("int4[bits=3]", "no option 'bits'"),
+    ("fp8[scale=token]", "layer or head"), ("int2[window=-1]", ">= 0"), ("knorm@0.5+int4+fp8", "two KV formats"),
+    ("decoding+knorm[compression_interval=8,target_size=64]+int4", "decoding-phase press"),
+    ("dms-8x-remote+fp8", "native dms-8x"), ("nosuchpress@0.5+fp8", "unknown press"),
+    ("knorm@64MiB+fp8", "token budget"),
+])
+def test_bad_formats_are_one_line_errors(text, message):
+    with pytest.raises(UserError, match=message):
+        parse_method(text)
+
+
+@pytest.fixture(scope="module")
+def fast(tiny):
+    from kvcompress.engine.fast.decoder import FastDecoder
+
+    return FastDecoder(tiny)
+
+
+def test_the_fast_engine_refuses_what_it_does_not_store_in_one_line(fast):
+    for name, words in (("int4", "int4 KV cache"), ("knorm@0.5+int2", "int2 KV cache"),
+                        ("dms-8x+fp8", "compact DMS cache")):
+        reason = parse_method(name).engine_problem(fast)
+        assert reason and "\n" not in reason and words in reason, reason
+    assert parse_method("knorm@0.5+fp8").engine_problem(fast) is None
+    assert parse_method("int2").engine_problem(HFDecoder()) is None
+
+
+@pytest.mark.parametrize("name", ["fp8", "fp8[scale=head]", "knorm@0.5+fp8", "adakv+snapkv@0.5+fp8"])
+def test_fast_fp8_decodes_the_hf_engines_tokens_from_fp8_buffers(tiny, tiny_prompt, fast, name):
+    """The fast engine's buffers hold e4m3 codes (1 byte an element): bytes = codes + scales for the capacity it
+    allocates (kept + n_new - 1 tokens), exactly; the tokens are the hf engine's (torch twins on CPU; the Triton
+    kernels: tests/kernel_check.py, interpreted)."""
+    method = parse_method(name)
+    settings = GenerationSettings(12, SamplingConfig(greedy=True))
+    reference = generate_once(tiny, method, tiny_prompt, settings, HFDecoder())
+    got = generate_once(tiny, method, tiny_prompt, settings, fast)
+    assert got.token_ids == reference.token_ids
+    state = fast.state
+    assert all(k.dtype == torch.float8_e4m3fn for k in state.keys + state.values)
+    c = tiny.model.config
+    capacity = state.capacities[0]
+    assert len(set(state.capacities)) == 1
+    one = method.spec.bytes_parts(1, c.num_key_value_heads, c.head_dim, capacity, tiny.dtype.itemsize)
+    assert got.kv_end.parts == {k: v * c.num_hidden_layers for k, v in one.items()}
+    assert got.kv_end.bytes == sum(got.kv_end.parts.values())
+    assert got.kv_end.full_bytes == reference.kv_end.full_bytes
+
+
+def test_a_fast_fp8_batch_decodes_what_each_sequence_decodes_alone(tiny, fast):
+    """Rows that keep different lengths after the press (padded rows, pads hidden), each with its own scales."""
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.tasks.cell import Cell
+
+    prompts = Cell(target_tokens=400, needle_seed=0).build_batch(tiny.tokenizer, 3)[0]
+    method = parse_method("knorm@0.5+fp8")
+    settings = GenerationSettings(8, SamplingConfig(greedy=True))
+    alone = [generate_once(tiny, method, p, settings, HFDecoder()).token_ids for p in prompts]
+    batch = generate_batch(tiny, method, prompts, settings, fast)
+    assert batch.batch_token_ids == alone
+    assert len({tuple(t) for t in alone}) > 1
+    assert fast.state.scales[0][0].shape == (3, 1)
+    assert fast.state.signature[1]  # ragged: the validity mask hides the pads
+
+
+@pytest.mark.parametrize("name", ["fp8", "fp8[scale=head]", "int4[group=16,window=32]", "int2[group=32,window=64]",
+                                  "knorm@0.5+fp8", "snapkv@0.75+int4[group=16,window=16]"])
+def test_bytes_are_the_formula_by_part_on_the_tiny_model(tiny, tiny_prompt, name):
+    """After the prefill (every layer settled) and at the end of decoding."""
+    method = parse_method(name)
+    g = generate_once(tiny, method, tiny_prompt, SETTINGS, HFDecoder())
+    c = tiny.model.config
+    for state, tokens in ((g.kv_after, g.kv_after.tokens_per_layer), (g.kv_end, g.kv_end.tokens_per_layer)):
+        assert len(set(tokens)) == 1
+        one = method.spec.bytes_parts(1, c.num_key_value_heads, c.head_dim, int(tokens[0]), tiny.dtype.itemsize)
+        assert state.parts == {k: v * c.num_hidden_layers for k, v in one.items()}
+        assert state.bytes == sum(state.parts.values())
+    kept = g.kv_after.tokens_per_layer[0]
+    expected_kept = tiny_prompt.context_tokens * (1 - (method.compression_ratio or 0))
+    assert abs(kept - expected_kept) <= 1
+    assert g.kv_after.parts["data"] > 0  # something really is quantized
+
+
+def test_fidelity_orders_fp8_before_int2_on_the_tiny_model(tiny, tiny_prompt):
+    """fp8 barely moves the logits; int2 moves them more (the tiny model's greedy tokens may still agree)."""
+    from kvcompress.engine.fidelity import compare, continuation_logprobs
+
+    ids = torch.cat([tiny_prompt.context_ids, tiny_prompt.question_ids], 1)
+    ctx, cont = ids[:, :300], ids[:, 300:340]
+    ref = continuation_logprobs(tiny, parse_method("vanilla"), ctx, cont)
+    scores = {m: compare(ref, continuation_logprobs(tiny, parse_method(m), ctx, cont), cont)
+              for m in ("vanilla", "fp8", "int2[window=0]")}
+    assert scores["vanilla"].kl_mean == 0 and scores["vanilla"].top1_agreement == 1
+    assert 0 < scores["fp8"].kl_mean < scores["int2[window=0]"].kl_mean
+
+
+def test_check_verifies_the_parts_and_fails_one_off(tmp_path):
+    out = tmp_path / "q.json"
+    assert benchmark.main(["--preset", "tiny", "--contexts", "320", "--methods",
+                           "vanilla,fp8,int4[group=16,window=32],knorm@0.5+int2[window=16]", "--max-new-tokens", "3",
+                           "--repeats", "1", "--out", str(out)]) == 0
+    run, results = load(out)
+    quantized = [r for r in results if r.kv_quant]
+    assert len(quantized) == 3 and all(r.kv_quant_storage == "simulated" and r.engine == "hf" for r in quantized)
+    kv = checks.run_checks(run, results)[0]
+    assert kv.passed is True, kv.lines
+    assert sum("exact" in line and "window" in line for line in kv.lines) == 3
+    data = json.loads(out.read_text())
+    record = next(r for r in data["results"] if r["method"] == "fp8")
+    record["kv_bytes_parts"]["scales"] += 4  # one float32 scale too many
+    record["kv_cache_bytes"] += 4
+    out.write_text(json.dumps(data))
+    run, results = load(out)
+    assert checks.run_checks(run, results)[0].passed is False
+
+
+@pytest.mark.parametrize("name", ["dms-8x+fp8", "dms-8x+int4[group=16,window=32]"])
+def test_native_dms_stores_its_masked_cache_quantized(tiny, long_prompt, name):
+    """The hf engine's DMS cache holds every position (mask, no reclaim): in quantized form, the formula's bytes for
+    all of them; DMS keeps the same live entries as without quantization on this prompt (its decisions are made on
+    bf16 keys in the prefill)."""
+    method = parse_method(name).prepare(tiny, long_prompt)
+    plain = parse_method("dms-8x").prepare(tiny, long_prompt)
+    g = generate_once(tiny, method, long_prompt, SETTINGS, HFDecoder())
+    reference = generate_once(tiny, plain, long_prompt, SETTINGS, HFDecoder())
+    c = tiny.model.config
+    one = method.spec.bytes_parts(1, c.num_key_value_heads, c.head_dim, long_prompt.input_tokens, tiny.dtype.itemsize)
+    assert g.kv_after.parts == {k: v * c.num_hidden_layers for k, v in one.items()}
+    assert g.kv_after.tokens_per_head == reference.kv_after.tokens_per_head
+    assert g.kv_after.full_bytes == reference.kv_after.full_bytes and g.kv_after.bytes < g.kv_after.full_bytes
+
+
+def test_cloned_rows_of_a_fast_fp8_batch_are_copies(tiny, tiny_prompt, fast):
+    """--admission cloned: rows 1..B-2 copy row 0's quantized cache; every row decodes what row 0 decodes alone."""
+    from kvcompress.engine.batch import generate_batch
+
+    method = parse_method("fp8")
+    settings = GenerationSettings(6, SamplingConfig(greedy=True))
+    alone = generate_once(tiny, method, tiny_prompt, settings, HFDecoder()).token_ids
+    batch = generate_batch(tiny, method, [tiny_prompt] * 4, settings, fast, admission="cloned")
+    assert batch.batch_token_ids == [alone] * 4
+    c = tiny.model.config
+    one = method.spec.bytes_parts(4, c.num_key_value_heads, c.head_dim, tiny_prompt.context_tokens, tiny.dtype.itemsize)
+    assert batch.kv_after.parts == {k: v * c.num_hidden_layers for k, v in one.items()}
+
+
+def test_an_hf_batch_of_quantized_caches_stacks_equal_lengths_and_refuses_others(tiny, tiny_prompt):
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.tasks.cell import Cell
+
+    method = parse_method("int4[group=16,window=32]")
+    settings = GenerationSettings(6, SamplingConfig(greedy=True))
+    alone = generate_once(tiny, method, tiny_prompt, settings, HFDecoder()).token_ids
+    batch = generate_batch(tiny, method, [tiny_prompt] * 3, settings, HFDecoder())
+    assert batch.batch_token_ids == [alone] * 3
+    prompts = Cell(target_tokens=400, needle_seed=0).build_batch(tiny.tokenizer, 3)[0]
+    with pytest.raises(UserError, match="one length per layer"):
+        generate_batch(tiny, parse_method("knorm@0.5+fp8"), prompts, settings, HFDecoder())
+
+
+def test_fidelity_command_writes_one_record_per_method_and_prompt(tmp_path, capsys):
+    out = tmp_path / "f.json"
+    assert benchmark.main(["fidelity", "--preset", "tiny", "--contexts", "256", "--prompts", "2", "--continuation",
+                           "8", "--methods", "vanilla,fp8,knorm@0.5+int2", "--out", str(out)]) == 0
+    run, results = load(out)
+    assert run["continuation_tokens"] == 8 and len(results) == 6
+    assert {r.prompt_id for r in results} == {"paul_graham-0", "paul_graham-1"}
+    vanilla = [r for r in results if r.method == "vanilla"]
+    assert all(r.fidelity_kl == 0 and r.fidelity_top1 == 1 and r.fidelity_tokens == 7 for r in vanilla)
+    quantized = [r for r in results if r.kv_quant]
+    assert all(r.fidelity_kl > 0 and r.kv_bytes_parts and r.kv_quant_storage == "simulated" for r in quantized)
+    assert "KL mean" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--continuation", "1"], "--continuation"), (["--methods", "vanilla,int4[group=3]"], "power of two")])
+def test_fidelity_command_refuses_bad_input_in_one_line(argv, message, capsys):
+    assert benchmark.main(["fidelity", "--preset", "tiny", *argv]) == 2
+    assert message in one_line_error(capsys)
