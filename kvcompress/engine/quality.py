@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from kvcompress.engine.batch import Admission
-from kvcompress.engine.generate import GenerationSettings, Prompt, eos_ids, generate_once
+from kvcompress.engine.generate import GenerationSettings, Prompt, eos_ids, generate_once, kv_after_context
 from kvcompress.engine.sampling import draw_uniforms, sample
 from kvcompress.engine.shared_prefill import Compressed, set_masks
 from kvcompress.memory import KVState, clear_masks, kv_state, take_masked_indices
@@ -83,13 +83,19 @@ def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], b
 
 def answer_alone(lm, method: Method, prompt: Prompt, budget: int, settings: GenerationSettings,
                  decoder) -> QualityAnswer:
-    """A method with a prefill of its own: the measured path's one generation, once."""
+    """A method with a prefill of its own: the measured path's one generation, once. A single-prefill method (DMS)
+    takes context and question in one prefill: its KV is read as engine.measure reads it, after a prefill of the
+    context alone (engine.generate.kv_after_context), so every method's bytes cover the same positions."""
     try:
         generation = generate_once(lm, method, prompt, replace(settings, max_new_tokens=budget), decoder)
+        after = generation.kv_after
+        if method.single_prefill and not settings.query_aware:
+            decoder.release()
+            after = kv_after_context(lm, method, prompt, settings, decoder, settings.sampling.seed)
     finally:
         decoder.release()
     eos = eos_ids(lm) if not settings.fixed_length else set()
-    return QualityAnswer(cut(generation.token_ids, budget, eos), generation.kv_after, 1)
+    return QualityAnswer(cut(generation.token_ids, budget, eos), after, 1)
 
 
 def cut(tokens: list[int], budget: int, eos: set[int]) -> list[int]:
