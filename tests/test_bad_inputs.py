@@ -186,3 +186,43 @@ def test_capacity_has_no_hidden_batch_option(capsys):
 def test_capacity_budget_too_small_is_refused_up_front(capsys, tmp_path, no_model):
     assert benchmark.main(["capacity", "--preset", "tiny", "--budget", "1B", "--out", str(tmp_path / "c.json")]) == 2
     assert "below 1 MiB" in one_line_error(capsys)
+
+
+def test_capacity_resumes_an_interrupted_run(tmp_path, monkeypatch, capsys):
+    """--resume was hidden and ignored: a capacity file could not be continued. Now the cells in the file are not
+    searched again, and the records stay as they were."""
+    from kvcompress.run import capacity
+
+    out = tmp_path / "cap.json"
+    argv = ["capacity", "--preset", "tiny", "--methods", "vanilla", "--contexts", "256", "--max-new-tokens", "2",
+            "--search-tokens", "2", "--max-batch", "2", "--search-runs", "1", "--out", str(out)]
+    assert benchmark.main(argv) == 0
+    before = json.loads(out.read_text())["results"]
+    assert {r["task"] for r in before} == {"capacity", "capacity_context"}
+
+    def searched(*args, **kwargs):
+        raise AssertionError("a finished cell was searched again")
+
+    monkeypatch.setattr(capacity, "_cell", searched)
+    monkeypatch.setattr(capacity, "longest_context", searched)
+    capsys.readouterr()
+    assert benchmark.main(argv + ["--resume"]) == 0
+    assert "vanilla @ 256 tok: in " in capsys.readouterr().out
+    assert json.loads(out.read_text())["results"] == before
+    assert benchmark.main(argv[:-2] + ["--budget", "16MiB", "--out", str(out), "--resume"]) == 2
+    assert "was written with budget_bytes 8388608, this run has 16777216" in one_line_error(capsys)
+
+
+def test_a_prompt_past_the_models_positions_is_refused_before_measuring(capsys, tmp_path, monkeypatch):
+    """It ran for minutes instead."""
+    from kvcompress.run import runner
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured")
+
+    monkeypatch.setattr(runner, "run_cell", measured)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "word " * 2000}) + "\n")  # the tiny byte tokenizer: 10,000 tokens
+    assert dms_side_by_side(["--preset", "tiny", "--methods", "vanilla", "--prompts", str(prompts),
+                             "--out", str(tmp_path / "o.json")]) == 2
+    assert "exceeds tiny's 8192 positions" in one_line_error(capsys)
