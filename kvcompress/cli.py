@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import functools
 import importlib.util
 import logging
+import math
 import os
 import re
 import sys
@@ -92,10 +94,18 @@ class Defaults:
 TINY = Defaults(methods=DEFAULT_METHODS, contexts="256,512", max_new_tokens=32, repeats=2)
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with its errors as one line (`error: ...`, exit 2) like every other refusal, not usage + error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def parser(prog: str, description: str, defaults: Defaults = Defaults(), tiny: Defaults = TINY,
-           hidden: tuple[str, ...] = ()) -> argparse.ArgumentParser:
-    """The shared options. `hidden` names options (by dest) a script replaces with its own: they stay out of --help."""
-    p = argparse.ArgumentParser(prog=prog, description=description, epilog=METRICS,
+           hidden: tuple[str, ...] = (), without: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    """The shared options. `hidden` names options (by dest) a script replaces with its own: they stay out of --help;
+    `without` names batch options a script has no use for: they are not defined (an error, not silently ignored)."""
+    p = ArgumentParser(prog=prog, description=description, epilog=METRICS,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(_defaults=defaults, _tiny=tiny)
     methods, contexts, max_new_tokens, repeats = (defaults.methods, defaults.contexts, defaults.max_new_tokens,
@@ -120,12 +130,13 @@ def parser(prog: str, description: str, defaults: Defaults = Defaults(), tiny: D
     g.add_argument("--engine", choices=["auto", "fast", "hf"], default="auto", help="decode engine: hf = transformers' "
                    "own forward (what kvpress users run); fast = static buffers + CUDA graph + GQA-native attention. "
                    "auto = fast on CUDA, hf on CPU")
-    g.add_argument("--batch", default="1", help="sequences decoded together, a list: 1,8,32 (default 1). Each "
-                   "sequence is prefilled and compressed on its own with its own needle, then all decode together")
-    g.add_argument("--admission", choices=["each", "cloned"], default="each", help="each: every sequence of a batch "
-                   "is prefilled (default); cloned: the first and the last are, the rows between copy the first's "
-                   "compressed cache (the same bytes and decode work, two prefills instead of N; TTFT is then the "
-                   "median of two)")
+    if "batch" not in without:
+        g.add_argument("--batch", default="1", help="sequences decoded together, a list: 1,8,32 (default 1). Each "
+                       "sequence is prefilled and compressed on its own with its own needle, then all decode together")
+        g.add_argument("--admission", choices=["each", "cloned"], default="each", help="each: every sequence of a "
+                       "batch is prefilled (default); cloned: the first and the last are, the rows between copy the "
+                       "first's compressed cache (the same bytes and decode work, two prefills instead of N; TTFT is "
+                       "then the median of two)")
     g.add_argument("--query-aware", action="store_true", help="compress the question together with the context")
     g.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6)")
     g.add_argument("--top-k", type=int, default=20, help="sample among the k most likely tokens, 0 = all (default "
@@ -148,12 +159,60 @@ def parser(prog: str, description: str, defaults: Defaults = Defaults(), tiny: D
     g.add_argument("--dms-revision", default=None, help="Hub revision of the DMS checkpoint (default: the reviewed revision pinned in "
                    "kvcompress/models.py)")
     g = p.add_argument_group("output")
-    g.add_argument("--out", type=Path, default=None, help="JSON result file (default results/<script>-<time>.json)")
+    g.add_argument("--out", type=out_path, default=None, help="JSON result file (default results/<script>-<time>.json)")
     g.add_argument("--resume", action="store_true", help="keep the records already in --out and skip those cells")
     for action in p._actions:
         if action.dest in hidden:
             action.help = argparse.SUPPRESS
     return p
+
+
+def out_path(text: str) -> Path:
+    """--out as a Path; a name ending in a separator means a folder, which Path() would silently turn into a file."""
+    if text.endswith(("/", os.sep)):
+        return _FolderPath(text)
+    return Path(text)
+
+
+class _FolderPath(type(Path())):
+    """--out written as a folder (`dir/`): refused by `check_cheap` in one line, not turned into a file named dir."""
+
+
+# torch's seeds and numpy's (the needles) both take a value in [0, 2**32)
+MAX_SEED = 2**32 - 1
+
+
+def check_cheap(args: argparse.Namespace) -> None:
+    """Every check that needs neither torch nor a model, before torch is imported: a typo answers in < 1 s."""
+    if isinstance(args.out, _FolderPath):
+        raise UserError(f"--out {args.out}/ names a folder; name a JSON file, e.g. {args.out / 'run.json'}")
+    if getattr(args, "resume", False) and args.out is None:
+        raise UserError("--resume continues a result file: name it with --out")
+    if not math.isfinite(args.temperature) or args.temperature <= 0:
+        raise UserError(f"--temperature must be a finite number > 0, got {args.temperature:g}")
+    if not 0 < args.top_p <= 1:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p:g}")
+    if args.top_k < 0:
+        raise UserError("--top-k must be 0 (the whole vocabulary) or a positive number of tokens")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise UserError(f"--seed must be in [0, {MAX_SEED}] (torch's and numpy's seed range), got {args.seed}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 2:
+        raise UserError("--max-new-tokens must be at least 2 (TPOT needs two tokens)")
+    if args.repeats is not None and args.repeats < 1:
+        raise UserError("--repeats must be at least 1")
+    if args.methods is not None:
+        parse_methods(args.methods)
+    if args.contexts is not None:
+        parse_contexts(args.contexts)
+    parse_batches(getattr(args, "batch", "1"))
+    if args.model is not None and _is_path(args.model) and not Path(args.model).expanduser().exists():
+        raise UserError(f"--model {args.model}: no such folder (a local checkpoint must exist; a Hub id is "
+                        "owner/name)")
+
+
+def _is_path(name: str) -> bool:
+    """A model name written as a path (a Hub id is owner/name: no leading /, ., ~ and one slash at most)."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
 
 
 def parse_contexts(text: str) -> list[int]:
@@ -165,6 +224,8 @@ def parse_contexts(text: str) -> list[int]:
         n = int(match[1]) * (1024 if match[2] else 1)
         if n < 64:
             raise UserError(f"context {part!r} is too short (at least 64 tokens)")
+        if n in values:  # both would be the same cell, and one record would replace the other
+            raise UserError(f"--contexts names {n} tokens twice")
         values.append(n)
     if not values:
         raise UserError("--contexts is empty")
@@ -184,6 +245,7 @@ def parse_batches(text: str) -> list[int]:
 
 def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True) -> RunConfig:
     """Validate everything that can be checked before loading a model; apply the tiny preset when there is no GPU."""
+    check_cheap(args)
     import torch
 
     from kvcompress import models
@@ -216,10 +278,6 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
         raise UserError("--max-new-tokens must be at least 2 (TPOT needs two tokens)")
     if args.repeats < 1:
         raise UserError("--repeats must be at least 1")
-    if not 0 < args.top_p <= 1 or args.temperature <= 0:
-        raise UserError("--top-p must be in (0, 1] and --temperature > 0")
-    if args.top_k < 0:
-        raise UserError("--top-k must be 0 (the whole vocabulary) or a positive number of tokens")
     methods = parse_methods(args.methods)
     if getattr(args, "dms_impl", "native") == "remote":
         methods = as_remote_dms(methods)
@@ -271,6 +329,11 @@ def _device(text: str | None):
                         "or the CPU's wall clock)")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda, but no CUDA GPU is visible")
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise UserError(f"--device {text}: there is one CPU device; write cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {text}: only {torch.cuda.device_count()} CUDA GPU(s) are visible "
+                        f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
     return device
 
 
@@ -309,6 +372,13 @@ def main(fn):
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                print_unexpected(exc)
+                return 1
+            # the machine, not the code: a full disk, a read-only or forbidden place, a name too long
+            print(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:
             from kvcompress.results import files_written
 
@@ -318,10 +388,18 @@ def main(fn):
                   file=sys.stderr)
             return 130
         except Exception as exc:  # noqa: BLE001 - last resort: still one line, details on request
-            if os.environ.get("KVCOMPRESS_DEBUG"):
-                traceback.print_exc()
-            print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                  "(set KVCOMPRESS_DEBUG=1 for the traceback)", file=sys.stderr)
+            print_unexpected(exc)
             return 1
 
     return wrapper
+
+
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
+
+
+def print_unexpected(exc: BaseException) -> None:
+    """A bug's one line (and its traceback with KVCOMPRESS_DEBUG=1)."""
+    if os.environ.get("KVCOMPRESS_DEBUG"):
+        traceback.print_exception(exc)
+    print(f"error: unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+          "(set KVCOMPRESS_DEBUG=1 for the traceback)", file=sys.stderr)

@@ -188,6 +188,38 @@ class BenchmarkResult:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+# A field's value must be of its annotation's type: a hand-edited `"ttft_s": "fast"` is refused when the file is read,
+# not met as a crash in a table, a check or a resumed run.
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,), "list": (list,), "dict": (dict,)}
+
+
+def type_problem(data: dict) -> str | None:
+    """The first field of a record dict whose value is not of its declared type, in words (None: all are)."""
+    for f in fields(BenchmarkResult):
+        if f.name not in data:
+            continue
+        value, annotation = data[f.name], str(f.type)
+        if value is None:
+            if "None" in annotation:
+                continue
+            return f"{f.name} is null"
+        kind = annotation.split("|")[0].strip().split("[")[0]
+        wanted = _KINDS.get(kind)
+        if wanted and (not isinstance(value, wanted) or isinstance(value, bool) and kind != "bool"):
+            return f"{f.name} is {value!r}, not {'a number' if kind in ('int', 'float') else 'a ' + kind}"
+    return None
+
+
+def duplicate_identity(results: list[BenchmarkResult]) -> BenchmarkResult | None:
+    """The first record whose cell (identity) an earlier record already holds: two answers for one cell."""
+    seen = set()
+    for record in results:
+        if record.identity() in seen:
+            return record
+        seen.add(record.identity())
+    return None
+
+
 def median_kv_bytes(records: list[BenchmarkResult], name: str = "kv_cache_bytes") -> float | None:
     """The median KV bytes held after the prefill (`name` "kv_live_bytes": live) over the records that measured them
     (statistics.median: the mean of the two middle values for an even count), None without any: one definition for
@@ -289,6 +321,11 @@ class ResultFile:
                     raise UserError(f"--out {self.path} already exists: pass --resume to continue it, or name a new "
                                     f"file")
                 old_run, self.results = load(self.path)
+                twice = duplicate_identity(self.results)
+                if twice is not None:  # which of the two counts as done would be arbitrary
+                    raise UserError(f"--resume: {self.path} holds the cell {twice.method} @ {twice.target_tokens} "
+                                    f"({twice.prompt_id or twice.task}) twice; remove one of them or name a new "
+                                    f"--out")
                 differs = resume_mismatch(old_run, self.results, run)
                 if differs:
                     raise UserError(f"--resume: {self.path} {differs}; rerun with the same settings or name a new "
@@ -316,7 +353,12 @@ class ResultFile:
             self.save()
 
     def save(self) -> None:
-        save(self.path, self.run, self.results)
+        try:
+            save(self.path, self.run, self.results)
+        except OSError as exc:  # disk full, quota, a mount gone read-only: the atomic write left the last file whole
+            raise UserError(f"cannot write {self.path} ({exc.strerror or exc}): it still holds the "
+                            f"{len(self.results) - 1} records before this one; make room and rerun with --resume"
+                            ) from None
 
 
 class WriterLock:
@@ -473,10 +515,14 @@ def resume_mismatch(old: dict, old_results: list[BenchmarkResult], new: dict) ->
 
 
 def check_writable(path: Path) -> None:
+    """Fail now, in one line, where a file could not be written later: a folder, a name too long (the probe has the
+    name of write_json_atomic's temporary file), a read-only or missing place."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; name a file in it, e.g. {path / 'out.json'}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".probe-", delete=True):
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=True):
             pass
     except OSError as exc:
         raise UserError(f"cannot write results to {path}: {exc.strerror or exc}") from None
@@ -561,6 +607,8 @@ def load(path: Path) -> tuple[dict, list[BenchmarkResult]]:
     for i, record in enumerate(data["results"]):
         if not isinstance(record, dict):
             raise UserError(f"{path}: record {i} is not an object")
+        if problem := type_problem(record):
+            raise UserError(f"{path}: record {i} is malformed ({problem})")
         try:
             results.append(BenchmarkResult.from_dict(_expand_sequences(dict(record))))
         except TypeError as exc:

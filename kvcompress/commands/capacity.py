@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
                         cli.Defaults(methods=DEFAULT_METHODS, contexts="8K,32K", max_new_tokens=128, repeats=1),
                         tiny=cli.Defaults(methods="vanilla,knorm@0.5,knorm@0.875", contexts="256", max_new_tokens=8,
                                           repeats=1),
-                        hidden=("batch", "admission", "resume"))
+                        without=("batch",))  # the search picks the batches; --resume continues a capacity file
     g = parser.add_argument_group("capacity")
     g.add_argument("--budget", default=None, help="memory for weights, KV, activations and workspace, e.g. 80GiB "
                    "(an H100's memory), 141GB (default 80GiB; tiny preset: 8MiB). On CUDA the allocator is capped at "

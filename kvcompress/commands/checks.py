@@ -23,11 +23,14 @@ Architecture figures (layers, heads, parameters) come from the run header, which
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field
 
+from kvcompress import cli
 from kvcompress.architecture import architecture_of
+from kvcompress.errors import UserError
 from kvcompress.methods.quant_spec import spec_from_label
-from kvcompress.results import BenchmarkResult, load
+from kvcompress.results import BenchmarkResult, duplicate_identity, load
 
 HBM_BANDWIDTH = 4.3e12  # bytes/s: H200 device-to-device copy, read + write (measured in this workplace)
 BF16_FLOPS = 790e12  # FLOP/s: H200 8192^3 bf16 matmul on random data (measured in this workplace)
@@ -379,7 +382,7 @@ def format_checks(checks: list[Check]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """`benchmark.py check FILE [--reference HF.json ...]`."""
-    parser = argparse.ArgumentParser(prog="benchmark.py check", description=__doc__,
+    parser = cli.ArgumentParser(prog="benchmark.py check", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("file", help="a result file written by benchmark.py (GPU runs)")
     parser.add_argument("--reference", nargs="+", default=[], metavar="HF.json",
@@ -394,8 +397,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print the checks; exit 1 if a pass/fail check fails."""
+    if not (math.isfinite(args.bandwidth) and args.bandwidth > 0 and math.isfinite(args.flops) and args.flops > 0):
+        raise UserError(f"--bandwidth and --flops must be positive numbers (TB/s, TFLOP/s), got {args.bandwidth:g} "
+                        f"and {args.flops:g}")
     header, results = load(args.file)
     references = [(path, load(path)[1]) for path in args.reference]
-    checks = run_checks(header, results, args.bandwidth * 1e12, args.flops * 1e12, references)
+    for path, records in [(args.file, results)] + references:
+        twice = duplicate_identity(records)
+        if twice is not None:  # the checks pair records by cell: which of the two is meant cannot be known
+            raise UserError(f"{path}: the cell {twice.method} @ {twice.target_tokens} (batch {twice.batch}) is there "
+                            "twice; remove one of them")
+    try:
+        checks = run_checks(header, results, args.bandwidth * 1e12, args.flops * 1e12, references)
+    except (ArithmeticError, KeyError, ValueError, TypeError) as exc:  # types are checked at load; values are not
+        raise UserError(f"{args.file}: a record or the header holds a value check cannot use ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}); was it edited by hand?") from None
     print(format_checks(checks))
     return 1 if any(c.passed is False for c in checks) else 0

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from kvcompress import cli
 from kvcompress.errors import UserError
 from kvcompress.report import make_console
 from kvcompress.results import IDENTITY_FIELDS, BenchmarkResult, check_writable, load, write_json_atomic
@@ -532,7 +533,7 @@ def _cell_table(cell: CellComparison, rows: list[Row]) -> Table:
 # --- command line --------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="benchmark.py compare", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=HELP,
         description="Compare two result files (before/after an upgrade, this GPU vs that one): match records by "
                     "identity, print each metric A -> B with its change, marked regression, improvement or noise.")

@@ -102,6 +102,8 @@ def _grid(args: argparse.Namespace):
         os.environ[families.ruler.qa.ENV] = str(args.qa_data.resolve())
     tasks = families.parse_tasks(args.tasks)
     depths = niah_grid.parse_depths(args.depths)
+    if args.needles < 1:
+        raise UserError(f"--needles must be at least 1, got {args.needles}")
     if args.sample and args.greedy:
         raise UserError("--sample and --greedy contradict each other")
     args.greedy = args.greedy or not (args.sample or args.thinking)

@@ -18,7 +18,7 @@ from kvcompress.errors import UserError
 from kvcompress.methods import Method, split_top_level, parse_method, takes_ratio
 from kvcompress.methods import presses as registry
 from kvcompress.readings import measured_memory, positions_end
-from kvcompress.results import BenchmarkResult
+from kvcompress.results import BenchmarkResult, check_writable
 from kvcompress.tasks.cell import Cell
 
 DEFAULT_RATIOS = "0.25,0.5,0.75,0.875"
@@ -237,6 +237,7 @@ def run(args: argparse.Namespace) -> int:
     if len(cfg.contexts) != 1:
         raise UserError("--context takes one prompt length (the table's columns are ratios)")
     ratios = parse_ratios(args.ratios)
+    check_writable(args.plot or cfg.out.with_suffix(".png"))  # now, not after the whole sweep
     target = cfg.contexts[0]
     cfg.methods = sweep_methods(args.presses, ratios, target, cfg.settings.max_new_tokens)
     args.methods = None  # the run header records --presses and --ratios instead

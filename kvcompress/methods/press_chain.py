@@ -190,7 +190,7 @@ def parse(text: str) -> PressChain:
         if value <= 0:
             raise UserError(f"{text!r}: the budget must be positive")
         options = parse_options(match["options"] or "", text)
-        _check_options(chain[0], options, text)
+        _check_options(chain, None, options, text)
         label = f"{budget_match['value']}{unit}"
         name = chain_text + f"@{label}" + (f"[{match['options']}]" if options else "")
         return PressChain(name, None, options, chain, budget=("tok" if unit == "tok" else "bytes", value))
@@ -201,13 +201,20 @@ def parse(text: str) -> PressChain:
     if ratio is not None and not ratio_taker:
         raise UserError(f"{chain[0].name} takes no ratio (its size is set by its own arguments); drop '@{match['ratio']}'")
     options = parse_options(match["options"] or "", text)
-    _check_options(chain[0], options, text)
+    _check_options(chain, ratio, options, text)
     name = chain_text + (f"@{ratio:g}" if ratio is not None else "") + (f"[{match['options']}]" if options else "")
     return PressChain(name, ratio, options, chain)
 
 
-def _check_options(outer: registry.PressInfo, options: dict, text: str) -> None:
-    """Options go to the outermost press: catch a misspelt one here, not as a failed run."""
+def _check_options(chain: list[registry.PressInfo], ratio: float | None, options: dict, text: str) -> None:
+    """Options go to the outermost press: catch a misspelt one, one that contradicts @ratio or a bad value here, not
+    as a failed run (kvpress is imported only when there are options)."""
+    outer = chain[0]
+    if takes_ratio(chain):
+        ratio_fields = {p.ratio_field for p in chain if p.takes_ratio} | {"compression_ratio"}
+        clash = sorted(ratio_fields & set(options))
+        if clash:  # the record would say @ratio while the press ran at the option's value
+            raise UserError(f"{text!r}: {clash[0]} is what @ratio sets; write the ratio once, as @<ratio>")
     missing = [name for name in outer.required if name not in options]
     if missing:
         raise UserError(f"{outer.name} needs {missing[0]}=<value> (no usable default), e.g. "
@@ -218,6 +225,9 @@ def _check_options(outer: registry.PressInfo, options: dict, text: str) -> None:
         if unknown:
             raise UserError(f"{outer.class_name} has no option {unknown[0]!r} in {text!r}; it takes: "
                             f"{', '.join(sorted(accepted)) or 'none'}")
+        why = registry.option_problem(chain, ratio, options)
+        if why:
+            raise UserError(f"{text!r}: {why}")
 
 
 def _wrapper_names() -> list[str]:

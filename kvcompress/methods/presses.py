@@ -13,7 +13,9 @@ kvpress is imported lazily: DMS-8x must run in a process where kvpress never pat
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
+import types
 from dataclasses import dataclass
 
 ROLES = ("scorer", "press", "wrapper", "decoding")
@@ -196,6 +198,35 @@ def accepted_options(info: PressInfo) -> set[str]:
     return names - {"press", "base_press", "presses", "prefilling_press", "decoding_press", "self"} | (
         {"compression_interval", "target_size", "hidden_states_buffer_size"} if info.name == "prefill_decoding"
         else set())
+
+
+def option_problem(chain: list[PressInfo], ratio: float | None, options: dict) -> str | None:
+    """Why these [name=value] options cannot build this chain (None: they can), found before any model loads: a value
+    of another type than the constructor's default (window_size=abc), then what kvpress's own constructor refuses
+    (compression_interval=0 fails its assert)."""
+    cls = kvpress_class(chain[0])
+    fields = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+    for name, value in options.items():
+        default = fields[name].default if name in fields else None
+        if default is dataclasses.MISSING or default is None:  # no default to compare with: its annotation
+            numeric = name in fields and any(t in str(fields[name].type) for t in ("float", "int"))
+            if numeric and isinstance(value, str):
+                return f"{name}={value!r} is not a number"
+            continue
+        wanted = (int, float) if type(default) is float else type(default)
+        if not isinstance(value, wanted) or isinstance(value, bool) and type(default) is not bool:
+            kind = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}.get(
+                type(default), type(default).__name__)
+            return f"{name}={value!r} is not {kind} (default {default!r})"
+    try:
+        build(chain, ratio, options, _ONE_LAYER)
+    except (AssertionError, ValueError, TypeError) as exc:
+        return f"{chain[0].class_name} refuses {options}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    return None
+
+
+# build() reads the model only for per_layer's list of ratios (one per layer): one layer is enough to check options
+_ONE_LAYER = types.SimpleNamespace(config=types.SimpleNamespace(num_hidden_layers=1))
 
 
 def build(chain: list[PressInfo], ratio: float | None, options: dict, model) -> object:

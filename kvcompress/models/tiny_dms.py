@@ -114,7 +114,6 @@ def cached_folder(seed: int = 0) -> Path:
     """The default fixture, built once per seed and code version under the kvcompress cache."""
     spec = FixtureSpec(seed=seed)
     # The folder name is also transformers' module name for the remote code: one per code version.
-    folder = assets.cache_dir() / f"tiny-dms-{spec.digest()}"
-    if not (folder / "model.safetensors").exists():
-        write_folder(folder, spec)
-    return folder
+    # Verified at each use: a truncated file is rebuilt, not loaded (a truncated model.safetensors killed the DMS
+    # child with no message)
+    return assets.cached_folder(f"tiny-dms-{spec.digest()}", lambda folder: _write(folder, spec))

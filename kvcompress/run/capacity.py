@@ -29,7 +29,7 @@ from kvcompress.engine.batch import generate_batch
 from kvcompress.errors import UserError
 from kvcompress.record import record_for
 from kvcompress.report import make_console
-from kvcompress.results import ResultFile
+from kvcompress.results import ResultFile, load
 from kvcompress.run.one_cell import free_memory
 from kvcompress.run.runner import header_of, make_decoders, run_on_models, tiny_threads
 from kvcompress.tasks.cell import Cell
@@ -44,9 +44,14 @@ def parse_budget(text: str) -> int:
     if not match or unit not in UNITS:
         raise UserError(f"budget {text!r} is not a memory size (write 80GiB, 141GB, 512MiB)")
     value = int(float(match[1]) * UNITS[unit])
-    if value <= 0:
-        raise UserError(f"budget {text!r} must be positive")
+    if value < MIN_BUDGET:  # every run would fail, cell by cell, with the allocator's or transformers' messages
+        raise UserError(f"budget {text!r} is below 1 MiB: no model's weights fit it (write 80GiB, 141GB, 8MiB)")
     return value
+
+
+MIN_BUDGET = 2**20
+# the header entries a resumed capacity file must share with the new run (its cells would be searched otherwise)
+RESUME_SEARCH = ("budget_bytes", "budget_kind", "search_tokens", "max_batch", "search_runs")
 
 
 def size_label(n: int) -> str:
@@ -279,17 +284,39 @@ def search_all(cfg, budget, *, search_tokens: int, max_batch: int, max_runs: int
 
 
 def _run(cfg, budget, search_tokens: int, max_batch: int, max_runs: int, say):
-    out = ResultFile(cfg.out, header_of(cfg, {"budget_bytes": budget.budget, "budget_kind": budget.kind,
-                                              "search_tokens": search_tokens, "max_batch": max_batch,
-                                              "search_runs": max_runs, "torch_threads": torch.get_num_threads()}))
+    header = header_of(cfg, {"budget_bytes": budget.budget, "budget_kind": budget.kind, "search_tokens": search_tokens,
+                             "max_batch": max_batch, "search_runs": max_runs,
+                             "torch_threads": torch.get_num_threads()}, task="capacity")
+    if cfg.resume and Path(cfg.out).is_file():
+        old = load(cfg.out)[0]
+        differs = next((key for key in RESUME_SEARCH if key in old and old[key] != header[key]), None)
+        if differs:
+            raise UserError(f"--resume: {cfg.out} was written with {differs} {old[differs]!r}, this run has "
+                            f"{header[differs]!r}; rerun with the same settings or name a new --out")
+    out = ResultFile(cfg.out, header, resume=cfg.resume)
     budget.apply()  # before loading: the weights count towards the budget
     try:
         # each method on the model it runs on: native DMS with pretrained weights on the DMS checkpoint, after the rest
         run_on_models(cfg, cfg.methods, out, lambda lm, methods: _methods(cfg, lm, methods, budget, out, search_tokens,
                                                                           max_batch, max_runs, say), say)
+    except torch.OutOfMemoryError as exc:  # every cell catches its own: this one is the weights' load
+        raise UserError(f"budget {size_label(budget.budget)}: the model's weights do not fit it "
+                        f"({str(exc).strip().splitlines()[0][:120]})") from None
     finally:
         budget.release()
     return out
+
+
+def finished(out: ResultFile, method: str, context: int) -> bool:
+    """Whether a resumed file holds this cell's search: its batch-1 record and the one at the batch found, error-free
+    (a cell that does not fit at batch 1 is searched again, as a failed cell of the other scripts is)."""
+    done = [r for r in out.results if r.task == "capacity" and r.method == method and r.target_tokens == context
+            and r.error is None]
+    return any(r.batch == max(1, r.capacity_max_batch or 1) for r in done) and any(r.batch == 1 for r in done)
+
+
+def longest_done(out: ResultFile, method: str) -> bool:
+    return any(r.task == "capacity_context" and r.method == method and r.error is None for r in out.results)
 
 
 def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, max_runs: int, say) -> None:
@@ -310,6 +337,10 @@ def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, 
         pair = (build(context),
                 Cell(target_tokens=context, needle_seed=seed + 1, haystack=cfg.haystack).build(lm.tokenizer)[0])
         for method in methods:
+            if finished(out, method.name, context):  # --resume: the file holds this cell's search
+                say(f"capacity: {method.name} @ {context} tok: in {cfg.out} already")
+                fitted[method.name] = max(fitted.get(method.name, 0), context)
+                continue
             say(f"capacity: {method.name} @ {context} tok, budget {size_label(budget.budget)}")
             for record in _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, say):
                 out.add(record)
@@ -317,7 +348,7 @@ def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, 
                     fitted[method.name] = max(fitted.get(method.name, 0), context)
     limit = (cfg.spec.max_positions or 4 * max(cfg.contexts)) - cfg.settings.max_new_tokens
     for method in methods:
-        if method.name not in fitted:
+        if method.name not in fitted or longest_done(out, method.name):
             continue
         say(f"capacity: longest context of {method.name} at batch 1")
         ready = method.prepare(lm, build(fitted[method.name]))

@@ -86,7 +86,8 @@ def run_in_child(cfg, methods, cells, task: str, done: set[tuple] = frozenset(),
     measured = {r.identity() for r in records}
     missing = [(c, m) for c, m in wanted if identity(job, c, m.name) not in measured]
     if missing:
-        reason = reason or f"exit code {proc.returncode}"
+        reason = reason or (f"killed by {signal.Signals(-proc.returncode).name}" if proc.returncode < 0
+                            else f"exit code {proc.returncode}")
         for c, m in missing:
             records.append(error_record(job, c, m.name, f"DMS worker failed: {reason}"))
             if on_record:

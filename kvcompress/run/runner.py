@@ -21,6 +21,7 @@ from kvcompress.architecture import architecture_of
 from kvcompress.cli import RunConfig
 from kvcompress.engine.fast.decoder import FastDecoder
 from kvcompress.engine.hf import HFDecoder
+from kvcompress.errors import UserError
 from kvcompress.models.loaded import LoadedModel
 from kvcompress.methods import Method
 from kvcompress.run.one_cell import (console, free_memory, pick_decoder,  # noqa: F401
@@ -159,6 +160,10 @@ def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
     # Every prompt is built before the first measurement: a cell that cannot be built (a target too short for a
     # task's text, say) ends the run in one line before anything is measured, not half-way through.
     built = [cell.build(lm.tokenizer) for cell in cells]
+    too_long = next((p for p, _ in built if p.input_tokens + cfg.settings.max_new_tokens > lm.max_positions), None)
+    if too_long is not None:  # a --prompts text past the model's positions: refuse it, do not run it for minutes
+        raise UserError(f"a prompt of {too_long.input_tokens} tokens + {cfg.settings.max_new_tokens} new tokens "
+                        f"exceeds {lm.name}'s {lm.max_positions} positions")
     for cell, (prompt, needle) in zip(cells, built):
         for batch in cfg.batches:
             # a batch: sequence b has needle seed + b (Cell.build_batch); batch 1 is the cell's own prompt

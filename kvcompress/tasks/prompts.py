@@ -61,4 +61,7 @@ def _entry(line: str, path: Path, number: int) -> dict:
     unknown = set(entry) - {"prompt", "id", "thinking"}
     if unknown:
         raise UserError(f"--prompts {path}:{number}: unknown key {sorted(unknown)[0]!r} (use prompt, id, thinking)")
+    if not isinstance(entry.get("thinking", False), bool):  # "false" as a string would turn thinking on
+        raise UserError(f"--prompts {path}:{number}: \"thinking\" must be true or false (JSON booleans), got "
+                        f"{json.dumps(entry['thinking'])}")
     return entry
