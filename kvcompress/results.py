@@ -143,6 +143,10 @@ class BenchmarkResult:
     capacity_max_batch: int | None = None  # largest batch whose whole generation fitted (0: not even batch 1)
     capacity_predicted_batch: int | None = None  # from weights + per-sequence KV + measured activation/workspace
     capacity_probes: list[dict] = field(default_factory=list)  # {"batch"|"context", "fits", "peak_bytes", "error"}
+    # torchrun (ranks.py): the rank, host and GPU that measured this record; None in a single-process run
+    rank: int | None = None
+    host: str | None = None
+    gpu: str | None = None
 
     def identity(self, *, across_engines: bool = False) -> tuple:
         """What makes two records the same cell (used by --resume, compare and check); named by IDENTITY_FIELDS.
