@@ -30,8 +30,9 @@ from kvcompress.errors import UserError
 POLL_S = 0.2  # how often rank 0 looks for records while it waits for the other ranks
 
 
-class RunStopped(Exception):
-    """SIGTERM reached rank 0 (torchrun stops every rank when one fails)."""
+class RunStopped(BaseException):
+    """SIGTERM reached rank 0 (torchrun stops every rank when one fails). A BaseException, like KeyboardInterrupt:
+    the `except Exception` that turns a failing method into an error record must not swallow it."""
 
 
 class OtherRankDone(Exception):

@@ -152,7 +152,7 @@ def finish(ranks: Ranks, out, order) -> None:
     probes = [p for share in ranks.gather("gpu_probes") for p in share]
     if probes:
         out.run["rank_probes"] = probes
-        out.save()
+    out.save()
 
 
 def stopped(ranks: Ranks, out: ResultFile, cfg: RunConfig, planned: list[str],
