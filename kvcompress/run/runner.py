@@ -173,15 +173,17 @@ def stopped(ranks: Ranks, out: ResultFile, cfg: RunConfig, planned: list[str],
 
 
 def plan_order(cfg: RunConfig, cells: list[Cell]):
-    """A record's place in the single-process order (context, batch, method); records equal on all three keep
-    their order."""
-    contexts = list(dict.fromkeys(c.target_tokens for c in cells))
+    """A record's place in the single-process order: its cell (length, prompt), batch, method; then its identity,
+    so that the order never depends on which rank finished first."""
+    places = {}
+    for i, c in enumerate(cells):
+        places.setdefault((c.target_tokens, c.prompt_id), i)
     methods = [m.name for m in cfg.methods]
 
     def key(r: BenchmarkResult):
-        return (contexts.index(r.target_tokens) if r.target_tokens in contexts else len(contexts),
+        return (places.get((r.target_tokens, r.prompt_id), len(places)),
                 cfg.batches.index(r.batch) if r.batch in cfg.batches else len(cfg.batches),
-                methods.index(r.method) if r.method in methods else len(methods))
+                methods.index(r.method) if r.method in methods else len(methods), repr(r.identity()))
     return key
 
 
@@ -276,7 +278,7 @@ def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
     work = [(cell, prompt, needle, batch, method) for cell, (prompt, needle) in zip(cells, built)
             for batch in cfg.batches for method in methods]
     if ranks.distributed:  # longest first, so no rank is left with a long cell at the end (a stable sort)
-        work.sort(key=lambda item: -item[0].target_tokens * item[3])
+        work.sort(key=lambda item: -item[1].input_tokens * item[3])
         _probe_gpu(cfg, lm, methods, cells, built, decoders, task, ranks)
     for cell, prompt, needle, batch, method in work:
         identity = skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, cfg.settings,
@@ -320,12 +322,12 @@ def _probe_gpu(cfg, lm, methods, cells, built, decoders, task, ranks: Ranks) -> 
         return
     probes, seen = [], set()
     for cell, (prompt, needle) in zip(cells, built):
-        if cell.target_tokens in seen:
+        if cell.target_tokens in seen:  # own prompts (no target length) are probed once, on the first
             continue
         seen.add(cell.target_tokens)
         r = run_cell(lm, vanilla, prompt, needle, cell, cfg.settings, cfg.repeats, decoders, task)
         probes.append({"rank": ranks.rank, "host": ranks.host, "gpu": _gpu_name(cfg.device), "device": str(cfg.device),
-                       "target_tokens": cell.target_tokens, "ttft_s": r.ttft_s, "tpot_ms": r.tpot_ms,
+                       "target_tokens": cell.target_tokens or prompt.input_tokens, "ttft_s": r.ttft_s, "tpot_ms": r.tpot_ms,
                        "decode_tokens_per_s": r.decode_tokens_per_s, "error": r.error})
     ranks.share("gpu_probes", probes)
 
