@@ -144,3 +144,16 @@ def test_a_lost_rank_names_the_unfinished_cells_and_resume_completes(single, tmp
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _, records = load(out)
     assert sorted(_cells(records), key=repr) == sorted(_cells(single[1]), key=repr)  # complete, nothing twice
+
+
+def test_an_indexed_device_under_torchrun_is_refused_in_one_line(monkeypatch):
+    import torch
+
+    from kvcompress.errors import UserError
+    from kvcompress.ranks import local_device
+
+    assert local_device(torch.device("cuda", 1)) == torch.device("cuda", 1)  # a plain run: as asked
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="each rank takes its own GPU"):
+        local_device(torch.device("cuda", 1))
+    assert local_device(torch.device("cpu")) == torch.device("cpu")
