@@ -20,6 +20,7 @@ from pathlib import Path
 from kvcompress.errors import UserError
 from kvcompress.hub import go_offline, hub_available, offline_by_choice
 from kvcompress.methods import Method, as_remote_dms, parse_methods
+from kvcompress.ranks import OtherRankDone, local_device
 from kvcompress.tasks.haystack import SOURCES
 
 # torch, transformers and kvpress are imported only once the arguments are parsed (resolve): --help and a bad
@@ -316,6 +317,11 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
 
 
 def _device(text: str | None):
+    """The device asked for; under torchrun, `cuda` is this rank's GPU (ranks.local_device)."""
+    return local_device(_asked_device(text))
+
+
+def _asked_device(text: str | None):
     import torch
 
     if not text:
@@ -369,6 +375,8 @@ def main(fn):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         try:
             return fn(argv)
+        except OtherRankDone:  # torchrun: rank 0 writes the file and prints the tables
+            return 0
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

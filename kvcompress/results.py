@@ -173,6 +173,10 @@ class BenchmarkResult:
     run_mode: str | None = None  # "quality" | None (a measured record: warm-up, repeats, memory pass); identity
     answer_batch: int | None = None  # samples decoded together with this one (1: alone)
     shared_prefill: bool | None = None  # its cache came from one prefill shared with the other methods
+    # torchrun (ranks.py): the rank, host and GPU that measured this record; None in a single-process run
+    rank: int | None = None
+    host: str | None = None
+    gpu: str | None = None
 
     def identity(self, *, across_engines: bool = False) -> tuple:
         """What makes two records the same cell (used by --resume, compare and check); named by IDENTITY_FIELDS.
@@ -337,6 +341,10 @@ class ResultFile:
 
     def done(self, record_identity: tuple) -> bool:
         return any(r.identity() == record_identity and r.error is None for r in self.results)
+
+    def finished_identities(self) -> set[tuple]:
+        """The cells the file holds without an error (what --resume skips)."""
+        return {r.identity() for r in self.results if r.error is None}
 
     def add(self, result: BenchmarkResult) -> None:
         # A retried cell replaces its failed attempt rather than standing beside it.

@@ -11,6 +11,9 @@
    token); each method's speed-up over vanilla at the same batch against the speed-up its smaller KV predicts.
 4. TTFT against compute: prefill FLOPs / matrix throughput.
 5. Noise: IQR / median of TTFT and TPOT per cell, flagged above 3 %.
+7. GPUs of a torchrun run: vanilla's decode tok/s at each context on every rank (the header's rank_probes), flagged
+   where the fastest and slowest rank differ by more than 3 % of the median: a slow GPU shows instead of being
+   averaged into the records it measured.
 6. With --reference (the same cells run with --engine hf): per cell, TTFT within 5 % of the reference's (the
    engines share the prefill), decode-phase peak no higher, the same KV bytes at the end, and the decode speed-up.
    Two files are two processes: a press whose prefill waits on the host (kvpress synchronises every layer) moves
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from dataclasses import dataclass, field
 
 from kvcompress import cli
@@ -57,19 +61,20 @@ def run_checks(run: dict, results: list[BenchmarkResult], bandwidth: float = HBM
     checks = [_kv_bytes(ok, arch)]
     if hardware is None:
         hardware = gpu_run(run)
+    ranks = [_ranks(run["rank_probes"], hardware)] if run.get("rank_probes") else []
     if not hardware:
         return checks + [Check("2-6. Hardware checks", None, [
             f"skipped: this run is on {run.get('device') or 'an unknown device'}, not a GPU; peaks, roofline, "
-            "FLOPs, noise and engine comparisons need a GPU run"])]
+            "FLOPs, noise and engine comparisons need a GPU run"])] + ranks
     timed = [r for r in ok if r.run_mode != "quality"]  # quality records (answered once) carry no timings or peaks
     if not timed:
         return checks + [Check("2-6. Hardware checks", None, [
-            "skipped: a quality run's records hold no timings or peaks (test_long_context.py --mode measured times)"])]
+            "skipped: a quality run's records hold no timings or peaks (test_long_context.py --mode measured times)"])] + ranks
     ok = timed
     checks += [_memory(ok), _roofline(ok, bandwidth, arch), _compute(ok, flops, arch), _noise(ok)]
     if references:
         checks.append(_engines(ok, references))
-    return checks
+    return checks + ranks
 
 
 def gpu_run(run: dict) -> bool:
@@ -331,6 +336,26 @@ def _noise(results) -> Check:
         spreads = [r.tpot_iqr_ms / r.tpot_ms for r in results if r.tpot_iqr_ms is not None and r.tpot_ms]
         spreads += [r.ttft_iqr_s / r.ttft_s for r in results if r.ttft_iqr_s is not None and r.ttft_s]
         check.lines.append(f"all {len(results)} cells within {NOISE_LIMIT:.0%} (largest {max(spreads, default=0):.2%})")
+    return check
+
+
+def _ranks(probes: list[dict], hardware: bool) -> Check:
+    """Vanilla on every rank at each context: the spread of decode tok/s across GPUs (informational off a GPU)."""
+    check = Check(f"7. GPUs: vanilla decode tok/s on every rank, spread above {NOISE_LIMIT:.0%} of the median flagged",
+                  True if hardware else None)
+    for context in sorted({p["target_tokens"] for p in probes}):
+        speeds = {(p["rank"], p.get("host"), p.get("gpu")): p["decode_tokens_per_s"] for p in probes
+                  if p["target_tokens"] == context and p.get("decode_tokens_per_s")}
+        if not speeds:
+            continue
+        median = statistics.median(speeds.values())
+        spread = (max(speeds.values()) - min(speeds.values())) / median
+        slowest = min(speeds, key=speeds.get)
+        flagged = hardware and spread > NOISE_LIMIT
+        check.passed = False if flagged else check.passed
+        check.lines.append(f"{context}: {len(speeds)} ranks, median {median:,.1f} tok/s, spread {spread:.1%}; slowest "
+                           f"rank {slowest[0]} ({slowest[1]}, {slowest[2] or 'cpu'}) {speeds[slowest]:,.1f}"
+                           + (" — FAIL" if flagged else ""))
     return check
 
 

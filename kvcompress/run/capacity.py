@@ -31,7 +31,9 @@ from kvcompress.record import record_for
 from kvcompress.report import make_console
 from kvcompress.results import ResultFile, load
 from kvcompress.run.one_cell import free_memory
-from kvcompress.run.runner import header_of, make_decoders, run_on_models, tiny_threads
+from kvcompress.ranks import Ranks, RunStopped, stop_on_sigterm
+from kvcompress.run.runner import (deliver, finish, header_of, label, make_decoders, open_output, run_on_models,
+                                   stopped, tiny_threads)
 from kvcompress.tasks.cell import Cell
 
 UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
@@ -293,12 +295,26 @@ def _run(cfg, budget, search_tokens: int, max_batch: int, max_runs: int, say):
         if differs:
             raise UserError(f"--resume: {cfg.out} was written with {differs} {old[differs]!r}, this run has "
                             f"{header[differs]!r}; rerun with the same settings or name a new --out")
-    out = ResultFile(cfg.out, header, resume=cfg.resume)
-    budget.apply()  # before loading: the weights count towards the budget
+    ranks = Ranks.from_env()
+    if ranks.distributed and cfg.resume:  # a cell's resume reads its records, which only rank 0 holds
+        raise UserError("capacity --resume runs in one process: rerun it without torchrun (the file may come from "
+                        "any number of ranks)")
+    out = open_output(cfg, header, ranks)
+    if ranks.distributed:
+        say = rank_say(say, ranks)
+    budget.apply()  # before loading: the weights count towards the budget (of this rank's GPU under torchrun)
+    stop_on_sigterm(ranks)
     try:
         # each method on the model it runs on: native DMS with pretrained weights on the DMS checkpoint, after the rest
         run_on_models(cfg, cfg.methods, out, lambda lm, methods: _methods(cfg, lm, methods, budget, out, search_tokens,
-                                                                          max_batch, max_runs, say), say)
+                                                                          max_batch, max_runs, say, ranks), say)
+        methods = [m.name for m in cfg.methods]
+        finish(ranks, out, lambda r: (r.task != "capacity", cfg.contexts.index(r.target_tokens)
+                                      if r.target_tokens in cfg.contexts else 0,
+                                      methods.index(r.method) if r.method in methods else len(methods), r.batch))
+    except RunStopped:
+        stopped(ranks, out, cfg, [label(m.name, c, 1) for c in cfg.contexts for m in cfg.methods],
+                lambda r: label(r.method, r.target_tokens, 1) if r.task == "capacity" else None)
     except torch.OutOfMemoryError as exc:  # every cell catches its own: this one is the weights' load
         raise UserError(f"budget {size_label(budget.budget)}: the model's weights do not fit it "
                         f"({str(exc).strip().splitlines()[0][:120]})") from None
@@ -319,8 +335,16 @@ def longest_done(out: ResultFile, method: str) -> bool:
     return any(r.task == "capacity_context" and r.method == method and r.error is None for r in out.results)
 
 
-def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, max_runs: int, say) -> None:
-    """Every context x `methods` on one loaded model, then each method's longest context at batch 1."""
+def rank_say(say, ranks: Ranks):
+    return lambda line: say(f"r{ranks.rank}: {line}")
+
+
+def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, max_runs: int, say,
+             ranks: Ranks) -> None:
+    """Every context x `methods` on one loaded model, then each method's longest context at batch 1. Under torchrun
+    each (context, method) cell goes to one rank, longest first, and a method's longest-context search to one rank
+    once all its cells are done (it starts from the longest context any rank saw fit)."""
+    gpu = torch.cuda.get_device_name(cfg.device) if cfg.device.type == "cuda" else None
     decoders = make_decoders(cfg, lm)
     decoder = decoders.get("fast", decoders["hf"])  # one engine: every run of the search and the timed ones
     runner = Runner(lm, decoder, cfg.settings, budget, search_tokens)
@@ -332,24 +356,35 @@ def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, 
             built[n] = Cell(target_tokens=n, needle_seed=seed, haystack=cfg.haystack).build(lm.tokenizer)[0]
         return built[n]
 
-    fitted: dict[str, int] = {}  # method -> longest context seen to fit at batch 1
-    for context in cfg.contexts:
+    work = [(context, method) for context in cfg.contexts for method in methods]
+    if ranks.distributed:
+        work.sort(key=lambda item: -item[0])  # longest first (a stable sort)
+    for context, method in work:
+        if not ranks.claim(f"capacity/{lm.name}/{method.name}/{context}"):
+            continue
         pair = (build(context),
                 Cell(target_tokens=context, needle_seed=seed + 1, haystack=cfg.haystack).build(lm.tokenizer)[0])
-        for method in methods:
-            if finished(out, method.name, context):  # --resume: the file holds this cell's search
-                say(f"capacity: {method.name} @ {context} tok: in {cfg.out} already")
-                fitted[method.name] = max(fitted.get(method.name, 0), context)
-                continue
-            say(f"capacity: {method.name} @ {context} tok, budget {size_label(budget.budget)}")
-            for record in _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, say):
-                out.add(record)
-                if not record.error and record.batch == 1:
-                    fitted[method.name] = max(fitted.get(method.name, 0), context)
-    limit = (cfg.spec.max_positions or 4 * max(cfg.contexts)) - cfg.settings.max_new_tokens
-    for method in methods:
-        if method.name not in fitted or longest_done(out, method.name):
+        if finished(out, method.name, context):  # --resume: the file holds this cell's search
+            say(f"capacity: {method.name} @ {context} tok: in {cfg.out} already")
+            ranks.mark(f"fits/{method.name}/{context}")
+            ranks.count(f"cells/{method.name}")
             continue
+        say(f"capacity: {method.name} @ {context} tok, budget {size_label(budget.budget)}")
+        for record in _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, say):
+            deliver(out, record, ranks, gpu)
+            if not record.error and record.batch == 1:
+                ranks.mark(f"fits/{method.name}/{context}")
+        ranks.count(f"cells/{method.name}")
+    limit = (cfg.spec.max_positions or 4 * max(cfg.contexts)) - cfg.settings.max_new_tokens
+    fitted: dict[str, int] = {}  # method -> longest context seen to fit at batch 1
+    for method in methods:
+        if longest_done(out, method.name) or not ranks.claim(f"capacity/{lm.name}/{method.name}/longest"):
+            continue
+        ranks.wait_count(f"cells/{method.name}", len(cfg.contexts))  # its cells on the other ranks
+        fits = [c for c in cfg.contexts if ranks.marked(f"fits/{method.name}/{c}")]
+        if not fits:
+            continue
+        fitted[method.name] = max(fits)
         say(f"capacity: longest context of {method.name} at batch 1")
         ready = method.prepare(lm, build(fitted[method.name]))
         longest, probes = longest_context(runner, ready, build, fitted[method.name], limit, max_runs, say)
@@ -358,7 +393,7 @@ def _methods(cfg, lm, methods, budget, out, search_tokens: int, max_batch: int, 
         record.notes.append(f"longest context at batch 1: {longest} tokens" +
                             (" (the model's position limit less the new tokens)"
                              if longest >= context_grid(limit)[1] else ""))
-        out.add(record)
+        deliver(out, record, ranks, gpu)
 
 
 def _cell(runner, lm, method, pair, context, cfg, max_batch, max_runs, say):

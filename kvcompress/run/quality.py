@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import time
+
+import torch
 from dataclasses import dataclass, field
 
 from rich.markup import escape
@@ -32,6 +34,7 @@ from kvcompress.engine.shared_prefill import prefill_shared
 from kvcompress.memory import clear_masks
 from kvcompress.methods import Method
 from kvcompress.record import record_for
+from kvcompress.results import BenchmarkResult
 from kvcompress.report import context_label
 from kvcompress.run.one_cell import console, failure_line, free_memory, grade, pick_decoder, skeleton
 from kvcompress.tasks import contract
@@ -60,6 +63,7 @@ class Progress:
     phases: dict = field(default_factory=dict)  # host seconds per phase: "shared prefill", "answers"
     finished: set = field(default_factory=set)  # identities of the records a resumed file holds without error
     saved: float = field(default_factory=time.monotonic)
+    stamp: object = None  # torchrun: sets a record's rank, host and GPU (None in a plain run)
 
     def save_due(self) -> bool:
         if time.monotonic() - self.saved < SAVE_EVERY_S:
@@ -92,8 +96,13 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
     settings = cfg.settings
     samples = [Sample(cell, prompt, needle, budget_of(needle, settings)) for cell in cells
                for prompt, needle in [cell.build(lm.tokenizer)]]
-    state = Progress(progress["done"], progress["total"])
-    state.finished = {r.identity() for r in out.results if r.error is None} if cfg.resume else set()
+    ranks = progress["ranks"]
+    state = Progress(progress.get("done", 0), progress["total"])
+    state.finished = out.finished_identities() if cfg.resume else set()
+    if ranks.distributed:
+        gpu = torch.cuda.get_device_name(cfg.device) if cfg.device.type == "cuda" else None
+        state.stamp = lambda record: (setattr(record, "rank", ranks.rank), setattr(record, "host", ranks.host),
+                                      setattr(record, "gpu", gpu))
     sizes = {}
 
     def size(s: Sample) -> int:  # one size per context length, fixed by its first group
@@ -103,8 +112,10 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
         return sizes[s.cell.target_tokens]
 
     try:
-        for chunk in chunks(samples, size):
+        for chunk in chunks(samples, size, lambda s: ranks.claim(repr(s.cell.to_dict()))):
             _answer_chunk(cfg, lm, methods, chunk, task, out, annotate, state, decoders)
+            if ranks.writer and ranks.distributed:  # the other ranks' answers, written with this rank's
+                out.add_all([BenchmarkResult.from_dict(d) for d in ranks.receive()], write=False)
     finally:
         out.save()  # whatever was answered, also when the run stops on an error or ^C
     progress["done"] = state.done
@@ -143,12 +154,23 @@ def budget_of(needle, settings: GenerationSettings) -> int:
     return settings.max_new_tokens
 
 
-def chunks(samples: list[Sample], size) -> list[list[Sample]]:
-    """Samples of one context length and budget, `size(first sample)` at a time, in the order the grid gives them."""
+def chunks(samples: list[Sample], size, claim=lambda sample: True):
+    """Samples of one context length and budget, `size(first sample)` at a time, in the order the grid gives them.
+    Under torchrun each rank keeps only the samples it `claim`s (ranks.Ranks.claim: each sample to one rank), claimed
+    lazily, as its next chunk is filled, so a faster rank takes more; a plain run claims every one."""
     groups: dict[tuple, list[Sample]] = {}
     for s in samples:
         groups.setdefault((s.cell.target_tokens, s.budget), []).append(s)
-    return [group[i:i + size(group[0])] for group in groups.values() for i in range(0, len(group), size(group[0]))]
+    for group in groups.values():
+        chunk: list[Sample] = []
+        for s in group:
+            if claim(s):
+                chunk.append(s)
+            if len(chunk) == size(group[0]):
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
 
 def _answer_chunk(cfg, lm, methods, chunk: list[Sample], task, out, annotate, state: Progress, decoders) -> None:
@@ -235,6 +257,8 @@ def _answer_method(lm, method, chunk, rows, probes, compressed, settings, task, 
         record.process = "main"
         if annotate:
             annotate(record, method)
+        if state.stamp:
+            state.stamp(record)
         mine.append(record)
     out.add_all(mine, write=state.save_due())
     state.done += len(mine)

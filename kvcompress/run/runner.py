@@ -26,6 +26,8 @@ from kvcompress.models.loaded import LoadedModel
 from kvcompress.methods import Method
 from kvcompress.run.one_cell import (console, free_memory, pick_decoder,  # noqa: F401
                                  progress_line, run_cell, run_cell_questions, skeleton)
+from kvcompress.errors import UserError
+from kvcompress.ranks import OtherRankDone, Ranks, RunStopped, stop_on_sigterm, unfinished
 from kvcompress.results import BenchmarkResult, ResultFile, run_header
 from kvcompress.tasks.cell import Cell
 
@@ -66,42 +68,181 @@ def tiny_threads(cfg: RunConfig):
 
 def _run(cfg: RunConfig, cells: list[Cell], task: str, header_extra: dict, annotate, quality_run: bool,
          answer_batch: int | None) -> ResultFile:
-    out = ResultFile(cfg.out, header_of(cfg, header_extra, task=task), resume=cfg.resume)
-    in_child = [m for m in cfg.methods if m.runs_in_child]
-    local = [m for m in cfg.methods if m not in in_child]
+    ranks = Ranks.from_env()
+    out = open_output(cfg, header_of(cfg, header_extra, task=task), ranks)
+    in_child = [m for m in cfg.methods if m.runs_in_child] if ranks.writer else []  # the DMS child: rank 0's
+    local = [m for m in cfg.methods if not m.runs_in_child]
     total = len(cells) * len(cfg.batches) * len(cfg.methods)
-    console.print(f"{len(cfg.methods)} method(s) x {len(cells)} prompt(s) = {total} cells -> {cfg.out}")
-    progress = {"done": 0, "total": total}
-    if local and quality_run:
-        run_on_models(cfg, local, out, lambda lm, methods: quality.run_local(
-            cfg, lm, methods, cells, task, out, annotate, progress, make_decoders(cfg, lm), answer_batch))
-    elif local:
-        run_on_models(cfg, local, out, lambda lm, methods: _run_local(cfg, lm, methods, cells, task, out, annotate,
-                                                                      progress))
-    if in_child and cfg.batches != [1]:
+    if ranks.writer:
+        console.print(f"{len(cfg.methods)} method(s) x {len(cells)} prompt(s) = {total} cells -> {cfg.out}"
+                      + (f" over {ranks.world} ranks" if ranks.distributed else ""))
+    progress = {"total": total, "ranks": ranks}
+    stop_on_sigterm(ranks)
+    try:
+        if local and quality_run:
+            run_on_models(cfg, local, out, lambda lm, methods: quality.run_local(
+                cfg, lm, methods, cells, task, out, annotate, progress, make_decoders(cfg, lm), answer_batch))
+        elif local:
+            run_on_models(cfg, local, out, lambda lm, methods: _run_local(cfg, lm, methods, cells, task, out,
+                                                                          annotate, progress))
+        if in_child:
+            _run_in_child(cfg, in_child, cells, task, out, annotate, progress)
+        finish(ranks, out, plan_order(cfg, cells))
+    except RunStopped:
+        stopped(ranks, out, cfg, [f"{label(m.name, c.target_tokens, b)}" for c in cells for b in cfg.batches
+                                  for m in cfg.methods])
+    return out
+
+
+def open_output(cfg: RunConfig, header: dict, ranks: Ranks):
+    """Rank 0 (or a plain run): the result file, its resume set shared with the other ranks; another rank: an
+    Outbox that sends each record to rank 0."""
+    if not ranks.distributed:
+        return ResultFile(cfg.out, header, resume=cfg.resume)
+    roster = ranks.announce({"device": str(cfg.device), "gpu": _gpu_name(cfg.device)})
+    if not ranks.writer:
+        return Outbox(ranks, ranks.share_start(), cfg.out)
+    try:
+        out = ResultFile(cfg.out, {**header, "ranks": roster}, resume=cfg.resume)
+    except UserError as exc:
+        ranks.share_start(error=str(exc))  # the other ranks stop with the same line
+        raise
+    ranks.share_start(done={r.identity() for r in out.results if r.error is None})
+    return out
+
+
+class Outbox:
+    """The result file as a rank other than 0 sees it: records go to rank 0 through the store; what was finished
+    before a --resume is the set rank 0 shared."""
+
+    def __init__(self, ranks: Ranks, done: set[tuple], path):
+        self.ranks, self.finished, self.path, self.run, self.results = ranks, done, path, {}, []
+
+    def done(self, record_identity: tuple) -> bool:
+        return record_identity in self.finished
+
+    def finished_identities(self) -> set[tuple]:
+        return self.finished
+
+    def add(self, record: BenchmarkResult) -> None:
+        self.ranks.send(record.to_dict())
+
+    def add_all(self, records: list[BenchmarkResult], write: bool = True) -> None:
+        for record in records:
+            self.add(record)
+
+    def save(self) -> None:  # rank 0 writes the file
+        pass
+
+
+def save_record(out, record: BenchmarkResult, progress: dict, line: str, count: bool = True) -> None:
+    """Stamp a distributed run's record with its rank, add it to the output, print its progress line (`count`: it
+    ends one cell of the total); rank 0 then adds what the other ranks sent meanwhile."""
+    deliver(out, record, progress["ranks"], progress.get("gpu"))
+    say(progress, line, count)
+
+
+def deliver(out, record: BenchmarkResult, ranks: Ranks, gpu: str | None) -> None:
+    """Add a record to the output, stamped with its rank, host and GPU in a distributed run; rank 0 then adds what
+    the other ranks sent meanwhile."""
+    if ranks.distributed:
+        record.rank, record.host, record.gpu = ranks.rank, ranks.host, gpu
+    out.add(record)
+    if ranks.writer:
+        _take_arrivals(out, ranks)
+
+
+def say(progress: dict, line: str, count: bool = True) -> None:
+    """A progress line, '[done/total] ...' ('rN' names the rank of a distributed run)."""
+    ranks: Ranks = progress["ranks"]
+    if count:
+        progress["done"] = ranks.tick()
+    console.print(f"[{progress.get('done', 0)}/{progress['total']}" + (f" r{ranks.rank}]" if ranks.distributed
+                                                                         else "]") + f" {line}")
+
+
+def _take_arrivals(out: ResultFile, ranks: Ranks) -> None:
+    for data in ranks.receive():
+        out.add(BenchmarkResult.from_dict(data))
+
+
+def finish(ranks: Ranks, out, order) -> None:
+    """The end of a rank's share: another rank says so and exits; rank 0 adds the others' records as they come,
+    puts every record in the single-process order (`order`, a sort key: arrival order varies from run to run, a
+    file to diff must not), then the ranks' GPU probes in the header."""
+    if not ranks.distributed:
+        return
+    if not ranks.writer:
+        ranks.finish()
+        raise OtherRankDone()
+    ranks.wait_for_others(lambda data: out.add(BenchmarkResult.from_dict(data)))
+    out.results.sort(key=order)
+    probes = [p for share in ranks.gather("gpu_probes") for p in share]
+    if probes:
+        out.run["rank_probes"] = probes
+    out.save()
+
+
+def stopped(ranks: Ranks, out: ResultFile, cfg: RunConfig, planned: list[str],
+            finished_label: Callable[[BenchmarkResult], str | None] | None = None) -> None:
+    """Rank 0 got SIGTERM: save what arrived and name, in one line, the planned cells (labels) the file lacks;
+    `finished_label(record)` is the label a finished record stands for (default: method@context/batch)."""
+    try:
+        _take_arrivals(out, ranks)
+    except Exception:  # noqa: BLE001 - the store may be gone with torchrun's agent; the file is what counts
+        pass
+    out.save()
+    finished_label = finished_label or (lambda r: label(r.method, r.target_tokens, r.batch))
+    finished = [finished_label(r) for r in {r.identity(): r for r in out.results if r.error is None}.values()]
+    left = unfinished(planned, finished)
+    raise UserError(f"run stopped by SIGTERM (torchrun stops every rank when one fails): {len(left)} cell(s) not in "
+                    f"{cfg.out}: {', '.join(left[:12])}{', ...' if len(left) > 12 else ''}; the same command with "
+                    "--resume (any number of ranks) completes them")
+
+
+def plan_order(cfg: RunConfig, cells: list[Cell]):
+    """A record's place in the single-process order: its cell (length, prompt), batch, method; then its identity,
+    so that the order never depends on which rank finished first."""
+    places = {}
+    for i, c in enumerate(cells):
+        places.setdefault((c.target_tokens, c.prompt_id), i)
+    methods = [m.name for m in cfg.methods]
+
+    def key(r: BenchmarkResult):
+        return (places.get((r.target_tokens, r.prompt_id), len(places)),
+                cfg.batches.index(r.batch) if r.batch in cfg.batches else len(cfg.batches),
+                methods.index(r.method) if r.method in methods else len(methods), repr(r.identity()))
+    return key
+
+
+def label(method: str, target_tokens: int, batch: int) -> str:
+    return f"{method}@{target_tokens}" + (f"/b{batch}" if batch > 1 else "")
+
+
+def _run_in_child(cfg, in_child, cells, task, out, annotate, progress) -> None:
+    """dms-8x-remote: batch-1 records from the child process (isolated.py), error records for larger batches."""
+    if cfg.batches != [1]:
         model, weights = isolated.model_name(cfg.dms_model)  # what the child's batch-1 records name
         for cell in cells:  # the child process decodes batch 1 only
             for batch in (b for b in cfg.batches if b > 1):
                 for method in in_child:
-                    progress["done"] += 1
                     record = skeleton(model, weights, method, cell, None, task, {"hf": None}, None, cfg.settings,
                                       batch)
                     record.error = method.batch_problem(cfg.settings)
-                    out.add(record)
-                    console.print(f"[{progress['done']}/{total}] {progress_line(record)}")
-    if in_child:
-        by_name = {m.name: m for m in in_child}
-        done_ids = {r.identity() for r in out.results if r.error is None} if cfg.resume else set()
+                    save_record(out, record, progress, progress_line(record))
+    by_name = {m.name: m for m in in_child}
+    done_ids = {r.identity() for r in out.results if r.error is None} if cfg.resume else set()
 
-        def save(record: BenchmarkResult) -> None:  # called as each child record arrives
-            progress["done"] += 1
-            if annotate and record.method in by_name:
-                annotate(record, by_name[record.method])
-            out.add(record)
-            console.print(f"[{progress['done']}/{total}] {progress_line(record)}")
+    def save(record: BenchmarkResult) -> None:  # called as each child record arrives
+        if annotate and record.method in by_name:
+            annotate(record, by_name[record.method])
+        save_record(out, record, progress, progress_line(record))
 
-        isolated.run_in_child(cfg, in_child, cells, task, done=done_ids, on_record=save)
-    return out
+    isolated.run_in_child(cfg, in_child, cells, task, done=done_ids, on_record=save)
+
+
+def _gpu_name(device) -> str | None:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
 
 
 def header_of(cfg: RunConfig, extra: dict | None = None, *, task: str | None = None) -> dict:
@@ -157,6 +298,8 @@ def _load_main(cfg: RunConfig) -> LoadedModel:
 
 def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
     decoders = make_decoders(cfg, lm)
+    ranks: Ranks = progress["ranks"]
+    progress["gpu"] = _gpu_name(cfg.device)
     # Every prompt is built before the first measurement: a cell that cannot be built (a target too short for a
     # task's text, say) ends the run in one line before anything is measured, not half-way through.
     built = [cell.build(lm.tokenizer) for cell in cells]
@@ -164,39 +307,61 @@ def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
     if too_long is not None:  # a --prompts text past the model's positions: refuse it, do not run it for minutes
         raise UserError(f"a prompt of {too_long.input_tokens} tokens + {cfg.settings.max_new_tokens} new tokens "
                         f"exceeds {lm.name}'s {lm.max_positions} positions")
-    for cell, (prompt, needle) in zip(cells, built):
-        for batch in cfg.batches:
-            # a batch: sequence b has needle seed + b (Cell.build_batch); batch 1 is the cell's own prompt
-            if batch == 1:
-                prompts = prompt
-            elif cfg.admission == "cloned":  # only the first and the last sequence are prefilled
-                prompts = [prompt] * (batch - 1) + [_nth(cell, lm.tokenizer, batch - 1)]
-            else:
-                prompts = cell.build_batch(lm.tokenizer, batch)[0]
-            for method in methods:
-                progress["done"] += 1
-                where = f"[{progress['done']}/{progress['total']}]"
-                if cell.questions > 1:  # one compression, several answers: records per question
-                    for record in run_cell_questions(lm, method, prompt, needle, cell, cfg.settings, task, out,
-                                                     cfg.resume):
-                        record.process = "main"
-                        if annotate:
-                            annotate(record, method)
-                        out.add(record)
-                        console.print(f"{where} q{record.question_index} {progress_line(record)}")
-                    continue
-                identity_probe = skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt,
-                                          cfg.settings, batch)
-                if cfg.resume and out.done(identity_probe.identity()):
-                    console.print(f"{where} {method.name} @ {cell.target_tokens}: already in {cfg.out}, skipped")
-                    continue
-                record = run_cell(lm, method, prompts, needle, cell, cfg.settings, cfg.repeats, decoders, task,
-                                  admission=cfg.admission)
+    work = [(cell, prompt, needle, batch, method) for cell, (prompt, needle) in zip(cells, built)
+            for batch in cfg.batches for method in methods]
+    if ranks.distributed:  # longest first, so no rank is left with a long cell at the end (a stable sort)
+        work.sort(key=lambda item: -item[1].input_tokens * item[3])
+        _probe_gpu(cfg, lm, methods, cells, built, decoders, task, ranks)
+    for cell, prompt, needle, batch, method in work:
+        identity = skeleton(lm.name, lm.weights, method, cell, needle, task, decoders, prompt, cfg.settings,
+                            batch).identity()
+        if cfg.resume and out.done(identity):
+            if ranks.writer:
+                say(progress, f"{method.name} @ {cell.target_tokens}: already in {cfg.out}, skipped")
+            continue
+        if not ranks.claim(repr(identity)):  # another rank has it
+            continue
+        if cell.questions > 1:  # one compression, several answers: records per question
+            records = run_cell_questions(lm, method, prompt, needle, cell, cfg.settings, task, out, cfg.resume)
+            if not records:  # all already in the file (run_cell_questions said so)
+                progress["done"] = progress["ranks"].tick()
+            for i, record in enumerate(records):
                 record.process = "main"
                 if annotate:
                     annotate(record, method)
-                out.add(record)
-                console.print(f"{where} {progress_line(record)}")
+                save_record(out, record, progress, f"q{record.question_index} {progress_line(record)}", count=i == 0)
+            continue
+        # a batch: sequence b has needle seed + b (Cell.build_batch); batch 1 is the cell's own prompt
+        if batch == 1:
+            prompts = prompt
+        elif cfg.admission == "cloned":  # only the first and the last sequence are prefilled
+            prompts = [prompt] * (batch - 1) + [_nth(cell, lm.tokenizer, batch - 1)]
+        else:
+            prompts = cell.build_batch(lm.tokenizer, batch)[0]
+        record = run_cell(lm, method, prompts, needle, cell, cfg.settings, cfg.repeats, decoders, task,
+                          admission=cfg.admission)
+        record.process = "main"
+        if annotate:
+            annotate(record, method)
+        save_record(out, record, progress, progress_line(record))
+
+
+def _probe_gpu(cfg, lm, methods, cells, built, decoders, task, ranks: Ranks) -> None:
+    """Vanilla at batch 1 once per context length on every rank, beside the queue: `check` compares the ranks' GPUs
+    on the same cell, so a slow GPU shows instead of being averaged in (run only when vanilla is in the run)."""
+    vanilla = next((m for m in methods if m.name == "vanilla"), None)
+    if vanilla is None:
+        return
+    probes, seen = [], set()
+    for cell, (prompt, needle) in zip(cells, built):
+        if cell.target_tokens in seen:  # own prompts (no target length) are probed once, on the first
+            continue
+        seen.add(cell.target_tokens)
+        r = run_cell(lm, vanilla, prompt, needle, cell, cfg.settings, cfg.repeats, decoders, task)
+        probes.append({"rank": ranks.rank, "host": ranks.host, "gpu": _gpu_name(cfg.device), "device": str(cfg.device),
+                       "target_tokens": cell.target_tokens or prompt.input_tokens, "ttft_s": r.ttft_s, "tpot_ms": r.tpot_ms,
+                       "decode_tokens_per_s": r.decode_tokens_per_s, "error": r.error})
+    ranks.share("gpu_probes", probes)
 
 
 def _nth(cell: Cell, tokenizer, b: int):

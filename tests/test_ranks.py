@@ -1,0 +1,159 @@
+"""torchrun runs (kvcompress/ranks.py): the store queue, records sent to rank 0, and whole runs on 2 CPU ranks (gloo
+has nothing to do: the ranks only share torchrun's store) held against the single-process run of the same command."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+from kvcompress.ranks import Ranks
+from kvcompress.results import load
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ["benchmark.py", "--preset", "tiny", "--contexts", "256,384", "--methods",
+       "vanilla,knorm@0.5,snapkv@0.5,streaming_llm@0.5", "--repeats", "1", "--greedy"]
+CELLS = 8  # 2 contexts x 4 methods
+
+
+def _server():
+    return dist.TCPStore("127.0.0.1", 0, is_master=True, timeout=timedelta(seconds=60), wait_for_workers=False)
+
+
+CLAIMER = """
+import json, sys, time
+from datetime import timedelta
+import torch.distributed as dist
+from kvcompress.ranks import Ranks
+port, rank, n = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+store = dist.TCPStore("127.0.0.1", port, is_master=False, timeout=timedelta(seconds=60))
+ranks = Ranks(rank=rank, world=2, store=dist.PrefixStore("t/", store))
+store.add("ready", 1)
+store.get("go")  # both start claiming at once: the contention the queue must survive
+mine = []
+for k in range(n):  # every rank walks the same list, as the runner does; a short pause stands for the work
+    if ranks.claim(f"cell-{k}"):
+        mine.append(k)
+        time.sleep(0.002)
+print(json.dumps(mine))
+"""
+
+
+def test_queue_gives_every_cell_to_exactly_one_rank_under_contention():
+    server, n = _server(), 400
+    procs = [subprocess.Popen([sys.executable, "-c", CLAIMER, str(server.port), str(r), str(n)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True) for r in (0, 1)]
+    deadline = time.monotonic() + 60
+    while server.add("ready", 0) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    server.set("go", "1")
+    claimed = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    assert sorted(claimed[0] + claimed[1]) == list(range(n))  # every cell claimed, none twice
+    assert claimed[0] and claimed[1]  # both ranks took cells: the claims did contend
+
+
+def test_records_reach_rank_0_in_order_and_leave_the_store():
+    server = _server()
+    prefix = lambda: dist.PrefixStore("r/", dist.TCPStore("127.0.0.1", server.port, is_master=False))  # noqa: E731
+    rank0, rank1 = Ranks(rank=0, world=2, store=prefix()), Ranks(rank=1, world=2, store=prefix())
+    for i in range(3):
+        rank1.send({"method": f"m{i}"})
+    assert [r["method"] for r in rank0.receive()] == ["m0", "m1", "m2"]
+    rank1.send({"method": "m3"})
+    assert [r["method"] for r in rank0.receive()] == ["m3"]  # only what is new
+    assert not server.check([f"r/record/{n}" for n in range(1, 5)])
+    assert Ranks().claim("anything") and Ranks().claim("anything")  # a plain run claims everything, always
+
+
+def _env(tag: str) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "KVCOMPRESS_TEST_TAG": tag}
+
+
+def _torchrun(out: Path, *extra: str, tag: str = "", kill_rank_1: bool = False) -> subprocess.CompletedProcess:
+    """torchrun 2 ranks on the command; kill_rank_1: SIGKILL rank 1 as soon as it reports its first cell."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *RUN,
+           "--out", str(out), *extra]
+    tag = tag or uuid.uuid4().hex
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tag), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if kill_rank_1:
+        for line in proc.stdout:
+            if " r1]" in line:  # rank 1 finished a cell and is on its next one
+                os.kill(_rank_pid(tag, 1), signal.SIGKILL)
+                break
+    stdout, stderr = proc.communicate(timeout=300)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
+def _rank_pid(tag: str, rank: int) -> int:
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"KVCOMPRESS_TEST_TAG={tag}".encode() in environ and f"RANK={rank}".encode() in environ:
+            return int(pid)
+    raise AssertionError(f"no process of rank {rank}")
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    out = tmp_path_factory.mktemp("single") / "one.json"
+    subprocess.run([sys.executable, *RUN, "--out", str(out)], cwd=ROOT, env=_env("single"), check=True,
+                   capture_output=True)
+    return load(out)
+
+
+def _cells(records):
+    return [(r.identity(), r.answer, r.kv_cache_bytes, r.kv_tokens_kept) for r in records]
+
+
+def test_two_ranks_write_the_single_process_file(single, tmp_path):
+    out = tmp_path / "two.json"
+    done = _torchrun(out)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run, records = load(out)
+    assert _cells(records) == _cells(single[1])  # same cells, same order, greedy answers and KV bytes equal
+    assert {r.rank for r in records} == {0, 1} and all(r.host for r in records)
+    assert [r["rank"] for r in run["ranks"]] == [0, 1]
+    assert sorted((p["rank"], p["target_tokens"]) for p in run["rank_probes"]) == [(0, 256), (0, 384), (1, 256),
+                                                                                  (1, 384)]
+    assert done.stdout.count("wrote ") == 1  # one writer, one table
+
+
+def test_a_lost_rank_names_the_unfinished_cells_and_resume_completes(single, tmp_path):
+    out = tmp_path / "lost.json"
+    stopped = _torchrun(out, kill_rank_1=True)
+    assert stopped.returncode != 0
+    line = next(line for line in stopped.stderr.splitlines() if "cell(s) not in" in line)
+    _, partial = load(out)
+    missing = CELLS - len(partial)
+    assert missing >= 1 and f": {missing} cell(s) not in {out}" in line
+    named = line.split(f"not in {out}: ")[1].split("; ")[0].split(", ")
+    have = {f"{r.method}@{r.target_tokens}" for r in partial}
+    assert len(named) == missing and not have & set(named)
+    resumed = _torchrun(out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _, records = load(out)
+    assert sorted(_cells(records), key=repr) == sorted(_cells(single[1]), key=repr)  # complete, nothing twice
+
+
+def test_an_indexed_device_under_torchrun_is_refused_in_one_line(monkeypatch):
+    import torch
+
+    from kvcompress.errors import UserError
+    from kvcompress.ranks import local_device
+
+    assert local_device(torch.device("cuda", 1)) == torch.device("cuda", 1)  # a plain run: as asked
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(UserError, match="each rank takes its own GPU"):
+        local_device(torch.device("cuda", 1))
+    assert local_device(torch.device("cpu")) == torch.device("cpu")
