@@ -34,6 +34,7 @@ from kvcompress.engine.shared_prefill import prefill_shared
 from kvcompress.memory import clear_masks
 from kvcompress.methods import Method
 from kvcompress.record import record_for
+from kvcompress.ranks import Ranks
 from kvcompress.results import BenchmarkResult
 from kvcompress.report import context_label
 from kvcompress.run.one_cell import console, failure_line, free_memory, grade, pick_decoder, skeleton
@@ -96,7 +97,7 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
     settings = cfg.settings
     samples = [Sample(cell, prompt, needle, budget_of(needle, settings)) for cell in cells
                for prompt, needle in [cell.build(lm.tokenizer)]]
-    ranks = progress["ranks"]
+    ranks = progress.get("ranks") or Ranks()  # a plain run (tools call this without the runner)
     state = Progress(progress.get("done", 0), progress["total"])
     state.finished = out.finished_identities() if cfg.resume else set()
     if ranks.distributed:

@@ -154,7 +154,7 @@ def deliver(out, record: BenchmarkResult, ranks: Ranks, gpu: str | None) -> None
 
 def say(progress: dict, line: str, count: bool = True) -> None:
     """A progress line, '[done/total] ...' ('rN' names the rank of a distributed run)."""
-    ranks: Ranks = progress["ranks"]
+    ranks: Ranks = progress.setdefault("ranks", Ranks())  # tools call this without _run
     if count:
         progress["done"] = ranks.tick()
     console.print(f"[{progress.get('done', 0)}/{progress['total']}" + (f" r{ranks.rank}]" if ranks.distributed
@@ -298,7 +298,7 @@ def _load_main(cfg: RunConfig) -> LoadedModel:
 
 def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
     decoders = make_decoders(cfg, lm)
-    ranks: Ranks = progress["ranks"]
+    ranks: Ranks = progress.setdefault("ranks", Ranks())  # tools call this without _run
     progress["gpu"] = _gpu_name(cfg.device)
     # Every prompt is built before the first measurement: a cell that cannot be built (a target too short for a
     # task's text, say) ends the run in one line before anything is measured, not half-way through.

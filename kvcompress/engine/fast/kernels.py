@@ -270,9 +270,9 @@ if triton is not None:
         x2 = tl.load(src + D // 2 + half).to(tl.float32)
         if head < HEADS_Q:
             y1, y2 = _norm_rope(x1, x2, qn_ptr, cos1, cos2, sin1, sin2, eps, D, HAS_NORM, dtype)
-            dst = q_ptr + b * s_qb + head * s_qh
-            tl.store(dst + half, y1.to(dtype))
-            tl.store(dst + D // 2 + half, y2.to(dtype))
+            qdst = q_ptr + b * s_qb + head * s_qh  # names of their own: Triton unifies a name's type across
+            tl.store(qdst + half, y1.to(dtype))     # branches, and an fp8 key cache's pointer is not q's
+            tl.store(qdst + D // 2 + half, y2.to(dtype))
         else:
             kv = head - HEADS_Q
             slot = tl.load(slot_ptr)
