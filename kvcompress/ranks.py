@@ -108,6 +108,13 @@ class Ranks:
             return self._done
         return self.store.add("progress", 1)
 
+    def add(self, key: str, n: int) -> int:
+        """A counter over every rank (this process's own in a plain run): add n, return the new total."""
+        if self.distributed:
+            return self.store.add(f"sum/{key}", n)
+        self._local[f"sum/{key}"] = self._local.get(f"sum/{key}", 0) + n
+        return self._local[f"sum/{key}"]
+
     def mark(self, key: str) -> None:
         """A fact every rank can ask about later (`marked`)."""
         if self.distributed:

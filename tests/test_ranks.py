@@ -157,3 +157,22 @@ def test_an_indexed_device_under_torchrun_is_refused_in_one_line(monkeypatch):
     with pytest.raises(UserError, match="each rank takes its own GPU"):
         local_device(torch.device("cuda", 1))
     assert local_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_quality_progress_counts_the_answers_of_every_rank():
+    from kvcompress.run.quality import Progress
+
+    server = _server()
+
+    def rank(r):
+        return Ranks(rank=r, world=2, store=dist.PrefixStore("q/", dist.TCPStore("127.0.0.1", server.port,
+                                                                                 is_master=False)))
+    first, second = Progress(0, 100), Progress(0, 100)
+    first.ranks, second.ranks = rank(0), rank(1)
+    first.count(10, 9)
+    second.count(30, 30)
+    assert (first.done, second.done) == (10, 30)  # each rank's own
+    assert (second.run_done, second.run_answered) == (40, 39)  # the run's, what the line shows
+    plain = Progress(0, 100)
+    plain.count(10, 9)
+    assert (plain.done, plain.answered, plain.run_done) == (10, 9, 0)

@@ -65,6 +65,9 @@ class Progress:
     finished: set = field(default_factory=set)  # identities of the records a resumed file holds without error
     saved: float = field(default_factory=time.monotonic)
     stamp: object = None  # torchrun: sets a record's rank, host and GPU (None in a plain run)
+    ranks: object = None  # ranks.Ranks: under torchrun, `count` keeps the run's totals over every rank
+    run_done: int = 0
+    run_answered: int = 0
 
     def save_due(self) -> bool:
         if time.monotonic() - self.saved < SAVE_EVERY_S:
@@ -84,10 +87,21 @@ class Progress:
             _drain(device)
             self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - start
 
+    def count(self, done: int, answered: int) -> None:
+        """done (answered or skipped) and answered (without error) grow; under torchrun the run's totals over every
+        rank are kept too, so the line's rate and time left are the run's, not this rank's."""
+        self.done += done
+        self.answered += answered
+        if self.ranks is not None and self.ranks.distributed:
+            self.run_done = self.ranks.add("quality/done", done)
+            self.run_answered = self.ranks.add("quality/answered", answered)
+
     def line(self) -> str:
         elapsed = time.monotonic() - self.start
-        rate = self.answered / elapsed if elapsed > 0 else 0.0
-        left = (self.total - self.done) / rate if rate > 0 else float("nan")
+        done, answered = ((self.run_done, self.run_answered) if self.ranks is not None and self.ranks.distributed
+                          else (self.done, self.answered))
+        rate = answered / elapsed if elapsed > 0 else 0.0
+        left = (self.total - done) / rate if rate > 0 else float("nan")
         return f"{rate:.1f} answers/s, {_duration(left)} left"
 
 
@@ -100,6 +114,7 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
     ranks = progress.get("ranks") or Ranks()  # a plain run (tools call this without the runner)
     state = Progress(progress.get("done", 0), progress["total"])
     state.finished = out.finished_identities() if cfg.resume else set()
+    state.ranks = ranks
     if ranks.distributed:
         gpu = torch.cuda.get_device_name(cfg.device) if cfg.device.type == "cuda" else None
         state.stamp = lambda record: (setattr(record, "rank", ranks.rank), setattr(record, "host", ranks.host),
@@ -183,7 +198,7 @@ def _answer_chunk(cfg, lm, methods, chunk: list[Sample], task, out, annotate, st
             probe = skeleton(lm.name, lm.weights, sized, s.cell, s.needle, task, decoders, s.prompt, settings)
             probe.run_mode, probe.max_new_tokens = "quality", s.budget  # the budget it answers with
             if probe.identity() in state.finished:
-                state.done += 1
+                state.count(1, 0)
                 continue
             probes[i, m.name] = (sized, probe)
     if not probes:
@@ -262,15 +277,15 @@ def _answer_method(lm, method, chunk, rows, probes, compressed, settings, task, 
             state.stamp(record)
         mine.append(record)
     out.add_all(mine, write=state.save_due())
-    state.done += len(mine)
-    state.answered += sum(r.error is None for r in mine)
+    state.count(len(mine), sum(r.error is None for r in mine))
     scores = [r.score for r in mine if r.score is not None]
     errors = [r.error for r in mine if r.error]
     where = escape(f"{method.name} @ {context_label(mine[0])} tok")
     said = (f"{len(rows) - len(errors)} answers (decoded {max((r.answer_batch or 1) for r in mine)} together)"
             + (f", mean score {sum(scores) / len(scores):.2f}" if scores else "")
             + (f", [red]{len(errors)} error(s)[/red] {escape(errors[0])}" if errors else ""))
-    console.print(f"[{state.done}/{state.total}] {where}: {said} — {state.line()}")
+    shown = state.run_done if state.ranks is not None and state.ranks.distributed else state.done
+    console.print(f"[{shown}/{state.total}] {where}: {said} — {state.line()}")
 
 
 def _record(lm, method, blank, sample: Sample, answer, settings, task, decoder, engine_note):
