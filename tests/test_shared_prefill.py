@@ -74,6 +74,30 @@ def test_answers_from_the_shared_prefill_are_each_methods_own_greedy_answers(tin
         assert got.kv_after.bytes == alone.kv_after.bytes and got.kv_after.live_bytes == alone.kv_after.live_bytes
 
 
+def test_presses_differing_only_in_ratio_score_a_layer_once_and_still_keep_what_their_own_prefill_keeps(
+        tiny, tiny_prompt, monkeypatch):
+    import kvpress
+
+    calls = {}
+    for cls in (kvpress.KnormPress, kvpress.SnapKVPress, kvpress.ExpectedAttentionPress, kvpress.StreamingLLMPress):
+        def counted(self, *args, _score=cls.score, _name=cls.__name__, **kwargs):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _score(self, *args, **kwargs)
+        monkeypatch.setattr(cls, "score", counted)
+    names = ["knorm@0.5", "knorm@0.875", "snapkv@0.5", "snapkv@0.875", "snapkv@0.5[window_size=4]",
+             "expected_attention@0.5", "expected_attention@0.875", "streaming_llm@0.5", "streaming_llm@0.875"]
+    shared = prefill_shared(tiny, [parse_method(n) for n in names], tiny_prompt.context_ids)
+    layers = tiny.model.config.num_hidden_layers
+    # one scoring per layer for each ratio pair; another window is another scoring; StreamingLLM's score reads
+    # its ratio, so each of its presses scores on its own
+    assert calls == {"KnormPress": layers, "SnapKVPress": 2 * layers, "ExpectedAttentionPress": layers,
+                     "StreamingLLMPress": 2 * layers}
+    for name in names:  # the instances are restored: score() is the class's again
+        assert shared[name].error is None
+    calls.clear()
+    assert_same_compression(tiny, tiny_prompt, names)  # and each kept what its own prefill keeps
+
+
 def test_the_shared_prefill_on_smollm2_is_exact_too(smollm2):
     built = niah.build_prompt(smollm2.tokenizer, 256, 0.5, niah.make_needle("single", 0))
     names = ["vanilla", "knorm@0.5", "snapkv@0.875", "streaming_llm@0.5", "adakv+expected_attention@0.5"]

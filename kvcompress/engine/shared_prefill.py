@@ -8,6 +8,10 @@ uncompressed prefill. One plain prefill therefore holds everything each such pre
 copy of it) on that method's own cache, holding the layer's full keys and values: each method ends with the cache
 its own prefill would have left, and the full layer is dropped as soon as every method has taken what it keeps.
 
+Presses that differ only in their ratio (knorm@0.5 and knorm@0.875) score a layer the same way and keep a different
+number of the same scores: such a pair's score() runs once per layer and both keep from its result
+(methods/presses.shared_score_key says which presses qualify; kvpress's topk still runs per press).
+
 Which methods qualify is the method protocol's `joins_shared_prefill` (methods/base.py; for presses the
 registry's `own_prefill`, methods/presses.py). tests/test_shared_prefill.py holds the caches, kept lengths per layer
 and greedy answers against each method's own prefill.
@@ -22,7 +26,7 @@ from transformers import DynamicCache
 
 from kvcompress.memory import clear_masks
 from kvcompress.methods import Method
-from kvcompress.methods.presses import question_starts_at_cache_length
+from kvcompress.methods.presses import question_starts_at_cache_length, shared_score_key
 
 
 @dataclass
@@ -52,6 +56,7 @@ def prefill_shared(lm, methods: list[Method], context_ids: torch.Tensor) -> dict
             press.post_init_from_model(model)
     for layer in model.model.layers:
         layer.self_attn.rotary_emb = model.model.rotary_emb
+    scores = ScoreMemo(presses.values())
     caches = {name: DynamicCache() for name in presses}
     masked: dict[str, dict] = {name: {} for name in presses}
     errors: dict[str, str] = {}
@@ -80,6 +85,7 @@ def prefill_shared(lm, methods: list[Method], context_ids: torch.Tensor) -> dict
                 module.masked_key_indices = None
         # every method holds its copy now; the full layer is no longer read (its attention is done)
         layer.keys = layer.values = keys.new_empty(0)
+        scores.clear()
 
     clear_masks(model)
     layers = model.model.layers
@@ -89,6 +95,7 @@ def prefill_shared(lm, methods: list[Method], context_ids: torch.Tensor) -> dict
     finally:
         for handle in handles:
             handle.remove()
+        scores.detach()
         clear_masks(model)
     out = {}
     for name, press in presses.items():
@@ -99,6 +106,37 @@ def prefill_shared(lm, methods: list[Method], context_ids: torch.Tensor) -> dict
         start = cache.get_seq_length() if question_starts_at_cache_length(press) else context.shape[1]
         out[name] = Compressed(cache, masked[name], start)
     return out
+
+
+class ScoreMemo:
+    """One layer's scores, shared by the presses with the same shared_score_key: the first such press to score the
+    layer computes them, the others reuse the tensor (no press changes its scores in place: ScorerPress.compress only
+    takes their top k). Attached as an instance attribute over each press's score() for one shared prefill."""
+
+    def __init__(self, presses):
+        keys = [(p, shared_score_key(p)) for p in presses if p is not None]
+        counts: dict = {}
+        for _, key in keys:
+            counts[key] = counts.get(key, 0) + 1
+        self.presses = [p for p, key in keys if key is not None and counts[key] > 1]  # alone, nothing to share
+        self.layer: dict = {}
+        for press in self.presses:
+            press.score = self._sharing(press, shared_score_key(press), press.score)
+
+    def _sharing(self, press, key, score):
+        def shared_score(module, *args, **kwargs):
+            if key not in self.layer:
+                self.layer[key] = score(module, *args, **kwargs)
+            return self.layer[key]
+        return shared_score
+
+    def clear(self) -> None:
+        self.layer = {}
+
+    def detach(self) -> None:
+        for press in self.presses:
+            del press.score  # the class's own method again
+        self.presses, self.layer = [], {}
 
 
 def set_masks(model, masked: dict) -> None:

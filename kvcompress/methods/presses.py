@@ -41,6 +41,9 @@ class PressInfo:
     # why it needs a prefill of its own ("" = it compresses each layer from that layer's inputs alone, after the
     # layer's attention, so one plain prefill can serve it and others: engine/shared_prefill.py)
     own_prefill: str = ""
+    # its score() reads neither its ratio nor a fresh random draw: in a shared prefill one scoring per layer serves
+    # every instance that differs from it only in ratio (shared_score_key)
+    ratio_free_score: bool = False
     note: str = ""
 
     @property
@@ -66,22 +69,22 @@ _MASK_NOTE = "hides evicted entries by masking: the tensors keep full length (no
 
 PRESSES: dict[str, PressInfo] = {p.name: p for p in [
     # Scorers: score every (head, token); the lowest are evicted, the same count in every head and layer.
-    _p("random", "RandomPress", "scorer", "real", defaults=(("seed", 0),), note="baseline; seeded so runs repeat"),
-    _p("knorm", "KnormPress", "scorer", "real"),
-    _p("snapkv", "SnapKVPress", "scorer", "real"),
-    _p("expected_attention", "ExpectedAttentionPress", "scorer", "real",
+    _p("random", "RandomPress", "scorer", "real", ratio_free_score=True, defaults=(("seed", 0),), note="baseline; seeded so runs repeat"),
+    _p("knorm", "KnormPress", "scorer", "real", ratio_free_score=True),
+    _p("snapkv", "SnapKVPress", "scorer", "real", ratio_free_score=True),
+    _p("expected_attention", "ExpectedAttentionPress", "scorer", "real", ratio_free_score=True,
        note="uniform per head; kvpress's leaderboard 'expected_attention' is adakv+expected_attention (masked)"),
     _p("expected_attention_stats", "ExpectedAttentionStatsPress", "scorer", "real",
        needs_hub="query statistics, or kmfoda/booksum",
        note="query statistics from the Hub (alessiodevoto/exp_att_stats_*), or computed over kmfoda/booksum"),
     _p("streaming_llm", "StreamingLLMPress", "scorer", "real"),
-    _p("tova", "TOVAPress", "scorer", "real"),
-    _p("observed_attention", "ObservedAttentionPress", "scorer", "real", attention="eager",
+    _p("tova", "TOVAPress", "scorer", "real", ratio_free_score=True),
+    _p("observed_attention", "ObservedAttentionPress", "scorer", "real", ratio_free_score=True, attention="eager",
        note="H2O-like; needs attention weights: run with --attn eager"),
     _p("qfilter", "QFilterPress", "scorer", "real", needs_hub="nthngdy/<model>_qfilt"),
     _p("pyramidkv", "PyramidKVPress", "scorer", "uneven", note="per-layer budgets: layers keep different lengths"),
     _p("lagkv", "LagKVPress", "scorer", "real"),
-    _p("keydiff", "KeyDiffPress", "scorer", "real"),
+    _p("keydiff", "KeyDiffPress", "scorer", "real", ratio_free_score=True),
     _p("non_causal_attn", "NonCausalAttnPress", "scorer", "real"),
     _p("leverage", "LeverageScorePress", "scorer", "real"),
     _p("compactor", "CompactorPress", "scorer", "real"),
@@ -275,6 +278,23 @@ def exported_press_classes() -> list[str]:
 
     skip = {"BasePress", "ScorerPress", "KVPressTextGenerationPipeline"}
     return [n for n in kvpress.__all__ if n.endswith("Press") and n not in skip]
+
+
+def shared_score_key(press) -> tuple | None:
+    """A key equal for two presses whose compression of a layer differs only in how many of the same scores they
+    keep: a scorer used on its own (ScorerPress.compress calls score() once on the layer's full keys), registered
+    `ratio_free_score`, with equal options apart from its ratio. None for any other press (a wrapper may call
+    score() on slices, StreamingLLM's score reads its ratio, RandomPress without a seed draws anew)."""
+    import kvpress
+
+    info = next((p for p in PRESSES.values() if p.class_name == type(press).__name__), None)
+    if info is None or not info.ratio_free_score or type(press).compress is not kvpress.ScorerPress.compress:
+        return None
+    options = tuple((f.name, repr(getattr(press, f.name))) for f in dataclasses.fields(press)
+                    if f.name != "compression_ratio")
+    if info.name == "random" and getattr(press, "seed", None) is None:
+        return None
+    return (type(press).__name__, options)
 
 
 def question_starts_at_cache_length(press) -> bool:
