@@ -56,6 +56,25 @@ def test_answers_do_not_depend_on_the_answer_batch(quality, tmp_path):
     assert {r["answer_batch"] for r in alone.values()} == {1}
 
 
+def test_on_the_fast_engine_methods_of_about_one_length_decode_together_and_answer_as_alone(tmp_path):
+    grid = ["--preset", "tiny", "--engine", "fast", "--tasks", "niah", "--contexts", "1024", "--samples", "2",
+            "--max-new-tokens", "8", "--greedy", "--methods",
+            "vanilla,knorm@0.5,snapkv@0.5,adakv+snapkv@0.5,knorm@0.875,expected_attention@0.875,dms-8x,knorm@0.5+fp8"]
+    def answers(path, *extra):
+        assert test_long_context.main(grid + ["--out", str(path), *extra]) == 0
+        return {(r["method"], r["prompt_id"], r["depth"]): r for r in json.loads(path.read_text())["results"]}
+    together, alone = answers(tmp_path / "together.json"), answers(tmp_path / "alone.json", "--answer-batch", "1")
+    assert all(r["error"] is None for r in together.values())
+    assert {k: r["answer"] for k, r in together.items()} == {k: r["answer"] for k, r in alone.items()}
+    assert len({r["answer"] for r in together.values()}) > 2  # the answers really differ
+    batch = {r["method"]: r["answer_batch"] for r in together.values()}
+    # 2 samples, 2 rows a method; knorm@0.5 and snapkv@0.5 keep the same length (4 rows); adakv masks and keeps
+    # every entry, as vanilla (4 rows); 0.875's two (4 rows); native DMS and a quantized cache have their own
+    # prefill (alone)
+    assert batch == {"vanilla": 4, "adakv+snapkv@0.5": 4, "knorm@0.5": 4, "snapkv@0.5": 4, "knorm@0.875": 4,
+                     "expected_attention@0.875": 4, "dms-8x": 1, "knorm@0.5+fp8": 1}
+
+
 def test_resume_answers_only_what_is_missing(quality, tmp_path):
     data, records = quality
     path = tmp_path / "resumed.json"

@@ -45,6 +45,7 @@ from kvcompress.tasks import contract
 SAVE_EVERY_S = 30.0
 CPU_ANSWER_BATCH = 32  # samples decoded together on a CPU (on a GPU: sized to its free memory, auto_answer_batch)
 MEMORY_SHARE = 0.6  # of the GPU's free memory, for the compressed caches a group of samples holds at once
+PAD_SHARE = 0.8  # methods decoded together keep at least this share of the group's longest layer (decode_groups)
 
 
 @dataclass
@@ -220,11 +221,72 @@ def _answer_chunk(cfg, lm, methods, chunk: list[Sample], task, out, annotate, st
             for m in joiners:
                 compressed[i, m.name] = _Failed(line)
             free_memory()
+    rows_of = {m.name: [i for i in range(len(chunk)) if (i, m.name) in probes] for m in methods}
+    sized = {m.name: probes[rows[0], m.name][0] for m in methods for rows in [rows_of[m.name]] if rows}
+    for group in decode_groups([m for m in methods if rows_of[m.name]], rows_of, compressed, lm, decoders, sized):
+        with state.phase("answers", lm.device):
+            answers = (_answers_together(lm, group, rows_of, chunk, compressed, settings, decoders)
+                       if len(group) > 1 else {})
+            for m in group:
+                _answer_method(lm, m, chunk, rows_of[m.name], probes, compressed, settings, task, out, annotate,
+                               state, decoders, answers.get(m.name))
+
+
+def decode_groups(methods: list[Method], rows_of: dict, compressed: dict, lm, decoders, sized: dict
+                  ) -> list[list[Method]]:
+    """The methods of a chunk in the order they answer, those decoded as one batch together in one list. On the fast
+    engine (its buffers pad each layer on its own, its step reads the weights once for every row) the methods whose
+    answers come from the shared prefill's caches are decoded together when they keep about the same length: sorted
+    by their longest layer, a method joins the group whose first method is at most 1/PAD_SHARE as long (the pads a
+    row gets are then at most 1 - PAD_SHARE of the layer), and fp8 caches only with fp8 caches. Every other method
+    answers on its own, as before. `sized`: {method name: the method as sized for the chunk's context}; a method
+    has shared-prefill caches in `compressed` only where it joined the prefill without a problem."""
+    alone, shared = [], []
     for m in methods:
-        rows = [i for i in range(len(chunk)) if (i, m.name) in probes]
-        if rows:
-            with state.phase("answers", lm.device):
-                _answer_method(lm, m, chunk, rows, probes, compressed, settings, task, out, annotate, state, decoders)
+        rows = rows_of[m.name]
+        decoder, _ = pick_decoder(decoders, sized[m.name], lm)
+        ready = decoder.name == "fast" and all((i, m.name) in compressed for i in rows)
+        caches = [compressed[i, m.name].cache for i in rows] if ready else []
+        if ready and all(c is not None for c in caches):
+            longest = max(max(layer.get_seq_length() for layer in c.layers) for c in caches)
+            shared.append((type(caches[0]).__name__, repr(getattr(caches[0], "spec", None)), longest, m))
+        else:
+            alone.append([m])
+    groups: list[list] = []
+    for kind, spec, longest, m in sorted(shared, key=lambda x: (x[0], x[1], -x[2])):
+        first = groups[-1][0] if groups else None
+        if first and first[:2] == (kind, spec) and longest >= PAD_SHARE * first[2]:
+            groups[-1].append((kind, spec, longest, m))
+        else:
+            groups.append([(kind, spec, longest, m)])
+    order = {m.name: n for n, m in enumerate(methods)}  # answers in the grid's method order, as far as it goes
+    together = [[entry[3] for entry in g] for g in groups]
+    return sorted(together + alone, key=lambda g: min(order[m.name] for m in g))
+
+
+def _answers_together(lm, group, rows_of, chunk, compressed, settings, decoders) -> dict:
+    """{method name: {row: answer}} for methods decoded as one batch (decode_groups): one admission and one
+    decode for every (sample, method) row whose cache is ready; a failing batch is each row's error."""
+    decoder, _ = pick_decoder(decoders, group[0], lm)  # fast: decode_groups groups no other
+    pairs = [(m, i) for m in group for i in rows_of[m.name]]
+    answers: dict = {m.name: {} for m in group}
+    ready = []
+    for m, i in pairs:
+        c = compressed[i, m.name]
+        if c.error is None:
+            ready.append((m, i))
+        else:
+            answers[m.name][i] = c.error
+    if ready:
+        try:
+            got = answer_compressed(lm, [compressed[i, m.name] for m, i in ready], [chunk[i].prompt for _, i in ready],
+                                    [chunk[i].budget for _, i in ready], settings, decoder)
+        except Exception as exc:  # noqa: BLE001 - one failing batch must not end the run
+            got = [failure_line(exc)] * len(ready)
+            free_memory()
+        for (m, i), answer in zip(ready, got):
+            answers[m.name][i] = answer
+    return answers
 
 
 @dataclass
@@ -233,12 +295,17 @@ class _Failed:
     cache: None = None
 
 
-def _answer_method(lm, method, chunk, rows, probes, compressed, settings, task, out, annotate, state, decoders):
+def _answer_method(lm, method, chunk, rows, probes, compressed, settings, task, out, annotate, state, decoders,
+                   given: dict | None = None):
+    """One method's answers to the chunk's `rows` (`given`: already answered with other methods, _answers_together),
+    recorded and printed."""
     sized_of = {i: probes[i, method.name][0] for i in rows}
     decoder, engine_note = pick_decoder(decoders, sized_of[rows[0]], lm)
     answers: dict[int, QualityAnswer | str] = {}
     reason = sized_of[rows[0]].problem(lm)
-    if reason:
+    if given is not None:
+        answers = given
+    elif reason:
         answers = {i: reason for i in rows}
     elif all((i, method.name) in compressed for i in rows):
         ready = [i for i in rows if compressed[i, method.name].error is None]
