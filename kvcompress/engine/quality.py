@@ -14,6 +14,7 @@ KV figures come from the compressed cache's own tensors, read once per sample be
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 
 import torch
@@ -35,11 +36,36 @@ class QualityAnswer:
 
 @torch.inference_mode()
 def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], budgets: list[int],
-                      settings: GenerationSettings, decoder) -> list[QualityAnswer | str]:
-    """One method's answers to `prompts` (their question parts) from its compressed caches, decoded as one batch;
+                      settings: GenerationSettings, decoder, phase=None) -> list[QualityAnswer | str]:
+    """Answers to `prompts` (their question parts) from their compressed caches, decoded as one batch;
     `budgets`: each sample's output tokens at most. A sample whose question cannot be fed (kvpress's mask search can
     fail on some queries, as in its own pipeline) gets its one-line error instead, the others still answer. The
-    caches are consumed."""
+    caches are consumed. `phase(name)`: a context manager around the "questions" and the "decode" (where the
+    caller's clock splits its time; nothing by default)."""
+    phase = phase or (lambda name: contextlib.nullcontext())
+    with phase("questions"):
+        admitted, firsts, states, failed, uniforms, steps, eos = _questions(lm, compressed, prompts, budgets,
+                                                                            settings, decoder)
+    rows = [b for b in range(len(prompts)) if b not in failed]
+    tokens = {}
+    if rows:
+        out_tokens = torch.empty(steps, len(rows), dtype=torch.long, device=lm.device)
+        out_tokens[0] = torch.cat(firsts)
+        try:
+            with phase("decode"):
+                generated = (decoder.decode_batch(lm, admitted, uniforms[:, None].expand(steps, len(rows)).contiguous(),
+                                                  settings, out_tokens, eos=eos)[0] if steps > 1 else 1)
+                tokens = dict(zip(rows, out_tokens[:generated].T.tolist()))
+        finally:
+            del admitted
+            decoder.release()
+            clear_masks(lm.model)
+    return [failed[b] if b in failed else QualityAnswer(cut(tokens[b], budgets[b], eos), states[b], len(rows))
+            for b in range(len(prompts))]
+
+
+def _questions(lm, compressed, prompts, budgets, settings, decoder):
+    """Each cache's question prefilled and first token sampled, the cache admitted to the decoder."""
     model, device = lm.model, lm.device
     steps = max(budgets)
     eos = eos_ids(lm) if not settings.fixed_length else set()
@@ -64,21 +90,7 @@ def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], b
                                   take_masked_indices(model), lambda: None))
         c.cache = None  # the decoder owns it now
     clear_masks(model)
-    rows = [b for b in range(len(prompts)) if b not in failed]
-    tokens = {}
-    if rows:
-        out_tokens = torch.empty(steps, len(rows), dtype=torch.long, device=device)
-        out_tokens[0] = torch.cat(firsts)
-        try:
-            generated = (decoder.decode_batch(lm, admitted, uniforms[:, None].expand(steps, len(rows)).contiguous(),
-                                              settings, out_tokens, eos=eos)[0] if steps > 1 else 1)
-            tokens = dict(zip(rows, out_tokens[:generated].T.tolist()))
-        finally:
-            del admitted
-            decoder.release()
-            clear_masks(model)
-    return [failed[b] if b in failed else QualityAnswer(cut(tokens[b], budgets[b], eos), states[b], len(rows))
-            for b in range(len(prompts))]
+    return admitted, firsts, states, failed, uniforms, steps, eos
 
 
 def answer_alone(lm, method: Method, prompt: Prompt, budget: int, settings: GenerationSettings,

@@ -67,6 +67,7 @@ class Progress:
     saved: float = field(default_factory=time.monotonic)
     stamp: object = None  # torchrun: sets a record's rank, host and GPU (None in a plain run)
     ranks: object = None  # ranks.Ranks: under torchrun, `count` keeps the run's totals over every rank
+    sizes: dict = field(default_factory=dict)  # answer batch per context length
     run_done: int = 0
     run_answered: int = 0
 
@@ -87,6 +88,20 @@ class Progress:
         finally:
             _drain(device)
             self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - start
+
+    def sub_phase(self, device):
+        """phase(name) for a part of the "answers" phase: its seconds under "answers: <name>"."""
+        return lambda name: self.phase(f"answers: {name}", device)
+
+    def summary(self, sizes: dict) -> dict:
+        """The run header's `quality` block (rewritten at every save: a killed run keeps where its time went)."""
+        elapsed = time.monotonic() - self.start
+        return {"answers": self.answered, "wall_s": round(elapsed, 3),
+                "answers_per_s": round(self.answered / elapsed, 3) if elapsed > 0 else None,
+                "answer_batch": {str(k): v for k, v in sizes.items()},
+                "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
+                "clock": "host wall clock around the whole quality run (model load excluded); phases: the device "
+                         "drained at each end; 'answers: ...' are parts of 'answers'"}
 
     def count(self, done: int, answered: int) -> None:
         """done (answered or skipped) and answered (without error) grow; under torchrun the run's totals over every
@@ -114,13 +129,14 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
                for prompt, needle in [cell.build(lm.tokenizer)]]
     ranks = progress.get("ranks") or Ranks()  # a plain run (tools call this without the runner)
     state = Progress(progress.get("done", 0), progress["total"])
+    sizes = {}
+    state.sizes = sizes
     state.finished = out.finished_identities() if cfg.resume else set()
     state.ranks = ranks
     if ranks.distributed:
         gpu = torch.cuda.get_device_name(cfg.device) if cfg.device.type == "cuda" else None
         state.stamp = lambda record: (setattr(record, "rank", ranks.rank), setattr(record, "host", ranks.host),
                                       setattr(record, "gpu", gpu))
-    sizes = {}
 
     def size(s: Sample) -> int:  # one size per context length, fixed by its first group
         if s.cell.target_tokens not in sizes:
@@ -136,12 +152,7 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
     finally:
         out.save()  # whatever was answered, also when the run stops on an error or ^C
     progress["done"] = state.done
-    elapsed = time.monotonic() - state.start
-    out.run["quality"] = {"answers": state.answered, "wall_s": round(elapsed, 3),
-                          "answers_per_s": round(state.answered / elapsed, 3) if elapsed > 0 else None,
-                          "answer_batch": {str(k): v for k, v in sizes.items()},
-                          "phases_s": {k: round(v, 3) for k, v in state.phases.items()},
-                          "clock": "host wall clock around the whole quality run (model load excluded)"}
+    out.run["quality"] = state.summary(sizes)
     out.save()
 
 
@@ -225,8 +236,8 @@ def _answer_chunk(cfg, lm, methods, chunk: list[Sample], task, out, annotate, st
     sized = {m.name: probes[rows[0], m.name][0] for m in methods for rows in [rows_of[m.name]] if rows}
     for group in decode_groups([m for m in methods if rows_of[m.name]], rows_of, compressed, lm, decoders, sized):
         with state.phase("answers", lm.device):
-            answers = (_answers_together(lm, group, rows_of, chunk, compressed, settings, decoders)
-                       if len(group) > 1 else {})
+            answers = (_answers_together(lm, group, rows_of, chunk, compressed, settings, decoders,
+                                         state.sub_phase(lm.device)) if len(group) > 1 else {})
             for m in group:
                 _answer_method(lm, m, chunk, rows_of[m.name], probes, compressed, settings, task, out, annotate,
                                state, decoders, answers.get(m.name))
@@ -264,7 +275,7 @@ def decode_groups(methods: list[Method], rows_of: dict, compressed: dict, lm, de
     return sorted(together + alone, key=lambda g: min(order[m.name] for m in g))
 
 
-def _answers_together(lm, group, rows_of, chunk, compressed, settings, decoders) -> dict:
+def _answers_together(lm, group, rows_of, chunk, compressed, settings, decoders, phase) -> dict:
     """{method name: {row: answer}} for methods decoded as one batch (decode_groups): one admission and one
     decode for every (sample, method) row whose cache is ready; a failing batch is each row's error."""
     decoder, _ = pick_decoder(decoders, group[0], lm)  # fast: decode_groups groups no other
@@ -280,7 +291,7 @@ def _answers_together(lm, group, rows_of, chunk, compressed, settings, decoders)
     if ready:
         try:
             got = answer_compressed(lm, [compressed[i, m.name] for m, i in ready], [chunk[i].prompt for _, i in ready],
-                                    [chunk[i].budget for _, i in ready], settings, decoder)
+                                    [chunk[i].budget for _, i in ready], settings, decoder, phase)
         except Exception as exc:  # noqa: BLE001 - one failing batch must not end the run
             got = [failure_line(exc)] * len(ready)
             free_memory()
@@ -317,7 +328,7 @@ def _answer_method(lm, method, chunk, rows, probes, compressed, settings, task, 
             try:
                 got = answer_compressed(lm, [compressed[i, method.name] for i in group],
                                         [chunk[i].prompt for i in group], [chunk[i].budget for i in group],
-                                        settings, decoder)
+                                        settings, decoder, state.sub_phase(lm.device))
                 answers.update(zip(group, got))
             except Exception as exc:  # noqa: BLE001 - one failing press must not end the run
                 line = failure_line(exc)
@@ -332,18 +343,22 @@ def _answer_method(lm, method, chunk, rows, probes, compressed, settings, task, 
                 answers[i] = failure_line(exc)
                 free_memory()
     clear_masks(lm.model)
-    mine = []
-    for i in rows:
-        compressed.pop((i, method.name), None)  # whatever a failed batch left
-        record = _record(lm, sized_of[i], probes[i, method.name][1], chunk[i], answers[i], settings, task, decoder,
-                         engine_note)
-        record.process = "main"
-        if annotate:
-            annotate(record, method)
-        if state.stamp:
-            state.stamp(record)
-        mine.append(record)
-    out.add_all(mine, write=state.save_due())
+    with state.phase("answers: records", lm.device):  # records, grading, the file's writes
+        mine = []
+        for i in rows:
+            compressed.pop((i, method.name), None)  # whatever a failed batch left
+            record = _record(lm, sized_of[i], probes[i, method.name][1], chunk[i], answers[i], settings, task, decoder,
+                             engine_note)
+            record.process = "main"
+            if annotate:
+                annotate(record, method)
+            if state.stamp:
+                state.stamp(record)
+            mine.append(record)
+        due = state.save_due()
+        if due:
+            out.run["quality"] = state.summary(state.sizes)
+        out.add_all(mine, write=due)
     state.count(len(mine), sum(r.error is None for r in mine))
     scores = [r.score for r in mine if r.score is not None]
     errors = [r.error for r in mine if r.error]
