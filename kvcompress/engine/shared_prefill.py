@@ -118,12 +118,13 @@ class ScoreMemo:
         counts: dict = {}
         for _, key in keys:
             counts[key] = counts.get(key, 0) + 1
-        self.presses = [p for p, key in keys if key is not None and counts[key] > 1]  # alone, nothing to share
+        sharing = [(p, key) for p, key in keys if key is not None and counts[key] > 1]  # alone: nothing to share
+        self.presses = [p for p, _ in sharing]
         self.layer: dict = {}
-        for press in self.presses:
-            press.score = self._sharing(press, shared_score_key(press), press.score)
+        for press, key in sharing:
+            press.score = self._sharing(key, press.score)
 
-    def _sharing(self, press, key, score):
+    def _sharing(self, key, score):
         def shared_score(module, *args, **kwargs):
             if key not in self.layer:
                 self.layer[key] = score(module, *args, **kwargs)

@@ -69,7 +69,8 @@ _MASK_NOTE = "hides evicted entries by masking: the tensors keep full length (no
 
 PRESSES: dict[str, PressInfo] = {p.name: p for p in [
     # Scorers: score every (head, token); the lowest are evicted, the same count in every head and layer.
-    _p("random", "RandomPress", "scorer", "real", ratio_free_score=True, defaults=(("seed", 0),), note="baseline; seeded so runs repeat"),
+    _p("random", "RandomPress", "scorer", "real", ratio_free_score=True, defaults=(("seed", 0),),
+       note="baseline; seeded so runs repeat"),
     _p("knorm", "KnormPress", "scorer", "real", ratio_free_score=True),
     _p("snapkv", "SnapKVPress", "scorer", "real", ratio_free_score=True),
     _p("expected_attention", "ExpectedAttentionPress", "scorer", "real", ratio_free_score=True,

@@ -93,12 +93,12 @@ class Progress:
         """phase(name) for a part of the "answers" phase: its seconds under "answers: <name>"."""
         return lambda name: self.phase(f"answers: {name}", device)
 
-    def summary(self, sizes: dict) -> dict:
+    def summary(self) -> dict:
         """The run header's `quality` block (rewritten at every save: a killed run keeps where its time went)."""
         elapsed = time.monotonic() - self.start
         return {"answers": self.answered, "wall_s": round(elapsed, 3),
                 "answers_per_s": round(self.answered / elapsed, 3) if elapsed > 0 else None,
-                "answer_batch": {str(k): v for k, v in sizes.items()},
+                "answer_batch": {str(k): v for k, v in self.sizes.items()},
                 "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
                 "clock": "host wall clock around the whole quality run (model load excluded); phases: the device "
                          "drained at each end; 'answers: ...' are parts of 'answers'"}
@@ -129,8 +129,7 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
                for prompt, needle in [cell.build(lm.tokenizer)]]
     ranks = progress.get("ranks") or Ranks()  # a plain run (tools call this without the runner)
     state = Progress(progress.get("done", 0), progress["total"])
-    sizes = {}
-    state.sizes = sizes
+    sizes = state.sizes  # answer batch per context length, filled by size()
     state.finished = out.finished_identities() if cfg.resume else set()
     state.ranks = ranks
     if ranks.distributed:
@@ -152,7 +151,7 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
     finally:
         out.save()  # whatever was answered, also when the run stops on an error or ^C
     progress["done"] = state.done
-    out.run["quality"] = state.summary(sizes)
+    out.run["quality"] = state.summary()
     out.save()
 
 
@@ -357,7 +356,7 @@ def _answer_method(lm, method, chunk, rows, probes, compressed, settings, task, 
             mine.append(record)
         due = state.save_due()
         if due:
-            out.run["quality"] = state.summary(state.sizes)
+            out.run["quality"] = state.summary()
         out.add_all(mine, write=due)
     state.count(len(mine), sum(r.error is None for r in mine))
     scores = [r.score for r in mine if r.score is not None]
