@@ -174,9 +174,31 @@ def test_a_batch_stops_once_every_row_has_ended_and_each_row_is_cut_at_its_own_e
         monkeypatch.setattr(decoder, "decode_batch", real)
         return [a.token_ids for a in got], steps[0]
 
+    questions = [p.question_ids.shape[1] for p in three]  # fed first, one token a step
     full, steps = answers(set())
-    assert steps == 12 and all(len(row) == 12 for row in full)
+    assert steps == max(questions) + 12 and all(len(row) == 12 for row in full)
     ends = {row[3] for row in full}  # every row meets one of these by its 4th token
     cut_rows, steps = answers(ends)
     assert cut_rows == [cut(row, 12, ends) for row in full]
-    assert steps == max(len(row) for row in cut_rows) < 12  # the batch stopped when its last row ended
+    # the batch stopped when its last row ended
+    assert steps == max(q + len(row) for q, row in zip(questions, cut_rows)) < max(questions) + 12
+
+
+@pytest.mark.parametrize("engine", ["hf", "fast"])
+def test_a_question_token_that_is_an_end_of_sequence_token_does_not_end_its_row(tiny, three, engine, monkeypatch):
+    """The questions are fed by the decode (forced tokens): only a row's own tokens can end it."""
+    from kvcompress.engine import quality
+
+    decoder = FastDecoder(tiny) if engine == "fast" else HFDecoder()
+    method = parse_method("knorm@0.5")
+
+    def answers(eos):
+        monkeypatch.setattr(quality, "eos_ids", lambda lm: set(eos))
+        compressed = [prefill_shared(tiny, [method], p.context_ids)[method.name] for p in three]
+        return [a.token_ids for a in answer_compressed(tiny, compressed, three, [6, 6, 6], GREEDY, decoder)]
+
+    full = answers(set())
+    in_questions = {t for p in three for t in p.question_ids.view(-1).tolist()}
+    ends = in_questions - {t for row in full for t in row}
+    assert len(ends) > 10
+    assert answers(ends) == full

@@ -53,11 +53,13 @@ class Decoder(ABC):
         """Decode one sequence after its first token: (tokens generated, the final cache)."""
 
     @abstractmethod
-    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=lambda *a: None, eos=frozenset()):
-        """Decode engine.batch's admitted sequences together: out_tokens (steps, batch), row 0 already sampled.
-        `mark("admitted")` once the batch's cache is built; `mark("steady", steps)` before the steps timed as the
-        steady state; `eos` (quality runs): stop once every row has emitted one of these tokens. Returns (steps,
-        the batch's final cache)."""
+    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=lambda *a: None, eos=frozenset(),
+                     forced=None):
+        """Decode engine.batch's admitted sequences together: out_tokens (steps, batch), row 0 already sampled (or
+        forced). `mark("admitted")` once the batch's cache is built; `mark("steady", steps)` before the steps timed
+        as the steady state; `eos` (quality runs): stop once every row has emitted one of these tokens; `forced`
+        (steps, batch; quality runs): where >= 0, the token fed at that step instead of the sampled one (a row's
+        forced tokens come first and never end it). Returns (steps, the batch's final cache)."""
 
     def release(self) -> None:
         """Drop the buffers and graphs kept between generations (before a memory measurement, between cells)."""

@@ -70,7 +70,8 @@ class HFDecoder(Decoder):
                 return step + 1, cache
         return n, cache
 
-    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=lambda *a: None, eos=frozenset()):
+    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=lambda *a: None, eos=frozenset(),
+                     forced=None):
         """The sequences' caches stacked into one, decoded by transformers' forward at batch B."""
         model = lm.model
         first = admitted[0].cache
@@ -88,7 +89,9 @@ class HFDecoder(Decoder):
         n, steps = out_tokens.shape[1], out_tokens.shape[0]
         token = out_tokens[0].clone()
         position = torch.tensor([a.next_position for a in admitted], dtype=torch.long, device=lm.device).view(n, 1)
-        done = {b for b, t in enumerate(token.view(-1).tolist()) if t in eos} if eos else set()
+        # a row's own tokens start after its forced ones (engine/quality.py's questions); only they can end it
+        answer_from = (forced >= 0).sum(0).tolist() if forced is not None else [0] * n
+        done = {b for b, t in enumerate(token.view(-1).tolist()) if t in eos and answer_from[b] == 0} if eos else set()
         for step in range(1, steps):
             if step == 2:  # timed like the fast engine's: the steps after the first
                 mark("steady", steps - 2)
@@ -97,10 +100,12 @@ class HFDecoder(Decoder):
             logits = model(input_ids=token.view(n, 1), past_key_values=cache, position_ids=position,
                            attention_mask=mask, use_cache=True).logits[:, -1]
             token = sample(logits, uniforms[step], settings.sampling)
+            if forced is not None:
+                token = torch.where(forced[step] >= 0, forced[step], token)
             out_tokens[step] = token
             position += 1
             if eos:  # quality runs only: stop once every row has emitted an end-of-sequence token
-                done.update(b for b, t in enumerate(token.view(-1).tolist()) if t in eos)
+                done.update(b for b, t in enumerate(token.view(-1).tolist()) if t in eos and step >= answer_from[b])
                 if len(done) == n:
                     return step + 1, batched
         return steps, batched

@@ -1,13 +1,14 @@
 """Answers for quality runs: each sample answered once, no warm-up, no repeats, no memory pass, nothing timed.
 
-Methods that join a shared prefill (engine/shared_prefill.py) answer a batch of samples together: each sample's
-compressed cache gets its question prefilled after it (where engine.generate.question_start puts it, with the
-method's hidden entries on the attention modules, as in its own run), its first token sampled, and the batch is
-decoded by the engine (engine.batch's admission and `decode_batch`) until every row has emitted end-of-sequence or
-reached the batch's token budget; each row is then cut at its own end-of-sequence and its own budget. Every row
-draws the same uniforms (the run's seed), so a sample's answer does not depend on its place in the batch. A method
-with a prefill of its own (native DMS, decoding presses, query-aware runs) answers each sample alone through
-engine.generate.generate_once, as the measured path does, minus the repeats and the memory pass.
+Methods that join a shared prefill (engine/shared_prefill.py) answer a batch of samples together: the compressed
+caches are admitted to the engine (engine.batch's admission) and decoded as one batch (`decode_batch`) whose first
+steps feed each row its question (where engine.generate.question_start puts it, the method's hidden entries hidden,
+as in its own run) one token a step, forced instead of sampled; each row then samples its answer until every row
+has emitted end-of-sequence or reached its budget, and is cut at its own end-of-sequence and its own budget. Every
+row draws the same uniforms (the run's seed) from its first answer token on, so a sample's answer does not depend on
+its place in the batch. A method with a prefill of its own (native DMS, decoding presses, query-aware runs) answers
+each sample alone through engine.generate.generate_once, as the measured path does, minus the repeats and the memory
+pass.
 
 KV figures come from the compressed cache's own tensors, read once per sample before its question (memory.kv_state).
 """
@@ -21,7 +22,7 @@ import torch
 
 from kvcompress.engine.batch import Admission
 from kvcompress.engine.generate import GenerationSettings, Prompt, eos_ids, generate_once, kv_after_context
-from kvcompress.engine.sampling import draw_uniforms, sample
+from kvcompress.engine.sampling import draw_uniforms
 from kvcompress.engine.shared_prefill import Compressed, set_masks
 from kvcompress.memory import KVState, clear_masks, kv_state, take_masked_indices
 from kvcompress.methods import Method
@@ -38,24 +39,32 @@ class QualityAnswer:
 def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], budgets: list[int],
                       settings: GenerationSettings, decoder, phase=None) -> list[QualityAnswer | str]:
     """Answers to `prompts` (their question parts) from their compressed caches, decoded as one batch;
-    `budgets`: each sample's output tokens at most. A sample whose question cannot be fed (kvpress's mask search can
-    fail on some queries, as in its own pipeline) gets its one-line error instead, the others still answer. The
-    caches are consumed. `phase(name)`: a context manager around the "questions" and the "decode" (where the
-    caller's clock splits its time; nothing by default)."""
+    `budgets`: each sample's output tokens at most. The questions are fed by the decode itself: row b's first q_b
+    steps take its question's tokens (forced) instead of sampled ones, and its answer starts at the token sampled
+    after its question's last. One forward per question token for the whole batch costs far less than one
+    forward per row (a quality batch holds ~100 rows of ~40 question tokens), and it is the same causal attention
+    over the same cache as a prefill of the question. A sample whose KV cannot be read gets its one-line error
+    instead; the others still answer. The caches are consumed. `phase(name)`: a context manager around the
+    "questions" (the caches read and admitted) and the "decode" (where the caller's clock splits its time)."""
     phase = phase or (lambda name: contextlib.nullcontext())
     with phase("questions"):
-        admitted, firsts, states, failed, uniforms, steps, eos = _questions(lm, compressed, prompts, budgets,
-                                                                            settings, decoder)
+        admitted, states, failed = _admit(lm, compressed, prompts, decoder)
     rows = [b for b in range(len(prompts)) if b not in failed]
+    eos = eos_ids(lm) if not settings.fixed_length else set()
     tokens = {}
     if rows:
-        out_tokens = torch.empty(steps, len(rows), dtype=torch.long, device=lm.device)
-        out_tokens[0] = torch.cat(firsts)
+        questions = [prompts[b].question_ids.view(-1).tolist() for b in rows]
+        row_budgets = [budgets[b] for b in rows]
+        steps = max(len(q) + n for q, n in zip(questions, row_budgets))
+        uniforms = draw_uniforms(settings.sampling, max(row_budgets), lm.device)  # every row samples as if alone
+        forced, row_uniforms = forced_questions(questions, uniforms, steps)
+        out_tokens = forced.clamp(min=0).to(lm.device)
         try:
             with phase("decode"):
-                generated = (decoder.decode_batch(lm, admitted, uniforms[:, None].expand(steps, len(rows)).contiguous(),
-                                                  settings, out_tokens, eos=eos)[0] if steps > 1 else 1)
-                tokens = dict(zip(rows, out_tokens[:generated].T.tolist()))
+                generated = decoder.decode_batch(lm, admitted, row_uniforms.to(lm.device), settings, out_tokens,
+                                                 eos=eos, forced=forced.to(lm.device))[0]
+                columns = out_tokens[:generated].T.tolist()
+                tokens = {b: columns[r][len(questions[r]):] for r, b in enumerate(rows)}
         finally:
             del admitted
             decoder.release()
@@ -64,33 +73,40 @@ def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], b
             for b in range(len(prompts))]
 
 
-def _questions(lm, compressed, prompts, budgets, settings, decoder):
-    """Each cache's question prefilled and first token sampled, the cache admitted to the decoder."""
-    model, device = lm.model, lm.device
-    steps = max(budgets)
-    eos = eos_ids(lm) if not settings.fixed_length else set()
-    uniforms = draw_uniforms(settings.sampling, steps, device)  # every row samples as if alone
-    firsts, admitted, states, failed = [], [], {}, {}
+def forced_questions(questions: list[list[int]], uniforms: torch.Tensor, steps: int):
+    """(forced, uniforms), each (steps, rows), on the host: forced[t, r] is row r's question token t while
+    t < q_r and -1 after it (sampled); row r's answer token j (step q_r + j) draws uniforms[j], as it would alone."""
+    forced = torch.full((steps, len(questions)), -1, dtype=torch.long)
+    row_uniforms = torch.zeros(steps, len(questions), dtype=uniforms.dtype)
+    host = uniforms.cpu()
+    for r, q in enumerate(questions):
+        if not q:
+            raise ValueError("a quality answer needs a question to feed after the compressed context")
+        forced[:len(q), r] = torch.tensor(q, dtype=torch.long)
+        n = min(steps - len(q), host.shape[0])
+        row_uniforms[len(q):len(q) + n, r] = host[:n]
+    return forced, row_uniforms
+
+
+def _admit(lm, compressed, prompts, decoder):
+    """Each cache's KV read (before its question) and the cache admitted to the decoder, its question not yet fed:
+    (admissions, {row: KVState}, {row: error line})."""
+    model = lm.model
+    admitted, states, failed = [], {}, {}
     for b, (c, prompt) in enumerate(zip(compressed, prompts)):
         try:
             set_masks(model, c.masked)
-            state = kv_state(c.cache, model, prompt.context_tokens)
-            question = prompt.question_ids.to(device)
-            positions = torch.arange(c.question_start, c.question_start + question.shape[1], device=device)[None]
-            logits = model(input_ids=question, past_key_values=c.cache, position_ids=positions, use_cache=True,
-                           logits_to_keep=1).logits[:, -1]
+            states[b] = kv_state(c.cache, model, prompt.context_tokens)
         except Exception as exc:  # noqa: BLE001 - this sample's error; the batch goes on without it
             failed[b] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
             c.cache = None
             continue
-        states[b] = state
-        firsts.append(sample(logits, uniforms[:1], settings.sampling))
         room = max(1, len(prompts) - 1 - b)
-        admitted.append(Admission(decoder.admit(c.cache, expected=room), c.question_start + question.shape[1],
+        admitted.append(Admission(decoder.admit(c.cache, expected=room), c.question_start,
                                   take_masked_indices(model), lambda: None))
         c.cache = None  # the decoder owns it now
     clear_masks(model)
-    return admitted, firsts, states, failed, uniforms, steps, eos
+    return admitted, states, failed
 
 
 def answer_alone(lm, method: Method, prompt: Prompt, budget: int, settings: GenerationSettings,

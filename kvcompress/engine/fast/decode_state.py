@@ -18,9 +18,11 @@ class DecodeState:
     context)` (layer i's store into its cache and attention into `attn_out`); `_advance()` moves its own counters
     after each token."""
 
-    def __init__(self, decoder, signature, sampling, batch: int, n_new: int, dim: int, dtype, device):
+    def __init__(self, decoder, signature, sampling, batch: int, n_new: int, dim: int, dtype, device,
+                 forced: bool = False):
         """Allocated after the subclass's own tensors (its __init__ calls this last): n_new rows of uniforms and
-        outputs, each (step, sequence)."""
+        outputs, each (step, sequence); `forced`: a graph that feeds given tokens where they are set (quality runs:
+        each row's question, engine/quality.py), a separate graph from the timed one."""
         config = decoder.model.config
         self.decoder, self.signature, self.sampling = decoder, signature, sampling
         self.token = torch.zeros(batch, dtype=torch.long, device=device)
@@ -28,6 +30,8 @@ class DecodeState:
         self.step_index = torch.zeros(1, dtype=torch.long, device=device)
         self.uniforms = torch.zeros(n_new, batch, dtype=torch.float32, device=device)  # (step, sequence)
         self.out = torch.zeros(n_new, batch, dtype=torch.long, device=device)
+        self.forced = torch.full((n_new, batch), -1, dtype=torch.long, device=device) if forced else None
+        self.answer_from = [0] * batch  # per row: the first step whose token is its own (an end-of-sequence counts)
         self.residual = torch.zeros(batch, config.hidden_size, device=device, dtype=dtype)
         self.normed = torch.zeros_like(self.residual)
         self.q = torch.zeros(batch, config.num_attention_heads, dim, device=device, dtype=dtype)
@@ -36,14 +40,18 @@ class DecodeState:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.cuda = device.type == "cuda"
 
-    def load_inputs(self, token, positions: list[int], uniforms, out_tokens) -> None:
-        """token (batch,), each sequence's next position, uniforms and out_tokens (steps, batch): steps may be below
-        the buffers' n_new rows."""
+    def load_inputs(self, token, positions: list[int], uniforms, out_tokens, forced=None) -> None:
+        """token (batch,), each sequence's next position, uniforms, out_tokens and forced (steps, batch; -1 where
+        sampled): steps may be below the buffers' n_new rows."""
         self.token.copy_(token.view(-1))
         self.position.copy_(torch.tensor(positions, dtype=torch.long).view(-1, 1))
         self.step_index.fill_(1)
         self.uniforms[:uniforms.shape[0]].copy_(uniforms)
         self.out[:out_tokens.shape[0]].copy_(out_tokens)
+        if self.forced is not None:
+            self.forced.fill_(-1)
+            self.forced[:forced.shape[0]].copy_(forced)
+            self.answer_from = (forced >= 0).sum(0).tolist()
 
     def free(self) -> None:
         self.graph = self.logits = None
@@ -53,20 +61,20 @@ class DecodeState:
         memory and decodes a few steps of it). `mark("steady", steps)`, if given, before the steps after the first
         (which runs eagerly and captures the graph on CUDA)."""
         done: set[int] = set()  # rows that emitted an end-of-sequence token (the first token included)
-        if self._finished(eos, done):
+        if self._finished(eos, done, 0):
             return 1
         if not self.cuda:
             for step in range(1, n):
                 if step == 2 and mark is not None:
                     mark("steady", n - 2)
                 self.step()
-                if self._finished(eos, done):
+                if self._finished(eos, done, step):
                     return step + 1
             return n
         first = 1
         if self.graph is None:
             self.step()  # eager once: compiles the Triton kernels and initialises cuBLAS before capture
-            if self._finished(eos, done):
+            if self._finished(eos, done, 1):
                 return 2
             self._capture()
             first = 2
@@ -74,17 +82,18 @@ class DecodeState:
             mark("steady", n - first)
         for step in range(first, n):
             self.graph.replay()
-            if self._finished(eos, done):
+            if self._finished(eos, done, step):
                 return step + 1
         return n
 
-    def _finished(self, eos: set[int], done: set[int]) -> bool:
-        """Every row has emitted an end-of-sequence token (`done` collects the rows). Quality runs only: timing runs
-        pass no `eos` and never synchronise here; a row that finished early keeps decoding until all have, and its
-        caller cuts it at its first end-of-sequence token."""
+    def _finished(self, eos: set[int], done: set[int], step: int) -> bool:
+        """Every row has emitted an end-of-sequence token (`done` collects the rows; `step`: the token's index, a
+        row's forced tokens never count). Quality runs only: timing runs pass no `eos` and never synchronise here; a
+        row that finished early keeps decoding until all have, and its caller cuts it at its first end-of-sequence
+        token."""
         if not eos:
             return False
-        done.update(b for b, token in enumerate(self.token.tolist()) if token in eos)
+        done.update(b for b, token in enumerate(self.token.tolist()) if token in eos and step >= self.answer_from[b])
         return len(done) == self.token.shape[0]
 
     def _capture(self) -> None:
@@ -112,7 +121,10 @@ class DecodeState:
         x = kernels.add_rmsnorm(h, delta, norm.weight, norm.variance_epsilon, self.normed)
         logits = model.lm_head(x)
         self.logits = logits  # kept for engine checks (tools/h200_decode_check.py); inside a graph it is updated in place
-        token = sample(logits, self.uniforms.index_select(0, self.step_index), self.sampling)
+        token = sample(logits, self.uniforms.index_select(0, self.step_index), self.sampling).view(-1)
+        if self.forced is not None:  # a row's given token where one is set, its sampled one after
+            given = self.forced.index_select(0, self.step_index).view(-1)
+            token = torch.where(given >= 0, given, token)
         self.out.index_copy_(0, self.step_index, token.view(1, -1))
         self.token.copy_(token)
         self._advance()

@@ -136,17 +136,21 @@ class FastDecoder(Decoder):
                          out_tokens.view(-1, 1), eos)
         return n, self._state
 
-    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=None, eos=frozenset()):
+    def decode_batch(self, lm, admitted, uniforms, settings, out_tokens, mark=None, eos=frozenset(), forced=None):
         """engine.batch's admitted sequences, decoded together: out_tokens (steps, batch), row 0 already sampled.
         `mark("admitted")` once the caches sit in the buffers; `mark("steady", steps)` before the steps that replay
-        the graph (the first step runs eagerly and captures it). Native DMS: engine/fast/dms.py's own batch."""
+        the graph (the first step runs eagerly and captures it); `forced` (steps, batch): tokens fed instead of the
+        sampled ones where >= 0 (a graph of its own). Native DMS: engine/fast/dms.py's own batch."""
         if isinstance(admitted[0].cache, fast_dms.CompactDMSCache):
+            if forced is not None:
+                raise ValueError("native DMS decodes its question in its own prefill: nothing to force")
             return self.dms.decode_batch(lm, admitted, uniforms, settings, out_tokens, mark, self.layer_moved)
         n = self._decode([a.cache for a in admitted], [a.masked for a in admitted], out_tokens[0],
-                         [a.next_position for a in admitted], uniforms, settings, out_tokens, set(eos), mark)
+                         [a.next_position for a in admitted], uniforms, settings, out_tokens, set(eos), mark, forced)
         return n, self._state
 
-    def _decode(self, caches, masks, token, positions, uniforms, settings, out_tokens, eos, mark=None) -> int:
+    def _decode(self, caches, masks, token, positions, uniforms, settings, out_tokens, eos, mark=None,
+                forced=None) -> int:
         spec = getattr(caches[0], "spec", None)  # a quantized cache (methods/quantized_cache.py): fp8 buffers
         for cache in caches if spec is not None else ():
             cache.settle()  # the question's tokens are quantized now, as the hf engine's next step would
@@ -156,13 +160,14 @@ class FastDecoder(Decoder):
         ragged = any(seq != lengths for seq in per_sequence)
         steps = out_tokens.shape[0]
         reserve = max(steps, settings.reserve_tokens or 0)
-        signature = (tuple(lengths), ragged or any(masks), reserve, settings.sampling, len(caches), spec)
+        signature = (tuple(lengths), ragged or any(masks), reserve, settings.sampling, len(caches), spec,
+                     forced is not None)
         if self._state is None or self._state.signature != signature:
             self._drop_state()  # free the old buffers before allocating new ones (not the staged caches)
             self.dms.release()
             self._state = _DecodeState(self, caches[0], signature, settings.sampling)
         state = self._state
-        state.load(caches, masks, per_sequence, token, positions, uniforms, out_tokens)
+        state.load(caches, masks, per_sequence, token, positions, uniforms, out_tokens, forced)
         if mark is not None:
             mark("admitted")
         n = state.run(eos, steps, mark)
@@ -255,7 +260,7 @@ class _DecodeState(DecodeState, ReportsOwnKV):
 
 
     def __init__(self, decoder: FastDecoder, cache, signature, sampling):
-        lengths, self.masked, n_new, _, batch, self.spec = signature
+        lengths, self.masked, n_new, _, batch, self.spec, forced = signature
         first = cache.layers[0].keys
         _, heads_kv, _, dim = first.shape
         device, dtype = first.device, first.dtype
@@ -274,9 +279,9 @@ class _DecodeState(DecodeState, ReportsOwnKV):
         # land in a larger cached block whose unsplittable rest then counts as allocated (up to 1 MiB a buffer).
         self.pool = torch.cuda.MemPool() if device.type == "cuda" else None
         self.lengths = torch.zeros(len(lengths), dtype=torch.long, device=device)
-        super().__init__(decoder, signature, sampling, batch, n_new, dim, dtype, device)
+        super().__init__(decoder, signature, sampling, batch, n_new, dim, dtype, device, forced)
 
-    def load(self, caches, masks, per_sequence, token, positions, uniforms, out_tokens) -> None:
+    def load(self, caches, masks, per_sequence, token, positions, uniforms, out_tokens, forced=None) -> None:
         """Move the prefilled caches into the buffers (sequence b into row b), layer by layer, freeing each source
         layer as it goes; pads (rows shorter than the layer's longest) are zeroed and hidden."""
         batch, heads_kv, dim, dtype, device = self.buffer_shape
@@ -310,7 +315,7 @@ class _DecodeState(DecodeState, ReportsOwnKV):
                         rows, h, s = masked.pop(i)
                         self.valid[i][rows + b, h, s] = 0
         self.lengths.copy_(torch.tensor(lengths, dtype=torch.long))
-        self.load_inputs(token, positions, uniforms, out_tokens)
+        self.load_inputs(token, positions, uniforms, out_tokens, forced)
 
     def _load_scales(self, i: int, caches) -> None:
         """Layer i's fp8 scales, row b from sequence b's cache (set from its own prefill)."""
