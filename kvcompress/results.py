@@ -319,12 +319,22 @@ class ResultFile:
         lock = WriterLock.take(self.path)  # before reading: a second writer must not read a file in flight
         # released by close(), when this object goes, or when the process ends
         self.close = weakref.finalize(self, lock.release)
+        self.journal = journal_path(self.path)
+        self._journal = None  # the open journal while records wait for the next save
         try:
-            if self.path.exists():
+            if self.journal.exists() and not resume:
+                raise UserError(f"--out {self.path}: {self.journal.name} holds answers of a run killed before it "
+                                f"saved them; pass --resume to keep them, or delete it to start again")
+            if self.path.exists() or self.journal.exists():
                 if not resume:
                     raise UserError(f"--out {self.path} already exists: pass --resume to continue it, or name a new "
                                     f"file")
-                old_run, self.results = load(self.path)
+                old_run, self.results = load(self.path) if self.path.exists() else ({}, [])
+                if self.journal.exists():
+                    journal_run, journaled = read_journal(self.journal)
+                    old_run = old_run or journal_run
+                    new = {r.identity() for r in journaled}
+                    self.results = [r for r in self.results if r.identity() not in new] + journaled
                 twice = duplicate_identity(self.results)
                 if twice is not None:  # which of the two counts as done would be arbitrary
                     raise UserError(f"--resume: {self.path} holds the cell {twice.method} @ {twice.target_tokens} "
@@ -334,6 +344,8 @@ class ResultFile:
                 if differs:
                     raise UserError(f"--resume: {self.path} {differs}; rerun with the same settings or name a new "
                                     f"--out")
+                if self.journal.exists():
+                    self.save()  # the killed run's journaled records into the file, the journal gone
         except BaseException:
             self.close()
             raise
@@ -354,11 +366,26 @@ class ResultFile:
 
     def add_all(self, results: list[BenchmarkResult], write: bool = True) -> None:
         """Several records at once (a quality run's batch), each replacing a failed attempt of its cell; one write,
-        or none (`write` False: the caller saves later; a quality run writes every SAVE_EVERY_S seconds)."""
+        or (`write` False: the caller saves later; a quality run saves every SAVE_EVERY_S seconds) one line per
+        record appended to the journal, so a process killed before the next save loses none of them."""
         new = {r.identity() for r in results}
         self.results = [r for r in self.results if r.identity() not in new] + list(results)
         if write:
             self.save()
+        else:
+            self._append(results)
+
+    def _append(self, results: list[BenchmarkResult]) -> None:
+        try:
+            if self._journal is None:
+                self._journal = open(self.journal, "a")
+                if self._journal.tell() == 0:
+                    self._journal.write(json.dumps({"run": self.run}, default=_jsonable) + "\n")
+            self._journal.write("".join(json.dumps(file_record(r), default=_jsonable) + "\n" for r in results))
+            self._journal.flush()  # in the kernel's page cache: a killed process loses nothing written
+        except OSError as exc:
+            raise UserError(f"cannot write {self.journal} ({exc.strerror or exc}): {self.path} holds the records "
+                            f"of its last save; make room and rerun with --resume") from None
 
     def save(self) -> None:
         try:
@@ -367,6 +394,11 @@ class ResultFile:
             raise UserError(f"cannot write {self.path} ({exc.strerror or exc}): it still holds the "
                             f"{len(self.results) - 1} records before this one; make room and rerun with --resume"
                             ) from None
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        with contextlib.suppress(FileNotFoundError):
+            self.journal.unlink()  # every journaled record is in the file now
 
 
 class WriterLock:
@@ -424,6 +456,33 @@ def _flock(lock_path: Path, path: Path) -> int:
         except FileNotFoundError:
             pass
         os.close(fd)
+
+
+def journal_path(path: Path) -> Path:
+    """The sidecar where records wait between saves of a quality run (ResultFile.add_all with write False)."""
+    return path.with_name(path.name + ".journal.jsonl")
+
+
+def read_journal(path: Path) -> tuple[dict, list[BenchmarkResult]]:
+    """(the run header, the records) of a journal a killed run left; a last line cut short by the kill is dropped."""
+    run, results = {}, []
+    lines = path.read_text().split("\n")
+    for i, line in enumerate(lines):
+        if not line:
+            continue
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:  # written in part when the process died: its record is answered again
+                break
+            raise UserError(f"{path}: line {i + 1} is not JSON; delete the journal to start again") from None
+        if i == 0 and isinstance(data, dict) and set(data) == {"run"}:
+            run = data["run"]
+            continue
+        if not isinstance(data, dict) or type_problem(data):
+            raise UserError(f"{path}: line {i + 1} is not a record; delete the journal to start again")
+        results.append(BenchmarkResult.from_dict(_expand_sequences(dict(data))))
+    return run, results
 
 
 def save(path: Path, run: dict, results: list[BenchmarkResult]) -> None:

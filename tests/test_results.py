@@ -1,12 +1,18 @@
 """The result file: every contract field present, written atomically, resumable, and refused cleanly when bad."""
 
 import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from kvcompress.errors import UserError
 from conftest import held_by_another_process
 from kvcompress.results import CONTRACT_FIELDS, BenchmarkResult, ResultFile, load, save
+
+ROOT = Path(__file__).resolve().parents[1]
 
 CONTRACT = ["model", "weights", "method", "press", "compression_ratio", "context_tokens", "input_tokens",
             "output_tokens", "ttft_s", "prefill_tokens_per_s", "tpot_ms", "decode_tokens_per_s", "e2e_s",
@@ -151,3 +157,61 @@ def test_a_second_writer_of_the_same_file_is_refused(tmp_path):
     f.close()
     again.close()
     assert not (tmp_path / "r.json.lock").exists()  # no lock file left behind once every writer closed
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+from kvcompress.results import BenchmarkResult, ResultFile
+f = ResultFile(sys.argv[1], {"task": "q"})
+f.add_all([BenchmarkResult(model="m", weights="random", method="vanilla", prompt_id=f"p{i}", answer=f"a{i}")
+           for i in range(3)], write=True)
+for batch in range(2):  # two batches between saves, as a quality run adds them (write=False)
+    f.add_all([BenchmarkResult(model="m", weights="random", method="knorm@0.5", prompt_id=f"p{batch}{i}",
+                               answer=f"b{batch}{i}") for i in range(2)], write=False)
+os.kill(os.getpid(), signal.SIGKILL)  # before the next save
+"""
+
+
+def _killed_writer(path):
+    done = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+
+
+def test_records_added_between_saves_survive_kill_9(tmp_path):
+    """A quality run adds its batches without rewriting the file (every 30 s); before the journal, kill -9 between
+    two saves lost every answer since the last one (the file here would hold the 3 saved records only)."""
+    path = tmp_path / "q.json"
+    _killed_writer(path)
+    assert len(load(path)[1]) == 3  # the file itself as the last save left it
+    with pytest.raises(UserError, match="killed before it saved them; pass --resume"):
+        ResultFile(path, {"task": "q"})  # a new run must not drop the journaled answers silently
+    resumed = ResultFile(path, {"task": "q"}, resume=True)
+    answers = {(r.method, r.prompt_id): r.answer for r in resumed.results}
+    assert answers == {**{("vanilla", f"p{i}"): f"a{i}" for i in range(3)},
+                       **{("knorm@0.5", f"p{b}{i}"): f"b{b}{i}" for b in range(2) for i in range(2)}}
+    resumed.close()
+    assert len(load(path)[1]) == 7 and not (tmp_path / "q.json.journal.jsonl").exists()  # folded into the file
+
+
+def test_a_journal_line_cut_by_the_kill_is_dropped_and_the_rest_kept(tmp_path):
+    path = tmp_path / "q.json"
+    _killed_writer(path)
+    journal = tmp_path / "q.json.journal.jsonl"
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 1 + 4  # the header, then one line per record
+    journal.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:40])  # the last record written in part
+    resumed = ResultFile(path, {"task": "q"}, resume=True)
+    assert len(resumed.results) == 3 + 3
+    resumed.close()
+    journal.write_text("\n".join(lines[:2] + ["{not json"] + lines[3:]) + "\n")  # inside: not a kill's cut
+    with pytest.raises(UserError, match="line 3 is not JSON"):
+        ResultFile(path, {"task": "q"}, resume=True)
+
+
+def test_a_journal_of_a_run_killed_before_its_first_save_resumes_with_its_settings(tmp_path):
+    path = tmp_path / "q.json"
+    _killed_writer(path)
+    path.unlink()  # as if killed before the first save
+    with pytest.raises(UserError, match="another script"):
+        ResultFile(path, {"task": "other"}, resume=True)
+    assert len(ResultFile(path, {"task": "q"}, resume=True).results) == 4

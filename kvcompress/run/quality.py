@@ -6,9 +6,10 @@ as a share of the GPU's free memory holds: auto_answer_batch). Each sample's con
 method that joins a shared prefill (engine/shared_prefill.py: vanilla and the prefill presses), each method then
 answers the group's samples as one batch (engine/quality.py); a method with a prefill of its own (native DMS,
 decoding presses, --query-aware) answers each sample alone. Records join the result file as each method's batch is
-done; the file is written every SAVE_EVERY_S seconds (rewriting it after every answer would cost minutes of JSON
-over thousands of answers), at the end, and when the run stops on an error or ^C, so a killed process loses at
-most those seconds, and --resume skips every (sample, method) already answered. Progress prints answers/s so far
+done; the file is rewritten every SAVE_EVERY_S seconds (after every answer it would cost minutes of JSON over
+thousands of answers), at the end, and when the run stops on an error or ^C; between rewrites each batch's records
+are appended to `<out>.journal.jsonl` (results.ResultFile), so a killed process loses only the batch in flight, and
+--resume folds the journal in and skips every (sample, method) already answered. Progress prints answers/s so far
 and the time left at that rate.
 
 Records are quality records (`run_mode` "quality"): answer, score, KV bytes and kept tokens from the compressed
