@@ -156,29 +156,29 @@ def test_every_press_that_joins_a_shared_prefill_is_hooked_only_by_kvpress_base_
             assert presses.kvpress_class(info).__call__ is BasePress.__call__, info.name
 
 
-@pytest.mark.parametrize("engine", ["hf", "fast"])
-def test_a_batch_stops_once_every_row_has_ended_and_each_row_is_cut_at_its_own_end(tiny, three, engine, monkeypatch):
+def _answers(tiny, three, engine, eos, budget, monkeypatch):
+    """knorm@0.5's greedy answers to `three` (their shared-prefill caches, decoded as one batch) with `eos` as the
+    end-of-sequence tokens: (token ids per row, the batch's decode steps)."""
     from kvcompress.engine import quality
 
     decoder = FastDecoder(tiny) if engine == "fast" else HFDecoder()
     method = parse_method("knorm@0.5")
+    monkeypatch.setattr(quality, "eos_ids", lambda lm: set(eos))
+    compressed = [prefill_shared(tiny, [method], p.context_ids)[method.name] for p in three]
+    steps = []
+    real = decoder.decode_batch
+    monkeypatch.setattr(decoder, "decode_batch", lambda *a, **k: steps.append(real(*a, **k)[0]) or (steps[-1], None))
+    got = answer_compressed(tiny, compressed, three, [budget] * len(three), GREEDY, decoder)
+    return [answer.token_ids for answer in got], steps[0]
 
-    def answers(eos):
-        monkeypatch.setattr(quality, "eos_ids", lambda lm: set(eos))
-        compressed = [prefill_shared(tiny, [method], p.context_ids)[method.name] for p in three]
-        steps = []
-        real = decoder.decode_batch
-        monkeypatch.setattr(decoder, "decode_batch",
-                            lambda *a, **k: steps.append(real(*a, **k)[0]) or (steps[-1], None))
-        got = answer_compressed(tiny, compressed, three, [12, 12, 12], GREEDY, decoder)
-        monkeypatch.setattr(decoder, "decode_batch", real)
-        return [a.token_ids for a in got], steps[0]
 
+@pytest.mark.parametrize("engine", ["hf", "fast"])
+def test_a_batch_stops_once_every_row_has_ended_and_each_row_is_cut_at_its_own_end(tiny, three, engine, monkeypatch):
     questions = [p.question_ids.shape[1] for p in three]  # fed first, one token a step
-    full, steps = answers(set())
+    full, steps = _answers(tiny, three, engine, set(), 12, monkeypatch)
     assert steps == max(questions) + 12 and all(len(row) == 12 for row in full)
     ends = {row[3] for row in full}  # every row meets one of these by its 4th token
-    cut_rows, steps = answers(ends)
+    cut_rows, steps = _answers(tiny, three, engine, ends, 12, monkeypatch)
     assert cut_rows == [cut(row, 12, ends) for row in full]
     # the batch stopped when its last row ended
     assert steps == max(q + len(row) for q, row in zip(questions, cut_rows)) < max(questions) + 12
@@ -187,18 +187,8 @@ def test_a_batch_stops_once_every_row_has_ended_and_each_row_is_cut_at_its_own_e
 @pytest.mark.parametrize("engine", ["hf", "fast"])
 def test_a_question_token_that_is_an_end_of_sequence_token_does_not_end_its_row(tiny, three, engine, monkeypatch):
     """The questions are fed by the decode (forced tokens): only a row's own tokens can end it."""
-    from kvcompress.engine import quality
-
-    decoder = FastDecoder(tiny) if engine == "fast" else HFDecoder()
-    method = parse_method("knorm@0.5")
-
-    def answers(eos):
-        monkeypatch.setattr(quality, "eos_ids", lambda lm: set(eos))
-        compressed = [prefill_shared(tiny, [method], p.context_ids)[method.name] for p in three]
-        return [a.token_ids for a in answer_compressed(tiny, compressed, three, [6, 6, 6], GREEDY, decoder)]
-
-    full = answers(set())
+    full, _ = _answers(tiny, three, engine, set(), 6, monkeypatch)
     in_questions = {t for p in three for t in p.question_ids.view(-1).tolist()}
     ends = in_questions - {t for row in full for t in row}
     assert len(ends) > 10
-    assert answers(ends) == full
+    assert _answers(tiny, three, engine, ends, 6, monkeypatch)[0] == full
