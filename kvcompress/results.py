@@ -479,9 +479,12 @@ def read_journal(path: Path) -> tuple[dict, list[BenchmarkResult]]:
         if i == 0 and isinstance(data, dict) and set(data) == {"run"}:
             run = data["run"]
             continue
-        if not isinstance(data, dict) or type_problem(data):
-            raise UserError(f"{path}: line {i + 1} is not a record; delete the journal to start again")
-        results.append(BenchmarkResult.from_dict(_expand_sequences(dict(data))))
+        try:
+            if not isinstance(data, dict) or type_problem(data):
+                raise TypeError
+            results.append(BenchmarkResult.from_dict(_expand_sequences(dict(data))))
+        except TypeError:
+            raise UserError(f"{path}: line {i + 1} is not a record; delete the journal to start again") from None
     return run, results
 
 

@@ -206,6 +206,9 @@ def test_a_journal_line_cut_by_the_kill_is_dropped_and_the_rest_kept(tmp_path):
     journal.write_text("\n".join(lines[:2] + ["{not json"] + lines[3:]) + "\n")  # inside: not a kill's cut
     with pytest.raises(UserError, match="line 3 is not JSON"):
         ResultFile(path, {"task": "q"}, resume=True)
+    journal.write_text("\n".join(lines[:2] + ['{"no_such_field": 1}'] + lines[3:]) + "\n")
+    with pytest.raises(UserError, match="line 3 is not a record"):
+        ResultFile(path, {"task": "q"}, resume=True)
 
 
 def test_a_journal_of_a_run_killed_before_its_first_save_resumes_with_its_settings(tmp_path):
