@@ -63,3 +63,13 @@ class Decoder(ABC):
 
     def release(self) -> None:
         """Drop the buffers and graphs kept between generations (before a memory measurement, between cells)."""
+
+
+def answer_starts(forced, batch: int) -> list[int]:
+    """Per row, the first step whose token is the row's own (after its forced tokens; 0 without any)."""
+    return (forced >= 0).sum(0).tolist() if forced is not None else [0] * batch
+
+
+def ended_rows(tokens: list[int], eos, step: int, answer_from: list[int]) -> set[int]:
+    """The rows whose token at `step` ends them: an end-of-sequence token of their own (a forced one never does)."""
+    return {b for b, t in enumerate(tokens) if t in eos and step >= answer_from[b]}

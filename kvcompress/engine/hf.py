@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from transformers import DynamicCache
 
-from kvcompress.engine.decoder import Decoder
+from kvcompress.engine.decoder import Decoder, answer_starts, ended_rows
 from kvcompress.engine.sampling import sample
 from kvcompress.errors import UserError
 from kvcompress.memory import KVState, ReportsOwnKV, padded_rows_state
@@ -90,8 +90,8 @@ class HFDecoder(Decoder):
         token = out_tokens[0].clone()
         position = torch.tensor([a.next_position for a in admitted], dtype=torch.long, device=lm.device).view(n, 1)
         # a row's own tokens start after its forced ones (engine/quality.py's questions); only they can end it
-        answer_from = (forced >= 0).sum(0).tolist() if forced is not None else [0] * n
-        done = {b for b, t in enumerate(token.view(-1).tolist()) if t in eos and answer_from[b] == 0} if eos else set()
+        answer_from = answer_starts(forced, n)
+        done = ended_rows(token.view(-1).tolist(), eos, 0, answer_from) if eos else set()
         for step in range(1, steps):
             if step == 2:  # timed like the fast engine's: the steps after the first
                 mark("steady", steps - 2)
@@ -105,7 +105,7 @@ class HFDecoder(Decoder):
             out_tokens[step] = token
             position += 1
             if eos:  # quality runs only: stop once every row has emitted an end-of-sequence token
-                done.update(b for b, t in enumerate(token.view(-1).tolist()) if t in eos and step >= answer_from[b])
+                done.update(ended_rows(token.view(-1).tolist(), eos, step, answer_from))
                 if len(done) == n:
                     return step + 1, batched
         return steps, batched

@@ -57,12 +57,12 @@ def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], b
         row_budgets = [budgets[b] for b in rows]
         steps = max(len(q) + n for q, n in zip(questions, row_budgets))
         uniforms = draw_uniforms(settings.sampling, max(row_budgets), lm.device)  # every row samples as if alone
-        forced, row_uniforms = forced_questions(questions, uniforms, steps)
-        out_tokens = forced.clamp(min=0).to(lm.device)
+        forced, row_uniforms = (t.to(lm.device) for t in forced_questions(questions, uniforms, steps))
+        out_tokens = forced.clamp(min=0)
         try:
             with phase("decode"):
-                generated = decoder.decode_batch(lm, admitted, row_uniforms.to(lm.device), settings, out_tokens,
-                                                 eos=eos, forced=forced.to(lm.device))[0]
+                generated = decoder.decode_batch(lm, admitted, row_uniforms, settings, out_tokens, eos=eos,
+                                                 forced=forced)[0]
                 columns = out_tokens[:generated].T.tolist()
                 tokens = {b: columns[r][len(questions[r]):] for r, b in enumerate(rows)}
         finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kvcompress.engine.decoder import answer_starts, ended_rows
 from kvcompress.engine.fast import kernels
 from kvcompress.engine.sampling import sample
 from kvcompress.engine.timing import capture_graph
@@ -51,7 +52,7 @@ class DecodeState:
         if self.forced is not None:
             self.forced.fill_(-1)
             self.forced[:forced.shape[0]].copy_(forced)
-            self.answer_from = (forced >= 0).sum(0).tolist()
+            self.answer_from = answer_starts(forced, self.token.shape[0])
 
     def free(self) -> None:
         self.graph = self.logits = None
@@ -93,7 +94,7 @@ class DecodeState:
         token."""
         if not eos:
             return False
-        done.update(b for b, token in enumerate(self.token.tolist()) if token in eos and step >= self.answer_from[b])
+        done.update(ended_rows(self.token.tolist(), eos, step, self.answer_from))
         return len(done) == self.token.shape[0]
 
     def _capture(self) -> None:
