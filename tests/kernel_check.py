@@ -157,6 +157,20 @@ def dms_checks(check) -> None:
                                  offsets=offsets, max_length=int(capacity.max()))
     check("decode_attention (ragged)", rel_err(a, b))
     check("decode_attention (ragged) finite", float(a.isnan().sum()))
+    # fp8 codes (dms-8x+fp8): dequantized in the kernel with each sequence's (B, 1) or each head's (B, Hkv) scales
+    from kvcompress.methods import quant
+
+    codes_k = quant.fp8_quantize(torch.nan_to_num(keys, nan=0.0), torch.tensor(0.01))
+    codes_v = quant.fp8_quantize(torch.nan_to_num(values, nan=0.0), torch.tensor(0.01))
+    for shape in ((B, 1), (B, Hkv)):
+        scales = (torch.rand(shape) + 0.5, torch.rand(shape) + 0.5)
+        kernels.FORCE_TRITON = True
+        a = kernels.decode_attention(q, codes_k, codes_v, lengths, None, D ** -0.5, torch.empty(B, Hq, D), splits, ws,
+                                     offsets=offsets, max_length=int(capacity.max()), scales=scales)
+        kernels.FORCE_TRITON = False
+        b = kernels.decode_attention(q, codes_k, codes_v, lengths, None, D ** -0.5, torch.empty(B, Hq, D),
+                                     offsets=offsets, max_length=int(capacity.max()), scales=scales)
+        check(f"decode_attention (ragged, fp8, scales {tuple(shape)})", rel_err(a, b))
 
     # the store: several positions (ring wrap-around included), each batch row at its own position (a batch's
     # sequences differ in length: ring slots and tie-breaks per row), random marks in the ring, both threshold kinds
@@ -187,6 +201,20 @@ def dms_checks(check) -> None:
         check(tag + " decision channel zeroed", float(a[:, ::group, -1].abs().sum()))
         written = torch.cat([args[1], args[2]]).abs().sum(-1) > 0
         check(tag + " one row per head written", float(written.sum() != 2 * B * Hkv))
+        # fp8: the same row written as e4m3 codes of k / scale (per head scales here), bit for bit
+        scales = (torch.rand(B, Hkv) + 0.5, torch.rand(B, Hkv) * 0.1 + 0.01)
+        args, twin, _, _ = run_both(
+            lambda qkv, k, v, n, slot, mark, o: kernels.dms_qk_norm_rope_store(
+                qkv, qn, kn, 1e-6, cos, sin, k, v, offsets, n, slot, mark, pos, row, tie, params, layer, o, scales),
+            torch.randn(B, (Hq + 2 * Hkv) * D) * 4, torch.zeros(rows, D, dtype=quant.FP8),
+            torch.zeros(rows, D, dtype=quant.FP8), lengths.clone(),
+            torch.randint(0, 5, (B * Hkv, ring), dtype=torch.int32), marks, torch.empty(B, Hq, D))
+        # keys: one e4m3 step at most where RoPE's last bit differs (as fp8_checks); values are copied: exact
+        kd = (args[1].float() - twin[1].float()).abs()
+        step = 2.0 ** (torch.floor(torch.log2(twin[1].float().abs().clamp_min(2.0**-6))) - 3)
+        check(tag + " fp8 key codes one step at most", float((kd > step * 1.0001).sum()))
+        check(tag + " fp8 value codes differ", float((args[2].view(torch.uint8) != twin[2].view(torch.uint8)).sum()))
+        check(tag + " fp8 row written", float((args[1].float().abs().sum(-1) > 0).sum() == 0))
 
     # each row's own tie-break decides: row 1's threshold sits just above its logit + tie_break(its position), so
     # it keeps (ring mark 0) with its own tie-break and would evict with row 0's (tie_break(10) > tie_break(13))
@@ -275,6 +303,13 @@ def dms_engine_check(steps: int = 10) -> int:
     print(f"dms engine tokens: hf {reference.token_ids} fast {fast.token_ids}")
     print(f"dms engine live per head: hf {reference.kv_end.tokens_per_head} fast {fast.kv_end.tokens_per_head}")
     failures = dms_engine_failures(reference, fast)
+    method_fp8 = parse_method("dms-8x+fp8")  # the compact cache's fp8 codes: store and attention kernels
+    kernels.FORCE_TRITON = False
+    reference = generate_once(lm, method_fp8, prompt, settings, HFDecoder())
+    kernels.FORCE_TRITON = True
+    fast = generate_once(lm, method_fp8, prompt, settings, FastDecoder(lm))
+    print(f"dms-8x+fp8 engine tokens: hf {reference.token_ids} fast {fast.token_ids}")
+    failures += [f"fp8: {f}" for f in dms_engine_failures(reference, fast)]
     # a batch of two prompts of different lengths: one merged compact cache, rows at their own positions
     from dms_reference import batch_prompts
     from kvcompress.engine.batch import generate_batch
@@ -459,6 +494,17 @@ def dms_gpu_check() -> int:
           f"{len(alone[0].token_ids)}; live per row as alone: {batch.kv_end.tokens_per_head == want_live}; "
           f"KV bytes {batch.kv_end.bytes:,}, the sequences' fast bytes summed {summed:,}")
     failures += dms_batch_failures(alone, batch, summed)
+    # dms-8x+fp8: codes in the compact cache, the same kernels' fp8 branches in the captured graph; a batch of 4
+    method = parse_method("dms-8x+fp8").prepare(lm, prompts[0])
+    hf = generate_once(lm, method, prompt, settings, HFDecoder())
+    fast = generate_once(lm, method, prompt, settings, fast_decoder)
+    alone = [generate_once(lm, method, p, settings, fast_decoder) for p in prompts]
+    batch = generate_batch(lm, method, prompts, settings, fast_decoder)
+    print(f"dms-8x+fp8 (tiny, fp32, CUDA graph): {sum(x == y for x, y in zip(hf.token_ids, fast.token_ids))}/"
+          f"{len(hf.token_ids)} greedy tokens as hf; batch x4 rows as alone on fast: "
+          f"{batch.batch_token_ids == [g.token_ids for g in alone]}")
+    failures += [f"fp8: {f}" for f in dms_engine_failures(hf, fast)]
+    failures += [f"fp8: {f}" for f in dms_batch_failures(alone, batch, sum(g.kv_end.bytes for g in alone))]
     print("FAILED: " + ", ".join(failures) if failures else "dms kernels match on the GPU")
     return 1 if failures else 0
 

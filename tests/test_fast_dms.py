@@ -233,6 +233,7 @@ def test_the_dms_step_through_triton_matches_the_hf_engine_under_the_interpreter
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert proc.stdout.count("dms engine ") == 2
     assert proc.stdout.count("dms batch x2 ") == 2  # a batch of two rows at different positions, calibrated
+    assert proc.stdout.count("dms-8x+fp8 engine tokens") == 1  # the store's and the attention's fp8 branches
 
 
 def _generation(tokens, live, nbytes=0):
@@ -393,3 +394,101 @@ def test_the_merge_moves_the_batch_layer_by_layer_never_holding_it_twice(tiny, f
     merged = fast.dms.state.cache
     assert sum(k.nbytes + v.nbytes for k, v in zip(merged.keys, merged.values)) == seen["total"]
     assert not any(fast.staging.slabs)
+
+
+@pytest.mark.parametrize("scale", ["layer", "head"])
+def test_an_fp8_compact_cache_stores_codes_decodes_as_the_hf_engine_and_holds_formula_bytes(tiny, long_prompt, fast,
+                                                                                             scale, monkeypatch):
+    """dms-8x+fp8 on the fast engine: after the prefill, each live row is the e4m3 code of that position's key,
+    key / (absmax of the layer's prefill keys / 448) (per sequence, or per kv head), computed here from the hf
+    path's keys in float64 and rounded by torch's own float8 cast; the greedy tokens and the live entries per head
+    equal the hf engine's quantized DMS cache; bytes are one byte an element for live + reserve rows plus the
+    float32 scales, and full_bytes is vanilla's in bf16."""
+    from kvcompress.methods import quant
+
+    params = _params(tiny, long_prompt, True)
+    name = "dms-8x+fp8" if scale == "layer" else "dms-8x+fp8[scale=head]"
+    method = dataclasses.replace(parse_method(name), inner=_method(params))
+    first = []
+    real_step = _DMSDecodeState.step
+
+    def step(state):
+        if not first:
+            c = state.cache
+            first.extend((k.clone(), o.clone(), n.clone(), s.clone()) for k, o, n, s in
+                         zip(c.keys, c.offsets, c.lengths, c.k_scales))
+        real_step(state)
+
+    monkeypatch.setattr(_DMSDecodeState, "step", step)
+    got = generate_once(tiny, method, long_prompt, _settings(), fast)
+    hf = generate_once(tiny, method, long_prompt, _settings(), HFDecoder())
+    assert got.token_ids == hf.token_ids and len(set(got.token_ids)) > 2
+    assert got.kv_after.tokens_per_head == hf.kv_after.tokens_per_head
+    assert got.kv_end.tokens_per_head == hf.kv_end.tokens_per_head
+
+    n = _ids(long_prompt).shape[1]
+    table = _all_keys(tiny, params, _ids(long_prompt), got.token_ids[:-1])
+    for layer, ((codes, offsets, lengths, scales), keys) in enumerate(zip(first, table)):
+        assert codes.dtype == quant.FP8
+        prefill = keys[0, :, :n].double()  # (Hkv, n, D)
+        amax = prefill.abs().amax() if scale == "layer" else prefill.abs().amax(dim=(1, 2))
+        want_scale = (amax / 448).float().expand(prefill.shape[0])
+        assert torch.equal(scales.view(-1).expand(prefill.shape[0]), want_scale), f"layer {layer} scales"
+        for h in range(prefill.shape[0]):
+            rows = codes[int(offsets[h]): int(offsets[h]) + int(lengths[h])]
+            want = (prefill[h] / want_scale[h].double()).clamp(-448, 448).to(quant.FP8)  # every position's code
+            found = (rows.view(torch.uint8)[:, None, :] == want.view(torch.uint8)[None, :, :]).all(-1).any(-1)
+            assert bool(found.all()), f"layer {layer} head {h}: a stored row is no position's code"
+
+    c = tiny.model.config
+    heads = c.num_hidden_layers * c.num_key_value_heads
+    live = sum(sum(layer) for layer in got.kv_after.tokens_per_head)
+    scale_bytes = c.num_hidden_layers * 2 * 4 * (c.num_key_value_heads if scale == "head" else 1)
+    data = (live + (STEPS - 1) * heads) * 2 * c.head_dim  # one byte an element
+    assert got.kv_after.parts == {"data": data, "scales": scale_bytes, "window": 0}
+    assert got.kv_after.bytes == data + scale_bytes
+    assert got.kv_after.live_bytes == live * 2 * c.head_dim + scale_bytes
+    assert got.kv_after.full_bytes == hf.kv_after.full_bytes == n * heads * 2 * c.head_dim * tiny.dtype.itemsize
+
+
+def test_an_fp8_compact_batch_decodes_each_row_as_alone(tiny, fast):
+    """dms-8x+fp8 batched on the fast engine (engine.batch: prefill each, merge, one step): each row's greedy tokens
+    equal that prompt decoded alone, and the batch's bytes are its rows' summed; the hf engine refuses the batch in
+    one line."""
+    from dms_reference import batch_prompts
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.errors import UserError
+
+    prompts = batch_prompts(tiny.tokenizer)
+    method = parse_method("dms-8x+fp8").prepare(tiny, prompts[0])
+    steps = 9
+    g = generate_batch(tiny, method, prompts, _settings(steps), fast)
+    alone = [generate_once(tiny, method, p, _settings(steps), fast) for p in prompts]
+    assert g.batch_token_ids == [a.token_ids for a in alone]
+    assert g.kv_after.parts["scales"] == sum(a.kv_after.parts["scales"] for a in alone)
+    assert g.kv_after.live_bytes == sum(a.kv_after.live_bytes for a in alone)
+    with pytest.raises(UserError, match="not supported on the hf engine"):
+        generate_batch(tiny, method, prompts, _settings(steps), HFDecoder())
+
+
+def test_benchmark_records_an_fp8_compact_cache_and_check_holds_its_bytes_to_the_formula(tmp_path, tiny):
+    """benchmark.py on the fast engine, dms-8x+fp8 in a batch of 2: the record says the cache is stored (not
+    simulated), and `check` item 1 finds its codes (live + reserve rows, one byte an element) and scales exact;
+    one scale too many fails it."""
+    import benchmark
+    from kvcompress.commands import checks
+    from kvcompress.results import load
+
+    out = tmp_path / "run.json"
+    assert benchmark.main(["--preset", "tiny", "--contexts", "320", "--methods", "vanilla,dms-8x+fp8", "--engine",
+                           "fast", "--max-new-tokens", "8", "--repeats", "1", "--batch", "2", "--out", str(out)]) == 0
+    run, results = load(out)
+    r = next(r for r in results if r.method == "dms-8x+fp8")
+    assert r.error is None and r.engine == "fast" and r.kv_quant == "fp8" and r.kv_quant_storage == "stored"
+    assert r.dms_layout == CompactDMSCache.layout and r.batch == 2
+    kv_check = checks.run_checks(run, results)[0]
+    assert kv_check.passed is True, kv_check.lines
+    assert "(exact)" in next(line for line in kv_check.lines if "dms-8x+fp8" in line)
+    r.kv_bytes_parts["scales"] += 4
+    r.kv_cache_bytes += 4
+    assert checks.run_checks(run, results)[0].passed is False

@@ -62,10 +62,11 @@ def fast(tiny):
 
 def test_the_fast_engine_refuses_what_it_does_not_store_in_one_line(fast):
     for name, words in (("int4", "int4 KV cache"), ("knorm@0.5+int2", "int2 KV cache"),
-                        ("dms-8x+fp8", "compact DMS cache")):
+                        ("dms-8x+int4", "int4 KV cache")):
         reason = parse_method(name).engine_problem(fast)
         assert reason and "\n" not in reason and words in reason, reason
     assert parse_method("knorm@0.5+fp8").engine_problem(fast) is None
+    assert parse_method("dms-8x+fp8").engine_problem(fast) is None  # its compact cache holds e4m3 codes
     assert parse_method("int2").engine_problem(HFDecoder()) is None
 
 

@@ -173,6 +173,8 @@ def _kv_bytes(results, arch) -> Check:
 def _quant_bytes(check: Check, context, r, arch) -> bool:
     """A quantized cache: its parts (codes, scales + zero points, window), summed from its tensors, against the
     formula for the tokens each layer kept (every position under a mask-only press), x layers."""
+    if r.dms_layout == "compact per head, slots reclaimed" and r.kv_tokens_per_head:
+        return _compact_quant_bytes(check, context, r, arch)
     kept = r.context_tokens if r.expected_memory == "mask" else r.kv_tokens_kept
     if r.dms_layout == "mask, no reclaim":  # native DMS on the hf engine: every position held, the rule masks
         kept = r.kv_tokens_kept_min = r.kv_tokens_kept_max = r.kv_positions or r.input_tokens
@@ -187,6 +189,25 @@ def _quant_bytes(check: Check, context, r, arch) -> bool:
     parts = ", ".join(f"{name} {n:,}" for name, n in r.kv_bytes_parts.items())
     check.lines.append(f"{context}: {r.method:30s} {r.kv_cache_bytes:,} B = {parts} for {int(kept)} tokens "
                        f"({'exact' if good else f'expected {expected}'}); "
+                       f"{r.kv_cache_bytes / r.kv_cache_bytes_full:.4f} of vanilla")
+    return good
+
+
+def _compact_quant_bytes(check: Check, context, r, arch) -> bool:
+    """Native DMS's compact cache stored quantized (the fast engine's dms-8x+fp8): codes for the live entries and
+    the reserve rows (max_new_tokens - 1 per (sequence, layer, kv head)), the format's scales, no window; live
+    bytes are the live entries' codes plus the scales."""
+    spec = spec_from_label(r.kv_quant)
+    rows = sum(len(layer) for layer in r.kv_tokens_per_head)  # batch x layers x kv heads
+    entries = sum(sum(layer) for layer in r.kv_tokens_per_head)
+    entry = 2 * arch["head_dim"] * spec.bits // 8  # K and V codes of one token of one head
+    scales = spec.bytes_parts(r.batch, arch["kv_heads"], arch["head_dim"], 0)["scales"] * arch["layers"]
+    expected = {"data": (entries + (r.max_new_tokens - 1) * rows) * entry, "scales": scales, "window": 0}
+    good = (r.kv_bytes_parts == expected and r.kv_cache_bytes == sum(expected.values())
+            and r.kv_live_bytes == entries * entry + scales)
+    check.lines.append(f"{context}: {r.method:30s} {r.kv_cache_bytes:,} B = codes of {entries:,} live entries + "
+                       f"{r.max_new_tokens - 1} reserve rows x {rows} heads, {scales:,} B of scales "
+                       f"({'exact' if good else f'expected {expected}, live {entries * entry + scales:,}'}); "
                        f"{r.kv_cache_bytes / r.kv_cache_bytes_full:.4f} of vanilla")
     return good
 

@@ -40,7 +40,10 @@ class HFDecoder(Decoder):
     def new_quantized_cache(self, spec, lm, n_new: int):
         return QuantizedKVCache.for_model(spec, lm.model)
 
-    def new_quantized_dms_cache(self, params, spec, lm, n_new: int):
+    def new_quantized_dms_cache(self, params, spec, lm, n_new: int, batch_room: int | None = None):
+        if batch_room is not None:
+            raise UserError("batched decode of dms-8x over a quantized cache is not supported on the hf engine "
+                            "(the fast engine batches dms-8x+fp8)")
         return QuantizedMaskedDMSCache(params.window, spec)
 
     def admit(self, cache, copy: bool = False, expected: int = 1):

@@ -77,7 +77,7 @@ class Quantized(Method):
 
     def new_cache(self, decoder, lm, n_new: int, batch_room: int | None = None):
         if self.inner.single_prefill:  # native DMS: its own cache (the rule's marks), its entries quantized
-            return decoder.new_quantized_dms_cache(self.inner.params_for(lm.model), self.spec, lm, n_new)
+            return decoder.new_quantized_dms_cache(self.inner.params_for(lm.model), self.spec, lm, n_new, batch_room)
         return decoder.new_quantized_cache(self.spec, lm, n_new)
 
     # -- why it cannot run ---------------------------------------------------------------------------------------------
@@ -91,13 +91,10 @@ class Quantized(Method):
     def engine_problem(self, decoder) -> str | None:
         if self.spec.format not in decoder.quantized_formats:
             return f"the {decoder.name} engine does not store a {self.spec.format} KV cache yet (issue 24)"
-        if self.inner.single_prefill and not decoder.runs_model_forward:
-            return f"the {decoder.name} engine's compact DMS cache is not stored quantized yet (issue 24)"
         return self.inner.engine_problem(decoder)
 
     def batch_problem(self, settings) -> str | None:
-        if self.inner.single_prefill:
-            return "batched decode of dms-8x over a quantized cache is not supported on the hf engine yet"
+        # native DMS over a quantized cache batches on the fast engine; the hf engine refuses it at its first cache
         if self.inner.expected_memory == "mask":
             return "batched decode of a mask-only press over a quantized cache is not supported"
         return self.inner.batch_problem(settings)

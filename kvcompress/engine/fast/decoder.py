@@ -9,7 +9,7 @@ torch reference ops, which is how the tests compare it with the hf engine.
 Handled: presses that keep different lengths per layer (each layer has its own buffer), mask-only presses (a
 validity mask per KV head keeps masked entries out of attention), an fp8 KV cache alone or after a press (e4m3
 buffers and per-sequence scales: the store kernel quantizes each new token, the attention kernel dequantizes as it
-reads; int4/int2 are refused, quantized_formats), native DMS (engine/fast/dms.py: a compact cache
+reads; int4/int2 are refused, quantized_formats), native DMS (engine/fast/dms.py: a compact cache, fp8 too
 per head, its own store and attention kernels), and batches (engine.batch): sequence b fills row b
 of every buffer; rows shorter than the layer's longest are zero-padded and the pads hidden by the same validity mask,
 each row keeps its own RoPE position, and one graph is captured per (batch, shape). A batched step is the same
@@ -125,6 +125,11 @@ class FastDecoder(Decoder):
         K/V in this decoder's staging slabs."""
         allocate = self.staging_buffers(lm.model.config.num_hidden_layers, batch_room) if batch_room else None
         return self.dms.new_cache(params, lm, n_new, allocate)
+
+    def new_quantized_dms_cache(self, params, spec, lm, n_new: int, batch_room: int | None = None):
+        """`dms-8x+fp8`: the compact cache with e4m3 codes and per-layer scales (engine/fast/dms.py)."""
+        allocate = self.staging_buffers(lm.model.config.num_hidden_layers, batch_room) if batch_room else None
+        return self.dms.new_cache(params, lm, n_new, allocate, spec)
 
     def decode(self, lm, cache, token, next_position, uniforms, settings, out_tokens, eos):
         if isinstance(cache, fast_dms.CompactDMSCache):

@@ -23,6 +23,11 @@ is marked, token p overwrites its slot, else token p takes the next free row; th
 lengths[bh] rows per head. Every input of the step is a static device tensor, so the step is one CUDA graph, replayed
 across timed repeats as long as the prefill produced the same per-head capacities (the same prompt does).
 
+An fp8 cache (`dms-8x+fp8`, methods/quantized.py): the K/V buffers hold e4m3 codes, with one float32 K and one V
+scale per sequence (or per kv head) and layer, fixed from the layer's whole prefill as the hf engine's quantized
+cache fixes them (methods/quantized_cache.py): DMS decides on the prefill's bf16 keys, what it keeps is stored
+quantized, each decoded token is quantized by the store kernel and dequantized by the attention kernel as it reads.
+
 A batch (engine.batch): each sequence prefills into its own batch-1 cache (`admit_to_batch`), then `merge` moves them
 into one batch cache, layer by layer: sequence b's heads become rows b * Hkv + h, its rows follow the previous
 sequences' (no pads: each head keeps its own capacity), and one step decodes all rows, each sequence at its own
@@ -32,6 +37,7 @@ position (RoPE, ring index, tie-break). The batch's KV bytes are the sum of its 
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 import torch
 
@@ -39,6 +45,7 @@ from kvcompress.engine.fast import kernels
 from kvcompress.engine.fast.decode_state import DecodeState, qk_norms
 from kvcompress.memory import KVState, ReportsOwnKV, empty_in_pool, in_pool
 from kvcompress.methods import dms as rule
+from kvcompress.methods import quant
 
 
 class CompactDMSBackend:
@@ -56,12 +63,12 @@ class CompactDMSBackend:
         """The captured decode step and the cache it decodes (None once released): what tests and tools inspect."""
         return self._state
 
-    def new_cache(self, params, lm, n_new: int, allocate=None) -> CompactDMSCache:
+    def new_cache(self, params, lm, n_new: int, allocate=None, spec=None) -> CompactDMSCache:
         """A cache for one prefill under `params`; `allocate`: one sequence of a batch, its K/V in the decoder's
         staging slabs (CompactDMSCache.admit_to_batch), else the buffers of the previous cache are reused when the
-        shapes match."""
+        shapes match. `spec`: an fp8 QuantSpec (methods/quant_spec.py), its entries stored as e4m3 codes."""
         previous = self._state.cache if self._state is not None else None
-        cache = CompactDMSCache(lm.model.config.num_hidden_layers, params, n_new, previous)
+        cache = CompactDMSCache(lm.model.config.num_hidden_layers, params, n_new, previous, spec)
         if allocate is not None:
             cache.admit_to_batch(allocate)
         return cache
@@ -121,8 +128,10 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
 
     layout = "compact per head, slots reclaimed"
 
-    def __init__(self, layers: int, params, n_new: int, previous: CompactDMSCache | None = None):
+    def __init__(self, layers: int, params, n_new: int, previous: CompactDMSCache | None = None, spec=None):
         self.params, self.window = params, params.window
+        self.spec = spec  # fp8: codes in the K/V buffers, scales below; None: the model's dtype
+        self.dtype = None  # the model's dtype (what a decode step computes in), known at the first prefill layer
         self.ring = ring_size(params.window)
         self.reserve = max(0, n_new - 1)  # the decode writes the n_new - 1 tokens after the first
         self.n_layers = layers
@@ -132,6 +141,8 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
         self.lengths: list[torch.Tensor | None] = [None] * layers  # (B * Hkv,) int32: rows written per head
         self.ring_slot: list[torch.Tensor | None] = [None] * layers  # (B * Hkv, R) int32: slot of position % R
         self.ring_marked: list[torch.Tensor | None] = [None] * layers  # (B * Hkv, R) int8: its mark
+        self.k_scales: list[torch.Tensor | None] = [None] * layers  # fp8: (B, 1 | Hkv) float32 per layer
+        self.v_scales: list[torch.Tensor | None] = [None] * layers
         self.capacities: list[list[int] | None] = [None] * layers  # host copies: allocation sizes
         self.prefill_counts: list[list[int] | None] = [None] * layers  # live per head after prefill (host)
         self.seen = [0] * layers
@@ -151,7 +162,8 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
         self.previous, self.pool, self.pooled, self.allocate = None, None, False, allocate
 
     def compatible(self, other: CompactDMSCache) -> bool:
-        return (self.n_layers, self.ring, self.reserve) == (other.n_layers, other.ring, other.reserve)
+        return (self.n_layers, self.ring, self.reserve, self.spec) == (other.n_layers, other.ring, other.reserve,
+                                                                       other.spec)
 
     # --- what transformers' Qwen3Model asks of a cache in prefill -------------------------------------------------
 
@@ -175,7 +187,9 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
         counts = live.sum(-1)
         counts_host = counts.tolist()  # host synchronisation 1 of 2 per layer: the allocation's size
         capacities = [n + self.reserve for n in counts_host]
-        self._allocate(layer_idx, capacities, rows, dim, keys.dtype, device)
+        self.dtype = keys.dtype
+        storage = quant.FP8 if self.spec is not None else keys.dtype
+        self._allocate(layer_idx, capacities, rows, dim, storage, device)
         offsets, lengths = self.offsets[layer_idx], self.lengths[layer_idx]
         capacity = torch.tensor(capacities, device=device)
         offsets.copy_(torch.cumsum(capacity, 0) - capacity)
@@ -184,8 +198,18 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
         b, h, t = live.view(batch, heads, length).nonzero(as_tuple=True)  # synchronisation 2 of 2
         head = b * heads + h
         target = offsets[head] + rank[head, t]
-        self.keys[layer_idx].index_copy_(0, target, keys[b, h, t])
-        self.values[layer_idx].index_copy_(0, target, values[b, h, t])
+        kept_k, kept_v, k_buffer, v_buffer = keys[b, h, t], values[b, h, t], self.keys[layer_idx], self.values[layer_idx]
+        if self.spec is not None:  # scales from the whole prefill of the layer (as the hf engine's cache), then codes
+            for scales, x in ((self.k_scales[layer_idx], keys), (self.v_scales[layer_idx], values)):
+                scales.copy_(quant.fp8_scale(x, self.spec.scale).view(scales.shape))
+            k_rows, v_rows = (t.expand(batch, heads).reshape(-1)[head][:, None]
+                              for t in (self.k_scales[layer_idx], self.v_scales[layer_idx]))
+            # written as bytes: CPU torch has no index_copy_ for float8
+            kept_k = quant.fp8_quantize(kept_k, k_rows).view(torch.uint8)
+            kept_v = quant.fp8_quantize(kept_v, v_rows).view(torch.uint8)
+            k_buffer, v_buffer = k_buffer.view(torch.uint8), v_buffer.view(torch.uint8)
+        k_buffer.index_copy_(0, target, kept_k)
+        v_buffer.index_copy_(0, target, kept_v)
         # The ring: the last R positions, each at position % R with its slot and mark (a pending or unseen one: 0).
         ring_slot, ring_marked = self.ring_slot[layer_idx], self.ring_marked[layer_idx]
         ring_slot.zero_()
@@ -199,9 +223,7 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
 
     def _allocate(self, layer: int, capacities: list[int], rows: int, dim: int, dtype, device) -> None:
         old = self.previous
-        for name, shape, kind in (("offsets", (rows,), torch.int64), ("lengths", (rows,), torch.int32),
-                                  ("ring_slot", (rows, self.ring), torch.int32),
-                                  ("ring_marked", (rows, self.ring), torch.int8)):
+        for name, shape, kind in self._metadata(rows):
             reuse = getattr(old, name)[layer] if old is not None else None
             if reuse is None or reuse.shape != shape or reuse.device != device:
                 with self._in_pool():
@@ -216,10 +238,23 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
                 old.keys[layer] = old.values[layer] = None
             self.keys[layer], self.values[layer] = self._buffers(layer, sum(capacities), dim, dtype, device)
         if old is not None:  # the old cache's buffers now belong to this one
-            for name in ("keys", "values", "offsets", "lengths", "ring_slot", "ring_marked"):
+            for name in ("keys", "values", *(m[0] for m in self._metadata(rows))):
                 getattr(old, name)[layer] = None
             if layer == self.n_layers - 1:
                 self.previous = None
+
+    def _metadata(self, rows: int) -> list[tuple]:
+        """(name, shape, dtype) of the per-layer tensors besides K and V; fp8 adds its scales."""
+        out = [("offsets", (rows,), torch.int64), ("lengths", (rows,), torch.int32),
+               ("ring_slot", (rows, self.ring), torch.int32), ("ring_marked", (rows, self.ring), torch.int8)]
+        if self.spec is not None:
+            batch, heads = self.heads
+            shape = (batch, heads if self.spec.scale == "head" else 1)
+            out += [("k_scales", shape, torch.float32), ("v_scales", shape, torch.float32)]
+        return out
+
+    def _scale_names(self) -> tuple[str, ...]:
+        return ("k_scales", "v_scales") if self.spec is not None else ()
 
     def _buffers(self, layer: int, rows: int, dim: int, dtype, device, allocate=None):
         """K and V buffers of (rows, dim) for a layer: from `allocate` (a batch member's staging) or this cache's pool."""
@@ -244,7 +279,8 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
         layer by layer, K then V, each source freed as soon as it is copied: the KV never exists twice, the transient
         is one layer's K or V of the batch."""
         first = caches[0]
-        out = cls(first.n_layers, first.params, first.reserve + 1)
+        out = cls(first.n_layers, first.params, first.reserve + 1, spec=first.spec)
+        out.dtype = first.dtype
         device = first.keys[0].device
         out.pool = torch.cuda.MemPool() if device.type == "cuda" else None
         out.heads = (sum(c.heads[0] for c in caches), first.heads[1])
@@ -260,10 +296,11 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
                 getattr(out, name)[i] = merged
             with out._in_pool():
                 out.offsets[i] = torch.cat([c.offsets[i] + start for c, start in zip(caches, starts)])
-                for name in ("lengths", "ring_slot", "ring_marked"):
+                for name in ("lengths", "ring_slot", "ring_marked", *first._scale_names()):
                     getattr(out, name)[i] = torch.cat([getattr(c, name)[i] for c in caches])
             for c in caches:
-                c.offsets[i] = c.lengths[i] = c.ring_slot[i] = c.ring_marked[i] = None
+                for name in ("offsets", "lengths", "ring_slot", "ring_marked", *first._scale_names()):
+                    getattr(c, name)[i] = None
             moved(i)  # layer i of every sequence is in the batch cache: the decoder drops its staging slabs
             out.capacities[i] = [n for c in caches for n in c.capacities[i]]
             out.prefill_counts[i] = [n for c in caches for n in c.prefill_counts[i]]
@@ -273,9 +310,9 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
     def copy(self, allocate=None) -> CompactDMSCache:
         """An independent copy of a prefilled cache (cloned admission: the rows of a batch repeating the first), its
         K/V buffers from `allocate` if given (the fast decoder's staging slabs, as admit_to_batch)."""
-        out = type(self)(self.n_layers, self.params, self.reserve + 1)
-        out.pooled, out.heads, out.decoding = self.pooled, self.heads, self.decoding
-        for name in ("offsets", "lengths", "ring_slot", "ring_marked"):
+        out = type(self)(self.n_layers, self.params, self.reserve + 1, spec=self.spec)
+        out.pooled, out.heads, out.decoding, out.dtype = self.pooled, self.heads, self.decoding, self.dtype
+        for name in ("offsets", "lengths", "ring_slot", "ring_marked", *self._scale_names()):
             setattr(out, name, [t.clone() for t in getattr(self, name)])
         for i, (k, v) in enumerate(zip(self.keys, self.values)):
             out.keys[i], out.values[i] = out._buffers(i, k.shape[0], k.shape[1], k.dtype, k.device, allocate)
@@ -288,7 +325,8 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
 
     def signature(self) -> tuple:
         """What a captured decode step depends on: the batch, the very tensors and each layer's longest head."""
-        tensors = (self.keys, self.values, self.offsets, self.lengths, self.ring_slot, self.ring_marked)
+        tensors = (self.keys, self.values, self.offsets, self.lengths, self.ring_slot, self.ring_marked,
+                   *(getattr(self, name) for name in self._scale_names()))
         return (id(self.params), self.heads, tuple(t.data_ptr() for group in tensors for t in group),
                 tuple(max(c) for c in self.capacities))
 
@@ -298,16 +336,23 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
         """The state now, read later; after prefill from host copies, during decode cloned on device (no sync)."""
         counts = [list(c) for c in self.prefill_counts] if not self.decoding else [n.clone() for n in self.lengths]
         sizes = [(k.nbytes + v.nbytes, k[0].nbytes + v[0].nbytes) for k, v in zip(self.keys, self.values)]
-        return lambda: self._state(counts, sizes, positions)
+        scales = sum(t.nbytes for name in self._scale_names() for t in getattr(self, name))
+        return lambda: self._state(counts, sizes, positions, scales)
 
     def kv_state(self, positions: int) -> KVState:
         return self.kv_snapshot(positions)()
 
-    def _state(self, counts, sizes, positions) -> KVState:
+    def _state(self, counts, sizes, positions, scales: int = 0) -> KVState:
         """bytes: the buffers as allocated (live + reserve); live_bytes: live entries x bytes of one entry (K and V of
         one token of one head, from the tensors); tokens_per_head: live per [layer][batch x kv head]. `positions`:
-        one count, or one per sequence of a batch."""
-        return rule.rows_state([(nbytes, entry, n) for n, (nbytes, entry) in zip(counts, sizes)], positions)
+        one count, or one per sequence of a batch. fp8: both add the scales' bytes, `parts` splits codes from
+        scales, and full_bytes is vanilla's, in the model's dtype (the entries here are one byte an element)."""
+        state = rule.rows_state([(nbytes, entry, n) for n, (nbytes, entry) in zip(counts, sizes)], positions)
+        if self.spec is None:
+            return state
+        return replace(state, bytes=state.bytes + scales, live_bytes=state.live_bytes + scales,
+                       full_bytes=state.full_bytes * self.dtype.itemsize,
+                       parts={"data": state.bytes, "scales": scales, "window": 0})
 
 
 class _DMSDecodeState(DecodeState):
@@ -317,7 +362,7 @@ class _DMSDecodeState(DecodeState):
         self.cache = cache
         batch, heads_kv = cache.heads
         first = cache.keys[0]
-        device, dtype, dim = first.device, first.dtype, first.shape[1]
+        device, dtype, dim = first.device, cache.dtype, first.shape[1]
         self.max_lengths = [max(c) for c in cache.capacities]
         # One split count for every layer: the combine kernel compiles once per count, not once per layer
         self.splits = [kernels.attention_splits(batch * heads_kv, max(self.max_lengths), device)] * cache.n_layers
@@ -340,9 +385,11 @@ class _DMSDecodeState(DecodeState):
 
     def _attend(self, i, w, qkv, cos, sin, tie) -> None:
         cache = self.cache
+        scales = (cache.k_scales[i], cache.v_scales[i]) if cache.spec is not None else None
         kernels.dms_qk_norm_rope_store(
             qkv, *qk_norms(w), cos, sin, cache.keys[i], cache.values[i], cache.offsets[i], cache.lengths[i],
-            cache.ring_slot[i], cache.ring_marked[i], self.position, self.thresholds[i], tie, cache.params, i, self.q)
+            cache.ring_slot[i], cache.ring_marked[i], self.position, self.thresholds[i], tie, cache.params, i, self.q,
+            scales)
         kernels.decode_attention(self.q, cache.keys[i], cache.values[i], cache.lengths[i], None, w.scale,
                                  self.attn_out, self.splits[i], offsets=cache.offsets[i],
-                                 max_length=self.max_lengths[i])
+                                 max_length=self.max_lengths[i], scales=scales)

@@ -85,8 +85,7 @@ def qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_norm: t
             keys, values, valid if valid is not None else slot, slot, q_out, k_scale, v_scale, eps,
             qkv.stride(0), cos.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
             valid.stride(0) if valid is not None else 0, valid.stride(1) if valid is not None else 0,
-            q_out.stride(0), q_out.stride(1), k_scale.stride(0) if scales is not None else 0,
-            k_scale.stride(1) if scales is not None and k_scale.shape[1] > 1 else 0,
+            q_out.stride(0), q_out.stride(1), *_scale_strides(scales),
             HEADS_Q=heads_q, HEADS_KV=heads_kv, D=dim, HAS_NORM=q_norm is not None, HAS_VALID=valid is not None,
             FP8=scales is not None)
         return q_out
@@ -157,7 +156,8 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     Ragged form (DMS's compact cache): with `offsets`, keys/values are flat (rows, D) buffers, head (b, h) owns rows
     offsets[b * Hkv + h] onwards, `length` (B * Hkv,) holds each head's live count and `max_length` bounds it."""
     if offsets is not None:
-        return _ragged_decode_attention(q, keys, values, length, offsets, max_length, scale, out, splits, workspace)
+        return _ragged_decode_attention(q, keys, values, length, offsets, max_length, scale, out, splits, workspace,
+                                        scales)
     batch, heads_q, dim = q.shape
     heads_kv, capacity = keys.shape[1], keys.shape[2]
     group = heads_q // heads_kv
@@ -172,8 +172,7 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
             q, keys, values, valid if valid is not None else length, length, partial_out, partial_lse, scale,
             k_scale, v_scale, q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
             valid.stride(0) if valid is not None else 0, valid.stride(1) if valid is not None else 0,
-            k_scale.stride(0) if scales is not None else 0,
-            k_scale.stride(1) if scales is not None and k_scale.shape[1] > 1 else 0,
+            *_scale_strides(scales),
             HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
             CHUNK=chunk, BLOCK_N=BLOCK_N, HAS_VALID=valid is not None, FP8=scales is not None,
             num_stages=attention_stages(batch * heads_kv, q.device))
@@ -399,7 +398,8 @@ def dms_qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_nor
                            cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                            offsets: torch.Tensor, lengths: torch.Tensor, ring_slot: torch.Tensor,
                            ring_marked: torch.Tensor, position: torch.Tensor, threshold: torch.Tensor,
-                           tie: torch.Tensor, params, layer: int, q_out: torch.Tensor) -> torch.Tensor:
+                           tie: torch.Tensor, params, layer: int, q_out: torch.Tensor,
+                           scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """qk_norm_rope_store for DMS's compact cache, with the DMS bookkeeping of one new token at `position` (B, 1).
 
     Per (batch, kv head) row bh = b * Hkv + h: the decision logit read from the first query head of the group (after
@@ -408,17 +408,19 @@ def dms_qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_nor
     else slot lengths[bh] and lengths[bh] += 1. K and V go to row offsets[bh] + slot of the flat (rows, D) buffers.
     The decision channel of q is zeroed before and after RoPE (methods.dms.zero_decision_channel). `threshold`
     (Hkv,) float32 is the layer's row of `params.threshold` and `tie` (B,) float32 methods.dms.tie_break(position)
-    (both zeros for the checkpoint rule): the kernel's copy of methods.dms.evicts, which the reference twin calls."""
+    (both zeros for the checkpoint rule): the kernel's copy of methods.dms.evicts, which the reference twin calls.
+    An fp8 cache (`scales`: float32 K and V scales (B, 1 | Hkv)) stores k and v as qk_norm_rope_store does."""
     batch, heads_q, dim = q_out.shape
     heads_kv = lengths.shape[0] // batch
     ring = ring_slot.shape[1]
     if use_triton(qkv):
+        k_scale, v_scale = scales if scales is not None else (cos, cos)
         _dms_store_kernel[(batch, heads_q + heads_kv)](
             qkv, q_norm if q_norm is not None else cos, k_norm if k_norm is not None else cos, cos, sin, keys, values,
-            offsets, lengths, ring_slot, ring_marked, position, threshold, tie, q_out, eps, float(params.alpha_scale),
-            float(params.alpha_offset), qkv.stride(0), cos.stride(0), keys.stride(0), q_out.stride(0),
-            q_out.stride(1), HEADS_Q=heads_q, HEADS_KV=heads_kv, GROUP=heads_q // heads_kv, D=dim, RING=ring,
-            HAS_NORM=q_norm is not None)
+            offsets, lengths, ring_slot, ring_marked, position, threshold, tie, q_out, k_scale, v_scale, eps,
+            float(params.alpha_scale), float(params.alpha_offset), qkv.stride(0), cos.stride(0), keys.stride(0),
+            q_out.stride(0), q_out.stride(1), *_scale_strides(scales), HEADS_Q=heads_q, HEADS_KV=heads_kv,
+            GROUP=heads_q // heads_kv, D=dim, RING=ring, HAS_NORM=q_norm is not None, FP8=scales is not None)
         return q_out
     q, k, v = qkv.view(batch, heads_q + 2 * heads_kv, dim).split([heads_q, heads_kv, heads_kv], dim=1)
     if q_norm is not None:
@@ -441,23 +443,42 @@ def dms_qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_nor
     ring_slot[rows, leaving] = slot.to(ring_slot.dtype)
     ring_marked[rows, leaving] = 0
     target = offsets + slot
-    keys.index_copy_(0, target, k.reshape(-1, dim))
-    values.index_copy_(0, target, v.reshape(-1, dim))
+    k, v = k.reshape(-1, dim), v.reshape(-1, dim)
+    if scales is not None:  # written as bytes: CPU torch has no index_copy_ for float8
+        k_rows, v_rows = (_per_row(t, batch, heads_kv)[:, None] for t in scales)
+        k, v = quant.fp8_quantize(k, k_rows).view(torch.uint8), quant.fp8_quantize(v, v_rows).view(torch.uint8)
+        keys, values = keys.view(torch.uint8), values.view(torch.uint8)
+    keys.index_copy_(0, target, k)
+    values.index_copy_(0, target, v)
     q_out.copy_(q[:, :, 0])
     return q_out
 
 
-def _ragged_decode_attention(q, keys, values, lengths, offsets, max_length, scale, out, splits, workspace):
+def _per_row(scale: torch.Tensor, batch: int, heads_kv: int) -> torch.Tensor:
+    """An fp8 scale of (B, 1 | Hkv) as one value per compact row bh = b * Hkv + h."""
+    return scale.expand(batch, heads_kv).reshape(-1)
+
+
+def _scale_strides(scales) -> tuple[int, int]:
+    """(per sequence, per kv head) strides of fp8 scales (B, 1 | Hkv); a (B, 1) scale is every head's."""
+    if scales is None:
+        return 0, 0
+    return scales[0].stride(0), scales[0].stride(1) if scales[0].shape[1] > 1 else 0
+
+
+def _ragged_decode_attention(q, keys, values, lengths, offsets, max_length, scale, out, splits, workspace,
+                             scales=None):
     batch, heads_q, dim = q.shape
     heads_kv = lengths.shape[0] // batch
     group = heads_q // heads_kv
     if use_triton(q):
         partial_out, partial_lse = workspace or attention_workspace(batch, heads_q, dim, splits, q.device)
         chunk = math.ceil(math.ceil(max_length / splits) / BLOCK_N) * BLOCK_N
+        k_scale, v_scale = scales if scales is not None else (q, q)
         _ragged_attention_partial_kernel[(batch * heads_kv, splits)](
-            q, keys, values, lengths, offsets, partial_out, partial_lse, scale, chunk, q.stride(0), q.stride(1),
-            keys.stride(0), HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
-            BLOCK_N=BLOCK_N)
+            q, keys, values, lengths, offsets, partial_out, partial_lse, scale, chunk, k_scale, v_scale, q.stride(0),
+            q.stride(1), keys.stride(0), *_scale_strides(scales), HEADS_KV=heads_kv, GROUP=group,
+            GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim, BLOCK_N=BLOCK_N, FP8=scales is not None)
         _attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
             SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=dim)
@@ -467,8 +488,13 @@ def _ragged_decode_attention(q, keys, values, lengths, offsets, max_length, scal
     cols = torch.arange(max_length, device=q.device)
     live = cols[None, :] < lengths[:, None]  # (B * Hkv, M)
     index = torch.where(live, offsets[:, None] + cols[None, :], 0)
-    k = torch.where(live[..., None], keys[index], 0).view(batch, heads_kv, max_length, dim)
-    v = torch.where(live[..., None], values[index], 0).view(batch, heads_kv, max_length, dim)
+    k, v = keys[index], values[index]
+    if scales is not None:  # dequantized as the kernel does: code x scale in float32, rounded to q's dtype
+        k_rows, v_rows = (_per_row(t, batch, heads_kv)[:, None, None] for t in scales)
+        k = quant.fp8_dequantize(keys.view(torch.uint8)[index].view(quant.FP8), k_rows, q.dtype)
+        v = quant.fp8_dequantize(values.view(torch.uint8)[index].view(quant.FP8), v_rows, q.dtype)
+    k = torch.where(live[..., None], k, 0).view(batch, heads_kv, max_length, dim)
+    v = torch.where(live[..., None], v, 0).view(batch, heads_kv, max_length, dim)
     grouped = q.view(batch, heads_kv, group, dim)
     mask = live.view(batch, heads_kv, 1, max_length)
     o = F.scaled_dot_product_attention(grouped, k, v, attn_mask=mask, scale=scale)
@@ -480,9 +506,10 @@ if triton is not None:
 
     @triton.jit
     def _dms_store_kernel(qkv_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, off_ptr, len_ptr, slot_ptr,
-                          mark_ptr, pos_ptr, thr_ptr, tie_ptr, q_ptr, eps, alpha_scale, alpha_offset, s_qkv, s_cos,
-                          s_kr, s_qb, s_qh, HEADS_Q: tl.constexpr, HEADS_KV: tl.constexpr, GROUP: tl.constexpr,
-                          D: tl.constexpr, RING: tl.constexpr, HAS_NORM: tl.constexpr):
+                          mark_ptr, pos_ptr, thr_ptr, tie_ptr, q_ptr, ks_ptr, vs_ptr, eps, alpha_scale,
+                          alpha_offset, s_qkv, s_cos, s_kr, s_qb, s_qh, s_sb, s_sh, HEADS_Q: tl.constexpr,
+                          HEADS_KV: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr, RING: tl.constexpr,
+                          HAS_NORM: tl.constexpr, FP8: tl.constexpr):
         b = tl.program_id(0)
         head = tl.program_id(1)  # 0..HEADS_Q-1: query heads; then the key/value heads
         half = tl.arange(0, D // 2)
@@ -532,18 +559,28 @@ if triton is not None:
             x1 = tl.load(src + half).to(tl.float32)
             x2 = tl.load(src + D // 2 + half).to(tl.float32)
             y1, y2 = _norm_rope(x1, x2, kn_ptr, cos1, cos2, sin1, sin2, eps, D, HAS_NORM, dtype)
-            dst = k_ptr + row * s_kr
-            tl.store(dst + half, y1.to(dtype))
-            tl.store(dst + D // 2 + half, y2.to(dtype))
+            kdst = k_ptr + row * s_kr  # a name of its own: an fp8 key cache's pointer is not q's
             vsrc = qkv_ptr + b * s_qkv + (HEADS_Q + HEADS_KV + kv) * D
             vdst = v_ptr + row * s_kr
-            tl.store(vdst + half, tl.load(vsrc + half))
-            tl.store(vdst + D // 2 + half, tl.load(vsrc + D // 2 + half))
+            if FP8:  # as _qk_norm_rope_store_kernel: k as the model's dtype rounds it, / scale, to e4m3
+                ks = tl.load(ks_ptr + b * s_sb + kv * s_sh)
+                vs = tl.load(vs_ptr + b * s_sb + kv * s_sh)
+                code = k_ptr.dtype.element_ty
+                tl.store(kdst + half, _fp8_code(y1.to(dtype).to(tl.float32), ks, code))
+                tl.store(kdst + D // 2 + half, _fp8_code(y2.to(dtype).to(tl.float32), ks, code))
+                tl.store(vdst + half, _fp8_code(tl.load(vsrc + half).to(tl.float32), vs, code))
+                tl.store(vdst + D // 2 + half, _fp8_code(tl.load(vsrc + D // 2 + half).to(tl.float32), vs, code))
+            else:
+                tl.store(kdst + half, y1.to(dtype))
+                tl.store(kdst + D // 2 + half, y2.to(dtype))
+                tl.store(vdst + half, tl.load(vsrc + half))
+                tl.store(vdst + D // 2 + half, tl.load(vsrc + D // 2 + half))
 
     @triton.jit
     def _ragged_attention_partial_kernel(q_ptr, k_ptr, v_ptr, len_ptr, off_ptr, po_ptr, plse_ptr, scale, chunk,
-                                         s_qb, s_qh, s_kr, HEADS_KV: tl.constexpr, GROUP: tl.constexpr,
-                                         GROUP_PAD: tl.constexpr, D: tl.constexpr, BLOCK_N: tl.constexpr):
+                                         ks_ptr, vs_ptr, s_qb, s_qh, s_kr, s_sb, s_sh, HEADS_KV: tl.constexpr,
+                                         GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, D: tl.constexpr,
+                                         BLOCK_N: tl.constexpr, FP8: tl.constexpr):
         bh = tl.program_id(0)  # (batch, kv head)
         split = tl.program_id(1)
         b = bh // HEADS_KV
@@ -562,6 +599,9 @@ if triton is not None:
         end = tl.minimum(start + chunk, length)
         kbase = k_ptr + tl.load(off_ptr + bh).to(tl.int64) * s_kr
         vbase = v_ptr + tl.load(off_ptr + bh).to(tl.int64) * s_kr
+        if FP8:
+            ks = tl.load(ks_ptr + b * s_sb + kvh * s_sh)
+            vs = tl.load(vs_ptr + b * s_sb + kvh * s_sh)
         first = start
         # Only this head's live rows: a short head costs no reads. A while loop, as Triton's interpreter cannot run a
         # for loop with bounds loaded from memory.
@@ -569,6 +609,8 @@ if triton is not None:
             cols = first + tl.arange(0, BLOCK_N)
             live = cols < end
             k = tl.load(kbase + cols[:, None] * s_kr + dims[None, :], mask=live[:, None], other=0.0)
+            if FP8:  # dequantized in registers, as _attention_partial_kernel
+                k = (k.to(tl.float32) * ks).to(q.dtype)
             s = tl.dot(q, tl.trans(k)) * scale
             s = tl.where(live[None, :], s, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=1))
@@ -576,6 +618,8 @@ if triton is not None:
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m - m_safe)
             v = tl.load(vbase + cols[:, None] * s_kr + dims[None, :], mask=live[:, None], other=0.0)
+            if FP8:
+                v = (v.to(tl.float32) * vs).to(q.dtype)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
             m = m_new
