@@ -221,3 +221,20 @@ def test_fidelity_command_writes_one_record_per_method_and_prompt(tmp_path, caps
 def test_fidelity_command_refuses_bad_input_in_one_line(argv, message, capsys):
     assert benchmark.main(["fidelity", "--preset", "tiny", *argv]) == 2
     assert message in one_line_error(capsys)
+
+
+def test_check_holds_a_fast_fp8_batch_of_unequal_sequences_to_the_summed_formula(tmp_path):
+    """A batch whose sequences differ in length (kept per layer is their mean, not a whole count): fp8's codes are
+    exact on the tokens summed over the sequences and its scales per sequence; one code byte too many fails."""
+    out = tmp_path / "b.json"
+    assert benchmark.main(["--preset", "tiny", "--contexts", "320", "--methods", "vanilla,fp8", "--engine", "fast",
+                           "--batch", "3", "--max-new-tokens", "3", "--repeats", "1", "--out", str(out)]) == 0
+    run, results = load(out)
+    r = next(r for r in results if r.method == "fp8")
+    assert r.batch == 3 and r.kv_tokens_kept != int(r.kv_tokens_kept)  # the case this test is about
+    kv = checks.run_checks(run, results)[0]
+    assert kv.passed is True, kv.lines
+    assert "(the sequences summed)" in next(line for line in kv.lines if " fp8 " in line)
+    r.kv_bytes_parts["data"] += 1
+    r.kv_cache_bytes += 1
+    assert checks.run_checks(run, results)[0].passed is False

@@ -3,9 +3,11 @@ its launch parameters at the shapes the batch benchmark decodes (Qwen3-8B: 32 qu
 
 For each shape: the engine's current choice, then every (programs per SM, BLOCK_N, num_warps, num_stages), each
 the median of 5 x 50 CUDA-graph replays of one layer's partial + combine kernels, in TB/s of KV read. Then native
-DMS's ragged kernel (compact per-head rows, dms-8x at 8K and 32K x batch 8) at num_stages 1, 2 and 3.
+DMS's ragged kernel (compact per-head rows, dms-8x at 8K and 32K x batch 8) at num_stages 1, 2 and 3. `--fp8`: the
+caches hold e4m3 codes with one scale per sequence (fp8, dms-8x+fp8), the bytes counted are the codes'.
+`--smoke` (CPU, TRITON_INTERPRET=1): one small shape through every launch, checked against the engine's twin.
 
-    python tools/attention_sweep.py [--ragged-only]
+    python tools/attention_sweep.py [--ragged-only] [--fp8] [--shapes 8x8192,32x8192]
 """
 
 import argparse
@@ -19,75 +21,120 @@ import triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kvcompress.engine.fast import kernels  # noqa: E402
+from kvcompress.methods import quant  # noqa: E402
 from kvcompress.engine.timing import replayed_seconds  # noqa: E402
 
 HQ, HKV, D = 32, 8, 128
 SHAPES = [(1, 8192), (8, 1152), (32, 1152), (8, 4224)]  # (batch, cache entries per row)
 
 
-def launch(q, keys, values, length, out, splits, block_n, warps, stages):
+def cache(shape, device, fp8: bool):
+    """Random K and V of `shape`, bf16 or fp8 codes, and the scales the kernels take (None for bf16)."""
+    keys, values = (torch.randn(shape, device=device, dtype=torch.bfloat16) for _ in range(2))
+    if not fp8:
+        return keys, values, None
+    batch = shape[0] // HKV if len(shape) == 2 else shape[0]  # ragged rows are (sequence, kv head)
+    scales = (torch.full((batch, 1), 0.01, device=device), torch.full((batch, 1), 0.02, device=device))
+    return quant.fp8_quantize(keys, 0.01), quant.fp8_quantize(values, 0.02), scales
+
+
+def launch(q, keys, values, length, out, splits, block_n, warps, stages, scales=None):
     batch, capacity = q.shape[0], keys.shape[2]
     partial_out, partial_lse = kernels.attention_workspace(batch, HQ, D, splits, q.device)
     chunk = math.ceil(math.ceil(capacity / splits) / block_n) * block_n
+    k_scale, v_scale = scales if scales is not None else (q, q)
     kernels._attention_partial_kernel[(batch * HKV, splits)](
-        q, keys, values, length, length, partial_out, partial_lse, D ** -0.5,
+        q, keys, values, length, length, partial_out, partial_lse, D ** -0.5, k_scale, v_scale,
         q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), 0, 0,
-        HEADS_KV=HKV, GROUP=HQ // HKV, GROUP_PAD=16, D=D, CHUNK=chunk, BLOCK_N=block_n, HAS_VALID=False,
-        num_warps=warps, num_stages=stages)
+        *kernels._scale_strides(scales), HEADS_KV=HKV, GROUP=HQ // HKV, GROUP_PAD=16, D=D, CHUNK=chunk,
+        BLOCK_N=block_n, HAS_VALID=False, FP8=scales is not None, num_warps=warps, num_stages=stages)
     kernels._attention_combine_kernel[(batch * HQ,)](
         partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=HQ, GROUP=HQ // HKV,
         SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=D)
 
 
-def ragged(batch: int, live: int, device) -> None:
-    """dms-8x's compact cache: each (sequence, KV head) row holds about `live` entries plus a 127-row reserve."""
+def ragged(batch: int, live: int, device, fp8: bool, stage_set=(1, 2, 3), reserve: int = 127) -> float:
+    """dms-8x's compact cache: each (sequence, KV head) row holds about `live` entries plus a `reserve`-row reserve.
+    Returns the largest difference from the engine's own call (decode_attention) over the stages tried."""
     rows = batch * HKV
     generator = torch.Generator(device=device).manual_seed(1)
     lengths = torch.randint(live * 9 // 10, live * 11 // 10, (rows,), device=device, generator=generator)
-    stride = int(lengths.max()) + 127
+    stride = int(lengths.max()) + reserve
     offsets = torch.arange(rows, device=device) * stride
-    keys = torch.randn(rows * stride, D, device=device, dtype=torch.bfloat16)
-    values = torch.randn_like(keys)
+    keys, values, scales = cache((rows * stride, D), device, fp8)
     q = torch.randn(batch, HQ, D, device=device, dtype=torch.bfloat16)
     out = torch.empty_like(q)
     max_length = stride
     splits = kernels.attention_splits(rows, max_length, device)
-    nbytes = 2 * int(lengths.sum()) * D * 2
-    for stages in (1, 2, 3):
+    reference = kernels.decode_attention(q, keys, values, lengths, None, D ** -0.5, torch.empty_like(q), splits,
+                                         offsets=offsets, max_length=max_length, scales=scales)
+    nbytes = 2 * int(lengths.sum()) * D * keys.element_size()
+    worst = 0.0
+    k_scale, v_scale = scales if scales is not None else (q, q)
+    for stages in stage_set:
         def call():
             partial_out, partial_lse = kernels.attention_workspace(batch, HQ, D, splits, device)
             chunk = math.ceil(math.ceil(max_length / splits) / kernels.BLOCK_N) * kernels.BLOCK_N
             kernels._ragged_attention_partial_kernel[(rows, splits)](
-                q, keys, values, lengths, offsets, partial_out, partial_lse, D ** -0.5, chunk, q.stride(0),
-                q.stride(1), keys.stride(0), HEADS_KV=HKV, GROUP=HQ // HKV, GROUP_PAD=16, D=D,
-                BLOCK_N=kernels.BLOCK_N, num_stages=stages)
+                q, keys, values, lengths, offsets, partial_out, partial_lse, D ** -0.5, chunk, k_scale, v_scale,
+                q.stride(0), q.stride(1), keys.stride(0), *kernels._scale_strides(scales), HEADS_KV=HKV,
+                GROUP=HQ // HKV, GROUP_PAD=16, D=D, BLOCK_N=kernels.BLOCK_N, FP8=scales is not None,
+                num_stages=stages)
             kernels._attention_combine_kernel[(batch * HQ,)](
                 partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=HQ, GROUP=HQ // HKV,
                 SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=D)
+        if device.type == "cpu":  # --smoke: run once, compare
+            call()
+            worst = max(worst, float((out.float() - reference.float()).abs().max()))
+            continue
         ms = 1e3 * replayed_seconds(call)
-        print(f"ragged (dms-8x) batch {batch} x ~{live} live a head ({nbytes / 1e6:.1f} MB): stages {stages} "
-              f"{ms * 1e3:6.1f} us = {nbytes / ms / 1e9:.2f} TB/s (splits {splits})", flush=True)
+        print(f"ragged (dms-8x{'+fp8' if fp8 else ''}) batch {batch} x ~{live} live a head ({nbytes / 1e6:.1f} MB): "
+              f"stages {stages} {ms * 1e3:6.1f} us = {nbytes / ms / 1e9:.2f} TB/s (splits {splits})", flush=True)
+    return worst
+
+
+def smoke() -> int:
+    """CPU, under TRITON_INTERPRET=1: each launch this tool times, on one small shape, against the engine's own call
+    (so the tool follows the kernels' signatures); exits 1 on a difference."""
+    kernels.FORCE_TRITON = True
+    device = torch.device("cpu")
+    worst = 0.0
+    for fp8 in (False, True):
+        keys, values, scales = cache((1, HKV, 40, D), device, fp8)
+        q = torch.randn(1, HQ, D, dtype=torch.bfloat16)
+        length = torch.tensor([33])
+        reference = kernels.decode_attention(q, keys, values, length, None, D ** -0.5, torch.empty_like(q), 1,
+                                             scales=scales)
+        out = torch.empty_like(q)
+        launch(q, keys, values, length, out, 1, 32, 4, 1, scales)
+        worst = max(worst, float((out.float() - reference.float()).abs().max()),
+                    ragged(1, 20, device, fp8, (1,), reserve=4))
+    print(f"smoke: largest difference from the engine's call {worst:.1e}")
+    return 0 if worst < 1e-2 else 1
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ragged-only", action="store_true", help="only native DMS's ragged kernel")
     parser.add_argument("--shapes", help="batch x entries per row, e.g. 32x8320,8x32896 (default: the built-in set)")
+    parser.add_argument("--fp8", action="store_true", help="e4m3 caches with per-sequence scales (fp8, dms-8x+fp8)")
+    parser.add_argument("--smoke", action="store_true", help="CPU (TRITON_INTERPRET=1): check each launch once")
     args = parser.parse_args()
+    if args.smoke:
+        return smoke()
     device = torch.device("cuda")
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     torch.manual_seed(0)
     shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",")] if args.shapes else SHAPES
     for batch, capacity in [] if args.ragged_only else shapes:
-        keys = torch.randn(batch, HKV, capacity, D, device=device, dtype=torch.bfloat16)
-        values = torch.randn_like(keys)
+        keys, values, scales = cache((batch, HKV, capacity, D), device, args.fp8)
         q = torch.randn(batch, HQ, D, device=device, dtype=torch.bfloat16)
         out = torch.empty_like(q)
         length = torch.tensor([capacity], device=device)
         nbytes = keys.nbytes + values.nbytes
         current = kernels.attention_splits(batch * HKV, capacity, device)
         base = 1e3 * replayed_seconds(
-            lambda: kernels.decode_attention(q, keys, values, length, None, D ** -0.5, out, current))
+            lambda: kernels.decode_attention(q, keys, values, length, None, D ** -0.5, out, current, scales=scales))
         reference = out.clone()
         print(f"batch {batch} x {capacity} entries ({nbytes / 1e6:.1f} MB): engine {base * 1e3:.1f} us = "
               f"{nbytes / base / 1e9:.2f} TB/s (splits {current})", flush=True)
@@ -96,7 +143,7 @@ def main() -> int:
             splits = max(1, min(math.ceil(per_sm * sms / (batch * HKV)), math.ceil(capacity / block_n)))
             try:
                 ms = 1e3 * replayed_seconds(
-                    lambda: launch(q, keys, values, length, out, splits, block_n, warps, stages))
+                    lambda: launch(q, keys, values, length, out, splits, block_n, warps, stages, scales))
             except Exception as error:  # out of shared memory for a tile: skip that combination
                 print(f"  skip per_sm {per_sm} block {block_n} warps {warps} stages {stages}: "
                       f"{type(error).__name__}")
@@ -108,7 +155,7 @@ def main() -> int:
             print(f"  {ms * 1e3:6.1f} us {nbytes / ms / 1e9:5.2f} TB/s  per_sm {per_sm} block {block_n} warps {warps}"
                   f" stages {stages} (splits {splits}); max diff vs engine {err:.1e}")
     for batch, live in ((8, 1473), (8, 4500), (32, 1473)) if not args.shapes else ():
-        ragged(batch, live, device)
+        ragged(batch, live, device, args.fp8)
     return 0
 
 

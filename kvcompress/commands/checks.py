@@ -178,16 +178,25 @@ def _quant_bytes(check: Check, context, r, arch) -> bool:
     kept = r.context_tokens if r.expected_memory == "mask" else r.kv_tokens_kept
     if r.dms_layout == "mask, no reclaim":  # native DMS on the hf engine: every position held, the rule masks
         kept = r.kv_tokens_kept_min = r.kv_tokens_kept_max = r.kv_positions or r.input_tokens
-    if r.kv_tokens_kept_min != r.kv_tokens_kept_max or kept != int(kept) or r.kv_bytes_parts is None:
+    spec = spec_from_label(r.kv_quant)
+    # fp8's codes are linear in the tokens and its scales per sequence: a batch whose sequences differ in length
+    # (kept is their mean) is exact on the tokens summed over its sequences
+    summed = spec.format == "fp8" and r.batch > 1 and kept != int(kept) and kept * r.batch == int(kept * r.batch)
+    if r.kv_tokens_kept_min != r.kv_tokens_kept_max or (kept != int(kept) and not summed) or r.kv_bytes_parts is None:
         check.lines.append(f"{context}: {r.method:30s} layers keep different counts (or no parts recorded): "
                            "the formula needs one count per layer FAIL")
         return False
-    one = spec_from_label(r.kv_quant).bytes_parts(r.batch, arch["kv_heads"], arch["head_dim"], int(kept),
-                                                  _itemsize(r))
+    heads, dim = arch["kv_heads"], arch["head_dim"]
+    if summed:
+        kept = kept * r.batch
+        one = {**spec.bytes_parts(r.batch, heads, dim, 0), "data": spec.bytes_parts(1, heads, dim, int(kept))["data"]}
+    else:
+        one = spec.bytes_parts(r.batch, heads, dim, int(kept), _itemsize(r))
     expected = {name: n * arch["layers"] for name, n in one.items()}
     good = r.kv_bytes_parts == expected and r.kv_cache_bytes == sum(expected.values())
     parts = ", ".join(f"{name} {n:,}" for name, n in r.kv_bytes_parts.items())
-    check.lines.append(f"{context}: {r.method:30s} {r.kv_cache_bytes:,} B = {parts} for {int(kept)} tokens "
+    check.lines.append(f"{context}: {r.method:30s} {r.kv_cache_bytes:,} B = {parts} for {int(kept)} tokens"
+                       f"{' (the sequences summed)' if summed else ''} "
                        f"({'exact' if good else f'expected {expected}'}); "
                        f"{r.kv_cache_bytes / r.kv_cache_bytes_full:.4f} of vanilla")
     return good
