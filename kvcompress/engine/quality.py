@@ -37,16 +37,17 @@ class QualityAnswer:
 
 @torch.inference_mode()
 def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], budgets: list[int],
-                      settings: GenerationSettings, decoder, phase=None) -> list[QualityAnswer | str]:
+                      settings: GenerationSettings, decoder, clock=None) -> list[QualityAnswer | str]:
     """Answers to `prompts` (their question parts) from their compressed caches, decoded as one batch;
     `budgets`: each sample's output tokens at most. The questions are fed by the decode itself: row b's first q_b
     steps take its question's tokens (forced) instead of sampled ones, and its answer starts at the token sampled
     after its question's last. One forward per question token for the whole batch costs far less than one
     forward per row (a quality batch holds ~100 rows of ~40 question tokens), and it is the same causal attention
     over the same cache as a prefill of the question. A sample whose KV cannot be read gets its one-line error
-    instead; the others still answer. The caches are consumed. `phase(name)`: a context manager around the
-    "questions" (the caches read and admitted) and the "decode" (where the caller's clock splits its time)."""
-    phase = phase or (lambda name: contextlib.nullcontext())
+    instead; the others still answer. The caches are consumed. `clock` (NoClock's interface): `clock(name)` a
+    context manager around the "questions" (the caches read and admitted) and the "decode", and `clock.laps()` the
+    decoder's marks that split the decode (its buffers loaded, its first step, its replays)."""
+    phase = clock or NoClock()
     with phase("questions"):
         admitted, states, failed = _admit(lm, compressed, prompts, decoder)
     rows = [b for b in range(len(prompts)) if b not in failed]
@@ -61,8 +62,10 @@ def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], b
         out_tokens = forced.clamp(min=0)
         try:
             with phase("decode"):
-                generated = decoder.decode_batch(lm, admitted, row_uniforms, settings, out_tokens, eos=eos,
-                                                 forced=forced)[0]
+                mark = phase.laps()
+                generated = decoder.decode_batch(lm, admitted, row_uniforms, settings, out_tokens, mark=mark,
+                                                 eos=eos, forced=forced)[0]
+                mark("end")
                 columns = out_tokens[:generated].T.tolist()
                 tokens = {b: columns[r][len(questions[r]):] for r, b in enumerate(rows)}
         finally:
@@ -71,6 +74,16 @@ def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], b
             clear_masks(lm.model)
     return [failed[b] if b in failed else QualityAnswer(cut(tokens[b], budgets[b], eos), states[b], len(rows))
             for b in range(len(prompts))]
+
+
+class NoClock:
+    """answer_compressed's clock when the caller keeps none: no phases, no laps."""
+
+    def __call__(self, name: str):
+        return contextlib.nullcontext()
+
+    def laps(self):
+        return lambda name, *rest: None
 
 
 def forced_questions(questions: list[list[int]], uniforms: torch.Tensor, steps: int):

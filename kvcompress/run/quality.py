@@ -90,9 +90,9 @@ class Progress:
             _drain(device)
             self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - start
 
-    def sub_phase(self, device):
-        """phase(name) for a part of the "answers" phase: its seconds under "answers: <name>"."""
-        return lambda name: self.phase(f"answers: {name}", device)
+    def sub_phase(self, device) -> _AnswerClock:
+        """The clock of the "answers" phase's parts (engine.quality.answer_compressed's `clock`)."""
+        return _AnswerClock(self, device)
 
     def summary(self) -> dict:
         """The run header's `quality` block (rewritten at every save: a killed run keeps where its time went)."""
@@ -102,7 +102,8 @@ class Progress:
                 "answer_batch": {str(k): v for k, v in self.sizes.items()},
                 "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
                 "clock": "host wall clock around the whole quality run (model load excluded); phases: the device "
-                         "drained at each end; 'answers: ...' are parts of 'answers'"}
+                         "drained at each end; 'answers: ...' are parts of 'answers', 'answers: decode: ...' of "
+                         "'answers: decode'"}
 
     def count(self, done: int, answered: int) -> None:
         """done (answered or skipped) and answered (without error) grow; under torchrun the run's totals over every
@@ -120,6 +121,35 @@ class Progress:
         rate = answered / elapsed if elapsed > 0 else 0.0
         left = (self.total - done) / rate if rate > 0 else float("nan")
         return f"{rate:.1f} answers/s, {_duration(left)} left"
+
+
+@dataclass
+class _AnswerClock:
+    """`clock(name)`: Progress.phase under "answers: <name>"; `laps()`: decode_batch's `mark`, each part of the decode
+    under "answers: decode: <part>": "load" up to its "admitted" mark (the caches moved into the engine's buffers),
+    "first step" up to "steady" (one eager step: Triton compiles what is new, the CUDA graph is captured), "steps"
+    up to "end" (the graph's replays). The device is drained at each mark."""
+
+    progress: Progress
+    device: object
+    PARTS = {"admitted": "load", "steady": "first step", "end": "steps"}
+
+    def __call__(self, name: str):
+        return self.progress.phase(f"answers: {name}", self.device)
+
+    def laps(self):
+        phases = self.progress.phases
+        _drain(self.device)
+        last = time.monotonic()
+
+        def mark(name: str, *rest) -> None:
+            nonlocal last
+            _drain(self.device)
+            now = time.monotonic()
+            key = f"answers: decode: {self.PARTS.get(name, name)}"
+            phases[key] = phases.get(key, 0.0) + now - last
+            last = now
+        return mark
 
 
 def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, progress: dict, decoders: dict,
