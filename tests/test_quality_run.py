@@ -28,10 +28,11 @@ def test_quality_records_say_what_they_are(quality):
     data, records = quality
     assert len(records) == 4 * 4 and all(r["error"] is None for r in records.values())
     assert data["run"]["mode"] == "quality" and data["run"]["quality"]["answers"] == 16
-    # the decode's time, split at the engine's marks: its parts add up to it (each a lap of the same clock)
+    # the decode's time, split at the engine's marks: its parts add up to it (each a lap of the same clock; the
+    # header rounds each to the millisecond)
     phases = data["run"]["quality"]["phases_s"]
     parts = [phases[f"answers: decode: {p}"] for p in ("load", "first step", "steps")]
-    assert all(p > 0 for p in parts) and sum(parts) <= phases["answers: decode"] <= sum(parts) + 0.05
+    assert all(p > 0 for p in parts) and sum(parts) - 0.003 <= phases["answers: decode"] <= sum(parts) + 0.05
     for r in records.values():
         assert r["run_mode"] == "quality" and r["ttft_s"] is None and r["tpot_ms"] is None
         assert r["peak_mem_prefill_bytes"] is None and r["repeats"] == 1
