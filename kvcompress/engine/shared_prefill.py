@@ -61,11 +61,13 @@ def prefill_shared(lm, methods: list[Method], context_ids: torch.Tensor) -> dict
     masked: dict[str, dict] = {name: {} for name in presses}
     errors: dict[str, str] = {}
     shared = DynamicCache()
+    positions = host_positions(context.shape[1])
 
     def after_attention(module, args, kwargs, output):
         i = module.layer_idx
         layer = shared.layers[i]
         keys, values = layer.keys, layer.values
+        kwargs = {**kwargs, "cache_position": positions}
         for name, press in presses.items():
             if name in errors:
                 continue
@@ -106,6 +108,14 @@ def prefill_shared(lm, methods: list[Method], context_ids: torch.Tensor) -> dict
         start = cache.get_seq_length() if question_starts_at_cache_length(press) else context.shape[1]
         out[name] = Compressed(cache, masked[name], start)
     return out
+
+
+def host_positions(length: int) -> torch.Tensor:
+    """The prefill's cache positions (0..T-1) as the presses' hooks get them: on the host. kvpress's hook asks
+    `is_prefilling(cache_position, q_len)` with `.item()`, which on the device's copy waits for the GPU: once per
+    press and layer (8 presses x 36 layers a sample), each wait idling the GPU while the host prepares the next
+    work. The values are the model's own (an empty cache, a prefill from position 0)."""
+    return torch.arange(length)
 
 
 class ScoreMemo:
