@@ -328,10 +328,11 @@ def test_a_batch_row_keeps_what_the_reference_keeps_for_that_sequence_alone(tiny
         assert offsets.tolist() == [sum(capacities[:r]) for r in range(len(capacities))]
 
 
-def test_dms_capacity_search_counts_every_cloned_row_and_fits_more_than_vanilla(tiny, fast):
+@pytest.mark.parametrize("name", ["dms-8x", "dms-8x+fp8"])
+def test_dms_capacity_search_counts_every_cloned_row_and_fits_more_than_vanilla(tiny, fast, name):
     """benchmark.py capacity's search on a CPU byte budget (weights + the batch's KV bytes): cloned admission's
     copies of the first compact cache hold real bytes (a probe's KV = (B - 1) x the first's + the last's, each
-    measured alone), and DMS-8x fits several times vanilla's batch on the same budget."""
+    measured alone, fp8's scales included), and DMS-8x fits several times vanilla's batch on the same budget."""
     from kvcompress.run.capacity import BytesBudget, Runner, capacity_cell
     from kvcompress.tasks.cell import Cell
 
@@ -342,9 +343,9 @@ def test_dms_capacity_search_counts_every_cloned_row_and_fits_more_than_vanilla(
     budget = tiny.weights_bytes + int(5.5 * bytes_per_token(tiny.model) * (400 + new - 1))  # vanilla: 5 fit
     runner = Runner(tiny, fast, GenerationSettings(new, SamplingConfig(greedy=True)), BytesBudget(budget), 2)
     vanilla = capacity_cell(runner, parse_method("vanilla"), pair, 400, max_batch=256, max_runs=8)[:2]
-    method = parse_method("dms-8x").prepare(tiny, pair[0])
+    method = parse_method(name).prepare(tiny, pair[0])
     lo, hi, _, probes = capacity_cell(runner, method, pair, 400, max_batch=256, max_runs=12)
-    assert vanilla == (5, 6) and hi == lo + 1 and lo > 3 * vanilla[0]
+    assert vanilla == (5, 6) and hi - lo <= max(1, int(0.02 * lo)) and lo > 3 * vanilla[0]  # exact to 50, then 2 %
     assert fast.dms.state is None  # every probe released its buffers
     alone = [generate_once(tiny, method, p, _settings(new), fast).kv_end.bytes for p in pair]
     for probe in probes:
