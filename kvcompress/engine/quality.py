@@ -47,8 +47,8 @@ def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], b
     instead; the others still answer. The caches are consumed. `clock` (NoClock's interface): `clock(name)` a
     context manager around the "questions" (the caches read and admitted) and the "decode", and `clock.laps()` the
     decoder's marks that split the decode (its buffers loaded, its first step, its replays)."""
-    phase = clock or NoClock()
-    with phase("questions"):
+    clock = clock or NoClock()
+    with clock("questions"):
         admitted, states, failed = _admit(lm, compressed, prompts, decoder)
     rows = [b for b in range(len(prompts)) if b not in failed]
     eos = eos_ids(lm) if not settings.fixed_length else set()
@@ -61,8 +61,8 @@ def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], b
         forced, row_uniforms = (t.to(lm.device) for t in forced_questions(questions, uniforms, steps))
         out_tokens = forced.clamp(min=0)
         try:
-            with phase("decode"):
-                mark = phase.laps()
+            with clock("decode"):
+                mark = clock.laps()
                 generated = decoder.decode_batch(lm, admitted, row_uniforms, settings, out_tokens, mark=mark,
                                                  eos=eos, forced=forced)[0]
                 mark("end")

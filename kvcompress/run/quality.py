@@ -90,7 +90,7 @@ class Progress:
             _drain(device)
             self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - start
 
-    def sub_phase(self, device) -> _AnswerClock:
+    def answer_clock(self, device) -> _AnswerClock:
         """The clock of the "answers" phase's parts (engine.quality.answer_compressed's `clock`)."""
         return _AnswerClock(self, device)
 
@@ -267,7 +267,7 @@ def _answer_chunk(cfg, lm, methods, chunk: list[Sample], task, out, annotate, st
     for group in decode_groups([m for m in methods if rows_of[m.name]], rows_of, compressed, lm, decoders, sized):
         with state.phase("answers", lm.device):
             answers = (_answers_together(lm, group, rows_of, chunk, compressed, settings, decoders,
-                                         state.sub_phase(lm.device)) if len(group) > 1 else {})
+                                         state.answer_clock(lm.device)) if len(group) > 1 else {})
             for m in group:
                 _answer_method(lm, m, chunk, rows_of[m.name], probes, compressed, settings, task, out, annotate,
                                state, decoders, answers.get(m.name))
@@ -305,7 +305,7 @@ def decode_groups(methods: list[Method], rows_of: dict, compressed: dict, lm, de
     return sorted(together + alone, key=lambda g: min(order[m.name] for m in g))
 
 
-def _answers_together(lm, group, rows_of, chunk, compressed, settings, decoders, phase) -> dict:
+def _answers_together(lm, group, rows_of, chunk, compressed, settings, decoders, clock) -> dict:
     """{method name: {row: answer}} for methods decoded as one batch (decode_groups): one admission and one
     decode for every (sample, method) row whose cache is ready; a failing batch is each row's error."""
     decoder, _ = pick_decoder(decoders, group[0], lm)  # fast: decode_groups groups no other
@@ -321,7 +321,7 @@ def _answers_together(lm, group, rows_of, chunk, compressed, settings, decoders,
     if ready:
         try:
             got = answer_compressed(lm, [compressed[i, m.name] for m, i in ready], [chunk[i].prompt for _, i in ready],
-                                    [chunk[i].budget for _, i in ready], settings, decoder, phase)
+                                    [chunk[i].budget for _, i in ready], settings, decoder, clock)
         except Exception as exc:  # noqa: BLE001 - one failing batch must not end the run
             got = [failure_line(exc)] * len(ready)
             free_memory()
@@ -358,7 +358,7 @@ def _answer_method(lm, method, chunk, rows, probes, compressed, settings, task, 
             try:
                 got = answer_compressed(lm, [compressed[i, method.name] for i in group],
                                         [chunk[i].prompt for i in group], [chunk[i].budget for i in group],
-                                        settings, decoder, state.sub_phase(lm.device))
+                                        settings, decoder, state.answer_clock(lm.device))
                 answers.update(zip(group, got))
             except Exception as exc:  # noqa: BLE001 - one failing press must not end the run
                 line = failure_line(exc)

@@ -198,7 +198,8 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
         b, h, t = live.view(batch, heads, length).nonzero(as_tuple=True)  # synchronisation 2 of 2
         head = b * heads + h
         target = offsets[head] + rank[head, t]
-        kept_k, kept_v, k_buffer, v_buffer = keys[b, h, t], values[b, h, t], self.keys[layer_idx], self.values[layer_idx]
+        kept_k, kept_v = keys[b, h, t], values[b, h, t]
+        k_buffer, v_buffer = self.keys[layer_idx], self.values[layer_idx]
         if self.spec is not None:  # scales from the whole prefill of the layer (as the hf engine's cache), then codes
             for scales, x in ((self.k_scales[layer_idx], keys), (self.v_scales[layer_idx], values)):
                 scales.copy_(quant.fp8_scale(x, self.spec.scale).view(scales.shape))
