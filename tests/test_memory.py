@@ -109,3 +109,23 @@ def test_a_pool_buffer_that_cannot_be_carved_returns_the_cached_blocks_once_and_
     with pytest.raises(torch.OutOfMemoryError):
         memory.empty_in_pool(None, (2, 3), torch.float32, torch.device("cpu"))
     assert calls == ["alloc"]
+
+
+def test_masks_are_read_and_cleared_on_the_attention_modules_without_walking_the_model_each_time(tiny, monkeypatch):
+    """A quality chunk reads and clears kvpress's masks for each of its ~300 caches: the modules that can hold them
+    (those with a layer index) are listed once per model, and a mask put on any of them is found and cleared."""
+    from kvcompress.memory import clear_masks, masked_indices
+
+    model = tiny.model
+    masked_indices(model)  # lists the modules
+    walks = []
+    real = type(model).modules
+    monkeypatch.setattr(type(model), "modules", lambda self: walks.append(1) or real(self))
+    for layer in model.model.layers:
+        index = torch.tensor([0])
+        layer.self_attn.masked_key_indices = (index, index, index + layer.self_attn.layer_idx)
+    for _ in range(5):
+        found = masked_indices(model)
+    assert sorted(found) == list(range(len(model.model.layers))) and found[1][2].item() == 1
+    clear_masks(model)
+    assert masked_indices(model) == {} and not walks
