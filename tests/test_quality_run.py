@@ -104,3 +104,20 @@ def test_quality_options_are_checked_before_any_model_loads(capsys):
                  ["--samples", "2", "--trials", "2"]):
         assert test_long_context.main(["--preset", "tiny", *argv]) == 2
         assert one_line_error(capsys)
+
+
+def test_a_quality_file_is_rewritten_less_often_as_its_rewrites_grow_slow():
+    """Rewrites wait SAVE_EVERY_S, or SAVE_COST_RATIO times the last rewrite's own time if longer (the journal holds
+    the records in between), so rewriting a growing file stays a small share of the run."""
+    import time
+
+    from kvcompress.run.quality import SAVE_COST_RATIO, SAVE_EVERY_S, Progress
+
+    state = Progress(0, 10)
+    state.saved = time.monotonic() - SAVE_EVERY_S - 1
+    assert state.save_due() and not state.save_due()  # due once, then the clock restarts
+    state.save_seconds = 2.0  # a slow rewrite: the next waits 2 x SAVE_COST_RATIO seconds
+    state.saved = time.monotonic() - SAVE_EVERY_S - 1
+    assert 2.0 * SAVE_COST_RATIO > SAVE_EVERY_S + 1 and not state.save_due()
+    state.saved = time.monotonic() - 2.0 * SAVE_COST_RATIO - 1
+    assert state.save_due()

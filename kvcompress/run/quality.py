@@ -6,8 +6,8 @@ as a share of the GPU's free memory holds: auto_answer_batch). Each sample's con
 method that joins a shared prefill (engine/shared_prefill.py: vanilla and the prefill presses), each method then
 answers the group's samples as one batch (engine/quality.py); a method with a prefill of its own (native DMS,
 decoding presses, --query-aware) answers each sample alone. Records join the result file as each method's batch is
-done; the file is rewritten every SAVE_EVERY_S seconds (after every answer it would cost minutes of JSON over
-thousands of answers), at the end, and when the run stops on an error or ^C; between rewrites each batch's records
+done; the file is rewritten every SAVE_EVERY_S seconds, or SAVE_COST_RATIO times its last rewrite's own time if that
+is longer (after every answer it would cost minutes of JSON over thousands of answers), at the end, and when the run stops on an error or ^C; between rewrites each batch's records
 are appended to `<out>.journal.jsonl` (results.ResultFile), so a killed process loses only the batch in flight, and
 --resume folds the journal in and skips every (sample, method) already answered. Progress prints answers/s so far
 and the time left at that rate.
@@ -44,6 +44,9 @@ from kvcompress.tasks import contract
 # The result file is rewritten whole (results.ResultFile): after every record, thousands of answers would cost
 # minutes of JSON. A quality run writes at most this often (and at the end, and when it stops on an error or ^C).
 SAVE_EVERY_S = 30.0
+# a rewrite of thousands of records takes seconds (4,500 RULER records: 18 MB of JSON, ~1.3 s) and the file grows:
+# rewrites wait at least this many times the last one's own time, so they cost at most 2 % of the run
+SAVE_COST_RATIO = 50
 CPU_ANSWER_BATCH = 32  # samples decoded together on a CPU (on a GPU: sized to its free memory, auto_answer_batch)
 MEMORY_SHARE = 0.6  # of the GPU's free memory, for the compressed caches a group of samples holds at once
 PAD_SHARE = 0.8  # methods decoded together keep at least this share of the group's longest layer (decode_groups)
@@ -66,6 +69,7 @@ class Progress:
     phases: dict = field(default_factory=dict)  # host seconds per phase: "shared prefill", "answers"
     finished: set = field(default_factory=set)  # identities of the records a resumed file holds without error
     saved: float = field(default_factory=time.monotonic)
+    save_seconds: float = 0.0  # the last rewrite's own time
     stamp: object = None  # torchrun: sets a record's rank, host and GPU (None in a plain run)
     ranks: object = None  # ranks.Ranks: under torchrun, `count` keeps the run's totals over every rank
     sizes: dict = field(default_factory=dict)  # answer batch per context length
@@ -73,7 +77,7 @@ class Progress:
     run_answered: int = 0
 
     def save_due(self) -> bool:
-        if time.monotonic() - self.saved < SAVE_EVERY_S:
+        if time.monotonic() - self.saved < max(SAVE_EVERY_S, SAVE_COST_RATIO * self.save_seconds):
             return False
         self.saved = time.monotonic()
         return True
@@ -388,7 +392,10 @@ def _answer_method(lm, method, chunk, rows, probes, compressed, settings, task, 
         due = state.save_due()
         if due:
             out.run["quality"] = state.summary()
+        start = time.monotonic()
         out.add_all(mine, write=due)
+        if due:
+            state.save_seconds = time.monotonic() - start
     state.count(len(mine), sum(r.error is None for r in mine))
     scores = [r.score for r in mine if r.score is not None]
     errors = [r.error for r in mine if r.error]
