@@ -192,30 +192,3 @@ def test_a_question_token_that_is_an_end_of_sequence_token_does_not_end_its_row(
     ends = in_questions - {t for row in full for t in row}
     assert len(ends) > 10
     assert _answers(tiny, three, engine, ends, 6, monkeypatch)[0] == full
-
-
-def test_a_quality_decode_sizes_its_buffers_in_steps_and_a_timed_one_exactly(tiny, three, monkeypatch):
-    """Quality decodes (forced questions) round each layer's capacity up to QUALITY_CAPACITY_STEP entries, so chunks
-    of slightly different lengths reuse the attention kernel's compiled variants; a timed decode keeps the exact
-    capacity (kept + the tokens it writes - 1), the bytes its records report."""
-    from kvcompress.engine.fast import decoder as fast_decoder
-
-    seen = []
-    real_run = fast_decoder._DecodeState.run
-
-    def run(state, *args, **kwargs):
-        seen.append((list(state.capacities), state.lengths.tolist(), state.uniforms.shape[0]))
-        return real_run(state, *args, **kwargs)
-
-    monkeypatch.setattr(fast_decoder._DecodeState, "run", run)
-    decoder = FastDecoder(tiny)
-    method = parse_method("knorm@0.5")
-    compressed = [prefill_shared(tiny, [method], p.context_ids)["knorm@0.5"] for p in three]
-    answer_compressed(tiny, compressed, three, [8, 5, 8], GREEDY, decoder)
-    (capacities, lengths, reserve), = seen
-    step = fast_decoder.QUALITY_CAPACITY_STEP
-    assert all(c % step == 0 and n + reserve - 1 <= c < n + reserve - 1 + step for c, n in zip(capacities, lengths))
-    seen.clear()
-    generate_once(tiny, method, three[0], GenerationSettings(8, SamplingConfig(greedy=True)), decoder)
-    (capacities, lengths, reserve), = seen
-    assert capacities == [n + reserve - 1 for n in lengths] and any(c % step for c in capacities)

@@ -260,9 +260,6 @@ def _fuse(owner, name: str, linears) -> tuple[torch.Tensor, torch.Tensor | None]
     return fused, bias
 
 
-QUALITY_CAPACITY_STEP = 256  # entries: a quality decode's buffers are sized in these steps (_DecodeState)
-
-
 class _DecodeState(DecodeState, ReportsOwnKV):
     """Buffers, static inputs and the captured graph for one cache shape (reused across repeats of a cell)."""
 
@@ -276,13 +273,8 @@ class _DecodeState(DecodeState, ReportsOwnKV):
         self.kv_dtype = quant.FP8 if self.spec is not None else dtype
         self.scales: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(lengths)
         # Capacity: what was kept (+ question) plus the n_new - 1 tokens this decode will write. The buffers are
-        # allocated layer by layer in load(), as each source layer is freed, so the cache never exists twice. A
-        # quality run (forced) decodes chunk after chunk of new lengths: its capacities are rounded up to
-        # QUALITY_CAPACITY_STEP entries, so the attention kernel's compiled variants (its CHUNK follows the capacity)
-        # repeat instead of compiling anew (on an H200's 4K run the first steps, compiles included, took 21 s of the
-        # decode's 113 s). What attention reads follows the live lengths only; timed runs keep exact capacities.
-        step = QUALITY_CAPACITY_STEP if forced else 1
-        self.capacities = [-(-(n + n_new - 1) // step) * step for n in lengths]
+        # allocated layer by layer in load(), as each source layer is freed, so the cache never exists twice.
+        self.capacities = [n + n_new - 1 for n in lengths]
         self.buffer_shape = (batch, heads_kv, dim, dtype, device)
         self.keys: list[torch.Tensor | None] = [None] * len(lengths)
         self.values: list[torch.Tensor | None] = [None] * len(lengths)
