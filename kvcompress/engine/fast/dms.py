@@ -203,7 +203,7 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
         if self.spec is not None:  # scales from the whole prefill of the layer (as the hf engine's cache), then codes
             for scales, x in ((self.k_scales[layer_idx], keys), (self.v_scales[layer_idx], values)):
                 scales.copy_(quant.fp8_scale(x, self.spec.scale).view(scales.shape))
-            k_rows, v_rows = (t.expand(batch, heads).reshape(-1)[head][:, None]
+            k_rows, v_rows = (kernels.scale_per_row(t, batch, heads)[head][:, None]
                               for t in (self.k_scales[layer_idx], self.v_scales[layer_idx]))
             # written as bytes: CPU torch has no index_copy_ for float8
             kept_k = quant.fp8_quantize(kept_k, k_rows).view(torch.uint8)

@@ -445,7 +445,7 @@ def dms_qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_nor
     target = offsets + slot
     k, v = k.reshape(-1, dim), v.reshape(-1, dim)
     if scales is not None:  # written as bytes: CPU torch has no index_copy_ for float8
-        k_rows, v_rows = (_per_row(t, batch, heads_kv)[:, None] for t in scales)
+        k_rows, v_rows = (scale_per_row(t, batch, heads_kv)[:, None] for t in scales)
         k, v = quant.fp8_quantize(k, k_rows).view(torch.uint8), quant.fp8_quantize(v, v_rows).view(torch.uint8)
         keys, values = keys.view(torch.uint8), values.view(torch.uint8)
     keys.index_copy_(0, target, k)
@@ -454,7 +454,7 @@ def dms_qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_nor
     return q_out
 
 
-def _per_row(scale: torch.Tensor, batch: int, heads_kv: int) -> torch.Tensor:
+def scale_per_row(scale: torch.Tensor, batch: int, heads_kv: int) -> torch.Tensor:
     """An fp8 scale of (B, 1 | Hkv) as one value per compact row bh = b * Hkv + h."""
     return scale.expand(batch, heads_kv).reshape(-1)
 
@@ -490,7 +490,7 @@ def _ragged_decode_attention(q, keys, values, lengths, offsets, max_length, scal
     index = torch.where(live, offsets[:, None] + cols[None, :], 0)
     k, v = keys[index], values[index]
     if scales is not None:  # dequantized as the kernel does: code x scale in float32, rounded to q's dtype
-        k_rows, v_rows = (_per_row(t, batch, heads_kv)[:, None, None] for t in scales)
+        k_rows, v_rows = (scale_per_row(t, batch, heads_kv)[:, None, None] for t in scales)
         k = quant.fp8_dequantize(keys.view(torch.uint8)[index].view(quant.FP8), k_rows, q.dtype)
         v = quant.fp8_dequantize(values.view(torch.uint8)[index].view(quant.FP8), v_rows, q.dtype)
     k = torch.where(live[..., None], k, 0).view(batch, heads_kv, max_length, dim)
