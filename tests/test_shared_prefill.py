@@ -192,3 +192,48 @@ def test_a_question_token_that_is_an_end_of_sequence_token_does_not_end_its_row(
     ends = in_questions - {t for row in full for t in row}
     assert len(ends) > 10
     assert _answers(tiny, three, engine, ends, 6, monkeypatch)[0] == full
+
+@pytest.mark.parametrize("name", ["vanilla", "adakv+snapkv@0.5", "pyramidkv@0.5"])
+def test_the_questions_forced_part_fed_in_one_forward_leaves_the_state_of_the_single_steps(tiny, three, name,
+                                                                                         monkeypatch):
+    """fast/forced_prefill.py: the steps forced in every row run as one forward. Reference: the same batch decoded
+    with every step single (forced_steps patched to 0). Same tokens, and every buffer entry (questions and answers,
+    ragged rows, hidden entries, per-layer lengths) equal to fp32 rounding (entries are O(1); a wrong position or
+    mask moves them by that much); the feed really ran, over min(q) - 1
+    steps. Rows get questions of different lengths (one cut short) so that some steps stay forced singly."""
+    from kvcompress.engine.fast import forced_prefill
+    from kvcompress.engine.generate import Prompt
+
+    method = parse_method(name)
+    prompts = [Prompt(p.context_ids, p.question_ids[:, :n or None]) for p, n in zip(three, [0, -3, 0])]
+    fed = []
+    real_feed = forced_prefill.feed_forced
+    monkeypatch.setattr(forced_prefill, "feed_forced", lambda state, e: (fed.append(e), real_feed(state, e)))
+    runs = {}
+    for single in (False, True):
+        if single:
+            monkeypatch.setattr(forced_prefill, "forced_steps", lambda answer_from, steps: 0)
+        decoder = FastDecoder(tiny)
+        monkeypatch.setattr(decoder, "release", lambda: None)  # keep the buffers to compare
+        compressed = [prefill_shared(tiny, [method], p.context_ids)[name] for p in prompts]
+        got = answer_compressed(tiny, compressed, prompts, [8, 5, 8], GREEDY, decoder)
+        runs[single] = ([a.token_ids for a in got], decoder.state)
+    questions = [p.question_ids.shape[1] for p in prompts]
+    assert fed == [min(questions) - 1] and min(questions) < max(questions)
+    (tokens, state), (single_tokens, reference) = runs[False], runs[True]
+    assert tokens == single_tokens
+    assert state.lengths.tolist() == reference.lengths.tolist()
+    for mine, theirs in zip(state.keys + state.values, reference.keys + reference.values):
+        torch.testing.assert_close(mine, theirs, rtol=1e-3, atol=2e-4)  # fp32: other summation orders
+    if reference.valid[0] is not None:
+        assert all(torch.equal(a, b) for a, b in zip(state.valid, reference.valid))
+
+
+def test_forced_steps_leave_one_single_step_and_skip_a_feed_too_short_to_pay():
+    from kvcompress.engine.fast.forced_prefill import forced_steps
+
+    assert forced_steps([40, 35, 52], 200) == 34  # steps 1..34 are forced in every row (row 2 samples at step 35)
+    assert forced_steps([40], 20) == 18  # the decode's last step stays single (it captures the graph)
+    assert forced_steps([2, 40], 200) == 0  # one forced step: nothing to gain
+    assert forced_steps([0, 40], 200) == 0  # a row without a question
+

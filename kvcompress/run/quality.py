@@ -131,12 +131,13 @@ class Progress:
 class _AnswerClock:
     """`clock(name)`: Progress.phase under "answers: <name>"; `laps()`: decode_batch's `mark`, each part of the decode
     under "answers: decode: <part>": "load" up to its "admitted" mark (the caches moved into the engine's buffers),
+    "forced steps at once" up to "fed" (the questions' common part in one forward, fast/forced_prefill.py),
     "first step" up to "steady" (one eager step: Triton compiles what is new, the CUDA graph is captured), "steps"
     up to "end" (the graph's replays). The device is drained at each mark."""
 
     progress: Progress
     device: object
-    PARTS = {"admitted": "load", "steady": "first step", "end": "steps"}
+    PARTS = {"admitted": "load", "fed": "forced steps at once", "steady": "first step", "end": "steps"}
 
     def __call__(self, name: str):
         return self.progress.phase(f"answers: {name}", self.device)

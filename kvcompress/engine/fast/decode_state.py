@@ -59,26 +59,29 @@ class DecodeState:
 
     def run(self, eos: set[int], n: int, mark=None) -> int:
         """Decode steps 1..n-1 (n may be below the buffers' reserve: a capacity search holds a whole generation's
-        memory and decodes a few steps of it). `mark("steady", steps)`, if given, before the steps after the first
-        (which runs eagerly and captures the graph on CUDA)."""
+        memory and decodes a few steps of it). `mark("fed")`, if given, after the forced steps run at once (none
+        without `forced`); `mark("steady", steps)` before the steps after the first single one (which runs eagerly
+        and captures the graph on CUDA)."""
         done: set[int] = set()  # rows that emitted an end-of-sequence token (the first token included)
         if self._finished(eos, done, 0):
             return 1
+        first = 1 + self._feed_forced(n)  # quality runs: the steps forced in every row, in one forward
+        if first > 1 and mark is not None:
+            mark("fed")
         if not self.cuda:
-            for step in range(1, n):
-                if step == 2 and mark is not None:
-                    mark("steady", n - 2)
+            for step in range(first, n):
+                if step == first + 1 and mark is not None:
+                    mark("steady", n - step)
                 self.step()
                 if self._finished(eos, done, step):
                     return step + 1
             return n
-        first = 1
         if self.graph is None:
             self.step()  # eager once: compiles the Triton kernels and initialises cuBLAS before capture
-            if self._finished(eos, done, 1):
-                return 2
+            if self._finished(eos, done, first):
+                return first + 1
             self._capture()
-            first = 2
+            first += 1
         if mark is not None and n > first:
             mark("steady", n - first)
         for step in range(first, n):
@@ -86,6 +89,11 @@ class DecodeState:
             if self._finished(eos, done, step):
                 return step + 1
         return n
+
+    def _feed_forced(self, n: int) -> int:
+        """Steps 1..e run at once where every row's token is forced (fast/forced_prefill.py); e, or 0 where this
+        state runs every step one at a time."""
+        return 0
 
     def _finished(self, eos: set[int], done: set[int], step: int) -> bool:
         """Every row has emitted an end-of-sequence token (`done` collects the rows; `step`: the token's index, a

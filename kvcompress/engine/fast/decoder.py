@@ -26,7 +26,7 @@ import torch
 from transformers import DynamicCache
 
 from kvcompress.engine.decoder import Decoder
-from kvcompress.engine.fast import dms as fast_dms, kernels
+from kvcompress.engine.fast import dms as fast_dms, forced_prefill, kernels
 from kvcompress.engine.fast.decode_state import DecodeState, qk_norms
 from kvcompress.memory import KVState, ReportsOwnKV, empty_in_pool, padded_rows_state, take_masked_indices
 from kvcompress.methods import quant
@@ -351,6 +351,14 @@ class _DecodeState(DecodeState, ReportsOwnKV):
 
     def _advance(self) -> None:
         self.lengths.add_(1)
+
+    def _feed_forced(self, n: int) -> int:
+        """The quality batch's common forced steps in one forward (fast/forced_prefill.py); fp8 buffers step singly
+        (their store kernel quantizes each token)."""
+        e = forced_prefill.forced_steps(self.answer_from, n) if self.forced is not None and self.spec is None else 0
+        if e:
+            forced_prefill.feed_forced(self, e)
+        return e
 
     def kv_state(self, positions) -> KVState:
         """Bytes the buffers hold (allocated capacity, pads included) and the entries attention can see; `positions`
