@@ -38,7 +38,7 @@ def own_prefill(lm, method, context):
     return cache, masked, start
 
 
-def assert_same_compression(lm, prompt, names):
+def assert_same_compression(lm, prompt, names, shortens=True):
     methods = [parse_method(n) for n in names]
     shared = prefill_shared(lm, methods, prompt.context_ids)
     for method in methods:
@@ -53,7 +53,7 @@ def assert_same_compression(lm, prompt, names):
         for i in masked:
             assert all(torch.equal(a, b) for a, b in zip(got.masked[i], masked[i])), method.name
         assert got.question_start == start, method.name
-        if method.compression_ratio:  # it really compressed (or hid) something
+        if method.compression_ratio and shortens:  # it really compressed (or hid) something
             assert sum(kept) < len(kept) * prompt.context_tokens or masked, method.name
     return shared
 
@@ -193,6 +193,7 @@ def test_a_question_token_that_is_an_end_of_sequence_token_does_not_end_its_row(
     assert len(ends) > 10
     assert _answers(tiny, three, engine, ends, 6, monkeypatch)[0] == full
 
+
 @pytest.mark.parametrize("name", ["vanilla", "adakv+snapkv@0.5", "pyramidkv@0.5"])
 def test_the_questions_forced_part_fed_in_one_forward_leaves_the_state_of_the_single_steps(tiny, three, name,
                                                                                          monkeypatch):
@@ -237,3 +238,36 @@ def test_forced_steps_leave_one_single_step_and_skip_a_feed_too_short_to_pay():
     assert forced_steps([2, 40], 200) == 0  # one forced step: nothing to gain
     assert forced_steps([0, 40], 200) == 0  # a row without a question
 
+
+def test_presses_that_only_read_the_layer_share_it_and_one_that_writes_into_it_gets_a_copy(tiny, tiny_prompt,
+                                                                                           monkeypatch):
+    """engine/shared_prefill.py hands the full layer itself to the methods of methods/presses.reads_layer_only and
+    a copy to the others: ThinK zeroes key channels of what it is given, in place; vanilla beside it must still keep
+    the unzeroed layer (assert_same_compression holds every cache against each method's own prefill). Copies counted
+    at the cache: one a layer for the shared cache itself, one for ThinK, none for vanilla and knorm."""
+    from transformers.cache_utils import DynamicLayer
+
+    copies = []
+    real_update = DynamicLayer.update
+    monkeypatch.setattr(DynamicLayer, "update", lambda self, k, v, *a, **kw: (
+        copies.append(k.shape[2]) if k.shape[2] else None, real_update(self, k, v, *a, **kw))[1])
+    shared = assert_same_compression(tiny, tiny_prompt, ["vanilla", "think@0.5", "knorm@0.5"], shortens=False)
+    zeroed = [(layer.keys == 0).all(dim=2).sum() for layer in shared["think@0.5"].cache.layers]
+    assert all(n > 0 for n in zeroed)  # ThinK zeroed whole key channels (of its copy: vanilla's are the model's)
+    layers = tiny.model.config.num_hidden_layers
+    # the shared prefill's updates, then the three own prefills' (one each a layer)
+    assert len(copies) == 2 * layers + 3 * layers
+
+
+def test_a_press_that_writes_into_the_shared_layer_stops_the_shared_prefill(tiny, tiny_prompt, monkeypatch):
+    import kvpress
+
+    real_score = kvpress.KnormPress.score
+
+    def writing_score(self, module, hidden_states, keys, values, attentions, kwargs):
+        keys.mul_(1.0)  # same values, but an in-place write every later method would share
+        return real_score(self, module, hidden_states, keys, values, attentions, kwargs)
+
+    monkeypatch.setattr(kvpress.KnormPress, "score", writing_score)
+    with pytest.raises(RuntimeError, match="knorm@0.5 wrote into the full layer"):
+        prefill_shared(tiny, [parse_method("knorm@0.5"), parse_method("vanilla")], tiny_prompt.context_ids)

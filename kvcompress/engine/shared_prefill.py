@@ -5,8 +5,10 @@ states, the layer's full keys and values, the forward's kwargs, the attention we
 layer's cache entries; nothing it does reaches the layer's output, so every later layer sees the hidden states of an
 uncompressed prefill. One plain prefill therefore holds everything each such press would see in its own prefill.
 `prefill_shared` runs it once, and after each layer calls every method's own `forward_hook` (kvpress's code, not a
-copy of it) on that method's own cache, holding the layer's full keys and values: each method ends with the cache
-its own prefill would have left, and the full layer is dropped as soon as every method has taken what it keeps.
+copy of it) on that method's own cache, holding the layer's full keys and values (the layer's own tensors for a
+press that only reads them, methods/presses.reads_layer_only, a copy for any other; an in-place write to the shared
+tensors stops the prefill): each method ends with the cache its own prefill would have left, and the full layer is
+dropped as soon as every method has taken what it keeps.
 
 Presses that differ only in their ratio (knorm@0.5 and knorm@0.875) score a layer the same way and keep a different
 number of the same scores: such a pair's score() runs once per layer and both keep from its result
@@ -26,7 +28,7 @@ from transformers import DynamicCache
 
 from kvcompress.memory import clear_masks
 from kvcompress.methods import Method
-from kvcompress.methods.presses import question_starts_at_cache_length, shared_score_key
+from kvcompress.methods.presses import question_starts_at_cache_length, reads_layer_only, shared_score_key
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Compressed:
     error: str | None = None
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: its tensors keep no version counter, which shows an in-place write
 def prefill_shared(lm, methods: list[Method], context_ids: torch.Tensor) -> dict[str, Compressed]:
     """{method name: its compressed cache} from one prefill of `context_ids` (1, T). A method whose press raises is
     dropped from the remaining layers with its error (one failing press must not cost the others their prefill)."""
@@ -62,17 +64,25 @@ def prefill_shared(lm, methods: list[Method], context_ids: torch.Tensor) -> dict
     errors: dict[str, str] = {}
     shared = DynamicCache()
     positions = host_positions(context.shape[1])
+    # Methods whose press only reads the full layer get the layer's own tensors; the others a copy each (a copy of a
+    # 4K layer is small, but nine of them a layer were 9 % of a 4K prefill for nine methods on an H100)
+    handed = {name for name, press in presses.items() if reads_layer_only(press)}
 
     def after_attention(module, args, kwargs, output):
         i = module.layer_idx
         layer = shared.layers[i]
         keys, values = layer.keys, layer.values
+        untouched = (keys._version, values._version)  # bumped by any in-place write
         kwargs = {**kwargs, "cache_position": positions}
         for name, press in presses.items():
             if name in errors:
                 continue
             cache = caches[name]
-            cache.update(keys, values, i)  # a copy of the full layer: the press replaces it with what it keeps
+            if name in handed:  # the layer itself: the press replaces it with new tensors of what it keeps
+                cache.update(keys[:, :, :0], values[:, :, :0], i)
+                cache.layers[i].keys, cache.layers[i].values = keys, values
+            else:
+                cache.update(keys, values, i)  # a copy of the full layer, for a press that may write into it
             if press is None:
                 continue
             try:
@@ -80,6 +90,9 @@ def prefill_shared(lm, methods: list[Method], context_ids: torch.Tensor) -> dict
             except Exception as exc:  # noqa: BLE001 - recorded on this method's records by the caller
                 errors[name] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
                 caches[name] = None
+            if (keys._version, values._version) != untouched:  # every later method would see its writes
+                raise RuntimeError(f"{name} wrote into the full layer it shares with the other methods "
+                                   "(methods/presses.reads_layer_only must not admit it)")
             # a mask-only press leaves its choice on the module: each method keeps its own
             hidden = getattr(module, "masked_key_indices", None)
             if hidden is not None:

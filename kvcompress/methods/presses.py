@@ -298,6 +298,18 @@ def shared_score_key(press) -> tuple | None:
     return (type(press).__name__, options)
 
 
+def reads_layer_only(press) -> bool:
+    """The press leaves the full layer it is handed as it found it, so a shared prefill can hand it the layer's own
+    tensors instead of a copy: no press at all, or a scorer compressed by kvpress's ScorerPress.compress (score()
+    reads the keys, topk + gather make new tensors). Any other press gets a copy (ThinKPress zeroes key channels
+    in place; a wrapper may do anything)."""
+    if press is None:
+        return True
+    import kvpress
+
+    return isinstance(press, kvpress.ScorerPress) and type(press).compress is kvpress.ScorerPress.compress
+
+
 def question_starts_at_cache_length(press) -> bool:
     """kvpress's pipeline starts the question at the compressed cache's length, not the context's, after a press
     that rerotates the kept keys to positions 0..n-1 (KeyRerotationPress, FinchPress(rerotate_keys=True)) or
