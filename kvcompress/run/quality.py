@@ -48,7 +48,8 @@ SAVE_EVERY_S = 30.0
 # rewrites wait at least this many times the last one's own time, so they cost at most 2 % of the run
 SAVE_COST_RATIO = 50
 CPU_ANSWER_BATCH = 32  # samples decoded together on a CPU (on a GPU: sized to its free memory, auto_answer_batch)
-MEMORY_SHARE = 0.6  # of the GPU's free memory, for the compressed caches a group of samples holds at once
+MEMORY_SHARE = 0.75  # of the GPU's free memory, for the compressed caches a group of samples holds at once (the rest:
+# the prefill's activations, the decode's reserve rows and sampler; the run header's device peak shows the headroom)
 PAD_SHARE = 0.8  # methods decoded together keep at least this share of the group's longest layer (decode_groups)
 
 
@@ -105,6 +106,7 @@ class Progress:
                 "answers_per_s": round(self.answered / elapsed, 3) if elapsed > 0 else None,
                 "answer_batch": {str(k): v for k, v in self.sizes.items()},
                 "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
+                **device_memory(),
                 "clock": "host wall clock around the whole quality run (model load excluded); phases: the device "
                          "drained at each end; 'answers: ...' are parts of 'answers', 'answers: decode: ...' of "
                          "'answers: decode'"}
@@ -436,6 +438,16 @@ def _record(lm, method, blank, sample: Sample, answer, settings, task, decoder, 
     record.depth, record.prompt_id, record.kv_budget = blank.depth, blank.prompt_id, method.budget_label
     grade(record, sample.needle, sample.prompt, sample.cell)
     return record
+
+
+def device_memory() -> dict:
+    """The run's device memory so far (the run header's `quality` block): the allocator's peak and the card's
+    total, which MEMORY_SHARE is tuned against. Empty on a CPU."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return {}
+    return {"device_peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "device_total_gib": round(torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+                                      / 2**30, 2)}
 
 
 def _drain(device) -> None:
