@@ -48,8 +48,10 @@ SAVE_EVERY_S = 30.0
 # rewrites wait at least this many times the last one's own time, so they cost at most 2 % of the run
 SAVE_COST_RATIO = 50
 CPU_ANSWER_BATCH = 32  # samples decoded together on a CPU (on a GPU: sized to its free memory, auto_answer_batch)
-MEMORY_SHARE = 0.75  # of the GPU's free memory, for the compressed caches a group of samples holds at once (the rest:
-# the prefill's activations, the decode's reserve rows and sampler; the run header's device peak shows the headroom)
+# Of the GPU's free memory, for the compressed caches a group of samples holds at once. The rest is not idle: the
+# first admission of a decode group stages all of that group's caches at once (FastDecoder.admit's slabs) while the
+# caches still stand, so the peak is ~1.6x this share for a group of 0.5 presses (the run header's device peak)
+MEMORY_SHARE = 0.6
 PAD_SHARE = 0.8  # methods decoded together keep at least this share of the group's longest layer (decode_groups)
 
 
