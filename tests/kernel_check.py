@@ -509,8 +509,47 @@ def dms_gpu_check() -> int:
     return 1 if failures else 0
 
 
+def quality_gpu_check(budget: int = 12) -> int:
+    """GPU only: a quality batch on CUDA (tiny model, fp32, greedy): the shared prefill's caches answered as one
+    batch on the fast engine, its questions' common part fed in one forward (fast/forced_prefill.py, SDPA on the
+    GPU), against each sample answered alone by the hf engine; one question cut short so some question tokens stay
+    single steps. `python tests/kernel_check.py quality-gpu` (KVCOMPRESS_CHECK_DEVICE=cpu: a dry run)."""
+    from kvcompress import models
+    from kvcompress.engine import GenerationSettings
+    from kvcompress.engine.fast import forced_prefill
+    from kvcompress.engine.fast.decoder import FastDecoder
+    from kvcompress.engine.generate import HFDecoder, Prompt
+    from kvcompress.engine.quality import answer_alone, answer_compressed
+    from kvcompress.engine.sampling import SamplingConfig
+    from kvcompress.engine.shared_prefill import prefill_shared
+    from kvcompress.methods import parse_method
+    from kvcompress.tasks.cell import Cell
+
+    device = torch.device(os.environ.get("KVCOMPRESS_CHECK_DEVICE", "cuda"))
+    lm = models.load(models.MODELS["tiny"], device=device, dtype=torch.float32)
+    built = Cell(target_tokens=400, needle_seed=0).build_batch(lm.tokenizer, 3)[0]
+    prompts = [Prompt(p.context_ids, p.question_ids[:, :n or None]) for p, n in zip(built, [0, -3, 0])]
+    settings = GenerationSettings(budget, SamplingConfig(greedy=True), fixed_length=False)
+    fed = []
+    real_feed = forced_prefill.feed_forced
+    forced_prefill.feed_forced = lambda state, e: (fed.append(e), real_feed(state, e))
+    failures, decoder = [], FastDecoder(lm)
+    for name in ("vanilla", "knorm@0.5", "adakv+snapkv@0.5", "pyramidkv@0.5"):
+        method = parse_method(name)
+        compressed = [prefill_shared(lm, [method], p.context_ids)[name] for p in prompts]
+        batch = [a.token_ids for a in answer_compressed(lm, compressed, prompts, [budget] * 3, settings, decoder)]
+        alone = [answer_alone(lm, method, p, budget, settings, HFDecoder()).token_ids for p in prompts]
+        print(f"quality gpu {name}: batch of 3 (fast, questions' common part fed at once: {fed[-1]} steps) vs hf "
+              f"alone, tokens equal before the first difference {_agree(batch, alone)} of {budget}")
+        if batch != alone:
+            failures.append(name)
+    forced_prefill.feed_forced = real_feed
+    print("FAILED: " + ", ".join(failures) if failures else "quality batches match hf on the GPU")
+    return 1 if failures else 0
+
+
 if __name__ == "__main__":
     mode = sys.argv[1:2]
     checks = {"engine": engine_check, "dms-engine": dms_engine_check, "dms-gpu": dms_gpu_check,
-              "gpu": engine_gpu_check}
+              "gpu": engine_gpu_check, "quality-gpu": quality_gpu_check}
     sys.exit(checks[mode[0]]() if mode else main())
