@@ -95,5 +95,5 @@ def _attention(q, keys, values, valid, start: int, e: int, scale: float) -> torc
         grouped = q[b:end].reshape(end - b, heads_kv, group * e, dim)
         mask = mask[:, :, None].expand(-1, -1, group, -1, -1).reshape(mask.shape[0], mask.shape[1], group * e, seen)
         out[b:end] = F.scaled_dot_product_attention(grouped, keys[b:end, :, :seen], values[b:end, :, :seen],
-                                                    attn_mask=mask, scale=scale).view(end - b, heads_q, e, dim)
+                                                    attn_mask=mask, scale=scale).reshape(end - b, heads_q, e, dim)
     return out.transpose(1, 2).reshape(batch, e, heads_q * dim)
