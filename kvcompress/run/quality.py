@@ -48,10 +48,11 @@ SAVE_EVERY_S = 30.0
 # rewrites wait at least this many times the last one's own time, so they cost at most 2 % of the run
 SAVE_COST_RATIO = 50
 CPU_ANSWER_BATCH = 32  # samples decoded together on a CPU (on a GPU: sized to its free memory, auto_answer_batch)
-# Of the GPU's free memory, for the compressed caches a group of samples holds at once. The rest is not idle: the
-# first admission of a decode group stages all of that group's caches at once (FastDecoder.admit's slabs) while the
-# caches still stand, so the peak is ~1.6x this share for a group of 0.5 presses (the run header's device peak)
-MEMORY_SHARE = 0.6
+# Of the GPU's free memory, for the compressed caches a group of samples holds at once; the rest covers what stands
+# beside them (a decode group's buffers and staging, the prefill's activations). Measured at 0.6 (RULER 4K, 9 methods,
+# an H100, results/h100/session-2026-12-06-c/): peak 56.1 of 79.2 GiB with 15.3 of weights, i.e. 1.17x the caches'
+# share. At 0.7 that is ~63 GiB on an H100 and ~117 of 140 on an H200 (the run header's device peak checks it).
+MEMORY_SHARE = 0.7
 PAD_SHARE = 0.8  # methods decoded together keep at least this share of the group's longest layer (decode_groups)
 
 
