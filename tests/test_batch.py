@@ -3,6 +3,7 @@ KV bytes are the sum of its sequences', and what cannot be batched is refused in
 both engines too (its live positions per batch row: tests/test_fast_dms.py, tests/test_dms_native.py)."""
 
 import pytest
+import torch
 
 from kvcompress.engine import GenerationSettings, generate_once, measure
 from kvcompress.engine.batch import generate_batch
@@ -221,3 +222,46 @@ def test_cloned_admission_copies_the_first_dms_cache(tiny, dms_prompts, dms_meth
     assert g.batch_token_ids == [alone[0].token_ids] * 3 + [alone[1].token_ids]
     assert g.kv_after.bytes == 3 * alone[0].kv_after.bytes + alone[1].kv_after.bytes
     assert g.kv_end.live_bytes == 3 * alone[0].kv_end.live_bytes + alone[1].kv_end.live_bytes
+
+
+@pytest.mark.parametrize("method", ["knorm@0.5", "adakv+snapkv@0.5", "pyramidkv@0.5"])
+def test_a_loaded_batch_holds_each_rows_entries_zeroed_pads_and_its_own_validity(tiny, prompts, fast, method,
+                                                                                 monkeypatch):
+    """fast/decoder.py's load, against the admitted caches themselves: row b of layer i's buffers holds sequence b's
+    keys and values, the pads up to the layer's longest row are zero, and the validity mask is 1 exactly on the
+    row's own entries minus what its press hid (rows of equal length, a mask-only press, per-layer lengths)."""
+    from kvcompress.engine.fast.decoder import _DecodeState
+
+    seen = {}
+    real_load = _DecodeState.load
+
+    def load(state, caches, masks, per_sequence, *args, **kwargs):
+        seen["sources"] = [[(layer.keys.clone(), layer.values.clone()) for layer in c.layers] for c in caches]
+        seen["hidden"] = [{i: tuple(t.clone() for t in m[i]) for i in m} for m in masks]
+        seen["lengths"] = per_sequence
+        real_load(state, caches, masks, per_sequence, *args, **kwargs)
+        seen["state"] = state
+        seen["buffers"] = ([k.clone() for k in state.keys], [v.clone() for v in state.values],
+                           [v.clone() if v is not None else None for v in state.valid])
+
+    monkeypatch.setattr(_DecodeState, "load", load)
+    generate_batch(tiny, parse_method(method), prompts, GenerationSettings(3, SamplingConfig(greedy=True)), fast)
+    keys, values, valid = seen["buffers"]
+    if method != "adakv+snapkv@0.5":  # kept lengths differ by a token between the prompts: a padded row
+        assert len({tuple(n) for n in seen["lengths"]}) > 1
+    for i in range(len(keys)):
+        longest = max(n[i] for n in seen["lengths"])
+        for b, rows in enumerate(seen["sources"]):
+            n = seen["lengths"][b][i]
+            assert torch.equal(keys[i][b, :, :n], rows[i][0][0]) and torch.equal(values[i][b, :, :n], rows[i][1][0])
+            assert not keys[i][b, :, n:longest].any() and not values[i][b, :, n:longest].any()
+            if valid[i] is None:
+                continue
+            want = torch.zeros_like(valid[i][b])
+            want[:, :n] = 1
+            if i in seen["hidden"][b]:
+                rows_hidden, heads, slots = seen["hidden"][b][i]
+                want[heads[rows_hidden == 0], slots[rows_hidden == 0]] = 0
+            assert torch.equal(valid[i][b], want), (i, b)
+    if method.startswith("adakv"):  # the mask-only press hid entries inside the rows
+        assert any(seen["hidden"][b] for b in range(len(seen["sources"])))
