@@ -292,19 +292,23 @@ class _DecodeState(DecodeState, ReportsOwnKV):
         batch, heads_kv, dim, dtype, device = self.buffer_shape
         lengths = self.signature[0]
         empty = torch.empty(0, device=device, dtype=dtype)
+        # Work per layer, not per row where it can be (a quality batch has ~100 rows and 36 layers: each launch
+        # counts): the pads zeroed in one op before the rows are copied over them, the validity mask in one compare.
+        row_lengths = torch.tensor(per_sequence, device=device) if self.masked else None
+        slots = torch.arange(max(self.capacities), device=device)
         for i in range(len(lengths)):
             if self.spec is not None:
                 self._load_scales(i, caches)
+            shortest = min(seq[i] for seq in per_sequence)
             # K, then V: each source is freed before the next buffer is allocated, so the transient is half a layer,
             # as for transformers' own cache growing by torch.cat.
             for name, buffers in (("keys", self.keys), ("values", self.values)):
                 if buffers[i] is None:
                     buffers[i] = self._empty((batch, heads_kv, self.capacities[i], dim), self.kv_dtype, device)
+                if shortest < lengths[i]:  # pads: zero, never garbage (a hidden entry still meets a 0 weight)
+                    buffers[i][:, :, shortest:lengths[i]].view(torch.uint8 if self.spec else dtype).zero_()
                 for b, cache in enumerate(caches):
-                    n = per_sequence[b][i]
-                    buffers[i][b:b + 1, :, :n].copy_(_stored(cache.layers[i], name))
-                    if n < lengths[i]:
-                        buffers[i][b, :, n:lengths[i]].view(torch.uint8 if self.spec else dtype).zero_()
+                    buffers[i][b:b + 1, :, :per_sequence[b][i]].copy_(_stored(cache.layers[i], name))
                 for cache in caches:
                     setattr(cache.layers[i], name, empty)
                     if self.spec is not None:
@@ -312,10 +316,10 @@ class _DecodeState(DecodeState, ReportsOwnKV):
             self.decoder.layer_moved(i)
             if self.masked and self.valid[i] is None:
                 self.valid[i] = self._empty((batch, heads_kv, self.capacities[i]), torch.uint8, device).zero_()
-            if self.valid[i] is not None:
-                self.valid[i].zero_()
+            if self.valid[i] is not None:  # row b sees its own entries [0, n_b) of each head, but what its press hid
+                live = slots[None, None, :self.capacities[i]] < row_lengths[:, i, None, None]  # (B, 1, capacity)
+                self.valid[i].copy_(live.expand_as(self.valid[i]))
                 for b, masked in enumerate(masks):
-                    self.valid[i][b, :, :per_sequence[b][i]] = 1
                     if i in masked:
                         rows, h, s = masked.pop(i)
                         self.valid[i][rows + b, h, s] = 0
