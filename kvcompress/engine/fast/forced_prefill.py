@@ -9,8 +9,8 @@ decoded one step at a time as before. One forward over e tokens of B rows reads 
 times (RULER's questions are ~40 tokens, a quarter of a 4K run's decode steps).
 
 Plain eager torch (GEMMs, SDPA with a mask), on CPU and CUDA alike; the step's own kernels stay the decode's. Its
-values are those of the steps it replaces up to floating-point rounding (tests/test_quality_run.py holds the
-answers against the single steps').
+values are those of the steps it replaces up to floating-point rounding (tests/test_shared_prefill.py holds the
+tokens and every buffer entry against the single steps'; tests/kernel_check.py quality-gpu runs it on a GPU).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def feed_forced(state, e: int) -> None:
     h = model.model.embed_tokens(inputs)
     cos, sin = model.model.rotary_emb(h, positions)  # (B, e, D)
     cos, sin = cos[:, None], sin[:, None]
-    written = [n for n in state.signature[0]]  # each layer's longest row, where the new tokens go
+    written = state.signature[0]  # each layer's longest row: the new tokens go after it, as single steps write them
     for i, w in enumerate(state.decoder.layers):
         x = w.input_norm(h)
         q, k, v = _heads(F.linear(x, w.qkv_weight, w.qkv_bias), state.keys[i].shape[1], state.q.shape[1])
