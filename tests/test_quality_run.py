@@ -74,10 +74,10 @@ def test_on_the_fast_engine_methods_of_about_one_length_decode_together_and_answ
     assert len({r["answer"] for r in together.values()}) > 2  # the answers really differ
     batch = {r["method"]: r["answer_batch"] for r in together.values()}
     # 2 samples, 2 rows a method; knorm@0.5 and snapkv@0.5 keep the same length (4 rows); adakv masks and keeps
-    # every entry, as vanilla (4 rows); 0.875's two (4 rows); native DMS and a quantized cache have their own
-    # prefill (alone)
+    # every entry, as vanilla (4 rows); 0.875's two (4 rows); native DMS has its own prefill (alone); a quantized
+    # cache joins the shared prefill and decodes with fp8 caches only (its own 2 rows)
     assert batch == {"vanilla": 4, "adakv+snapkv@0.5": 4, "knorm@0.5": 4, "snapkv@0.5": 4, "knorm@0.875": 4,
-                     "expected_attention@0.875": 4, "dms-8x": 1, "knorm@0.5+fp8": 1}
+                     "expected_attention@0.875": 4, "dms-8x": 1, "knorm@0.5+fp8": 2}
 
 
 def test_resume_answers_only_what_is_missing(quality, tmp_path):

@@ -283,3 +283,39 @@ def test_every_registered_press_handed_the_layer_leaves_it_as_the_model_wrote_it
             assert torch.equal(mine.keys, theirs.keys) and torch.equal(mine.values, theirs.values), method.name
         handed.append(info.name)
     assert {"knorm", "snapkv", "expected_attention", "streaming_llm"} <= set(handed), handed
+
+
+@pytest.mark.parametrize("engine,names", [("hf", ["fp8", "knorm@0.5+fp8", "snapkv@0.5+int4[group=16,window=32]",
+                                                  "int2[group=16,window=32]"]),
+                                          ("fast", ["fp8", "knorm@0.5+fp8", "snapkv@0.875+fp8"])])
+def test_quantized_methods_join_the_shared_prefill_and_answer_as_their_own_run(tiny, three, engine, names):
+    """methods/quantized.py: the press compresses the shared prefill's layer, what it keeps is stored quantized as
+    its own prefill stores it (same codes, scales and bf16 window), and the batch prefills each row's question as
+    its own run does (bf16 attention, quantized after): greedy tokens and KV bytes equal each sample's own run."""
+    from kvcompress.methods.quantized_cache import QuantizedKVCache
+
+    decoder = FastDecoder(tiny) if engine == "fast" else HFDecoder()
+    for name in names:
+        method = parse_method(name)
+        assert method.joins_shared_prefill, name
+        compressed = [prefill_shared(tiny, [method], p.context_ids)[name] for p in three]
+        own = QuantizedKVCache.for_model(method.spec, tiny.model)
+        with torch.inference_mode(), press_context(method.hook(tiny.model), tiny.model):
+            tiny.model.model(input_ids=three[0].context_ids, past_key_values=own, use_cache=True)
+        own.settle()
+        for mine, theirs in zip(compressed[0].cache.layers, own.layers):
+            assert mine.quantized == theirs.quantized > 0 and torch.equal(mine.keys, theirs.keys), name
+            if method.spec.format == "fp8":
+                assert torch.equal(mine.qk, theirs.qk) and torch.equal(mine.k_scale, theirs.k_scale), name
+        budgets = [8, 5, 8]
+        if engine == "fast":
+            batched = answer_compressed(tiny, compressed, three, budgets, GREEDY, decoder)
+            assert [a.decoded_with for a in batched] == [3, 3, 3]
+        else:  # the hf engine stacks quantized caches of one length only: run/quality answers them one by one
+            batched = [answer_compressed(tiny, [c], [p], [b], GREEDY, decoder)[0]
+                       for c, p, b in zip(compressed, three, budgets)]
+        alone = [answer_alone(tiny, method, p, b, GREEDY, decoder if engine == "fast" else HFDecoder())
+                 for p, b in zip(three, budgets)]
+        assert [a.token_ids for a in batched] == [a.token_ids for a in alone], name
+        assert [a.kv_after.bytes for a in batched] == [a.kv_after.bytes for a in alone], name
+        assert len({tuple(a.token_ids) for a in alone}) > 1 or name == "fp8", name  # the rows really differ

@@ -22,7 +22,7 @@ import torch
 
 from kvcompress.engine.batch import Admission
 from kvcompress.engine.generate import GenerationSettings, Prompt, eos_ids, generate_once, kv_after_context
-from kvcompress.engine.sampling import draw_uniforms
+from kvcompress.engine.sampling import draw_uniforms, sample
 from kvcompress.engine.shared_prefill import Compressed, set_masks
 from kvcompress.memory import KVState, clear_masks, kv_state, take_masked_indices
 from kvcompress.methods import Method
@@ -43,31 +43,48 @@ def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], b
     steps take its question's tokens (forced) instead of sampled ones, and its answer starts at the token sampled
     after its question's last. One forward per question token for the whole batch costs far less than one
     forward per row (a quality batch holds ~100 rows of ~40 question tokens), and it is the same causal attention
-    over the same cache as a prefill of the question. A sample whose KV cannot be read gets its one-line error
+    over the same cache as a prefill of the question. Quantized caches (methods/quantized.py) are the exception:
+    their own run attends to the question in bf16 and quantizes it after, where a forced token would be stored
+    quantized before it is read, so each row's question is prefilled as in its own run (one forward a row) and the
+    batch decodes the answers. A sample whose KV cannot be read (or whose question fails) gets its one-line error
     instead; the others still answer. The caches are consumed. `clock` (NoClock's interface): `clock(name)` a
     context manager around the "questions" (the caches read and admitted) and the "decode", and `clock.laps()` the
     decoder's marks that split the decode (its buffers loaded, its first step, its replays)."""
     clock = clock or NoClock()
-    with clock("questions"):
-        admitted, states, failed = _admit(lm, compressed, prompts, decoder)
-    rows = [b for b in range(len(prompts)) if b not in failed]
     eos = eos_ids(lm) if not settings.fixed_length else set()
+    uniforms = draw_uniforms(settings.sampling, max(budgets), lm.device)  # every row samples as if alone
+    prefilled = any(getattr(c.cache, "spec", None) is not None for c in compressed)  # a quantized cache's questions
+    with clock("questions"):
+        if prefilled:
+            admitted, states, failed, firsts = _admit_after_questions(lm, compressed, prompts, decoder, settings,
+                                                                      uniforms)
+        else:
+            admitted, states, failed = _admit(lm, compressed, prompts, decoder)
+    rows = [b for b in range(len(prompts)) if b not in failed]
     tokens = {}
     if rows:
-        questions = [prompts[b].question_ids.view(-1).tolist() for b in rows]
         row_budgets = [budgets[b] for b in rows]
-        steps = max(len(q) + n for q, n in zip(questions, row_budgets))
-        uniforms = draw_uniforms(settings.sampling, max(row_budgets), lm.device)  # every row samples as if alone
-        forced, row_uniforms = (t.to(lm.device) for t in forced_questions(questions, uniforms, steps))
-        out_tokens = forced.clamp(min=0)
+        if prefilled:  # each row's first answer token is sampled already; the decode takes every row from there
+            before = [0] * len(rows)
+            steps = max(row_budgets)
+            forced = None
+            out_tokens = torch.zeros(steps, len(rows), dtype=torch.long, device=lm.device)
+            out_tokens[0] = torch.cat(firsts)
+            row_uniforms = uniforms[:steps, None].expand(steps, len(rows)).contiguous()
+        else:
+            questions = [prompts[b].question_ids.view(-1).tolist() for b in rows]
+            before = [len(q) for q in questions]
+            steps = max(len(q) + n for q, n in zip(questions, row_budgets))
+            forced, row_uniforms = (t.to(lm.device) for t in forced_questions(questions, uniforms, steps))
+            out_tokens = forced.clamp(min=0)
         try:
             with clock("decode"):
                 mark = clock.laps()
                 generated = decoder.decode_batch(lm, admitted, row_uniforms, settings, out_tokens, mark=mark,
-                                                 eos=eos, forced=forced)[0]
+                                                 eos=eos, forced=forced)[0] if steps > 1 else 1
                 mark("end")
                 columns = out_tokens[:generated].T.tolist()
-                tokens = {b: columns[r][len(questions[r]):] for r, b in enumerate(rows)}
+                tokens = {b: columns[r][before[r]:] for r, b in enumerate(rows)}
         finally:
             del admitted
             decoder.release()
@@ -120,6 +137,34 @@ def _admit(lm, compressed, prompts, decoder):
         c.cache = None  # the decoder owns it now
     clear_masks(model)
     return admitted, states, failed
+
+
+def _admit_after_questions(lm, compressed, prompts, decoder, settings, uniforms):
+    """For quantized caches: each cache's KV read, its question prefilled as its own run prefills it (engine.generate's
+    prefill: the question's positions from its question start, its first token sampled with uniform 0), and the cache
+    admitted: (admissions, {row: KVState}, {row: error line}, first tokens of the admitted rows)."""
+    model, device = lm.model, lm.device
+    admitted, states, failed, firsts = [], {}, {}, []
+    for b, (c, prompt) in enumerate(zip(compressed, prompts)):
+        try:
+            set_masks(model, c.masked)
+            states[b] = kv_state(c.cache, model, prompt.context_tokens)
+            question = prompt.question_ids.to(device)
+            positions = torch.arange(c.question_start, c.question_start + question.shape[1], device=device)[None]
+            logits = model(input_ids=question, past_key_values=c.cache, position_ids=positions, use_cache=True,
+                           logits_to_keep=1).logits[:, -1]
+        except Exception as exc:  # noqa: BLE001 - this sample's error; the batch goes on without it
+            failed[b] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
+            states.pop(b, None)
+            c.cache = None
+            continue
+        firsts.append(sample(logits, uniforms[:1], settings.sampling))
+        room = max(1, len(prompts) - 1 - b)
+        admitted.append(Admission(decoder.admit(c.cache, expected=room), c.question_start + question.shape[1],
+                                  take_masked_indices(model), lambda: None))
+        c.cache = None  # the decoder owns it now
+    clear_masks(model)
+    return admitted, states, failed, firsts
 
 
 def answer_alone(lm, method: Method, prompt: Prompt, budget: int, settings: GenerationSettings,

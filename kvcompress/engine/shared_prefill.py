@@ -16,8 +16,10 @@ number of the same scores: such a pair's score() runs once per layer and both ke
 (methods/presses.shared_score_key says which presses qualify; kvpress's topk still runs per press).
 
 Which methods qualify is the method protocol's `joins_shared_prefill` (methods/base.py; for presses the
-registry's `own_prefill`, methods/presses.py). tests/test_shared_prefill.py holds the caches, kept lengths per layer
-and greedy answers against each method's own prefill.
+registry's `own_prefill`, methods/presses.py; a quantized composition, its press's); a method that stores its
+entries in a format of its own gets them so from `shared_prefill_cache` (methods/quantized.py: settled quantized).
+tests/test_shared_prefill.py holds the caches, kept lengths per layer and greedy answers against each method's own
+prefill.
 """
 
 from __future__ import annotations
@@ -110,13 +112,13 @@ def prefill_shared(lm, methods: list[Method], context_ids: torch.Tensor) -> dict
         scores.detach()
         clear_masks(model)
     out = {}
-    for name, press in presses.items():
-        cache = caches[name]
+    for method in methods:
+        name, press, cache = method.name, presses[method.name], caches[method.name]
         if name in errors or cache is None:
             out[name] = Compressed(None, error=errors.get(name, "no cache"))
             continue
         start = cache.get_seq_length() if question_starts_at_cache_length(press) else context.shape[1]
-        out[name] = Compressed(cache, masked[name], start)
+        out[name] = Compressed(method.shared_prefill_cache(cache, model), masked[name], start)
     return out
 
 

@@ -58,6 +58,11 @@ class Method:
         attention, so its own prefill would compute nothing else. Off unless a family says so."""
         return False
 
+    def shared_prefill_cache(self, cache, model):
+        """The cache it answers from once a shared prefill has left `cache` (what its press kept, in the model's
+        dtype): that cache, unless the method stores its entries in a format of its own (methods/quantized.py)."""
+        return cache
+
     @property
     def takes_budget(self) -> bool:
         """Whether a kept budget can size it (equal memory across methods, --match-kv)."""

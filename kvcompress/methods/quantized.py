@@ -45,7 +45,8 @@ class Quantized(Method):
 
     @property
     def phase(self) -> str:
-        # every token is stored quantized as it comes: the cache changes while decoding, so no shared prefill
+        # every token is stored quantized as it comes: the cache changes while decoding, so one prefill does not
+        # serve several questions (shares_prefill); a shared prefill of several methods it joins (joins_shared_prefill)
         inner = self.inner.phase
         return "prefill+decoding" if inner in ("none", "prefill") else inner
 
@@ -61,6 +62,24 @@ class Quantized(Method):
     @property
     def budget_label(self) -> str | None:
         return self.inner.budget_label
+
+    @property
+    def joins_shared_prefill(self) -> bool:
+        # its press compresses the shared prefill's bf16 layer as it would its own (the cache settles a layer only
+        # after the layer's press has run); what it keeps is then stored quantized (shared_prefill_cache). A
+        # mask-only press over a quantized cache does not batch (batch_problem): it keeps its own prefill.
+        return self.inner.joins_shared_prefill and self.inner.expected_memory != "mask"
+
+    def shared_prefill_cache(self, cache, model):
+        """What its own prefill leaves: the press's kept entries, settled into its quantized cache (fp8's scale from
+        them, int4/int2's newest tokens in the bf16 window), before any question token."""
+        from kvcompress.methods.quantized_cache import QuantizedKVCache
+
+        quantized = QuantizedKVCache.for_model(self.spec, model)
+        for i, layer in enumerate(cache.layers):
+            quantized.update(layer.keys, layer.values, i)
+        quantized.settle()
+        return quantized
 
     def for_context(self, context_tokens: int, model=None, target_tokens: int | None = None) -> Quantized:
         inner = self.inner.for_context(context_tokens, model, target_tokens)

@@ -361,9 +361,12 @@ def _answer_method(lm, method, chunk, rows, probes, compressed, settings, task, 
     elif all((i, method.name) in compressed for i in rows):
         ready = [i for i in rows if compressed[i, method.name].error is None]
         answers.update({i: compressed[i, method.name].error for i in rows if i not in ready})
-        # the hf engine pads a batch with one attention mask for every layer: a press whose layers keep different
-        # lengths answers one sample at a time there (the fast engine pads each layer on its own)
-        groups = [ready] if decoder.name == "fast" or method.expected_memory != "uneven" else [[i] for i in ready]
+        # the hf engine pads a batch with one attention mask for every layer and stacks quantized caches only of one
+        # length: a press whose layers keep different lengths, or a quantized cache, answers one sample at a time
+        # there (the fast engine pads each layer on its own)
+        one_by_one = decoder.name != "fast" and (method.expected_memory == "uneven" or any(
+            getattr(compressed[i, method.name].cache, "spec", None) is not None for i in ready))
+        groups = [[i] for i in ready] if one_by_one else [ready]
         for group in (g for g in groups if g):
             try:
                 got = answer_compressed(lm, [compressed[i, method.name] for i in group],
