@@ -3,7 +3,8 @@ one prefill per sample allows.
 
 Samples are grouped by context length and output budget and taken `answer_batch` at a time (by default as many
 as a share of the GPU's free memory holds: auto_answer_batch). Each sample's context is prefilled once for every
-method that joins a shared prefill (engine/shared_prefill.py: vanilla and the prefill presses), each method then
+method that joins a shared prefill (engine/shared_prefill.py: vanilla, the prefill presses and their quantized
+compositions), each method then
 answers the group's samples as one batch (engine/quality.py); a method with a prefill of its own (native DMS,
 decoding presses, --query-aware) answers each sample alone. Records join the result file as each method's batch is
 done; the file is rewritten every SAVE_EVERY_S seconds, or SAVE_COST_RATIO times its last rewrite's own time if that
