@@ -110,7 +110,7 @@ def prefill_protocol(method: Method, settings: GenerationSettings) -> tuple[bool
 def prefill(lm, method: Method, press, context, question, prefill_only, single_prefill: bool, cache):
     """One sequence's prefill into `cache` under the method: the cache, a snapshot of its size, the last position's
     logits, and the position of the first generated token."""
-    model, device = lm.model, lm.device
+    model = lm.model
     if single_prefill:
         # DMS-8x allows one prefill per cache; query-aware compresses the question too.
         ids = torch.cat([context, question], dim=1)
@@ -121,12 +121,18 @@ def prefill(lm, method: Method, press, context, question, prefill_only, single_p
     with press_context(prefill_only, model):
         model.model(input_ids=context, past_key_values=cache, use_cache=True)  # no LM head: only KV is kept
     kv_after = kv_snapshot(cache, model, context.shape[1])
-    start = question_start(press, cache, context.shape[1])
+    logits, next_position = feed_question(model, cache, question, question_start(press, cache, context.shape[1]))
+    return cache, kv_after, logits, next_position
+
+
+def feed_question(model, cache, question, start: int):
+    """The question (1, q) prefilled into the compressed context's cache at positions start..start+q-1: (its last
+    position's logits, the position of the first generated token)."""
     next_position = start + question.shape[1]
-    positions = torch.arange(start, next_position, device=device)[None]
+    positions = torch.arange(start, next_position, device=question.device)[None]
     logits = model(input_ids=question, past_key_values=cache, position_ids=positions, use_cache=True,
                    logits_to_keep=1).logits[:, -1]
-    return cache, kv_after, logits, next_position
+    return logits, next_position
 
 
 @torch.inference_mode()
@@ -217,15 +223,12 @@ def _generate_questions(lm, method: Method, context_ids: torch.Tensor, questions
         uniforms = draw_uniforms(settings.sampling, settings.max_new_tokens, device)
         out_tokens = torch.empty(settings.max_new_tokens, dtype=torch.long, device=device)
         clock.mark(f"q{i}")
-        positions = torch.arange(start, start + question.shape[1], device=device)[None]
-        logits = model(input_ids=question, past_key_values=cache, position_ids=positions, use_cache=True,
-                       logits_to_keep=1).logits[:, -1]
+        logits, next_position = feed_question(model, cache, question, start)
         token = sample(logits, uniforms[0], settings.sampling)
         out_tokens[0] = token
         n = 1
         if settings.max_new_tokens > 1 and int(token.item()) not in eos:
-            n, cache = decoder.decode(lm, cache, token, start + question.shape[1], uniforms, settings, out_tokens,
-                                      eos)
+            n, cache = decoder.decode(lm, cache, token, next_position, uniforms, settings, out_tokens, eos)
         clock.mark(f"a{i}")
         kv_end = kv_state(cache, model, context.shape[1] + question.shape[1] + n - 1)
         for layer, length in zip(cache.layers, kept):

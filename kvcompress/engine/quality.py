@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 import torch
 
 from kvcompress.engine.batch import Admission
-from kvcompress.engine.generate import GenerationSettings, Prompt, eos_ids, generate_once, kv_after_context
+from kvcompress.engine.generate import (GenerationSettings, Prompt, eos_ids, feed_question, generate_once,
+                                       kv_after_context)
 from kvcompress.engine.sampling import draw_uniforms, sample
 from kvcompress.engine.shared_prefill import Compressed, set_masks
 from kvcompress.memory import KVState, clear_masks, kv_state, take_masked_indices
@@ -55,11 +56,8 @@ def answer_compressed(lm, compressed: list[Compressed], prompts: list[Prompt], b
     uniforms = draw_uniforms(settings.sampling, max(budgets), lm.device)  # every row samples as if alone
     prefilled = any(getattr(c.cache, "spec", None) is not None for c in compressed)  # a quantized cache's questions
     with clock("questions"):
-        if prefilled:
-            admitted, states, failed, firsts = _admit_after_questions(lm, compressed, prompts, decoder, settings,
-                                                                      uniforms)
-        else:
-            admitted, states, failed = _admit(lm, compressed, prompts, decoder)
+        admitted, states, failed, firsts = _admit(lm, compressed, prompts, decoder,
+                                                  *((settings.sampling, uniforms) if prefilled else ()))
     rows = [b for b in range(len(prompts)) if b not in failed]
     tokens = {}
     if rows:
@@ -118,50 +116,30 @@ def forced_questions(questions: list[list[int]], uniforms: torch.Tensor, steps: 
     return forced, row_uniforms
 
 
-def _admit(lm, compressed, prompts, decoder):
-    """Each cache's KV read (before its question) and the cache admitted to the decoder, its question not yet fed:
-    (admissions, {row: KVState}, {row: error line})."""
+def _admit(lm, compressed, prompts, decoder, sampling=None, uniforms=None):
+    """Each cache's KV read (before its question) and the cache admitted to the decoder: (admissions, {row: KVState},
+    {row: error line}, first tokens). Its question not yet fed, unless `sampling` is given (quantized caches): then
+    it is prefilled as its own run prefills it (engine.generate.feed_question) and its first token sampled with
+    uniform 0 (one per admitted row, in order)."""
     model = lm.model
-    admitted, states, failed = [], {}, {}
-    for b, (c, prompt) in enumerate(zip(compressed, prompts)):
-        try:
-            set_masks(model, c.masked)
-            states[b] = kv_state(c.cache, model, prompt.context_tokens)
-        except Exception as exc:  # noqa: BLE001 - this sample's error; the batch goes on without it
-            failed[b] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
-            c.cache = None
-            continue
-        room = max(1, len(prompts) - 1 - b)
-        admitted.append(Admission(decoder.admit(c.cache, expected=room), c.question_start,
-                                  take_masked_indices(model), lambda: None))
-        c.cache = None  # the decoder owns it now
-    clear_masks(model)
-    return admitted, states, failed
-
-
-def _admit_after_questions(lm, compressed, prompts, decoder, settings, uniforms):
-    """For quantized caches: each cache's KV read, its question prefilled as its own run prefills it (engine.generate's
-    prefill: the question's positions from its question start, its first token sampled with uniform 0), and the cache
-    admitted: (admissions, {row: KVState}, {row: error line}, first tokens of the admitted rows)."""
-    model, device = lm.model, lm.device
     admitted, states, failed, firsts = [], {}, {}, []
     for b, (c, prompt) in enumerate(zip(compressed, prompts)):
         try:
             set_masks(model, c.masked)
             states[b] = kv_state(c.cache, model, prompt.context_tokens)
-            question = prompt.question_ids.to(device)
-            positions = torch.arange(c.question_start, c.question_start + question.shape[1], device=device)[None]
-            logits = model(input_ids=question, past_key_values=c.cache, position_ids=positions, use_cache=True,
-                           logits_to_keep=1).logits[:, -1]
+            next_position = c.question_start
+            if sampling is not None:
+                logits, next_position = feed_question(model, c.cache, prompt.question_ids.to(lm.device),
+                                                      c.question_start)
+                firsts.append(sample(logits, uniforms[:1], sampling))
         except Exception as exc:  # noqa: BLE001 - this sample's error; the batch goes on without it
             failed[b] = f"{type(exc).__name__}: {str(exc).strip()[:200]}"
             states.pop(b, None)
             c.cache = None
             continue
-        firsts.append(sample(logits, uniforms[:1], settings.sampling))
         room = max(1, len(prompts) - 1 - b)
-        admitted.append(Admission(decoder.admit(c.cache, expected=room), c.question_start + question.shape[1],
-                                  take_masked_indices(model), lambda: None))
+        admitted.append(Admission(decoder.admit(c.cache, expected=room), next_position, take_masked_indices(model),
+                                  lambda: None))
         c.cache = None  # the decoder owns it now
     clear_masks(model)
     return admitted, states, failed, firsts

@@ -239,7 +239,7 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
                 old.keys[layer] = old.values[layer] = None
             self.keys[layer], self.values[layer] = self._buffers(layer, sum(capacities), dim, dtype, device)
         if old is not None:  # the old cache's buffers now belong to this one
-            for name in ("keys", "values", *(m[0] for m in self._metadata(rows))):
+            for name in ("keys", "values", *self._metadata_names()):
                 getattr(old, name)[layer] = None
             if layer == self.n_layers - 1:
                 self.previous = None
@@ -256,6 +256,10 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
 
     def _scale_names(self) -> tuple[str, ...]:
         return ("k_scales", "v_scales") if self.spec is not None else ()
+
+    def _metadata_names(self) -> tuple[str, ...]:
+        """The names of _metadata's per-layer lists (the rule's tensors, then fp8's scales)."""
+        return ("offsets", "lengths", "ring_slot", "ring_marked", *self._scale_names())
 
     def _buffers(self, layer: int, rows: int, dim: int, dtype, device, allocate=None):
         """K and V buffers of (rows, dim) for a layer: from `allocate` (a batch member's staging) or this cache's pool."""
@@ -297,10 +301,10 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
                 getattr(out, name)[i] = merged
             with out._in_pool():
                 out.offsets[i] = torch.cat([c.offsets[i] + start for c, start in zip(caches, starts)])
-                for name in ("lengths", "ring_slot", "ring_marked", *first._scale_names()):
+                for name in first._metadata_names()[1:]:  # after the offsets, rebased above
                     getattr(out, name)[i] = torch.cat([getattr(c, name)[i] for c in caches])
             for c in caches:
-                for name in ("offsets", "lengths", "ring_slot", "ring_marked", *first._scale_names()):
+                for name in first._metadata_names():
                     getattr(c, name)[i] = None
             moved(i)  # layer i of every sequence is in the batch cache: the decoder drops its staging slabs
             out.capacities[i] = [n for c in caches for n in c.capacities[i]]
@@ -313,7 +317,7 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
         K/V buffers from `allocate` if given (the fast decoder's staging slabs, as admit_to_batch)."""
         out = type(self)(self.n_layers, self.params, self.reserve + 1, spec=self.spec)
         out.pooled, out.heads, out.decoding, out.dtype = self.pooled, self.heads, self.decoding, self.dtype
-        for name in ("offsets", "lengths", "ring_slot", "ring_marked", *self._scale_names()):
+        for name in self._metadata_names():
             setattr(out, name, [t.clone() for t in getattr(self, name)])
         for i, (k, v) in enumerate(zip(self.keys, self.values)):
             out.keys[i], out.values[i] = out._buffers(i, k.shape[0], k.shape[1], k.dtype, k.device, allocate)
@@ -326,8 +330,7 @@ class CompactDMSCache(ReportsOwnKV, rule.DMSCache):
 
     def signature(self) -> tuple:
         """What a captured decode step depends on: the batch, the very tensors and each layer's longest head."""
-        tensors = (self.keys, self.values, self.offsets, self.lengths, self.ring_slot, self.ring_marked,
-                   *(getattr(self, name) for name in self._scale_names()))
+        tensors = (self.keys, self.values, *(getattr(self, name) for name in self._metadata_names()))
         return (id(self.params), self.heads, tuple(t.data_ptr() for group in tensors for t in group),
                 tuple(max(c) for c in self.capacities))
 
