@@ -76,6 +76,7 @@ def main() -> int:
         check("decode_attention" + (" (masked)" if masked else ""), rel_err(a, b))
 
     fp8_checks(check, B, Hq, Hkv, D, S)
+    int_checks(check, Hq, Hkv, D)
 
     # silu_mul
     args, twin, a, b = run_both(lambda gu, o: kernels.silu_mul(gu, o), torch.randn(B, 2 * I), torch.empty(B, I))
@@ -129,6 +130,66 @@ def fp8_checks(check, B, Hq, Hkv, D, S) -> None:
         kernels.FORCE_TRITON = False
         b = kernels.decode_attention(q, keys, values, length, None, D ** -0.5, torch.empty(B, Hq, D), scales=scales)
         check(f"fp8 decode_attention ({'layer' if per == 1 else 'head'} scales)", rel_err(a, b))
+
+
+def int_checks(check, Hq, Hkv, D) -> None:
+    """An int4 / int2 cache (engine/fast/int_kernels.py), rows of different lengths: the store at each row's own ring
+    slot, the flush's codes, scales and zero points bit for bit (rows that complete a group and rows that do not),
+    and the attention over codes + ring; ring slots and scales outside what a row holds are NaN (never read)."""
+    from kvcompress.engine.fast import int_kernels
+    from kvcompress.methods.quant_spec import QuantSpec
+
+    B = 3
+    for spec in (QuantSpec("int4", group=8, window=5), QuantSpec("int2", group=4, window=0)):
+        tag, capacity = f"{spec.format}[group={spec.group},window={spec.window}]", 70
+        layer = int_kernels.IntLayer.allocate(spec, B, Hkv, D, capacity, torch.float32,
+                                              lambda shape, t: torch.empty(shape, dtype=t))
+        lengths = torch.tensor([13, 40, 61]) if spec.window else torch.tensor([12, 41, 64])  # stored, this token too
+        for t in (layer.key_scale, layer.key_zero, layer.value_scale, layer.value_zero, layer.ring_keys,
+                  layer.ring_values):
+            t.fill_(float("nan"))
+        for b, n in enumerate(lengths.tolist()):  # what a row holds before the step: settled codes, its ring
+            q = spec.quantized_tokens(n - 1)
+            k, v = torch.randn(1, Hkv, n, D), torch.randn(1, Hkv, n, D)
+            kq = int_kernels.quant.int_quantize(k[:, :, :q], spec.bits, spec.group, "tokens")
+            vq = int_kernels.quant.int_quantize(v[:, :, :q], spec.bits, spec.group, "channels")
+            layer.key_codes[b, :, :q], layer.value_codes[b, :, :q] = kq.codes[0], vq.codes[0]
+            layer.key_scale[b, :, :q // spec.group], layer.key_zero[b, :, :q // spec.group] = kq.scale[0], kq.zero[0]
+            layer.value_scale[b, :, :q], layer.value_zero[b, :, :q] = vq.scale[0], vq.zero[0]
+            slots = torch.arange(q, n) % layer.ring
+            layer.ring_keys[b][:, slots], layer.ring_values[b][:, slots] = k[0, :, q:], v[0, :, q:]
+        flushing = [spec.quantized_tokens(n) > spec.quantized_tokens(n - 1) for n in lengths.tolist()]
+        check(tag + " rows that flush (some, not all)", float(not 0 < sum(flushing) < B))
+        twin = int_kernels.IntLayer(**{name: t.clone() for name, t in vars(layer).items()})
+        kernels.FORCE_TRITON = True
+        int_kernels.flush(layer, lengths, spec)
+        kernels.FORCE_TRITON = False
+        int_kernels.flush(twin, lengths, spec)
+        for name, t in vars(layer).items():
+            same = torch.equal(t, getattr(twin, name)) or bool(((t == getattr(twin, name)) | (t.isnan() &
+                                                                getattr(twin, name).isnan())).all())
+            check(f"{tag} flush {name} differs", float(not same))
+        q = torch.randn(B, Hq, D)
+        splits = 3
+        kernels.FORCE_TRITON = True
+        a = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D), splits)
+        kernels.FORCE_TRITON = False
+        b = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D))
+        check(f"{tag} decode_attention", rel_err(a, b))
+        check(f"{tag} decode_attention finite", float(a.isnan().sum()))
+    # the store at one ring slot per row
+    angle = torch.randn(B, D // 2)
+    cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)
+    slot = torch.tensor([3, 0, 12])
+    args, twin, a, b = run_both(
+        lambda x, k, v, q: kernels.qk_norm_rope_store(x, None, None, 1e-6, cos, sin, k, v, None, slot, q,
+                                                      per_row=True),
+        torch.randn(B, (Hq + 2 * Hkv) * D), torch.zeros(B, Hkv, 13, D), torch.zeros(B, Hkv, 13, D),
+        torch.empty(B, Hq, D))
+    check("store per row slot keys", rel_err(args[1], twin[1]))
+    check("store per row slot values", rel_err(args[2], twin[2]))
+    written = [int((args[1][b].abs().sum(-1) > 0).nonzero()[:, 1].unique().item()) for b in range(B)]
+    check("store per row slot at each row's slot", float(written != slot.tolist()))
 
 
 def dms_checks(check) -> None:
@@ -257,7 +318,7 @@ def engine_check(steps: int = 10) -> int:
     prompt = niah.build_prompt(lm.tokenizer, 300, 0.5, niah.make_needle("single", 1)).prompt
     settings = GenerationSettings(steps, SamplingConfig(greedy=True))
     status = 0
-    for name in ("vanilla", "adakv+snapkv@0.5", "knorm@0.5+fp8"):
+    for name in ("vanilla", "adakv+snapkv@0.5", "knorm@0.5+fp8", "knorm@0.5+int4[group=4,window=4]"):
         method = parse_method(name)
         kernels.FORCE_TRITON = False
         reference = generate_once(lm, method, prompt, settings, HFDecoder()).token_ids
@@ -270,7 +331,7 @@ def engine_check(steps: int = 10) -> int:
     from kvcompress.tasks.cell import Cell
 
     prompts = Cell(target_tokens=300, needle_seed=1).build_batch(lm.tokenizer, 2)[0]
-    for name in ("knorm@0.5", "fp8"):  # fp8: each row its own scales
+    for name in ("knorm@0.5", "fp8", "int2[group=4,window=3]"):  # fp8: each row its scales; int2: its own length
         method = parse_method(name)
         kernels.FORCE_TRITON = False
         reference = [generate_once(lm, method, p, settings, HFDecoder()).token_ids for p in prompts]
@@ -349,7 +410,8 @@ def engine_gpu_check(steps: int = 24) -> int:
     decoder, status = FastDecoder(lm), 0
     for sampling in (SamplingConfig(greedy=True), SamplingConfig(temperature=8.0, seed=5)):
         for name in ("vanilla", "knorm@0.5", "adakv+snapkv@0.5", "pyramidkv@0.5",  # plain, shrink, mask, uneven
-                     "fp8", "knorm@0.5+fp8"):  # fp8 buffers, stored and read by the kernels
+                     "fp8", "knorm@0.5+fp8",  # fp8 buffers, stored and read by the kernels
+                     "int4[group=8,window=4]", "knorm@0.5+int2[group=4,window=8]"):  # packed codes + ring
             method = parse_method(name)
             own = [GenerationSettings(steps, replace(sampling, seed=sampling.seed + b)) for b in range(3)]
             hf = [generate_once(lm, method, p, s, HFDecoder()).token_ids for p, s in zip(prompts, own)]

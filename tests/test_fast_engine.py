@@ -102,7 +102,8 @@ def test_triton_kernels_match_their_references_under_the_interpreter():
 def test_the_whole_triton_step_matches_the_hf_engine_under_the_interpreter():
     proc = _interpreted("engine")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
-    assert proc.stdout.count("engine ") == 3 and "batch knorm@0.5 x2" in proc.stdout and "batch fp8 x2" in proc.stdout
+    assert proc.stdout.count("engine ") == 4 and "batch knorm@0.5 x2" in proc.stdout and "batch fp8 x2" in proc.stdout
+    assert "engine knorm@0.5+int4[group=4,window=4]" in proc.stdout and "batch int2[group=4,window=3] x2" in proc.stdout
 
 
 def test_a_failing_cell_releases_the_buffers(tiny, tiny_prompt, fast, monkeypatch):

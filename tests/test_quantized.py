@@ -61,13 +61,55 @@ def fast(tiny):
 
 
 def test_the_fast_engine_refuses_what_it_does_not_store_in_one_line(fast):
-    for name, words in (("int4", "int4 KV cache"), ("knorm@0.5+int2", "int2 KV cache"),
-                        ("dms-8x+int4", "int4 KV cache")):
+    for name, words in (("dms-8x+int4", "native DMS's cache in int4"),
+                        ("adakv+snapkv@0.5+int2", "no mask of hidden entries in a int2 cache")):
         reason = parse_method(name).engine_problem(fast)
         assert reason and "\n" not in reason and words in reason, reason
-    assert parse_method("knorm@0.5+fp8").engine_problem(fast) is None
-    assert parse_method("dms-8x+fp8").engine_problem(fast) is None  # its compact cache holds e4m3 codes
-    assert parse_method("int2").engine_problem(HFDecoder()) is None
+        assert parse_method(name).engine_problem(HFDecoder()) is None
+    for name in ("knorm@0.5+fp8", "dms-8x+fp8", "int4", "knorm@0.5+int2", "adakv+snapkv@0.5+fp8"):
+        assert parse_method(name).engine_problem(fast) is None, name
+
+
+@pytest.mark.parametrize("name", ["int4[group=16,window=32]", "int2[group=16,window=0]",
+                                  "knorm@0.5+int4[group=16,window=16]", "snapkv@0.75+int2[group=8,window=8]"])
+def test_fast_int_decodes_the_hf_engines_tokens_from_packed_codes(tiny, tiny_prompt, fast, name):
+    """int4 / int2 on the fast engine (engine/fast/int_decode_state.py): packed codes, float16 scales and zero
+    points for the capacity's quantized tokens, and a bf16 ring of window + group slots; 24 greedy tokens (a group
+    flushed every `group` steps) as the hf engine's, from the buffers' own bytes by part (torch twins on CPU; the
+    Triton kernels: tests/kernel_check.py, interpreted)."""
+    method = parse_method(name)
+    settings = GenerationSettings(24, SamplingConfig(greedy=True))
+    reference = generate_once(tiny, method, tiny_prompt, settings, HFDecoder())
+    got = generate_once(tiny, method, tiny_prompt, settings, fast)
+    assert got.token_ids == reference.token_ids
+    assert got.kv_end.tokens_per_layer == reference.kv_end.tokens_per_layer
+    c, spec, state = tiny.model.config, method.spec, fast.state
+    assert all(layer.key_codes.dtype == torch.uint8 for layer in state.layers)
+    layers = c.num_hidden_layers
+    want = {"data": 0, "scales": 0, "window": 0}
+    for capacity in state.capacities:
+        one = spec.bytes_parts(1, c.num_key_value_heads, c.head_dim, capacity)
+        want["data"] += one["data"]
+        want["scales"] += one["scales"]
+        want["window"] += 2 * c.num_key_value_heads * (spec.window + spec.group) * c.head_dim * tiny.dtype.itemsize
+    assert got.kv_end.parts == want and len(state.capacities) == layers
+    assert got.kv_end.bytes == sum(want.values())
+    assert got.kv_end.full_bytes == reference.kv_end.full_bytes
+
+
+def test_a_fast_int_batch_decodes_what_each_sequence_decodes_alone(tiny, fast):
+    """Rows that hold different lengths after the press: each row its own quantized part and ring, no pads."""
+    from kvcompress.engine.batch import generate_batch
+    from kvcompress.tasks.cell import Cell
+
+    prompts = Cell(target_tokens=400, needle_seed=0).build_batch(tiny.tokenizer, 3)[0]
+    method = parse_method("knorm@0.5+int4[group=8,window=8]")
+    settings = GenerationSettings(16, SamplingConfig(greedy=True))
+    alone = [generate_once(tiny, method, p, settings, HFDecoder()).token_ids for p in prompts]
+    batch = generate_batch(tiny, method, prompts, settings, fast)
+    assert batch.batch_token_ids == alone
+    assert len({tuple(t) for t in alone}) > 1
+    assert len(set(fast.state.lengths[0].tolist())) > 1  # ragged rows: layer 0's rows hold different lengths
 
 
 @pytest.mark.parametrize("name", ["fp8", "fp8[scale=head]", "knorm@0.5+fp8", "adakv+snapkv@0.5+fp8"])

@@ -287,7 +287,8 @@ def test_every_registered_press_handed_the_layer_leaves_it_as_the_model_wrote_it
 
 @pytest.mark.parametrize("engine,names", [("hf", ["fp8", "knorm@0.5+fp8", "snapkv@0.5+int4[group=16,window=32]",
                                                   "int2[group=16,window=32]"]),
-                                          ("fast", ["fp8", "knorm@0.5+fp8", "snapkv@0.875+fp8"])])
+                                          ("fast", ["fp8", "knorm@0.5+fp8", "snapkv@0.875+fp8",
+                                                    "snapkv@0.5+int4[group=16,window=32]", "int2[group=8,window=8]"])])
 def test_quantized_methods_join_the_shared_prefill_and_answer_as_their_own_run(tiny, three, engine, names):
     """methods/quantized.py: the press compresses the shared prefill's layer, what it keeps is stored quantized as
     its own prefill stores it (same codes, scales and bf16 window), and the batch prefills each row's question as

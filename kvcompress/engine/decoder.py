@@ -28,6 +28,8 @@ class Decoder(ABC):
     # how it holds a quantized KV cache (methods/quantized.py; the records' kv_quant_storage), None: it cannot
     quantized_kv: ClassVar[str | None] = None
     quantized_formats: ClassVar[tuple[str, ...]] = ()  # the formats it can hold
+    quantized_dms_formats: ClassVar[tuple[str, ...]] = ()  # those it can hold in native DMS's cache
+    quantized_masked_formats: ClassVar[tuple[str, ...]] = ()  # those it can hold under a mask-only press
     problem: str | None = None  # why this engine cannot decode the loaded model at all
 
     def unsupported(self, method, lm=None) -> str | None:

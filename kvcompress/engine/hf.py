@@ -27,7 +27,7 @@ class HFDecoder(Decoder):
     sizes_buffers_up_front = False  # the cache grows as it decodes: its peak needs the whole generation
     # methods/quantized_cache.py: codes + scales + bf16 window held, dequantized to bf16 for each forward's attention
     quantized_kv = "simulated"
-    quantized_formats = ("fp8", "int4", "int2")
+    quantized_formats = quantized_dms_formats = quantized_masked_formats = ("fp8", "int4", "int2")
 
     def __init__(self, trace=None):
         # Optional `trace(step, cache)` after every decode step (tests watch a decoding press hold the cache size).

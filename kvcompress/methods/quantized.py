@@ -110,6 +110,11 @@ class Quantized(Method):
     def engine_problem(self, decoder) -> str | None:
         if self.spec.format not in decoder.quantized_formats:
             return f"the {decoder.name} engine does not store a {self.spec.format} KV cache yet (issue 24)"
+        if self.inner.single_prefill and self.spec.format not in decoder.quantized_dms_formats:
+            return f"the {decoder.name} engine does not store native DMS's cache in {self.spec.format} yet"
+        if self.inner.expected_memory == "mask" and self.spec.format not in decoder.quantized_masked_formats:
+            return (f"the {decoder.name} engine keeps no mask of hidden entries in a {self.spec.format} cache: "
+                    f"run the mask-only press {self.inner.name} on the hf engine (--engine hf)")
         return self.inner.engine_problem(decoder)
 
     def batch_problem(self, settings) -> str | None:

@@ -9,7 +9,7 @@ torch reference ops, which is how the tests compare it with the hf engine.
 Handled: presses that keep different lengths per layer (each layer has its own buffer), mask-only presses (a
 validity mask per KV head keeps masked entries out of attention), an fp8 KV cache alone or after a press (e4m3
 buffers and per-sequence scales: the store kernel quantizes each new token, the attention kernel dequantizes as it
-reads; int4/int2 are refused, quantized_formats), native DMS (engine/fast/dms.py: a compact cache, fp8 too
+reads), an int4 / int2 cache (int_decode_state.py: packed codes and a bf16 window ring per row), native DMS (engine/fast/dms.py: a compact cache, fp8 too
 per head, its own store and attention kernels), and batches (engine.batch): sequence b fills row b
 of every buffer; rows shorter than the layer's longest are zero-padded and the pads hidden by the same validity mask,
 each row keeps its own RoPE position, and one graph is captured per (batch, shape). A batched step is the same
@@ -28,6 +28,7 @@ from transformers import DynamicCache
 from kvcompress.engine.decoder import Decoder
 from kvcompress.engine.fast import dms as fast_dms, forced_prefill, kernels
 from kvcompress.engine.fast.decode_state import DecodeState, qk_norms
+from kvcompress.engine.fast.int_decode_state import IntDecodeState
 from kvcompress.memory import KVState, ReportsOwnKV, empty_in_pool, padded_rows_state, take_masked_indices
 from kvcompress.methods import quant
 from kvcompress.methods.quantized_cache import QuantizedKVCache, QuantizedLayer
@@ -39,7 +40,10 @@ class FastDecoder(Decoder):
     runs_model_forward = False  # its own step: hooks inside transformers' forward do not run while it decodes
     sizes_buffers_up_front = True
     quantized_kv = "stored"  # the buffers hold the codes; the attention kernel dequantizes as it reads
-    quantized_formats = ("fp8",)  # int4 / int2 (KIVI groups, a bf16 window) run on the hf engine only, for now
+    # fp8: e4m3 buffers (here); int4 / int2: packed codes, scales and a bf16 window ring (int_decode_state.py)
+    quantized_formats = ("fp8", "int4", "int2")
+    quantized_dms_formats = ("fp8",)  # the compact DMS cache stores e4m3 codes; KIVI's groups in it: not yet
+    quantized_masked_formats = ("fp8",)  # int4 / int2 rows keep no validity mask for a mask-only press's entries
 
     def __init__(self, lm):
         self.model = lm.model
@@ -116,8 +120,9 @@ class FastDecoder(Decoder):
             self._staging.slabs[layer] = []
 
     def new_quantized_cache(self, spec, lm, n_new: int):
-        """fp8 (quantized_formats): the prefill writes the hf engine's quantized cache; the decode moves its codes and
-        scales into fp8 buffers, which the store kernel extends and the attention kernel dequantizes."""
+        """The prefill writes the hf engine's quantized cache; the decode moves its codes and scales into the
+        buffers (fp8: e4m3 buffers the store kernel extends; int4 / int2: codes, scales and the window's ring,
+        int_decode_state.py), which the attention kernels dequantize as they read."""
         return QuantizedKVCache.for_model(spec, lm.model)
 
     def new_dms_cache(self, params, lm, n_new: int, batch_room: int | None = None):
@@ -170,7 +175,8 @@ class FastDecoder(Decoder):
         if self._state is None or self._state.signature != signature:
             self._drop_state()  # free the old buffers before allocating new ones (not the staged caches)
             self.dms.release()
-            self._state = _DecodeState(self, caches[0], signature, settings.sampling)
+            kind = IntDecodeState if spec is not None and spec.format != "fp8" else _DecodeState
+            self._state = kind(self, caches[0], signature, settings.sampling)
         state = self._state
         state.load(caches, masks, per_sequence, token, positions, uniforms, out_tokens, forced)
         if mark is not None:

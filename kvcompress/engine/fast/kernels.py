@@ -71,9 +71,10 @@ def _rmsnorm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
 def qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_norm: torch.Tensor | None, eps: float,
                        cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                        valid: torch.Tensor | None, slot: torch.Tensor, q_out: torch.Tensor,
-                       scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                       scales: tuple[torch.Tensor, torch.Tensor] | None = None, per_row: bool = False) -> torch.Tensor:
     """Split qkv (B, (Hq + 2 Hkv) * D), normalise and rotate q and k, write k and v at `slot` of the cache
-    (keys/values: (B, Hkv, S, D)), mark the slot valid, return q (B, Hq, D) in `q_out`. An fp8 cache (`scales`:
+    (keys/values: (B, Hkv, S, D)), mark the slot valid, return q (B, Hq, D) in `q_out`. `slot`: one slot for every
+    row, or with `per_row` row b's own slot[b] (the int4/int2 window rings, engine/fast/int_decode_state.py). An fp8 cache (`scales`:
     float32 K and V scales (B, 1 | Hkv), methods/quant.py's fp8 format) stores k and v, as the model's dtype rounds
     them, divided by their scale and rounded to e4m3 (saturating at +-448)."""
     batch, heads_q, dim = q_out.shape
@@ -85,7 +86,7 @@ def qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_norm: t
             keys, values, valid if valid is not None else slot, slot, q_out, k_scale, v_scale, eps,
             qkv.stride(0), cos.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
             valid.stride(0) if valid is not None else 0, valid.stride(1) if valid is not None else 0,
-            q_out.stride(0), q_out.stride(1), *_scale_strides(scales),
+            q_out.stride(0), q_out.stride(1), *_scale_strides(scales), 1 if per_row else 0,
             HEADS_Q=heads_q, HEADS_KV=heads_kv, D=dim, HAS_NORM=q_norm is not None, HAS_VALID=valid is not None,
             FP8=scales is not None)
         return q_out
@@ -100,8 +101,13 @@ def qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_norm: t
         k = quant.fp8_quantize(k, scales[0][:, :, None, None]).view(torch.uint8)
         v = quant.fp8_quantize(v, scales[1][:, :, None, None]).view(torch.uint8)
         keys, values = keys.view(torch.uint8), values.view(torch.uint8)
-    keys.index_copy_(2, slot, k)
-    values.index_copy_(2, slot, v)
+    if per_row:
+        rows = torch.arange(batch, device=slot.device)
+        keys[rows, :, slot] = k[:, :, 0]
+        values[rows, :, slot] = v[:, :, 0]
+    else:
+        keys.index_copy_(2, slot, k)
+        values.index_copy_(2, slot, v)
     if valid is not None:
         valid.index_fill_(2, slot, True)
     q_out.copy_(q)
@@ -254,8 +260,9 @@ if triton is not None:
     @triton.jit
     def _qk_norm_rope_store_kernel(qkv_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, k_ptr, v_ptr, valid_ptr, slot_ptr,
                                    q_ptr, ks_ptr, vs_ptr, eps, s_qkv, s_cos, s_kb, s_kh, s_ks, s_mb, s_mh, s_qb, s_qh,
-                                   s_sb, s_sh, HEADS_Q: tl.constexpr, HEADS_KV: tl.constexpr, D: tl.constexpr,
-                                   HAS_NORM: tl.constexpr, HAS_VALID: tl.constexpr, FP8: tl.constexpr):
+                                   s_sb, s_sh, s_slot, HEADS_Q: tl.constexpr, HEADS_KV: tl.constexpr,
+                                   D: tl.constexpr, HAS_NORM: tl.constexpr, HAS_VALID: tl.constexpr,
+                                   FP8: tl.constexpr):
         b = tl.program_id(0)
         head = tl.program_id(1)  # 0..HEADS_Q-1: query heads; then the key/value heads
         half = tl.arange(0, D // 2)
@@ -274,7 +281,7 @@ if triton is not None:
             tl.store(qdst + D // 2 + half, y2.to(dtype))
         else:
             kv = head - HEADS_Q
-            slot = tl.load(slot_ptr)
+            slot = tl.load(slot_ptr + b * s_slot)  # s_slot 0: one slot for every row
             y1, y2 = _norm_rope(x1, x2, kn_ptr, cos1, cos2, sin1, sin2, eps, D, HAS_NORM, dtype)
             dst = k_ptr + b * s_kb + kv * s_kh + slot * s_ks
             vsrc = qkv_ptr + b * s_qkv + (HEADS_Q + HEADS_KV + kv) * D

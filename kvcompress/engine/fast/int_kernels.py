@@ -1,0 +1,290 @@
+"""The fast engine's int4 / int2 KV cache (KIVI, methods/quant_spec.py): its buffers, the flush that quantizes a full
+group out of the bf16 window, and the decode attention that reads packed codes and dequantizes them in registers.
+Each kernel has a torch twin (CPU, tests) built on methods/quant.py's quantizer, the hf engine's own.
+
+One layer (`IntLayer`), rows b = sequences, heads h = KV heads:
+- keys: codes (B, H, Qcap, D * bits / 8) packed along D, float16 scale and zero (B, H, Qcap / G, D): per channel, in
+  groups of G tokens;
+- values: codes likewise, float16 scale and zero (B, H, Qcap, D / G): per token, in groups of G channels;
+- the bf16 window: a ring (B, H, R, D) of R = window + G slots, token t in slot t % R.
+Row b holds n_b tokens: the first Q(n_b) = spec.quantized_tokens(n_b) quantized, the rest in the ring. A decode step
+stores its token in the ring (kernels.qk_norm_rope_store, one slot a row), then `flush` quantizes tokens [Q(n-1),
+Q(n)) (a whole group, or nothing) out of the ring as the hf engine's cache settles them, then `decode_attention`
+reads both parts: the token is read as stored, as the hf engine reads it (methods/quantized_cache.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kvcompress.engine.fast import kernels
+from kvcompress.engine.fast.kernels import BLOCK_N, attention_stages, attention_workspace, triton, use_triton
+from kvcompress.methods import quant
+from kvcompress.methods.quant_spec import QuantSpec
+
+if triton is not None:
+    import triton.language as tl
+
+
+@dataclass
+class IntLayer:
+    """One layer's int4 / int2 cache for a batch (module docstring)."""
+
+    key_codes: torch.Tensor
+    key_scale: torch.Tensor
+    key_zero: torch.Tensor
+    value_codes: torch.Tensor
+    value_scale: torch.Tensor
+    value_zero: torch.Tensor
+    ring_keys: torch.Tensor
+    ring_values: torch.Tensor
+
+    @classmethod
+    def allocate(cls, spec: QuantSpec, batch: int, heads: int, dim: int, capacity: int, dtype, empty) -> IntLayer:
+        """Buffers for rows of up to `capacity` tokens; empty(shape, dtype) allocates (the decode state's pool)."""
+        q, g, packed = spec.quantized_tokens(capacity), spec.group, dim * spec.bits // 8
+        zeros = lambda shape, t: empty(shape, t).zero_()  # noqa: E731 - never garbage, even where never read
+        return cls(zeros((batch, heads, q, packed), torch.uint8), zeros((batch, heads, q // g, dim), torch.float16),
+                   zeros((batch, heads, q // g, dim), torch.float16), zeros((batch, heads, q, packed), torch.uint8),
+                   zeros((batch, heads, q, dim // g), torch.float16), zeros((batch, heads, q, dim // g), torch.float16),
+                   zeros((batch, heads, spec.window + g, dim), dtype), zeros((batch, heads, spec.window + g, dim), dtype))
+
+    @property
+    def ring(self) -> int:
+        return self.ring_keys.shape[2]
+
+    def parts(self) -> dict:
+        """Bytes by part, from the tensors: codes, scales + zero points, the bf16 ring."""
+        return {"data": self.key_codes.nbytes + self.value_codes.nbytes,
+                "scales": sum(t.nbytes for t in (self.key_scale, self.key_zero, self.value_scale, self.value_zero)),
+                "window": self.ring_keys.nbytes + self.ring_values.nbytes}
+
+    def load_row(self, b: int, layer, spec: QuantSpec) -> None:
+        """Row b from a settled hf-engine QuantizedLayer (methods/quantized_cache.py) of one sequence."""
+        q, n = layer.quantized, layer.get_seq_length()
+        if q:
+            for name, groups in (("key", layer.qk), ("value", layer.qv)):
+                getattr(self, f"{name}_codes")[b, :, :q].copy_(groups.codes[0])
+                rows = groups.scale.shape[2]  # Q / G (keys) or Q (values)
+                getattr(self, f"{name}_scale")[b, :, :rows].copy_(groups.scale[0])
+                getattr(self, f"{name}_zero")[b, :, :rows].copy_(groups.zero[0])
+        slots = torch.arange(q, n, device=self.ring_keys.device) % self.ring
+        self.ring_keys[b][:, slots] = layer.keys[0].to(self.ring_keys.dtype)  # [b][:, slots]: (H, n - q, D)
+        self.ring_values[b][:, slots] = layer.values[0].to(self.ring_values.dtype)
+
+    def row(self, b: int, n: int, spec: QuantSpec, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row b's n tokens in order, dequantized as the hf engine dequantizes (the twins' and the tests' view)."""
+        q, g = spec.quantized_tokens(n), spec.group
+        keys = quant.int_dequantize(quant.IntGroups(self.key_codes[b:b + 1, :, :q], self.key_scale[b:b + 1, :, :q // g],
+                                                    self.key_zero[b:b + 1, :, :q // g], spec.bits, g, "tokens"), dtype)
+        values = quant.int_dequantize(quant.IntGroups(self.value_codes[b:b + 1, :, :q], self.value_scale[b:b + 1, :, :q],
+                                                      self.value_zero[b:b + 1, :, :q], spec.bits, g, "channels"), dtype)
+        slots = torch.arange(q, n, device=self.ring_keys.device) % self.ring
+        return (torch.cat([keys, self.ring_keys[b:b + 1, :, slots]], 2),
+                torch.cat([values, self.ring_values[b:b + 1, :, slots]], 2))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# flush: the group that the step's token completed, out of the ring into codes
+# --------------------------------------------------------------------------------------------------------------------
+
+def flush(layer: IntLayer, lengths: torch.Tensor, spec: QuantSpec) -> None:
+    """lengths (B,): each row's tokens once this step's token is stored. Where Q(n) > Q(n - 1), tokens [Q(n - 1),
+    Q(n)) leave the ring: keys quantized per channel over the group's G tokens, values per token over groups of G
+    channels (quant.int_quantize's arithmetic: float32, scale and zero rounded to float16 first, round half to
+    even), written at their place in the codes."""
+    batch, heads, ring, dim = layer.ring_keys.shape
+    g = spec.group
+    if use_triton(lengths):
+        per = 8 // spec.bits
+        _flush_kernel[(batch, heads)](
+            layer.ring_keys, layer.ring_values, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes,
+            layer.value_scale, layer.value_zero, lengths, *layer.ring_keys.stride()[:3], *layer.key_codes.stride()[:3],
+            *layer.key_scale.stride()[:3], *layer.value_scale.stride()[:3],
+            WINDOW=spec.window, R=ring, G=g, D=dim, BITS=spec.bits, PER=per, QMAX=2**spec.bits - 1)
+        return
+    for b, n in enumerate(lengths.tolist()):
+        old, new = spec.quantized_tokens(n - 1), spec.quantized_tokens(n)
+        if new == old:
+            continue
+        slots = torch.arange(old, new, device=lengths.device) % ring
+        k = quant.int_quantize(layer.ring_keys[b:b + 1, :, slots], spec.bits, g, "tokens")
+        v = quant.int_quantize(layer.ring_values[b:b + 1, :, slots], spec.bits, g, "channels")
+        layer.key_codes[b, :, old:new] = k.codes[0]
+        layer.key_scale[b, :, old // g] = k.scale[0, :, 0]
+        layer.key_zero[b, :, old // g] = k.zero[0, :, 0]
+        layer.value_codes[b, :, old:new] = v.codes[0]
+        layer.value_scale[b, :, old:new] = v.scale[0]
+        layer.value_zero[b, :, old:new] = v.zero[0]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# decode attention over codes + ring
+# --------------------------------------------------------------------------------------------------------------------
+
+def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, spec: QuantSpec, scale: float,
+                     out: torch.Tensor, splits: int = 1) -> torch.Tensor:
+    """One query token per head, q (B, Hq, D), over each row's lengths[b] tokens: the quantized ones dequantized in
+    the kernel (code x scale + zero in float32, rounded to q's dtype, as quant.int_dequantize), then the ring's.
+    The quantized part is split across `splits` programs per (row, KV head), the ring is the first split's; the
+    partials combine as kernels.decode_attention's."""
+    batch, heads_q, dim = q.shape
+    heads_kv, capacity = layer.key_codes.shape[1], layer.key_codes.shape[2]
+    group = heads_q // heads_kv
+    if use_triton(q):
+        partial_out, partial_lse = attention_workspace(batch, heads_q, dim, splits, q.device)
+        chunk = max(BLOCK_N, math.ceil(math.ceil(capacity / splits) / BLOCK_N) * BLOCK_N)
+        _int_attention_partial_kernel[(batch * heads_kv, splits)](
+            q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
+            layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale,
+            q.stride(0), q.stride(1), *layer.key_codes.stride()[:3], *layer.key_scale.stride()[:3],
+            *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3],
+            HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim, CHUNK=chunk,
+            BLOCK_N=BLOCK_N, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, BLOCK_N), G=spec.group,
+            BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
+            num_stages=attention_stages(batch * heads_kv, q.device))
+        kernels._attention_combine_kernel[(batch * heads_q,)](
+            partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
+            SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=dim)
+        return out
+    for b, n in enumerate(lengths.tolist()):
+        keys, values = layer.row(b, n, spec, q.dtype)
+        grouped = q[b:b + 1].view(1, heads_kv, group, dim)
+        o = F.scaled_dot_product_attention(grouped, keys, values, scale=scale)
+        out[b].copy_(o.reshape(heads_q, dim))
+    return out
+
+
+if triton is not None:
+
+    @triton.jit
+    def _round_half_even(v):
+        """Nearest integer, ties to even (torch.round), for |v| < 2**22: float32's own rounding at 1.5 x 2**23."""
+        return (v + 12582912.0) - 12582912.0
+
+    @triton.jit
+    def _codes(x, zero, scale, QMAX: tl.constexpr):
+        """quant.int_quantize's codes: round((x - zero) / scale), scale 0 read as 1, clamped to [0, QMAX]."""
+        safe = tl.where(scale > 0, scale, 1.0)
+        return tl.minimum(tl.maximum(_round_half_even(tl.math.div_rn(x - zero, safe)), 0.0), QMAX * 1.0).to(tl.int32)
+
+    @triton.jit
+    def _pack(codes, ROWS: tl.constexpr, D: tl.constexpr, PER: tl.constexpr, BITS: tl.constexpr):
+        """(ROWS, D) codes -> (ROWS, D / PER) bytes, PER codes a byte, the first in the low bits (quant.pack)."""
+        grouped = tl.reshape(codes, (ROWS, D // PER, PER))
+        shifts = tl.arange(0, PER) * BITS
+        return tl.sum(grouped << shifts[None, None, :], axis=2).to(tl.uint8)
+
+    @triton.jit
+    def _unpack(byte, dims, PER: tl.constexpr, BITS: tl.constexpr, QMAX: tl.constexpr):
+        """Codes of channels `dims` from the bytes holding them (loaded per channel: byte dims // PER)."""
+        return ((byte.to(tl.int32) >> ((dims % PER) * BITS)[None, :]) & QMAX).to(tl.float32)
+
+    @triton.jit
+    def _flush_kernel(rk_ptr, rv_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, len_ptr,
+                      s_rb, s_rh, s_rs, s_cb, s_ch, s_cs, s_kb, s_kh, s_kg, s_vb, s_vh, s_vs,
+                      WINDOW: tl.constexpr, R: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
+                      BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr):
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        n = tl.load(len_ptr + b)
+        new = tl.maximum(n - WINDOW, 0) // G * G
+        old = tl.maximum(n - 1 - WINDOW, 0) // G * G
+        go = new > old  # every load and store below is masked with it: a step without a full group writes nothing
+        toks = tl.arange(0, G)
+        dims = tl.arange(0, D)
+        slots = (old + toks) % R
+        tile = go & (toks[:, None] < G)
+        ring = b * s_rb + h * s_rh + slots[:, None] * s_rs + dims[None, :]
+        k = tl.load(rk_ptr + ring, mask=tile, other=0.0).to(tl.float32)
+        scale = tl.math.div_rn(tl.max(k, axis=0) - tl.min(k, axis=0), QMAX * 1.0).to(tl.float16)  # per channel
+        zero = tl.min(k, axis=0).to(tl.float16)
+        codes = _codes(k, zero.to(tl.float32)[None, :], scale.to(tl.float32)[None, :], QMAX)
+        packs = tl.arange(0, D // PER)
+        rows = b * s_cb + h * s_ch + (old + toks)[:, None] * s_cs
+        tl.store(kc_ptr + rows + packs[None, :], _pack(codes, G, D, PER, BITS), mask=go & (toks[:, None] < G))
+        at = b * s_kb + h * s_kh + (old // G) * s_kg + dims
+        tl.store(ks_ptr + at, scale, mask=go & (dims < D))
+        tl.store(kz_ptr + at, zero, mask=go & (dims < D))
+        v = tl.reshape(tl.load(rv_ptr + ring, mask=tile, other=0.0).to(tl.float32), (G, D // G, G))
+        vscale = tl.math.div_rn(tl.max(v, axis=2) - tl.min(v, axis=2), QMAX * 1.0).to(tl.float16)  # (G, D / G)
+        vzero = tl.min(v, axis=2).to(tl.float16)
+        vcodes = tl.reshape(_codes(v, vzero.to(tl.float32)[:, :, None], vscale.to(tl.float32)[:, :, None], QMAX),
+                            (G, D))
+        tl.store(vc_ptr + rows + packs[None, :], _pack(vcodes, G, D, PER, BITS), mask=go & (toks[:, None] < G))
+        groups = tl.arange(0, D // G)
+        vat = b * s_vb + h * s_vh + (old + toks)[:, None] * s_vs + groups[None, :]
+        tl.store(vs_ptr + vat, vscale, mask=go & (toks[:, None] < G))
+        tl.store(vz_ptr + vat, vzero, mask=go & (toks[:, None] < G))
+
+    @triton.jit
+    def _int_attention_partial_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, rk_ptr, rv_ptr, len_ptr,
+                                      po_ptr, plse_ptr, scale, s_qb, s_qh, s_cb, s_ch, s_cs, s_kb, s_kh, s_kg,
+                                      s_vb, s_vh, s_vs, s_rb, s_rh, s_rs,
+                                      HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+                                      D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+                                      WINDOW: tl.constexpr, R: tl.constexpr, R_BLOCKS: tl.constexpr,
+                                      G: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr):
+        bh = tl.program_id(0)  # (batch, kv head)
+        split = tl.program_id(1)
+        b = bh // HEADS_KV
+        kvh = bh % HEADS_KV
+        splits = tl.num_programs(1)
+        n = tl.load(len_ptr + b)
+        quantized = tl.maximum(n - WINDOW, 0) // G * G
+        in_ring = n - quantized
+        rows = tl.arange(0, GROUP_PAD)
+        dims = tl.arange(0, D)
+        row_ok = rows < GROUP
+        q = tl.load(q_ptr + b * s_qb + (kvh * GROUP + rows)[:, None] * s_qh + dims[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
+        l = tl.zeros([GROUP_PAD], tl.float32)  # noqa: E741
+        acc = tl.zeros([GROUP_PAD, D], tl.float32)
+        start = split * CHUNK
+        end = tl.minimum(start + CHUNK, quantized)
+        codes = b * s_cb + kvh * s_ch
+        for offset in range(0, CHUNK, BLOCK_N):  # the quantized tokens of this split's chunk
+            cols = start + offset + tl.arange(0, BLOCK_N)
+            live = cols < end
+            at = codes + cols[:, None] * s_cs + (dims // PER)[None, :]
+            kat = b * s_kb + kvh * s_kh + (cols // G)[:, None] * s_kg + dims[None, :]
+            k = _unpack(tl.load(kc_ptr + at, mask=live[:, None], other=0), dims, PER, BITS, QMAX)
+            k = (k * tl.load(ks_ptr + kat, mask=live[:, None], other=0.0).to(tl.float32)
+                 + tl.load(kz_ptr + kat, mask=live[:, None], other=0.0).to(tl.float32)).to(q.dtype)
+            s = tl.where(live[None, :], tl.dot(q, tl.trans(k)) * scale, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp(s - m_safe[:, None])
+            alpha = tl.exp(m - m_safe)
+            vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + (dims // G)[None, :]
+            v = _unpack(tl.load(vc_ptr + at, mask=live[:, None], other=0), dims, PER, BITS, QMAX)
+            v = (v * tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
+                 + tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)).to(q.dtype)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
+            m = m_new
+        ring = b * s_rb + kvh * s_rh
+        first = quantized % R  # the ring's oldest token's slot
+        for offset in range(0, R_BLOCKS * BLOCK_N, BLOCK_N):  # the bf16 ring, in the first split only
+            slots = offset + tl.arange(0, BLOCK_N)
+            live = (split == 0) & (slots < R) & ((slots - first + R) % R < in_ring)
+            k = tl.load(rk_ptr + ring + slots[:, None] * s_rs + dims[None, :], mask=live[:, None], other=0.0)
+            s = tl.where(live[None, :], tl.dot(q, tl.trans(k.to(q.dtype))) * scale, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            p = tl.exp(s - m_safe[:, None])
+            alpha = tl.exp(m - m_safe)
+            v = tl.load(rv_ptr + ring + slots[:, None] * s_rs + dims[None, :], mask=live[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
+            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
+            m = m_new
+        lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
+        out_rows = bh * GROUP + rows
+        tl.store(po_ptr + (out_rows[:, None] * splits + split) * D + dims[None, :],
+                 acc / tl.where(l > 0, l, 1.0)[:, None], mask=row_ok[:, None])
+        tl.store(plse_ptr + out_rows * splits + split, lse, mask=row_ok)
