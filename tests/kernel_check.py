@@ -140,11 +140,13 @@ def int_checks(check, Hq, Hkv, D) -> None:
     from kvcompress.methods.quant_spec import QuantSpec
 
     B = 3
-    for spec in (QuantSpec("int4", group=8, window=5), QuantSpec("int2", group=4, window=0)):
+    cases = {QuantSpec("int4", group=8, window=5): [13, 40, 61], QuantSpec("int2", group=4, window=0): [12, 41, 64],
+             QuantSpec("int4", group=16, window=3): [19, 40, 61]}  # G = 16: a block lies within one key group
+    for spec, held in cases.items():
         tag, capacity = f"{spec.format}[group={spec.group},window={spec.window}]", 70
         layer = int_kernels.IntLayer.allocate(spec, B, Hkv, D, capacity, torch.float32,
                                               lambda shape, t: torch.empty(shape, dtype=t))
-        lengths = torch.tensor([13, 40, 61]) if spec.window else torch.tensor([12, 41, 64])  # stored, this token too
+        lengths = torch.tensor(held)  # tokens each row holds, this step's token stored
         for t in (layer.key_scale, layer.key_zero, layer.value_scale, layer.value_zero, layer.ring_keys,
                   layer.ring_values):
             t.fill_(float("nan"))

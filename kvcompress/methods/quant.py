@@ -70,15 +70,17 @@ class IntGroups:
 def int_quantize(x: torch.Tensor, bits: int, group: int, along: str) -> IntGroups:
     """Asymmetric min/max quantization of x (B, H, S, D) in groups; S must be a multiple of `group` along tokens, D
     along channels."""
-    b, h, s, d = x.shape
     qmax = 2**bits - 1
     grouped = _grouped(x.float(), group, along)
-    low, high = grouped.amin(dim=-2 if along == "tokens" else -1), grouped.amax(dim=-2 if along == "tokens" else -1)
+    axis = -2 if along == "tokens" else -1
+    low, high = grouped.amin(dim=axis), grouped.amax(dim=axis)
     scale = ((high - low) / qmax).to(torch.float16)
     zero = low.to(torch.float16)
-    s32, z32 = _expand(scale.float(), group, along), _expand(zero.float(), group, along)
-    codes = torch.round((x.float() - z32) / torch.where(s32 > 0, s32, torch.ones_like(s32))).clamp_(0, qmax)
-    return IntGroups(pack(codes.to(torch.uint8), bits), scale, zero, bits, group, along)
+    # broadcast over each group in the grouped view (the same element-wise arithmetic as expanding the scales to
+    # the tensor's shape, without two full-size copies: a prefill's quantization is part of its TTFT)
+    s32, z32 = scale.float().unsqueeze(axis), zero.float().unsqueeze(axis)
+    codes = torch.round((grouped - z32) / torch.where(s32 > 0, s32, torch.ones_like(s32))).clamp_(0, qmax)
+    return IntGroups(pack(codes.view(x.shape).to(torch.uint8), bits), scale, zero, bits, group, along)
 
 
 def int_dequantize(g: IntGroups, dtype=torch.float32) -> torch.Tensor:

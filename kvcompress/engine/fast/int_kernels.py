@@ -137,14 +137,18 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
     group = heads_q // heads_kv
     if use_triton(q):
         partial_out, partial_lse = attention_workspace(batch, heads_q, dim, splits, q.device)
-        chunk = max(BLOCK_N, math.ceil(math.ceil(capacity / splits) / BLOCK_N) * BLOCK_N)
+        # A block within one key group (G >= 16, every real setting: G = 32 by default) reads that group's scale and
+        # zero once, as a vector; smaller groups (the tests' G = 4, 8) read them per token.
+        block = min(BLOCK_N, spec.group) if spec.group >= 16 else 16
+        step = max(block, spec.group)
+        chunk = max(step, math.ceil(math.ceil(capacity / splits) / step) * step)
         _int_attention_partial_kernel[(batch * heads_kv, splits)](
             q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
             layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale,
             q.stride(0), q.stride(1), *layer.key_codes.stride()[:3], *layer.key_scale.stride()[:3],
             *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3],
             HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim, CHUNK=chunk,
-            BLOCK_N=BLOCK_N, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, BLOCK_N), G=spec.group,
+            BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block), G=spec.group,
             BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
             num_stages=attention_stages(batch * heads_kv, q.device))
         kernels._attention_combine_kernel[(batch * heads_q,)](
@@ -180,9 +184,12 @@ if triton is not None:
         return tl.sum(grouped << shifts[None, None, :], axis=2).to(tl.uint8)
 
     @triton.jit
-    def _unpack(byte, dims, PER: tl.constexpr, BITS: tl.constexpr, QMAX: tl.constexpr):
-        """Codes of channels `dims` from the bytes holding them (loaded per channel: byte dims // PER)."""
-        return ((byte.to(tl.int32) >> ((dims % PER) * BITS)[None, :]) & QMAX).to(tl.float32)
+    def _unpack(packed, ROWS: tl.constexpr, D: tl.constexpr, PER: tl.constexpr, BITS: tl.constexpr,
+                QMAX: tl.constexpr):
+        """(ROWS, D / PER) bytes -> (ROWS, D) float32 codes (quant.unpack: the first code in the low bits)."""
+        shifts = tl.arange(0, PER) * BITS
+        codes = (packed.to(tl.int32)[:, :, None] >> shifts[None, None, :]) & QMAX
+        return tl.reshape(codes, (ROWS, D)).to(tl.float32)
 
     @triton.jit
     def _flush_kernel(rk_ptr, rv_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, len_ptr,
@@ -248,23 +255,34 @@ if triton is not None:
         start = split * CHUNK
         end = tl.minimum(start + CHUNK, quantized)
         codes = b * s_cb + kvh * s_ch
+        packs = tl.arange(0, D // PER)
         for offset in range(0, CHUNK, BLOCK_N):  # the quantized tokens of this split's chunk
             cols = start + offset + tl.arange(0, BLOCK_N)
             live = cols < end
-            at = codes + cols[:, None] * s_cs + (dims // PER)[None, :]
-            kat = b * s_kb + kvh * s_kh + (cols // G)[:, None] * s_kg + dims[None, :]
-            k = _unpack(tl.load(kc_ptr + at, mask=live[:, None], other=0), dims, PER, BITS, QMAX)
-            k = (k * tl.load(ks_ptr + kat, mask=live[:, None], other=0.0).to(tl.float32)
-                 + tl.load(kz_ptr + kat, mask=live[:, None], other=0.0).to(tl.float32)).to(q.dtype)
+            at = codes + cols[:, None] * s_cs + packs[None, :]
+            k = _unpack(tl.load(kc_ptr + at, mask=live[:, None], other=0), BLOCK_N, D, PER, BITS, QMAX)
+            if G % BLOCK_N == 0:  # the block lies in one key group: its scale and zero are one vector
+                kat = b * s_kb + kvh * s_kh + ((start + offset) // G) * s_kg + dims
+                any_live = (start + offset) < end
+                kscale = tl.load(ks_ptr + kat, mask=any_live & (dims < D), other=0.0).to(tl.float32)[None, :]
+                kzero = tl.load(kz_ptr + kat, mask=any_live & (dims < D), other=0.0).to(tl.float32)[None, :]
+            else:
+                kat = b * s_kb + kvh * s_kh + (cols // G)[:, None] * s_kg + dims[None, :]
+                kscale = tl.load(ks_ptr + kat, mask=live[:, None], other=0.0).to(tl.float32)
+                kzero = tl.load(kz_ptr + kat, mask=live[:, None], other=0.0).to(tl.float32)
+            k = (k * kscale + kzero).to(q.dtype)
             s = tl.where(live[None, :], tl.dot(q, tl.trans(k)) * scale, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m - m_safe)
-            vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + (dims // G)[None, :]
-            v = _unpack(tl.load(vc_ptr + at, mask=live[:, None], other=0), dims, PER, BITS, QMAX)
-            v = (v * tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
-                 + tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)).to(q.dtype)
+            groups = tl.arange(0, D // G)  # values: one scale and zero per token and group of G channels
+            vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + groups[None, :]
+            vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
+            vzero = tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
+            v = tl.reshape(_unpack(tl.load(vc_ptr + at, mask=live[:, None], other=0), BLOCK_N, D, PER, BITS, QMAX),
+                           (BLOCK_N, D // G, G))
+            v = tl.reshape(v * vscale[:, :, None] + vzero[:, :, None], (BLOCK_N, D)).to(q.dtype)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
             m = m_new
