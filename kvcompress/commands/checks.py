@@ -182,6 +182,10 @@ def _quant_bytes(check: Check, context, r, arch) -> bool:
     # fp8's codes are linear in the tokens and its scales per sequence: a batch whose sequences differ in length
     # (kept is their mean) is exact on the tokens summed over its sequences
     summed = spec.format == "fp8" and r.batch > 1 and kept != int(kept) and kept * r.batch == int(kept * r.batch)
+    if r.batch > 1 and kept != int(kept) and not summed:  # int4/int2: codes by whole groups, a window per row
+        check.lines.append(f"{context}: {r.method:30s} rows of different lengths (mean {kept}): the "
+                           f"{spec.format} formula is per row and the record keeps only the mean FAIL")
+        return False
     if r.kv_tokens_kept_min != r.kv_tokens_kept_max or (kept != int(kept) and not summed) or r.kv_bytes_parts is None:
         check.lines.append(f"{context}: {r.method:30s} layers keep different counts (or no parts recorded): "
                            "the formula needs one count per layer FAIL")
