@@ -9,12 +9,13 @@ torch reference ops, which is how the tests compare it with the hf engine.
 Handled: presses that keep different lengths per layer (each layer has its own buffer), mask-only presses (a
 validity mask per KV head keeps masked entries out of attention), an fp8 KV cache alone or after a press (e4m3
 buffers and per-sequence scales: the store kernel quantizes each new token, the attention kernel dequantizes as it
-reads), an int4 / int2 cache (int_decode_state.py: packed codes and a bf16 window ring per row), native DMS (engine/fast/dms.py: a compact cache, fp8 too
-per head, its own store and attention kernels), and batches (engine.batch): sequence b fills row b
-of every buffer; rows shorter than the layer's longest are zero-padded and the pads hidden by the same validity mask,
-each row keeps its own RoPE position, and one graph is captured per (batch, shape). A batched step is the same
-kernels at batch B: GEMMs instead of GEMVs (the weights are read once for all rows), and split-K attention over a
-(B x KV heads, splits) grid whose split count falls as B grows (attention_splits), each row's KV read once.
+reads), an int4 / int2 cache (int_decode_state.py: packed codes and a bf16 window ring per row), native DMS
+(engine/fast/dms.py: a compact cache, fp8 too per head, its own store and attention kernels), and batches
+(engine.batch): sequence b fills row b of every buffer; rows shorter than the layer's longest are zero-padded and
+the pads hidden by the same validity mask, each row keeps its own RoPE position, and one graph is captured per
+(batch, shape). A batched step is the same kernels at batch B: GEMMs instead of GEMVs (the weights are read once for
+all rows), and split-K attention over a (B x KV heads, splits) grid whose split count falls as B grows
+(attention_splits), each row's KV read once.
 Refused, with the reason recorded and the hf engine used instead: DMS-8x's remote code (its own paged cache) and
 decoding-phase presses (they rewrite the cache inside transformers' forward). Native DMS batches too: the sequences'
 compact caches are merged into one (rows b x KV heads + h) and decoded by one graph (engine/fast/dms.py).

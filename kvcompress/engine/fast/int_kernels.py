@@ -51,7 +51,8 @@ class IntLayer:
         return cls(zeros((batch, heads, q, packed), torch.uint8), zeros((batch, heads, q // g, dim), torch.float16),
                    zeros((batch, heads, q // g, dim), torch.float16), zeros((batch, heads, q, packed), torch.uint8),
                    zeros((batch, heads, q, dim // g), torch.float16), zeros((batch, heads, q, dim // g), torch.float16),
-                   zeros((batch, heads, spec.window + g, dim), dtype), zeros((batch, heads, spec.window + g, dim), dtype))
+                   zeros((batch, heads, spec.window + g, dim), dtype),
+                   zeros((batch, heads, spec.window + g, dim), dtype))
 
     @property
     def ring(self) -> int:
@@ -79,10 +80,11 @@ class IntLayer:
     def row(self, b: int, n: int, spec: QuantSpec, dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Row b's n tokens in order, dequantized as the hf engine dequantizes (the twins' and the tests' view)."""
         q, g = spec.quantized_tokens(n), spec.group
-        keys = quant.int_dequantize(quant.IntGroups(self.key_codes[b:b + 1, :, :q], self.key_scale[b:b + 1, :, :q // g],
-                                                    self.key_zero[b:b + 1, :, :q // g], spec.bits, g, "tokens"), dtype)
-        values = quant.int_dequantize(quant.IntGroups(self.value_codes[b:b + 1, :, :q], self.value_scale[b:b + 1, :, :q],
-                                                      self.value_zero[b:b + 1, :, :q], spec.bits, g, "channels"), dtype)
+        row = slice(b, b + 1)
+        keys = quant.int_dequantize(quant.IntGroups(self.key_codes[row, :, :q], self.key_scale[row, :, :q // g],
+                                                    self.key_zero[row, :, :q // g], spec.bits, g, "tokens"), dtype)
+        values = quant.int_dequantize(quant.IntGroups(self.value_codes[row, :, :q], self.value_scale[row, :, :q],
+                                                      self.value_zero[row, :, :q], spec.bits, g, "channels"), dtype)
         slots = torch.arange(q, n, device=self.ring_keys.device) % self.ring
         return (torch.cat([keys, self.ring_keys[b:b + 1, :, slots]], 2),
                 torch.cat([values, self.ring_values[b:b + 1, :, slots]], 2))

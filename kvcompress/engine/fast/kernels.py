@@ -74,9 +74,9 @@ def qk_norm_rope_store(qkv: torch.Tensor, q_norm: torch.Tensor | None, k_norm: t
                        scales: tuple[torch.Tensor, torch.Tensor] | None = None, per_row: bool = False) -> torch.Tensor:
     """Split qkv (B, (Hq + 2 Hkv) * D), normalise and rotate q and k, write k and v at `slot` of the cache
     (keys/values: (B, Hkv, S, D)), mark the slot valid, return q (B, Hq, D) in `q_out`. `slot`: one slot for every
-    row, or with `per_row` row b's own slot[b] (the int4/int2 window rings, engine/fast/int_decode_state.py). An fp8 cache (`scales`:
-    float32 K and V scales (B, 1 | Hkv), methods/quant.py's fp8 format) stores k and v, as the model's dtype rounds
-    them, divided by their scale and rounded to e4m3 (saturating at +-448)."""
+    row, or with `per_row` row b's own slot[b] (the int4/int2 window rings, engine/fast/int_decode_state.py). An
+    fp8 cache (`scales`: float32 K and V scales (B, 1 | Hkv), methods/quant.py's fp8 format) stores k and v, as
+    the model's dtype rounds them, divided by their scale and rounded to e4m3 (saturating at +-448)."""
     batch, heads_q, dim = q_out.shape
     heads_kv = keys.shape[1]
     if use_triton(qkv):
