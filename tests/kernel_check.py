@@ -173,12 +173,29 @@ def int_checks(check, Hq, Hkv, D) -> None:
             check(f"{tag} flush {name} differs", float(not same))
         q = torch.randn(B, Hq, D)
         splits = 3
-        kernels.FORCE_TRITON = True
-        a = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D), splits)
         kernels.FORCE_TRITON = False
         b = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D))
-        check(f"{tag} decode_attention", rel_err(a, b))
-        check(f"{tag} decode_attention finite", float(a.isnan().sum()))
+        kernels.FORCE_TRITON = True
+        # the engine's launch, and the other ways the kernel can walk the cache (blocks within one key group,
+        # the key scale folded into the query, bytes unpacked and reshaped)
+        for launch in (int_kernels.LAUNCH, int_kernels.AttentionLaunch(block=16, gather=False, fold_keys=True),
+                       int_kernels.AttentionLaunch(block=16, gather=True, fold_keys=False)):
+            a = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D), splits,
+                                             launch)
+            name = f"{tag} decode_attention {launch}"
+            check(name, rel_err(a, b))
+            check(name + " finite", float(a.isnan().sum()))
+        kernels.FORCE_TRITON = False
+    # a prefill's layer quantized in one launch, from a slice of a longer (non-contiguous) tensor: bit for bit
+    for bits, group in ((4, 8), (2, 4), (4, 32)):
+        k, v = torch.randn(2, Hkv, 3 * group + 5, D).to(torch.bfloat16), torch.randn(2, Hkv, 3 * group + 5, D)
+        kernels.FORCE_TRITON = True
+        got = int_kernels.quantize_kv(k[:, :, :3 * group], v[:, :, :3 * group], bits, group)
+        kernels.FORCE_TRITON = False
+        want = int_kernels.quant.int_quantize_kv(k[:, :, :3 * group], v[:, :, :3 * group], bits, group)
+        for part, a, b in zip(("keys", "values"), got, want):
+            same = all(torch.equal(getattr(a, f), getattr(b, f)) for f in ("codes", "scale", "zero"))
+            check(f"quantize_kv int{bits}[group={group}] {part} differ", float(not same))
     # the store at one ring slot per row
     angle = torch.randn(B, D // 2)
     cos, sin = torch.cat([angle.cos()] * 2, -1), torch.cat([angle.sin()] * 2, -1)

@@ -5,9 +5,11 @@ For each shape: the engine's current choice, then every (programs per SM, BLOCK_
 the median of 5 x 50 CUDA-graph replays of one layer's partial + combine kernels, in TB/s of KV read. Then native
 DMS's ragged kernel (compact per-head rows, dms-8x at 8K and 32K x batch 8) at num_stages 1, 2 and 3. `--fp8`: the
 caches hold e4m3 codes with one scale per sequence (fp8, dms-8x+fp8), the bytes counted are the codes'.
+`--int`: the int4 / int2 cache's kernel (engine/fast/int_kernels.py, KIVI: group 32, window 128) over its launch
+choices (int_kernels.AttentionLaunch), in TB/s of what it reads (codes, scales and zero points, the bf16 ring).
 `--smoke` (CPU, TRITON_INTERPRET=1): one small shape through every launch, checked against the engine's twin.
 
-    python tools/attention_sweep.py [--ragged-only] [--fp8] [--shapes 8x8192,32x8192]
+    python tools/attention_sweep.py [--ragged-only] [--fp8] [--int] [--shapes 8x8192,32x8192]
 """
 
 import argparse
@@ -93,6 +95,64 @@ def ragged(batch: int, live: int, device, fp8: bool, stage_set=(1, 2, 3), reserv
     return worst
 
 
+def int_cache(spec, batch: int, tokens: int, device):
+    """An int4 / int2 layer of `batch` rows of `tokens` tokens: random codes, scales, zero points and ring."""
+    from kvcompress.engine.fast import int_kernels
+    layer = int_kernels.IntLayer.allocate(spec, batch, HKV, D, tokens, torch.bfloat16,
+                                          lambda shape, t: torch.empty(shape, dtype=t, device=device))
+    for t in (layer.key_codes, layer.value_codes):
+        t.copy_(torch.randint(0, 256, t.shape, device=device, dtype=torch.uint8))
+    for t in (layer.key_scale, layer.value_scale):
+        t.copy_(torch.rand(t.shape, device=device) * 0.1)
+    for t in (layer.key_zero, layer.value_zero, layer.ring_keys, layer.ring_values):
+        t.copy_(torch.randn(t.shape, device=device))
+    return layer
+
+
+def int_sweep(shapes, device, smoke_run: bool = False) -> float:
+    """The int kernel's launch choices at each shape, int4 then int2 (int2: the engine's and int4's best three).
+    Returns the largest difference from the engine's launch."""
+    from kvcompress.engine.fast import int_kernels
+    from kvcompress.methods.quant_spec import QuantSpec
+    choices = [int_kernels.AttentionLaunch(block, warps, gather, fold)
+               for block, warps, gather, fold in itertools.product((32, 64, 128), (4, 8), (True, False), (False, True))
+               if not (fold and block > 32) and not (block == 128 and not gather)]
+    worst, best = 0.0, {}
+    for bits in (4, 2):
+        spec = QuantSpec(f"int{bits}")
+        for batch, tokens in shapes:
+            layer = int_cache(spec, batch, tokens, device)
+            q = torch.randn(batch, HQ, D, device=device, dtype=torch.bfloat16)
+            out = torch.empty_like(q)
+            lengths = torch.full((batch,), tokens, device=device, dtype=torch.long)
+            splits = kernels.attention_splits(batch * HKV, max(1, spec.quantized_tokens(tokens)), device)
+            nbytes = sum(layer.parts().values())
+            others = [c for c in choices if c != int_kernels.LAUNCH] if bits == 4 else best.get((batch, tokens), [])
+            tried = [int_kernels.LAUNCH] + others  # the engine's first: the reference
+            rows = []
+            for choice in tried:
+                call = lambda: int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, out, splits,  # noqa
+                                                            choice)
+                if smoke_run:
+                    call()
+                    ms = 1.0
+                else:
+                    ms = 1e3 * replayed_seconds(call)
+                if choice == int_kernels.LAUNCH:
+                    reference = out.clone()
+                err = float((out.float() - reference.float()).abs().max())
+                worst = max(worst, err)
+                rows.append((ms, choice, err))
+            engine = next(ms for ms, choice, _ in rows if choice == int_kernels.LAUNCH)
+            rows.sort(key=lambda row: row[0])
+            best[(batch, tokens)] = [choice for _, choice, _ in rows if choice != int_kernels.LAUNCH][:3]
+            print(f"int{bits} batch {batch} x {tokens} tokens ({nbytes / 1e6:.1f} MB read, splits {splits}): engine "
+                  f"{engine * 1e3:.1f} us = {nbytes / engine / 1e9:.2f} TB/s", flush=True)
+            for ms, choice, err in rows[:8]:
+                print(f"  {ms * 1e3:6.1f} us {nbytes / ms / 1e9:5.2f} TB/s  {choice}; max diff vs engine {err:.1e}")
+    return worst
+
+
 def smoke() -> int:
     """CPU, under TRITON_INTERPRET=1: each launch this tool times, on one small shape, against the engine's own call
     (so the tool follows the kernels' signatures); exits 1 on a difference."""
@@ -109,6 +169,7 @@ def smoke() -> int:
         launch(q, keys, values, length, out, 1, 32, 4, 1, scales)
         worst = max(worst, float((out.float() - reference.float()).abs().max()),
                     ragged(1, 20, device, fp8, (1,), reserve=4))
+    worst = max(worst, int_sweep([(1, 200)], device, smoke_run=True))
     print(f"smoke: largest difference from the engine's call {worst:.1e}")
     return 0 if worst < 1e-2 else 1
 
@@ -118,6 +179,7 @@ def main() -> int:
     parser.add_argument("--ragged-only", action="store_true", help="only native DMS's ragged kernel")
     parser.add_argument("--shapes", help="batch x entries per row, e.g. 32x8320,8x32896 (default: the built-in set)")
     parser.add_argument("--fp8", action="store_true", help="e4m3 caches with per-sequence scales (fp8, dms-8x+fp8)")
+    parser.add_argument("--int", action="store_true", help="the int4 / int2 cache's kernel over its launch choices")
     parser.add_argument("--smoke", action="store_true", help="CPU (TRITON_INTERPRET=1): check each launch once")
     args = parser.parse_args()
     if args.smoke:
@@ -126,6 +188,9 @@ def main() -> int:
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     torch.manual_seed(0)
     shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",")] if args.shapes else SHAPES
+    if args.int:
+        int_sweep(shapes, device)
+        return 0
     for batch, capacity in [] if args.ragged_only else shapes:
         keys, values, scales = cache((batch, HKV, capacity, D), device, args.fp8)
         q = torch.randn(batch, HQ, D, device=device, dtype=torch.bfloat16)

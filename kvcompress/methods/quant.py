@@ -83,6 +83,11 @@ def int_quantize(x: torch.Tensor, bits: int, group: int, along: str) -> IntGroup
     return IntGroups(pack(codes.view(x.shape).to(torch.uint8), bits), scale, zero, bits, group, along)
 
 
+def int_quantize_kv(k: torch.Tensor, v: torch.Tensor, bits: int, group: int) -> tuple[IntGroups, IntGroups]:
+    """KIVI's pair: keys per channel in groups of tokens, values per token in groups of channels."""
+    return int_quantize(k, bits, group, "tokens"), int_quantize(v, bits, group, "channels")
+
+
 def int_dequantize(g: IntGroups, dtype=torch.float32) -> torch.Tensor:
     codes = unpack(g.codes, g.bits).float()
     return (codes * _expand(g.scale.float(), g.group, g.along) + _expand(g.zero.float(), g.group, g.along)).to(dtype)

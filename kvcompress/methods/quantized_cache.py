@@ -25,9 +25,10 @@ from kvcompress.methods.quant_spec import QuantSpec
 
 
 class QuantizedLayer(DynamicLayer):
-    def __init__(self, spec: QuantSpec):
+    def __init__(self, spec: QuantSpec, quantize_kv=quant.int_quantize_kv):
         super().__init__()
         self.spec = spec
+        self.quantize_kv = quantize_kv  # int4/int2: (k, v, bits, group) -> two IntGroups (an engine may bring its own)
         self.quantized = 0  # tokens held quantized
         self.qk = self.qv = None  # int: IntGroups; fp8: e4m3 codes (B, H, Q, D)
         self.k_scale = self.v_scale = None  # fp8's float32 scales, fixed at the first settle
@@ -63,9 +64,7 @@ class QuantizedLayer(DynamicLayer):
             self.qk = new_k if self.qk is None else torch.cat([self.qk, new_k], dim=2)
             self.qv = new_v if self.qv is None else torch.cat([self.qv, new_v], dim=2)
         else:
-            bits, group = self.spec.bits, self.spec.group
-            new_k = quant.int_quantize(k, bits, group, "tokens")
-            new_v = quant.int_quantize(v, bits, group, "channels")
+            new_k, new_v = self.quantize_kv(k, v, self.spec.bits, self.spec.group)
             self.qk = new_k if self.qk is None else self.qk.cat(new_k)
             self.qv = new_v if self.qv is None else self.qv.cat(new_v)
         self.quantized += take
@@ -100,7 +99,7 @@ class QuantizedLayer(DynamicLayer):
         return {"data": data, "scales": scales, "window": self.keys.nbytes + self.values.nbytes}
 
     def copy(self) -> QuantizedLayer:
-        out = QuantizedLayer(self.spec)
+        out = QuantizedLayer(self.spec, self.quantize_kv)
         out.__dict__.update({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()})
         if self.qk is not None and not isinstance(self.qk, torch.Tensor):
             out.qk, out.qv = self.qk.rows(slice(None)), self.qv.rows(slice(None))
@@ -110,15 +109,16 @@ class QuantizedLayer(DynamicLayer):
 class QuantizedKVCache(Cache, ReportsOwnKV):
     """One QuantizedLayer per model layer (transformers' Cache: the model's forward updates it layer by layer)."""
 
-    def __init__(self, spec: QuantSpec, n_layers: int, head_dim: int):
-        super().__init__(layers=[QuantizedLayer(spec) for _ in range(n_layers)])
-        self.spec, self.head_dim = spec, head_dim
+    def __init__(self, spec: QuantSpec, n_layers: int, head_dim: int, quantize_kv=quant.int_quantize_kv):
+        super().__init__(layers=[QuantizedLayer(spec, quantize_kv) for _ in range(n_layers)])
+        self.spec, self.head_dim, self.quantize_kv = spec, head_dim, quantize_kv
         self.model = None  # set by the engine: mask-only presses record their hidden entries on its modules
 
     @classmethod
-    def for_model(cls, spec: QuantSpec, model) -> QuantizedKVCache:
+    def for_model(cls, spec: QuantSpec, model, quantize_kv=quant.int_quantize_kv) -> QuantizedKVCache:
         c = model.config
-        cache = cls(spec, c.num_hidden_layers, getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+        cache = cls(spec, c.num_hidden_layers, getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+                    quantize_kv)
         cache.model = model  # mask-only presses leave their hidden entries on its attention modules
         return cache
 
@@ -165,7 +165,7 @@ class QuantizedKVCache(Cache, ReportsOwnKV):
         return state
 
     def copy(self) -> QuantizedKVCache:
-        out = QuantizedKVCache(self.spec, len(self.layers), self.head_dim)
+        out = QuantizedKVCache(self.spec, len(self.layers), self.head_dim, self.quantize_kv)
         out.layers = [layer.copy() for layer in self.layers]
         out.model = self.model
         return out
@@ -177,7 +177,7 @@ class QuantizedKVCache(Cache, ReportsOwnKV):
         sequences of different lengths are refused (transformers' one attention mask cannot hide pads inside the
         quantized part)."""
         first = caches[0]
-        out = QuantizedKVCache(first.spec, len(first.layers), first.head_dim)
+        out = QuantizedKVCache(first.spec, len(first.layers), first.head_dim, first.quantize_kv)
         out.model = first.model
         for cache in caches:
             cache.settle()

@@ -27,7 +27,7 @@ import torch
 from transformers import DynamicCache
 
 from kvcompress.engine.decoder import Decoder
-from kvcompress.engine.fast import dms as fast_dms, forced_prefill, kernels
+from kvcompress.engine.fast import dms as fast_dms, forced_prefill, int_kernels, kernels
 from kvcompress.engine.fast.decode_state import DecodeState, qk_norms
 from kvcompress.engine.fast.int_decode_state import IntDecodeState
 from kvcompress.memory import KVState, ReportsOwnKV, empty_in_pool, padded_rows_state, take_masked_indices
@@ -123,8 +123,9 @@ class FastDecoder(Decoder):
     def new_quantized_cache(self, spec, lm, n_new: int):
         """The prefill writes the hf engine's quantized cache; the decode moves its codes and scales into the
         buffers (fp8: e4m3 buffers the store kernel extends; int4 / int2: codes, scales and the window's ring,
-        int_decode_state.py), which the attention kernels dequantize as they read."""
-        return QuantizedKVCache.for_model(spec, lm.model)
+        int_decode_state.py), which the attention kernels dequantize as they read. An int4 / int2 prefill quantizes
+        each layer in one kernel (int_kernels.quantize_kv, bit for bit the hf engine's quantizer)."""
+        return QuantizedKVCache.for_model(spec, lm.model, int_kernels.quantize_kv)
 
     def new_dms_cache(self, params, lm, n_new: int, batch_room: int | None = None):
         """Native DMS prefills into the compact cache it decodes from (engine/fast/dms.py); a batch's member puts its

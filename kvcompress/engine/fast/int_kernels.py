@@ -124,12 +124,49 @@ def flush(layer: IntLayer, lengths: torch.Tensor, spec: QuantSpec) -> None:
         layer.value_zero[b, :, old:new] = v.zero[0]
 
 
+def quantize_kv(k: torch.Tensor, v: torch.Tensor, bits: int, group: int) -> tuple[quant.IntGroups, quant.IntGroups]:
+    """quant.int_quantize_kv in one kernel launch (a prefill's layer: (B, H, S, D), S a multiple of `group`), bit for
+    bit the same codes, scales and zero points: a prefill's quantization is part of its TTFT."""
+    if not use_triton(k):
+        return quant.int_quantize_kv(k, v, bits, group)
+    batch, heads, tokens, dim = k.shape
+    per = 8 // bits
+    codes = [torch.empty(batch, heads, tokens, dim // per, dtype=torch.uint8, device=k.device) for _ in range(2)]
+    key_scale, key_zero = (torch.empty(batch, heads, tokens // group, dim, dtype=torch.float16, device=k.device)
+                           for _ in range(2))
+    value_scale, value_zero = (torch.empty(batch, heads, tokens, dim // group, dtype=torch.float16, device=k.device)
+                               for _ in range(2))
+    if tokens:
+        _quantize_kernel[(batch, heads, tokens // group)](
+            k, v, codes[0], key_scale, key_zero, codes[1], value_scale, value_zero, *k.stride()[:3], *v.stride()[:3],
+            *codes[0].stride()[:3], *key_scale.stride()[:3], *value_scale.stride()[:3],
+            G=group, D=dim, BITS=bits, PER=per, QMAX=2**bits - 1)
+    return (quant.IntGroups(codes[0], key_scale, key_zero, bits, group, "tokens"),
+            quant.IntGroups(codes[1], value_scale, value_zero, bits, group, "channels"))
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # decode attention over codes + ring
 # --------------------------------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class AttentionLaunch:
+    """How the int attention kernel walks the cache: BLOCK_N tokens a step, `warps` warps a program; `gather`: each
+    channel loads its own byte and shifts its code out (no reshape of unpacked bytes), else bytes are unpacked and
+    reshaped; `fold_keys`: a block within one key group folds the group's scale into the query ((q s) . c + q . z)
+    instead of dequantizing each key. tools/attention_sweep.py --int times the choices."""
+
+    block: int = 64
+    warps: int = 4
+    gather: bool = True
+    fold_keys: bool = False
+
+
+LAUNCH = AttentionLaunch()
+
+
 def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, spec: QuantSpec, scale: float,
-                     out: torch.Tensor, splits: int = 1) -> torch.Tensor:
+                     out: torch.Tensor, splits: int = 1, launch: AttentionLaunch | None = None) -> torch.Tensor:
     """One query token per head, q (B, Hq, D), over each row's lengths[b] tokens: the quantized ones dequantized in
     the kernel (code x scale + zero in float32, rounded to q's dtype, as quant.int_dequantize), then the ring's.
     The quantized part is split across `splits` programs per (row, KV head), the ring is the first split's; the
@@ -138,11 +175,12 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
     heads_kv, capacity = layer.key_codes.shape[1], layer.key_codes.shape[2]
     group = heads_q // heads_kv
     if use_triton(q):
+        launch = launch or LAUNCH
         partial_out, partial_lse = attention_workspace(batch, heads_q, dim, splits, q.device)
-        # A block within one key group (G >= 16, every real setting: G = 32 by default) reads that group's scale and
-        # zero once, as a vector; smaller groups (the tests' G = 4, 8) read them per token.
-        block = min(BLOCK_N, spec.group) if spec.group >= 16 else 16
-        step = max(block, spec.group)
+        block = launch.block
+        # A block within one key group (G a multiple of the block) reads that group's scale and zero once, as a
+        # vector; otherwise each token reads its group's.
+        step = max(block, spec.group) if spec.group % block == 0 else block
         chunk = max(step, math.ceil(math.ceil(capacity / splits) / step) * step)
         _int_attention_partial_kernel[(batch * heads_kv, splits)](
             q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
@@ -151,8 +189,9 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
             *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3],
             HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim, CHUNK=chunk,
             BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block), G=spec.group,
-            BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
-            num_stages=attention_stages(batch * heads_kv, q.device))
+            BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1, GATHER=launch.gather,
+            FOLD_KEYS=launch.fold_keys and spec.group % block == 0,
+            num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
         kernels._attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
             SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=dim)
@@ -194,6 +233,33 @@ if triton is not None:
         return tl.reshape(codes, (ROWS, D)).to(tl.float32)
 
     @triton.jit
+    def _quantize_group(k, v, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, rows, key_row, value_rows, go,
+                        G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr):
+        """One group of G tokens, k and v (G, D) float32, quantized as quant.int_quantize does (keys per channel over
+        the G tokens, values per token over groups of G channels) and stored: codes at rows (G,) (one packed row a
+        token), key scale and zero at key_row (one row of D), value scales and zeros at value_rows (G,). Nothing is
+        stored where `go` is false."""
+        toks = tl.arange(0, G)
+        dims = tl.arange(0, D)
+        packs = tl.arange(0, D // PER)
+        scale = tl.math.div_rn(tl.max(k, axis=0) - tl.min(k, axis=0), QMAX * 1.0).to(tl.float16)  # per channel
+        zero = tl.min(k, axis=0).to(tl.float16)
+        codes = _codes(k, zero.to(tl.float32)[None, :], scale.to(tl.float32)[None, :], QMAX)
+        tl.store(kc_ptr + rows[:, None] + packs[None, :], _pack(codes, G, D, PER, BITS), mask=go & (toks[:, None] < G))
+        tl.store(ks_ptr + key_row + dims, scale, mask=go & (dims < D))
+        tl.store(kz_ptr + key_row + dims, zero, mask=go & (dims < D))
+        v = tl.reshape(v, (G, D // G, G))
+        vscale = tl.math.div_rn(tl.max(v, axis=2) - tl.min(v, axis=2), QMAX * 1.0).to(tl.float16)  # (G, D / G)
+        vzero = tl.min(v, axis=2).to(tl.float16)
+        vcodes = tl.reshape(_codes(v, vzero.to(tl.float32)[:, :, None], vscale.to(tl.float32)[:, :, None], QMAX),
+                            (G, D))
+        tl.store(vc_ptr + rows[:, None] + packs[None, :], _pack(vcodes, G, D, PER, BITS),
+                 mask=go & (toks[:, None] < G))
+        groups = tl.arange(0, D // G)
+        tl.store(vs_ptr + value_rows[:, None] + groups[None, :], vscale, mask=go & (toks[:, None] < G))
+        tl.store(vz_ptr + value_rows[:, None] + groups[None, :], vzero, mask=go & (toks[:, None] < G))
+
+    @triton.jit
     def _flush_kernel(rk_ptr, rv_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, len_ptr,
                       s_rb, s_rh, s_rs, s_cb, s_ch, s_cs, s_kb, s_kh, s_kg, s_vb, s_vh, s_vs,
                       WINDOW: tl.constexpr, R: tl.constexpr, G: tl.constexpr, D: tl.constexpr,
@@ -203,32 +269,45 @@ if triton is not None:
         n = tl.load(len_ptr + b)
         new = tl.maximum(n - WINDOW, 0) // G * G
         old = tl.maximum(n - 1 - WINDOW, 0) // G * G
-        go = new > old  # every load and store below is masked with it: a step without a full group writes nothing
+        go = new > old  # every load and store is masked with it: a step without a full group writes nothing
         toks = tl.arange(0, G)
         dims = tl.arange(0, D)
-        slots = (old + toks) % R
         tile = go & (toks[:, None] < G)
-        ring = b * s_rb + h * s_rh + slots[:, None] * s_rs + dims[None, :]
+        ring = b * s_rb + h * s_rh + ((old + toks) % R)[:, None] * s_rs + dims[None, :]
         k = tl.load(rk_ptr + ring, mask=tile, other=0.0).to(tl.float32)
-        scale = tl.math.div_rn(tl.max(k, axis=0) - tl.min(k, axis=0), QMAX * 1.0).to(tl.float16)  # per channel
-        zero = tl.min(k, axis=0).to(tl.float16)
-        codes = _codes(k, zero.to(tl.float32)[None, :], scale.to(tl.float32)[None, :], QMAX)
-        packs = tl.arange(0, D // PER)
-        rows = b * s_cb + h * s_ch + (old + toks)[:, None] * s_cs
-        tl.store(kc_ptr + rows + packs[None, :], _pack(codes, G, D, PER, BITS), mask=go & (toks[:, None] < G))
-        at = b * s_kb + h * s_kh + (old // G) * s_kg + dims
-        tl.store(ks_ptr + at, scale, mask=go & (dims < D))
-        tl.store(kz_ptr + at, zero, mask=go & (dims < D))
-        v = tl.reshape(tl.load(rv_ptr + ring, mask=tile, other=0.0).to(tl.float32), (G, D // G, G))
-        vscale = tl.math.div_rn(tl.max(v, axis=2) - tl.min(v, axis=2), QMAX * 1.0).to(tl.float16)  # (G, D / G)
-        vzero = tl.min(v, axis=2).to(tl.float16)
-        vcodes = tl.reshape(_codes(v, vzero.to(tl.float32)[:, :, None], vscale.to(tl.float32)[:, :, None], QMAX),
-                            (G, D))
-        tl.store(vc_ptr + rows + packs[None, :], _pack(vcodes, G, D, PER, BITS), mask=go & (toks[:, None] < G))
-        groups = tl.arange(0, D // G)
-        vat = b * s_vb + h * s_vh + (old + toks)[:, None] * s_vs + groups[None, :]
-        tl.store(vs_ptr + vat, vscale, mask=go & (toks[:, None] < G))
-        tl.store(vz_ptr + vat, vzero, mask=go & (toks[:, None] < G))
+        v = tl.load(rv_ptr + ring, mask=tile, other=0.0).to(tl.float32)
+        _quantize_group(k, v, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, b * s_cb + h * s_ch + (old + toks) * s_cs,
+                        b * s_kb + h * s_kh + (old // G) * s_kg, b * s_vb + h * s_vh + (old + toks) * s_vs, go,
+                        G, D, BITS, PER, QMAX)
+
+    @triton.jit
+    def _quantize_kernel(k_ptr, v_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr,
+                         s_kb, s_kh, s_ks, s_vb, s_vh, s_vs, s_cb, s_ch, s_cs, s_sb, s_sh, s_sg, s_tb, s_th, s_ts,
+                         G: tl.constexpr, D: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr,
+                         QMAX: tl.constexpr):
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        group = tl.program_id(2)
+        toks = group * G + tl.arange(0, G)
+        dims = tl.arange(0, D)
+        k = tl.load(k_ptr + b * s_kb + h * s_kh + toks[:, None] * s_ks + dims[None, :]).to(tl.float32)
+        v = tl.load(v_ptr + b * s_vb + h * s_vh + toks[:, None] * s_vs + dims[None, :]).to(tl.float32)
+        _quantize_group(k, v, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, b * s_cb + h * s_ch + toks * s_cs,
+                        b * s_sb + h * s_sh + group * s_sg, b * s_tb + h * s_th + toks * s_ts, group >= 0,
+                        G, D, BITS, PER, QMAX)
+
+    @triton.jit
+    def _codes_of(ptr, at, byte, shift, live, ROWS: tl.constexpr, D: tl.constexpr, PER: tl.constexpr,
+                  BITS: tl.constexpr, QMAX: tl.constexpr, GATHER: tl.constexpr):
+        """(ROWS, D) float32 codes of packed rows at ptr + at[:, None]: each channel its byte and shift (GATHER), or
+        the bytes loaded once and unpacked."""
+        if GATHER:
+            packed = tl.load(ptr + at[:, None] + byte[None, :], mask=live[:, None], other=0)
+            return ((packed.to(tl.int32) >> shift[None, :]) & QMAX).to(tl.float32)
+        else:
+            packs = tl.arange(0, D // PER)
+            return _unpack(tl.load(ptr + at[:, None] + packs[None, :], mask=live[:, None], other=0), ROWS, D, PER,
+                           BITS, QMAX)
 
     @triton.jit
     def _int_attention_partial_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, rk_ptr, rv_ptr, len_ptr,
@@ -237,7 +316,8 @@ if triton is not None:
                                       HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                                       D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
                                       WINDOW: tl.constexpr, R: tl.constexpr, R_BLOCKS: tl.constexpr,
-                                      G: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr):
+                                      G: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr,
+                                      GATHER: tl.constexpr, FOLD_KEYS: tl.constexpr):
         bh = tl.program_id(0)  # (batch, kv head)
         split = tl.program_id(1)
         b = bh // HEADS_KV
@@ -257,12 +337,13 @@ if triton is not None:
         start = split * CHUNK
         end = tl.minimum(start + CHUNK, quantized)
         codes = b * s_cb + kvh * s_ch
-        packs = tl.arange(0, D // PER)
+        byte = dims // PER  # a channel's byte in its packed row, and its code's place there (the first in the low bits)
+        shift = (dims % PER) * BITS
         for offset in range(0, CHUNK, BLOCK_N):  # the quantized tokens of this split's chunk
             cols = start + offset + tl.arange(0, BLOCK_N)
             live = cols < end
-            at = codes + cols[:, None] * s_cs + packs[None, :]
-            k = _unpack(tl.load(kc_ptr + at, mask=live[:, None], other=0), BLOCK_N, D, PER, BITS, QMAX)
+            at = codes + cols * s_cs
+            k = _codes_of(kc_ptr, at, byte, shift, live, BLOCK_N, D, PER, BITS, QMAX, GATHER)
             if G % BLOCK_N == 0:  # the block lies in one key group: its scale and zero are one vector
                 kat = b * s_kb + kvh * s_kh + ((start + offset) // G) * s_kg + dims
                 any_live = (start + offset) < end
@@ -272,19 +353,29 @@ if triton is not None:
                 kat = b * s_kb + kvh * s_kh + (cols // G)[:, None] * s_kg + dims[None, :]
                 kscale = tl.load(ks_ptr + kat, mask=live[:, None], other=0.0).to(tl.float32)
                 kzero = tl.load(kz_ptr + kat, mask=live[:, None], other=0.0).to(tl.float32)
-            k = (k * kscale + kzero).to(q.dtype)
-            s = tl.where(live[None, :], tl.dot(q, tl.trans(k)) * scale, float("-inf"))
+            if FOLD_KEYS:  # q . (c s + z) = (q s) . c + q . z, s and z one vector for the block
+                qf = q.to(tl.float32)
+                s = tl.dot((qf * kscale).to(q.dtype), tl.trans(k.to(q.dtype))) + tl.sum(qf * kzero, axis=1)[:, None]
+            else:
+                s = tl.dot(q, tl.trans((k * kscale + kzero).to(q.dtype)))
+            s = tl.where(live[None, :], s * scale, float("-inf"))
             m_new = tl.maximum(m, tl.max(s, axis=1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m - m_safe)
-            groups = tl.arange(0, D // G)  # values: one scale and zero per token and group of G channels
-            vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + groups[None, :]
-            vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
-            vzero = tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
-            v = tl.reshape(_unpack(tl.load(vc_ptr + at, mask=live[:, None], other=0), BLOCK_N, D, PER, BITS, QMAX),
-                           (BLOCK_N, D // G, G))
-            v = tl.reshape(v * vscale[:, :, None] + vzero[:, :, None], (BLOCK_N, D)).to(q.dtype)
+            v = _codes_of(vc_ptr, at, byte, shift, live, BLOCK_N, D, PER, BITS, QMAX, GATHER)
+            if GATHER:  # values: one scale and zero per token and group of G channels, read per channel
+                vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + (dims // G)[None, :]
+                vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
+                vzero = tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
+                v = (v * vscale + vzero).to(q.dtype)
+            else:
+                groups = tl.arange(0, D // G)
+                vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + groups[None, :]
+                vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
+                vzero = tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
+                v = tl.reshape(tl.reshape(v, (BLOCK_N, D // G, G)) * vscale[:, :, None] + vzero[:, :, None],
+                               (BLOCK_N, D)).to(q.dtype)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
             m = m_new
