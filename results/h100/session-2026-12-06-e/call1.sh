@@ -5,6 +5,7 @@
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD KVCOMPRESS_CACHE=.carry/cache HF_HUB_OFFLINE=1 KVCOMPRESS_GIT_COMMIT=${COMMIT:-unknown}
 nvidia-smi --query-gpu=name --format=csv,noheader > $OUT/gpu.txt
+timeout 60 python3 tools/device_limits.py >> $OUT/gpu.txt 2>&1
 t0=$SECONDS
 (KVCOMPRESS_CHECK_DEVICE=cuda timeout 150 python3 tests/kernel_check.py gpu; echo "rc=$?") > $OUT/kernel-check.log 2>&1
 echo "kernel check gpu $((SECONDS - t0)) s" >> $OUT/times.txt; t0=$SECONDS
