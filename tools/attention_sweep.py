@@ -110,7 +110,7 @@ def int_cache(spec, batch: int, tokens: int, device):
 
 
 def int_sweep(shapes, device, smoke_run: bool = False) -> float:
-    """The int kernel's launch choices at each shape, int4 then int2 (int2: the engine's and int4's best three).
+    """The int kernel's launch choices at each shape, int4 then int2 (int2: the engine's and int4's best).
     Returns the largest difference from the engine's launch."""
     from kvcompress.engine.fast import int_kernels
     from kvcompress.methods.quant_spec import QuantSpec
@@ -145,7 +145,7 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
                 rows.append((ms, choice, err))
             engine = next(ms for ms, choice, _ in rows if choice == int_kernels.LAUNCH)
             rows.sort(key=lambda row: row[0])
-            best[(batch, tokens)] = [choice for _, choice, _ in rows if choice != int_kernels.LAUNCH][:3]
+            best[(batch, tokens)] = [choice for _, choice, _ in rows if choice != int_kernels.LAUNCH][:1]
             print(f"int{bits} batch {batch} x {tokens} tokens ({nbytes / 1e6:.1f} MB read, splits {splits}): engine "
                   f"{engine * 1e3:.1f} us = {nbytes / engine / 1e9:.2f} TB/s", flush=True)
             for ms, choice, err in rows[:8]:
