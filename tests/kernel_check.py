@@ -176,10 +176,10 @@ def int_checks(check, Hq, Hkv, D) -> None:
         kernels.FORCE_TRITON = False
         b = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D))
         kernels.FORCE_TRITON = True
-        # the engine's launch, and the other ways the kernel can walk the cache (blocks within one key group,
-        # the key scale folded into the query, bytes unpacked and reshaped)
-        for launch in (int_kernels.LAUNCH, int_kernels.AttentionLaunch(block=16, gather=False, fold_keys=True),
-                       int_kernels.AttentionLaunch(block=16, gather=True, fold_keys=False)):
+        # the engine's launch, and the other ways the kernel can walk the cache (blocks within one key group, the
+        # key scale folded into the query)
+        for launch in (int_kernels.LAUNCH, int_kernels.AttentionLaunch(block=16, fold_keys=True),
+                       int_kernels.AttentionLaunch(block=64)):
             a = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D), splits,
                                              launch)
             name = f"{tag} decode_attention {launch}"

@@ -113,13 +113,13 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
     """The int kernel's launch choices at each shape, int4 then int2 (int2: the engine's and int4's best).
     Returns the largest difference from the engine's launch."""
     from kvcompress.engine.fast import int_kernels
-    from kvcompress.methods.quant_spec import QuantSpec
-    choices = [int_kernels.AttentionLaunch(block, warps, gather, fold)
-               for block, warps, gather, fold in itertools.product((32, 64, 128), (4, 8), (True, False), (False, True))
-               if not (fold and block > 32) and not (block == 128 and not gather)]
+    from kvcompress.methods.quant_spec import spec_from_label
+    choices = [int_kernels.AttentionLaunch(block, warps, fold)
+               for block, warps, fold in itertools.product((16, 32, 64), (2, 4, 8), (False, True))
+               if not (fold and block > 32)]
     worst, best = 0.0, {}
     for bits in (4, 2):
-        spec = QuantSpec(f"int{bits}")
+        spec = spec_from_label(f"int{bits}")  # the method's defaults: group 32, window 128
         for batch, tokens in shapes:
             layer = int_cache(spec, batch, tokens, device)
             q = torch.randn(batch, HQ, D, device=device, dtype=torch.bfloat16)

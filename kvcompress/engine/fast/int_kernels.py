@@ -151,14 +151,13 @@ def quantize_kv(k: torch.Tensor, v: torch.Tensor, bits: int, group: int) -> tupl
 
 @dataclass(frozen=True)
 class AttentionLaunch:
-    """How the int attention kernel walks the cache: BLOCK_N tokens a step, `warps` warps a program; `gather`: each
-    channel loads its own byte and shifts its code out (no reshape of unpacked bytes), else bytes are unpacked and
-    reshaped; `fold_keys`: a block within one key group folds the group's scale into the query ((q s) . c + q . z)
-    instead of dequantizing each key. tools/attention_sweep.py --int times the choices."""
+    """How the int attention kernel walks the cache: BLOCK_N tokens a step, `warps` warps a program; `fold_keys`: a
+    block within one key group folds the group's scale into the query ((q s) . c + q . z) instead of dequantizing
+    each key. tools/attention_sweep.py --int times the choices (an H200, 6 December, groups of 1: each channel's byte
+    read by its own load ran 9x slower than bytes loaded once and unpacked)."""
 
-    block: int = 64
+    block: int = 32
     warps: int = 4
-    gather: bool = True
     fold_keys: bool = False
 
 
@@ -189,7 +188,7 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
             *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3],
             HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim, CHUNK=chunk,
             BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block), G=spec.group,
-            BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1, GATHER=launch.gather,
+            BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
             FOLD_KEYS=launch.fold_keys and spec.group % block == 0,
             num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
         kernels._attention_combine_kernel[(batch * heads_q,)](
@@ -297,17 +296,12 @@ if triton is not None:
                         G, D, BITS, PER, QMAX)
 
     @triton.jit
-    def _codes_of(ptr, at, byte, shift, live, ROWS: tl.constexpr, D: tl.constexpr, PER: tl.constexpr,
-                  BITS: tl.constexpr, QMAX: tl.constexpr, GATHER: tl.constexpr):
-        """(ROWS, D) float32 codes of packed rows at ptr + at[:, None]: each channel its byte and shift (GATHER), or
-        the bytes loaded once and unpacked."""
-        if GATHER:
-            packed = tl.load(ptr + at[:, None] + byte[None, :], mask=live[:, None], other=0)
-            return ((packed.to(tl.int32) >> shift[None, :]) & QMAX).to(tl.float32)
-        else:
-            packs = tl.arange(0, D // PER)
-            return _unpack(tl.load(ptr + at[:, None] + packs[None, :], mask=live[:, None], other=0), ROWS, D, PER,
-                           BITS, QMAX)
+    def _codes_of(ptr, at, live, ROWS: tl.constexpr, D: tl.constexpr, PER: tl.constexpr, BITS: tl.constexpr,
+                  QMAX: tl.constexpr):
+        """(ROWS, D) float32 codes of the packed rows at ptr + at[:, None]."""
+        packs = tl.arange(0, D // PER)
+        return _unpack(tl.load(ptr + at[:, None] + packs[None, :], mask=live[:, None], other=0), ROWS, D, PER, BITS,
+                       QMAX)
 
     @triton.jit
     def _int_attention_partial_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, rk_ptr, rv_ptr, len_ptr,
@@ -317,7 +311,7 @@ if triton is not None:
                                       D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
                                       WINDOW: tl.constexpr, R: tl.constexpr, R_BLOCKS: tl.constexpr,
                                       G: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr,
-                                      GATHER: tl.constexpr, FOLD_KEYS: tl.constexpr):
+                                      FOLD_KEYS: tl.constexpr):
         bh = tl.program_id(0)  # (batch, kv head)
         split = tl.program_id(1)
         b = bh // HEADS_KV
@@ -337,13 +331,11 @@ if triton is not None:
         start = split * CHUNK
         end = tl.minimum(start + CHUNK, quantized)
         codes = b * s_cb + kvh * s_ch
-        byte = dims // PER  # a channel's byte in its packed row, and its code's place there (the first in the low bits)
-        shift = (dims % PER) * BITS
         for offset in range(0, CHUNK, BLOCK_N):  # the quantized tokens of this split's chunk
             cols = start + offset + tl.arange(0, BLOCK_N)
             live = cols < end
             at = codes + cols * s_cs
-            k = _codes_of(kc_ptr, at, byte, shift, live, BLOCK_N, D, PER, BITS, QMAX, GATHER)
+            k = _codes_of(kc_ptr, at, live, BLOCK_N, D, PER, BITS, QMAX)
             if G % BLOCK_N == 0:  # the block lies in one key group: its scale and zero are one vector
                 kat = b * s_kb + kvh * s_kh + ((start + offset) // G) * s_kg + dims
                 any_live = (start + offset) < end
@@ -363,19 +355,12 @@ if triton is not None:
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m - m_safe)
-            v = _codes_of(vc_ptr, at, byte, shift, live, BLOCK_N, D, PER, BITS, QMAX, GATHER)
-            if GATHER:  # values: one scale and zero per token and group of G channels, read per channel
-                vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + (dims // G)[None, :]
-                vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
-                vzero = tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
-                v = (v * vscale + vzero).to(q.dtype)
-            else:
-                groups = tl.arange(0, D // G)
-                vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + groups[None, :]
-                vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
-                vzero = tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
-                v = tl.reshape(tl.reshape(v, (BLOCK_N, D // G, G)) * vscale[:, :, None] + vzero[:, :, None],
-                               (BLOCK_N, D)).to(q.dtype)
+            groups = tl.arange(0, D // G)  # values: one scale and zero per token and group of G channels
+            vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + groups[None, :]
+            vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
+            vzero = tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
+            v = tl.reshape(_codes_of(vc_ptr, at, live, BLOCK_N, D, PER, BITS, QMAX), (BLOCK_N, D // G, G))
+            v = tl.reshape(v * vscale[:, :, None] + vzero[:, :, None], (BLOCK_N, D)).to(q.dtype)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
             m = m_new
