@@ -230,3 +230,15 @@ def test_each_prompt_is_checked_against_its_own_vanilla():
     kv = checks.run_checks(RUN, records)[0]
     assert kv.passed is True, kv.lines
     assert [line.split(":")[0] for line in kv.lines] == ["256 niah/0"] * 2 + ["256 vt/0"] * 2
+
+
+def test_the_h200_limits_on_another_gpu_are_named_not_used_silently(tiny_run):
+    run, results = load(tiny_run)
+    h100 = dict(run, gpu="NVIDIA H100 80GB HBM3")
+    roofline, compute = checks.run_checks(h100, results, hardware=True)[2:4]
+    for check in (roofline, compute):
+        assert "H100" in check.lines[0] and "--bandwidth" in check.lines[0]
+    roofline = checks.run_checks(dict(run, gpu="NVIDIA H200"), results, hardware=True)[2]
+    assert not roofline.lines[0].startswith("note:")
+    own = checks.run_checks(h100, results, bandwidth=3.0e12, flops=700e12, hardware=True)[2]
+    assert "3.0 TB/s" in own.name and not own.lines[0].startswith("note:")

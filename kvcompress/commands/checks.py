@@ -71,7 +71,14 @@ def run_checks(run: dict, results: list[BenchmarkResult], bandwidth: float = HBM
         return checks + [Check("2-6. Hardware checks", None, [
             "skipped: a quality run's records hold no timings or peaks (test_long_context.py --mode measured times)"])] + ranks
     ok = timed
-    checks += [_memory(ok), _roofline(ok, bandwidth, arch), _compute(ok, flops, arch), _noise(ok)]
+    roofline, compute = _roofline(ok, bandwidth, arch), _compute(ok, flops, arch)
+    gpu = str(run.get("gpu") or "")
+    if (bandwidth, flops) == (HBM_BANDWIDTH, BF16_FLOPS) and "H200" not in gpu:
+        for check in (roofline, compute):  # the H200's limits against another GPU's run: say so, never silently
+            check.lines.insert(0, f"note: these limits are the H200's (the defaults); this run is on "
+                                  f"{gpu or 'an unnamed GPU'}: pass --bandwidth and --flops (tools/device_limits.py "
+                                  "measures them) for its own")
+    checks += [_memory(ok), roofline, compute, _noise(ok)]
     if references:
         checks.append(_engines(ok, references))
     return checks + ranks
