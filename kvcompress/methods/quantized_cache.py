@@ -98,10 +98,12 @@ class QuantizedLayer(DynamicLayer):
             scales = self.k_scale.nbytes + self.v_scale.nbytes
         return {"data": data, "scales": scales, "window": self.keys.nbytes + self.values.nbytes}
 
-    def copy(self) -> QuantizedLayer:
+    def copy(self, clone: bool = True) -> QuantizedLayer:
+        """A copy of the layer; clone=False: its tensors shared (for a caller that replaces them)."""
         out = QuantizedLayer(self.spec, self.quantize_kv)
-        out.__dict__.update({k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()})
-        if self.qk is not None and not isinstance(self.qk, torch.Tensor):
+        out.__dict__.update({k: (v.clone() if clone and isinstance(v, torch.Tensor) else v)
+                             for k, v in self.__dict__.items()})
+        if clone and self.qk is not None and not isinstance(self.qk, torch.Tensor):
             out.qk, out.qv = self.qk.rows(slice(None)), self.qv.rows(slice(None))
         return out
 
@@ -164,9 +166,9 @@ class QuantizedKVCache(Cache, ReportsOwnKV):
         state.parts = self.parts()
         return state
 
-    def copy(self) -> QuantizedKVCache:
+    def copy(self, clone: bool = True) -> QuantizedKVCache:
         out = QuantizedKVCache(self.spec, len(self.layers), self.head_dim, self.quantize_kv)
-        out.layers = [layer.copy() for layer in self.layers]
+        out.layers = [layer.copy(clone) for layer in self.layers]
         out.model = self.model
         return out
 

@@ -88,10 +88,17 @@ class FastDecoder(Decoder):
         Left where the prefill put them, one sequence's layers (a few MiB each once compressed) share the
         allocator's 20 MiB segments: moving one layer across the batch freed no segment, and near the memory limit
         about five layers' KV stood twice (capped at 80 GiB, knorm@0.875 at 8K fitted 330 of the 378 its bytes
-        predict)."""
+        predict; fp8's codes, before they were staged too, 81-86 of 111). int4 / int2 caches are not staged yet."""
         if isinstance(cache, fast_dms.CompactDMSCache):  # prefilled into the slabs already (new_dms_cache)
             return cache.copy(self.staging_buffers(cache.n_layers, expected)) if copy else cache
-        if isinstance(cache, QuantizedKVCache):  # fp8: its codes move into the buffers at decode_batch, as they are
+        if isinstance(cache, QuantizedKVCache) and cache.spec.format == "fp8":  # its e4m3 codes wait in the slabs
+            cache.settle()  # every token quantized (fp8 keeps no bf16 window)
+            self._stage(len(cache.layers))
+            staged = cache.copy(clone=False) if copy else cache
+            for i, layer in enumerate(staged.layers):
+                layer.qk, layer.qv = self._staging.place(i, layer.qk, layer.qv, expected)
+            return staged
+        if isinstance(cache, QuantizedKVCache):  # int4 / int2: codes and window move into the buffers as they are
             return cache.copy() if copy else cache
         if not isinstance(cache, DynamicCache):
             return cache
