@@ -32,6 +32,8 @@ class KVState:
     tokens_per_head: list[list[int]] | None = None
     # a quantized cache's bytes by part: {"data": codes, "scales": scales + zero points, "window": bf16 tokens}
     parts: dict | None = None
+    # a batch's: each sequence's live tokens (its tokens_kept), where tokens_per_layer holds their mean
+    tokens_per_row: list[float] | None = None
 
     @property
     def tokens_kept(self) -> float:

@@ -79,6 +79,7 @@ class BenchmarkResult:
     phase: str | None = None  # when the method compresses: prefill | decoding | prefill+decoding
     kv_tokens_kept_min: float | None = None  # per layer (uneven presses differ)
     kv_tokens_kept_max: float | None = None
+    kv_tokens_kept_rows: list[float] | None = None  # a batch's: each sequence's kv_tokens_kept (that is their mean)
     kv_cache_bytes_full: int | None = None  # bytes the same cache would hold with nothing evicted
     kv_live_bytes: int | None = None  # bytes of entries attention still sees (DMS pool: live part)
     kv_live_bytes_end: int | None = None

@@ -308,3 +308,26 @@ def test_check_holds_a_fast_fp8_batch_of_unequal_sequences_to_the_summed_formula
     r.kv_bytes_parts["data"] += 1
     r.kv_cache_bytes += 1
     assert checks.run_checks(run, results)[0].passed is False
+
+
+def test_check_holds_a_fast_int4_batch_of_unequal_sequences_to_each_rows_formula(tmp_path):
+    """int4's codes go by whole groups and each row has its own window, so a batch of unequal sequences is verified
+    row by row from kv_tokens_kept_rows (their mean alone cannot be); one code byte too many fails."""
+    out = tmp_path / "b.json"
+    method = "int4[group=8,window=4]"
+    assert benchmark.main(["--preset", "tiny", "--contexts", "320", "--methods", f"vanilla,{method}", "--engine",
+                           "fast", "--batch", "3", "--max-new-tokens", "3", "--repeats", "1", "--out", str(out)]) == 0
+    run, results = load(out)
+    r = next(r for r in results if r.method == method)
+    assert r.batch == 3 and r.kv_tokens_kept != int(r.kv_tokens_kept)  # the case this test is about
+    assert len(set(r.kv_tokens_kept_rows)) > 1 and sum(r.kv_tokens_kept_rows) / 3 == pytest.approx(r.kv_tokens_kept)
+    c = run["architecture"]
+    itemsize = {"float32": 4, "bfloat16": 2, "float16": 2}[run["dtype"]]  # the window's tokens, as the model's dtype
+    each = [QuantSpec("int4", 8, 4).bytes_parts(1, c["kv_heads"], c["head_dim"], int(n), itemsize)
+            for n in r.kv_tokens_kept_rows]
+    assert r.kv_bytes_parts == {name: c["layers"] * sum(row[name] for row in each) for name in each[0]}
+    kv = checks.run_checks(run, results)[0]
+    assert kv.passed is True, kv.lines
+    r.kv_bytes_parts["data"] += 1
+    r.kv_cache_bytes += 1
+    assert checks.run_checks(run, results)[0].passed is False

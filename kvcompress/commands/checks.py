@@ -189,11 +189,13 @@ def _quant_bytes(check: Check, context, r, arch) -> bool:
     # fp8's codes are linear in the tokens and its scales per sequence: a batch whose sequences differ in length
     # (kept is their mean) is exact on the tokens summed over its sequences
     summed = spec.format == "fp8" and r.batch > 1 and kept != int(kept) and kept * r.batch == int(kept * r.batch)
-    if r.batch > 1 and kept != int(kept) and not summed:  # int4/int2: codes by whole groups, a window per row
+    rows = r.kv_tokens_kept_rows if r.batch > 1 and kept != int(kept) and not summed else None
+    if r.batch > 1 and kept != int(kept) and not summed and not (rows and all(n == int(n) for n in rows)):
         check.lines.append(f"{context}: {r.method:30s} rows of different lengths (mean {kept}): the "
-                           f"{spec.format} formula is per row and the record keeps only the mean FAIL")
+                           f"{spec.format} formula is per row and the record keeps no whole count per row FAIL")
         return False
-    if r.kv_tokens_kept_min != r.kv_tokens_kept_max or (kept != int(kept) and not summed) or r.kv_bytes_parts is None:
+    if r.kv_tokens_kept_min != r.kv_tokens_kept_max or (kept != int(kept) and not summed and not rows) \
+            or r.kv_bytes_parts is None:
         check.lines.append(f"{context}: {r.method:30s} layers keep different counts (or no parts recorded): "
                            "the formula needs one count per layer FAIL")
         return False
@@ -201,12 +203,16 @@ def _quant_bytes(check: Check, context, r, arch) -> bool:
     if summed:
         kept = kept * r.batch
         one = {**spec.bytes_parts(r.batch, heads, dim, 0), "data": spec.bytes_parts(1, heads, dim, int(kept))["data"]}
+    elif rows:  # int4/int2 rows of different lengths: the formula for each row's own count, summed
+        each = [spec.bytes_parts(1, heads, dim, int(n), _itemsize(r)) for n in rows]
+        one = {name: sum(row[name] for row in each) for name in each[0]}
     else:
         one = spec.bytes_parts(r.batch, heads, dim, int(kept), _itemsize(r))
     expected = {name: n * arch["layers"] for name, n in one.items()}
     good = r.kv_bytes_parts == expected and r.kv_cache_bytes == sum(expected.values())
     parts = ", ".join(f"{name} {n:,}" for name, n in r.kv_bytes_parts.items())
-    check.lines.append(f"{context}: {r.method:30s} {r.kv_cache_bytes:,} B = {parts} for {int(kept)} tokens"
+    counted = f"rows of {', '.join(f'{int(n)}' for n in sorted(set(rows)))} tokens" if rows else f"{int(kept)} tokens"
+    check.lines.append(f"{context}: {r.method:30s} {r.kv_cache_bytes:,} B = {parts} for {counted}"
                        f"{' (the sequences summed)' if summed else ''} "
                        f"({'exact' if good else f'expected {expected}'}); "
                        f"{r.kv_cache_bytes / r.kv_cache_bytes_full:.4f} of vanilla")

@@ -165,4 +165,4 @@ def combine(states: list[KVState]) -> KVState:
     if all(s.parts is not None for s in states):  # a quantized cache's bytes by part, summed as the bytes are
         parts = {name: sum(s.parts[name] for s in states) for name in states[0].parts}
     return KVState(sum(s.bytes for s in states), sum(s.live_bytes for s in states), sum(s.full_bytes for s in states),
-                   per_layer, sum(s.positions for s in states) / n, per_head, parts)
+                   per_layer, sum(s.positions for s in states) / n, per_head, parts, [s.tokens_kept for s in states])

@@ -110,6 +110,7 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
         kv_live_bytes_end=end.live_bytes,
         kv_tokens_end=end.tokens_kept,
         kv_tokens_per_head=after.tokens_per_head,
+        kv_tokens_kept_rows=after.tokens_per_row,
         kv_tokens_per_head_end=end.tokens_per_head,
         kv_bytes_parts=after.parts,
         kv_bytes_parts_end=end.parts,
