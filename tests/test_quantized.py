@@ -230,12 +230,22 @@ def test_cloned_rows_of_a_fast_fp8_batch_are_copies(tiny, tiny_prompt, fast):
     assert batch.kv_after.parts == {k: v * c.num_hidden_layers for k, v in one.items()}
 
 
+def _staged_tensors(layer):
+    """A quantized layer's tensors that must wait in the slabs: fp8's codes; int4/int2's codes, scales, zero points
+    and bf16 window."""
+    if layer.spec.format == "fp8":
+        return [layer.qk, layer.qv]
+    groups = (layer.qk, layer.qv)
+    return [layer.keys, layer.values] + [getattr(g, f) for g in groups for f in ("codes", "scale", "zero")]
+
+
+@pytest.mark.parametrize("name", ["fp8", "int4[group=8,window=4]"])
 @pytest.mark.parametrize("admission", ["each", "cloned"])
-def test_a_fast_fp8_batch_waits_for_decode_in_the_staging_slabs(tiny, fast, monkeypatch, admission):
-    """fp8's e4m3 codes wait for decode_batch in the per-layer staging slabs, as a plain cache's K and V do (left
+def test_a_fast_quantized_batch_waits_for_decode_in_the_staging_slabs(tiny, fast, monkeypatch, admission, name):
+    """A quantized cache waits for decode_batch in the per-layer staging slabs, as a plain cache's K and V do (left
     where the prefill put them, layers shared the allocator's segments: under 80 GiB at 8K fp8 fitted 81-86 of the
-    111 sequences its bytes predict, H200): at decode_batch every row's codes are views of its layer's slabs, and
-    no slab is left once the batch decodes; the rows decode what each decodes alone."""
+    111 sequences its bytes predict, int4 163 of 169, H200): at decode_batch every row's tensors are views of its
+    layer's slabs, and no slab is left once the batch decodes; the rows decode what each decodes alone."""
     from kvcompress.engine.batch import generate_batch
     from kvcompress.engine.fast.decoder import FastDecoder
     from kvcompress.tasks.cell import Cell
@@ -245,14 +255,15 @@ def test_a_fast_fp8_batch_waits_for_decode_in_the_staging_slabs(tiny, fast, monk
 
     def decode_batch(self, lm, admitted, *args, **kwargs):
         slabs = [{s[0].untyped_storage().data_ptr() for s in layer} for layer in self.staging.slabs]
-        held.extend(getattr(layer, name).untyped_storage().data_ptr() in slabs[i]
-                    for a in admitted for i, layer in enumerate(a.cache.layers) for name in ("qk", "qv"))
+        held.extend(t.untyped_storage().data_ptr() in slabs[i]
+                    for a in admitted for i, layer in enumerate(a.cache.layers) for t in _staged_tensors(layer))
         return real(self, lm, admitted, *args, **kwargs)
 
     monkeypatch.setattr(FastDecoder, "decode_batch", decode_batch)
-    method, settings = parse_method("fp8"), GenerationSettings(6, SamplingConfig(greedy=True))
+    method, settings = parse_method(name), GenerationSettings(6, SamplingConfig(greedy=True))
     batch = generate_batch(tiny, method, prompts, settings, fast, admission=admission)
-    assert len(held) == 3 * 2 * tiny.model.config.num_hidden_layers and all(held)
+    per_layer = 2 if name == "fp8" else 8
+    assert len(held) == 3 * per_layer * tiny.model.config.num_hidden_layers and all(held)
     assert not any(fast.staging.slabs)
     rows = [prompts[0], prompts[0], prompts[2]] if admission == "cloned" else prompts
     assert batch.batch_token_ids == [generate_once(tiny, method, p, settings, HFDecoder()).token_ids for p in rows]
