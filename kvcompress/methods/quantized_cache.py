@@ -14,6 +14,8 @@ what the prefill left.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
@@ -97,6 +99,26 @@ class QuantizedLayer(DynamicLayer):
         elif self.k_scale is not None:
             scales = self.k_scale.nbytes + self.v_scale.nbytes
         return {"data": data, "scales": scales, "window": self.keys.nbytes + self.values.nbytes}
+
+    def tensors(self) -> list[torch.Tensor]:
+        """Every tensor the layer holds: the bf16 window (keys, values), then the codes (fp8), or each IntGroups'
+        codes, scale and zero (int4 / int2). `hold` takes such a list back."""
+        held = [self.keys, self.values]
+        for groups in (self.qk, self.qv):
+            if isinstance(groups, torch.Tensor):
+                held.append(groups)
+            elif groups is not None:
+                held += [groups.codes, groups.scale, groups.zero]
+        return held
+
+    def hold(self, held: list[torch.Tensor]) -> None:
+        """Hold `held` (the same tensors as `tensors()` lists, elsewhere: an engine's staging) instead."""
+        self.keys, self.values, rest = held[0], held[1], held[2:]
+        if isinstance(self.qk, torch.Tensor):
+            self.qk, self.qv = rest
+        elif self.qk is not None:
+            self.qk, self.qv = (replace(groups, codes=c, scale=s, zero=z)
+                                for groups, (c, s, z) in ((self.qk, rest[:3]), (self.qv, rest[3:])))
 
     def copy(self, clone: bool = True) -> QuantizedLayer:
         """A copy of the layer; clone=False: its tensors shared (for a caller that replaces them)."""

@@ -23,8 +23,6 @@ compact caches are merged into one (rows b x KV heads + h) and decoded by one gr
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 from transformers import DynamicCache
 
@@ -93,26 +91,12 @@ class FastDecoder(Decoder):
         predict; fp8's codes, before they were staged too, 81-86 of 111; int4's 163 of 169)."""
         if isinstance(cache, fast_dms.CompactDMSCache):  # prefilled into the slabs already (new_dms_cache)
             return cache.copy(self.staging_buffers(cache.n_layers, expected)) if copy else cache
-        if isinstance(cache, QuantizedKVCache) and cache.spec.format == "fp8":  # its e4m3 codes wait in the slabs
-            cache.settle()  # every token quantized (fp8 keeps no bf16 window)
-            self._stage(len(cache.layers))
-            staged = cache.copy(clone=False) if copy else cache
-            for i, layer in enumerate(staged.layers):
-                layer.qk, layer.qv = self._staging.place(i, layer.qk, layer.qv, expected)
-            return staged
-        if isinstance(cache, QuantizedKVCache):  # int4 / int2: codes, scales and window wait in the slabs, as bytes
+        if isinstance(cache, QuantizedKVCache):  # its codes (int4 / int2: scales, zero points, window too) wait there
             cache.settle()
             self._stage(len(cache.layers))
             staged = cache.copy(clone=False) if copy else cache
             for i, layer in enumerate(staged.layers):
-                parts = [layer.keys, layer.values]
-                if layer.qk is not None:
-                    parts += [getattr(g, f) for g in (layer.qk, layer.qv) for f in ("codes", "scale", "zero")]
-                moved = self._staging.place_all(i, parts, expected)
-                layer.keys, layer.values = moved[:2]
-                if layer.qk is not None:
-                    layer.qk, layer.qv = (replace(g, codes=c, scale=sc, zero=z)
-                                          for g, (c, sc, z) in ((layer.qk, moved[2:5]), (layer.qv, moved[5:8])))
+                layer.hold(self._staging.place_all(i, layer.tensors(), expected))
             return staged
         if not isinstance(cache, DynamicCache):
             return cache
