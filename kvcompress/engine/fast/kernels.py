@@ -180,7 +180,7 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
             valid.stride(0) if valid is not None else 0, valid.stride(1) if valid is not None else 0,
             *_scale_strides(scales),
             HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
-            CHUNK=chunk, BLOCK_N=BLOCK_N, HAS_VALID=valid is not None, FP8=scales is not None,
+            CHUNK=chunk, BLOCK_N=BLOCK_N, HAS_VALID=valid is not None, FP8=scales is not None, FOLD_SCALES=False,
             num_stages=attention_stages(batch * heads_kv, q.device))
         _attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
@@ -321,7 +321,10 @@ if triton is not None:
                                   s_qb, s_qh, s_kb, s_kh, s_ks, s_mb, s_mh, s_sb, s_sh,
                                   HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                                   D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
-                                  HAS_VALID: tl.constexpr, FP8: tl.constexpr):
+                                  HAS_VALID: tl.constexpr, FP8: tl.constexpr, FOLD_SCALES: tl.constexpr):
+        """FOLD_SCALES (fp8; timed by tools/attention_sweep.py --fp8, off in the engine): codes enter the dots as
+        they are (e4m3 -> bf16 is exact) and the K scale joins the softmax scale, the V scale the output, instead of
+        a float32 multiply and a rounding per element."""
         bh = tl.program_id(0)  # (batch, kv head)
         split = tl.program_id(1)
         b = bh // HEADS_KV
@@ -343,11 +346,15 @@ if triton is not None:
         if FP8:
             ks = tl.load(ks_ptr + b * s_sb + kvh * s_sh)
             vs = tl.load(vs_ptr + b * s_sb + kvh * s_sh)
+            if FOLD_SCALES:
+                scale = scale * ks
         for offset in range(0, CHUNK, BLOCK_N):  # constant trip count; loads past `length` are masked: never read
             cols = start + offset + tl.arange(0, BLOCK_N)
             live = cols < end
             k = tl.load(kbase + cols[:, None] * s_ks + dims[None, :], mask=live[:, None], other=0.0)
-            if FP8:  # dequantized here, in registers: the cache is read at one byte an element
+            if FP8 and FOLD_SCALES:
+                k = k.to(q.dtype)
+            elif FP8:  # dequantized here, in registers: the cache is read at one byte an element
                 k = (k.to(tl.float32) * ks).to(q.dtype)
             s = tl.dot(q, tl.trans(k)) * scale
             if HAS_VALID:
@@ -358,12 +365,16 @@ if triton is not None:
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m - m_safe)
             v = tl.load(vbase + cols[:, None] * s_ks + dims[None, :], mask=live[:, None], other=0.0)
-            if FP8:
+            if FP8 and FOLD_SCALES:
+                v = v.to(q.dtype)
+            elif FP8:
                 v = (v.to(tl.float32) * vs).to(q.dtype)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
             m = m_new
         lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
+        if FP8 and FOLD_SCALES:
+            acc = acc * vs
         out_rows = bh * GROUP + rows  # (batch, query head) index, query heads grouped under their KV head
         tl.store(po_ptr + (out_rows[:, None] * splits + split) * D + dims[None, :],
                  acc / tl.where(l > 0, l, 1.0)[:, None], mask=row_ok[:, None])
