@@ -179,7 +179,7 @@ def int_checks(check, Hq, Hkv, D) -> None:
         # the engine's launch, and the other ways the kernel can walk the cache (blocks within one key group, the
         # key scale folded into the query)
         for launch in (int_kernels.LAUNCH, int_kernels.AttentionLaunch(block=16, fold_keys=True),
-                       int_kernels.AttentionLaunch(block=64)):
+                       int_kernels.AttentionLaunch(block=32)):
             a = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D), splits,
                                              launch)
             name = f"{tag} decode_attention {launch}"

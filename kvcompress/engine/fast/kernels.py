@@ -126,11 +126,18 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 BLOCK_N = 64
 
 
-def attention_splits(batch_heads: int, capacity: int, device: torch.device) -> int:
-    """Enough programs to fill the GPU (about 4 per SM), none with an empty share of the cache."""
+# fp8 caches: programs per SM and pipelining depth of the partial kernel, scales folded out of its loop, as timed by
+# tools/attention_sweep.py --fp8 on an H100 (results/h200/session-2026-12-06-f/call1/fp8-sweep.log; one layer, 8K):
+# batch 8 90.8 -> 67.1 us, batch 32 256 -> 216 us against 4 per SM, stages 2 / 3, each code x scale rounded to bf16.
+FP8_PER_SM = 8
+FP8_STAGES = 3
+
+
+def attention_splits(batch_heads: int, capacity: int, device: torch.device, per_sm: int = 4) -> int:
+    """Enough programs to fill the GPU (about `per_sm` per SM), none with an empty share of the cache."""
     if device.type != "cuda":
         return 2 if FORCE_TRITON else 1  # the interpreter test still exercises the split/combine path
-    return max(1, min(math.ceil(4 * _sm_count(device) / batch_heads), math.ceil(capacity / BLOCK_N)))
+    return max(1, min(math.ceil(per_sm * _sm_count(device) / batch_heads), math.ceil(capacity / BLOCK_N)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -156,8 +163,10 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
                      scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """One query token per head. q (B, Hq, D); keys/values (B, Hkv, S, D), the first `length` slots live;
     valid (B, Hkv, S) uint8 hides masked entries (0). Each KV head is read once for its whole group of query heads.
-    An fp8 cache (`scales`: K and V scales (B, 1 | Hkv)) is read as stored and dequantized in the kernel: code x
-    scale in float32, rounded to q's dtype (as the hf engine's cache dequantizes, methods/quantized_cache.py).
+    An fp8 cache (`scales`: K and V scales (B, 1 | Hkv)) is read as stored: the codes enter the dot products as they
+    are (e4m3 -> q's dtype is exact) and the scales are applied to the dots' float32 results (K's with the softmax
+    scale, V's to the output), where the hf engine's cache rounds code x scale to q's dtype first
+    (methods/quantized_cache.py): the fast engine rounds less, by at most half a bf16 step of each entry.
 
     Ragged form (DMS's compact cache): with `offsets`, keys/values are flat (rows, D) buffers, head (b, h) owns rows
     offsets[b * Hkv + h] onwards, `length` (B * Hkv,) holds each head's live count and `max_length` bounds it."""
@@ -180,8 +189,9 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
             valid.stride(0) if valid is not None else 0, valid.stride(1) if valid is not None else 0,
             *_scale_strides(scales),
             HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
-            CHUNK=chunk, BLOCK_N=BLOCK_N, HAS_VALID=valid is not None, FP8=scales is not None, FOLD_SCALES=False,
-            num_stages=attention_stages(batch * heads_kv, q.device))
+            CHUNK=chunk, BLOCK_N=BLOCK_N, HAS_VALID=valid is not None, FP8=scales is not None,
+            FOLD_SCALES=scales is not None,
+            num_stages=FP8_STAGES if scales is not None else attention_stages(batch * heads_kv, q.device))
         _attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
             SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=dim)
@@ -190,7 +200,7 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     mask = valid[:, :, None, :n].bool() if valid is not None else None  # (B, Hkv, 1, n), broadcast over the group
     grouped = q.view(batch, heads_kv, group, dim)  # query heads of one KV head share a row block
     keys, values = keys[:, :, :n], values[:, :, :n]
-    if scales is not None:
+    if scales is not None:  # as the hf engine: rounded to q's dtype (the kernel does not; equal in float32)
         keys = quant.fp8_dequantize(keys, scales[0][:, :, None, None], q.dtype)
         values = quant.fp8_dequantize(values, scales[1][:, :, None, None], q.dtype)
     o = F.scaled_dot_product_attention(grouped, keys, values, attn_mask=mask, scale=scale)
@@ -322,9 +332,9 @@ if triton is not None:
                                   HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                                   D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
                                   HAS_VALID: tl.constexpr, FP8: tl.constexpr, FOLD_SCALES: tl.constexpr):
-        """FOLD_SCALES (fp8; timed by tools/attention_sweep.py --fp8, off in the engine): codes enter the dots as
-        they are (e4m3 -> bf16 is exact) and the K scale joins the softmax scale, the V scale the output, instead of
-        a float32 multiply and a rounding per element."""
+        """FOLD_SCALES (fp8, the engine's choice; off: the sweep's reference): codes enter the dots as they are
+        (e4m3 -> bf16 is exact) and the K scale joins the softmax scale, the V scale the output, instead of a float32
+        multiply and a rounding per element."""
         bh = tl.program_id(0)  # (batch, kv head)
         split = tl.program_id(1)
         b = bh // HEADS_KV
