@@ -99,6 +99,16 @@ def test_triton_kernels_match_their_references_under_the_interpreter():
     assert "all kernels match" in proc.stdout
 
 
+def test_the_attention_sweep_launches_every_variant_it_times_like_the_torch_twin():
+    """tools/attention_sweep.py --smoke: each launch the GPU sweep times (plain, fp8 with and without folded scales,
+    ragged, int4 / int2 blocks and splits), once under the interpreter, against the engine's torch twins."""
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, str(ROOT / "tools" / "attention_sweep.py"), "--smoke"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "largest difference from the torch twin" in proc.stdout
+
+
 def test_the_whole_triton_step_matches_the_hf_engine_under_the_interpreter():
     proc = _interpreted("engine")
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]

@@ -4,10 +4,12 @@ its launch parameters at the shapes the batch benchmark decodes (Qwen3-8B: 32 qu
 For each shape: the engine's current choice, then every (programs per SM, BLOCK_N, num_warps, num_stages), each
 the median of 5 x 50 CUDA-graph replays of one layer's partial + combine kernels, in TB/s of KV read. Then native
 DMS's ragged kernel (compact per-head rows, dms-8x at 8K and 32K x batch 8) at num_stages 1, 2 and 3. `--fp8`: the
-caches hold e4m3 codes with one scale per sequence (fp8, dms-8x+fp8), the bytes counted are the codes'.
+caches hold e4m3 codes with one scale per sequence (fp8, dms-8x+fp8), the bytes counted are the codes'; the plain
+kernel is timed with and without its scales folded out of the loop (FOLD_SCALES).
 `--int`: the int4 / int2 cache's kernel (engine/fast/int_kernels.py, KIVI: group 32, window 128) over its launch
-choices (int_kernels.AttentionLaunch), in TB/s of what it reads (codes, scales and zero points, the bf16 ring).
-`--smoke` (CPU, TRITON_INTERPRET=1): one small shape through every launch, checked against the engine's twin.
+choices (int_kernels.AttentionLaunch) at 4 and 8 programs a SM, in TB/s of what it reads (codes, scales and zero
+points, the bf16 ring). `--smoke` (CPU, TRITON_INTERPRET=1, in the test suite): one small shape through every
+launch, in float32, checked against the engine's torch twins.
 
     python tools/attention_sweep.py [--ragged-only] [--fp8] [--int] [--shapes 8x8192,32x8192]
 """
@@ -118,12 +120,14 @@ def int_cache(spec, batch: int, tokens: int, device):
 
 
 def int_sweep(shapes, device, smoke_run: bool = False) -> float:
-    """The int kernel's launch choices at each shape, int4 then int2 (int2: the engine's and int4's best).
-    Returns the largest difference from the engine's launch."""
+    """The int kernel's launch choices at each shape, each at 4 and 8 programs a SM (the engine: 4), int4 then int2
+    (int2: the engine's and int4's best). Returns the largest difference from the engine's launch (--smoke: also
+    the engine's launch against the torch twin)."""
     from kvcompress.engine.fast import int_kernels
     from kvcompress.methods.quant_spec import spec_from_label
-    choices = [int_kernels.AttentionLaunch(block, warps, fold)
-               for block, warps, fold in itertools.product((16, 32, 64), (2, 4, 8), (False, True))
+    engine = (int_kernels.LAUNCH, 4)
+    choices = [(int_kernels.AttentionLaunch(block, warps, fold), per_sm)
+               for block, warps, fold, per_sm in itertools.product((16, 32, 64), (2, 4), (False, True), (4, 8))
                if not (fold and block > 32)]
     worst, best = 0.0, {}
     for bits in (4, 2):
@@ -133,12 +137,11 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
             q = torch.randn(batch, HQ, D, device=device, dtype=DTYPE)
             out = torch.empty_like(q)
             lengths = torch.full((batch,), tokens, device=device, dtype=torch.long)
-            splits = kernels.attention_splits(batch * HKV, max(1, spec.quantized_tokens(tokens)), device)
             nbytes = sum(layer.parts().values())
-            others = [c for c in choices if c != int_kernels.LAUNCH] if bits == 4 else best.get((batch, tokens), [])
-            tried = [int_kernels.LAUNCH] + others  # the engine's first: the reference
+            others = [c for c in choices if c != engine] if bits == 4 else best.get((batch, tokens), [])
             rows = []
-            for choice in tried:
+            for choice, per_sm in [engine] + others:  # the engine's first: the reference
+                splits = kernels.attention_splits(batch * HKV, max(1, spec.quantized_tokens(tokens)), device, per_sm)
                 call = lambda: int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, out, splits,  # noqa
                                                             choice)
                 try:
@@ -146,11 +149,11 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
                         call()
                     ms = 1.0 if smoke_run else 1e3 * replayed_seconds(call)
                 except triton.runtime.errors.OutOfResources as error:  # a tile too big for shared memory
-                    if choice == int_kernels.LAUNCH:
+                    if (choice, per_sm) == engine:
                         raise
                     print(f"  skip {choice}: {str(error).splitlines()[0]}")
                     continue
-                if choice == int_kernels.LAUNCH:
+                if (choice, per_sm) == engine:
                     reference = out.clone()
                     if smoke_run:  # the engine's launch against the torch twin
                         kernels.FORCE_TRITON = False
@@ -160,14 +163,16 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
                         worst = max(worst, float((twin.float() - reference.float()).abs().max()))
                 err = float((out.float() - reference.float()).abs().max())
                 worst = max(worst, err)
-                rows.append((ms, choice, err))
-            engine = next(ms for ms, choice, _ in rows if choice == int_kernels.LAUNCH)
+                rows.append((ms, choice, per_sm, splits, err))
+            engine_ms, engine_splits = rows[0][0], rows[0][3]
             rows.sort(key=lambda row: row[0])
-            best[(batch, tokens)] = [choice for _, choice, _ in rows if choice != int_kernels.LAUNCH][:1]
-            print(f"int{bits} batch {batch} x {tokens} tokens ({nbytes / 1e6:.1f} MB read, splits {splits}): engine "
-                  f"{engine * 1e3:.1f} us = {nbytes / engine / 1e9:.2f} TB/s", flush=True)
-            for ms, choice, err in rows[:8]:
-                print(f"  {ms * 1e3:6.1f} us {nbytes / ms / 1e9:5.2f} TB/s  {choice}; max diff vs engine {err:.1e}")
+            best[(batch, tokens)] = [(c, p) for _, c, p, _, _ in rows if (c, p) != engine][:1]
+            print(f"int{bits} batch {batch} x {tokens} tokens ({nbytes / 1e6:.1f} MB read): engine "
+                  f"{engine_ms * 1e3:.1f} us = {nbytes / engine_ms / 1e9:.2f} TB/s (splits {engine_splits})",
+                  flush=True)
+            for ms, choice, per_sm, splits, err in rows[:8]:
+                print(f"  {ms * 1e3:6.1f} us {nbytes / ms / 1e9:5.2f} TB/s  {choice} per_sm {per_sm} (splits "
+                      f"{splits}); max diff vs engine {err:.1e}")
     return worst
 
 
