@@ -155,7 +155,8 @@ class AttentionLaunch:
     block within one key group folds the group's scale into the query ((q s) . c + q . z) instead of dequantizing
     each key. tools/attention_sweep.py --int times the choices (an H200, 6 December, groups of 1: each channel's byte
     read by its own load ran 9x slower than bytes loaded once and unpacked). Block 64: int4 at 8K on an H100, one
-    layer, batch 8 189 -> 141 us, batch 32 506 -> 486 us against block 32 (session-2026-12-06-f/call1/int-sweep.log)."""
+    layer, batch 8 189 -> 141 us, batch 32 506 -> 486 us against block 32
+    (results/h100/session-2026-12-06-f/call1/int-sweep.log)."""
 
     block: int = 64
     warps: int = 4

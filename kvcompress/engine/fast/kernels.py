@@ -127,7 +127,7 @@ BLOCK_N = 64
 
 
 # fp8 caches: programs per SM and pipelining depth of the partial kernel, scales folded out of its loop, as timed by
-# tools/attention_sweep.py --fp8 on an H100 (results/h200/session-2026-12-06-f/call1/fp8-sweep.log; one layer, 8K):
+# tools/attention_sweep.py --fp8 on an H100 (results/h100/session-2026-12-06-f/call1/fp8-sweep.log; one layer, 8K):
 # batch 8 90.8 -> 67.1 us, batch 32 256 -> 216 us against 4 per SM, stages 2 / 3, each code x scale rounded to bf16.
 FP8_PER_SM = 8
 FP8_STAGES = 3
