@@ -153,7 +153,9 @@ def quantize_kv(k: torch.Tensor, v: torch.Tensor, bits: int, group: int) -> tupl
 class AttentionLaunch:
     """How the int attention kernel walks the cache: BLOCK_N tokens a step, `warps` warps a program; `fold_keys`: a
     block within one key group folds the group's scale into the query ((q s) . c + q . z) instead of dequantizing
-    each key. tools/attention_sweep.py --int times the choices (an H200, 6 December, groups of 1: each channel's byte
+    each key; `group_keys`: a block of whole key groups (block a multiple of G) loads one scale and zero row per
+    group and broadcasts it over the group's tokens, instead of one row per token (block 64, G 32: 2 rows, not 64;
+    untimed). tools/attention_sweep.py --int times the choices (an H200, 6 December, groups of 1: each channel's byte
     read by its own load ran 9x slower than bytes loaded once and unpacked). Block 64: int4 at 8K on an H100, one
     layer, batch 8 189 -> 141 us, batch 32 506 -> 486 us against block 32
     (results/h100/session-2026-12-06-f/call1/int-sweep.log)."""
@@ -161,6 +163,7 @@ class AttentionLaunch:
     block: int = 64
     warps: int = 4
     fold_keys: bool = False
+    group_keys: bool = False
 
 
 LAUNCH = AttentionLaunch()
@@ -192,6 +195,7 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
             BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block), G=spec.group,
             BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
             FOLD_KEYS=launch.fold_keys and spec.group % block == 0,
+            GROUP_KEYS=launch.group_keys and block % spec.group == 0 and block > spec.group,
             num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
         kernels._attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
@@ -313,7 +317,7 @@ if triton is not None:
                                       D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
                                       WINDOW: tl.constexpr, R: tl.constexpr, R_BLOCKS: tl.constexpr,
                                       G: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr,
-                                      FOLD_KEYS: tl.constexpr):
+                                      FOLD_KEYS: tl.constexpr, GROUP_KEYS: tl.constexpr):
         bh = tl.program_id(0)  # (batch, kv head)
         split = tl.program_id(1)
         b = bh // HEADS_KV
@@ -343,6 +347,12 @@ if triton is not None:
                 any_live = (start + offset) < end
                 kscale = tl.load(ks_ptr + kat, mask=any_live & (dims < D), other=0.0).to(tl.float32)[None, :]
                 kzero = tl.load(kz_ptr + kat, mask=any_live & (dims < D), other=0.0).to(tl.float32)[None, :]
+            elif GROUP_KEYS:  # whole groups (the block starts on a group: chunks are multiples of the block)
+                first_group = (start + offset) // G + tl.arange(0, BLOCK_N // G)
+                kat = b * s_kb + kvh * s_kh + first_group[:, None] * s_kg + dims[None, :]
+                group_live = (first_group * G < end)[:, None]
+                kscale = tl.load(ks_ptr + kat, mask=group_live, other=0.0).to(tl.float32)[:, None, :]
+                kzero = tl.load(kz_ptr + kat, mask=group_live, other=0.0).to(tl.float32)[:, None, :]
             else:
                 kat = b * s_kb + kvh * s_kh + (cols // G)[:, None] * s_kg + dims[None, :]
                 kscale = tl.load(ks_ptr + kat, mask=live[:, None], other=0.0).to(tl.float32)
@@ -350,6 +360,9 @@ if triton is not None:
             if FOLD_KEYS:  # q . (c s + z) = (q s) . c + q . z, s and z one vector for the block
                 qf = q.to(tl.float32)
                 s = tl.dot((qf * kscale).to(q.dtype), tl.trans(k.to(q.dtype))) + tl.sum(qf * kzero, axis=1)[:, None]
+            elif GROUP_KEYS:
+                k = tl.reshape(tl.reshape(k, (BLOCK_N // G, G, D)) * kscale + kzero, (BLOCK_N, D))
+                s = tl.dot(q, tl.trans(k.to(q.dtype)))
             else:
                 s = tl.dot(q, tl.trans((k * kscale + kzero).to(q.dtype)))
             s = tl.where(live[None, :], s * scale, float("-inf"))
