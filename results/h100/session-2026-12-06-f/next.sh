@@ -1,12 +1,10 @@
 #!/bin/bash
 # For the next session's first call (~540 s), on an H200 (every session-f figure is an H100's): the GPU checks, the
-# int kernel's launch choices with 4 / 8 programs a SM (tools/attention_sweep.py --int), then the decode table at 8K
-# (batch 1 / 8 / 32) and 32K (1 / 8; as many cells as the call allows) (issue 24: each within 10 % of its bytes prediction, >= 70 % of the roofline batched),
-# and its check. Second call: call2.sh's capacity at 80 GiB (the H200's budget: it picks 80GiB on a card over 100 GB).
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site:$PWD KVCOMPRESS_CACHE=.carry/cache HF_HUB_OFFLINE=1 KVCOMPRESS_GIT_COMMIT=${COMMIT:-unknown}
-nvidia-smi --query-gpu=name --format=csv,noheader > $OUT/gpu.txt
-timeout 60 python3 tools/device_limits.py >> $OUT/gpu.txt 2>&1
+# int kernel's launch choices (4 / 8 programs a SM, group_keys) by tools/attention_sweep.py --int, then the decode
+# table at 8K (batch 1 / 8 / 32) and 32K (1 / 8, as many cells as the call allows) and its check (issue 24: each
+# within 10 % of its bytes prediction, >= 70 % of the roofline batched). Second call: call2.sh's capacity (80 GiB on
+# a card over 100 GB). `COMMIT=<sha> bash results/h100/session-2026-12-06-f/next.sh`, carry [".whl", ".carry"].
+source tools/device_setup.sh
 t0=$SECONDS
 (KVCOMPRESS_CHECK_DEVICE=cuda timeout 60 python3 tests/kernel_check.py gpu; echo "rc=$?") > $OUT/kernel-check.log 2>&1
 echo "kernel check gpu $((SECONDS - t0)) s" >> $OUT/times.txt; t0=$SECONDS
