@@ -506,7 +506,8 @@ def _ragged_decode_attention(q, keys, values, lengths, offsets, max_length, scal
         _ragged_attention_partial_kernel[(batch * heads_kv, splits)](
             q, keys, values, lengths, offsets, partial_out, partial_lse, scale, chunk, k_scale, v_scale, q.stride(0),
             q.stride(1), keys.stride(0), *_scale_strides(scales), HEADS_KV=heads_kv, GROUP=group,
-            GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim, BLOCK_N=BLOCK_N, FP8=scales is not None)
+            GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim, BLOCK_N=BLOCK_N, FP8=scales is not None,
+            FOLD_SCALES=False)
         _attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
             SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=dim)
@@ -608,7 +609,8 @@ if triton is not None:
     def _ragged_attention_partial_kernel(q_ptr, k_ptr, v_ptr, len_ptr, off_ptr, po_ptr, plse_ptr, scale, chunk,
                                          ks_ptr, vs_ptr, s_qb, s_qh, s_kr, s_sb, s_sh, HEADS_KV: tl.constexpr,
                                          GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, D: tl.constexpr,
-                                         BLOCK_N: tl.constexpr, FP8: tl.constexpr):
+                                         BLOCK_N: tl.constexpr, FP8: tl.constexpr, FOLD_SCALES: tl.constexpr):
+        """FOLD_SCALES: as _attention_partial_kernel's (off in the engine until timed: attention_sweep --fp8)."""
         bh = tl.program_id(0)  # (batch, kv head)
         split = tl.program_id(1)
         b = bh // HEADS_KV
@@ -630,6 +632,8 @@ if triton is not None:
         if FP8:
             ks = tl.load(ks_ptr + b * s_sb + kvh * s_sh)
             vs = tl.load(vs_ptr + b * s_sb + kvh * s_sh)
+            if FOLD_SCALES:
+                scale = scale * ks
         first = start
         # Only this head's live rows: a short head costs no reads. A while loop, as Triton's interpreter cannot run a
         # for loop with bounds loaded from memory.
@@ -637,7 +641,9 @@ if triton is not None:
             cols = first + tl.arange(0, BLOCK_N)
             live = cols < end
             k = tl.load(kbase + cols[:, None] * s_kr + dims[None, :], mask=live[:, None], other=0.0)
-            if FP8:  # dequantized in registers, as _attention_partial_kernel
+            if FP8 and FOLD_SCALES:
+                k = k.to(q.dtype)
+            elif FP8:  # dequantized in registers, as _attention_partial_kernel
                 k = (k.to(tl.float32) * ks).to(q.dtype)
             s = tl.dot(q, tl.trans(k)) * scale
             s = tl.where(live[None, :], s, float("-inf"))
@@ -646,13 +652,17 @@ if triton is not None:
             p = tl.exp(s - m_safe[:, None])
             alpha = tl.exp(m - m_safe)
             v = tl.load(vbase + cols[:, None] * s_kr + dims[None, :], mask=live[:, None], other=0.0)
-            if FP8:
+            if FP8 and FOLD_SCALES:
+                v = v.to(q.dtype)
+            elif FP8:
                 v = (v.to(tl.float32) * vs).to(q.dtype)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
             m = m_new
             first += BLOCK_N
         lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
+        if FP8 and FOLD_SCALES:
+            acc = acc * vs
         out_rows = bh * GROUP + rows
         tl.store(po_ptr + (out_rows[:, None] * splits + split) * D + dims[None, :],
                  acc / tl.where(l > 0, l, 1.0)[:, None], mask=row_ok[:, None])
