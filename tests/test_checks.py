@@ -234,11 +234,25 @@ def test_each_prompt_is_checked_against_its_own_vanilla():
 
 def test_the_h200_limits_on_another_gpu_are_named_not_used_silently(tiny_run):
     run, results = load(tiny_run)
+    a100 = dict(run, gpu="NVIDIA A100-SXM4-80GB")  # a card with no limits measured here
+    roofline, compute = checks.run_checks(a100, results, hardware=True)[2:4]
+    for check in (roofline, compute):
+        assert check.lines[0].startswith("note:") and "A100" in check.lines[0] and "--bandwidth" in check.lines[0]
+    assert "4.3 TB/s" in roofline.name and "790 TFLOP/s" in compute.name
+    roofline = checks.run_checks(dict(run, gpu="NVIDIA H200"), results, hardware=True)[2]
+    assert not roofline.lines[0].startswith(("note:", "limits:")) and "4.3 TB/s" in roofline.name
+    own = checks.run_checks(a100, results, bandwidth=1.9e12, flops=300e12, hardware=True)[2]
+    assert "1.9 TB/s" in own.name and not own.lines[0].startswith("note:")
+
+
+def test_an_h100_run_is_held_against_the_h100s_measured_limits(tiny_run):
+    """tools/device_limits.py on an H100 80GB HBM3 (session f): copy 2.99 TB/s, bf16 754 TFLOP/s."""
+    run, results = load(tiny_run)
     h100 = dict(run, gpu="NVIDIA H100 80GB HBM3")
     roofline, compute = checks.run_checks(h100, results, hardware=True)[2:4]
-    for check in (roofline, compute):
-        assert "H100" in check.lines[0] and "--bandwidth" in check.lines[0]
-    roofline = checks.run_checks(dict(run, gpu="NVIDIA H200"), results, hardware=True)[2]
-    assert not roofline.lines[0].startswith("note:")
-    own = checks.run_checks(h100, results, bandwidth=3.0e12, flops=700e12, hardware=True)[2]
-    assert "3.0 TB/s" in own.name and not own.lines[0].startswith("note:")
+    assert "3.0 TB/s" in roofline.name and "754 TFLOP/s" in compute.name
+    assert all(c.lines[0].startswith("limits: NVIDIA H100 80GB HBM3's") for c in (roofline, compute))
+    at_h200 = checks.run_checks(h100, results, bandwidth=4.3e12, flops=790e12, hardware=True)[2]
+    assert "4.3 TB/s" in at_h200.name and not at_h200.lines[0].startswith(("note:", "limits:"))
+    ceiling = lambda check: [line for line in check.lines if "tok/s =" in line]  # noqa: E731
+    assert ceiling(roofline) and ceiling(roofline) != ceiling(at_h200)  # the H100's ceiling is lower: higher shares

@@ -38,6 +38,12 @@ from kvcompress.results import BenchmarkResult, duplicate_identity, load
 
 HBM_BANDWIDTH = 4.3e12  # bytes/s: H200 device-to-device copy, read + write (measured in this workplace)
 BF16_FLOPS = 790e12  # FLOP/s: H200 8192^3 bf16 matmul on random data (measured in this workplace)
+# (bandwidth, bf16 FLOP/s) by a part of the GPU name a run records, measured here by tools/device_limits.py; check
+# uses the run's card's unless --bandwidth / --flops are given, and the H200's, named as such, for a card not listed.
+MEASURED_LIMITS = {
+    "H200": (HBM_BANDWIDTH, BF16_FLOPS),  # 4.28 TB/s, 777 TFLOP/s on 6 December (results/h200/session-2026-12-06-e)
+    "H100 80GB HBM3": (2.99e12, 754e12),  # results/h100/session-2026-12-06-f/call1/gpu.txt
+}
 NOISE_LIMIT = 0.03
 TTFT_TOLERANCE = 0.05
 
@@ -49,11 +55,12 @@ class Check:
     lines: list[str] = field(default_factory=list)
 
 
-def run_checks(run: dict, results: list[BenchmarkResult], bandwidth: float = HBM_BANDWIDTH,
-               flops: float = BF16_FLOPS, references: list[tuple[str, list[BenchmarkResult]]] = (),
+def run_checks(run: dict, results: list[BenchmarkResult], bandwidth: float | None = None,
+               flops: float | None = None, references: list[tuple[str, list[BenchmarkResult]]] = (),
                hardware: bool | None = None) -> list[Check]:
     """`hardware` (checks 2-6: peaks, roofline, FLOPs, noise, engines) defaults to whether the run was on a GPU:
-    a CPU run's wall-clock timings and process RSS are pipeline checks, and the H200's limits mean nothing there."""
+    a CPU run's wall-clock timings and process RSS are pipeline checks, and the H200's limits mean nothing there.
+    `bandwidth` / `flops` (bytes/s, FLOP/s): the run's GPU's from MEASURED_LIMITS where not given."""
     arch = run.get("architecture") or _known_architecture(run.get("model"))
     ok = [r for r in results if r.error is None and r.kv_cache_bytes is not None]
     if not ok:
@@ -71,13 +78,21 @@ def run_checks(run: dict, results: list[BenchmarkResult], bandwidth: float = HBM
         return checks + [Check("2-6. Hardware checks", None, [
             "skipped: a quality run's records hold no timings or peaks (test_long_context.py --mode measured times)"])] + ranks
     ok = timed
-    roofline, compute = _roofline(ok, bandwidth, arch), _compute(ok, flops, arch)
     gpu = str(run.get("gpu") or "")
-    if (bandwidth, flops) == (HBM_BANDWIDTH, BF16_FLOPS) and "H200" not in gpu:
+    card = next((name for name in MEASURED_LIMITS if name in gpu), None)
+    defaulted = bandwidth is None or flops is None
+    own = MEASURED_LIMITS.get(card, (HBM_BANDWIDTH, BF16_FLOPS))
+    bandwidth, flops = bandwidth or own[0], flops or own[1]  # each given one wins
+    roofline, compute = _roofline(ok, bandwidth, arch), _compute(ok, flops, arch)
+    if defaulted and card is None:
         for check in (roofline, compute):  # the H200's limits against another GPU's run: say so, never silently
             check.lines.insert(0, f"note: these limits are the H200's (the defaults); this run is on "
                                   f"{gpu or 'an unnamed GPU'}: pass --bandwidth and --flops (tools/device_limits.py "
                                   "measures them) for its own")
+    elif defaulted and card != "H200":
+        for check in (roofline, compute):
+            check.lines.insert(0, f"limits: {gpu}'s as measured here by tools/device_limits.py ({own[0] / 1e12:.2f} "
+                                  f"TB/s, {own[1] / 1e12:.0f} TFLOP/s); --bandwidth / --flops override them")
     checks += [_memory(ok), roofline, compute, _noise(ok)]
     if references:
         checks.append(_engines(ok, references))
@@ -460,18 +475,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference", nargs="+", default=[], metavar="HF.json",
                         help="result files of the same cells run with another engine (the first that has a cell is "
                              "used): adds check 6, TTFT and decode-phase peak against them")
-    parser.add_argument("--bandwidth", type=float, default=HBM_BANDWIDTH / 1e12,
-                        help=f"memory bandwidth for the roofline, TB/s (default {HBM_BANDWIDTH / 1e12:.1f}: H200)")
-    parser.add_argument("--flops", type=float, default=BF16_FLOPS / 1e12,
-                        help=f"bf16 matrix throughput, TFLOP/s (default {BF16_FLOPS / 1e12:.0f}: H200)")
+    parser.add_argument("--bandwidth", type=float,
+                        help="memory bandwidth for the roofline, TB/s (default: the run's GPU's as measured here - "
+                             f"H200 {HBM_BANDWIDTH / 1e12:.1f}, H100 80GB HBM3 2.99 - else the H200's)")
+    parser.add_argument("--flops", type=float,
+                        help="bf16 matrix throughput, TFLOP/s (default: the run's GPU's as measured here - H200 "
+                             f"{BF16_FLOPS / 1e12:.0f}, H100 80GB HBM3 754 - else the H200's)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Print the checks; exit 1 if a pass/fail check fails."""
-    if not (math.isfinite(args.bandwidth) and args.bandwidth > 0 and math.isfinite(args.flops) and args.flops > 0):
-        raise UserError(f"--bandwidth and --flops must be positive numbers (TB/s, TFLOP/s), got {args.bandwidth:g} "
-                        f"and {args.flops:g}")
+    for name, value in (("--bandwidth", args.bandwidth), ("--flops", args.flops)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise UserError(f"--bandwidth and --flops must be positive numbers (TB/s, TFLOP/s), got {name} {value:g}")
     header, results = load(args.file)
     references = [(path, load(path)[1]) for path in args.reference]
     for path, records in [(args.file, results)] + references:
@@ -480,7 +497,8 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"{path}: the cell {twice.method} @ {twice.target_tokens} (batch {twice.batch}) is there "
                             "twice; remove one of them")
     try:
-        checks = run_checks(header, results, args.bandwidth * 1e12, args.flops * 1e12, references)
+        checks = run_checks(header, results, args.bandwidth and args.bandwidth * 1e12, args.flops and args.flops * 1e12,
+                            references)
     except (ArithmeticError, KeyError, ValueError, TypeError) as exc:  # types are checked at load; values are not
         raise UserError(f"{args.file}: a record or the header holds a value check cannot use ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0] if str(exc) else ''}); was it edited by hand?") from None
