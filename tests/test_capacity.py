@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from kvcompress.commands import capacity
-from kvcompress.run.capacity import BytesBudget, Probe, Runner, capacity_cell, parse_budget, predict, search
+from kvcompress.run.capacity import (AllocatorBudget, BytesBudget, Probe, Runner, capacity_cell, parse_budget, predict,
+                                     search)
 from kvcompress.engine import GenerationSettings
 from kvcompress.engine.fast.decoder import FastDecoder
 from kvcompress.engine.sampling import SamplingConfig
@@ -107,6 +108,25 @@ def test_a_real_out_of_memory_error_is_caught_and_the_memory_released(tiny, pair
     lo, hi, _, probes = capacity_cell(runner, parse_method("knorm@0.5"), pair, 400, max_batch=64, max_runs=14)
     assert (lo, hi) == (3, 4)
     assert any(p.error and "Tried to allocate" in p.error for p in probes)
+
+
+def test_a_refusal_by_the_capped_allocator_says_what_it_had_allocated_and_reserved(tiny, pair, monkeypatch):
+    """The cap bounds the allocator's reserved bytes while the peaks count allocated ones: a refused probe's error
+    carries both, read when the allocator refused (here faked: CPU), so a batch short of its prediction shows
+    whether reserved-but-unallocated blocks refused it."""
+    settings = GenerationSettings(NEW, SamplingConfig(greedy=True))
+    runner = Runner(tiny, FastDecoder(tiny), settings, AllocatorBudget(2**40, torch.device("cuda", 0)), 2)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 70 * 2**30)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 75 * 2**30 + 2**29)
+
+    def refused(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 546.00 MiB. GPU 0 has a total capacity")
+
+    monkeypatch.setattr("kvcompress.run.capacity.generate_batch", refused)
+    probe = runner.probe(parse_method("int4"), list(pair), 400)
+    assert not probe.fits and "Tried to allocate 546.00 MiB" in probe.error
+    assert probe.error.endswith("[at the refusal: 70.00 GiB allocated, 75.50 GiB reserved]")
+    assert BytesBudget(1).at_refusal() == ""
 
 
 def test_the_capacity_command_writes_records_a_table_and_a_plot(tmp_path, capsys):

@@ -91,6 +91,12 @@ class AllocatorBudget:
     def check(self, used: dict[str, int]) -> None:
         pass
 
+    def at_refusal(self) -> str:
+        """The allocator when it refused: the cap bounds reserved bytes, the peaks count allocated ones, so blocks
+        reserved but unallocated (the caching allocator's, other pools') can refuse a batch whose peak would fit."""
+        return (f" [at the refusal: {size_label(torch.cuda.memory_allocated(self.device))} allocated, "
+                f"{size_label(torch.cuda.memory_reserved(self.device))} reserved]")
+
 
 class BytesBudget:
     """Where there is no allocator to cap (CPU, tests): a run fits when weights + the batch's KV bytes at the end,
@@ -114,6 +120,9 @@ class BytesBudget:
         peak = max(used.values())
         if peak > self.budget:
             raise torch.OutOfMemoryError(f"budget exceeded: {peak:,} B > {self.budget:,} B (weights + KV bytes)")
+
+    def at_refusal(self) -> str:
+        return ""  # the refusal is this budget's own arithmetic, said in its message
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -206,7 +215,8 @@ class Runner:
             del generation
             self.budget.check(used)
         except torch.OutOfMemoryError as exc:
-            error = f"OOM: {str(exc).strip().splitlines()[0][:160]}" if str(exc).strip() else "OOM"
+            error = (f"OOM: {str(exc).strip().splitlines()[0][:160]}" if str(exc).strip() else "OOM") + \
+                self.budget.at_refusal()
         finally:
             self.free()
         return Probe(len(prompts), context, error is None, used, error, time.perf_counter() - start)
