@@ -126,10 +126,10 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
     the engine's launch against the torch twin)."""
     from kvcompress.engine.fast import int_kernels
     from kvcompress.methods.quant_spec import spec_from_label
-    engine = (int_kernels.LAUNCH, 4)
+    engine = (int_kernels.LAUNCH, kernels.PER_SM)
     choices = [(int_kernels.AttentionLaunch(block, warps, fold_keys=fold, group_keys=grouped), per_sm)
                for block, warps, (fold, grouped), per_sm in itertools.product(
-                   (16, 32, 64), (2, 4), ((False, False), (True, False), (False, True)), (4, 8))
+                   (16, 32, 64), (2, 4), ((False, False), (True, False), (False, True)), (kernels.PER_SM, 8))
                if not (fold and block > 32) and not (grouped and block <= 32)]
     worst, best = 0.0, {}
     for bits in (4, 2):

@@ -204,8 +204,9 @@ def _quant_bytes(check: Check, context, r, arch) -> bool:
     # fp8's codes are linear in the tokens and its scales per sequence: a batch whose sequences differ in length
     # (kept is their mean) is exact on the tokens summed over its sequences
     summed = spec.format == "fp8" and r.batch > 1 and kept != int(kept) and kept * r.batch == int(kept * r.batch)
-    rows = r.kv_tokens_kept_rows if r.batch > 1 and kept != int(kept) and not summed else None
-    if r.batch > 1 and kept != int(kept) and not summed and not (rows and all(n == int(n) for n in rows)):
+    uneven = r.batch > 1 and kept != int(kept) and not summed  # int4/int2: codes by whole groups, a window per row
+    rows = r.kv_tokens_kept_rows if uneven else None
+    if uneven and not (rows and all(n == int(n) for n in rows)):
         check.lines.append(f"{context}: {r.method:30s} rows of different lengths (mean {kept}): the "
                            f"{spec.format} formula is per row and the record keeps no whole count per row FAIL")
         return False
@@ -475,12 +476,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference", nargs="+", default=[], metavar="HF.json",
                         help="result files of the same cells run with another engine (the first that has a cell is "
                              "used): adds check 6, TTFT and decode-phase peak against them")
+
+    def measured(i: int) -> str:  # the table's figures, TB/s (0) or TFLOP/s (1)
+        return ", ".join(f"{card} {limits[i] / 1e12:g}" for card, limits in MEASURED_LIMITS.items())
+
     parser.add_argument("--bandwidth", type=float,
-                        help="memory bandwidth for the roofline, TB/s (default: the run's GPU's as measured here - "
-                             f"H200 {HBM_BANDWIDTH / 1e12:.1f}, H100 80GB HBM3 2.99 - else the H200's)")
+                        help=f"memory bandwidth for the roofline, TB/s (default: the run's GPU's as measured here - "
+                             f"{measured(0)} - else the H200's)")
     parser.add_argument("--flops", type=float,
-                        help="bf16 matrix throughput, TFLOP/s (default: the run's GPU's as measured here - H200 "
-                             f"{BF16_FLOPS / 1e12:.0f}, H100 80GB HBM3 754 - else the H200's)")
+                        help=f"bf16 matrix throughput, TFLOP/s (default: the run's GPU's as measured here - "
+                             f"{measured(1)} - else the H200's)")
     return parser
 
 

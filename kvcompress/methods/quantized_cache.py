@@ -135,8 +135,13 @@ class QuantizedKVCache(Cache, ReportsOwnKV):
 
     def __init__(self, spec: QuantSpec, n_layers: int, head_dim: int, quantize_kv=quant.int_quantize_kv):
         super().__init__(layers=[QuantizedLayer(spec, quantize_kv) for _ in range(n_layers)])
-        self.spec, self.head_dim, self.quantize_kv = spec, head_dim, quantize_kv
+        self.spec, self.head_dim = spec, head_dim
         self.model = None  # set by the engine: mask-only presses record their hidden entries on its modules
+
+    @property
+    def quantize_kv(self):
+        """The layers' quantizer (int4 / int2; an engine may bring its own)."""
+        return self.layers[0].quantize_kv
 
     @classmethod
     def for_model(cls, spec: QuantSpec, model, quantize_kv=quant.int_quantize_kv) -> QuantizedKVCache:

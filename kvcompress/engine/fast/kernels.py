@@ -131,9 +131,10 @@ BLOCK_N = 64
 # batch 8 90.8 -> 67.1 us, batch 32 256 -> 216 us against 4 per SM, stages 2 / 3, each code x scale rounded to bf16.
 FP8_PER_SM = 8
 FP8_STAGES = 3
+PER_SM = 4  # bf16 caches (and int4 / int2): programs per SM
 
 
-def attention_splits(batch_heads: int, capacity: int, device: torch.device, per_sm: int = 4) -> int:
+def attention_splits(batch_heads: int, capacity: int, device: torch.device, per_sm: int = PER_SM) -> int:
     """Enough programs to fill the GPU (about `per_sm` per SM), none with an empty share of the cache."""
     if device.type != "cuda":
         return 2 if FORCE_TRITON else 1  # the interpreter test still exercises the split/combine path
