@@ -116,8 +116,30 @@ def test_a_quality_file_is_rewritten_less_often_as_its_rewrites_grow_slow():
     state = Progress(0, 10)
     state.saved = time.monotonic() - SAVE_EVERY_S - 1
     assert state.save_due() and not state.save_due()  # due once, then the clock restarts
-    state.save_seconds = 2.0  # a slow rewrite: the next waits 2 x SAVE_COST_RATIO seconds
+    state.save_seconds = 5.0  # a slow rewrite: the next waits 5 x SAVE_COST_RATIO seconds
     state.saved = time.monotonic() - SAVE_EVERY_S - 1
-    assert 2.0 * SAVE_COST_RATIO > SAVE_EVERY_S + 1 and not state.save_due()
-    state.saved = time.monotonic() - 2.0 * SAVE_COST_RATIO - 1
+    assert 5.0 * SAVE_COST_RATIO > SAVE_EVERY_S + 1 and not state.save_due()
+    state.saved = time.monotonic() - 5.0 * SAVE_COST_RATIO - 1
     assert state.save_due()
+
+
+def test_a_stopped_quality_run_keeps_where_its_time_went(tmp_path, monkeypatch):
+    """A run stopped between batches (^C here; SIGTERM and errors take the same path) saves its answers and the
+    header's `quality` block (answers, answers/s, phases) for them: the figures a cut GPU run reports."""
+    from kvcompress.run import quality as quality_run
+
+    answer_chunk, calls = quality_run._answer_chunk, []
+
+    def stop_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return answer_chunk(*args, **kwargs)
+
+    monkeypatch.setattr(quality_run, "_answer_chunk", stop_at_the_second)
+    path = tmp_path / "cut.json"
+    assert test_long_context.main(GRID + ["--out", str(path), "--answer-batch", "2"]) != 0
+    data = json.loads(path.read_text())
+    answered = [r for r in data["results"] if r["error"] is None]
+    assert 0 < len(answered) < 16
+    assert data["run"]["quality"]["answers"] == len(answered) and data["run"]["quality"]["phases_s"]["shared prefill"] > 0
