@@ -4,7 +4,8 @@
 # its split's length as an argument), the int kernel's launch choices timed (planes at blocks 16-64, group_keys,
 # block 64 without planes: the H100's best before), the decode table at 8K (batch 1 / 8 / 32) and its check, then
 # RULER 4K x 50 x 9 methods for what the call has left (its header's answers/s gives the grid's time). Eight files
-# come back at most. `COMMIT=<sha> bash results/h100/session-2026-12-07-g/call1.sh`, carry [".whl", ".carry"].
+# come back at most. `COMMIT=<sha> DEADLINE=<s> bash results/h100/session-2026-12-07-g/call1.sh`, carry
+# [".whl", ".carry"]; DEADLINE (default 565 s) ends the RULER run, for a call with less device time left.
 source tools/device_setup.sh
 t0=$SECONDS
 (KVCOMPRESS_CHECK_DEVICE=cuda timeout 90 python3 tests/kernel_check.py gpu; echo "rc=$?") > $OUT/kernel-check.log 2>&1
@@ -17,7 +18,7 @@ timeout 200 python3 benchmark.py --random-weights --contexts 8K \
 echo "quant 8K rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
 timeout 20 python3 benchmark.py check $OUT/quant.json > $OUT/checks.log 2>&1
 M=vanilla,knorm@0.5,snapkv@0.5,expected_attention@0.5,streaming_llm@0.5,knorm@0.875,snapkv@0.875,expected_attention@0.875,streaming_llm@0.875
-timeout $((565 - SECONDS)) python3 test_long_context.py --random-weights --tasks ruler --contexts 4K --samples 50 \
+timeout $((${DEADLINE:-565} - SECONDS)) python3 test_long_context.py --random-weights --tasks ruler --contexts 4K --samples 50 \
     --methods $M --out /tmp/r4.json > $OUT/ruler-4k.log 2>&1
 echo "ruler 4K rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt
 python3 -c "import json; d = json.load(open('/tmp/r4.json')); print(json.dumps(d['run']['quality'], indent=1)); print(len(d['results']), 'records')" > $OUT/ruler-4k-header.json 2>&1
