@@ -5,7 +5,8 @@
 # block 64 without planes: the H100's best before), the decode table at 8K (batch 1 / 8 / 32) and its check, then
 # RULER 4K x 50 x 9 methods for what the call has left (its header's answers/s gives the grid's time). Eight files
 # come back at most. `COMMIT=<sha> DEADLINE=<s> bash results/h100/session-2026-12-07-g/call1.sh`, carry
-# [".whl", ".carry"]; DEADLINE (default 565 s) ends the RULER run, for a call with less device time left.
+# [".whl", ".carry"]; DEADLINE (default 565 s) ends the RULER run, for a call with less device time left; BATCHES
+# (default 1,8,32) the table's batches.
 source tools/device_setup.sh
 t0=$SECONDS
 (KVCOMPRESS_CHECK_DEVICE=cuda timeout 90 python3 tests/kernel_check.py gpu; echo "rc=$?") > $OUT/kernel-check.log 2>&1
@@ -13,7 +14,7 @@ echo "kernel check gpu $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
 timeout 90 python3 tools/attention_sweep.py --int --shapes 8x8192,32x8192 > $OUT/sweeps.log 2>&1
 echo "int sweep rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
 timeout 200 python3 benchmark.py --random-weights --contexts 8K \
-    --methods vanilla,fp8,int4,knorm@0.5+fp8 --batch 1,8,32 --admission cloned \
+    --methods vanilla,fp8,int4,knorm@0.5+fp8 --batch ${BATCHES:-1,8,32} --admission cloned \
     --max-new-tokens 128 --repeats 3 --engine fast --out $OUT/quant.json > $OUT/quant.log 2>&1
 echo "quant 8K rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
 timeout 20 python3 benchmark.py check $OUT/quant.json > $OUT/checks.log 2>&1
