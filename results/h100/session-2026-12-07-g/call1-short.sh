@@ -1,7 +1,7 @@
 #!/bin/bash
-# Session g, call 1 on a short lease (~300 s): call1.sh without its RULER run: the GPU check of the fast engine
-# (int4 / int2 through the bit-plane kernel, every attention kernel's split length an argument), the int kernel's
-# launch choices timed, and the 8K decode table for vanilla, fp8 and int4 at batch 8 and 32 with its check.
+# call1.sh on a short lease (~300 s), without its RULER run (apply chunk-argument.patch first, as for call1.sh): the
+# GPU check of the fast engine, the int kernel's launch choices timed, and the 8K decode table for vanilla, fp8 and
+# int4 at batch 8 and 32 with its check.
 # `COMMIT=<sha> bash results/h100/session-2026-12-07-g/call1-short.sh`, carry [".whl", ".carry"].
 source tools/device_setup.sh
 t0=$SECONDS

@@ -1,12 +1,14 @@
 #!/bin/bash
-# Session g, call 1 (~565 s), for whichever card comes: the GPU check of the fast engine (int4 / int2 now through the
-# bit-plane attention kernel, int_kernels.AttentionLaunch.planes, the engine's launch; every attention kernel takes
-# its split's length as an argument), the int kernel's launch choices timed (planes at blocks 16-64, group_keys,
-# block 64 without planes: the H100's best before), the decode table at 8K (batch 1 / 8 / 32) and its check, then
-# RULER 4K x 50 x 9 methods for what the call has left (its header's answers/s gives the grid's time). Eight files
-# come back at most. `COMMIT=<sha> DEADLINE=<s> bash results/h100/session-2026-12-07-g/call1.sh`, carry
-# [".whl", ".carry"]; DEADLINE (default 565 s) ends the RULER run, for a call with less device time left; BATCHES
-# (default 1,8,32) the table's batches.
+# Session g's call 1, for the next session (no machine came in session g; ~565 s, whichever card comes). Run it with
+# chunk-argument.patch applied to the working tree (`git apply results/h100/session-2026-12-07-g/chunk-argument.patch`:
+# every attention kernel takes its split's length as an argument instead of a constexpr) and, to time the engine
+# with the bit-plane int kernel, int_kernels.LAUNCH = AttentionLaunch(block=32, planes=True). It runs the GPU check of
+# the fast engine, the int kernel's launch choices (planes at blocks 16-64, group_keys, block 64 without planes: the
+# H100's best before), the decode table at 8K (batch 1 / 8 / 32; vanilla and fp8 against session f's H100 figures:
+# the patch must not slow them) and its check, then RULER 4K x 50 x 9 methods for what the call has left (its
+# header's answers/s gives the grid's time). Eight files come back at most.
+# `COMMIT=<sha> DEADLINE=<s> bash results/h100/session-2026-12-07-g/call1.sh`, carry [".whl", ".carry"]; DEADLINE
+# (default 565 s) ends the RULER run, for a call with less device time left; BATCHES (default 1,8,32) the table's.
 source tools/device_setup.sh
 t0=$SECONDS
 (KVCOMPRESS_CHECK_DEVICE=cuda timeout 90 python3 tests/kernel_check.py gpu; echo "rc=$?") > $OUT/kernel-check.log 2>&1

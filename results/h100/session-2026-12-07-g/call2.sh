@@ -1,9 +1,9 @@
 #!/bin/bash
-# Session g, call 2 (~570 s): issue 23's RULER grid at 4K (11 tasks x 50 samples x 9 methods = 4,950 answers; target
+# Session g's call 2, for the next session (~570 s): issue 23's RULER grid at 4K (11 tasks x 50 samples x 9 methods = 4,950 answers; target
 # 5 minutes on an H200), then the same command at 32K with --samples 20 for what the call has left (its header's
 # answers/s and prefill seconds a sample give the whole run's time). Code since the last grid (session d, 13.05
-# answers/s on an H100): attention kernels take the split's length as an argument (no compile per cache length),
-# the result file rewritten every 2 minutes. `COMMIT=<sha> bash results/h100/session-2026-12-07-g/call2.sh`.
+# answers/s on an H100): the result file rewritten every 2 minutes; with chunk-argument.patch applied, the attention
+# kernels take the split's length as an argument (no compile per cache length). `COMMIT=<sha> bash results/h100/session-2026-12-07-g/call2.sh`.
 source tools/device_setup.sh
 M=vanilla,knorm@0.5,snapkv@0.5,expected_attention@0.5,streaming_llm@0.5,knorm@0.875,snapkv@0.875,expected_attention@0.875,streaming_llm@0.875
 header() { python3 -c "import json, sys; d = json.load(open(sys.argv[1])); print(json.dumps(d['run']['quality'], indent=1)); print(len(d['results']), 'records')" "$1"; }
