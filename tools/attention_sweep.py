@@ -7,9 +7,9 @@ DMS's ragged kernel (compact per-head rows, dms-8x at 8K and 32K x batch 8) at n
 caches hold e4m3 codes with one scale per sequence (fp8, dms-8x+fp8), the bytes counted are the codes'; the plain
 kernel is timed with and without its scales folded out of the loop (FOLD_SCALES).
 `--int`: the int4 / int2 cache's kernel (engine/fast/int_kernels.py, KIVI: group 32, window 128) over its launch
-choices (int_kernels.AttentionLaunch: block, warps, group_keys, bit planes) at 4 and 8 programs a SM, in TB/s of what it reads (codes, scales and zero
-points, the bf16 ring). `--smoke` (CPU, TRITON_INTERPRET=1, in the test suite): one small shape through every
-launch, in float32, checked against the engine's torch twins.
+choices (int_kernels.AttentionLaunch: block, warps, group_keys, bit planes) at 4 and 8 programs a SM, in TB/s of
+what it reads (codes, scales and zero points, the bf16 ring). `--smoke` (CPU, TRITON_INTERPRET=1, in the test
+suite): one small shape through every launch, in float32, checked against the engine's torch twins.
 
     python tools/attention_sweep.py [--ragged-only] [--fp8] [--int] [--shapes 8x8192,32x8192]
 """

@@ -4,14 +4,14 @@ one prefill per sample allows.
 Samples are grouped by context length and output budget and taken `answer_batch` at a time (by default as many
 as a share of the GPU's free memory holds: auto_answer_batch). Each sample's context is prefilled once for every
 method that joins a shared prefill (engine/shared_prefill.py: vanilla, the prefill presses and their quantized
-compositions), each method then
-answers the group's samples as one batch (engine/quality.py); a method with a prefill of its own (native DMS,
-decoding presses, --query-aware) answers each sample alone. Records join the result file as each method's batch is
-done; the file is rewritten every SAVE_EVERY_S seconds (2 minutes), or SAVE_COST_RATIO times its last rewrite's own time if that
-is longer (after every answer it would cost minutes of JSON over thousands of answers), at the end, and when the run stops on an error or ^C; between rewrites each batch's records
-are appended to `<out>.journal.jsonl` (results.ResultFile), so a killed process loses only the batch in flight, and
---resume folds the journal in and skips every (sample, method) already answered. Progress prints answers/s so far
-and the time left at that rate.
+compositions), each method then answers the group's samples as one batch (engine/quality.py); a method with a
+prefill of its own (native DMS, decoding presses, --query-aware) answers each sample alone. Records join the result
+file as each method's batch is done; the file is rewritten every SAVE_EVERY_S seconds (2 minutes), or
+SAVE_COST_RATIO times its last rewrite's own time if that is longer (after every answer it would cost minutes of
+JSON over thousands of answers), at the end, and when the run stops on an error, ^C or SIGTERM (with the header's
+`quality` block); between rewrites each batch's records are appended to `<out>.journal.jsonl` (results.ResultFile),
+so a killed process loses only the batch in flight, and --resume folds the journal in and skips every (sample,
+method) already answered. Progress prints answers/s so far and the time left at that rate.
 
 Records are quality records (`run_mode` "quality"): answer, score, KV bytes and kept tokens from the compressed
 cache, no timing or memory peaks (BenchmarkResult's timing fields stay None). The whole run's answers/s goes into

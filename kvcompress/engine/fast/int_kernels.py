@@ -155,9 +155,11 @@ class AttentionLaunch:
     block within one key group folds the group's scale into the query ((q s) . c + q . z) instead of dequantizing
     each key; `group_keys`: a block of whole key groups (block a multiple of G) loads one scale and zero row per
     group and broadcasts it over the group's tokens, instead of one row per token (block 64, G 32: 2 rows, not 64;
-    untimed); `planes`: the codes are never unpacked into channel order: bit plane j of the packed bytes (bits j x BITS
-    of every byte, P codes a byte) holds channels j, P + j, 2P + j, ..., and the kernel computes q . k over each plane with q's matching channels and
-    accumulates p . v per plane, so no register tile is reshaped (planes_fit says where it runs; untimed).
+    untimed); `planes`: the codes are never unpacked into channel order: bit plane j of the packed bytes (bits
+    j x BITS of every byte, P codes a byte) holds channels j, P + j, 2P + j, ..., and the kernel sums q . k over the
+    planes with q's matching channels and accumulates p . v per plane, so no register tile is reshaped (planes_fit
+    says where it runs; untimed: the old kernel's unpack reshapes (rows, D / P, P) -> (rows, D) and the values'
+    scales (rows, D / G, G), each likely a trip through shared memory).
     tools/attention_sweep.py --int times the choices (an H200, 6 December, groups of 1: each channel's byte
     read by its own load ran 9x slower than bytes loaded once and unpacked). Block 64: int4 at 8K on an H100, one
     layer, batch 8 189 -> 141 us, batch 32 506 -> 486 us against block 32
@@ -481,7 +483,7 @@ if triton is not None:
             kp = tl.load(kc_ptr + at[:, None] + cols[None, :], mask=live[:, None], other=0).to(tl.int32)
             if G % BLOCK_N == 0:  # the block lies in one key group: one scale row for the block
                 kat = tl.full([1, 1], 0, tl.int32) + (b * s_kb + kvh * s_kh + ((start + offset) // G) * s_kg)
-                kmask = tl.full([1, 1], 0, tl.int32) + (start + offset) < end
+                kmask = (tl.full([1, 1], 0, tl.int32) + (start + offset)) < end
             else:
                 kat = (b * s_kb + kvh * s_kh + (toks // G) * s_kg)[:, None]
                 kmask = live[:, None]
