@@ -151,23 +151,21 @@ def quantize_kv(k: torch.Tensor, v: torch.Tensor, bits: int, group: int) -> tupl
 
 @dataclass(frozen=True)
 class AttentionLaunch:
-    """How the int attention kernel walks the cache: BLOCK_N tokens a step, `warps` warps a program; `fold_keys`: a
-    block within one key group folds the group's scale into the query ((q s) . c + q . z) instead of dequantizing
-    each key; `group_keys`: a block of whole key groups (block a multiple of G) loads one scale and zero row per
-    group and broadcasts it over the group's tokens, instead of one row per token (block 64, G 32: 2 rows, not 64;
-    untimed); `planes`: the codes are never unpacked into channel order: bit plane j of the packed bytes (bits
-    j x BITS of every byte, P codes a byte) holds channels j, P + j, 2P + j, ..., and the kernel sums q . k over the
-    planes with q's matching channels and accumulates p . v per plane, so no register tile is reshaped (planes_fit
-    says where it runs; untimed: the old kernel's unpack reshapes (rows, D / P, P) -> (rows, D) and the values'
-    scales (rows, D / G, G), each likely a trip through shared memory).
-    tools/attention_sweep.py --int times the choices (an H200, 6 December, groups of 1: each channel's byte
-    read by its own load ran 9x slower than bytes loaded once and unpacked). Block 64: int4 at 8K on an H100, one
-    layer, batch 8 189 -> 141 us, batch 32 506 -> 486 us against block 32
-    (results/h100/session-2026-12-06-f/call1/int-sweep.log)."""
+    """How the int attention kernel walks the cache: BLOCK_N tokens a step, `warps` warps a program.
+    `group_keys`: a block of whole key groups (block a multiple of G) loads one scale and zero row per group and
+    broadcasts it over the group's tokens, instead of one row per token (block 64, G 32: 2 rows, not 64; untimed).
+    `planes`: the codes are never unpacked into channel order: bit plane j of the packed bytes (bits j x BITS of
+    every byte, P codes a byte) holds channels j, P + j, 2P + j, ..., and the kernel sums q . k over the planes with
+    q's matching channels and accumulates p . v per plane, so no register tile is reshaped (planes_fit says where it
+    runs; untimed: the old kernel's unpack reshapes (rows, D / P, P) -> (rows, D) and the values' scales
+    (rows, D / G, G), each likely a trip through shared memory).
+    tools/attention_sweep.py --int times the choices (an H200, 6 December, groups of 1: each channel's byte read by
+    its own load ran 9x slower than bytes loaded once and unpacked). Block 64: int4 at 8K on an H100, one layer,
+    batch 8 189 -> 141 us, batch 32 506 -> 486 us against block 32; the key scale folded into the query
+    ((q s) . c + q . z, removed) ran slower at every shape (results/h100/session-2026-12-06-f/call1/int-sweep.log)."""
 
     block: int = 64
     warps: int = 4
-    fold_keys: bool = False
     group_keys: bool = False
     planes: bool = False
 
@@ -218,7 +216,6 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
                 HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim, CHUNK=chunk,
                 BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block), G=spec.group,
                 BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
-                FOLD_KEYS=launch.fold_keys and spec.group % block == 0,
                 GROUP_KEYS=launch.group_keys and block % spec.group == 0 and block > spec.group,
                 num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
         kernels._attention_combine_kernel[(batch * heads_q,)](
@@ -341,7 +338,7 @@ if triton is not None:
                                       D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
                                       WINDOW: tl.constexpr, R: tl.constexpr, R_BLOCKS: tl.constexpr,
                                       G: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr,
-                                      FOLD_KEYS: tl.constexpr, GROUP_KEYS: tl.constexpr):
+                                      GROUP_KEYS: tl.constexpr):
         bh = tl.program_id(0)  # (batch, kv head)
         split = tl.program_id(1)
         b = bh // HEADS_KV
@@ -381,10 +378,7 @@ if triton is not None:
                 kat = b * s_kb + kvh * s_kh + (cols // G)[:, None] * s_kg + dims[None, :]
                 kscale = tl.load(ks_ptr + kat, mask=live[:, None], other=0.0).to(tl.float32)
                 kzero = tl.load(kz_ptr + kat, mask=live[:, None], other=0.0).to(tl.float32)
-            if FOLD_KEYS:  # q . (c s + z) = (q s) . c + q . z, s and z one vector for the block
-                qf = q.to(tl.float32)
-                s = tl.dot((qf * kscale).to(q.dtype), tl.trans(k.to(q.dtype))) + tl.sum(qf * kzero, axis=1)[:, None]
-            elif GROUP_KEYS:
+            if GROUP_KEYS:
                 k = tl.reshape(tl.reshape(k, (BLOCK_N // G, G, D)) * kscale + kzero, (BLOCK_N, D))
                 s = tl.dot(q, tl.trans(k.to(q.dtype)))
             else:
