@@ -59,11 +59,11 @@ def main() -> int:
         check(tag + " values", rel_err(args[2], twin[2]))
         check(tag + " valid", float((args[3] != twin[3]).sum()))
 
-    # decode_attention: several splits, a live length short of capacity, masked entries
-    for masked in (False, True):
+    # decode_attention: a live length short of capacity, masked entries; one split (123 tokens: two blocks of 64,
+    # the online softmax carried from one block to the next) and three (each split one block, then the combine)
+    for masked, splits in ((False, 1), (False, 3), (True, 1), (True, 3)):
         valid = (torch.rand(B, Hkv, S) > 0.3).to(torch.uint8) if masked else None
         length = torch.tensor([123])
-        splits = 3
         ws = kernels.attention_workspace(B, Hq, D, splits, "cpu")
         keys, values = torch.randn(B, Hkv, S, D), torch.randn(B, Hkv, S, D)
         keys[:, :, 123:] = float("nan")  # slots beyond the live length must never be read
@@ -73,7 +73,7 @@ def main() -> int:
         a = kernels.decode_attention(q, keys, values, length, valid, D ** -0.5, torch.empty(B, Hq, D), splits, ws)
         kernels.FORCE_TRITON = False
         b = kernels.decode_attention(q, keys, values, length, valid, D ** -0.5, torch.empty(B, Hq, D))
-        check("decode_attention" + (" (masked)" if masked else ""), rel_err(a, b))
+        check(f"decode_attention{' (masked)' if masked else ''}, {splits} split(s)", rel_err(a, b))
 
     fp8_checks(check, B, Hq, Hkv, D, S)
     int_checks(check, Hq, Hkv, D)
@@ -122,14 +122,15 @@ def fp8_checks(check, B, Hq, Hkv, D, S) -> None:
         values = quant.fp8_quantize(torch.randn(B, Hkv, S, D), torch.ones(B, 1, 1, 1) * 0.01)
         q = torch.randn(B, Hq, D)
         length = torch.tensor([123])
-        splits = 3
-        ws = kernels.attention_workspace(B, Hq, D, splits, "cpu")
-        kernels.FORCE_TRITON = True
-        a = kernels.decode_attention(q, keys, values, length, None, D ** -0.5, torch.empty(B, Hq, D), splits, ws,
-                                     scales=scales)
-        kernels.FORCE_TRITON = False
-        b = kernels.decode_attention(q, keys, values, length, None, D ** -0.5, torch.empty(B, Hq, D), scales=scales)
-        check(f"fp8 decode_attention ({'layer' if per == 1 else 'head'} scales)", rel_err(a, b))
+        for splits in (1, 3):  # one split: two blocks, the softmax carried between them
+            ws = kernels.attention_workspace(B, Hq, D, splits, "cpu")
+            kernels.FORCE_TRITON = True
+            a = kernels.decode_attention(q, keys, values, length, None, D ** -0.5, torch.empty(B, Hq, D), splits,
+                                         ws, scales=scales)
+            kernels.FORCE_TRITON = False
+            b = kernels.decode_attention(q, keys, values, length, None, D ** -0.5, torch.empty(B, Hq, D),
+                                         scales=scales)
+            check(f"fp8 decode_attention ({'layer' if per == 1 else 'head'} scales), {splits} split(s)", rel_err(a, b))
 
 
 def int_checks(check, Hq, Hkv, D) -> None:
@@ -228,16 +229,16 @@ def dms_checks(check) -> None:
     keys[~live] = float("nan")  # a head's reserve and every other row must never be read
     values[~live] = float("nan")
     q = torch.randn(B, Hq, D)
-    splits = 3
-    ws = kernels.attention_workspace(B, Hq, D, splits, "cpu")
-    kernels.FORCE_TRITON = True
-    a = kernels.decode_attention(q, keys, values, lengths, None, D ** -0.5, torch.empty(B, Hq, D), splits, ws,
-                                 offsets=offsets, max_length=int(capacity.max()))
-    kernels.FORCE_TRITON = False
-    b = kernels.decode_attention(q, keys, values, lengths, None, D ** -0.5, torch.empty(B, Hq, D),
-                                 offsets=offsets, max_length=int(capacity.max()))
-    check("decode_attention (ragged)", rel_err(a, b))
-    check("decode_attention (ragged) finite", float(a.isnan().sum()))
+    for splits in (1, 3):  # one split: a head's blocks one after another (150 tokens: three), the softmax carried
+        ws = kernels.attention_workspace(B, Hq, D, splits, "cpu")
+        kernels.FORCE_TRITON = True
+        a = kernels.decode_attention(q, keys, values, lengths, None, D ** -0.5, torch.empty(B, Hq, D), splits, ws,
+                                     offsets=offsets, max_length=int(capacity.max()))
+        kernels.FORCE_TRITON = False
+        b = kernels.decode_attention(q, keys, values, lengths, None, D ** -0.5, torch.empty(B, Hq, D),
+                                     offsets=offsets, max_length=int(capacity.max()))
+        check(f"decode_attention (ragged), {splits} split(s)", rel_err(a, b))
+        check(f"decode_attention (ragged), {splits} split(s), finite", float(a.isnan().sum()))
     # fp8 codes (dms-8x+fp8): dequantized in the kernel with each sequence's (B, 1) or each head's (B, Hkv) scales
     from kvcompress.methods import quant
 
