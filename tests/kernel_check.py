@@ -239,7 +239,8 @@ def dms_checks(check) -> None:
                                      offsets=offsets, max_length=int(capacity.max()))
         check(f"decode_attention (ragged), {splits} split(s)", rel_err(a, b))
         check(f"decode_attention (ragged), {splits} split(s), finite", float(a.isnan().sum()))
-    # fp8 codes (dms-8x+fp8): dequantized in the kernel with each sequence's (B, 1) or each head's (B, Hkv) scales
+    # fp8 codes (dms-8x+fp8): dequantized in the kernel with each sequence's (B, 1) or each head's (B, Hkv) scales;
+    # three splits and their workspace, the loop's last
     from kvcompress.methods import quant
 
     codes_k = quant.fp8_quantize(torch.nan_to_num(keys, nan=0.0), torch.tensor(0.01))
