@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -74,44 +72,22 @@ def test_records_reach_rank_0_in_order_and_leave_the_store():
     assert Ranks().claim("anything") and Ranks().claim("anything")  # a plain run claims everything, always
 
 
-def _env(tag: str) -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "KVCOMPRESS_TEST_TAG": tag}
+def _env() -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
 
 
-def _torchrun(out: Path, *extra: str, tag: str = "", kill_rank_1: bool = False) -> subprocess.CompletedProcess:
-    """torchrun 2 ranks on the command; kill_rank_1: SIGKILL rank 1 as soon as it reports its first cell."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *RUN,
+def _torchrun(out: Path, *extra: str, kill_rank_1: bool = False) -> subprocess.CompletedProcess:
+    """torchrun 2 ranks on the command; kill_rank_1: rank 1 SIGKILLs itself once it sent its first record."""
+    script = ["tests/rank_dies.py", *RUN] if kill_rank_1 else RUN
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *script,
            "--out", str(out), *extra]
-    tag = tag or uuid.uuid4().hex
-    # The ranks run niced when one is to be killed: on a loaded 2-core machine this test's reader, starved, once saw
-    # rank 1's first line only after the ranks had finished every cell (nothing left to lose).
-    nice = (lambda: os.nice(10)) if kill_rank_1 else None
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tag), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=nice)
-    if kill_rank_1:
-        for line in proc.stdout:
-            if " r1]" in line:  # rank 1 finished a cell and is on its next one
-                os.kill(_rank_pid(tag, 1), signal.SIGKILL)
-                break
-    stdout, stderr = proc.communicate(timeout=300)
-    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
-
-
-def _rank_pid(tag: str, rank: int) -> int:
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"KVCOMPRESS_TEST_TAG={tag}".encode() in environ and f"RANK={rank}".encode() in environ:
-            return int(pid)
-    raise AssertionError(f"no process of rank {rank}")
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "one.json"
-    subprocess.run([sys.executable, *RUN, "--out", str(out)], cwd=ROOT, env=_env("single"), check=True,
+    subprocess.run([sys.executable, *RUN, "--out", str(out)], cwd=ROOT, env=_env(), check=True,
                    capture_output=True)
     return load(out)
 
@@ -137,8 +113,10 @@ def test_a_lost_rank_names_the_unfinished_cells_and_resume_completes(single, tmp
     out = tmp_path / "lost.json"
     stopped = _torchrun(out, kill_rank_1=True)
     assert stopped.returncode != 0
-    line = next(line for line in stopped.stderr.splitlines() if "cell(s) not in" in line)
+    line = next((line for line in stopped.stderr.splitlines() if "cell(s) not in" in line), None)
+    assert line is not None, stopped.stderr[-3000:]
     _, partial = load(out)
+    assert any(r.rank == 1 for r in partial)  # what rank 1 sent before it died is saved
     missing = CELLS - len(partial)
     assert missing >= 1 and f": {missing} cell(s) not in {out}" in line
     named = line.split(f"not in {out}: ")[1].split("; ")[0].split(", ")
