@@ -48,7 +48,11 @@ def wilson(successes: float, n: int, z: float = Z95) -> tuple[float, float]:
     denominator = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denominator
     spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - spread), min(1.0, centre + spread)
+    # At 0 of n (n of n) centre - spread (centre + spread) is 0 (1) exactly, but rounds to either side of it: an
+    # interval must hold its own estimate.
+    low = 0.0 if successes <= 0 else max(0.0, centre - spread)
+    high = 1.0 if successes >= n else min(1.0, centre + spread)
+    return low, high
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:

@@ -22,6 +22,19 @@ def test_wilson_equals_the_root_of_the_score_test(k, n):
     assert stats.wilson(k, n) == pytest.approx(_wilson_by_quadratic(k, n), abs=1e-12)
 
 
+def test_wilson_ends_hold_their_estimate_exactly():
+    """At 0 of n the interval starts at 0 and at n of n it ends at 1, exactly: the closed forms are [0, z2 / (n + z2)]
+    and [n / (n + z2), 1]. Rounding once left 0 of 6 at [2.8e-17, 0.39], an interval without its own estimate, and
+    the accuracy-vs-KV plot then failed the whole --questions run (a negative error bar)."""
+    z2 = 1.959963984540054 ** 2
+    for n in range(1, 301):
+        assert stats.wilson(0, n) == (0.0, pytest.approx(z2 / (n + z2), abs=1e-12)), n
+        assert stats.wilson(n, n) == (pytest.approx(n / (n + z2), abs=1e-12), 1.0), n
+        for k in range(n + 1):
+            lo, hi = stats.wilson(k, n)
+            assert lo <= k / n <= hi, (k, n)
+
+
 def test_wilson_by_hand():
     # 9 of 10, z = 1.96 (z^2 = 3.8416): centre (0.9 + 3.8416 / 20) / (1 + 3.8416 / 10) = 1.09208 / 1.38416 = 0.788984,
     # spread 1.96 * sqrt(0.9 * 0.1 / 10 + 3.8416 / 400) / 1.38416 = 1.96 * sqrt(0.018604) / 1.38416 = 0.193140
