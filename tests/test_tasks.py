@@ -142,7 +142,8 @@ def test_bad_task_options_are_one_line(capsys, tmp_path):
     for argv, message in [(["--tasks", "niah,haiku"], "unknown task 'haiku'"),
                           (["--tasks", "cwe", "--questions", "2"], "cwe asks one question"),
                           (["--questions", "0"], "--questions must be at least 1"),
-                          (["--methods", "dms-8x", "--questions", "2"], "--questions > 1 needs prefill presses"),
+                          (["--methods", "dms-8x", "--questions", "2"], "which dms-8x change(s) while answering"),
+                          (["--methods", "vanilla,fp8", "--questions", "2"], "which fp8 change(s) while answering"),
                           (["--methods", "think@100tok"], "a kept budget needs a press"),
                           (["--methods", "knorm@0.5", "--match-kv", "dms-8x"], "--match-from")]:
         assert test_long_context.main(base[:2] + base[4:] + argv if "--methods" in argv else base + argv) == 2

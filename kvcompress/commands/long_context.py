@@ -110,9 +110,11 @@ def _grid(args: argparse.Namespace):
     if args.thinking and args.max_new_tokens is None:
         args.max_new_tokens = niah_grid.THINKING_BUDGET
     cfg = cli.resolve(args, "long_context", fixed_length=False)
-    if args.questions > 1 and any(not m.shares_prefill for m in cfg.methods):
-        raise UserError("--questions > 1 needs prefill presses: DMS-8x and decoding presses change the shared "
-                        "context while they answer (drop them or use --questions 1)")
+    changing = [m.name for m in cfg.methods if not m.shares_prefill]
+    if args.questions > 1 and changing:
+        raise UserError(f"--questions > 1 answers every question from one compressed context, which "
+                        f"{', '.join(changing)} change(s) while answering (DMS-8x, decoding presses and quantized "
+                        "caches do): drop them or use --questions 1")
     if args.match_kv:
         source = args.match_from or (cfg.out if cfg.resume else None)
         if source is None:
