@@ -13,7 +13,7 @@ from kvcompress.engine.generate import (GenerationSettings, Prompt, eos_ids, gen
                                        kv_after_context)
 from kvcompress.engine.timing import measurement_stream
 from kvcompress.memory import PhasePeaks
-from kvcompress.record import record_for
+from kvcompress.record import kv_fields, model_fields, record_for
 from kvcompress.results import BenchmarkResult
 
 
@@ -81,8 +81,7 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
     prompt = prompts[0]
     return record_for(
         lm.name, lm.weights, method, settings, task=task, engine=decoder.name, target_tokens=target_tokens,
-        batch=batch, prompt=prompt,
-        press=method.press_label(lm.model),
+        batch=batch, prompt=prompt, **model_fields(lm, method, settings), **kv_fields(after, end),
         output_tokens=last.output_tokens,
         ttft_s=ttft,
         prefill_tokens_per_s=prompt.input_tokens / ttft if ttft > 0 else None,
@@ -91,39 +90,16 @@ def measure(lm, method, prompt: Prompt | list[Prompt], settings: GenerationSetti
         e2e_s=float(np.median(e2es)),
         peak_mem_prefill_bytes=memory.peak_prefill,
         peak_mem_decode_bytes=memory.peak_decode,
-        weights_bytes=lm.weights_bytes,
-        kv_cache_bytes=after.bytes,
-        kv_positions=after.positions,
-        kv_cache_bytes_end=end.bytes,
-        kv_tokens_kept=after.tokens_kept,
-        kv_compression_achieved=after.compression_achieved,
-        kv_memory_saved=after.memory_saved,
         repeats=repeats,
         ttft_iqr_s=iqr(ttfts),
         tpot_iqr_ms=iqr(tpots),
         answer=lm.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
         protocol=last.protocol,
-        kv_tokens_kept_min=min(after.tokens_per_layer) if after.tokens_per_layer else None,
-        kv_tokens_kept_max=max(after.tokens_per_layer) if after.tokens_per_layer else None,
-        kv_cache_bytes_full=after.full_bytes,
-        kv_live_bytes=after.live_bytes,
-        kv_live_bytes_end=end.live_bytes,
-        kv_tokens_end=end.tokens_kept,
-        kv_tokens_per_head=after.tokens_per_head,
-        kv_tokens_kept_rows=after.tokens_per_row,
-        kv_tokens_per_head_end=end.tokens_per_head,
-        kv_bytes_parts=after.parts,
-        kv_bytes_parts_end=end.parts,
         answer_tokens=len(answer_ids),
         ttft_samples_s=ttfts,
         tpot_samples_ms=tpots,
         timing="cuda_events" if lm.device.type == "cuda" else "wall_clock",
         memory_source=PhasePeaks(lm.device).source,
-        sampling=settings.sampling.describe(),
-        seed=settings.sampling.seed,
-        dtype=str(lm.dtype).removeprefix("torch."),
-        attn_implementation=lm.attn_implementation,
-        notes=list(lm.notes),
         batch_admit_s=float(np.median(admits)),
         ttft_sequences_s=list(getattr(last, "ttft_each_s", [last.ttft_s])),
         aggregate_decode_tokens_per_s=batch * 1000.0 / tpot if tpot else None,
@@ -186,21 +162,11 @@ def measure_questions(lm, method, prompt: Prompt, questions: list, settings: Gen
         answer_ids = _until_eos(answer.token_ids, lm)
         records.append(record_for(
             lm.name, lm.weights, method, settings, task=task, engine="hf", target_tokens=target_tokens, prompt=prompt,
-            press=method.press_label(lm.model),
+            **model_fields(lm, method, settings), **kv_fields(after, answer.kv_end),
             input_tokens=prompt.context_tokens + int(question.shape[1]), output_tokens=len(answer.token_ids),
-            e2e_s=answer.seconds, weights_bytes=lm.weights_bytes, kv_cache_bytes=after.bytes,
-            kv_positions=after.positions,
-            kv_cache_bytes_end=answer.kv_end.bytes, kv_tokens_kept=after.tokens_kept,
-            kv_compression_achieved=after.compression_achieved, kv_memory_saved=after.memory_saved, repeats=1,
-            answer=lm.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
-            protocol="query_agnostic_shared",
-            kv_tokens_kept_min=min(after.tokens_per_layer) if after.tokens_per_layer else None,
-            kv_tokens_kept_max=max(after.tokens_per_layer) if after.tokens_per_layer else None,
-            kv_cache_bytes_full=after.full_bytes, kv_live_bytes=after.live_bytes,
-            kv_live_bytes_end=answer.kv_end.live_bytes, kv_tokens_end=answer.kv_end.tokens_kept,
-            answer_tokens=len(answer_ids), timing="cuda_events" if lm.device.type == "cuda" else "wall_clock",
-            sampling=settings.sampling.describe(), seed=settings.sampling.seed,
-            dtype=str(lm.dtype).removeprefix("torch."), attn_implementation=lm.attn_implementation,
-            notes=list(lm.notes), question_index=i, questions_per_context=len(questions),
+            e2e_s=answer.seconds, repeats=1, answer=lm.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
+            protocol="query_agnostic_shared", answer_tokens=len(answer_ids),
+            timing="cuda_events" if lm.device.type == "cuda" else "wall_clock",
+            question_index=i, questions_per_context=len(questions),
             context_compress_s=shared.compress_s if i == 0 else None))
     return records

@@ -35,7 +35,7 @@ from kvcompress.engine.quality import QualityAnswer, answer_alone, answer_compre
 from kvcompress.engine.shared_prefill import prefill_shared
 from kvcompress.memory import clear_masks
 from kvcompress.methods import Method
-from kvcompress.record import record_for
+from kvcompress.record import kv_fields, model_fields, record_for
 from kvcompress.ranks import Ranks
 from kvcompress.results import BenchmarkResult
 from kvcompress.report import context_label
@@ -424,23 +424,14 @@ def _record(lm, method, blank, sample: Sample, answer, settings, task, decoder, 
         return blank
     eos = eos_ids(lm)
     answer_ids = [t for t in answer.token_ids if t not in eos]  # cut() ends a row at its first end-of-sequence
-    after = answer.kv_after
     record = record_for(
         lm.name, lm.weights, method, settings, task=task, engine=decoder.name, target_tokens=sample.cell.target_tokens,
-        prompt=sample.prompt, press=method.press_label(lm.model), output_tokens=len(answer.token_ids),
-        max_new_tokens=sample.budget,
-        weights_bytes=lm.weights_bytes, kv_cache_bytes=after.bytes, kv_tokens_kept=after.tokens_kept,
-        kv_compression_achieved=after.compression_achieved, kv_memory_saved=after.memory_saved, repeats=1,
+        prompt=sample.prompt, **model_fields(lm, method, settings), **kv_fields(answer.kv_after),
+        output_tokens=len(answer.token_ids), max_new_tokens=sample.budget, repeats=1,
         answer=lm.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
         protocol="query_aware" if settings.query_aware else (
             "single_prefill" if method.single_prefill else "query_agnostic"),
-        kv_tokens_kept_min=min(after.tokens_per_layer) if after.tokens_per_layer else None,
-        kv_tokens_kept_max=max(after.tokens_per_layer) if after.tokens_per_layer else None,
-        kv_cache_bytes_full=after.full_bytes, kv_live_bytes=after.live_bytes, kv_tokens_per_head=after.tokens_per_head,
-        kv_positions=after.positions, kv_bytes_parts=after.parts,
-        answer_tokens=len(answer_ids), timing=None, sampling=settings.sampling.describe(), seed=settings.sampling.seed,
-        dtype=str(lm.dtype).removeprefix("torch."), attn_implementation=lm.attn_implementation,
-        notes=list(lm.notes), run_mode="quality", answer_batch=answer.decoded_with,
+        answer_tokens=len(answer_ids), timing=None, run_mode="quality", answer_batch=answer.decoded_with,
         shared_prefill=method.joins_shared_prefill and not settings.query_aware, engine_note=engine_note)
     method.record_fields(record, decoder)
     record.depth, record.prompt_id, record.kv_budget = blank.depth, blank.prompt_id, method.budget_label
