@@ -20,7 +20,7 @@ from pathlib import Path
 from kvcompress.errors import UserError
 from kvcompress.hub import go_offline, hub_available, offline_by_choice
 from kvcompress.methods import Method, as_remote_dms, parse_methods
-from kvcompress.ranks import OtherRankDone, local_device
+from kvcompress.ranks import OtherRankDone, RunStopped, local_device
 from kvcompress.tasks.haystack import SOURCES
 
 # torch, transformers and kvpress are imported only once the arguments are parsed (resolve): --help and a bad
@@ -388,18 +388,24 @@ def main(fn):
             print(f"error: {exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            from kvcompress.results import files_written
-
-            written = files_written()
-            print("interrupted: every finished record is already in the output file (" + ", ".join(map(str, written))
-                  + ")" if written else "interrupted before any record was finished: no result file was written",
-                  file=sys.stderr)
+            print(_kept("interrupted"), file=sys.stderr)
             return 130
+        except RunStopped:  # SIGTERM to rank 0 past the part of a run that names the missing cells (tables, plots)
+            print(_kept("stopped by SIGTERM (torchrun stops every rank when one fails)"), file=sys.stderr)
+            return 143
         except Exception as exc:  # noqa: BLE001 - last resort: still one line, details on request
             print_unexpected(exc)
             return 1
 
     return wrapper
+
+
+def _kept(what: str) -> str:
+    from kvcompress.results import files_written
+
+    written = files_written()
+    return (f"{what}: every finished record is already in the output file (" + ", ".join(map(str, written)) + ")"
+            if written else f"{what} before any record was finished: no result file was written")
 
 
 ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}

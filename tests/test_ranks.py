@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -158,3 +159,24 @@ def test_quality_progress_counts_the_answers_of_every_rank():
     plain = Progress(0, 100)
     plain.count(10, 9)
     assert (plain.done, plain.answered, plain.run_done) == (10, 9, 0)
+
+
+def test_sigterm_to_rank_0_after_its_cells_were_saved_is_one_line(capsys):
+    """Another rank failing on its way out stops rank 0 while it prints the tables, past the part of the run that
+    names missing cells: one line and exit 143, not RunStopped's traceback."""
+    from kvcompress import cli
+    from kvcompress.ranks import stop_on_sigterm
+
+    def tables(argv):
+        stop_on_sigterm(Ranks(rank=0, world=2))  # as _run installs it
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+        return 0
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        assert cli.main(tables)([]) == 143
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stopped by SIGTERM") and "\n" not in err, err
