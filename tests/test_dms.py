@@ -3,9 +3,6 @@ real trust_remote_code path, with a paged cache whose live counts are known from
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +21,6 @@ from kvcompress.methods import parse_method
 from kvcompress.tasks import prompts
 from kvcompress.tasks.cell import Cell
 
-ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 SPEC = tiny_dms.FixtureSpec()  # window 64; kv head 0 keeps 1 in 2 older tokens, head 1 keeps 1 in 4
 
@@ -217,39 +213,6 @@ def test_resume_skips_measured_dms_cells_without_starting_a_process(tmp_path):
                 "prompt_id": "needle-300", "engine": "hf", "max_new_tokens": 3, "run_mode": None, "batch": 1}
     done = {tuple(measured[name] for name in IDENTITY_FIELDS)}
     assert isolated.run_in_child(cfg, [parse_method("dms-8x-remote")], [cell], "benchmark", done=done) == []
-
-
-def test_kvpress_patch_leaves_vanilla_unchanged():
-    """Vanilla generates the same tokens (greedy) and logits before and after `import kvpress` patched attention,
-    so vanilla and presses measured in the main process compare fairly with DMS measured in its own process."""
-    script = """
-import json, torch
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from kvcompress import models
-from kvcompress.engine import GenerationSettings, generate_once
-from kvcompress.engine.generate import HFDecoder
-from kvcompress.engine.sampling import SamplingConfig
-from kvcompress.methods import parse_method
-from kvcompress.tasks import niah
-lm = models.load(models.MODELS["tiny"], device=torch.device("cpu"))
-prompt = niah.build_prompt(lm.tokenizer, 300, 0.5, niah.make_needle("single", 0)).prompt
-settings = GenerationSettings(12, SamplingConfig(greedy=True))
-def run():
-    ids = torch.cat([prompt.context_ids, prompt.question_ids], 1)
-    with torch.inference_mode():
-        logits = lm.model(input_ids=ids).logits[0, -1]
-    return generate_once(lm, parse_method("vanilla"), prompt, settings, HFDecoder()).token_ids, logits
-before, sdpa = run(), ALL_ATTENTION_FUNCTIONS["sdpa"]
-import kvpress
-after = run()
-print(json.dumps({"patched": ALL_ATTENTION_FUNCTIONS["sdpa"] is not sdpa, "tokens": [before[0], after[0]],
-                  "logits_equal": bool(torch.equal(before[1], after[1]))}))
-"""
-    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["patched"]  # kvpress really replaced the attention function...
-    assert out["tokens"][0] == out["tokens"][1] and out["logits_equal"]  # ...and vanilla did not change
 
 
 def test_prompts_file(tmp_path):
