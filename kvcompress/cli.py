@@ -183,10 +183,13 @@ class _FolderPath(type(Path())):
 MAX_SEED = 2**32 - 1
 
 
-def check_cheap(args: argparse.Namespace) -> None:
-    """Every check that needs neither torch nor a model, before torch is imported: a typo answers in < 1 s."""
+def check_cheap(args: argparse.Namespace, fixed_length: bool = True) -> None:
+    """Every check that needs neither torch nor a model, before torch is imported: a typo answers in < 1 s.
+    fixed_length=False: a quality run (answers stop at end-of-sequence)."""
     if isinstance(args.out, _FolderPath):
         raise UserError(f"--out {args.out}/ names a folder; name a JSON file, e.g. {args.out / 'run.json'}")
+    if args.out is not None and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a directory; name a JSON file, e.g. {Path(args.out) / 'run.json'}")
     if getattr(args, "resume", False) and args.out is None:
         raise UserError("--resume continues a result file: name it with --out")
     if not math.isfinite(args.temperature) or args.temperature <= 0:
@@ -205,7 +208,8 @@ def check_cheap(args: argparse.Namespace) -> None:
         parse_methods(args.methods)
     if args.contexts is not None:
         parse_contexts(args.contexts)
-    parse_batches(getattr(args, "batch", "1"))
+    if parse_batches(getattr(args, "batch", "1")) != [1] and not fixed_length:
+        raise UserError("--batch times batched decode; quality runs stop at end-of-sequence and are batch 1")
     if args.model is not None and _is_path(args.model) and not Path(args.model).expanduser().exists():
         raise UserError(f"--model {args.model}: no such folder (a local checkpoint must exist; a Hub id is "
                         "owner/name)")
@@ -246,7 +250,7 @@ def parse_batches(text: str) -> list[int]:
 
 def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True) -> RunConfig:
     """Validate everything that can be checked before loading a model; apply the tiny preset when there is no GPU."""
-    check_cheap(args)
+    check_cheap(args, fixed_length)
     import torch
 
     from kvcompress import models
@@ -296,8 +300,6 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
         _check_reachable(needed, random_weights=args.random_weights)
     contexts = parse_contexts(args.contexts)
     batches = parse_batches(getattr(args, "batch", "1"))
-    if batches != [1] and not fixed_length:
-        raise UserError("--batch times batched decode; quality runs stop at end-of-sequence and are batch 1")
     limit = spec.max_positions
     too_long = [c for c in contexts if limit and c + args.max_new_tokens > limit]
     if too_long:

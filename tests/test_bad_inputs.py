@@ -3,6 +3,7 @@ round one ("unexpected X", exit 1) are one line and exit 2. Each case here was a
 
 import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -174,6 +175,38 @@ def test_a_typo_in_capacity_methods_answers_without_torch():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.stdout.split() == ["2", "False", "False"], proc.stdout + proc.stderr[-2000:]
     assert "unknown press 'knrom'" in proc.stderr
+
+
+def test_inputs_wrong_in_themselves_answer_without_torch(tmp_path):
+    """Checks that need neither torch nor a preset ran after cli.resolve had imported torch: each answered in 5-17 s
+    on a loaded 2-core machine instead of at once (tools/bad_inputs.py's timings)."""
+    cases = [
+        ("benchmark", ["capacity", "--budget", "abc"], "budget 'abc' is not a memory size"),
+        ("benchmark", ["capacity", "--search-runs", "0"], "--search-runs at least 1"),
+        ("benchmark", ["--out", str(tmp_path)], "is a directory; name a JSON file"),
+        ("test_long_context", ["--trials", "0"], "--trials must be at least 1"),
+        ("test_long_context", ["--questions", "0"], "--questions must be at least 1"),
+        ("test_long_context", ["--thinking", "--max-new-tokens", "8"], "--thinking needs --max-new-tokens >= "),
+        ("test_long_context", ["--match-kv", "dms-8x"], "pass the file holding its records with --match-from"),
+        ("test_long_context", ["--samples", "0"], "--samples must be positive"),
+        ("test_long_context", ["--batch", "4"], "quality runs stop at end-of-sequence and are batch 1"),
+        ("test_kvpress_api", ["--ratios", "1.5"], "ratio 1.5 must be in (0, 1)"),
+        ("test_kvpress_api", ["--context", "1K,2K"], "--context takes one prompt length"),
+    ]
+    code = ("import contextlib, io, json, sys, benchmark, test_long_context, test_kvpress_api\n"
+            "answers = []\n"
+            f"for script, argv, _ in {[(s, a, m) for s, a, m in cases]!r}:\n"
+            "    err = io.StringIO()\n"
+            "    with contextlib.redirect_stderr(err):\n"
+            "        rc = sys.modules[script].main(argv)\n"
+            "    answers.append([rc, err.getvalue()])\n"
+            "print(json.dumps([answers, 'torch' in sys.modules]))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    answers, torch_imported = json.loads(proc.stdout.strip().splitlines()[-1])
+    for (script, argv, message), (rc, err) in zip(cases, answers):
+        assert rc == 2 and err.startswith("error:") and message in err and err.count("\n") == 1, (script, argv, err)
+    assert not torch_imported
 
 
 def test_capacity_has_no_hidden_batch_option(capsys):

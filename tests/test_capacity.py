@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kvcompress.commands import capacity
-from kvcompress.run.capacity import (AllocatorBudget, BytesBudget, Probe, Runner, capacity_cell, parse_budget, predict,
+from kvcompress.run.capacity import (AllocatorBudget, BytesBudget, Probe, Runner, capacity_cell, predict,
                                      search)
 from kvcompress.engine import GenerationSettings
 from kvcompress.engine.fast.decoder import FastDecoder
@@ -24,12 +24,12 @@ NEW = 6  # --max-new-tokens of the generation whose memory must fit
 
 
 def test_budget_sizes_parse_and_bad_ones_are_refused():
-    assert parse_budget("80GiB") == 80 * 2**30
-    assert parse_budget("141GB") == 141 * 10**9
-    assert parse_budget("1.5 MiB") == 3 * 2**19
+    assert capacity.parse_budget("80GiB") == 80 * 2**30
+    assert capacity.parse_budget("141GB") == 141 * 10**9
+    assert capacity.parse_budget("1.5 MiB") == 3 * 2**19
     for bad in ("80 parsecs", "-3GiB", "", "GiB"):
         with pytest.raises(UserError):
-            parse_budget(bad)
+            capacity.parse_budget(bad)
 
 
 @pytest.mark.parametrize("boundary", [1, 7, 13, 90, 437])

@@ -4,6 +4,7 @@ itself: run/capacity.py)."""
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from kvcompress import cli, report
@@ -39,13 +40,15 @@ def main(argv: list[str]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.search_tokens < 2 or args.max_batch < 1 or args.search_runs < 1:
+        raise UserError("--search-tokens must be at least 2, --max-batch and --search-runs at least 1")
+    if args.budget is not None:
+        parse_budget(args.budget)  # a typo answers now, before torch is imported
     cfg = cli.resolve(args, "capacity")
     # torch, and matplotlib for the plot: only once the arguments are good
     from kvcompress import plots
-    from kvcompress.run.capacity import AllocatorBudget, BytesBudget, parse_budget, search_all, size_label
+    from kvcompress.run.capacity import AllocatorBudget, BytesBudget, search_all, size_label
 
-    if args.search_tokens < 2 or args.max_batch < 1 or args.search_runs < 1:
-        raise UserError("--search-tokens must be at least 2, --max-batch and --search-runs at least 1")
     size = parse_budget(args.budget or ("8MiB" if cfg.preset == "tiny" else "80GiB"))
     budget = AllocatorBudget(size, cfg.device) if cfg.device.type == "cuda" else BytesBudget(size)
     out = search_all(cfg, budget, search_tokens=args.search_tokens, max_batch=args.max_batch, max_runs=args.search_runs)
@@ -58,3 +61,20 @@ def run(args: argparse.Namespace) -> int:
     from kvcompress.run.runner import exit_status
 
     return exit_status(out)
+
+
+UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
+         "gib": 2**30, "tib": 2**40}
+MIN_BUDGET = 2**20
+
+
+def parse_budget(text: str) -> int:
+    """--budget in bytes: a number and a unit (decimal kB..TB, binary KiB..TiB; none: bytes)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match[2].lower() if match else None
+    if not match or unit not in UNITS:
+        raise UserError(f"budget {text!r} is not a memory size (write 80GiB, 141GB, 512MiB)")
+    value = int(float(match[1]) * UNITS[unit])
+    if value < MIN_BUDGET:  # every run would fail, cell by cell, with the allocator's or transformers' messages
+        raise UserError(f"budget {text!r} is below 1 MiB: no model's weights fit it (write 80GiB, 141GB, 8MiB)")
+    return value

@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _grid(args: argparse.Namespace):
     """(cfg, cells, the grid as the run header records it): every check that needs no model, in the order a user
-    meets them."""
+    meets them; those that need neither torch nor the presets' defaults before cli.resolve imports torch."""
     if args.qa_data is not None:  # through the environment: a child process rebuilding a cell reads it too
         os.environ[families.ruler.qa.ENV] = str(args.qa_data.resolve())
     tasks = families.parse_tasks(args.tasks)
@@ -109,18 +109,8 @@ def _grid(args: argparse.Namespace):
     args.greedy = args.greedy or not (args.sample or args.thinking)
     if args.thinking and args.max_new_tokens is None:
         args.max_new_tokens = niah_grid.THINKING_BUDGET
-    cfg = cli.resolve(args, "long_context", fixed_length=False)
-    changing = [m.name for m in cfg.methods if not m.shares_prefill]
-    if args.questions > 1 and changing:
-        raise UserError(f"--questions > 1 answers every question from one compressed context, which "
-                        f"{', '.join(changing)} change(s) while answering (DMS-8x, decoding presses and quantized "
-                        "caches do): drop them or use --questions 1")
-    if args.match_kv:
-        source = args.match_from or (cfg.out if cfg.resume else None)
-        if source is None:
-            raise UserError(f"--match-kv {args.match_kv}: pass the file holding its records with --match-from")
-        cfg.methods = matched_methods(cfg.methods, args.match_kv, source, cfg.contexts)
-    if args.thinking and cfg.settings.max_new_tokens < niah_grid.MIN_THINKING_BUDGET:
+    niah_grid.check_counts(1 if args.trials is None else args.trials, args.questions)
+    if args.thinking and args.max_new_tokens < niah_grid.MIN_THINKING_BUDGET:
         raise UserError(f"--thinking needs --max-new-tokens >= {niah_grid.MIN_THINKING_BUDGET} (a cut-off think "
                         "block is scored as no answer)")
     if args.questions > 1:
@@ -129,6 +119,17 @@ def _grid(args: argparse.Namespace):
         raise UserError("--answer-batch needs --mode quality and a positive count")
     if args.samples is not None and (args.samples < 1 or args.trials is not None):
         raise UserError("--samples must be positive and replaces --trials (pass one of them)")
+    source = args.match_from or (args.out if args.resume else None)
+    if args.match_kv and source is None:
+        raise UserError(f"--match-kv {args.match_kv}: pass the file holding its records with --match-from")
+    cfg = cli.resolve(args, "long_context", fixed_length=False)
+    changing = [m.name for m in cfg.methods if not m.shares_prefill]
+    if args.questions > 1 and changing:
+        raise UserError(f"--questions > 1 answers every question from one compressed context, which "
+                        f"{', '.join(changing)} change(s) while answering (DMS-8x, decoding presses and quantized "
+                        "caches do): drop them or use --questions 1")
+    if args.match_kv:
+        cfg.methods = matched_methods(cfg.methods, args.match_kv, source, cfg.contexts)
     args.trials = args.trials if args.trials is not None else (1 if cfg.preset == "tiny" else 3)
     cells = niah_grid.grid_cells(cfg.contexts, depths, args.samples or args.trials, kind=args.needle,
                                  count=args.needles, haystack=cfg.haystack, thinking=args.thinking,

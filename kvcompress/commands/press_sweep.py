@@ -230,13 +230,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.methods is not None:
         raise UserError("--methods belongs to benchmark.py; here choose --presses and --ratios")
+    if args.contexts is not None and len(cli.parse_contexts(args.contexts)) != 1:
+        raise UserError("--context takes one prompt length (the table's columns are ratios)")
+    ratios = parse_ratios(args.ratios)
     cfg = cli.resolve(args, "kvpress_api")
     from kvcompress.run import runner  # torch and transformers: only once the arguments are good
 
     warn_once()
-    if len(cfg.contexts) != 1:
-        raise UserError("--context takes one prompt length (the table's columns are ratios)")
-    ratios = parse_ratios(args.ratios)
     check_writable(args.plot or cfg.out.with_suffix(".png"))  # now, not after the whole sweep
     target = cfg.contexts[0]
     cfg.methods = sweep_methods(args.presses, ratios, target, cfg.settings.max_new_tokens)

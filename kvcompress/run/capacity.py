@@ -16,7 +16,6 @@ first's compressed cache, so each probe holds the memory of B distinct sequences
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -36,22 +35,6 @@ from kvcompress.run.runner import (deliver, finish, header_of, label, make_decod
                                    stopped, tiny_threads)
 from kvcompress.tasks.cell import Cell
 
-UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20,
-         "gib": 2**30, "tib": 2**40}
-
-
-def parse_budget(text: str) -> int:
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
-    unit = match[2].lower() if match else None
-    if not match or unit not in UNITS:
-        raise UserError(f"budget {text!r} is not a memory size (write 80GiB, 141GB, 512MiB)")
-    value = int(float(match[1]) * UNITS[unit])
-    if value < MIN_BUDGET:  # every run would fail, cell by cell, with the allocator's or transformers' messages
-        raise UserError(f"budget {text!r} is below 1 MiB: no model's weights fit it (write 80GiB, 141GB, 8MiB)")
-    return value
-
-
-MIN_BUDGET = 2**20
 # the header entries a resumed capacity file must share with the new run (its cells would be searched otherwise)
 RESUME_SEARCH = ("budget_bytes", "budget_kind", "search_tokens", "max_batch", "search_runs")
 

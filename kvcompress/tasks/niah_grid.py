@@ -50,13 +50,17 @@ def task_prompt_id(family: str, questions: int, haystack: str | None, thinking: 
     return f"{name}/{haystack}/{'think' if thinking else 'no-think'}/trial{trial}"
 
 
-def grid_cells(contexts: list[int], depths: list[float], trials: int, *, kind: str, count: int, haystack: str,
-               thinking: bool, seed: int, tasks: tuple[str, ...] = ("niah",), questions: int = 1) -> list[Cell]:
-    """Cells for every task x context x depth x trial (cwe and fwe have no haystack, hence one row, depth None)."""
+def check_counts(trials: int, questions: int) -> None:
     if trials < 1:
         raise UserError("--trials must be at least 1")
     if questions < 1:
         raise UserError("--questions must be at least 1")
+
+
+def grid_cells(contexts: list[int], depths: list[float], trials: int, *, kind: str, count: int, haystack: str,
+               thinking: bool, seed: int, tasks: tuple[str, ...] = ("niah",), questions: int = 1) -> list[Cell]:
+    """Cells for every task x context x depth x trial (cwe and fwe have no haystack, hence one row, depth None)."""
+    check_counts(trials, questions)
     niah.make_needle(kind, seed, count)  # a bad kind or count fails now, before any model is loaded
     cells = []
     for family in tasks:
