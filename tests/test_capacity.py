@@ -129,6 +129,18 @@ def test_a_refusal_by_the_capped_allocator_says_what_it_had_allocated_and_reserv
     assert BytesBudget(1).at_refusal() == ""
 
 
+def test_a_probe_that_fits_the_capped_allocator_records_its_reserved_peak(tiny, pair, monkeypatch):
+    """Beside the allocated peaks, the allocator's reserved peak (faked here: CPU): at the largest batch that fits,
+    cap - reserved is what no further sequence could use, cap - allocated what the bytes prediction counted on."""
+    settings = GenerationSettings(NEW, SamplingConfig(greedy=True))
+    runner = Runner(tiny, FastDecoder(tiny), settings, AllocatorBudget(2**40, torch.device("cuda", 0)), 2)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 71 * 2**30)
+    probe = runner.probe(parse_method("knorm@0.5"), list(pair), 400)
+    assert probe.fits and probe.to_dict()["reserved_bytes"] == 71 * 2**30
+    assert probe.to_dict()["peak_bytes"]["decode"] < 71 * 2**30  # the allocated peak, read from the run
+    assert probe.line().startswith("fits: ") and probe.line().endswith(" allocated, 71.00 GiB reserved at peak")
+
+
 def test_the_capacity_command_writes_records_a_table_and_a_plot(tmp_path, capsys):
     out = tmp_path / "capacity.json"
     # 256 tokens fit a few sequences; 4096 tokens do not fit even alone: that cell becomes an error record

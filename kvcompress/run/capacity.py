@@ -71,6 +71,12 @@ class AllocatorBudget:
         """Peak allocated bytes per phase (the allocator already refused what did not fit)."""
         return {"prefill": generation.peak_prefill, "decode": generation.peak_decode}
 
+    def reserved(self) -> int | None:
+        """Peak bytes the caching allocator reserved in the run's last phase (decode; PhasePeaks resets the peaks
+        per phase): beside the allocated peaks, the share of the cap held in blocks never handed out (its pools,
+        the fast engine's MemPool among them, each keep their own)."""
+        return int(torch.cuda.max_memory_reserved(self.device))
+
     def check(self, used: dict[str, int]) -> None:
         pass
 
@@ -99,6 +105,9 @@ class BytesBudget:
     def used(self, generation, lm) -> dict[str, int]:
         return {"decode": lm.weights_bytes + generation.kv_end.bytes}
 
+    def reserved(self) -> int | None:
+        return None  # no allocator
+
     def check(self, used: dict[str, int]) -> None:
         peak = max(used.values())
         if peak > self.budget:
@@ -122,10 +131,19 @@ class Probe:
     used: dict[str, int] | None
     error: str | None
     seconds: float
+    reserved: int | None = None  # the allocator's reserved bytes at the end of a run that fit (CUDA)
+
+    def line(self) -> str:
+        """'fits' (with the peaks, where the allocator reports them) or why not."""
+        if not self.fits:
+            return self.error
+        if self.reserved is None:
+            return "fits"
+        return f"fits: {size_label(max(self.used.values()))} allocated, {size_label(self.reserved)} reserved at peak"
 
     def to_dict(self) -> dict:
         return {"batch": self.batch, "context": self.context, "fits": self.fits, "peak_bytes": self.used,
-                "error": self.error, "seconds": round(self.seconds, 3)}
+                "reserved_bytes": self.reserved, "error": self.error, "seconds": round(self.seconds, 3)}
 
 
 def predict(one: Probe, two: Probe, budget: int) -> int | None:
@@ -190,11 +208,11 @@ class Runner:
 
     def probe(self, method, prompts: list, context: int) -> Probe:
         start = time.perf_counter()
-        used = error = None
+        used = error = reserved = None
         try:
             generation = generate_batch(self.lm, method, prompts, self.search_settings, self.decoder,
                                         admission="cloned")
-            used = self.budget.used(generation, self.lm)
+            used, reserved = self.budget.used(generation, self.lm), self.budget.reserved()
             del generation
             self.budget.check(used)
         except torch.OutOfMemoryError as exc:
@@ -202,7 +220,8 @@ class Runner:
                 self.budget.at_refusal()
         finally:
             self.free()
-        return Probe(len(prompts), context, error is None, used, error, time.perf_counter() - start)
+        return Probe(len(prompts), context, error is None, used, error, time.perf_counter() - start,
+                     reserved if error is None else None)
 
     def free(self) -> None:
         self.decoder.release()
@@ -219,7 +238,7 @@ def capacity_cell(runner: Runner, method, prompts: tuple, context: int, max_batc
     def run(batch: int) -> bool:
         probe = runner.probe(method, [first] * (batch - 1) + [last] if batch > 1 else [first], context)
         probes.append(probe)
-        progress(f"  batch {batch}: {'fits' if probe.fits else probe.error} ({probe.seconds:.1f} s)")
+        progress(f"  batch {batch}: {probe.line()} ({probe.seconds:.1f} s)")
         return probe.fits
 
     if not run(1):
@@ -251,7 +270,7 @@ def longest_context(runner: Runner, method, build: Callable[[int], object], know
         sized = method.for_context(prompt.context_tokens, runner.lm.model, context)  # a kept budget at this length
         probe = runner.probe(sized, [prompt], context)
         probes.append(probe)
-        progress(f"  context {context}: {'fits' if probe.fits else probe.error}")
+        progress(f"  context {context}: {probe.line()}")
         return probe.fits
 
     if top <= known_fit or fits(top):

@@ -5,8 +5,9 @@
 # dms-8x+fp8 at 8K: ~5 GiB of the cap held by the caching allocator and never handed out (int4 fits 135 of the
 # 148 its bytes predict). This call runs the two at 8K with the allocator as it is, then with expandable segments
 # (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True, which maps pages instead of keeping fixed blocks): if the
-# fragmentation is the gap, the max batch moves to its prediction. A refused probe now records the allocated and
-# reserved bytes at the refusal (capacity_probes[].error). Working tree: main as committed.
+# fragmentation is the gap, the max batch moves to its prediction. A refused probe records the allocated and
+# reserved bytes at the refusal, a probe that fits its allocated and reserved peaks (capacity_probes[], and the
+# log's "fits: ... allocated, ... reserved at peak"). Working tree: main as committed.
 # `COMMIT=<label> bash results/h200/session-2026-12-07-i/callC.sh`, carry [".whl", ".carry"].
 source tools/device_setup.sh
 export PYTHONUNBUFFERED=1
