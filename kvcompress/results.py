@@ -146,7 +146,8 @@ class BenchmarkResult:
     capacity_budget_bytes: int | None = None
     capacity_max_batch: int | None = None  # largest batch whose whole generation fitted (0: not even batch 1)
     capacity_predicted_batch: int | None = None  # from weights + per-sequence KV + measured activation/workspace
-    capacity_probes: list[dict] = field(default_factory=list)  # {"batch"|"context", "fits", "peak_bytes", "error"}
+    # {"batch"|"context", "fits", "peak_bytes", "reserved_bytes", "error", "seconds"}
+    capacity_probes: list[dict] = field(default_factory=list)
     # positions the cache had seen when kv_cache_bytes, kv_live_bytes and kv_tokens_kept were read: the context, for
     # every method (DMS's single prefill is read after the context alone, engine.generate.kv_after_context), and
     # context + question under --query-aware. Held (kv_cache_bytes) and live (kv_live_bytes) differ where a cache
