@@ -35,13 +35,14 @@ def record_for(model: str, weights: str, method, settings, *, task: str, engine:
 def kv_fields(after: KVState, end: KVState | None = None) -> dict:
     """A measured record's KV fields: the cache read after the context (`after`) and, where read, at the end of the
     answer (`end`)."""
-    per_layer = after.tokens_per_layer
+    layers = after.tokens_per_layer
     fields = dict(
         kv_cache_bytes=after.bytes, kv_positions=after.positions, kv_tokens_kept=after.tokens_kept,
         kv_compression_achieved=after.compression_achieved, kv_memory_saved=after.memory_saved,
-        kv_tokens_kept_min=min(per_layer) if per_layer else None, kv_tokens_kept_max=max(per_layer) if per_layer
-        else None, kv_cache_bytes_full=after.full_bytes, kv_live_bytes=after.live_bytes,
-        kv_tokens_per_head=after.tokens_per_head, kv_tokens_kept_rows=after.tokens_per_row, kv_bytes_parts=after.parts)
+        kv_tokens_kept_min=min(layers) if layers else None,
+        kv_tokens_kept_max=max(layers) if layers else None,
+        kv_cache_bytes_full=after.full_bytes, kv_live_bytes=after.live_bytes, kv_tokens_per_head=after.tokens_per_head,
+        kv_tokens_kept_rows=after.tokens_per_row, kv_bytes_parts=after.parts)
     if end is not None:
         fields.update(kv_cache_bytes_end=end.bytes, kv_live_bytes_end=end.live_bytes, kv_tokens_end=end.tokens_kept,
                       kv_tokens_per_head_end=end.tokens_per_head, kv_bytes_parts_end=end.parts)

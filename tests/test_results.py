@@ -218,3 +218,25 @@ def test_a_journal_of_a_run_killed_before_its_first_save_resumes_with_its_settin
     with pytest.raises(UserError, match="another script"):
         ResultFile(path, {"task": "other"}, resume=True)
     assert len(ResultFile(path, {"task": "q"}, resume=True).results) == 4
+
+
+def test_kv_fields_are_the_readings_after_the_context_and_at_the_end():
+    """record.kv_fields against values worked by hand: 2 layers holding 3 and 5 of 8 positions (mean 4: half
+    evicted), 10 bytes held of 20 uncompressed; the end's reading only where one was taken."""
+    from kvcompress.memory import KVState
+    from kvcompress.record import kv_fields
+
+    after = KVState(10, 8, 20, [3.0, 5.0], 8, parts={"data": 6, "scales": 4})
+    end = KVState(12, 12, 24, [4.0, 6.0], 10, tokens_per_head=[[4], [6]])
+    fields = kv_fields(after, end)
+    assert {k: fields[k] for k in ("kv_cache_bytes", "kv_live_bytes", "kv_cache_bytes_full", "kv_positions",
+                                   "kv_tokens_kept", "kv_compression_achieved", "kv_memory_saved",
+                                   "kv_tokens_kept_min", "kv_tokens_kept_max", "kv_bytes_parts")} == {
+        "kv_cache_bytes": 10, "kv_live_bytes": 8, "kv_cache_bytes_full": 20, "kv_positions": 8,
+        "kv_tokens_kept": 4.0, "kv_compression_achieved": 0.5, "kv_memory_saved": True,
+        "kv_tokens_kept_min": 3.0, "kv_tokens_kept_max": 5.0, "kv_bytes_parts": {"data": 6, "scales": 4}}
+    assert (fields["kv_cache_bytes_end"], fields["kv_live_bytes_end"], fields["kv_tokens_end"],
+            fields["kv_tokens_per_head_end"]) == (12, 12, 5.0, [[4], [6]])
+    alone = kv_fields(after)
+    assert "kv_cache_bytes_end" not in alone and alone["kv_cache_bytes"] == 10
+    assert BenchmarkResult(model="m", weights="random", method="x", **alone).kv_tokens_kept == 4.0  # all fields
