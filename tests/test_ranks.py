@@ -73,23 +73,18 @@ def test_records_reach_rank_0_in_order_and_leave_the_store():
     assert Ranks().claim("anything") and Ranks().claim("anything")  # a plain run claims everything, always
 
 
-def _env() -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1"}
-
-
 def _torchrun(out: Path, *extra: str, kill_rank_1: bool = False) -> subprocess.CompletedProcess:
     """torchrun 2 ranks on the command; kill_rank_1: rank 1 SIGKILLs itself once it sent its first record."""
     script = ["tests/rank_dies.py", *RUN] if kill_rank_1 else RUN
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *script,
            "--out", str(out), *extra]
-    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)  # offline: conftest
 
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     out = tmp_path_factory.mktemp("single") / "one.json"
-    subprocess.run([sys.executable, *RUN, "--out", str(out)], cwd=ROOT, env=_env(), check=True,
-                   capture_output=True)
+    subprocess.run([sys.executable, *RUN, "--out", str(out)], cwd=ROOT, check=True, capture_output=True)
     return load(out)
 
 

@@ -131,7 +131,7 @@ class Probe:
     used: dict[str, int] | None
     error: str | None
     seconds: float
-    reserved: int | None = None  # the allocator's reserved bytes at the end of a run that fit (CUDA)
+    reserved: int | None = None  # a run that fit: the allocator's reserved peak in its last phase (CUDA only)
 
     def line(self) -> str:
         """'fits' (with the peaks, where the allocator reports them) or why not."""
@@ -220,8 +220,7 @@ class Runner:
                 self.budget.at_refusal()
         finally:
             self.free()
-        return Probe(len(prompts), context, error is None, used, error, time.perf_counter() - start,
-                     reserved if error is None else None)
+        return Probe(len(prompts), context, error is None, used, error, time.perf_counter() - start, reserved)
 
     def free(self) -> None:
         self.decoder.release()

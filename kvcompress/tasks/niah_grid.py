@@ -51,6 +51,7 @@ def task_prompt_id(family: str, questions: int, haystack: str | None, thinking: 
 
 
 def check_counts(trials: int, questions: int) -> None:
+    """--trials and --questions, checked before any model (and again by grid_cells, for other callers)."""
     if trials < 1:
         raise UserError("--trials must be at least 1")
     if questions < 1:
