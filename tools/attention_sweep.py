@@ -53,9 +53,9 @@ def launch(q, keys, values, length, out, splits, block_n, warps, stages, scales=
     chunk = math.ceil(math.ceil(capacity / splits) / block_n) * block_n
     k_scale, v_scale = scales if scales is not None else (q, q)
     kernels._attention_partial_kernel[(batch * HKV, splits)](
-        q, keys, values, length, length, partial_out, partial_lse, D ** -0.5, k_scale, v_scale,
+        q, keys, values, length, length, partial_out, partial_lse, D ** -0.5, chunk, k_scale, v_scale,
         q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), 0, 0,
-        *kernels._scale_strides(scales), HEADS_KV=HKV, GROUP=HQ // HKV, GROUP_PAD=16, D=D, CHUNK=chunk,
+        *kernels._scale_strides(scales), HEADS_KV=HKV, GROUP=HQ // HKV, GROUP_PAD=16, D=D,
         BLOCK_N=block_n, HAS_VALID=False, FP8=scales is not None, FOLD_SCALES=fold, num_warps=warps,
         num_stages=stages)
     kernels._attention_combine_kernel[(batch * HQ,)](

@@ -200,20 +200,20 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
         if launch.planes and planes_fit(spec, dim):
             _int_attention_planes_kernel[(batch * heads_kv, splits)](
                 q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
-                layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale,
+                layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale, chunk,
                 q.stride(0), q.stride(1), *layer.key_codes.stride()[:3], *layer.key_scale.stride()[:3],
                 *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3],
                 HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
-                CHUNK=chunk, BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block),
+                BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block),
                 G=spec.group, BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
                 num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
         else:
             _int_attention_partial_kernel[(batch * heads_kv, splits)](
                 q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
-                layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale,
+                layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale, chunk,
                 q.stride(0), q.stride(1), *layer.key_codes.stride()[:3], *layer.key_scale.stride()[:3],
                 *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3],
-                HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim, CHUNK=chunk,
+                HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
                 BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block), G=spec.group,
                 BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
                 GROUP_KEYS=launch.group_keys and block % spec.group == 0 and block > spec.group,
@@ -332,10 +332,11 @@ if triton is not None:
 
     @triton.jit
     def _int_attention_partial_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, rk_ptr, rv_ptr, len_ptr,
-                                      po_ptr, plse_ptr, scale, s_qb, s_qh, s_cb, s_ch, s_cs, s_kb, s_kh, s_kg,
+                                      po_ptr, plse_ptr, scale, chunk, s_qb, s_qh, s_cb, s_ch, s_cs, s_kb, s_kh,
+                                      s_kg,
                                       s_vb, s_vh, s_vs, s_rb, s_rh, s_rs,
                                       HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-                                      D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+                                      D: tl.constexpr, BLOCK_N: tl.constexpr,
                                       WINDOW: tl.constexpr, R: tl.constexpr, R_BLOCKS: tl.constexpr,
                                       G: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr,
                                       GROUP_KEYS: tl.constexpr):
@@ -355,10 +356,10 @@ if triton is not None:
         m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
         l = tl.zeros([GROUP_PAD], tl.float32)  # noqa: E741
         acc = tl.zeros([GROUP_PAD, D], tl.float32)
-        start = split * CHUNK
-        end = tl.minimum(start + CHUNK, quantized)
+        start = split * chunk
+        end = tl.minimum(start + chunk, quantized)
         codes = b * s_cb + kvh * s_ch
-        for offset in range(0, CHUNK, BLOCK_N):  # the quantized tokens of this split's chunk
+        for offset in range(0, chunk, BLOCK_N):  # the quantized tokens of this split's chunk
             cols = start + offset + tl.arange(0, BLOCK_N)
             live = cols < end
             at = codes + cols * s_cs
@@ -435,10 +436,11 @@ if triton is not None:
 
     @triton.jit
     def _int_attention_planes_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, rk_ptr, rv_ptr, len_ptr,
-                                     po_ptr, plse_ptr, scale, s_qb, s_qh, s_cb, s_ch, s_cs, s_kb, s_kh, s_kg,
+                                     po_ptr, plse_ptr, scale, chunk, s_qb, s_qh, s_cb, s_ch, s_cs, s_kb, s_kh,
+                                      s_kg,
                                      s_vb, s_vh, s_vs, s_rb, s_rh, s_rs,
                                      HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-                                     D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+                                     D: tl.constexpr, BLOCK_N: tl.constexpr,
                                      WINDOW: tl.constexpr, R: tl.constexpr, R_BLOCKS: tl.constexpr,
                                      G: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr):
         """_int_attention_partial_kernel's result, computed per bit plane (AttentionLaunch.planes): PER = 2 or 4
@@ -466,11 +468,11 @@ if triton is not None:
         acc1 = tl.zeros([GROUP_PAD, D // PER], tl.float32)
         acc2 = tl.zeros([GROUP_PAD, D // PER], tl.float32)
         acc3 = tl.zeros([GROUP_PAD, D // PER], tl.float32)
-        start = split * CHUNK
-        end = tl.minimum(start + CHUNK, quantized)
+        start = split * chunk
+        end = tl.minimum(start + chunk, quantized)
         codes = b * s_cb + kvh * s_ch
         value_group = cols // (G // PER)  # a column's value group, the same in every plane (G a multiple of PER)
-        for offset in range(0, CHUNK, BLOCK_N):  # the quantized tokens of this split's chunk
+        for offset in range(0, chunk, BLOCK_N):  # the quantized tokens of this split's chunk
             toks = start + offset + tl.arange(0, BLOCK_N)
             live = toks < end
             at = codes + toks * s_cs

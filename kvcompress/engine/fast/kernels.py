@@ -36,6 +36,28 @@ except ImportError:  # pragma: no cover
 FORCE_TRITON = os.environ.get("KVCOMPRESS_FORCE_TRITON") == "1"
 
 
+def _interpreter_loop_bounds() -> None:
+    """Triton's interpreter (3.6) holds a kernel's scalar argument as a one-element array and takes a for loop's
+    bound from it with int(array), which NumPy 2 refuses; the compiled kernel has no such step. The attention
+    kernels loop to a scalar argument (`chunk`: a constexpr would compile a kernel per cache length), so under
+    TRITON_INTERPRET=1 the bound is read from the array's one element."""
+    from triton.runtime import interpreter
+
+    patch = interpreter._patch_lang_tensor
+    if getattr(patch, "reads_one_element", False):
+        return
+
+    def patched(tensor, scope):
+        patch(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+    patched.reads_one_element = True
+    interpreter._patch_lang_tensor = patched
+
+
+if triton is not None and os.environ.get("TRITON_INTERPRET") == "1":
+    _interpreter_loop_bounds()
+
+
 def use_triton(t: torch.Tensor) -> bool:
     return triton is not None and (t.is_cuda or FORCE_TRITON)
 
@@ -185,12 +207,12 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
         chunk = math.ceil(math.ceil(capacity / splits) / BLOCK_N) * BLOCK_N
         k_scale, v_scale = scales if scales is not None else (q, q)
         _attention_partial_kernel[(batch * heads_kv, splits)](
-            q, keys, values, valid if valid is not None else length, length, partial_out, partial_lse, scale,
+            q, keys, values, valid if valid is not None else length, length, partial_out, partial_lse, scale, chunk,
             k_scale, v_scale, q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2),
             valid.stride(0) if valid is not None else 0, valid.stride(1) if valid is not None else 0,
             *_scale_strides(scales),
             HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
-            CHUNK=chunk, BLOCK_N=BLOCK_N, HAS_VALID=valid is not None, FP8=scales is not None,
+            BLOCK_N=BLOCK_N, HAS_VALID=valid is not None, FP8=scales is not None,
             FOLD_SCALES=scales is not None,
             num_stages=FP8_STAGES if scales is not None else attention_stages(batch * heads_kv, q.device))
         _attention_combine_kernel[(batch * heads_q,)](
@@ -328,14 +350,16 @@ if triton is not None:
         return ((v + magic) - magic).to(code)
 
     @triton.jit
-    def _attention_partial_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, po_ptr, plse_ptr, scale, ks_ptr, vs_ptr,
-                                  s_qb, s_qh, s_kb, s_kh, s_ks, s_mb, s_mh, s_sb, s_sh,
+    def _attention_partial_kernel(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, po_ptr, plse_ptr, scale, chunk, ks_ptr,
+                                  vs_ptr, s_qb, s_qh, s_kb, s_kh, s_ks, s_mb, s_mh, s_sb, s_sh,
                                   HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-                                  D: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr,
+                                  D: tl.constexpr, BLOCK_N: tl.constexpr,
                                   HAS_VALID: tl.constexpr, FP8: tl.constexpr, FOLD_SCALES: tl.constexpr):
         """FOLD_SCALES (fp8, the engine's choice; off: the sweep's reference): codes enter the dots as they are
         (e4m3 -> bf16 is exact) and the K scale joins the softmax scale, the V scale the output, instead of a float32
-        multiply and a rounding per element."""
+        multiply and a rounding per element. `chunk` (tokens a split, a multiple of BLOCK_N) is an argument, not a
+        constexpr: every cache length would otherwise compile a kernel of its own (a quality run's batches each
+        have new lengths)."""
         bh = tl.program_id(0)  # (batch, kv head)
         split = tl.program_id(1)
         b = bh // HEADS_KV
@@ -350,8 +374,8 @@ if triton is not None:
         m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
         l = tl.zeros([GROUP_PAD], tl.float32)  # noqa: E741
         acc = tl.zeros([GROUP_PAD, D], tl.float32)
-        start = split * CHUNK
-        end = tl.minimum(start + CHUNK, length)
+        start = split * chunk
+        end = tl.minimum(start + chunk, length)
         kbase = k_ptr + b * s_kb + kvh * s_kh
         vbase = v_ptr + b * s_kb + kvh * s_kh
         if FP8:
@@ -359,7 +383,7 @@ if triton is not None:
             vs = tl.load(vs_ptr + b * s_sb + kvh * s_sh)
             if FOLD_SCALES:
                 scale = scale * ks
-        for offset in range(0, CHUNK, BLOCK_N):  # constant trip count; loads past `length` are masked: never read
+        for offset in range(0, chunk, BLOCK_N):  # the same trip count each step; loads past `length` are masked
             cols = start + offset + tl.arange(0, BLOCK_N)
             live = cols < end
             k = tl.load(kbase + cols[:, None] * s_ks + dims[None, :], mask=live[:, None], other=0.0)
