@@ -29,6 +29,9 @@ from kvcompress.methods.quant_spec import QuantSpec
 if triton is not None:
     import triton.language as tl
 
+    from kvcompress.engine.fast.kernels import (accumulate, group_query, program_row, softmax_start,
+                                                softmax_step, split_lse, store_split)
+
 
 @dataclass
 class IntLayer:
@@ -333,29 +336,21 @@ if triton is not None:
     @triton.jit
     def _int_attention_partial_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, rk_ptr, rv_ptr, len_ptr,
                                       po_ptr, plse_ptr, scale, chunk, s_qb, s_qh, s_cb, s_ch, s_cs, s_kb, s_kh,
-                                      s_kg,
-                                      s_vb, s_vh, s_vs, s_rb, s_rh, s_rs,
+                                      s_kg, s_vb, s_vh, s_vs, s_rb, s_rh, s_rs,
                                       HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                                       D: tl.constexpr, BLOCK_N: tl.constexpr,
                                       WINDOW: tl.constexpr, R: tl.constexpr, R_BLOCKS: tl.constexpr,
                                       G: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr,
                                       GROUP_KEYS: tl.constexpr):
-        bh = tl.program_id(0)  # (batch, kv head)
-        split = tl.program_id(1)
-        b = bh // HEADS_KV
-        kvh = bh % HEADS_KV
-        splits = tl.num_programs(1)
+        bh, split, b, kvh, splits = program_row(HEADS_KV)
         n = tl.load(len_ptr + b)
         quantized = tl.maximum(n - WINDOW, 0) // G * G
         in_ring = n - quantized
         rows = tl.arange(0, GROUP_PAD)
         dims = tl.arange(0, D)
         row_ok = rows < GROUP
-        q = tl.load(q_ptr + b * s_qb + (kvh * GROUP + rows)[:, None] * s_qh + dims[None, :],
-                    mask=row_ok[:, None], other=0.0)
-        m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-        l = tl.zeros([GROUP_PAD], tl.float32)  # noqa: E741
-        acc = tl.zeros([GROUP_PAD, D], tl.float32)
+        q = group_query(q_ptr, b, kvh, s_qb, s_qh, rows, row_ok, dims, GROUP)
+        m, l, acc = softmax_start(GROUP_PAD, D)  # noqa: E741
         start = split * chunk
         end = tl.minimum(start + chunk, quantized)
         codes = b * s_cb + kvh * s_ch
@@ -385,19 +380,14 @@ if triton is not None:
             else:
                 s = tl.dot(q, tl.trans((k * kscale + kzero).to(q.dtype)))
             s = tl.where(live[None, :], s * scale, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp(s - m_safe[:, None])
-            alpha = tl.exp(m - m_safe)
+            m_new, p, alpha = softmax_step(m, s)
             groups = tl.arange(0, D // G)  # values: one scale and zero per token and group of G channels
             vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + groups[None, :]
             vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
             vzero = tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
             v = tl.reshape(_codes_of(vc_ptr, at, live, BLOCK_N, D, PER, BITS, QMAX), (BLOCK_N, D // G, G))
             v = tl.reshape(v * vscale[:, :, None] + vzero[:, :, None], (BLOCK_N, D)).to(q.dtype)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
-            m = m_new
+            acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
         ring = b * s_rb + kvh * s_rh
         first = quantized % R  # the ring's oldest token's slot
         for offset in range(0, R_BLOCKS * BLOCK_N, BLOCK_N):  # the bf16 ring, in the first split only
@@ -405,19 +395,10 @@ if triton is not None:
             live = (split == 0) & (slots < R) & ((slots - first + R) % R < in_ring)
             k = tl.load(rk_ptr + ring + slots[:, None] * s_rs + dims[None, :], mask=live[:, None], other=0.0)
             s = tl.where(live[None, :], tl.dot(q, tl.trans(k.to(q.dtype))) * scale, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp(s - m_safe[:, None])
-            alpha = tl.exp(m - m_safe)
+            m_new, p, alpha = softmax_step(m, s)
             v = tl.load(rv_ptr + ring + slots[:, None] * s_rs + dims[None, :], mask=live[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
-            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
-            m = m_new
-        lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
-        out_rows = bh * GROUP + rows
-        tl.store(po_ptr + (out_rows[:, None] * splits + split) * D + dims[None, :],
-                 acc / tl.where(l > 0, l, 1.0)[:, None], mask=row_ok[:, None])
-        tl.store(plse_ptr + out_rows * splits + split, lse, mask=row_ok)
+            acc, l, m = accumulate(acc, l, m_new, p, alpha, v.to(q.dtype))  # noqa: E741
+        store_split(po_ptr, plse_ptr, bh, split, splits, rows, row_ok, dims, acc, m, l, GROUP, D)
 
     @triton.jit
     def _plane_q(q_ptr, q_rows, row_ok, cols, J: tl.constexpr, PER: tl.constexpr):
@@ -437,8 +418,7 @@ if triton is not None:
     @triton.jit
     def _int_attention_planes_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, rk_ptr, rv_ptr, len_ptr,
                                      po_ptr, plse_ptr, scale, chunk, s_qb, s_qh, s_cb, s_ch, s_cs, s_kb, s_kh,
-                                      s_kg,
-                                     s_vb, s_vh, s_vs, s_rb, s_rh, s_rs,
+                                     s_kg, s_vb, s_vh, s_vs, s_rb, s_rh, s_rs,
                                      HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                                      D: tl.constexpr, BLOCK_N: tl.constexpr,
                                      WINDOW: tl.constexpr, R: tl.constexpr, R_BLOCKS: tl.constexpr,
@@ -446,11 +426,7 @@ if triton is not None:
         """_int_attention_partial_kernel's result, computed per bit plane (AttentionLaunch.planes): PER = 2 or 4
         planes of D / PER channels each, q . k summed over the planes, p . v accumulated per plane and stored to
         its channels."""
-        bh = tl.program_id(0)  # (batch, kv head)
-        split = tl.program_id(1)
-        b = bh // HEADS_KV
-        kvh = bh % HEADS_KV
-        splits = tl.num_programs(1)
+        bh, split, b, kvh, splits = program_row(HEADS_KV)
         n = tl.load(len_ptr + b)
         quantized = tl.maximum(n - WINDOW, 0) // G * G
         in_ring = n - quantized
@@ -493,10 +469,7 @@ if triton is not None:
                 k = _key_plane(kp, ks_ptr, kz_ptr, kat, kmask, cols, 3, PER, BITS, QMAX).to(q0.dtype)
                 s = tl.dot(q3, tl.trans(k), s)
             s = tl.where(live[None, :], s * scale, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp(s - m_safe[:, None])
-            alpha = tl.exp(m - m_safe)
+            m_new, p, alpha = softmax_step(m, s)
             vp = tl.load(vc_ptr + at[:, None] + cols[None, :], mask=live[:, None], other=0).to(tl.int32)
             vat = b * s_vb + kvh * s_vh + toks[:, None] * s_vs + value_group[None, :]
             vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
@@ -524,10 +497,7 @@ if triton is not None:
                 s = tl.dot(q2, tl.trans(tl.load(rk_ptr + at + 2, mask=live[:, None], other=0.0).to(q0.dtype)), s)
                 s = tl.dot(q3, tl.trans(tl.load(rk_ptr + at + 3, mask=live[:, None], other=0.0).to(q0.dtype)), s)
             s = tl.where(live[None, :], s * scale, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp(s - m_safe[:, None])
-            alpha = tl.exp(m - m_safe)
+            m_new, p, alpha = softmax_step(m, s)
             pv = p.to(q0.dtype)
             acc0 = tl.dot(pv, tl.load(rv_ptr + at, mask=live[:, None], other=0.0).to(q0.dtype), acc0 * alpha[:, None])
             acc1 = tl.dot(pv, tl.load(rv_ptr + at + 1, mask=live[:, None], other=0.0).to(q0.dtype),
@@ -539,7 +509,6 @@ if triton is not None:
                               acc3 * alpha[:, None])
             l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
             m = m_new
-        lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
         out_rows = bh * GROUP + rows
         norm = tl.where(l > 0, l, 1.0)[:, None]
         at = po_ptr + (out_rows[:, None] * splits + split) * D + (cols * PER)[None, :]
@@ -548,4 +517,4 @@ if triton is not None:
         if PER == 4:
             tl.store(at + 2, acc2 / norm, mask=row_ok[:, None])
             tl.store(at + 3, acc3 / norm, mask=row_ok[:, None])
-        tl.store(plse_ptr + out_rows * splits + split, lse, mask=row_ok)
+        tl.store(plse_ptr + out_rows * splits + split, split_lse(m, l), mask=row_ok)

@@ -258,6 +258,54 @@ def silu_mul(gate_up: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 if triton is not None:
 
+    # The split-K attention kernels' shared steps (padded, ragged and int caches): Triton inlines them.
+    @triton.jit
+    def program_row(HEADS_KV: tl.constexpr):
+        """This program's (batch x KV head) row bh, its split, the row's batch index and KV head, the split count."""
+        bh = tl.program_id(0)
+        return bh, tl.program_id(1), bh // HEADS_KV, bh % HEADS_KV, tl.num_programs(1)
+
+    @triton.jit
+    def softmax_start(GROUP_PAD: tl.constexpr, D: tl.constexpr):
+        """The online softmax before any token: running max -inf, sum 0, output 0."""
+        return (tl.full([GROUP_PAD], float("-inf"), tl.float32), tl.zeros([GROUP_PAD], tl.float32),
+                tl.zeros([GROUP_PAD, D], tl.float32))
+
+    @triton.jit
+    def group_query(q_ptr, b, kvh, s_qb, s_qh, rows, row_ok, dims, GROUP: tl.constexpr):
+        """The query heads of KV head kvh in row b, (GROUP_PAD, D); the pad rows zero."""
+        return tl.load(q_ptr + b * s_qb + (kvh * GROUP + rows)[:, None] * s_qh + dims[None, :],
+                       mask=row_ok[:, None], other=0.0)
+
+    @triton.jit
+    def softmax_step(m, s):
+        """One block of the online softmax: the running max m updated by the block's scores s (-inf where a token
+        is not live), the block's weights p and alpha, the factor that rescales what was accumulated before. A row
+        with no live token yet keeps m = -inf and gets p = alpha = 0 (exp(-inf - 0)), not NaN."""
+        m_new = tl.maximum(m, tl.max(s, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        return m_new, tl.exp(s - m_safe[:, None]), tl.exp(m - m_safe)
+
+    @triton.jit
+    def accumulate(acc, l, m_new, p, alpha, v):  # noqa: E741
+        """The block's p . v added to the rescaled output and its weights to the rescaled sum: (acc, l, m)."""
+        return acc * alpha[:, None] + tl.dot(p.to(v.dtype), v), l * alpha + tl.sum(p, axis=1), m_new
+
+    @triton.jit
+    def split_lse(m, l):  # noqa: E741
+        """A split's log-sum-exp (-inf for a split with no live token): how the combine kernel weighs it."""
+        return tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
+
+    @triton.jit
+    def store_split(po_ptr, plse_ptr, bh, split, splits, rows, row_ok, dims, acc, m, l,  # noqa: E741
+                    GROUP: tl.constexpr, D: tl.constexpr):
+        """A split's normalised output and its lse, at (batch, query head) row bh * GROUP + r (query heads grouped
+        under their KV head)."""
+        out_rows = bh * GROUP + rows
+        tl.store(po_ptr + (out_rows[:, None] * splits + split) * D + dims[None, :],
+                 acc / tl.where(l > 0, l, 1.0)[:, None], mask=row_ok[:, None])
+        tl.store(plse_ptr + out_rows * splits + split, split_lse(m, l), mask=row_ok)
+
     @triton.jit
     def _add_rmsnorm_kernel(res_ptr, delta_ptr, w_ptr, out_ptr, hidden, eps, HAS_DELTA: tl.constexpr,
                             BLOCK: tl.constexpr):
@@ -360,20 +408,13 @@ if triton is not None:
         multiply and a rounding per element. `chunk` (tokens a split, a multiple of BLOCK_N) is an argument, not a
         constexpr: every cache length would otherwise compile a kernel of its own (a quality run's batches each
         have new lengths)."""
-        bh = tl.program_id(0)  # (batch, kv head)
-        split = tl.program_id(1)
-        b = bh // HEADS_KV
-        kvh = bh % HEADS_KV
-        splits = tl.num_programs(1)
+        bh, split, b, kvh, splits = program_row(HEADS_KV)
         length = tl.load(len_ptr)
         rows = tl.arange(0, GROUP_PAD)
         dims = tl.arange(0, D)
         row_ok = rows < GROUP
-        q = tl.load(q_ptr + b * s_qb + (kvh * GROUP + rows)[:, None] * s_qh + dims[None, :],
-                    mask=row_ok[:, None], other=0.0)
-        m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-        l = tl.zeros([GROUP_PAD], tl.float32)  # noqa: E741
-        acc = tl.zeros([GROUP_PAD, D], tl.float32)
+        q = group_query(q_ptr, b, kvh, s_qb, s_qh, rows, row_ok, dims, GROUP)
+        m, l, acc = softmax_start(GROUP_PAD, D)  # noqa: E741
         start = split * chunk
         end = tl.minimum(start + chunk, length)
         kbase = k_ptr + b * s_kb + kvh * s_kh
@@ -395,25 +436,16 @@ if triton is not None:
             if HAS_VALID:
                 live = live & (tl.load(valid_ptr + b * s_mb + kvh * s_mh + cols, mask=live, other=0) != 0)
             s = tl.where(live[None, :], s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp(s - m_safe[:, None])
-            alpha = tl.exp(m - m_safe)
+            m_new, p, alpha = softmax_step(m, s)
             v = tl.load(vbase + cols[:, None] * s_ks + dims[None, :], mask=live[:, None], other=0.0)
             if FP8 and FOLD_SCALES:
                 v = v.to(q.dtype)
             elif FP8:
                 v = (v.to(tl.float32) * vs).to(q.dtype)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
-            m = m_new
-        lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
+            acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
         if FP8 and FOLD_SCALES:
             acc = acc * vs
-        out_rows = bh * GROUP + rows  # (batch, query head) index, query heads grouped under their KV head
-        tl.store(po_ptr + (out_rows[:, None] * splits + split) * D + dims[None, :],
-                 acc / tl.where(l > 0, l, 1.0)[:, None], mask=row_ok[:, None])
-        tl.store(plse_ptr + out_rows * splits + split, lse, mask=row_ok)
+        store_split(po_ptr, plse_ptr, bh, split, splits, rows, row_ok, dims, acc, m, l, GROUP, D)
 
     @triton.jit
     def _attention_combine_kernel(po_ptr, plse_ptr, out_ptr, s_ob, s_oh, HEADS_Q: tl.constexpr, GROUP: tl.constexpr,
@@ -636,20 +668,13 @@ if triton is not None:
                                          GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, D: tl.constexpr,
                                          BLOCK_N: tl.constexpr, FP8: tl.constexpr, FOLD_SCALES: tl.constexpr):
         """FOLD_SCALES: as _attention_partial_kernel's (off in the engine until timed: attention_sweep --fp8)."""
-        bh = tl.program_id(0)  # (batch, kv head)
-        split = tl.program_id(1)
-        b = bh // HEADS_KV
-        kvh = bh % HEADS_KV
-        splits = tl.num_programs(1)
+        bh, split, b, kvh, splits = program_row(HEADS_KV)
         length = tl.load(len_ptr + bh)
         rows = tl.arange(0, GROUP_PAD)
         dims = tl.arange(0, D)
         row_ok = rows < GROUP
-        q = tl.load(q_ptr + b * s_qb + (kvh * GROUP + rows)[:, None] * s_qh + dims[None, :],
-                    mask=row_ok[:, None], other=0.0)
-        m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-        l = tl.zeros([GROUP_PAD], tl.float32)  # noqa: E741
-        acc = tl.zeros([GROUP_PAD, D], tl.float32)
+        q = group_query(q_ptr, b, kvh, s_qb, s_qh, rows, row_ok, dims, GROUP)
+        m, l, acc = softmax_start(GROUP_PAD, D)  # noqa: E741
         start = split * chunk
         end = tl.minimum(start + chunk, length)
         kbase = k_ptr + tl.load(off_ptr + bh).to(tl.int64) * s_kr
@@ -672,23 +697,14 @@ if triton is not None:
                 k = (k.to(tl.float32) * ks).to(q.dtype)
             s = tl.dot(q, tl.trans(k)) * scale
             s = tl.where(live[None, :], s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, axis=1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-            p = tl.exp(s - m_safe[:, None])
-            alpha = tl.exp(m - m_safe)
+            m_new, p, alpha = softmax_step(m, s)
             v = tl.load(vbase + cols[:, None] * s_kr + dims[None, :], mask=live[:, None], other=0.0)
             if FP8 and FOLD_SCALES:
                 v = v.to(q.dtype)
             elif FP8:
                 v = (v.to(tl.float32) * vs).to(q.dtype)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
-            m = m_new
+            acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
             first += BLOCK_N
-        lse = tl.where(l > 0, m + tl.log(tl.maximum(l, 1e-30)), float("-inf"))
         if FP8 and FOLD_SCALES:
             acc = acc * vs
-        out_rows = bh * GROUP + rows
-        tl.store(po_ptr + (out_rows[:, None] * splits + split) * D + dims[None, :],
-                 acc / tl.where(l > 0, l, 1.0)[:, None], mask=row_ok[:, None])
-        tl.store(plse_ptr + out_rows * splits + split, lse, mask=row_ok)
+        store_split(po_ptr, plse_ptr, bh, split, splits, rows, row_ok, dims, acc, m, l, GROUP, D)
