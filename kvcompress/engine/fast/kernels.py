@@ -367,21 +367,30 @@ if triton is not None:
             dst = k_ptr + b * s_kb + kv * s_kh + slot * s_ks
             vsrc = qkv_ptr + b * s_qkv + (HEADS_Q + HEADS_KV + kv) * D
             vdst = v_ptr + b * s_kb + kv * s_kh + slot * s_ks
-            if FP8:  # k as the model's dtype rounds it, / scale (correctly rounded), saturated, to e4m3
-                ks = tl.load(ks_ptr + b * s_sb + kv * s_sh)
-                vs = tl.load(vs_ptr + b * s_sb + kv * s_sh)
-                code = k_ptr.dtype.element_ty
-                tl.store(dst + half, _fp8_code(y1.to(dtype).to(tl.float32), ks, code))
-                tl.store(dst + D // 2 + half, _fp8_code(y2.to(dtype).to(tl.float32), ks, code))
-                tl.store(vdst + half, _fp8_code(tl.load(vsrc + half).to(tl.float32), vs, code))
-                tl.store(vdst + D // 2 + half, _fp8_code(tl.load(vsrc + D // 2 + half).to(tl.float32), vs, code))
-            else:
-                tl.store(dst + half, y1.to(dtype))
-                tl.store(dst + D // 2 + half, y2.to(dtype))
-                tl.store(vdst + half, tl.load(vsrc + half))
-                tl.store(vdst + D // 2 + half, tl.load(vsrc + D // 2 + half))
+            _store_kv(dst, vdst, vsrc, y1, y2, ks_ptr + b * s_sb + kv * s_sh, vs_ptr + b * s_sb + kv * s_sh, half, D,
+                      FP8, dtype)
             if HAS_VALID:
                 tl.store(valid_ptr + b * s_mb + kv * s_mh + slot, 1)
+
+    @triton.jit
+    def _store_kv(kdst, vdst, vsrc, y1, y2, ks_at, vs_at, half, D: tl.constexpr, FP8: tl.constexpr,
+                  dtype: tl.constexpr):
+        """One token's k (y1, y2: its rotated halves, float32) and v (read at vsrc) into its cache rows kdst, vdst: as
+        the model's dtype rounds them; fp8 (scales at ks_at, vs_at): then / scale, correctly rounded, saturated, to
+        e4m3. The one store of both kernels that write a token (the dense cache's and native DMS's)."""
+        if FP8:
+            ks = tl.load(ks_at)
+            vs = tl.load(vs_at)
+            code = kdst.dtype.element_ty
+            tl.store(kdst + half, _fp8_code(y1.to(dtype).to(tl.float32), ks, code))
+            tl.store(kdst + D // 2 + half, _fp8_code(y2.to(dtype).to(tl.float32), ks, code))
+            tl.store(vdst + half, _fp8_code(tl.load(vsrc + half).to(tl.float32), vs, code))
+            tl.store(vdst + D // 2 + half, _fp8_code(tl.load(vsrc + D // 2 + half).to(tl.float32), vs, code))
+        else:
+            tl.store(kdst + half, y1.to(dtype))
+            tl.store(kdst + D // 2 + half, y2.to(dtype))
+            tl.store(vdst + half, tl.load(vsrc + half))
+            tl.store(vdst + D // 2 + half, tl.load(vsrc + D // 2 + half))
 
     @triton.jit
     def _fp8_code(x, scale, code: tl.constexpr):
@@ -648,19 +657,8 @@ if triton is not None:
             kdst = k_ptr + row * s_kr  # a name of its own: an fp8 key cache's pointer is not q's
             vsrc = qkv_ptr + b * s_qkv + (HEADS_Q + HEADS_KV + kv) * D
             vdst = v_ptr + row * s_kr
-            if FP8:  # as _qk_norm_rope_store_kernel: k as the model's dtype rounds it, / scale, to e4m3
-                ks = tl.load(ks_ptr + b * s_sb + kv * s_sh)
-                vs = tl.load(vs_ptr + b * s_sb + kv * s_sh)
-                code = k_ptr.dtype.element_ty
-                tl.store(kdst + half, _fp8_code(y1.to(dtype).to(tl.float32), ks, code))
-                tl.store(kdst + D // 2 + half, _fp8_code(y2.to(dtype).to(tl.float32), ks, code))
-                tl.store(vdst + half, _fp8_code(tl.load(vsrc + half).to(tl.float32), vs, code))
-                tl.store(vdst + D // 2 + half, _fp8_code(tl.load(vsrc + D // 2 + half).to(tl.float32), vs, code))
-            else:
-                tl.store(kdst + half, y1.to(dtype))
-                tl.store(kdst + D // 2 + half, y2.to(dtype))
-                tl.store(vdst + half, tl.load(vsrc + half))
-                tl.store(vdst + D // 2 + half, tl.load(vsrc + D // 2 + half))
+            _store_kv(kdst, vdst, vsrc, y1, y2, ks_ptr + b * s_sb + kv * s_sh, vs_ptr + b * s_sb + kv * s_sh, half, D,
+                      FP8, dtype)
 
     @triton.jit
     def _ragged_attention_partial_kernel(q_ptr, k_ptr, v_ptr, len_ptr, off_ptr, po_ptr, plse_ptr, scale, chunk,
