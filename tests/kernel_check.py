@@ -177,11 +177,11 @@ def int_checks(check, Hq, Hkv, D) -> None:
         kernels.FORCE_TRITON = False
         b = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D))
         kernels.FORCE_TRITON = True
-        # the engine's launch, and the other ways the kernel can walk the cache (blocks within one key group, a
-        # block of whole groups with one scale row a group, the bit planes)
-        for launch in (int_kernels.LAUNCH, int_kernels.AttentionLaunch(block=16),
-                       int_kernels.AttentionLaunch(block=32), int_kernels.AttentionLaunch(group_keys=True),
-                       int_kernels.AttentionLaunch(planes=True), int_kernels.AttentionLaunch(block=16, planes=True)):
+        # the engine's launch, and the other ways the kernel can walk the cache (blocks within one key group, one
+        # scale row a token, a block of whole groups with one scale row a group)
+        for launch in (int_kernels.LAUNCH, int_kernels.AttentionLaunch(block=16, group_keys=False),
+                       int_kernels.AttentionLaunch(block=32, group_keys=False),
+                       int_kernels.AttentionLaunch(group_keys=False), int_kernels.AttentionLaunch(block=16)):
             a = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D), splits,
                                              launch)
             name = f"{tag} decode_attention {launch}"

@@ -22,15 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from kvcompress.engine.fast import kernels
-from kvcompress.engine.fast.kernels import BLOCK_N, attention_stages, attention_workspace, triton, use_triton
+from kvcompress.engine.fast.kernels import attention_stages, attention_workspace, triton, use_triton
 from kvcompress.methods import quant
 from kvcompress.methods.quant_spec import QuantSpec
 
 if triton is not None:
     import triton.language as tl
 
-    from kvcompress.engine.fast.kernels import (accumulate, group_query, program_row, softmax_start,
-                                                softmax_step, split_lse, store_split)
+    from kvcompress.engine.fast.kernels import (accumulate, group_query, program_row, softmax_start, softmax_step,
+                                                store_split)
 
 
 @dataclass
@@ -155,32 +155,22 @@ def quantize_kv(k: torch.Tensor, v: torch.Tensor, bits: int, group: int) -> tupl
 @dataclass(frozen=True)
 class AttentionLaunch:
     """How the int attention kernel walks the cache: BLOCK_N tokens a step, `warps` warps a program.
-    `group_keys`: a block of whole key groups (block a multiple of G) loads one scale and zero row per group and
-    broadcasts it over the group's tokens, instead of one row per token (block 64, G 32: 2 rows, not 64; untimed).
-    `planes`: the codes are never unpacked into channel order: bit plane j of the packed bytes (bits j x BITS of
-    every byte, P codes a byte) holds channels j, P + j, 2P + j, ..., and the kernel sums q . k over the planes with
-    q's matching channels and accumulates p . v per plane, so no register tile is reshaped (planes_fit says where it
-    runs; untimed: the old kernel's unpack reshapes (rows, D / P, P) -> (rows, D) and the values' scales
-    (rows, D / G, G), each likely a trip through shared memory).
-    tools/attention_sweep.py --int times the choices (an H200, 6 December, groups of 1: each channel's byte read by
-    its own load ran 9x slower than bytes loaded once and unpacked). Block 64: int4 at 8K on an H100, one layer,
-    batch 8 189 -> 141 us, batch 32 506 -> 486 us against block 32; the key scale folded into the query
-    ((q s) . c + q . z, removed) ran slower at every shape (results/h100/session-2026-12-06-f/call1/int-sweep.log)."""
+    `group_keys`: a block of whole key groups (block a multiple of G, larger than G) loads one scale and zero row per
+    group and broadcasts it over the group's tokens, instead of one row per token (block 64, G 32: 2 rows, not 64).
+    tools/attention_sweep.py --int times the choices. On an H100 (results/h100/session-2026-12-07-j/, int4 at 8K, one
+    layer) group_keys at block 64 took batch 8 from 178 to 133 us and batch 32 from 477 to 400 us (int2: 172 -> 133,
+    474 -> 391), the same outputs bit for bit; a kernel that summed q . k over the codes' bit planes instead of
+    unpacking them lost at every shape (191 us at batch 8, its best) and was removed. Earlier: groups of 1 (each
+    channel's byte read by its own load) ran 9x slower than bytes loaded once and unpacked; block 64 beat 32 (batch 8
+    189 -> 141 us); the key scale folded into the query ((q s) . c + q . z) ran slower at every shape
+    (results/h100/session-2026-12-06-f/call1/int-sweep.log)."""
 
     block: int = 64
     warps: int = 4
-    group_keys: bool = False
-    planes: bool = False
+    group_keys: bool = True
 
 
-def planes_fit(spec: QuantSpec, dim: int) -> bool:
-    """The planes kernel's needs: a value group holds whole bytes (G a multiple of the codes a byte) and each plane's
-    dot product is at least 16 wide, as tl.dot takes it on a GPU."""
-    per = 8 // spec.bits
-    return spec.group % per == 0 and dim // per >= 16
-
-
-LAUNCH = AttentionLaunch()  # block 64, no planes: the H100's best in session f (planes untimed: no GPU in session g)
+LAUNCH = AttentionLaunch()  # block 64 of whole key groups: the H100's best in session j
 
 
 def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, spec: QuantSpec, scale: float,
@@ -200,27 +190,16 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
         # vector; otherwise each token reads its group's.
         step = max(block, spec.group) if spec.group % block == 0 else block
         chunk = max(step, math.ceil(math.ceil(capacity / splits) / step) * step)
-        if launch.planes and planes_fit(spec, dim):
-            _int_attention_planes_kernel[(batch * heads_kv, splits)](
-                q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
-                layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale, chunk,
-                q.stride(0), q.stride(1), *layer.key_codes.stride()[:3], *layer.key_scale.stride()[:3],
-                *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3],
-                HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
-                BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block),
-                G=spec.group, BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
-                num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
-        else:
-            _int_attention_partial_kernel[(batch * heads_kv, splits)](
-                q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
-                layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale, chunk,
-                q.stride(0), q.stride(1), *layer.key_codes.stride()[:3], *layer.key_scale.stride()[:3],
-                *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3],
-                HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
-                BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block), G=spec.group,
-                BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
-                GROUP_KEYS=launch.group_keys and block % spec.group == 0 and block > spec.group,
-                num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
+        _int_attention_partial_kernel[(batch * heads_kv, splits)](
+            q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
+            layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale, chunk,
+            q.stride(0), q.stride(1), *layer.key_codes.stride()[:3], *layer.key_scale.stride()[:3],
+            *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3],
+            HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
+            BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block), G=spec.group,
+            BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
+            GROUP_KEYS=launch.group_keys and block % spec.group == 0 and block > spec.group,
+            num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
         kernels._attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
             SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=dim)
@@ -399,122 +378,3 @@ if triton is not None:
             v = tl.load(rv_ptr + ring + slots[:, None] * s_rs + dims[None, :], mask=live[:, None], other=0.0)
             acc, l, m = accumulate(acc, l, m_new, p, alpha, v.to(q.dtype))  # noqa: E741
         store_split(po_ptr, plse_ptr, bh, split, splits, rows, row_ok, dims, acc, m, l, GROUP, D)
-
-    @triton.jit
-    def _plane_q(q_ptr, q_rows, row_ok, cols, J: tl.constexpr, PER: tl.constexpr):
-        """Plane J of the queries: channels cols * PER + J, the channels whose codes sit at bits J * BITS."""
-        return tl.load(q_ptr + q_rows[:, None] + (cols * PER + J)[None, :], mask=row_ok[:, None], other=0.0)
-
-    @triton.jit
-    def _key_plane(packed, ks_ptr, kz_ptr, kat, kmask, cols, J: tl.constexpr, PER: tl.constexpr,
-                   BITS: tl.constexpr, QMAX: tl.constexpr):
-        """Plane J of a block of keys, dequantized (code x scale + zero in float32, as quant.int_dequantize): the
-        scale and zero of channel cols * PER + J at kat (one row a token, or one row for the block)."""
-        channels = (cols * PER + J)[None, :]
-        scale = tl.load(ks_ptr + kat + channels, mask=kmask, other=0.0).to(tl.float32)
-        zero = tl.load(kz_ptr + kat + channels, mask=kmask, other=0.0).to(tl.float32)
-        return ((packed >> (J * BITS)) & QMAX).to(tl.float32) * scale + zero
-
-    @triton.jit
-    def _int_attention_planes_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, rk_ptr, rv_ptr, len_ptr,
-                                     po_ptr, plse_ptr, scale, chunk, s_qb, s_qh, s_cb, s_ch, s_cs, s_kb, s_kh,
-                                     s_kg, s_vb, s_vh, s_vs, s_rb, s_rh, s_rs,
-                                     HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-                                     D: tl.constexpr, BLOCK_N: tl.constexpr,
-                                     WINDOW: tl.constexpr, R: tl.constexpr, R_BLOCKS: tl.constexpr,
-                                     G: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr):
-        """_int_attention_partial_kernel's result, computed per bit plane (AttentionLaunch.planes): PER = 2 or 4
-        planes of D / PER channels each, q . k summed over the planes, p . v accumulated per plane and stored to
-        its channels."""
-        bh, split, b, kvh, splits = program_row(HEADS_KV)
-        n = tl.load(len_ptr + b)
-        quantized = tl.maximum(n - WINDOW, 0) // G * G
-        in_ring = n - quantized
-        rows = tl.arange(0, GROUP_PAD)
-        row_ok = rows < GROUP
-        cols = tl.arange(0, D // PER)  # a plane's columns: column c of plane j is channel c * PER + j
-        q_rows = b * s_qb + (kvh * GROUP + rows) * s_qh
-        q0 = _plane_q(q_ptr, q_rows, row_ok, cols, 0, PER)
-        q1 = _plane_q(q_ptr, q_rows, row_ok, cols, 1, PER)
-        q2 = _plane_q(q_ptr, q_rows, row_ok, cols, 2 % PER, PER)  # int2's; int4 never reads them
-        q3 = _plane_q(q_ptr, q_rows, row_ok, cols, 3 % PER, PER)
-        m = tl.full([GROUP_PAD], float("-inf"), tl.float32)
-        l = tl.zeros([GROUP_PAD], tl.float32)  # noqa: E741
-        acc0 = tl.zeros([GROUP_PAD, D // PER], tl.float32)
-        acc1 = tl.zeros([GROUP_PAD, D // PER], tl.float32)
-        acc2 = tl.zeros([GROUP_PAD, D // PER], tl.float32)
-        acc3 = tl.zeros([GROUP_PAD, D // PER], tl.float32)
-        start = split * chunk
-        end = tl.minimum(start + chunk, quantized)
-        codes = b * s_cb + kvh * s_ch
-        value_group = cols // (G // PER)  # a column's value group, the same in every plane (G a multiple of PER)
-        for offset in range(0, chunk, BLOCK_N):  # the quantized tokens of this split's chunk
-            toks = start + offset + tl.arange(0, BLOCK_N)
-            live = toks < end
-            at = codes + toks * s_cs
-            kp = tl.load(kc_ptr + at[:, None] + cols[None, :], mask=live[:, None], other=0).to(tl.int32)
-            if G % BLOCK_N == 0:  # the block lies in one key group: one scale row for the block
-                kat = tl.full([1, 1], 0, tl.int32) + (b * s_kb + kvh * s_kh + ((start + offset) // G) * s_kg)
-                kmask = (tl.full([1, 1], 0, tl.int32) + (start + offset)) < end
-            else:
-                kat = (b * s_kb + kvh * s_kh + (toks // G) * s_kg)[:, None]
-                kmask = live[:, None]
-            k = _key_plane(kp, ks_ptr, kz_ptr, kat, kmask, cols, 0, PER, BITS, QMAX).to(q0.dtype)
-            s = tl.dot(q0, tl.trans(k))
-            k = _key_plane(kp, ks_ptr, kz_ptr, kat, kmask, cols, 1, PER, BITS, QMAX).to(q0.dtype)
-            s = tl.dot(q1, tl.trans(k), s)
-            if PER == 4:
-                k = _key_plane(kp, ks_ptr, kz_ptr, kat, kmask, cols, 2, PER, BITS, QMAX).to(q0.dtype)
-                s = tl.dot(q2, tl.trans(k), s)
-                k = _key_plane(kp, ks_ptr, kz_ptr, kat, kmask, cols, 3, PER, BITS, QMAX).to(q0.dtype)
-                s = tl.dot(q3, tl.trans(k), s)
-            s = tl.where(live[None, :], s * scale, float("-inf"))
-            m_new, p, alpha = softmax_step(m, s)
-            vp = tl.load(vc_ptr + at[:, None] + cols[None, :], mask=live[:, None], other=0).to(tl.int32)
-            vat = b * s_vb + kvh * s_vh + toks[:, None] * s_vs + value_group[None, :]
-            vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
-            vzero = tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
-            pv = p.to(q0.dtype)
-            acc0 = tl.dot(pv, ((vp & QMAX).to(tl.float32) * vscale + vzero).to(q0.dtype), acc0 * alpha[:, None])
-            acc1 = tl.dot(pv, (((vp >> BITS) & QMAX).to(tl.float32) * vscale + vzero).to(q0.dtype),
-                          acc1 * alpha[:, None])
-            if PER == 4:
-                acc2 = tl.dot(pv, (((vp >> (2 * BITS)) & QMAX).to(tl.float32) * vscale + vzero).to(q0.dtype),
-                              acc2 * alpha[:, None])
-                acc3 = tl.dot(pv, (((vp >> (3 * BITS)) & QMAX).to(tl.float32) * vscale + vzero).to(q0.dtype),
-                              acc3 * alpha[:, None])
-            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
-            m = m_new
-        ring = b * s_rb + kvh * s_rh
-        first = quantized % R  # the ring's oldest token's slot
-        for offset in range(0, R_BLOCKS * BLOCK_N, BLOCK_N):  # the bf16 ring, in the first split only
-            slots = offset + tl.arange(0, BLOCK_N)
-            live = (split == 0) & (slots < R) & ((slots - first + R) % R < in_ring)
-            at = ring + slots[:, None] * s_rs + (cols * PER)[None, :]
-            s = tl.dot(q0, tl.trans(tl.load(rk_ptr + at, mask=live[:, None], other=0.0).to(q0.dtype)))
-            s = tl.dot(q1, tl.trans(tl.load(rk_ptr + at + 1, mask=live[:, None], other=0.0).to(q0.dtype)), s)
-            if PER == 4:
-                s = tl.dot(q2, tl.trans(tl.load(rk_ptr + at + 2, mask=live[:, None], other=0.0).to(q0.dtype)), s)
-                s = tl.dot(q3, tl.trans(tl.load(rk_ptr + at + 3, mask=live[:, None], other=0.0).to(q0.dtype)), s)
-            s = tl.where(live[None, :], s * scale, float("-inf"))
-            m_new, p, alpha = softmax_step(m, s)
-            pv = p.to(q0.dtype)
-            acc0 = tl.dot(pv, tl.load(rv_ptr + at, mask=live[:, None], other=0.0).to(q0.dtype), acc0 * alpha[:, None])
-            acc1 = tl.dot(pv, tl.load(rv_ptr + at + 1, mask=live[:, None], other=0.0).to(q0.dtype),
-                          acc1 * alpha[:, None])
-            if PER == 4:
-                acc2 = tl.dot(pv, tl.load(rv_ptr + at + 2, mask=live[:, None], other=0.0).to(q0.dtype),
-                              acc2 * alpha[:, None])
-                acc3 = tl.dot(pv, tl.load(rv_ptr + at + 3, mask=live[:, None], other=0.0).to(q0.dtype),
-                              acc3 * alpha[:, None])
-            l = l * alpha + tl.sum(p, axis=1)  # noqa: E741
-            m = m_new
-        out_rows = bh * GROUP + rows
-        norm = tl.where(l > 0, l, 1.0)[:, None]
-        at = po_ptr + (out_rows[:, None] * splits + split) * D + (cols * PER)[None, :]
-        tl.store(at, acc0 / norm, mask=row_ok[:, None])
-        tl.store(at + 1, acc1 / norm, mask=row_ok[:, None])
-        if PER == 4:
-            tl.store(at + 2, acc2 / norm, mask=row_ok[:, None])
-            tl.store(at + 3, acc3 / norm, mask=row_ok[:, None])
-        tl.store(plse_ptr + out_rows * splits + split, split_lse(m, l), mask=row_ok)
