@@ -9,7 +9,6 @@ import torch
 from rich.console import Console
 
 from kvcompress import models, report, results
-from kvcompress.commands import press_sweep
 from kvcompress.engine import GenerationSettings, measure
 from kvcompress.engine.generate import HFDecoder
 from kvcompress.engine.sampling import SamplingConfig

@@ -3,7 +3,6 @@
 import contextlib
 
 import pytest
-import torch
 from kvpress import KeyRerotationPress, KVPressTextGenerationPipeline, StreamingLLMPress
 
 from kvcompress.engine import GenerationSettings

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import gc
 import os
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import torch

@@ -26,7 +26,6 @@ from kvcompress.models.loaded import LoadedModel
 from kvcompress.methods import Method
 from kvcompress.run.one_cell import (console, free_memory, pick_decoder,  # noqa: F401
                                  progress_line, run_cell, run_cell_questions, skeleton)
-from kvcompress.errors import UserError
 from kvcompress.ranks import OtherRankDone, Ranks, RunStopped, stop_on_sigterm, unfinished
 from kvcompress.results import BenchmarkResult, ResultFile, run_header
 from kvcompress.tasks.cell import Cell

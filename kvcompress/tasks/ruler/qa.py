@@ -30,8 +30,8 @@ HEAD = f"{INSTRUCTION}\n\nThe following are given documents.\n\n"
 QUESTION = f"{INSTRUCTION}\n\nQuestion: {{query}}"
 ANSWER_PREFIX = "Answer:"
 UNAVAILABLE = ("RULER's qa_1 (SQuAD) and qa_2 (HotpotQA) need those datasets, which this project does not ship: "
-               f"pass --qa-data DIR (RULER's squad.json / hotpotqa.json); without them the RULER average here is over "
-               f"the 11 synthetic tasks")
+               "pass --qa-data DIR (RULER's squad.json / hotpotqa.json); without them the RULER average here is over "
+               "the 11 synthetic tasks")
 
 
 def data_file(name: str) -> Path:
