@@ -90,26 +90,41 @@ def retrieval_heatmap(cells: dict[tuple[int, float], tuple[int, int]], path: Pat
     colour instead, and the text reads 'score% (found/trials)'. A depth of None (a task without a haystack) is one
     row labelled 'whole'.
     """
-    contexts = sorted({c for c, _ in cells})
     depths = sorted({d for _, d in cells}, key=lambda d: -1 if d is None else d)
-    fraction = np.full((len(depths), len(contexts)), np.nan)
+    labels = ["whole" if d is None else f"{d:.0%}" for d in depths]
+    return _heatmap(cells, depths, labels, "needle depth", "depth", path, title, scores)
+
+
+def task_heatmap(cells: dict[tuple[int, str], tuple[int, int]], tasks: list[str], path: Path, title: str,
+                 scores: dict[tuple[int, str], float]) -> dict[tuple[int, str], tuple[int, int, int, int]]:
+    """Task (rows, in the order of `tasks`) x context length (columns) for one method, coloured by the task's mean
+    score: retrieval_heatmap's figure for tasks without a depth grid (RULER's), one figure a method instead of a
+    one-row figure per task. The PNG's 'Description' holds each cell as JSON with its "task"."""
+    return _heatmap(cells, tasks, tasks, "task", "task", path, title, scores)
+
+
+def _heatmap(cells: dict, rows: list, labels: list[str], row_title: str, row_field: str, path: Path, title: str,
+             scores: dict | None) -> dict:
+    contexts = sorted({c for c, _ in cells})
+    fraction = np.full((len(rows), len(contexts)), np.nan)
     for (c, d), (found, total) in cells.items():
         if total:
             value = scores[(c, d)] if scores is not None else found / total
-            fraction[depths.index(d), contexts.index(c)] = value
-    fig, ax = plt.subplots(figsize=(2.0 + 1.3 * len(contexts), 1.6 + 0.55 * len(depths)), dpi=100)
+            fraction[rows.index(d), contexts.index(c)] = value
+    wide = 0.07 * max(0, max(map(len, labels)) - 5)  # room for task names ("niah_multikey_3") beside the rows
+    fig, ax = plt.subplots(figsize=(2.0 + wide + 1.3 * len(contexts), 1.6 + 0.55 * len(rows)), dpi=100)
     cmap = plt.get_cmap("RdYlGn").with_extremes(bad="#cccccc")
     image = ax.imshow(np.ma.masked_invalid(fraction), cmap=cmap, vmin=0, vmax=1, aspect="auto")
     for (c, d), (found, total) in cells.items():
         value = (scores[(c, d)] if scores is not None else found / total) if total else 0
         dark = total and not 0.2 <= value <= 0.8  # the deep red and green ends need white text
         text = f"{found}/{total}" if scores is None else f"{value:.0%}\n({found}/{total})"
-        ax.text(contexts.index(c), depths.index(d), text if total else "error", ha="center",
+        ax.text(contexts.index(c), rows.index(d), text if total else "error", ha="center",
                 va="center", fontsize=9, color="white" if dark else "black")
     ax.set_xticks(range(len(contexts)), [_tokens_label(c) for c in contexts])
-    ax.set_yticks(range(len(depths)), ["whole" if d is None else f"{d:.0%}" for d in depths])
+    ax.set_yticks(range(len(rows)), labels)
     ax.set_xlabel("context length (tokens)")
-    ax.set_ylabel("needle depth")
+    ax.set_ylabel(row_title)
     ax.set_title(title, fontsize=9)
     fig.colorbar(image, ax=ax, fraction=0.05, pad=0.03).set_label(
         "fraction of trials found" if scores is None else "mean score (RULER)", fontsize=8)
@@ -118,14 +133,14 @@ def retrieval_heatmap(cells: dict[tuple[int, float], tuple[int, int]], path: Pat
     height = fig.bbox.height
     boxes = {}
     for c, d in cells:
-        x, y = contexts.index(c), depths.index(d)
+        x, y = contexts.index(c), rows.index(d)
         (x0, y0), (x1, y1) = ax.transData.transform([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)])
         boxes[(c, d)] = (round(min(x0, x1)), round(height - max(y0, y1)), round(max(x0, x1)), round(height - min(y0, y1)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = [{"context_tokens": c, "depth": d, "found": f, "trials": t,
+    data = [{"context_tokens": c, row_field: d, "found": f, "trials": t,
              **({"score": scores[(c, d)]} if scores is not None else {})}
-            for (c, d), (f, t) in sorted(cells.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1]))]
+            for (c, d), (f, t) in sorted(cells.items(), key=lambda kv: (kv[0][0], rows.index(kv[0][1])))]
     fig.savefig(path, dpi=fig.dpi, metadata={"Title": title, "Description": json.dumps(data)})
     plt.close(fig)
     return boxes

@@ -164,6 +164,26 @@ def test_heatmap_colours_and_metadata_follow_the_counts(tmp_path):
     assert max(rgb[(2048, 0.5)]) - min(rgb[(2048, 0.5)]) < 10  # no measured trial: grey
 
 
+def test_task_heatmap_rows_follow_the_tasks_given_and_its_metadata_names_them(tmp_path):
+    """One figure a method for the tasks without a depth grid: a row per task in the order asked, coloured by
+    score (not by found/trials), each cell in the PNG's JSON under its task."""
+    cells = {(1024, "vt"): (2, 2), (1024, "cwe"): (0, 2), (2048, "vt"): (1, 2), (2048, "cwe"): (2, 2)}
+    scores = {(1024, "vt"): 1.0, (1024, "cwe"): 0.0, (2048, "vt"): 0.5, (2048, "cwe"): 0.1}
+    path = tmp_path / "t.png"
+    boxes = plots.task_heatmap(cells, ["vt", "cwe"], path, "test", scores)
+    image = Image.open(path)
+    assert json.loads(image.info["Description"]) == [
+        {"context_tokens": 1024, "task": "vt", "found": 2, "trials": 2, "score": 1.0},
+        {"context_tokens": 1024, "task": "cwe", "found": 0, "trials": 2, "score": 0.0},
+        {"context_tokens": 2048, "task": "vt", "found": 1, "trials": 2, "score": 0.5},
+        {"context_tokens": 2048, "task": "cwe", "found": 2, "trials": 2, "score": 0.1}]
+    assert boxes[(1024, "vt")][1] < boxes[(1024, "cwe")][1]  # vt, asked first, is the top row
+    rgb = {key: _cell_colour(np.asarray(image.convert("RGB")), box) for key, box in boxes.items()}
+    assert rgb[(1024, "vt")][1] > rgb[(1024, "vt")][0] + 60  # score 1: green
+    r, g, b = rgb[(2048, "cwe")]
+    assert r > g + 60  # score 0.1 though all 2 were found: the colour is the score's
+
+
 def _cell_colour(pixels, box):
     """Median colour of a patch near the cell's top-left corner (away from the centred count)."""
     left, top, right, bottom = box
@@ -222,3 +242,20 @@ def test_progress_lines_name_the_task_and_where_the_needle_really_is():
     assert line.startswith("vt: knorm@0.5 @ 1024 tok, depth 0.5:"), line
     line = progress_line(BenchmarkResult(task="benchmark", task_family="niah", depth_achieved=0.0, **common))
     assert line.startswith("knorm@0.5 @ 1024 tok, depth 0.5 (reached 0: "), line
+
+
+def test_a_task_without_depths_gets_one_task_figure_a_method_not_one_per_task(tmp_path):
+    """RULER's tasks have no depth grid: their cells go to <out>-tasks-<method>.png (a row each), the needle keeps its
+    depth x length heatmap, and no one-row heatmap is written per RULER task."""
+    out = tmp_path / "lc.json"
+    argv = ["--preset", "tiny", "--methods", "vanilla", "--contexts", "1024", "--depths", "0.5", "--trials", "1",
+            "--max-new-tokens", "4", "--tasks", "niah,niah_single_1,niah_single_2", "--out", str(out)]
+    assert test_long_context.main(argv) == 0
+    records = json.loads(out.read_text())["results"]
+    assert (tmp_path / "lc-heatmap-vanilla.png").exists()
+    assert not list(tmp_path.glob("lc-heatmap-niah_single*"))
+    cells = json.loads(Image.open(tmp_path / "lc-tasks-vanilla.png").info["Description"])
+    want = [{"context_tokens": 1024, "task": t, "found": sum(bool(r["correct"]) for r in mine), "trials": len(mine),
+             "score": sum(r["score"] for r in mine) / len(mine)}
+            for t in ("niah_single_1", "niah_single_2") for mine in [[r for r in records if r["task_family"] == t]]]
+    assert cells == want

@@ -28,7 +28,8 @@ DESCRIPTION = (
     "sample (--resume) and progress shows the time left; --mode measured times every cell as benchmark.py does "
     "(speed and memory). By default the cheap task set (" + families.CHEAP +
     "), scored with RULER's string_match_all / string_match_part: a table of mean score per task x method x "
-    "context, the answer-length change against vanilla, one heatmap per task and method and an "
+    "context, the answer-length change against vanilla, heatmaps (depth x length per task with a depth grid and "
+    "method; task x length per method for the tasks without one) and an "
     "accuracy-vs-KV-bytes plot of all methods. --tasks niah runs the needle alone: a trial is one needle (its own "
     "key and 7-digit values), found when the answer contains every value as a whole number (thinking removed, "
     "verbosity fine) and no distractor's value; it prints found/trials per cell and one depth x length heatmap PNG "
@@ -158,8 +159,9 @@ def first_samples(cells: list, n: int, depths: list[float]) -> list:
 
 
 def _tables_and_figures(out, cfg, args: argparse.Namespace, tasks: list[str], summaries) -> list[Path]:
-    """The found/trials table (--tasks niah) or the task table and the Pareto figure, then one depth x length heatmap
-    per task and method beside the result file; the figures' paths."""
+    """The found/trials table (--tasks niah) or the task table and the Pareto figure, then beside the result file
+    one depth x length heatmap per task with a depth grid and method, and one task x length heatmap per method for
+    the tasks without one (RULER's: one row each); the figures' paths."""
     from kvcompress import plots  # matplotlib only when figures are drawn
 
     model = out.run.get("model") or cfg.spec.name  # no local method ran: the DMS records name their own model
@@ -178,14 +180,29 @@ def _tables_and_figures(out, cfg, args: argparse.Namespace, tasks: list[str], su
         written.append(plots.accuracy_vs_kv(quality.pareto_points(records, median_kv_bytes),
                                             cfg.out.with_name(f"{cfg.out.stem}-pareto.png"),
                                             f"score vs KV bytes held — {model}, {', '.join(tasks)}"))
+    depthless: dict[str, list] = {}  # method -> the cells of its tasks without a depth grid (RULER's)
     for family, family_cells in niah_grid.by_task(summaries).items():
+        if family != "niah" and all(s.depth is None for s in family_cells):
+            for method, method_cells in by_method(family_cells).items():
+                depthless.setdefault(method, []).extend(method_cells)
+            continue
         for method, method_cells in by_method(family_cells).items():
             tag = "" if family == "niah" else f"{family}-"
-            safe = re.sub(r"[^A-Za-z0-9_.@=-]+", "_", method)
-            path = cfg.out.with_name(f"{cfg.out.stem}-heatmap-{tag}{safe}.png")
+            path = cfg.out.with_name(f"{cfg.out.stem}-heatmap-{tag}{_file_safe(method)}.png")
             found = {(s.target_tokens, s.depth): (s.found, s.total) for s in method_cells}
             scores = None if family == "niah" else {(s.target_tokens, s.depth): s.mean_score or 0.0
                                                     for s in method_cells}
             plots.retrieval_heatmap(found, path, f"{family}: {method} — {model}\n{what}", scores=scores)
             written.append(path)
+    for method, method_cells in depthless.items():  # one figure a method: its tasks x context lengths
+        path = cfg.out.with_name(f"{cfg.out.stem}-tasks-{_file_safe(method)}.png")
+        rows = [t for t in tasks if any(s.task_family == t for s in method_cells)]
+        found = {(s.target_tokens, s.task_family): (s.found, s.total) for s in method_cells}
+        scores = {(s.target_tokens, s.task_family): s.mean_score or 0.0 for s in method_cells}
+        plots.task_heatmap(found, rows, path, f"{method} — {model}\n{what}", scores)
+        written.append(path)
     return written
+
+
+def _file_safe(method: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.@=-]+", "_", method)
