@@ -54,8 +54,35 @@ def _interpreter_loop_bounds() -> None:
     interpreter._patch_lang_tensor = patched
 
 
+def _interpreter_patch_once() -> None:
+    """Triton's interpreter (3.6) patches triton.language (inspect.getmembers over tl, tl.tensor, tl.math, tl.core)
+    before each launch and undoes it after, and patches it again at each call of a @triton.jit helper inside a
+    kernel; an interpreted tiny-model generation launches thousands of kernels, and that patching was ~15 % of its
+    time. Under TRITON_INTERPRET=1 every kernel of the process is interpreted and no host code calls
+    triton.language, so each language module is patched once, at the first launch that sees it, and kept."""
+    import inspect
+
+    from triton.runtime import interpreter
+
+    patch = interpreter._patch_lang
+    if getattr(patch, "kept", False):
+        return
+    patched: set = set()  # ids of the language modules patched so far
+
+    def patch_once(fn):
+        seen = {id(v) for v in fn.__globals__.values() if inspect.ismodule(v) and (v is tl or v is tl.core)}
+        if not seen <= patched:
+            patch(fn)  # its undo is dropped: the patch stays
+            patched.update(seen)
+        return interpreter._LangPatchScope()  # what the launch undoes at its end: nothing
+
+    patch_once.kept = True
+    interpreter._patch_lang = patch_once
+
+
 if triton is not None and os.environ.get("TRITON_INTERPRET") == "1":
     _interpreter_loop_bounds()
+    _interpreter_patch_once()
 
 
 def use_triton(t: torch.Tensor) -> bool:
