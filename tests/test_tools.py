@@ -46,5 +46,6 @@ def test_quality_ab_pairs_records_of_both_modes_and_refuses_bad_grids(capsys):
     got = tool.agreement(quality, measured)
     assert (got["pairs"], got["same_answer"], got["same_kv_bytes"]) == (2, 1, 2)
     assert got["differ"] == ["knorm@0.5 p0: '7' vs '9'"]
+    assert (got["common_prefix_chars_median"], got["answer_chars_median"]) == (1, 1.5)  # prefixes 2 and 0; "12", "7"
     assert tool.main(["--", "--preset", "tiny", "--samples", "0"]) == 2
     assert "error:" in capsys.readouterr().out

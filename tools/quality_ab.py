@@ -20,6 +20,7 @@ shared prefill that serves every joining method of --methods, against the FLOP i
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -100,7 +101,9 @@ def ab(cfg, lm, cells, args) -> dict:
     out["agreement"] = agreement(files["quality"], files["measured"])
     print(f"same answer in both modes: {out['agreement']['same_answer']}/{out['agreement']['pairs']} pairs; same KV "
           f"bytes: {out['agreement']['same_kv_bytes']}/{out['agreement']['pairs']} (batched decode may part from "
-          "batch 1 by rounding, where two tokens' logits tie within bf16)")
+          "batch 1 by rounding, where two tokens' logits tie within bf16); alike for the first "
+          f"{out['agreement']['common_prefix_chars_median']} characters of {out['agreement']['answer_chars_median']} "
+          "(medians)")
     print(f"quality / measured: x{out['speedup']:.1f} answers/s (host wall clock, model load excluded, "
           f"{lm.device}, {len(cells)} samples x {len(cfg.methods)} methods)")
     return out
@@ -115,8 +118,13 @@ def agreement(quality, measured) -> dict:
     by_key = {key(r): r for r in measured if r.error is None}
     pairs = [(q, by_key[key(q)]) for q in quality if q.error is None and key(q) in by_key]
     differ = [f"{q.method} {q.prompt_id}: {q.answer!r} vs {m.answer!r}" for q, m in pairs if q.answer != m.answer]
+    # how far two answers run alike before they part (random weights: near-tied logits part them within a few tokens)
+    prefix = [len(os.path.commonprefix([q.answer or "", m.answer or ""])) for q, m in pairs]
     return {"pairs": len(pairs), "same_answer": len(pairs) - len(differ),
-            "same_kv_bytes": sum(q.kv_cache_bytes == m.kv_cache_bytes for q, m in pairs), "differ": differ[:20]}
+            "same_kv_bytes": sum(q.kv_cache_bytes == m.kv_cache_bytes for q, m in pairs),
+            "common_prefix_chars_median": statistics.median(prefix) if prefix else None,
+            "answer_chars_median": statistics.median(len(q.answer or "") for q, _ in pairs) if pairs else None,
+            "differ": differ[:20]}
 
 
 def prefill_probe(cfg, lm, cells, n: int) -> dict:
