@@ -183,14 +183,16 @@ def int_checks(check, Hq, Hkv, D) -> None:
         for launch in (int_kernels.LAUNCH, int_kernels.AttentionLaunch(block=16, group_keys=False),
                        int_kernels.AttentionLaunch(block=32, group_keys=False),
                        int_kernels.AttentionLaunch(group_keys=False), int_kernels.AttentionLaunch(block=16),
-                       replace(int_kernels.LAUNCH, codes_by_exponent=True)):
+                       replace(int_kernels.LAUNCH, codes_by_exponent=True),
+                       replace(int_kernels.LAUNCH, split_nibbles=True),
+                       replace(int_kernels.LAUNCH, codes_by_exponent=True, split_nibbles=True)):
             a = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D), splits,
                                              launch)
             name = f"{tag} decode_attention {launch}"
             check(name, rel_err(a, b))
             check(name + " finite", float(a.isnan().sum()))
             engine = a if engine is None else engine
-            if launch.codes_by_exponent:  # the codes' float32 values are the same numbers: the same bits out
+            if launch.codes_by_exponent or launch.split_nibbles:  # the same codes, the same float32: the same bits
                 check(name + " vs the engine's launch, bit for bit", float(not torch.equal(a, engine)))
         kernels.FORCE_TRITON = False
     # a prefill's layer quantized in one launch, from a slice of a longer (non-contiguous) tensor: bit for bit
