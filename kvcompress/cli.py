@@ -392,8 +392,10 @@ def main(fn):
         except KeyboardInterrupt:
             print(_kept("interrupted"), file=sys.stderr)
             return 130
-        except RunStopped:  # SIGTERM to rank 0 past the part of a run that names the missing cells (tables, plots)
-            print(_kept("stopped by SIGTERM (torchrun stops every rank when one fails)"), file=sys.stderr)
+        except RunStopped:  # SIGTERM to the writer past the part of a run that names the missing cells (tables)
+            torchrun = int(os.environ.get("WORLD_SIZE", "1")) > 1
+            print(_kept("stopped by SIGTERM" + (" (torchrun stops every rank when one fails)" if torchrun else "")),
+                  file=sys.stderr)
             return 143
         except Exception as exc:  # noqa: BLE001 - last resort: still one line, details on request
             print_unexpected(exc)

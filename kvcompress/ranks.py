@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ POLL_S = 0.2  # how often rank 0 looks for records while it waits for the other 
 
 
 class RunStopped(BaseException):
-    """SIGTERM reached rank 0 (torchrun stops every rank when one fails). A BaseException, like KeyboardInterrupt:
+    """SIGTERM reached the process that writes the file (stop_on_sigterm). A BaseException, like KeyboardInterrupt:
     the `except Exception` that turns a failing method into an error record must not swallow it."""
 
 
@@ -181,9 +182,11 @@ class Ranks:
 
 
 def stop_on_sigterm(ranks: Ranks):
-    """Rank 0 of a distributed run: SIGTERM (torchrun stopping the ranks after one failed) becomes RunStopped, so the
-    file is saved and the unfinished cells are named. Other ranks and plain runs keep the default."""
-    if ranks.distributed and ranks.writer:
+    """The process that writes the file (a plain run, or rank 0 under torchrun, which stops the ranks with SIGTERM
+    after one failed): SIGTERM becomes RunStopped, so the file is saved, a quality run's header block with it, and the
+    unfinished cells are named (`timeout`, `kill`, a scheduler's preemption all send SIGTERM). Other ranks keep the
+    default: what they finished was sent to rank 0 as it was done."""
+    if ranks.writer and threading.current_thread() is threading.main_thread():
         def stop(signum, frame):
             raise RunStopped()
         signal.signal(signal.SIGTERM, stop)

@@ -7,6 +7,7 @@ process group, as a terminal sends it) or kill -9 of the parent alone.
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -85,3 +86,35 @@ def test_kill_9_of_the_parent_ends_the_child_and_keeps_its_finished_records(tmp_
             os.kill(child, signal.SIGKILL)
     assert ("dms-8x-remote", 256, None) in saved_cells(out)
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_sigterm_to_a_quality_run_saves_its_answers_and_where_its_time_went(tmp_path):
+    """`timeout`, `kill` and a scheduler's preemption stop a plain run with SIGTERM. The run saves what it answered
+    with the header's `quality` block (answers, answers/s, phases: the figures a GPU run cut by its time limit
+    reports) and ends with one line naming the unfinished cells; before, the process died at once and the file held
+    nothing but its journal."""
+    out = tmp_path / "quality.json"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    args = ["--preset", "tiny", "--tasks", "niah", "--contexts", "1024", "--samples", "8", "--max-new-tokens", "48",
+            "--methods", "vanilla,knorm@0.5,streaming_llm@0.875", "--answer-batch", "2", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "test_long_context.py", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:  # until the first batch's answers are in the file (or its journal)
+        lines.append(line)
+        if line.startswith("[") and " answers (decoded " in line:
+            break
+    else:
+        raise AssertionError(f"no answer was recorded: {''.join(lines)[-2000:]} {proc.stderr.read()[-2000:]}")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err[-2000:]
+    said = [line for line in err.strip().splitlines() if line.startswith("error:") or "Traceback" in line]
+    assert len(said) == 1 and said[0].startswith("error: run stopped by SIGTERM: ") and "--resume" in said[0], err
+    assert "torchrun" not in said[0]
+    planned = int(re.search(r"= (\d+) cells", "".join(lines)).group(1))
+    data = json.loads(out.read_text())
+    answered = [r for r in data["results"] if r["error"] is None]
+    assert 0 < len(answered) < planned, (len(answered), planned)
+    header = data["run"]["quality"]
+    assert header["answers"] == len(answered) and header["phases_s"]["shared prefill"] > 0

@@ -184,8 +184,9 @@ def finish(ranks: Ranks, out, order) -> None:
 
 def stopped(ranks: Ranks, out: ResultFile, cfg: RunConfig, planned: list[str],
             finished_label: Callable[[BenchmarkResult], str | None] | None = None) -> None:
-    """Rank 0 got SIGTERM: save what arrived and name, in one line, the planned cells (labels) the file lacks;
-    `finished_label(record)` is the label a finished record stands for (default: method@context/batch)."""
+    """The writer (a plain run, or rank 0) got SIGTERM: save what arrived and name, in one line, the planned cells
+    (labels) the file lacks; `finished_label(record)` is the label a finished record stands for (default:
+    method@context/batch)."""
     try:
         _take_arrivals(out, ranks)
     except Exception:  # noqa: BLE001 - the store may be gone with torchrun's agent; the file is what counts
@@ -194,9 +195,10 @@ def stopped(ranks: Ranks, out: ResultFile, cfg: RunConfig, planned: list[str],
     finished_label = finished_label or (lambda r: label(r.method, r.target_tokens, r.batch))
     finished = [finished_label(r) for r in {r.identity(): r for r in out.results if r.error is None}.values()]
     left = unfinished(planned, finished)
-    raise UserError(f"run stopped by SIGTERM (torchrun stops every rank when one fails): {len(left)} cell(s) not in "
-                    f"{cfg.out}: {', '.join(left[:12])}{', ...' if len(left) > 12 else ''}; the same command with "
-                    "--resume (any number of ranks) completes them")
+    why = " (torchrun stops every rank when one fails)" if ranks.distributed else ""
+    raise UserError(f"run stopped by SIGTERM{why}: {len(left)} cell(s) not in {cfg.out}: {', '.join(left[:12])}"
+                    f"{', ...' if len(left) > 12 else ''}; the same command with --resume"
+                    f"{' (any number of ranks)' if ranks.distributed else ''} completes them")
 
 
 def plan_order(cfg: RunConfig, cells: list[Cell]):
