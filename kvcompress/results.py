@@ -323,6 +323,7 @@ class ResultFile:
         self.close = weakref.finalize(self, lock.release)
         self.journal = journal_path(self.path)
         self._journal = None  # the open journal while records wait for the next save
+        self.resumed_from: dict = {}  # --resume: the header the file had (a quality run carries its time on)
         try:
             if self.journal.exists() and not resume:
                 raise UserError(f"--out {self.path}: {self.journal.name} holds answers of a run killed before it "
@@ -342,6 +343,7 @@ class ResultFile:
                     raise UserError(f"--resume: {self.path} holds the cell {twice.method} @ {twice.target_tokens} "
                                     f"({twice.prompt_id or twice.task}) twice; remove one of them or name a new "
                                     f"--out")
+                self.resumed_from = old_run
                 differs = resume_mismatch(old_run, self.results, run)
                 if differs:
                     raise UserError(f"--resume: {self.path} {differs}; rerun with the same settings or name a new "

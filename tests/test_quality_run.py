@@ -144,3 +144,12 @@ def test_a_stopped_quality_run_keeps_where_its_time_went(tmp_path, monkeypatch):
     assert 0 < len(answered) < 16
     header = data["run"]["quality"]
     assert header["answers"] == len(answered) and header["phases_s"]["shared prefill"] > 0
+    # resumed, the file keeps the cut process's block beside the new one's, and their sums
+    monkeypatch.setattr(quality_run, "_answer_chunk", answer_chunk)
+    assert test_long_context.main(GRID + ["--out", str(path), "--answer-batch", "2", "--resume"]) == 0
+    data = json.loads(path.read_text())
+    resumed = data["run"]["quality"]
+    assert resumed["earlier"] == [header]
+    assert resumed["answers"] == 16 - len(answered)
+    assert resumed["total"]["answers"] == 16 and resumed["total"]["processes"] == 2
+    assert resumed["total"]["wall_s"] == pytest.approx(header["wall_s"] + resumed["wall_s"], abs=2e-3)

@@ -82,6 +82,7 @@ class Progress:
     sizes: dict = field(default_factory=dict)  # answer batch per context length
     run_done: int = 0
     run_answered: int = 0
+    earlier: list = field(default_factory=list)  # --resume: the `quality` blocks of the processes before this one
 
     def save_due(self) -> bool:
         if time.monotonic() - self.saved < max(SAVE_EVERY_S, SAVE_COST_RATIO * self.save_seconds):
@@ -108,14 +109,20 @@ class Progress:
     def summary(self) -> dict:
         """The run header's `quality` block (rewritten at every save: a killed run keeps where its time went)."""
         elapsed = time.monotonic() - self.start
-        return {"answers": self.answered, "wall_s": round(elapsed, 3),
-                "answers_per_s": round(self.answered / elapsed, 3) if elapsed > 0 else None,
-                "answer_batch": {str(k): v for k, v in self.sizes.items()},
-                "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
-                **device_memory(),
-                "clock": "host wall clock around the whole quality run (model load excluded); phases: the device "
-                         "drained at each end; 'answers: ...' are parts of 'answers', 'answers: decode: ...' of "
-                         "'answers: decode'"}
+        out = {"answers": self.answered, "wall_s": round(elapsed, 3),
+               "answers_per_s": round(self.answered / elapsed, 3) if elapsed > 0 else None,
+               "answer_batch": {str(k): v for k, v in self.sizes.items()},
+               "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
+               **device_memory(),
+               "clock": "host wall clock around the whole quality run (model load excluded); phases: the device "
+                        "drained at each end; 'answers: ...' are parts of 'answers', 'answers: decode: ...' of "
+                        "'answers: decode'"}
+        if self.earlier:  # a resumed run: what each earlier process answered and took, and the sums with this one's
+            out["earlier"] = self.earlier
+            out["total"] = {"processes": len(self.earlier) + 1,
+                            "answers": self.answered + sum(e.get("answers") or 0 for e in self.earlier),
+                            "wall_s": round(elapsed + sum(e.get("wall_s") or 0 for e in self.earlier), 3)}
+        return out
 
     def count(self, done: int, answered: int) -> None:
         """done (answered or skipped) and answered (without error) grow; under torchrun the run's totals over every
@@ -175,6 +182,7 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
     state = Progress(progress.get("done", 0), progress["total"])
     sizes = state.sizes  # answer batch per context length, filled by size()
     state.finished = out.finished_identities() if cfg.resume else set()
+    state.earlier = earlier_processes(getattr(out, "resumed_from", None)) if cfg.resume else []
     state.ranks = ranks
     if ranks.distributed:
         gpu = torch.cuda.get_device_name(cfg.device) if cfg.device.type == "cuda" else None
@@ -196,6 +204,15 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
         out.run["quality"] = state.summary()
         out.save()
     progress["done"] = state.done
+
+
+def earlier_processes(header: dict | None) -> list:
+    """The `quality` blocks of the processes that wrote a resumed file, oldest first (a process killed before its
+    first save left none)."""
+    block = (header or {}).get("quality")
+    if not block:
+        return []
+    return [*block.get("earlier", []), {k: v for k, v in block.items() if k not in ("earlier", "total")}]
 
 
 def auto_answer_batch(lm, methods: list[Method], tokens: int) -> int:

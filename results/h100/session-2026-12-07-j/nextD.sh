@@ -1,8 +1,9 @@
 #!/bin/bash
 # For a later H200 call (~560 s each, repeated), on main: issue 23's RULER 32K x 20 samples x 9 methods (1,980
 # answers, ~20 min on an H100 with older code), resumed from .carry/r32.tgz when an earlier call left one: copy the
-# r32.tgz each call brings back there before the next. The header gives the time and, with `benchmark.py check`'s
-# FLOP ideal, the prefill per sample.
+# r32.tgz each call brings back there before the next. The header gives the time (a call cut by its limit saves it
+# on SIGTERM; resumed, `total` sums the calls, 9b4aa43 and after) and, with `benchmark.py check`'s FLOP ideal, the
+# prefill per sample.
 # `COMMIT=<sha> bash results/h100/session-2026-12-07-j/nextD.sh`, carry [".whl", ".carry"].
 source tools/device_setup.sh
 export PYTHONUNBUFFERED=1
