@@ -132,12 +132,9 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
     # session f's H100 sweep: 2 warps at block 64 lost at every shape (as the key scale folded into the query)
     launches = [int_kernels.AttentionLaunch(block, warps, group_keys=False)
                 for block, warps in ((16, 2), (32, 4), (64, 4))]
-    launches += [int_kernels.AttentionLaunch(64, 4, group_keys=True),
-                 int_kernels.AttentionLaunch(64, 4, group_keys=True, codes_by_exponent=True),
-                 int_kernels.AttentionLaunch(64, 8, group_keys=True, codes_by_exponent=True),
-                 int_kernels.AttentionLaunch(64, 4, group_keys=True, split_nibbles=True),
-                 int_kernels.AttentionLaunch(64, 4, group_keys=True, codes_by_exponent=True, split_nibbles=True),
-                 int_kernels.AttentionLaunch(64, 8, group_keys=True, codes_by_exponent=True, split_nibbles=True)]
+    launches += [int_kernels.AttentionLaunch(64, warps, group_keys=True, codes_by_exponent=exponent,
+                                             split_nibbles=nibbles)
+                 for exponent, nibbles, warps in itertools.product((False, True), (False, True), (4, 8))]
     choices = [(launch, per_sm) for launch, per_sm in itertools.product(launches, (kernels.PER_SM, 8))
                if not smoke_run or per_sm == kernels.PER_SM]  # a CPU splits the same way whatever per_sm says
     if smoke_run:  # the interpreter ignores num_warps: launches that differ only in warps run the same program

@@ -242,7 +242,7 @@ if triton is not None:
 
     @triton.jit
     def _unpack(packed, ROWS: tl.constexpr, D: tl.constexpr, PER: tl.constexpr, BITS: tl.constexpr,
-                QMAX: tl.constexpr, EXPONENT_CODES: tl.constexpr = False, SPLIT_NIBBLES: tl.constexpr = False):
+                QMAX: tl.constexpr, EXPONENT_CODES: tl.constexpr, SPLIT_NIBBLES: tl.constexpr):
         """(ROWS, D / PER) bytes -> (ROWS, D) float32 codes (quant.unpack: the first code in the low bits).
         EXPONENT_CODES: float32 of 2**23 + code by its bits (the code fills the low mantissa), minus 2**23: exact.
         SPLIT_NIBBLES (PER 2): low and high nibble each by one operation, joined."""
