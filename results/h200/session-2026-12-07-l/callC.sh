@@ -1,0 +1,19 @@
+#!/bin/bash
+# Session l, third H200 call (~580 s), on main: the GPU kernel checks on the current int/attention kernels (first
+# since 2fdf5ea), then issue 24's decode table at 8K and 32K (session j's nextB.sh, its limit the time left).
+# `COMMIT=<sha> bash results/h200/session-2026-12-07-l/callC.sh`, carry [".whl", ".carry"].
+source tools/device_setup.sh
+export PYTHONUNBUFFERED=1
+t0=$SECONDS
+KVCOMPRESS_CHECK_DEVICE=cuda timeout 90 python3 tests/kernel_check.py gpu > $OUT/kernel-check-gpu.log 2>&1
+echo "kernel check gpu rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
+timeout 90 python3 tests/kernel_check.py dms-gpu > $OUT/kernel-check-dms-gpu.log 2>&1
+echo "kernel check dms-gpu rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
+left=$(( ${DEADLINE:-575} - SECONDS - 40 ))
+timeout $left python3 benchmark.py --random-weights --contexts 8K,32K --methods vanilla,fp8,int4,knorm@0.5+fp8 \
+    --batch 1,8,32 --admission cloned --max-new-tokens 128 --repeats 3 --engine fast --out $OUT/quant.json \
+    > $OUT/quant.log 2>&1
+echo "quant 8K,32K rc=$? $((SECONDS - t0)) s (limit $left s)" >> $OUT/gpu.txt
+timeout 30 python3 benchmark.py check $OUT/quant.json > $OUT/checks.log 2>&1
+cat $OUT/gpu.txt; tail -1 $OUT/kernel-check-gpu.log $OUT/kernel-check-dms-gpu.log | cut -c1-200
+grep "^\[" $OUT/quant.log | cut -c1-170; sed -n "/^3\./,/^5\./p" $OUT/checks.log | cut -c1-170
