@@ -315,6 +315,7 @@ class ResultFile:
         self.path = Path(path)
         self.run = run
         self.results: list[BenchmarkResult] = []
+        self._ids, self._ids_of, self._ids_len = set(), None, -1  # _identities()' set, the list and length it is of
         if self.path.is_dir():
             raise UserError(f"--out {self.path} is a directory; name a JSON file, e.g. {self.path / 'run.json'}")
         check_writable(self.path)
@@ -373,11 +374,25 @@ class ResultFile:
         or (`write` False: the caller saves later; a quality run saves every SAVE_EVERY_S seconds) one line per
         record appended to the journal, so a process killed before the next save loses none of them."""
         new = {r.identity() for r in results}
-        self.results = [r for r in self.results if r.identity() not in new] + list(results)
+        known = self._identities()
+        if new.isdisjoint(known):
+            self.results.extend(results)
+            known |= new
+            self._ids_len = len(self.results)
+        else:  # a retry: its failed attempt goes (the set is rebuilt for the new list when next asked)
+            self.results = [r for r in self.results if r.identity() not in new] + list(results)
         if write:
             self.save()
         else:
             self._append(results)
+
+    def _identities(self) -> set[tuple]:
+        """The identities of self.results, kept across add_all calls: a quality run adds thousands of records in
+        batches of ~20, and scanning every record at each batch cost seconds of a RULER 4K run (quadratic).
+        Rebuilt when self.results is another list or another length than the set was made for."""
+        if self._ids_of is not self.results or self._ids_len != len(self.results):
+            self._ids, self._ids_of, self._ids_len = {r.identity() for r in self.results}, self.results, len(self.results)
+        return self._ids
 
     def _append(self, results: list[BenchmarkResult]) -> None:
         try:

@@ -75,6 +75,31 @@ def test_a_retried_cell_replaces_its_failed_record(tmp_path):
     assert len(f.results) == 1 and f.results[0].error is None
 
 
+def test_batches_replace_failed_attempts_as_one_record_at_a_time_would(tmp_path):
+    """add_all keeps a set of the file's identities between batches (a RULER run adds thousands of records); after
+    retries, single adds and a sort in place, every cell must still hold one record, its last, as a brute-force
+    replay of the same additions gives."""
+    f = ResultFile(tmp_path / "r.json", {})
+
+    def rec(prompt, answer, error=None):
+        return BenchmarkResult(model="m", weights="random", method="knorm@0.5", prompt_id=prompt, answer=answer,
+                               error=error)
+
+    steps = [[rec("p0", "a", "boom"), rec("p1", "b")], [rec("p2", "c")], [rec("p0", "d")], rec("p5", "e"),
+             [rec("p5", "f")], "sort", [rec("p3", "g", "boom")], [rec("p3", "h")], [rec("p4", "i")], rec("p6", "j"),
+             [rec("p1", "k"), rec("p6", "l")]]
+    expected: dict = {}
+    for step in steps:
+        if step == "sort":
+            f.results.sort(key=lambda r: r.prompt_id, reverse=True)  # as runner.py orders the file in place
+            continue
+        f.add(step) if isinstance(step, BenchmarkResult) else f.add_all(step, write=False)
+        for r in [step] if isinstance(step, BenchmarkResult) else step:
+            expected[r.prompt_id] = r.answer
+    assert sorted((r.prompt_id, r.answer) for r in f.results) == sorted(expected.items())
+    assert expected == {"p0": "d", "p1": "k", "p2": "c", "p3": "h", "p4": "i", "p5": "f", "p6": "l"}
+
+
 @pytest.mark.parametrize("content, message", [
     ('{"schema_version": 1, "run": {}, "resu', "not valid JSON"),
     ('{"hello": 1}', "not a kvcompress result file"),
