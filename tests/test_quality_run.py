@@ -24,6 +24,30 @@ def quality(tmp_path_factory):
     return run(tmp_path_factory.mktemp("quality") / "q.json")
 
 
+def test_time_left_comes_from_whole_chunks_after_the_first(monkeypatch):
+    """The first chunk pays the compiles and every method's shared prefill comes at a chunk's start: the time left is
+    not guessed before a chunk ends, then taken from the first chunk, then from the chunks after it (before: the
+    rate since the start, so a 6-minute RULER 4K run said "1h13m left" after its first batch)."""
+    from kvcompress.run import quality as q
+
+    now = [0.0]
+    monkeypatch.setattr(q.time, "monotonic", lambda: now[0])
+    state = q.Progress(0, 100, start=0.0)
+    now[0] = 10.0
+    state.count(10, 10)
+    assert state.line() == "1.0 answers/s, time left after the first chunk"
+    now[0] = 20.0
+    state.count(10, 10)
+    state.chunk_done()  # 20 answers in 20 s, the warm-up included
+    now[0] = 25.0
+    state.count(10, 10)
+    assert state.line().endswith("1m10s left")  # 70 left at the first chunk's 1 answer/s
+    now[0] = 30.0
+    state.count(10, 10)
+    state.chunk_done()  # the second chunk: 20 answers in 10 s
+    assert state.line() == "1.3 answers/s, 0m30s left"  # 60 left at 2 answers/s; the shown rate is the run's
+
+
 def test_quality_records_say_what_they_are(quality):
     data, records = quality
     assert len(records) == 4 * 4 and all(r["error"] is None for r in records.values())

@@ -83,6 +83,7 @@ class Progress:
     run_done: int = 0
     run_answered: int = 0
     earlier: list = field(default_factory=list)  # --resume: the `quality` blocks of the processes before this one
+    laps: list = field(default_factory=list)  # (monotonic time, answered) at the end of each chunk (chunk_done)
 
     def save_due(self) -> bool:
         if time.monotonic() - self.saved < max(SAVE_EVERY_S, SAVE_COST_RATIO * self.save_seconds):
@@ -133,12 +134,28 @@ class Progress:
             self.run_done = self.ranks.add("quality/done", done)
             self.run_answered = self.ranks.add("quality/answered", answered)
 
+    def _counts(self) -> tuple[int, int]:
+        """(done, answered): the run's over every rank under torchrun, else this process's."""
+        if self.ranks is not None and self.ranks.distributed:
+            return self.run_done, self.run_answered
+        return self.done, self.answered
+
+    def chunk_done(self) -> None:
+        self.laps.append((time.monotonic(), self._counts()[1]))
+
     def line(self) -> str:
+        """The rate so far and the time left. The time left comes from whole chunks after the first: a chunk's
+        shared prefill serves every method before its answers, and the first chunk also carries the kernels'
+        compilation and graph captures, so a rate taken mid-chunk or over the first one is far off (a 6-minute
+        RULER 4K run said "1h13m left" after its first batch)."""
         elapsed = time.monotonic() - self.start
-        done, answered = ((self.run_done, self.run_answered) if self.ranks is not None and self.ranks.distributed
-                          else (self.done, self.answered))
+        done, answered = self._counts()
         rate = answered / elapsed if elapsed > 0 else 0.0
-        left = (self.total - done) / rate if rate > 0 else float("nan")
+        if not self.laps:
+            return f"{rate:.1f} answers/s, time left after the first chunk"
+        (t0, a0), (t1, a1) = (self.start, 0) if len(self.laps) == 1 else self.laps[0], self.laps[-1]
+        steady = (a1 - a0) / (t1 - t0) if t1 > t0 else 0.0
+        left = (self.total - done) / steady if steady > 0 else float("nan")
         return f"{rate:.1f} answers/s, {_duration(left)} left"
 
 
@@ -200,6 +217,7 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
             _answer_chunk(cfg, lm, methods, chunk, task, out, annotate, state, decoders)
             if ranks.writer and ranks.distributed:  # the other ranks' answers, written with this rank's
                 out.add_all([BenchmarkResult.from_dict(d) for d in ranks.receive()], write=False)
+            state.chunk_done()
     finally:  # whatever was answered, and where its time went, also when the run stops on an error, ^C or SIGTERM
         out.run["quality"] = state.summary()
         out.save()
