@@ -46,6 +46,9 @@ def test_time_left_comes_from_whole_chunks_after_the_first(monkeypatch):
     state.count(10, 10)
     state.chunk_done()  # the second chunk: 20 answers in 10 s
     assert state.line() == "1.3 answers/s, 0m30s left"  # 60 left at 2 answers/s; the shown rate is the run's
+    finished = q.Progress(0, 10, start=0.0)
+    finished.count(10, 10)  # a run of one chunk, its last line
+    assert finished.line().endswith(" 0m00s left")
 
 
 def test_quality_records_say_what_they_are(quality):

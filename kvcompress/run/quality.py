@@ -151,6 +151,8 @@ class Progress:
         elapsed = time.monotonic() - self.start
         done, answered = self._counts()
         rate = answered / elapsed if elapsed > 0 else 0.0
+        if done >= self.total:
+            return f"{rate:.1f} answers/s, 0m00s left"
         if not self.laps:
             return f"{rate:.1f} answers/s, time left after the first chunk"
         (t0, a0), (t1, a1) = (self.start, 0) if len(self.laps) == 1 else self.laps[0], self.laps[-1]
