@@ -190,6 +190,8 @@ def test_inputs_wrong_in_themselves_answer_without_torch(tmp_path):
         ("test_long_context", ["--match-kv", "dms-8x"], "pass the file holding its records with --match-from"),
         ("test_long_context", ["--samples", "0"], "--samples must be positive"),
         ("test_long_context", ["--batch", "4"], "quality runs stop at end-of-sequence and are batch 1"),
+        ("test_long_context", ["--qa-data", str(tmp_path / "none"), "--tasks", "qa_1"], "none is not a folder"),
+        ("test_long_context", ["--qa-data", str(tmp_path), "--tasks", "ruler"], "--qa-data is read by qa_1 and qa_2"),
         ("test_kvpress_api", ["--ratios", "1.5"], "ratio 1.5 must be in (0, 1)"),
         ("test_kvpress_api", ["--context", "1K,2K"], "--context takes one prompt length"),
     ]

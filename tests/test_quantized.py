@@ -46,7 +46,7 @@ def test_a_format_follows_any_method(text, name, inner, spec):
     ("fp8[scale=token]", "layer or head"), ("int2[window=-1]", ">= 0"), ("knorm@0.5+int4+fp8", "two KV formats"),
     ("decoding+knorm[compression_interval=8,target_size=64]+int4", "decoding-phase press"),
     ("dms-8x-remote+fp8", "native dms-8x"), ("nosuchpress@0.5+fp8", "unknown press"),
-    ("knorm@64MiB+fp8", "token budget"),
+    ("knorm@64MiB+fp8", "token budget"), ("int3", "KV formats .* fp8, int4, int2$"),
 ])
 def test_bad_formats_are_one_line_errors(text, message):
     with pytest.raises(UserError, match=message):

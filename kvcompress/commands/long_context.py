@@ -100,8 +100,14 @@ def _grid(args: argparse.Namespace):
     """(cfg, cells, the grid as the run header records it): every check that needs no model, in the order a user
     meets them; those that need neither torch nor the presets' defaults before cli.resolve imports torch."""
     if args.qa_data is not None:  # through the environment: a child process rebuilding a cell reads it too
+        if not args.qa_data.is_dir():
+            raise UserError(f"--qa-data {args.qa_data} is not a folder (one holding RULER's squad.json and/or "
+                            f"hotpotqa.json)")
         os.environ[families.ruler.qa.ENV] = str(args.qa_data.resolve())
     tasks = families.parse_tasks(args.tasks)
+    if args.qa_data is not None and not set(tasks) & set(families.ruler.QA):  # not read: say so, not ignore it
+        raise UserError(f"--qa-data is read by {' and '.join(families.ruler.QA)} only: add them to --tasks (e.g. "
+                        f"--tasks ruler,{','.join(families.ruler.QA)}) or drop --qa-data")
     depths = niah_grid.parse_depths(args.depths)
     if args.needles < 1:
         raise UserError(f"--needles must be at least 1, got {args.needles}")

@@ -16,6 +16,7 @@ from kvcompress.hub import hub_available
 from kvcompress.methods import presses as registry
 from kvcompress.methods.base import Method
 from kvcompress.methods.grammar import parse_options, parse_ratio
+from kvcompress.methods.quant_spec import FORMATS
 
 _BUDGET = re.compile(r"^(?P<value>\d+(?:\.\d+)?)\s*(?P<unit>tok|KiB|MiB|GiB)$")
 _UNIT_BYTES = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
@@ -170,7 +171,8 @@ def parse(text: str) -> PressChain:
     names = chain_text.split("+")
     unknown = [n for n in names if n not in registry.PRESSES]
     if unknown:
-        raise UserError(f"unknown press {unknown[0]!r}; valid: vanilla, dms-8x, {', '.join(registry.PRESSES)}")
+        raise UserError(f"unknown press {unknown[0]!r}; valid: vanilla, dms-8x, {', '.join(registry.PRESSES)}; KV "
+                        f"formats (alone or last, e.g. knorm@0.5+fp8): {', '.join(FORMATS)}")
     chain = [registry.PRESSES[n] for n in names]
     *wrappers, base = chain
     if base.role in ("wrapper", "decoding"):
