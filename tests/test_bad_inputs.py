@@ -193,6 +193,7 @@ def test_inputs_wrong_in_themselves_answer_without_torch(tmp_path):
         ("test_long_context", ["--qa-data", str(tmp_path / "none"), "--tasks", "qa_1"], "none is not a folder"),
         ("test_long_context", ["--qa-data", str(tmp_path), "--tasks", "ruler"], "--qa-data is read by qa_1 and qa_2"),
         ("test_kvpress_api", ["--ratios", "1.5"], "ratio 1.5 must be in (0, 1)"),
+        ("test_kvpress_api", ["--ratios", "0.5,0.25,.5"], "--ratios names 0.5 twice"),
         ("test_kvpress_api", ["--context", "1K,2K"], "--context takes one prompt length"),
     ]
     code = ("import contextlib, io, json, sys, benchmark, test_long_context, test_kvpress_api\n"

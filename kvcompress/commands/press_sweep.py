@@ -46,6 +46,8 @@ def parse_ratios(text: str) -> list[float]:
             raise UserError(f"ratio {part!r} is not a number") from None
         if not 0.0 < ratio < 1.0:
             raise UserError(f"ratio {part} must be in (0, 1): the fraction of the context's KV entries to evict")
+        if ratio in ratios:  # as --methods and --contexts naming one twice: a typo, not a wish to run it twice
+            raise UserError(f"--ratios names {ratio:g} twice")
         ratios.append(ratio)
     if not ratios:
         raise UserError("--ratios is empty")
