@@ -391,7 +391,8 @@ class ResultFile:
         batches of ~20, and scanning every record at each batch cost seconds of a RULER 4K run (quadratic).
         Rebuilt when self.results is another list or another length than the set was made for."""
         if self._ids_of is not self.results or self._ids_len != len(self.results):
-            self._ids, self._ids_of, self._ids_len = {r.identity() for r in self.results}, self.results, len(self.results)
+            self._ids = {r.identity() for r in self.results}
+            self._ids_of, self._ids_len = self.results, len(self.results)
         return self._ids
 
     def _append(self, results: list[BenchmarkResult]) -> None:

@@ -51,6 +51,31 @@ def test_time_left_comes_from_whole_chunks_after_the_first(monkeypatch):
     assert finished.line().endswith(" 0m00s left")
 
 
+def test_check_holds_each_shared_prefill_against_the_flop_ideal(quality):
+    """Issue 23's 32K target asks for the prefill per sample against the FLOP ideal: the header counts the shared
+    prefills per context length (one per sample whose methods joined one; dms-8x runs its own), and `check` divides
+    them out, summed over the processes of a resumed run."""
+    from kvcompress.commands import checks
+    from kvcompress.results import BenchmarkResult
+
+    data, records = quality
+    run = data["run"]
+    joined = {r["prompt_id"]: r["context_tokens"] for r in records.values() if r["shared_prefill"]}
+    tally = run["quality"]["shared_prefills"]["1024"]
+    assert tally["count"] == len(joined) == 4 and tally["context_tokens"] == sum(joined.values())
+    assert 0 < tally["seconds"] <= run["quality"]["phases_s"]["shared prefill"] + 1e-3
+    earlier = {**run["quality"], "shared_prefills": {"1024": {"count": 2, "context_tokens": 1800, "seconds": 1.0}}}
+    resumed = {**run, "quality": {**run["quality"], "earlier": [earlier]}}
+    results = [BenchmarkResult.from_dict(r) for r in data["results"]]
+    found = [c for c in checks.run_checks(resumed, results, flops=1e12, bandwidth=1e12, hardware=True)
+             if c.name.startswith("4. Shared prefill")]
+    count, tokens, seconds = 4 + 2, tally["context_tokens"] + 1800, tally["seconds"] + 1.0
+    ideal = sum(checks.prefill_flops(run["architecture"], round(tokens / count))) / 1e12
+    assert found and found[0].lines == [
+        f"1024: {count} shared prefills of {tokens / count:,.0f} context tokens on average, {seconds / count:.3f} s "
+        f"each (the presses' scoring included); ideal {ideal:.3f} s = x{seconds / count / ideal:.2f}"]
+
+
 def test_quality_records_say_what_they_are(quality):
     data, records = quality
     assert len(records) == 4 * 4 and all(r["error"] is None for r in records.values())

@@ -73,30 +73,39 @@ def run_checks(run: dict, results: list[BenchmarkResult], bandwidth: float | Non
         return checks + [Check("2-6. Hardware checks", None, [
             f"skipped: this run is on {run.get('device') or 'an unknown device'}, not a GPU; peaks, roofline, "
             "FLOPs, noise and engine comparisons need a GPU run"])] + ranks
-    timed = [r for r in ok if r.run_mode != "quality"]  # quality records (answered once) carry no timings or peaks
-    if not timed:
-        return checks + [Check("2-6. Hardware checks", None, [
-            "skipped: a quality run's records hold no timings or peaks (test_long_context.py --mode measured times)"])] + ranks
-    ok = timed
     gpu = str(run.get("gpu") or "")
     card = next((name for name in MEASURED_LIMITS if name in gpu), None)
     defaulted = bandwidth is None or flops is None
     own = MEASURED_LIMITS.get(card, (HBM_BANDWIDTH, BF16_FLOPS))
     bandwidth, flops = bandwidth or own[0], flops or own[1]  # each given one wins
+    timed = [r for r in ok if r.run_mode != "quality"]  # quality records (answered once) carry no timings or peaks
+    if not timed:
+        compute = _shared_prefill_compute(run, flops, arch)
+        _say_limits([compute], defaulted, card, gpu, own)
+        return checks + [Check("2-3, 5-6. Hardware checks", None, [
+            "skipped: a quality run's records hold no timings or peaks (test_long_context.py --mode measured times)"]),
+            compute] + ranks
+    ok = timed
     roofline, compute = _roofline(ok, bandwidth, arch), _compute(ok, flops, arch)
-    if defaulted and card is None:
-        for check in (roofline, compute):  # the H200's limits against another GPU's run: say so, never silently
-            check.lines.insert(0, f"note: these limits are the H200's (the defaults); this run is on "
-                                  f"{gpu or 'an unnamed GPU'}: pass --bandwidth and --flops (tools/device_limits.py "
-                                  "measures them) for its own")
-    elif defaulted and card != "H200":
-        for check in (roofline, compute):
-            check.lines.insert(0, f"limits: {gpu}'s as measured here by tools/device_limits.py ({own[0] / 1e12:.2f} "
-                                  f"TB/s, {own[1] / 1e12:.0f} TFLOP/s); --bandwidth / --flops override them")
+    _say_limits([roofline, compute], defaulted, card, gpu, own)
     checks += [_memory(ok), roofline, compute, _noise(ok)]
     if references:
         checks.append(_engines(ok, references))
     return checks + ranks
+
+
+def _say_limits(checks: list[Check], defaulted: bool, card: str | None, gpu: str, own: tuple) -> None:
+    """Which GPU's limits the checks used, where the user gave neither: the H200's against another GPU's run is said,
+    never silent."""
+    if defaulted and card is None:
+        for check in checks:
+            check.lines.insert(0, f"note: these limits are the H200's (the defaults); this run is on "
+                                  f"{gpu or 'an unnamed GPU'}: pass --bandwidth and --flops (tools/device_limits.py "
+                                  "measures them) for its own")
+    elif defaulted and card != "H200":
+        for check in checks:
+            check.lines.insert(0, f"limits: {gpu}'s as measured here by tools/device_limits.py ({own[0] / 1e12:.2f} "
+                                  f"TB/s, {own[1] / 1e12:.0f} TFLOP/s); --bandwidth / --flops override them")
 
 
 def gpu_run(run: dict) -> bool:
@@ -381,6 +390,32 @@ def _compute(results, flops, arch) -> Check:
         ideal = (linear + attention) / flops
         check.lines.append(f"{context}: {(linear + attention) / 1e12:.0f} TFLOP -> {ideal:.3f} s ideal; vanilla TTFT "
                            f"{vanilla.ttft_s:.3f} s = x{vanilla.ttft_s / ideal:.2f}")
+    return check
+
+
+def _shared_prefill_compute(run: dict, flops: float, arch) -> Check:
+    """A quality run's shared prefills (run header `quality.shared_prefills`, summed over the processes of a resumed
+    run) against the FLOP ideal of a prefill of their mean context length. Each one also runs every joining press's
+    scoring, so the ratio is the prefill's and the presses' together."""
+    check = Check(f"4. Shared prefill against compute ({flops / 1e12:.0f} TFLOP/s)", None)
+    block = run.get("quality") or {}
+    tallies: dict = {}
+    for process in [*block.get("earlier", []), block]:
+        for context, t in (process.get("shared_prefills") or {}).items():
+            into = tallies.setdefault(int(context), {"count": 0, "context_tokens": 0, "seconds": 0.0})
+            for key in into:
+                into[key] += t[key]
+    if not arch or not tallies:
+        check.lines.append("no architecture in the run header" if not arch else
+                           "no shared prefills recorded (a run before they were, or no method joined one)")
+        return check
+    for context, t in sorted(tallies.items()):
+        tokens = t["context_tokens"] / t["count"]
+        ideal = sum(prefill_flops(arch, round(tokens))) / flops
+        each = t["seconds"] / t["count"]
+        check.lines.append(f"{context}: {t['count']} shared prefills of {tokens:,.0f} context tokens on average, "
+                           f"{each:.3f} s each (the presses' scoring included); ideal {ideal:.3f} s = "
+                           f"x{each / ideal:.2f}")
     return check
 
 

@@ -84,6 +84,7 @@ class Progress:
     run_answered: int = 0
     earlier: list = field(default_factory=list)  # --resume: the `quality` blocks of the processes before this one
     laps: list = field(default_factory=list)  # (monotonic time, answered) at the end of each chunk (chunk_done)
+    prefills: dict = field(default_factory=dict)  # context length -> shared prefills: count, context tokens, seconds
 
     def save_due(self) -> bool:
         if time.monotonic() - self.saved < max(SAVE_EVERY_S, SAVE_COST_RATIO * self.save_seconds):
@@ -103,6 +104,14 @@ class Progress:
             _drain(device)
             self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - start
 
+    def prefilled(self, context: int, tokens: int, seconds: float) -> None:
+        """One shared prefill of `tokens` context tokens (a sample of the `context` cell) took `seconds`: what
+        `benchmark.py check` holds against the FLOP ideal (its time per prefill at each length)."""
+        tally = self.prefills.setdefault(str(context), {"count": 0, "context_tokens": 0, "seconds": 0.0})
+        tally["count"] += 1
+        tally["context_tokens"] += tokens
+        tally["seconds"] = round(tally["seconds"] + seconds, 4)
+
     def answer_clock(self, device) -> _AnswerClock:
         """The clock of the "answers" phase's parts (engine.quality.answer_compressed's `clock`)."""
         return _AnswerClock(self, device)
@@ -114,6 +123,7 @@ class Progress:
                "answers_per_s": round(self.answered / elapsed, 3) if elapsed > 0 else None,
                "answer_batch": {str(k): v for k, v in self.sizes.items()},
                "phases_s": {k: round(v, 3) for k, v in self.phases.items()},
+               "shared_prefills": self.prefills,
                **device_memory(),
                "clock": "host wall clock around the whole quality run (model load excluded); phases: the device "
                         "drained at each end; 'answers: ...' are parts of 'answers', 'answers: decode: ...' of "
@@ -302,8 +312,10 @@ def _answer_chunk(cfg, lm, methods, chunk: list[Sample], task, out, annotate, st
         if not joiners:
             continue
         try:
+            start = time.monotonic()
             with state.phase("shared prefill", lm.device):
                 shared = prefill_shared(lm, joiners, s.prompt.context_ids)
+            state.prefilled(s.cell.target_tokens, s.prompt.context_ids.shape[1], time.monotonic() - start)
             for name, c in shared.items():
                 compressed[i, name] = c
         except Exception as exc:  # noqa: BLE001 - the sample's shared prefill failed: every joiner's record says so
