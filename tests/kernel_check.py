@@ -180,19 +180,23 @@ def int_checks(check, Hq, Hkv, D) -> None:
         # the engine's launch, and the other ways the kernel can walk the cache (blocks within one key group, one
         # scale row a token, a block of whole groups with one scale row a group)
         engine = None
+
+        def walk(launch):  # the launch without its unpacking options: how it walks the cache
+            return replace(launch, codes_by_exponent=False, split_nibbles=False)
+
+        unpacking = [replace(int_kernels.LAUNCH, codes_by_exponent=c, split_nibbles=n)
+                     for c in (False, True) for n in (False, True)]
         for launch in (int_kernels.LAUNCH, int_kernels.AttentionLaunch(block=16, group_keys=False),
                        int_kernels.AttentionLaunch(block=32, group_keys=False),
                        int_kernels.AttentionLaunch(group_keys=False), int_kernels.AttentionLaunch(block=16),
-                       replace(int_kernels.LAUNCH, codes_by_exponent=True),
-                       replace(int_kernels.LAUNCH, split_nibbles=True),
-                       replace(int_kernels.LAUNCH, codes_by_exponent=True, split_nibbles=True)):
+                       *[u for u in unpacking if u != int_kernels.LAUNCH]):
             a = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D), splits,
                                              launch)
             name = f"{tag} decode_attention {launch}"
             check(name, rel_err(a, b))
             check(name + " finite", float(a.isnan().sum()))
             engine = a if engine is None else engine
-            if launch.codes_by_exponent or launch.split_nibbles:  # the same codes, the same float32: the same bits
+            if walk(launch) == walk(int_kernels.LAUNCH):  # the same codes, the same float32: the same bits
                 check(name + " vs the engine's launch, bit for bit", float(not torch.equal(a, engine)))
         kernels.FORCE_TRITON = False
     # a prefill's layer quantized in one launch, from a slice of a longer (non-contiguous) tensor: bit for bit
