@@ -15,5 +15,5 @@ timeout $left python3 benchmark.py --random-weights --contexts 8K,32K --methods 
     > $OUT/quant.log 2>&1
 echo "quant 8K,32K rc=$? $((SECONDS - t0)) s (limit $left s)" >> $OUT/gpu.txt
 timeout 30 python3 benchmark.py check $OUT/quant.json > $OUT/checks.log 2>&1
-cat $OUT/gpu.txt; tail -1 $OUT/kernel-check-gpu.log $OUT/kernel-check-dms-gpu.log | cut -c1-200
+cat $OUT/gpu.txt; tail -n 1 $OUT/kernel-check-gpu.log $OUT/kernel-check-dms-gpu.log | cut -c1-200
 grep "^\[" $OUT/quant.log | cut -c1-170; sed -n "/^3\./,/^5\./p" $OUT/checks.log | cut -c1-170

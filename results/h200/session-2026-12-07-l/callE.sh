@@ -12,4 +12,4 @@ timeout 90 python3 tests/kernel_check.py dms-gpu > $OUT/kernel-check-dms-gpu.log
 echo "kernel check dms-gpu rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
 timeout 240 python3 tools/attention_sweep.py --int --shapes 8x8192,32x8192,8x32768 > $OUT/int-sweep.log 2>&1
 echo "int sweep rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt
-cat $OUT/gpu.txt; tail -1 $OUT/kernel-check-gpu.log $OUT/kernel-check-dms-gpu.log | cut -c1-200; cut -c1-170 $OUT/int-sweep.log
+cat $OUT/gpu.txt; tail -n 1 $OUT/kernel-check-gpu.log $OUT/kernel-check-dms-gpu.log | cut -c1-200; cut -c1-170 $OUT/int-sweep.log
