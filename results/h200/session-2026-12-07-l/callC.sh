@@ -4,11 +4,7 @@
 # `COMMIT=<sha> bash results/h200/session-2026-12-07-l/callC.sh`, carry [".whl", ".carry"].
 source tools/device_setup.sh
 export PYTHONUNBUFFERED=1
-t0=$SECONDS
-KVCOMPRESS_CHECK_DEVICE=cuda timeout 90 python3 tests/kernel_check.py gpu > $OUT/kernel-check-gpu.log 2>&1
-echo "kernel check gpu rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
-timeout 90 python3 tests/kernel_check.py dms-gpu > $OUT/kernel-check-dms-gpu.log 2>&1
-echo "kernel check dms-gpu rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
+source tools/device_checks.sh  # sets t0 to its end
 left=$(( ${DEADLINE:-575} - SECONDS - 40 ))
 timeout $left python3 benchmark.py --random-weights --contexts 8K,32K --methods vanilla,fp8,int4,knorm@0.5+fp8 \
     --batch 1,8,32 --admission cloned --max-new-tokens 128 --repeats 3 --engine fast --out $OUT/quant.json \

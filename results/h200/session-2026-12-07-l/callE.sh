@@ -5,11 +5,7 @@
 # `COMMIT=<sha> bash results/h200/session-2026-12-07-l/callE.sh`, carry [".whl", ".carry"].
 source tools/device_setup.sh
 export PYTHONUNBUFFERED=1
-t0=$SECONDS
-KVCOMPRESS_CHECK_DEVICE=cuda timeout 90 python3 tests/kernel_check.py gpu > $OUT/kernel-check-gpu.log 2>&1
-echo "kernel check gpu rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
-timeout 90 python3 tests/kernel_check.py dms-gpu > $OUT/kernel-check-dms-gpu.log 2>&1
-echo "kernel check dms-gpu rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
+source tools/device_checks.sh  # sets t0 to its end
 timeout 240 python3 tools/attention_sweep.py --int --shapes 8x8192,32x8192,8x32768 > $OUT/int-sweep.log 2>&1
 echo "int sweep rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt
 cat $OUT/gpu.txt; tail -n 1 $OUT/kernel-check-gpu.log $OUT/kernel-check-dms-gpu.log | cut -c1-200; cut -c1-170 $OUT/int-sweep.log
