@@ -1,6 +1,6 @@
 #!/bin/bash
-# Session l, third H200 call (~580 s), on main: the GPU kernel checks on the current int/attention kernels (first
-# since 2fdf5ea), then issue 24's decode table at 8K and 32K (session j's nextB.sh, its limit the time left).
+# Session l, an H200 call (~580 s), on main: the GPU kernel checks (last passed on an H100 at 332fc89, before the
+# launch split nibbles), then issue 24's decode table at 8K and 32K (session j's nextB.sh, its limit the time left).
 # `COMMIT=<sha> bash results/h200/session-2026-12-07-l/callC.sh`, carry [".whl", ".carry"].
 source tools/device_setup.sh
 export PYTHONUNBUFFERED=1
