@@ -182,10 +182,9 @@ def int_checks(check, Hq, Hkv, D) -> None:
         engine = None
 
         def walk(launch):  # the launch without its unpacking options: how it walks the cache
-            return replace(launch, codes_by_exponent=False, split_nibbles=False)
+            return replace(launch, split_nibbles=False)
 
-        unpacking = [replace(int_kernels.LAUNCH, codes_by_exponent=c, split_nibbles=n)
-                     for c in (False, True) for n in (False, True)]
+        unpacking = [replace(int_kernels.LAUNCH, split_nibbles=n) for n in (False, True)]
         for launch in (int_kernels.LAUNCH, int_kernels.AttentionLaunch(block=16, group_keys=False),
                        int_kernels.AttentionLaunch(block=32, group_keys=False),
                        int_kernels.AttentionLaunch(group_keys=False), int_kernels.AttentionLaunch(block=16),

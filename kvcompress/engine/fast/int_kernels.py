@@ -164,20 +164,17 @@ class AttentionLaunch:
     channel's byte read by its own load) ran 9x slower than bytes loaded once and unpacked; block 64 beat 32 (batch 8
     189 -> 141 us); the key scale folded into the query ((q s) . c + q . z) ran slower at every shape
     (results/h100/session-2026-12-06-f/call1/int-sweep.log).
-    `codes_by_exponent`: a code becomes float32 as the bits of 2**23 + code (an OR into the mantissa) minus 2**23,
-    exact, instead of an int-to-float conversion, which Hopper issues at 16 a clock per SM against 64 integer logic
-    ops and 128 float adds; block 64 unpacks 16,384 codes a step. `split_nibbles` (int4 only): a byte's two codes
-    as byte & 15 and byte >> 4, joined, instead of a shift and a mask each. Both give the same outputs bit for bit
-    (tests/kernel_check.py; on an H100 the sweep's max diff against the old launch was 0 at its split counts).
-    Timed on an H100 (results/h100/session-2026-12-07-l/int-sweep.log, one layer, the engine's splits): int4
-    split_nibbles 8K x 8 133.3 -> 131.4 us, 8K x 32 399.7 -> 344.9 us, 32K x 8 472.6 -> 457.2 us (int2 unchanged:
-    it has no nibbles); codes_by_exponent lost everywhere (alone 138.8 / 413.5 / 494.6 us; with split_nibbles
-    134.9 / 358.1 / 469.7 us). The engine's launch splits nibbles."""
+    `split_nibbles` (int4 only): a byte's two codes as byte & 15 and byte >> 4, joined, instead of a shift and a mask
+    each; the same outputs bit for bit (tests/kernel_check.py; on an H100 the sweep's max diff against the old launch
+    was 0 at its split counts). Timed on an H100 (results/h100/session-2026-12-07-l/int-sweep.log, one layer, the
+    engine's splits): int4 8K x 8 133.3 -> 131.4 us, 8K x 32 399.7 -> 344.9 us, 32K x 8 472.6 -> 457.2 us (int2 has
+    no nibbles); the engine's launch splits them. A code made float32 through the exponent's bits (2**23 + code,
+    minus 2**23) instead of an int-to-float conversion lost at every shape (alone 138.8 / 413.5 / 494.6 us) and was
+    removed (1f8cec7 has it)."""
 
     block: int = 64
     warps: int = 4
     group_keys: bool = True
-    codes_by_exponent: bool = False
     split_nibbles: bool = False
 
 
@@ -210,7 +207,7 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
             BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block), G=spec.group,
             BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
             GROUP_KEYS=launch.group_keys and block % spec.group == 0 and block > spec.group,
-            EXPONENT_CODES=launch.codes_by_exponent, SPLIT_NIBBLES=launch.split_nibbles and spec.bits == 4,
+            SPLIT_NIBBLES=launch.split_nibbles and spec.bits == 4,
             num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
         kernels._attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
@@ -246,9 +243,8 @@ if triton is not None:
 
     @triton.jit
     def _unpack(packed, ROWS: tl.constexpr, D: tl.constexpr, PER: tl.constexpr, BITS: tl.constexpr,
-                QMAX: tl.constexpr, EXPONENT_CODES: tl.constexpr, SPLIT_NIBBLES: tl.constexpr):
+                QMAX: tl.constexpr, SPLIT_NIBBLES: tl.constexpr):
         """(ROWS, D / PER) bytes -> (ROWS, D) float32 codes (quant.unpack: the first code in the low bits).
-        EXPONENT_CODES: float32 of 2**23 + code by its bits (the code fills the low mantissa), minus 2**23: exact.
         SPLIT_NIBBLES (PER 2): low and high nibble each by one operation, joined."""
         if SPLIT_NIBBLES:
             byte = packed.to(tl.int32)
@@ -256,8 +252,6 @@ if triton is not None:
         else:
             shifts = tl.arange(0, PER) * BITS
             codes = tl.reshape((packed.to(tl.int32)[:, :, None] >> shifts[None, None, :]) & QMAX, (ROWS, D))
-        if EXPONENT_CODES:
-            return (codes | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
         return codes.to(tl.float32)
 
     @triton.jit
@@ -326,11 +320,11 @@ if triton is not None:
 
     @triton.jit
     def _codes_of(ptr, at, live, ROWS: tl.constexpr, D: tl.constexpr, PER: tl.constexpr, BITS: tl.constexpr,
-                  QMAX: tl.constexpr, EXPONENT_CODES: tl.constexpr, SPLIT_NIBBLES: tl.constexpr):
+                  QMAX: tl.constexpr, SPLIT_NIBBLES: tl.constexpr):
         """(ROWS, D) float32 codes of the packed rows at ptr + at[:, None]."""
         packs = tl.arange(0, D // PER)
         return _unpack(tl.load(ptr + at[:, None] + packs[None, :], mask=live[:, None], other=0), ROWS, D, PER, BITS,
-                       QMAX, EXPONENT_CODES, SPLIT_NIBBLES)
+                       QMAX, SPLIT_NIBBLES)
 
     @triton.jit
     def _int_attention_partial_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, rk_ptr, rv_ptr, len_ptr,
@@ -340,8 +334,7 @@ if triton is not None:
                                       D: tl.constexpr, BLOCK_N: tl.constexpr,
                                       WINDOW: tl.constexpr, R: tl.constexpr, R_BLOCKS: tl.constexpr,
                                       G: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr,
-                                      GROUP_KEYS: tl.constexpr, EXPONENT_CODES: tl.constexpr,
-                                      SPLIT_NIBBLES: tl.constexpr):
+                                      GROUP_KEYS: tl.constexpr, SPLIT_NIBBLES: tl.constexpr):
         bh, split, b, kvh, splits = program_row(HEADS_KV)
         n = tl.load(len_ptr + b)
         quantized = tl.maximum(n - WINDOW, 0) // G * G
@@ -358,7 +351,7 @@ if triton is not None:
             cols = start + offset + tl.arange(0, BLOCK_N)
             live = cols < end
             at = codes + cols * s_cs
-            k = _codes_of(kc_ptr, at, live, BLOCK_N, D, PER, BITS, QMAX, EXPONENT_CODES, SPLIT_NIBBLES)
+            k = _codes_of(kc_ptr, at, live, BLOCK_N, D, PER, BITS, QMAX, SPLIT_NIBBLES)
             if G % BLOCK_N == 0:  # the block lies in one key group: its scale and zero are one vector
                 kat = b * s_kb + kvh * s_kh + ((start + offset) // G) * s_kg + dims
                 any_live = (start + offset) < end
@@ -385,7 +378,7 @@ if triton is not None:
             vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + groups[None, :]
             vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
             vzero = tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
-            v = tl.reshape(_codes_of(vc_ptr, at, live, BLOCK_N, D, PER, BITS, QMAX, EXPONENT_CODES, SPLIT_NIBBLES),
+            v = tl.reshape(_codes_of(vc_ptr, at, live, BLOCK_N, D, PER, BITS, QMAX, SPLIT_NIBBLES),
                            (BLOCK_N, D // G, G))
             v = tl.reshape(v * vscale[:, :, None] + vzero[:, :, None], (BLOCK_N, D)).to(q.dtype)
             acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
