@@ -199,28 +199,20 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
         # vector; otherwise each token reads its group's.
         step = max(block, spec.group) if spec.group % block == 0 else block
         chunk = max(step, math.ceil(math.ceil(capacity / splits) / step) * step)
-        group_keys = launch.group_keys and block % spec.group == 0 and block > spec.group
+        args = (q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
+                layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale, chunk,
+                q.stride(0), q.stride(1), *layer.key_codes.stride()[:3], *layer.key_scale.stride()[:3],
+                *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3])
+        shape = dict(HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
+                     BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block),
+                     G=spec.group, GROUP_KEYS=launch.group_keys and block % spec.group == 0 and block > spec.group,
+                     num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
         if launch.halves and spec.bits == 4 and spec.group >= 2:
-            _int4_halves_partial_kernel[(batch * heads_kv, splits)](
-                q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
-                layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale,
-                chunk, q.stride(0), q.stride(1), *layer.key_codes.stride()[:3], *layer.key_scale.stride()[:3],
-                *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3],
-                HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
-                BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block),
-                G=spec.group, GROUP_KEYS=group_keys, num_stages=attention_stages(batch * heads_kv, q.device),
-                num_warps=launch.warps)
+            _int4_halves_partial_kernel[(batch * heads_kv, splits)](*args, **shape)
         else:
             _int_attention_partial_kernel[(batch * heads_kv, splits)](
-                q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
-                layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale,
-                chunk, q.stride(0), q.stride(1), *layer.key_codes.stride()[:3], *layer.key_scale.stride()[:3],
-                *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3],
-                HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
-                BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block),
-                G=spec.group, BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1, GROUP_KEYS=group_keys,
-                SPLIT_NIBBLES=launch.split_nibbles and spec.bits == 4,
-                num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
+                *args, **shape, BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
+                SPLIT_NIBBLES=launch.split_nibbles and spec.bits == 4)
         kernels._attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
             SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=dim)
