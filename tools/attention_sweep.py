@@ -135,6 +135,9 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
     launches += [int_kernels.AttentionLaunch(64, warps, group_keys=True, split_nibbles=nibbles)
                  for nibbles, warps in itertools.product((False, True), (4, 8))]
     launches += [int_kernels.AttentionLaunch(64, warps, group_keys=True, halves=True) for warps in (4, 8)]
+    # blocks of 128 tokens (4 key groups) were never timed: half the loop trips, twice the registers a tile
+    launches += [int_kernels.AttentionLaunch(128, 8, group_keys=True, split_nibbles=True),
+                 int_kernels.AttentionLaunch(128, 8, group_keys=True, halves=True)]
     choices = [(launch, per_sm) for launch, per_sm in itertools.product(launches, (kernels.PER_SM, 8))
                if not smoke_run or per_sm == kernels.PER_SM]  # a CPU splits the same way whatever per_sm says
     if smoke_run:  # the interpreter ignores num_warps: launches that differ only in warps run the same program

@@ -7,7 +7,7 @@
 source tools/device_setup.sh
 export PYTHONUNBUFFERED=1
 source tools/device_checks.sh  # sets t0 to its end
-timeout 100 python3 tools/attention_sweep.py --int --shapes 8x8192,32x8192,8x32768 > $OUT/int-sweep.log 2>&1
+timeout 120 python3 tools/attention_sweep.py --int --shapes 8x8192,32x8192,8x32768 > $OUT/int-sweep.log 2>&1
 echo "int sweep rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
 left=$(( ${DEADLINE:-400} - SECONDS - 25 ))
 timeout $left python3 benchmark.py --random-weights --contexts 8K --methods vanilla,fp8,int4,knorm@0.5+fp8 \
