@@ -188,10 +188,7 @@ def int_checks(check, Hq, Hkv, D) -> None:
         for launch in (int_kernels.LAUNCH, int_kernels.AttentionLaunch(block=16, group_keys=False),
                        int_kernels.AttentionLaunch(block=32, group_keys=False),
                        int_kernels.AttentionLaunch(group_keys=False), int_kernels.AttentionLaunch(block=16),
-                       *[u for u in unpacking if u != int_kernels.LAUNCH],
-                       # int4's even / odd halves (int2 runs the kernel above), in each way of reading key scales
-                       int_kernels.AttentionLaunch(halves=True), int_kernels.AttentionLaunch(block=16, halves=True),
-                       int_kernels.AttentionLaunch(group_keys=False, halves=True)):
+                       *[u for u in unpacking if u != int_kernels.LAUNCH]):
             a = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D), splits,
                                              launch)
             name = f"{tag} decode_attention {launch}"

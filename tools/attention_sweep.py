@@ -7,7 +7,7 @@ DMS's ragged kernel (compact per-head rows, dms-8x at 8K and 32K x batch 8) at n
 caches hold e4m3 codes with one scale per sequence (fp8, dms-8x+fp8), the bytes counted are the codes'; the plain
 kernel is timed with and without its scales folded out of the loop (FOLD_SCALES).
 `--int`: the int4 / int2 cache's kernel (engine/fast/int_kernels.py, KIVI: group 32, window 128) over its launch
-choices (int_kernels.AttentionLaunch: block, warps, group_keys, split_nibbles, halves) at 4 and 8
+choices (int_kernels.AttentionLaunch: block, warps, group_keys, split_nibbles) at 4 and 8
 programs a SM, in TB/s of what it reads (codes, scales and zero points, the bf16 ring). `--smoke` (CPU,
 TRITON_INTERPRET=1, in the test suite): one small shape through every launch, in float32, checked against the
 engine's torch twins.
@@ -134,10 +134,6 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
                 for block, warps in ((16, 2), (32, 4), (64, 4))]
     launches += [int_kernels.AttentionLaunch(64, warps, group_keys=True, split_nibbles=nibbles)
                  for nibbles, warps in itertools.product((False, True), (4, 8))]
-    launches += [int_kernels.AttentionLaunch(64, warps, group_keys=True, halves=True) for warps in (4, 8)]
-    # blocks of 128 tokens (4 key groups) were never timed: half the loop trips, twice the registers a tile
-    launches += [int_kernels.AttentionLaunch(128, 8, group_keys=True, split_nibbles=True),
-                 int_kernels.AttentionLaunch(128, 8, group_keys=True, halves=True)]
     choices = [(launch, per_sm) for launch, per_sm in itertools.product(launches, (kernels.PER_SM, 8))
                if not smoke_run or per_sm == kernels.PER_SM]  # a CPU splits the same way whatever per_sm says
     if smoke_run:  # the interpreter ignores num_warps: launches that differ only in warps run the same program

@@ -176,7 +176,6 @@ class AttentionLaunch:
     warps: int = 4
     group_keys: bool = True
     split_nibbles: bool = False
-    halves: bool = False  # int4, group >= 2: _int4_halves_partial_kernel (a sweep candidate, not yet timed)
 
 
 LAUNCH = AttentionLaunch(split_nibbles=True)  # block 64 of whole key groups, nibbles split: the H100's best (session l)
@@ -199,20 +198,17 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
         # vector; otherwise each token reads its group's.
         step = max(block, spec.group) if spec.group % block == 0 else block
         chunk = max(step, math.ceil(math.ceil(capacity / splits) / step) * step)
-        args = (q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
-                layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale, chunk,
-                q.stride(0), q.stride(1), *layer.key_codes.stride()[:3], *layer.key_scale.stride()[:3],
-                *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3])
-        shape = dict(HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
-                     BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block),
-                     G=spec.group, GROUP_KEYS=launch.group_keys and block % spec.group == 0 and block > spec.group,
-                     num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
-        if launch.halves and spec.bits == 4 and spec.group >= 2:
-            _int4_halves_partial_kernel[(batch * heads_kv, splits)](*args, **shape)
-        else:
-            _int_attention_partial_kernel[(batch * heads_kv, splits)](
-                *args, **shape, BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
-                SPLIT_NIBBLES=launch.split_nibbles and spec.bits == 4)
+        _int_attention_partial_kernel[(batch * heads_kv, splits)](
+            q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
+            layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale, chunk,
+            q.stride(0), q.stride(1), *layer.key_codes.stride()[:3], *layer.key_scale.stride()[:3],
+            *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3],
+            HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
+            BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block), G=spec.group,
+            BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
+            GROUP_KEYS=launch.group_keys and block % spec.group == 0 and block > spec.group,
+            SPLIT_NIBBLES=launch.split_nibbles and spec.bits == 4,
+            num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
         kernels._attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
             SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=dim)
@@ -397,101 +393,3 @@ if triton is not None:
             v = tl.load(rv_ptr + ring + slots[:, None] * s_rs + dims[None, :], mask=live[:, None], other=0.0)
             acc, l, m = accumulate(acc, l, m_new, p, alpha, v.to(q.dtype))  # noqa: E741
         store_split(po_ptr, plse_ptr, bh, split, splits, rows, row_ok, dims, acc, m, l, GROUP, D)
-
-    @triton.jit
-    def _int4_halves_partial_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, rk_ptr, rv_ptr, len_ptr,
-                                    po_ptr, plse_ptr, scale, chunk, s_qb, s_qh, s_cb, s_ch, s_cs, s_kb, s_kh,
-                                    s_kg, s_vb, s_vh, s_vs, s_rb, s_rh, s_rs,
-                                    HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-                                    D: tl.constexpr, BLOCK_N: tl.constexpr, WINDOW: tl.constexpr, R: tl.constexpr,
-                                    R_BLOCKS: tl.constexpr, G: tl.constexpr, GROUP_KEYS: tl.constexpr):
-        """_int_attention_partial_kernel for int4 (AttentionLaunch.halves) without joining a byte's two codes: the
-        low nibbles are the even channels and the high ones the odd, so each half is dequantized where it was
-        loaded (no join, no reshape of the codes) and the query and the output are split the same way: a score is
-        the even half's dot plus the odd half's, and the even and odd output channels accumulate apart. The same
-        dequantized values as the engine's kernel; only the order of a score's float32 sum differs."""
-        bh, split, b, kvh, splits = program_row(HEADS_KV)
-        n = tl.load(len_ptr + b)
-        quantized = tl.maximum(n - WINDOW, 0) // G * G
-        in_ring = n - quantized
-        rows = tl.arange(0, GROUP_PAD)
-        row_ok = rows < GROUP
-        half = tl.arange(0, D // 2)
-        even, odd = 2 * half, 2 * half + 1
-        q_even = group_query(q_ptr, b, kvh, s_qb, s_qh, rows, row_ok, even, GROUP)
-        q_odd = group_query(q_ptr, b, kvh, s_qb, s_qh, rows, row_ok, odd, GROUP)
-        m, l, acc_even = softmax_start(GROUP_PAD, D // 2)  # noqa: E741
-        acc_odd = tl.zeros([GROUP_PAD, D // 2], tl.float32)
-        start = split * chunk
-        end = tl.minimum(start + chunk, quantized)
-        codes = b * s_cb + kvh * s_ch
-        keys = b * s_kb + kvh * s_kh
-        for offset in range(0, chunk, BLOCK_N):  # the quantized tokens of this split's chunk
-            cols = start + offset + tl.arange(0, BLOCK_N)
-            live = cols < end
-            at = codes + cols * s_cs
-            byte = tl.load(kc_ptr + at[:, None] + half[None, :], mask=live[:, None], other=0).to(tl.int32)
-            k_even = _halves_keys(byte & 15, ks_ptr, kz_ptr, keys, even, start + offset, end, cols, live, s_kg,
-                                  BLOCK_N, D, G, GROUP_KEYS)
-            k_odd = _halves_keys(byte >> 4, ks_ptr, kz_ptr, keys, odd, start + offset, end, cols, live, s_kg,
-                                 BLOCK_N, D, G, GROUP_KEYS)
-            s = tl.dot(q_even, tl.trans(k_even.to(q_even.dtype))) + tl.dot(q_odd, tl.trans(k_odd.to(q_odd.dtype)))
-            s = tl.where(live[None, :], s * scale, float("-inf"))
-            m_new, p, alpha = softmax_step(m, s)
-            groups = tl.arange(0, D // G)  # values: one scale and zero per token and group of G channels
-            vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + groups[None, :]
-            vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)[:, :, None]
-            vzero = tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)[:, :, None]
-            byte = tl.load(vc_ptr + at[:, None] + half[None, :], mask=live[:, None], other=0).to(tl.int32)
-            # channel 2j or 2j + 1 lies in value group j // (G / 2)
-            v_even = tl.reshape(tl.reshape((byte & 15).to(tl.float32), (BLOCK_N, D // G, G // 2)) * vscale + vzero,
-                                (BLOCK_N, D // 2)).to(q_even.dtype)
-            v_odd = tl.reshape(tl.reshape((byte >> 4).to(tl.float32), (BLOCK_N, D // G, G // 2)) * vscale + vzero,
-                               (BLOCK_N, D // 2)).to(q_even.dtype)
-            weights = p.to(q_even.dtype)
-            acc_even = acc_even * alpha[:, None] + tl.dot(weights, v_even)
-            acc_odd = acc_odd * alpha[:, None] + tl.dot(weights, v_odd)
-            l, m = l * alpha + tl.sum(p, axis=1), m_new  # noqa: E741
-        ring = b * s_rb + kvh * s_rh
-        first = quantized % R  # the ring's oldest token's slot
-        for offset in range(0, R_BLOCKS * BLOCK_N, BLOCK_N):  # the bf16 ring, in the first split only
-            slots = offset + tl.arange(0, BLOCK_N)
-            live = (split == 0) & (slots < R) & ((slots - first + R) % R < in_ring)
-            at = rk_ptr + ring + slots[:, None] * s_rs
-            k_even = tl.load(at + even[None, :], mask=live[:, None], other=0.0).to(q_even.dtype)
-            k_odd = tl.load(at + odd[None, :], mask=live[:, None], other=0.0).to(q_even.dtype)
-            s = tl.dot(q_even, tl.trans(k_even)) + tl.dot(q_odd, tl.trans(k_odd))
-            s = tl.where(live[None, :], s * scale, float("-inf"))
-            m_new, p, alpha = softmax_step(m, s)
-            at = rv_ptr + ring + slots[:, None] * s_rs
-            weights = p.to(q_even.dtype)
-            acc_even = acc_even * alpha[:, None] + tl.dot(
-                weights, tl.load(at + even[None, :], mask=live[:, None], other=0.0).to(q_even.dtype))
-            acc_odd = acc_odd * alpha[:, None] + tl.dot(
-                weights, tl.load(at + odd[None, :], mask=live[:, None], other=0.0).to(q_even.dtype))
-            l, m = l * alpha + tl.sum(p, axis=1), m_new  # noqa: E741
-        store_split(po_ptr, plse_ptr, bh, split, splits, rows, row_ok, even, acc_even, m, l, GROUP, D)
-        store_split(po_ptr, plse_ptr, bh, split, splits, rows, row_ok, odd, acc_odd, m, l, GROUP, D)
-
-    @triton.jit
-    def _halves_keys(codes, ks_ptr, kz_ptr, keys, dims, block_start, end, cols, live, s_kg, BLOCK_N: tl.constexpr,
-                     D: tl.constexpr, G: tl.constexpr, GROUP_KEYS: tl.constexpr):
-        """(BLOCK_N, D / 2) key codes of the channels `dims` dequantized in float32 (code x scale + zero), each
-        token with its group's scale and zero row, read as _int_attention_partial_kernel reads them."""
-        codes = codes.to(tl.float32)
-        if G % BLOCK_N == 0:  # the block lies in one key group
-            at = keys + (block_start // G) * s_kg + dims
-            ok = (block_start < end) & (dims < D)
-            return (codes * tl.load(ks_ptr + at, mask=ok, other=0.0).to(tl.float32)[None, :]
-                    + tl.load(kz_ptr + at, mask=ok, other=0.0).to(tl.float32)[None, :])
-        elif GROUP_KEYS:  # whole groups: one scale and zero row a group
-            group = block_start // G + tl.arange(0, BLOCK_N // G)
-            at = keys + group[:, None] * s_kg + dims[None, :]
-            ok = (group * G < end)[:, None]
-            scale = tl.load(ks_ptr + at, mask=ok, other=0.0).to(tl.float32)[:, None, :]
-            zero = tl.load(kz_ptr + at, mask=ok, other=0.0).to(tl.float32)[:, None, :]
-            return tl.reshape(tl.reshape(codes, (BLOCK_N // G, G, D // 2)) * scale + zero, (BLOCK_N, D // 2))
-        else:
-            at = keys + (cols // G)[:, None] * s_kg + dims[None, :]
-            return (codes * tl.load(ks_ptr + at, mask=live[:, None], other=0.0).to(tl.float32)
-                    + tl.load(kz_ptr + at, mask=live[:, None], other=0.0).to(tl.float32))
