@@ -86,16 +86,18 @@ class Loop:
     instructions: int
     ops: Counter  # opcode without its modifiers -> count
 
-    def per(self, elements: int) -> float:
-        return self.instructions / elements
 
-
-def sass(kernel) -> str:
+def cuobjdump(kernel, option: str) -> str:
+    """cuobjdump's answer on the kernel's cubin: `-sass` its code, `-res-usage` its registers and memory."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(kernel.asm["cubin"])
         f.flush()
-        return subprocess.run([str(TOOLS / "cuobjdump"), "-sass", f.name], capture_output=True, text=True,
+        return subprocess.run([str(TOOLS / "cuobjdump"), option, f.name], capture_output=True, text=True,
                               check=True).stdout
+
+
+def sass(kernel) -> str:
+    return cuobjdump(kernel, "-sass")
 
 
 def loops(text: str) -> list[Loop]:
@@ -114,12 +116,7 @@ def loops(text: str) -> list[Loop]:
 
 
 def registers(kernel) -> int:
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(kernel.asm["cubin"])
-        f.flush()
-        usage = subprocess.run([str(TOOLS / "cuobjdump"), "-res-usage", f.name], capture_output=True, text=True,
-                               check=True).stdout
-    return int(re.search(r"REG:(\d+)", usage).group(1))
+    return int(re.search(r"REG:(\d+)", cuobjdump(kernel, "-res-usage")).group(1))
 
 
 @dataclasses.dataclass
@@ -132,7 +129,7 @@ class Count:
 
     def line(self) -> str:
         top = ", ".join(f"{op} {n}" for op, n in self.loop.ops.most_common(8))
-        return (f"{self.name}: {self.loop.instructions} instructions a trip, {self.loop.per(self.elements):.2f} an "
+        return (f"{self.name}: {self.loop.instructions} instructions a trip, {self.loop.instructions / self.elements:.2f} an "
                 f"element ({self.elements} a thread), {self.registers} registers, {self.shared / 1024:.0f} KiB shared"
                 f"\n    {top}")
 
