@@ -16,12 +16,19 @@ import traceback
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kvcompress.errors import UserError
 from kvcompress.hub import go_offline, hub_available, offline_by_choice
 from kvcompress.methods import Method, as_remote_dms, parse_methods
 from kvcompress.ranks import OtherRankDone, RunStopped, local_device
 from kvcompress.tasks.haystack import SOURCES
+
+if TYPE_CHECKING:  # annotations only: --help must not wait for torch
+    import torch
+
+    from kvcompress import models
+    from kvcompress.engine.generate import GenerationSettings
 
 # torch, transformers and kvpress are imported only once the arguments are parsed (resolve): --help and a bad
 # option answer at once. The registered model names are written out here for the same reason (a test keeps them
