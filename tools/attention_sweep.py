@@ -8,11 +8,12 @@ caches hold e4m3 codes with one scale per sequence (fp8, dms-8x+fp8), the bytes 
 kernel is timed with and without its scales folded out of the loop (FOLD_SCALES).
 `--int`: the int4 / int2 cache's kernel (engine/fast/int_kernels.py, KIVI: group 32, window 128) over its launch
 choices (int_kernels.AttentionLaunch: block, warps, group_keys, split_nibbles) at 4 and 8
-programs a SM, in TB/s of what it reads (codes, scales and zero points, the bf16 ring). `--smoke` (CPU,
+programs a SM, in TB/s of what it reads (codes, scales and zero points, the bf16 ring). `--int-splits`: int4's
+engine launch at every split count (1..24, then every 8th; up to 8 waves of ~3 programs an SM), in us. `--smoke` (CPU,
 TRITON_INTERPRET=1, in the test suite): one small shape through every launch, in float32, checked against the
 engine's torch twins.
 
-    python tools/attention_sweep.py [--ragged-only] [--fp8] [--int] [--shapes 8x8192,32x8192]
+    python tools/attention_sweep.py [--ragged-only] [--fp8] [--int | --int-splits] [--shapes 8x8192,32x8192]
 """
 
 import argparse
@@ -188,6 +189,46 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
     return worst
 
 
+def split_counts(batch_heads: int, blocks: int, slots: int) -> list[int]:
+    """The split counts --int-splits times at one shape: every count up to 24, then every 8th, none with an empty
+    share of the cache (`blocks` blocks of 64 tokens) nor more than 8 waves of `slots` programs."""
+    top = min(blocks, max(1, 8 * slots // batch_heads))
+    return [s for s in range(1, top + 1) if s <= 24 or s % 8 == 0]
+
+
+def int_split_sweep(shapes, device, smoke_run: bool = False) -> float:
+    """int4, the engine's launch, at every split count of split_counts: how the time follows the number of waves
+    of programs the GPU runs (a split count's programs = batch x KV heads x splits). Returns the largest difference
+    from the engine's split count."""
+    from kvcompress.engine.fast import int_kernels
+    from kvcompress.methods.quant_spec import spec_from_label
+    spec = spec_from_label("int4")
+    sms = 1 if smoke_run else torch.cuda.get_device_properties(device).multi_processor_count
+    worst = 0.0
+    for batch, tokens in shapes:
+        layer = int_cache(spec, batch, tokens, device)
+        q = torch.randn(batch, HQ, D, device=device, dtype=DTYPE)
+        out = torch.empty_like(q)
+        lengths = torch.full((batch,), tokens, device=device, dtype=torch.long)
+        quantized = max(1, spec.quantized_tokens(tokens))
+        engine = kernels.attention_splits(batch * HKV, quantized, device)
+        counts = [1, 2, 3] if smoke_run else split_counts(batch * HKV, math.ceil(quantized / 64), 3 * sms)
+        int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, out, engine)
+        reference = out.clone()
+        times = {}
+        for splits in counts:
+            call = lambda: int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, out, splits)  # noqa
+            call()
+            worst = max(worst, float((out.float() - reference.float()).abs().max()))
+            times[splits] = 1.0 if smoke_run else 1e3 * replayed_seconds(call)
+        best = min(times, key=times.get)
+        print(f"int4 batch {batch} x {tokens} tokens, {batch * HKV} (row, head) pairs on {sms} SMs: engine splits "
+              f"{engine} {times.get(engine, float('nan')) * 1e3:.1f} us, best splits {best} "
+              f"{times[best] * 1e3:.1f} us", flush=True)
+        print("  " + " ".join(f"{s}:{t * 1e3:.1f}" for s, t in times.items()), flush=True)
+    return worst
+
+
 def smoke() -> int:
     """CPU, under TRITON_INTERPRET=1: each launch this tool times, on one small shape, against the engine's torch twin
     (so the tool follows the kernels' signatures); exits 1 on a difference."""
@@ -211,7 +252,7 @@ def smoke() -> int:
             launch(q, keys, values, length, out, 1, 32, 4, 1, scales, fold=True)
         worst = max(worst, float((out.float() - reference.float()).abs().max()),
                     ragged(1, 20, device, fp8, (1,), reserve=4))
-    worst = max(worst, int_sweep([(1, 200)], device, smoke_run=True))
+    worst = max(worst, int_sweep([(1, 200)], device, smoke_run=True), int_split_sweep([(1, 200)], device, True))
     print(f"smoke: largest difference from the torch twin {worst:.1e}")
     return 0 if worst < 1e-2 else 1
 
@@ -222,6 +263,8 @@ def main() -> int:
     parser.add_argument("--shapes", help="batch x entries per row, e.g. 32x8320,8x32896 (default: the built-in set)")
     parser.add_argument("--fp8", action="store_true", help="e4m3 caches with per-sequence scales (fp8, dms-8x+fp8)")
     parser.add_argument("--int", action="store_true", help="the int4 / int2 cache's kernel over its launch choices")
+    parser.add_argument("--int-splits", action="store_true",
+                        help="int4, the engine's launch, timed at every split count (how time follows waves)")
     parser.add_argument("--smoke", action="store_true", help="CPU (TRITON_INTERPRET=1): check each launch once")
     args = parser.parse_args()
     if args.smoke:
@@ -230,8 +273,8 @@ def main() -> int:
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     torch.manual_seed(0)
     shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",")] if args.shapes else SHAPES
-    if args.int:
-        int_sweep(shapes, device)
+    if args.int or args.int_splits:
+        (int_split_sweep if args.int_splits else int_sweep)(shapes, device)
         return 0
     for batch, capacity in [] if args.ragged_only else shapes:
         keys, values, scales = cache((batch, HKV, capacity, D), device, args.fp8)
