@@ -5,7 +5,8 @@ For each shape: the engine's current choice, then every (programs per SM, BLOCK_
 the median of 5 x 50 CUDA-graph replays of one layer's partial + combine kernels, in TB/s of KV read. Then native
 DMS's ragged kernel (compact per-head rows, dms-8x at 8K and 32K x batch 8) at num_stages 1, 2 and 3. `--fp8`: the
 caches hold e4m3 codes with one scale per sequence (fp8, dms-8x+fp8), the bytes counted are the codes'; the plain
-kernel is timed with and without its scales folded out of the loop (FOLD_SCALES).
+kernel is timed with and without its scales folded out of the loop (FOLD_SCALES), and folded with its dots in float16
+(F16_DOTS).
 `--int`: the int4 / int2 cache's kernel (engine/fast/int_kernels.py, KIVI: group 32, window 128) over its launch
 choices (int_kernels.AttentionLaunch: block, warps, group_keys, split_nibbles) at 4 and 8
 programs a SM, in TB/s of what it reads (codes, scales and zero points, the bf16 ring). `--int-splits`: int4's
@@ -35,6 +36,7 @@ HQ, HKV, D = 32, 8, 128
 # --smoke computes in float32: Triton's interpreter gets bfloat16 tiles wrong in these kernels (outputs of ~1e8
 # where the twin gives ~1); the GPU runs bfloat16 (tests/kernel_check.py gpu)
 DTYPE = torch.bfloat16
+FOLDS = {False: "", True: " fold scales", "f16": " fold scales, float16 dots"}  # fp8 candidates, as printed
 SHAPES = [(1, 8192), (8, 1152), (32, 1152), (8, 4224)]  # (batch, cache entries per row)
 
 
@@ -58,7 +60,8 @@ def launch(q, keys, values, length, out, splits, block_n, warps, stages, scales=
         q, keys, values, length, length, partial_out, partial_lse, D ** -0.5, chunk, k_scale, v_scale,
         q.stride(0), q.stride(1), keys.stride(0), keys.stride(1), keys.stride(2), 0, 0,
         *kernels._scale_strides(scales), HEADS_KV=HKV, GROUP=HQ // HKV, GROUP_PAD=16, D=D,
-        BLOCK_N=block_n, HAS_VALID=False, FP8=scales is not None, FOLD_SCALES=fold, num_warps=warps,
+        BLOCK_N=block_n, HAS_VALID=False, FP8=scales is not None, FOLD_SCALES=bool(fold), F16_DOTS=fold == "f16",
+        num_warps=warps,
         num_stages=stages)
     kernels._attention_combine_kernel[(batch * HQ,)](
         partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=HQ, GROUP=HQ // HKV,
@@ -248,9 +251,10 @@ def smoke() -> int:
         out = torch.empty_like(q)
         launch(q, keys, values, length, out, 1, 32, 4, 1, scales)
         worst = max(worst, float((out.float() - reference.float()).abs().max()))
-        if fp8:
-            launch(q, keys, values, length, out, 1, 32, 4, 1, scales, fold=True)
-        worst = max(worst, float((out.float() - reference.float()).abs().max()),
+        for fold in (True, "f16") if fp8 else ():
+            launch(q, keys, values, length, out, 1, 32, 4, 1, scales, fold=fold)
+            worst = max(worst, float((out.float() - reference.float()).abs().max()))
+        worst = max(worst,
                     ragged(1, 20, device, fp8, (1,), reserve=4))
     worst = max(worst, int_sweep([(1, 200)], device, smoke_run=True), int_split_sweep([(1, 200)], device, True))
     print(f"smoke: largest difference from the torch twin {worst:.1e}")
@@ -289,7 +293,7 @@ def main() -> int:
         print(f"batch {batch} x {capacity} entries ({nbytes / 1e6:.1f} MB): engine {base * 1e3:.1f} us = "
               f"{nbytes / base / 1e9:.2f} TB/s (splits {current})", flush=True)
         rows = []
-        folds = (False, True) if scales is not None else (False,)
+        folds = (False, True, "f16") if scales is not None else (False,)
         for per_sm, block_n, warps, stages, fold in itertools.product((4, 8), (64, 128), (4, 8), (1, 2, 3), folds):
             splits = max(1, min(math.ceil(per_sm * sms / (batch * HKV)), math.ceil(capacity / block_n)))
             try:
@@ -304,10 +308,10 @@ def main() -> int:
         rows.sort()
         for ms, per_sm, block_n, warps, stages, splits, fold, err in rows[:8]:
             print(f"  {ms * 1e3:6.1f} us {nbytes / ms / 1e9:5.2f} TB/s  per_sm {per_sm} block {block_n} warps {warps}"
-                  f" stages {stages} (splits {splits}){' fold scales' if fold else ''}; max diff vs engine {err:.1e}")
+                  f" stages {stages} (splits {splits}){FOLDS[fold]}; max diff vs engine {err:.1e}")
         for fold in folds[1:]:  # the best folded launch, whatever its rank
             best = next(row for row in rows if row[6] == fold)
-            print(f"  best with folded scales: {best[0] * 1e3:6.1f} us, per_sm {best[1]} block {best[2]} warps "
+            print(f"  best{FOLDS[fold]}: {best[0] * 1e3:6.1f} us, per_sm {best[1]} block {best[2]} warps "
                   f"{best[3]} stages {best[4]}; max diff vs engine {best[7]:.1e}")
     for batch, live in ((8, 1473), (8, 4500), (32, 1473)) if not args.shapes else ():
         ragged(batch, live, device, args.fp8)

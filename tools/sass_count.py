@@ -150,19 +150,24 @@ def count_int(spec_label: str, launch: int_kernels.AttentionLaunch, batch: int, 
                  registers(kernel), kernel.metadata.shared)
 
 
-def count_plain(fp8: bool, batch: int, tokens: int) -> Count:
-    """The bf16 (or fp8) cache's kernel: its longest loop (the one over the cache)."""
+def count_plain(fp8: bool, batch: int, tokens: int, f16_dots: bool = False) -> Count:
+    """The bf16 (or fp8) cache's kernel: its longest loop (the one over the cache). `f16_dots`: the fp8 kernel's
+    F16_DOTS candidate (kernels.FP8_F16_DOTS)."""
     dtype = torch.float8_e4m3fn if fp8 else torch.bfloat16
     keys = torch.empty(batch, HKV, tokens + 256, D, dtype=dtype)
     q = torch.zeros(batch, HQ, D, dtype=torch.bfloat16)
     scales = (torch.ones(batch, 1), torch.ones(batch, 1)) if fp8 else None
-    with sm90_compiles() as compiled:
-        kernels.decode_attention(q, keys, torch.empty_like(keys), torch.tensor(tokens), None, D ** -0.5,
-                                 torch.empty_like(q), 1, scales=scales)
+    engine_choice, kernels.FP8_F16_DOTS = kernels.FP8_F16_DOTS, f16_dots
+    try:
+        with sm90_compiles() as compiled:
+            kernels.decode_attention(q, keys, torch.empty_like(keys), torch.tensor(tokens), None, D ** -0.5,
+                                     torch.empty_like(q), 1, scales=scales)
+    finally:
+        kernels.FP8_F16_DOTS = engine_choice
     kernel = dict(compiled)["_attention_partial_kernel"]
     loop = max(loops(sass(kernel)), key=lambda loop: loop.instructions)
     warps = kernel.metadata.num_warps
-    return Count("fp8" if fp8 else "bf16", loop, 2 * kernels.BLOCK_N * D // (32 * warps), registers(kernel),
+    return Count(("fp8, float16 dots" if f16_dots else "fp8") if fp8 else "bf16", loop, 2 * kernels.BLOCK_N * D // (32 * warps), registers(kernel),
                  kernel.metadata.shared)
 
 
@@ -174,8 +179,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     print(f"sm_90, Qwen3-8B's attention (32 query heads, 8 KV heads, dim 128), batch {args.batch} x {args.tokens}: "
           "static SASS counts of one loop trip, not timings")
-    for fp8 in (False, True):
-        print(count_plain(fp8, args.batch, args.tokens).line())
+    for fp8, f16_dots in ((False, False), (True, False), (True, True)):
+        print(count_plain(fp8, args.batch, args.tokens, f16_dots).line())
     engine = int_kernels.LAUNCH
     for label, launch in [("int4", engine), ("int4", dataclasses.replace(engine, split_nibbles=False)),
                           ("int2", engine)]:

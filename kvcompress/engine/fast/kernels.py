@@ -180,6 +180,7 @@ BLOCK_N = 64
 # batch 8 90.8 -> 67.1 us, batch 32 256 -> 216 us against 4 per SM, stages 2 / 3, each code x scale rounded to bf16.
 FP8_PER_SM = 8
 FP8_STAGES = 3
+FP8_F16_DOTS = False  # _attention_partial_kernel's F16_DOTS for fp8 caches: a candidate, not yet timed on a GPU
 PER_SM = 4  # bf16 caches (and int4 / int2): programs per SM
 
 
@@ -240,7 +241,7 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
             *_scale_strides(scales),
             HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
             BLOCK_N=BLOCK_N, HAS_VALID=valid is not None, FP8=scales is not None,
-            FOLD_SCALES=scales is not None,
+            FOLD_SCALES=scales is not None, F16_DOTS=scales is not None and FP8_F16_DOTS,
             num_stages=FP8_STAGES if scales is not None else attention_stages(batch * heads_kv, q.device))
         _attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
@@ -438,10 +439,15 @@ if triton is not None:
                                   vs_ptr, s_qb, s_qh, s_kb, s_kh, s_ks, s_mb, s_mh, s_sb, s_sh,
                                   HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                                   D: tl.constexpr, BLOCK_N: tl.constexpr,
-                                  HAS_VALID: tl.constexpr, FP8: tl.constexpr, FOLD_SCALES: tl.constexpr):
+                                  HAS_VALID: tl.constexpr, FP8: tl.constexpr, FOLD_SCALES: tl.constexpr,
+                                  F16_DOTS: tl.constexpr = False):
         """FOLD_SCALES (fp8, the engine's choice; off: the sweep's reference): codes enter the dots as they are
         (e4m3 -> bf16 is exact) and the K scale joins the softmax scale, the V scale the output, instead of a float32
-        multiply and a rounding per element. `chunk` (tokens a split, a multiple of BLOCK_N) is an argument, not a
+        multiply and a rounding per element. F16_DOTS (with FOLD_SCALES; a candidate of tools/attention_sweep.py
+        --fp8, off in the engine until timed): the dots run in float16, codes e4m3 -> float16 in one packed conversion
+        a pair (-> bfloat16 goes through float32: F2F + F2FP + PRMT an element, tools/sass_count.py: 869 -> 733
+        instructions a trip at batch 32 x 8K). q (bfloat16) and p (rounded to bfloat16 first, as the engine's) are
+        float16 exactly wherever 2**-14 <= |x| <= 65504. `chunk` (tokens a split, a multiple of BLOCK_N) is an argument, not a
         constexpr: every cache length would otherwise compile a kernel of its own (a quality run's batches each
         have new lengths)."""
         bh, split, b, kvh, splits = program_row(HEADS_KV)
@@ -460,12 +466,14 @@ if triton is not None:
             vs = tl.load(vs_ptr + b * s_sb + kvh * s_sh)
             if FOLD_SCALES:
                 scale = scale * ks
+                if F16_DOTS:
+                    q = q.to(tl.float16)
         for offset in range(0, chunk, BLOCK_N):  # the same trip count each step; loads past `length` are masked
             cols = start + offset + tl.arange(0, BLOCK_N)
             live = cols < end
             k = tl.load(kbase + cols[:, None] * s_ks + dims[None, :], mask=live[:, None], other=0.0)
             if FP8 and FOLD_SCALES:
-                k = k.to(q.dtype)
+                k = k.to(q.dtype)  # float16 under F16_DOTS
             elif FP8:  # dequantized here, in registers: the cache is read at one byte an element
                 k = (k.to(tl.float32) * ks).to(q.dtype)
             s = tl.dot(q, tl.trans(k)) * scale
@@ -478,7 +486,11 @@ if triton is not None:
                 v = v.to(q.dtype)
             elif FP8:
                 v = (v.to(tl.float32) * vs).to(q.dtype)
-            acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
+            if F16_DOTS:  # accumulate's, with the weights rounded to bfloat16 as there, then made float16
+                acc = acc * alpha[:, None] + tl.dot(p.to(tl.bfloat16).to(tl.float16), v)
+                l, m = l * alpha + tl.sum(p, axis=1), m_new  # noqa: E741
+            else:
+                acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
         if FP8 and FOLD_SCALES:
             acc = acc * vs
         store_split(po_ptr, plse_ptr, bh, split, splits, rows, row_ok, dims, acc, m, l, GROUP, D)
