@@ -77,3 +77,69 @@ def test_sass_count_finds_the_int4_loop_and_counts_it_per_element():
         assert count["ops"]["HMMA"] == (64 // 8 * 128 // 16 + 128 // 8 * 64 // 16) // 4
         assert count["ops"].get("I2FP", 0) + count["ops"].get("I2F", 0) == count["elements"]
     assert split["instructions"] < shifted["instructions"]
+
+
+def _resident_on_sm90(registers: int, shared: int, warps: int) -> int:
+    """Programs of `warps` warps one sm_90 SM holds (CUDA's occupancy rules for compute capability 9.0): registers
+    allocated per warp in units of 256 from 4 quarters of 16,384; 228 KiB of shared memory, 1 KiB reserved a
+    program; 64 warps; 32 programs."""
+    per_warp = -(-registers * 32 // 256) * 256
+    by_registers = 4 * (16384 // per_warp) // warps
+    by_shared = (228 * 1024) // (shared + 1024)
+    return min(by_registers, by_shared, 64 // warps, 32)
+
+
+def test_the_wave_split_rule_assumes_the_programs_an_sm_really_holds():
+    """kernels.RESIDENT (how many fp8 and int partial-kernel programs an SM holds, which kernels.wave_splits sizes
+    its waves by) against the kernels compiled for sm_90 at the engine's launches, batch 8 (2 stages) and 32 (3)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from kvcompress.engine.fast import kernels
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import json, sys; sys.path.insert(0, 'tools'); import sass_count as s\n"
+            "for batch in (8, 32):\n"
+            "    for name, c in (('int', s.count_int('int4', s.int_kernels.LAUNCH, batch, 8192)),\n"
+            "                    ('fp8', s.count_plain(True, batch, 8192, s.kernels.FP8_F16_DOTS))):\n"
+            "        print(json.dumps({'name': name, 'batch': batch, 'registers': c.registers, 'shared': c.shared,\n"
+            "                          'warps': 2 * 64 * 128 // (32 * c.elements)}))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(rows) == 4
+    for row in rows:
+        assert _resident_on_sm90(row["registers"], row["shared"], row["warps"]) == kernels.RESIDENT[row["name"]], row
+
+
+def test_wave_splits_fills_whole_waves(monkeypatch):
+    """kernels.wave_splits on a 132-SM card holding 3 programs an SM (396 slots): the fewest splits whose programs
+    keep the slots >= 90 % busy over their waves, checked by filling waves program by program; and the split
+    counts an H100 ran fastest at 8K (results/h100/session-2026-12-07-n/callB/int-splits.log: 6 at batch 8, 3 at
+    batch 16 and 32)."""
+    import torch
+
+    from kvcompress.engine.fast import kernels
+
+    monkeypatch.setattr(kernels, "_sm_count", lambda device: 132)
+    gpu = torch.device("cuda")
+
+    def busy(programs: int, slots: int) -> float:  # slot-time used / slot-time the waves take
+        waves, left = 0, programs
+        while left > 0:
+            left -= slots
+            waves += 1
+        return programs / (waves * slots)
+
+    for pairs in (8, 64, 128, 256, 512, 1024, 100, 7):
+        for capacity in (8192, 32768, 640):
+            splits = kernels.wave_splits(pairs, capacity, gpu, 3)
+            most = -(-capacity // kernels.BLOCK_N)
+            assert 1 <= splits <= most
+            assert busy(pairs * splits, 396) >= 0.9 or splits == most
+            assert all(busy(pairs * s, 396) < 0.9 for s in range(1, splits))
+    assert [kernels.wave_splits(8 * b, 8064, gpu, 3) for b in (8, 16, 32)] == [6, 3, 3]
+    assert kernels.wave_splits(64, 32640, gpu, 3) == 6

@@ -8,13 +8,14 @@ caches hold e4m3 codes with one scale per sequence (fp8, dms-8x+fp8), the bytes 
 kernel is timed with and without its scales folded out of the loop (FOLD_SCALES), and folded with its dots in float16
 (F16_DOTS).
 `--int`: the int4 / int2 cache's kernel (engine/fast/int_kernels.py, KIVI: group 32, window 128) over its launch
-choices (int_kernels.AttentionLaunch: block, warps, group_keys, split_nibbles) at 4 and 8
-programs a SM, in TB/s of what it reads (codes, scales and zero points, the bf16 ring). `--int-splits`: int4's
-engine launch at every split count (1..24, then every 8th; up to 8 waves of ~3 programs an SM), in us. `--smoke` (CPU,
-TRITON_INTERPRET=1, in the test suite): one small shape through every launch, in float32, checked against the
-engine's torch twins.
+choices (int_kernels.AttentionLaunch: block, warps, group_keys, split_nibbles) at the engine's split count
+(kernels.wave_splits) and at 4 and 8 programs a SM, in TB/s of what it reads (codes, scales and zero points, the
+bf16 ring). `--int-splits` / `--fp8-splits`: int4's or fp8's engine launch at every split count (1..24, then every
+8th; up to 8 waves of the programs an SM holds) and at the engine's own, in us. `--smoke` (CPU, TRITON_INTERPRET=1,
+in the test suite): one small shape through every launch, in float32, checked against the engine's torch twins.
 
-    python tools/attention_sweep.py [--ragged-only] [--fp8] [--int | --int-splits] [--shapes 8x8192,32x8192]
+    python tools/attention_sweep.py [--ragged-only] [--fp8] [--int | --int-splits | --fp8-splits]
+        [--shapes 8x8192,32x8192]
 """
 
 import argparse
@@ -40,7 +41,7 @@ FOLDS = {False: "", True: " fold scales", "f16": " fold scales, float16 dots"}  
 SHAPES = [(1, 8192), (8, 1152), (32, 1152), (8, 4224)]  # (batch, cache entries per row)
 
 
-def cache(shape, device, fp8: bool, batch: int | None = None):
+def cache_tensors(shape, device, fp8: bool, batch: int | None = None):
     """Random K and V of `shape`, bf16 or fp8 codes, and the scales the kernels take (None for bf16): one a
     sequence, `batch` sequences (default: shape[0])."""
     keys, values = (torch.randn(shape, device=device, dtype=DTYPE) for _ in range(2))
@@ -76,7 +77,7 @@ def ragged(batch: int, live: int, device, fp8: bool, stage_set=(1, 2, 3), reserv
     lengths = torch.randint(live * 9 // 10, live * 11 // 10, (rows,), device=device, generator=generator)
     stride = int(lengths.max()) + reserve
     offsets = torch.arange(rows, device=device) * stride
-    keys, values, scales = cache((rows * stride, D), device, fp8, batch)
+    keys, values, scales = cache_tensors((rows * stride, D), device, fp8, batch)
     smoke_run = device.type == "cpu"  # the torch twin is the reference
     q = torch.randn(batch, HQ, D, device=device, dtype=DTYPE)
     out = torch.empty_like(q)
@@ -127,19 +128,19 @@ def int_cache(spec, batch: int, tokens: int, device):
 
 
 def int_sweep(shapes, device, smoke_run: bool = False) -> float:
-    """The int kernel's launch choices at each shape, each at 4 and 8 programs a SM (the engine: 4), int4 then int2
-    (int2: the engine's and int4's best). Returns the largest difference from the engine's launch (--smoke: also
-    the engine's launch against the torch twin)."""
+    """The int kernel's launch choices at each shape, each at the engine's split count and at 4 and 8 programs a
+    SM, int4 then int2 (int2: the engine's and int4's best). Returns the largest difference from the engine's
+    launch (--smoke: also the engine's launch against the torch twin)."""
     from kvcompress.engine.fast import int_kernels
     from kvcompress.methods.quant_spec import spec_from_label
-    engine = (int_kernels.LAUNCH, kernels.PER_SM)
+    engine = (int_kernels.LAUNCH, "waves")  # "waves": kernels.wave_splits, the engine's split count
     # session f's H100 sweep: 2 warps at block 64 lost at every shape (as the key scale folded into the query)
     launches = [int_kernels.AttentionLaunch(block, warps, group_keys=False)
                 for block, warps in ((16, 2), (32, 4), (64, 4))]
     launches += [int_kernels.AttentionLaunch(64, warps, group_keys=True, split_nibbles=nibbles)
                  for nibbles, warps in itertools.product((False, True), (4, 8))]
-    choices = [(launch, per_sm) for launch, per_sm in itertools.product(launches, (kernels.PER_SM, 8))
-               if not smoke_run or per_sm == kernels.PER_SM]  # a CPU splits the same way whatever per_sm says
+    choices = [(launch, per_sm) for launch, per_sm in itertools.product(launches, ("waves", kernels.PER_SM, 8))
+               if not smoke_run or per_sm == "waves"]  # a CPU splits the same way whatever per_sm says
     if smoke_run:  # the interpreter ignores num_warps: launches that differ only in warps run the same program
         once = {}
         for launch, per_sm in choices:
@@ -157,7 +158,9 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
             others = [c for c in choices if c != engine] if bits == 4 else best.get((batch, tokens), [])
             rows = []
             for choice, per_sm in [engine] + others:  # the engine's first: the reference
-                splits = kernels.attention_splits(batch * HKV, max(1, spec.quantized_tokens(tokens)), device, per_sm)
+                entries = max(1, spec.quantized_tokens(tokens))
+                splits = (kernels.wave_splits(batch * HKV, entries, device, kernels.RESIDENT["int"])
+                          if per_sm == "waves" else kernels.attention_splits(batch * HKV, entries, device, per_sm))
                 call = lambda: int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, out, splits,  # noqa
                                                             choice)
                 try:
@@ -199,38 +202,46 @@ def split_counts(batch_heads: int, blocks: int, slots: int) -> list[int]:
     return [s for s in range(1, top + 1) if s <= 24 or s % 8 == 0]
 
 
-def int_split_sweep(shapes, device, smoke_run: bool = False) -> float:
-    """int4, the engine's launch, at every split count of split_counts: how the time follows the number of waves
-    of programs the GPU runs (a split count's programs = batch x KV heads x splits). Returns the largest difference
-    from the engine's split count."""
+def split_sweep(shapes, device, cache: str = "int4", smoke_run: bool = False) -> float:
+    """int4 or fp8 (`cache`), the engine's launch, at every split count of split_counts and the engine's own
+    (kernels.wave_splits): how the time follows the waves of programs the GPU runs (a split count's programs =
+    batch x KV heads x splits). Returns the largest difference from the engine's split count."""
     from kvcompress.engine.fast import int_kernels
     from kvcompress.methods.quant_spec import spec_from_label
     spec = spec_from_label("int4")
     sms = 1 if smoke_run else torch.cuda.get_device_properties(device).multi_processor_count
     worst = 0.0
     for batch, tokens in shapes:
-        layer = int_cache(spec, batch, tokens, device)
         q = torch.randn(batch, HQ, D, device=device, dtype=DTYPE)
         out = torch.empty_like(q)
-        lengths = torch.full((batch,), tokens, device=device, dtype=torch.long)
-        quantized = max(1, spec.quantized_tokens(tokens))
-        engine = kernels.attention_splits(batch * HKV, quantized, device)
-        counts = [1, 2, 3] if smoke_run else split_counts(batch * HKV, math.ceil(quantized / 64), 3 * sms)
-        int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, out, engine)
+        if cache == "int4":
+            layer = int_cache(spec, batch, tokens, device)
+            lengths = torch.full((batch,), tokens, device=device, dtype=torch.long)
+            entries, resident = max(1, spec.quantized_tokens(tokens)), kernels.RESIDENT["int"]
+            attend = lambda splits: int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, out,  # noqa
+                                                                 splits)
+        else:
+            keys, values, scales = cache_tensors((batch, HKV, tokens, D), device, True)
+            length = torch.tensor([tokens], device=device)
+            entries, resident = tokens, kernels.RESIDENT["fp8"]
+            attend = lambda splits: kernels.decode_attention(q, keys, values, length, None, D ** -0.5, out,  # noqa
+                                                             splits, scales=scales)
+        engine = kernels.wave_splits(batch * HKV, entries, device, resident)
+        counts = [1, 2, 3] if smoke_run else sorted({engine, *split_counts(batch * HKV, math.ceil(entries / 64),
+                                                                           resident * sms)})
+        attend(engine)
         reference = out.clone()
         times = {}
         for splits in counts:
-            call = lambda: int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, out, splits)  # noqa
-            call()
+            attend(splits)
             worst = max(worst, float((out.float() - reference.float()).abs().max()))
-            times[splits] = 1.0 if smoke_run else 1e3 * replayed_seconds(call)
+            times[splits] = 1.0 if smoke_run else 1e3 * replayed_seconds(lambda: attend(splits))  # noqa: B023
         best = min(times, key=times.get)
-        print(f"int4 batch {batch} x {tokens} tokens, {batch * HKV} (row, head) pairs on {sms} SMs: engine splits "
+        print(f"{cache} batch {batch} x {tokens} tokens, {batch * HKV} (row, head) pairs on {sms} SMs: engine splits "
               f"{engine} {times.get(engine, float('nan')) * 1e3:.1f} us, best splits {best} "
               f"{times[best] * 1e3:.1f} us", flush=True)
         print("  " + " ".join(f"{s}:{t * 1e3:.1f}" for s, t in times.items()), flush=True)
     return worst
-
 
 def smoke() -> int:
     """CPU, under TRITON_INTERPRET=1: each launch this tool times, on one small shape, against the engine's torch twin
@@ -241,7 +252,7 @@ def smoke() -> int:
     device = torch.device("cpu")
     worst = 0.0
     for fp8 in (False, True):
-        keys, values, scales = cache((1, HKV, 40, D), device, fp8)
+        keys, values, scales = cache_tensors((1, HKV, 40, D), device, fp8)
         q = torch.randn(1, HQ, D, dtype=DTYPE)
         length = torch.tensor([33])
         kernels.FORCE_TRITON = False  # the torch twin is the reference
@@ -256,7 +267,8 @@ def smoke() -> int:
             worst = max(worst, float((out.float() - reference.float()).abs().max()))
         worst = max(worst,
                     ragged(1, 20, device, fp8, (1,), reserve=4))
-    worst = max(worst, int_sweep([(1, 200)], device, smoke_run=True), int_split_sweep([(1, 200)], device, True))
+    worst = max(worst, int_sweep([(1, 200)], device, smoke_run=True), split_sweep([(1, 200)], device, "int4", True),
+                split_sweep([(1, 200)], device, "fp8", True))
     print(f"smoke: largest difference from the torch twin {worst:.1e}")
     return 0 if worst < 1e-2 else 1
 
@@ -269,6 +281,7 @@ def main() -> int:
     parser.add_argument("--int", action="store_true", help="the int4 / int2 cache's kernel over its launch choices")
     parser.add_argument("--int-splits", action="store_true",
                         help="int4, the engine's launch, timed at every split count (how time follows waves)")
+    parser.add_argument("--fp8-splits", action="store_true", help="the same for an fp8 cache")
     parser.add_argument("--smoke", action="store_true", help="CPU (TRITON_INTERPRET=1): check each launch once")
     args = parser.parse_args()
     if args.smoke:
@@ -277,11 +290,14 @@ def main() -> int:
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     torch.manual_seed(0)
     shapes = [tuple(int(n) for n in shape.split("x")) for shape in args.shapes.split(",")] if args.shapes else SHAPES
-    if args.int or args.int_splits:
-        (int_split_sweep if args.int_splits else int_sweep)(shapes, device)
+    if args.int_splits or args.fp8_splits:
+        split_sweep(shapes, device, "int4" if args.int_splits else "fp8")
+        return 0
+    if args.int:
+        int_sweep(shapes, device)
         return 0
     for batch, capacity in [] if args.ragged_only else shapes:
-        keys, values, scales = cache((batch, HKV, capacity, D), device, args.fp8)
+        keys, values, scales = cache_tensors((batch, HKV, capacity, D), device, args.fp8)
         q = torch.randn(batch, HQ, D, device=device, dtype=torch.bfloat16)
         out = torch.empty_like(q)
         length = torch.tensor([capacity], device=device)

@@ -306,8 +306,9 @@ class _DecodeState(DecodeState, ReportsOwnKV):
         self.keys: list[torch.Tensor | None] = [None] * len(lengths)
         self.values: list[torch.Tensor | None] = [None] * len(lengths)
         self.valid: list[torch.Tensor | None] = [None] * len(lengths)
-        per_sm = kernels.FP8_PER_SM if self.spec is not None else kernels.PER_SM
-        self.splits = [kernels.attention_splits(batch * heads_kv, c, device, per_sm) for c in self.capacities]
+        self.splits = [kernels.wave_splits(batch * heads_kv, c, device, kernels.RESIDENT["fp8"])
+                       if self.spec is not None else kernels.attention_splits(batch * heads_kv, c, device)
+                       for c in self.capacities]
         # The KV buffers get a memory pool of their own: carved from the allocator's general cache, a buffer can
         # land in a larger cached block whose unsplittable rest then counts as allocated (up to 1 MiB a buffer).
         self.pool = torch.cuda.MemPool() if device.type == "cuda" else None

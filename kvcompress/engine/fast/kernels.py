@@ -175,13 +175,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
 BLOCK_N = 64
 
 
-# fp8 caches: programs per SM and pipelining depth of the partial kernel, scales folded out of its loop, as timed by
-# tools/attention_sweep.py --fp8 on an H100 (results/h100/session-2026-12-06-f/call1/fp8-sweep.log; one layer, 8K):
-# batch 8 90.8 -> 67.1 us, batch 32 256 -> 216 us against 4 per SM, stages 2 / 3, each code x scale rounded to bf16.
-FP8_PER_SM = 8
+# fp8 caches: pipelining depth of the partial kernel, scales folded out of its loop (stages 2 / 3, each code x scale
+# rounded to bf16: results/h100/session-2026-12-06-f/call1/fp8-sweep.log), its dots in float16 (F16_DOTS: the same
+# outputs bit for bit at equal splits, one layer on an H100 at 8K x 8 / 8K x 32 / 32K x 8: 66.8 -> 59.1, 219.4 ->
+# 203.5 (185.8 at 3 splits), 235.1 -> 196.3 us; results/h100/session-2026-12-07-n/callB/fp8-sweep.log).
 FP8_STAGES = 3
-FP8_F16_DOTS = False  # _attention_partial_kernel's F16_DOTS for fp8 caches: a candidate, not yet timed on a GPU
-PER_SM = 4  # bf16 caches (and int4 / int2): programs per SM
+FP8_F16_DOTS = True
+PER_SM = 4  # bf16 caches: programs per SM
 
 
 def attention_splits(batch_heads: int, capacity: int, device: torch.device, per_sm: int = PER_SM) -> int:
@@ -189,6 +189,29 @@ def attention_splits(batch_heads: int, capacity: int, device: torch.device, per_
     if device.type != "cuda":
         return 2 if FORCE_TRITON else 1  # the interpreter test still exercises the split/combine path
     return max(1, min(math.ceil(per_sm * _sm_count(device) / batch_heads), math.ceil(capacity / BLOCK_N)))
+
+
+# Programs of the fp8 and int4 / int2 partial kernels one SM holds at once (sm_90, 4 warps): ~146 registers a thread
+# allow 3 (65,536 registers / (152 x 128)); the int kernel's 70 KiB of shared memory at 3 stages also allow 3.
+# tests/test_tools.py holds these to the compiled kernels (tools/sass_count.py).
+RESIDENT = {"fp8": 3, "int": 3}
+WAVE_FILL = 0.9
+
+
+def wave_splits(batch_heads: int, capacity: int, device: torch.device, resident: int) -> int:
+    """The fewest splits whose programs (batch_heads x splits) keep the GPU's `resident` x SMs program slots at
+    least WAVE_FILL busy over the waves they take, none with an empty share of the cache. A wave half full costs
+    as much as a full one: int4 at 8K x 8 (64 (row, head) pairs, 396 slots on an H100) ran 9 splits (576 programs,
+    1.45 waves) in 127.8 us and 6 (384, one wave) in 96.8 us; 32K x 8: 459.8 -> 344.3 us; 8K x 16 at 3 splits
+    178.6 us against 5's 226.9 (results/h100/session-2026-12-07-n/callB/int-splits.log)."""
+    if device.type != "cuda":
+        return 2 if FORCE_TRITON else 1
+    slots, most = resident * _sm_count(device), max(1, math.ceil(capacity / BLOCK_N))
+    for splits in range(1, most + 1):
+        programs = batch_heads * splits
+        if programs >= WAVE_FILL * math.ceil(programs / slots) * slots:
+            return splits
+    return most
 
 
 @functools.lru_cache(maxsize=None)
@@ -443,13 +466,13 @@ if triton is not None:
                                   F16_DOTS: tl.constexpr = False):
         """FOLD_SCALES (fp8, the engine's choice; off: the sweep's reference): codes enter the dots as they are
         (e4m3 -> bf16 is exact) and the K scale joins the softmax scale, the V scale the output, instead of a float32
-        multiply and a rounding per element. F16_DOTS (with FOLD_SCALES; a candidate of tools/attention_sweep.py
-        --fp8, off in the engine until timed): the dots run in float16, codes e4m3 -> float16 in one packed conversion
-        a pair (-> bfloat16 goes through float32: F2F + F2FP + PRMT an element, tools/sass_count.py: 869 -> 733
-        instructions a trip at batch 32 x 8K). q (bfloat16) and p (rounded to bfloat16 first, as the engine's) are
-        float16 exactly wherever 2**-14 <= |x| <= 65504. `chunk` (tokens a split, a multiple of BLOCK_N) is an argument, not a
-        constexpr: every cache length would otherwise compile a kernel of its own (a quality run's batches each
-        have new lengths)."""
+        multiply and a rounding per element. F16_DOTS (with FOLD_SCALES; the engine: FP8_F16_DOTS): the dots
+        run in float16. e4m3 -> float16 is one packed conversion a pair; -> bfloat16 goes through float32 (F2F + F2FP
+        + PRMT an element; tools/sass_count.py: 869 -> 716 instructions a trip at batch 32 x 8K). q (bfloat16) and
+        the weights (rounded to bfloat16 first, as accumulate does) are float16 exactly wherever 2**-14 <= |x| <=
+        65504, so the outputs are bf16 dots' (an H100: max diff 0 at equal splits). `chunk` (tokens a split, a
+        multiple of BLOCK_N) is an argument, not a constexpr: every cache length would otherwise compile a kernel of
+        its own (a quality run's batches each have new lengths)."""
         bh, split, b, kvh, splits = program_row(HEADS_KV)
         length = tl.load(len_ptr)
         rows = tl.arange(0, GROUP_PAD)
