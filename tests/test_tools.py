@@ -51,32 +51,44 @@ def test_quality_ab_pairs_records_of_both_modes_and_refuses_bad_grids(capsys):
     assert "error:" in capsys.readouterr().out
 
 
-def test_sass_count_finds_the_int4_loop_and_counts_it_per_element():
-    """tools/sass_count.py compiles the int4 attention kernel for sm_90 on this CPU (Triton's ptxas, no GPU) and counts
-    its loop over the cache. Independent of the tool: one trip of a block of 64 tokens holds (16/16)(64/8)(128/16)
-    mma.m16n8k16 for q.k and (16/16)(128/8)(64/16) for p.v, 128 for 4 warps (32 HMMA a warp), and converts each of
-    the 2 x 64 x 128 / 128 = 128 K and V codes a thread dequantizes to float once; the launch that splits nibbles
-    has fewer instructions than the one that shifts and masks (it ran faster on an H100, session l)."""
+def _sass_count(body: str) -> list[dict]:
+    """Run `body` with tools/sass_count.py imported as `s` (and json) in a subprocess with TRITON_INTERPRET unset
+    (it compiles for sm_90; the interpreter would not); each line it prints is JSON."""
     import json
     import os
     import subprocess
     import sys
 
     root = Path(__file__).resolve().parents[1]
-    code = ("import dataclasses, json, sys; sys.path.insert(0, 'tools'); import sass_count as s\n"
-            "engine = s.int_kernels.LAUNCH\n"
-            "for launch in (engine, dataclasses.replace(engine, split_nibbles=False)):\n"
-            "    c = s.count_int('int4', launch, 32, 8192)\n"
-            "    print(json.dumps({'instructions': c.loop.instructions, 'ops': c.loop.ops, 'elements': c.elements}))")
+    code = "import dataclasses, json, sys; sys.path.insert(0, 'tools'); import sass_count as s\n" + body
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    split, shifted = [json.loads(line) for line in proc.stdout.splitlines()]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_sass_count_finds_the_int4_loop_and_counts_it_per_element():
+    """tools/sass_count.py compiles the int4 attention kernel for sm_90 on this CPU (Triton's ptxas, no GPU) and counts
+    its loop over the cache. Independent of the tool: one trip of a block of 64 tokens holds (16/16)(64/8)(128/16)
+    mma.m16n8k16 for q.k and (16/16)(128/8)(64/16) for p.v, 128 for 4 warps (32 HMMA a warp), and converts each of
+    the 2 x 64 x 128 / 128 = 128 K and V codes a thread dequantizes to float once; the launch that splits nibbles
+    has fewer instructions than the one that shifts and masks (it ran faster on an H100, session l), and fp8 with
+    float16 dots fewer than with bf16 dots (session n), the same HMMA count."""
+    split, shifted, fp8_bf16, fp8_f16 = _sass_count(
+        "engine = s.int_kernels.LAUNCH\n"
+        "counts = [s.count_int('int4', launch, 32, 8192)\n"
+        "          for launch in (engine, dataclasses.replace(engine, split_nibbles=False))]\n"
+        "counts += [s.count_plain(True, 32, 8192, f16) for f16 in (False, True)]\n"
+        "for c in counts:\n"
+        "    print(json.dumps({'instructions': c.loop.instructions, 'ops': c.loop.ops, 'elements': c.elements}))")
+    hmma = (64 // 8 * 128 // 16 + 128 // 8 * 64 // 16) // 4
     for count in (split, shifted):
         assert count["elements"] == 2 * 64 * 128 // 128
-        assert count["ops"]["HMMA"] == (64 // 8 * 128 // 16 + 128 // 8 * 64 // 16) // 4
+        assert count["ops"]["HMMA"] == hmma
         assert count["ops"].get("I2FP", 0) + count["ops"].get("I2F", 0) == count["elements"]
     assert split["instructions"] < shifted["instructions"]
+    assert fp8_bf16["ops"]["HMMA"] == fp8_f16["ops"]["HMMA"] == hmma
+    assert fp8_f16["instructions"] < fp8_bf16["instructions"]
 
 
 def _resident_on_sm90(registers: int, shared: int, warps: int) -> int:
@@ -92,24 +104,14 @@ def _resident_on_sm90(registers: int, shared: int, warps: int) -> int:
 def test_the_wave_split_rule_assumes_the_programs_an_sm_really_holds():
     """kernels.RESIDENT (how many fp8 and int partial-kernel programs an SM holds, which kernels.wave_splits sizes
     its waves by) against the kernels compiled for sm_90 at the engine's launches, batch 8 (2 stages) and 32 (3)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     from kvcompress.engine.fast import kernels
 
-    root = Path(__file__).resolve().parents[1]
-    code = ("import json, sys; sys.path.insert(0, 'tools'); import sass_count as s\n"
-            "for batch in (8, 32):\n"
-            "    for name, c in (('int', s.count_int('int4', s.int_kernels.LAUNCH, batch, 8192)),\n"
-            "                    ('fp8', s.count_plain(True, batch, 8192, s.kernels.FP8_F16_DOTS))):\n"
-            "        print(json.dumps({'name': name, 'batch': batch, 'registers': c.registers, 'shared': c.shared,\n"
-            "                          'warps': 2 * 64 * 128 // (32 * c.elements)}))")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    rows = _sass_count(
+        "for batch in (8, 32):\n"
+        "    for name, c in (('int', s.count_int('int4', s.int_kernels.LAUNCH, batch, 8192)),\n"
+        "                    ('fp8', s.count_plain(True, batch, 8192, s.kernels.FP8_F16_DOTS))):\n"
+        "        print(json.dumps({'name': name, 'batch': batch, 'registers': c.registers, 'shared': c.shared,\n"
+        "                          'warps': 2 * 64 * 128 // (32 * c.elements)}))")
     assert len(rows) == 4
     for row in rows:
         assert _resident_on_sm90(row["registers"], row["shared"], row["warps"]) == kernels.RESIDENT[row["name"]], row
