@@ -90,7 +90,7 @@ def ragged(batch: int, live: int, device, fp8: bool, stage_set=(1, 2, 3), reserv
     nbytes = 2 * int(lengths.sum()) * D * keys.element_size()
     worst = 0.0
     k_scale, v_scale = scales if scales is not None else (q, q)
-    for stages, fold in itertools.product(stage_set, (False, True) if fp8 else (False,)):
+    for stages, fold in itertools.product(stage_set, (False, True, "f16") if fp8 else (False,)):
         def call():
             partial_out, partial_lse = kernels.attention_workspace(batch, HQ, D, splits, device)
             chunk = math.ceil(math.ceil(max_length / splits) / kernels.BLOCK_N) * kernels.BLOCK_N
@@ -98,7 +98,7 @@ def ragged(batch: int, live: int, device, fp8: bool, stage_set=(1, 2, 3), reserv
                 q, keys, values, lengths, offsets, partial_out, partial_lse, D ** -0.5, chunk, k_scale, v_scale,
                 q.stride(0), q.stride(1), keys.stride(0), *kernels._scale_strides(scales), HEADS_KV=HKV,
                 GROUP=HQ // HKV, GROUP_PAD=16, D=D, BLOCK_N=kernels.BLOCK_N, FP8=scales is not None,
-                FOLD_SCALES=fold, num_stages=stages)
+                FOLD_SCALES=bool(fold), F16_DOTS=fold == "f16", num_stages=stages)
             kernels._attention_combine_kernel[(batch * HQ,)](
                 partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=HQ, GROUP=HQ // HKV,
                 SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=D)
@@ -108,7 +108,7 @@ def ragged(batch: int, live: int, device, fp8: bool, stage_set=(1, 2, 3), reserv
             continue
         ms = 1e3 * replayed_seconds(call)
         print(f"ragged (dms-8x{'+fp8' if fp8 else ''}) batch {batch} x ~{live} live a head ({nbytes / 1e6:.1f} MB): "
-              f"stages {stages}{' fold scales' if fold else ''} {ms * 1e3:6.1f} us = {nbytes / ms / 1e9:.2f} TB/s "
+              f"stages {stages}{FOLDS[fold]} {ms * 1e3:6.1f} us = {nbytes / ms / 1e9:.2f} TB/s "
               f"(splits {splits})", flush=True)
     return worst
 

@@ -726,8 +726,10 @@ if triton is not None:
     def _ragged_attention_partial_kernel(q_ptr, k_ptr, v_ptr, len_ptr, off_ptr, po_ptr, plse_ptr, scale, chunk,
                                          ks_ptr, vs_ptr, s_qb, s_qh, s_kr, s_sb, s_sh, HEADS_KV: tl.constexpr,
                                          GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, D: tl.constexpr,
-                                         BLOCK_N: tl.constexpr, FP8: tl.constexpr, FOLD_SCALES: tl.constexpr):
-        """FOLD_SCALES: as _attention_partial_kernel's (off in the engine until timed: attention_sweep --fp8)."""
+                                         BLOCK_N: tl.constexpr, FP8: tl.constexpr, FOLD_SCALES: tl.constexpr,
+                                         F16_DOTS: tl.constexpr = False):
+        """FOLD_SCALES and F16_DOTS: as _attention_partial_kernel's (both off in the engine until timed:
+        attention_sweep --fp8 times them for dms-8x+fp8's compact rows)."""
         bh, split, b, kvh, splits = program_row(HEADS_KV)
         length = tl.load(len_ptr + bh)
         rows = tl.arange(0, GROUP_PAD)
@@ -744,6 +746,8 @@ if triton is not None:
             vs = tl.load(vs_ptr + b * s_sb + kvh * s_sh)
             if FOLD_SCALES:
                 scale = scale * ks
+                if F16_DOTS:
+                    q = q.to(tl.float16)
         first = start
         # Only this head's live rows: a short head costs no reads. A while loop, as Triton's interpreter cannot run a
         # for loop with bounds loaded from memory.
@@ -763,7 +767,11 @@ if triton is not None:
                 v = v.to(q.dtype)
             elif FP8:
                 v = (v.to(tl.float32) * vs).to(q.dtype)
-            acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
+            if F16_DOTS:  # as _attention_partial_kernel's
+                acc = acc * alpha[:, None] + tl.dot(p.to(tl.bfloat16).to(tl.float16), v)
+                l, m = l * alpha + tl.sum(p, axis=1), m_new  # noqa: E741
+            else:
+                acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
             first += BLOCK_N
         if FP8 and FOLD_SCALES:
             acc = acc * vs
