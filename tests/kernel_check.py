@@ -126,7 +126,7 @@ def fp8_checks(check, B, Hq, Hkv, D, S) -> None:
         engine_dots = kernels.FP8_F16_DOTS
         # float16 dots (the engine's): this float32 run's q and weights are rounded to float16 (on a GPU, bf16 q is
         # float16 exactly and the weights are rounded to bf16 first: the same outputs as bf16 dots, the sweep's
-        # max diff 0 at equal splits); the check is then for indexing and layout, at float16's spacing
+        # max diff 0 at equal splits); the check is then for indexing and layout, at float16's spacing (2**-11)
         for splits, f16_dots in itertools.product((1, 3), (False, True)):  # 1 split: two blocks, softmax carried
             ws = kernels.attention_workspace(B, Hq, D, splits, "cpu")
             kernels.FORCE_TRITON, kernels.FP8_F16_DOTS = True, f16_dots
@@ -136,7 +136,7 @@ def fp8_checks(check, B, Hq, Hkv, D, S) -> None:
             b = kernels.decode_attention(q, keys, values, length, None, D ** -0.5, torch.empty(B, Hq, D),
                                          scales=scales)
             check(f"fp8 decode_attention ({'layer' if per == 1 else 'head'} scales), {splits} split(s)"
-                  f"{', float16 dots' if f16_dots else ''}", rel_err(a, b), tol=5e-3 if f16_dots else 1e-5)
+                  f"{', float16 dots' if f16_dots else ''}", rel_err(a, b), tol=2e-3 if f16_dots else 1e-5)
 
 
 def int_checks(check, Hq, Hkv, D) -> None:

@@ -469,7 +469,7 @@ if triton is not None:
         multiply and a rounding per element. F16_DOTS (with FOLD_SCALES; the engine: FP8_F16_DOTS): the dots
         run in float16. e4m3 -> float16 is one packed conversion a pair; -> bfloat16 goes through float32 (F2F + F2FP
         + PRMT an element; tools/sass_count.py: 869 -> 716 instructions a trip at batch 32 x 8K). q (bfloat16) and
-        the weights (rounded to bfloat16 first, as accumulate does) are float16 exactly wherever 2**-14 <= |x| <=
+        the weights (rounded to q's dtype first, as accumulate does) are float16 exactly wherever 2**-14 <= |x| <=
         65504, so the outputs are bf16 dots' (an H100: max diff 0 at equal splits). `chunk` (tokens a split, a
         multiple of BLOCK_N) is an argument, not a constexpr: every cache length would otherwise compile a kernel of
         its own (a quality run's batches each have new lengths)."""
@@ -509,8 +509,8 @@ if triton is not None:
                 v = v.to(q.dtype)
             elif FP8:
                 v = (v.to(tl.float32) * vs).to(q.dtype)
-            if F16_DOTS:  # accumulate's, with the weights rounded to bfloat16 as there, then made float16
-                acc = acc * alpha[:, None] + tl.dot(p.to(tl.bfloat16).to(tl.float16), v)
+            if F16_DOTS:  # accumulate's, the weights rounded to q's dtype as there, then made float16
+                acc = acc * alpha[:, None] + tl.dot(p.to(q_ptr.dtype.element_ty).to(tl.float16), v)
                 l, m = l * alpha + tl.sum(p, axis=1), m_new  # noqa: E741
             else:
                 acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
@@ -768,7 +768,7 @@ if triton is not None:
             elif FP8:
                 v = (v.to(tl.float32) * vs).to(q.dtype)
             if F16_DOTS:  # as _attention_partial_kernel's
-                acc = acc * alpha[:, None] + tl.dot(p.to(tl.bfloat16).to(tl.float16), v)
+                acc = acc * alpha[:, None] + tl.dot(p.to(q_ptr.dtype.element_ty).to(tl.float16), v)
                 l, m = l * alpha + tl.sum(p, axis=1), m_new  # noqa: E741
             else:
                 acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
