@@ -133,7 +133,7 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
     launch (--smoke: also the engine's launch against the torch twin)."""
     from kvcompress.engine.fast import int_kernels
     from kvcompress.methods.quant_spec import spec_from_label
-    engine = (int_kernels.LAUNCH, "waves")  # "waves": kernels.wave_splits, the engine's split count
+    engine = (int_kernels.LAUNCH, "waves")  # "waves": the engine's split count (kernels.engine_splits)
     # session f's H100 sweep: 2 warps at block 64 lost at every shape (as the key scale folded into the query)
     launches = [int_kernels.AttentionLaunch(block, warps, group_keys=False)
                 for block, warps in ((16, 2), (32, 4), (64, 4))]
@@ -159,7 +159,7 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
             rows = []
             for choice, per_sm in [engine] + others:  # the engine's first: the reference
                 entries = max(1, spec.quantized_tokens(tokens))
-                splits = (kernels.wave_splits(batch * HKV, entries, device, kernels.RESIDENT["int"])
+                splits = (kernels.engine_splits("int", batch * HKV, entries, device)
                           if per_sm == "waves" else kernels.attention_splits(batch * HKV, entries, device, per_sm))
                 call = lambda: int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, out, splits,  # noqa
                                                             choice)
@@ -196,8 +196,8 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
 
 
 def split_counts(batch_heads: int, blocks: int, slots: int) -> list[int]:
-    """The split counts --int-splits times at one shape: every count up to 24, then every 8th, none with an empty
-    share of the cache (`blocks` blocks of 64 tokens) nor more than 8 waves of `slots` programs."""
+    """The split counts --int-splits / --fp8-splits time at one shape: every count up to 24, then every 8th, none
+    with an empty share of the cache (`blocks` blocks of 64 tokens) nor more than 8 waves of `slots` programs."""
     top = min(blocks, max(1, 8 * slots // batch_heads))
     return [s for s in range(1, top + 1) if s <= 24 or s % 8 == 0]
 
@@ -208,27 +208,29 @@ def split_sweep(shapes, device, cache: str = "int4", smoke_run: bool = False) ->
     batch x KV heads x splits). Returns the largest difference from the engine's split count."""
     from kvcompress.engine.fast import int_kernels
     from kvcompress.methods.quant_spec import spec_from_label
-    spec = spec_from_label("int4")
+    kind = "int" if cache == "int4" else "fp8"  # kernels.engine_splits' name for the cache
     sms = 1 if smoke_run else torch.cuda.get_device_properties(device).multi_processor_count
     worst = 0.0
     for batch, tokens in shapes:
         q = torch.randn(batch, HQ, D, device=device, dtype=DTYPE)
         out = torch.empty_like(q)
-        if cache == "int4":
+        if kind == "int":
+            spec = spec_from_label("int4")
             layer = int_cache(spec, batch, tokens, device)
             lengths = torch.full((batch,), tokens, device=device, dtype=torch.long)
-            entries, resident = max(1, spec.quantized_tokens(tokens)), kernels.RESIDENT["int"]
+            entries = max(1, spec.quantized_tokens(tokens))
             attend = lambda splits: int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, out,  # noqa
                                                                  splits)
         else:
             keys, values, scales = cache_tensors((batch, HKV, tokens, D), device, True)
             length = torch.tensor([tokens], device=device)
-            entries, resident = tokens, kernels.RESIDENT["fp8"]
+            entries = tokens
             attend = lambda splits: kernels.decode_attention(q, keys, values, length, None, D ** -0.5, out,  # noqa
                                                              splits, scales=scales)
-        engine = kernels.wave_splits(batch * HKV, entries, device, resident)
+        engine = kernels.engine_splits(kind, batch * HKV, entries, device)
+        slots = kernels.RESIDENT[kind] * sms
         counts = [1, 2, 3] if smoke_run else sorted({engine, *split_counts(batch * HKV, math.ceil(entries / 64),
-                                                                           resident * sms)})
+                                                                           slots)})
         attend(engine)
         reference = out.clone()
         times = {}
@@ -242,6 +244,7 @@ def split_sweep(shapes, device, cache: str = "int4", smoke_run: bool = False) ->
               f"{times[best] * 1e3:.1f} us", flush=True)
         print("  " + " ".join(f"{s}:{t * 1e3:.1f}" for s, t in times.items()), flush=True)
     return worst
+
 
 def smoke() -> int:
     """CPU, under TRITON_INTERPRET=1: each launch this tool times, on one small shape, against the engine's torch twin
@@ -265,8 +268,7 @@ def smoke() -> int:
         for fold in (True, "f16") if fp8 else ():
             launch(q, keys, values, length, out, 1, 32, 4, 1, scales, fold=fold)
             worst = max(worst, float((out.float() - reference.float()).abs().max()))
-        worst = max(worst,
-                    ragged(1, 20, device, fp8, (1,), reserve=4))
+        worst = max(worst, ragged(1, 20, device, fp8, (1,), reserve=4))
     worst = max(worst, int_sweep([(1, 200)], device, smoke_run=True), split_sweep([(1, 200)], device, "int4", True),
                 split_sweep([(1, 200)], device, "fp8", True))
     print(f"smoke: largest difference from the torch twin {worst:.1e}")
@@ -302,7 +304,7 @@ def main() -> int:
         out = torch.empty_like(q)
         length = torch.tensor([capacity], device=device)
         nbytes = keys.nbytes + values.nbytes
-        current = kernels.attention_splits(batch * HKV, capacity, device)
+        current = kernels.engine_splits("fp8" if args.fp8 else "bf16", batch * HKV, capacity, device)
         base = 1e3 * replayed_seconds(
             lambda: kernels.decode_attention(q, keys, values, length, None, D ** -0.5, out, current, scales=scales))
         reference = out.clone()

@@ -306,9 +306,8 @@ class _DecodeState(DecodeState, ReportsOwnKV):
         self.keys: list[torch.Tensor | None] = [None] * len(lengths)
         self.values: list[torch.Tensor | None] = [None] * len(lengths)
         self.valid: list[torch.Tensor | None] = [None] * len(lengths)
-        self.splits = [kernels.wave_splits(batch * heads_kv, c, device, kernels.RESIDENT["fp8"])
-                       if self.spec is not None else kernels.attention_splits(batch * heads_kv, c, device)
-                       for c in self.capacities]
+        cache_kind = "fp8" if self.spec is not None else "bf16"
+        self.splits = [kernels.engine_splits(cache_kind, batch * heads_kv, c, device) for c in self.capacities]
         # The KV buffers get a memory pool of their own: carved from the allocator's general cache, a buffer can
         # land in a larger cached block whose unsplittable rest then counts as allocated (up to 1 MiB a buffer).
         self.pool = torch.cuda.MemPool() if device.type == "cuda" else None

@@ -26,8 +26,8 @@ class IntDecodeState(DecodeState, ReportsOwnKV):
         self.capacities = [n + n_new - 1 for n in lengths]
         self.buffer_shape = (batch, heads_kv, dim, dtype, device)
         self.layers: list[int_kernels.IntLayer | None] = [None] * len(lengths)
-        self.splits = [kernels.wave_splits(batch * heads_kv, max(1, self.spec.quantized_tokens(c)), device,
-                                           kernels.RESIDENT["int"]) for c in self.capacities]
+        self.splits = [kernels.engine_splits("int", batch * heads_kv, max(1, self.spec.quantized_tokens(c)), device)
+                       for c in self.capacities]
         self.pool = torch.cuda.MemPool() if device.type == "cuda" else None
         self.lengths = torch.zeros(len(lengths), batch, dtype=torch.long, device=device)  # (layer, row) tokens held
         self.slots = torch.zeros_like(self.lengths)  # each row's next ring slot: lengths % ring

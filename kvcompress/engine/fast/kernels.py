@@ -214,6 +214,14 @@ def wave_splits(batch_heads: int, capacity: int, device: torch.device, resident:
     return most
 
 
+def engine_splits(cache: str, batch_heads: int, entries: int, device: torch.device) -> int:
+    """The engine's split count for a cache of `cache` ("bf16", "fp8" or "int"): whole waves for fp8 and int
+    (wave_splits), per_sm for bf16 (attention_splits: vanilla's timings stay comparable with earlier runs)."""
+    if cache == "bf16":
+        return attention_splits(batch_heads, entries, device)
+    return wave_splits(batch_heads, entries, device, RESIDENT[cache])
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -341,6 +349,12 @@ if triton is not None:
     def accumulate(acc, l, m_new, p, alpha, v):  # noqa: E741
         """The block's p . v added to the rescaled output and its weights to the rescaled sum: (acc, l, m)."""
         return acc * alpha[:, None] + tl.dot(p.to(v.dtype), v), l * alpha + tl.sum(p, axis=1), m_new
+
+    @triton.jit
+    def accumulate_rounded(acc, l, m_new, p, alpha, v, P_DTYPE: tl.constexpr):  # noqa: E741
+        """accumulate with the weights rounded to P_DTYPE before v's dtype (float16 dots: to q's dtype first, so
+        the dot sees the weights accumulate would give it)."""
+        return acc * alpha[:, None] + tl.dot(p.to(P_DTYPE).to(v.dtype), v), l * alpha + tl.sum(p, axis=1), m_new
 
     @triton.jit
     def split_lse(m, l):  # noqa: E741
@@ -509,9 +523,8 @@ if triton is not None:
                 v = v.to(q.dtype)
             elif FP8:
                 v = (v.to(tl.float32) * vs).to(q.dtype)
-            if F16_DOTS:  # accumulate's, the weights rounded to q's dtype as there, then made float16
-                acc = acc * alpha[:, None] + tl.dot(p.to(q_ptr.dtype.element_ty).to(tl.float16), v)
-                l, m = l * alpha + tl.sum(p, axis=1), m_new  # noqa: E741
+            if F16_DOTS:
+                acc, l, m = accumulate_rounded(acc, l, m_new, p, alpha, v, q_ptr.dtype.element_ty)  # noqa: E741
             else:
                 acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
         if FP8 and FOLD_SCALES:
@@ -767,9 +780,8 @@ if triton is not None:
                 v = v.to(q.dtype)
             elif FP8:
                 v = (v.to(tl.float32) * vs).to(q.dtype)
-            if F16_DOTS:  # as _attention_partial_kernel's
-                acc = acc * alpha[:, None] + tl.dot(p.to(q_ptr.dtype.element_ty).to(tl.float16), v)
-                l, m = l * alpha + tl.sum(p, axis=1), m_new  # noqa: E741
+            if F16_DOTS:
+                acc, l, m = accumulate_rounded(acc, l, m_new, p, alpha, v, q_ptr.dtype.element_ty)  # noqa: E741
             else:
                 acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
             first += BLOCK_N
