@@ -200,6 +200,29 @@ def test_kvpress_in_the_dms_process_voids_its_records(dms_lm, tmp_path):
     assert record["error"] == isolated.KVPRESS_IMPORTED and record["process"] == "isolated"
 
 
+def test_the_dms_child_measures_on_the_threads_the_parent_gives_the_preset(tmp_path, monkeypatch):
+    """runner.tiny_threads runs the tiny preset on one intra-op thread; the child process sees only its job, so the
+    job carries that count (on CI's busy 2 cores the child on two threads was ~7x slower)."""
+    cfg = _cfg(tmp_path)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with runner.tiny_threads(cfg):
+            job = isolated.job_for(cfg, [parse_method("dms-8x-remote")], [], "dms_inference")
+        assert torch.get_num_threads() == 2
+        seen = []
+
+        def load(*args, **kwargs):  # the child's first step after setting up: stop there
+            seen.append(torch.get_num_threads())
+            raise UserError("stopped by the test")
+
+        monkeypatch.setattr(isolated.models, "load", load)
+        assert isolated.measure_job(json.loads(json.dumps(job)), lambda record: None) == 2
+        assert seen == [1]
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_resume_skips_measured_dms_cells_without_starting_a_process(tmp_path):
     cfg = _cfg(tmp_path)
     cell = Cell(300, prompt_id="needle-300")

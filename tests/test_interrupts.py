@@ -15,15 +15,17 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# six cells, each long enough (3 generations of 200 tokens) that the child is still busy long after the first: the
-# signal comes when the test reads the first one's line, and on a loaded machine that read can come late
+# twelve cells of 3 generations of 200 tokens (~1.3 s each on one thread), so the child is still busy long after the
+# first: the signal comes when the test reads the first one's line, and on a loaded machine that read can come late;
+# the cells after the signal never run, so more of them cost nothing
+CONTEXTS = list(range(256, 1024, 64))
 ARGS = ["--preset", "tiny", "--methods", "dms-8x-remote", "--dms-model", "tiny-dms", "--contexts",
-        "256,320,384,448,512,576", "--max-new-tokens", "200", "--repeats", "1"]
+        ",".join(map(str, CONTEXTS)), "--max-new-tokens", "200", "--repeats", "1"]
 
 
 def start(tmp_path, announced: str = "DMS: dms-8x-remote @ 256 tok"):
     """Run the benchmark until a line starting with `announced` appears: by default the child's own line for its
-    first finished record (it is on its way to the parent then); the parent prints "[1/6] ..." once it saved it."""
+    first finished record (it is on its way to the parent then); the parent prints "[1/12] ..." once it saved it."""
     out = tmp_path / "run.json"
     (tmp_path / "tmp").mkdir()
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
@@ -76,7 +78,7 @@ def test_ctrl_c_during_the_dms_child_keeps_its_finished_records(tmp_path):
 
 def test_kill_9_of_the_parent_ends_the_child_and_keeps_its_finished_records(tmp_path):
     # kill -9 leaves the parent no chance to drain the pipe: signal it once it said the first record is saved
-    proc, child, out = start(tmp_path, announced="[1/6] dms-8x-remote @ 256 tok")
+    proc, child, out = start(tmp_path, announced=f"[1/{len(CONTEXTS)}] dms-8x-remote @ 256 tok")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     try:

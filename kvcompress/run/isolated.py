@@ -113,6 +113,9 @@ def job_for(cfg, methods, cells, task: str, done=frozenset()) -> dict:
                      "query_aware": cfg.settings.query_aware, "sampling": vars(cfg.settings.sampling)},
         "methods": [m.name for m in methods], "cells": [c.to_dict() for c in cells], "task": task,
         "done": [list(i) for i in done],
+        # the parent's intra-op threads, which runner.tiny_threads has set for the preset: the child measures
+        # under the same rule (on a busy 2-core CPU, two threads slowed the tiny DMS child ~7x)
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -160,6 +163,7 @@ def measure_job(job: dict, emit: Callable[[BenchmarkResult], None]) -> int:
     done = {tuple(i) for i in job["done"]}
     settings = job_settings(job)
     sampling = settings.sampling
+    torch.set_num_threads(job.get("threads") or torch.get_num_threads())
     console.print(f"DMS: loading {job['model']} in its own process (kvpress is never imported there)")
     try:
         lm = models.load(spec, device=device, dtype=dtype, dms_revision=job["revision"], seed=sampling.seed)
