@@ -2,14 +2,15 @@
 # Session o, an H200 (`needs_h200`), ~590 s: the GPU kernel checks (6e3e9bd and 0196f97 have not run on a GPU), then
 # issue 23's 4K targets as session j's nextA.sh runs them: RULER 4K x 50 samples x 9 methods whole (<= 5 min), then
 # quality mode against the measured path on one subset (>= 15x), for the time left.
-# `COMMIT=<sha> bash results/h200/session-2026-12-07-o/callA.sh`, carry [".whl", ".carry"].
+# `[DEADLINE=<s>] COMMIT=<sha> bash results/h200/session-2026-12-07-o/callA.sh` (DEADLINE: the whole call, default 585), carry [".whl", ".carry"].
 source tools/device_setup.sh
 export PYTHONUNBUFFERED=1
 source tools/device_checks.sh  # sets t0 to its end
 M=vanilla,knorm@0.5,snapkv@0.5,expected_attention@0.5,streaming_llm@0.5,knorm@0.875,snapkv@0.875,expected_attention@0.875,streaming_llm@0.875
-timeout 400 python3 test_long_context.py --random-weights --tasks ruler --contexts 4K --samples 50 --methods $M \
+limit=$(( ${DEADLINE:-585} - SECONDS - 15 )); [ $limit -gt 400 ] && limit=400
+timeout $limit python3 test_long_context.py --random-weights --tasks ruler --contexts 4K --samples 50 --methods $M \
     --out $OUT/ruler-4k.json > $OUT/ruler-4k.log 2>&1
-echo "ruler 4K rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
+echo "ruler 4K rc=$? $((SECONDS - t0)) s (limit $limit s)" >> $OUT/gpu.txt; t0=$SECONDS
 python3 -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['run']['quality'], indent=1))" \
     $OUT/ruler-4k.json > $OUT/ruler-4k-header.json 2>&1; gzip $OUT/ruler-4k.json
 left=$(( ${DEADLINE:-585} - SECONDS - 10 ))
