@@ -163,7 +163,7 @@ def measure_job(job: dict, emit: Callable[[BenchmarkResult], None]) -> int:
     done = {tuple(i) for i in job["done"]}
     settings = job_settings(job)
     sampling = settings.sampling
-    torch.set_num_threads(job.get("threads") or torch.get_num_threads())
+    torch.set_num_threads(job["threads"])
     console.print(f"DMS: loading {job['model']} in its own process (kvpress is never imported there)")
     try:
         lm = models.load(spec, device=device, dtype=dtype, dms_revision=job["revision"], seed=sampling.seed)
