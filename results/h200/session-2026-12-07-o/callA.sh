@@ -5,7 +5,8 @@
 # `[DEADLINE=<s>] COMMIT=<sha> bash results/h200/session-2026-12-07-o/callA.sh` (DEADLINE: the whole call, default 585), carry [".whl", ".carry"].
 source tools/device_setup.sh
 export PYTHONUNBUFFERED=1
-source tools/device_checks.sh  # sets t0 to its end
+t0=$SECONDS
+[ -z "$SKIP_CHECKS" ] && source tools/device_checks.sh  # sets t0 to its end (SKIP_CHECKS=1: RULER alone)
 M=vanilla,knorm@0.5,snapkv@0.5,expected_attention@0.5,streaming_llm@0.5,knorm@0.875,snapkv@0.875,expected_attention@0.875,streaming_llm@0.875
 limit=$(( ${DEADLINE:-585} - SECONDS - 15 )); [ $limit -gt 400 ] && limit=400
 timeout $limit python3 test_long_context.py --random-weights --tasks ruler --contexts 4K --samples 50 --methods $M \
