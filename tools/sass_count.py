@@ -167,8 +167,8 @@ def count_plain(fp8: bool, batch: int, tokens: int, f16_dots: bool = False) -> C
     kernel = dict(compiled)["_attention_partial_kernel"]
     loop = max(loops(sass(kernel)), key=lambda loop: loop.instructions)
     warps = kernel.metadata.num_warps
-    return Count(("fp8, float16 dots" if f16_dots else "fp8") if fp8 else "bf16", loop, 2 * kernels.BLOCK_N * D // (32 * warps), registers(kernel),
-                 kernel.metadata.shared)
+    name = ("fp8, float16 dots" if f16_dots else "fp8") if fp8 else "bf16"
+    return Count(name, loop, 2 * kernels.BLOCK_N * D // (32 * warps), registers(kernel), kernel.metadata.shared)
 
 
 def main(argv=None) -> int:

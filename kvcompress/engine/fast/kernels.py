@@ -352,8 +352,8 @@ if triton is not None:
 
     @triton.jit
     def accumulate_rounded(acc, l, m_new, p, alpha, v, P_DTYPE: tl.constexpr):  # noqa: E741
-        """accumulate with the weights rounded to P_DTYPE before v's dtype (float16 dots: to q's dtype first, so
-        the dot sees the weights accumulate would give it)."""
+        """accumulate with the weights rounded to P_DTYPE before v's dtype: the plain and ragged kernels pass q's
+        dtype, so float16 dots see the weights bf16 dots would (where v's dtype is q's, it is accumulate)."""
         return acc * alpha[:, None] + tl.dot(p.to(P_DTYPE).to(v.dtype), v), l * alpha + tl.sum(p, axis=1), m_new
 
     @triton.jit
@@ -523,10 +523,8 @@ if triton is not None:
                 v = v.to(q.dtype)
             elif FP8:
                 v = (v.to(tl.float32) * vs).to(q.dtype)
-            if F16_DOTS:
-                acc, l, m = accumulate_rounded(acc, l, m_new, p, alpha, v, q_ptr.dtype.element_ty)  # noqa: E741
-            else:
-                acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
+            # the weights rounded to q's dtype, then v's: only float16 dots round twice (v's dtype is q's otherwise)
+            acc, l, m = accumulate_rounded(acc, l, m_new, p, alpha, v, q_ptr.dtype.element_ty)  # noqa: E741
         if FP8 and FOLD_SCALES:
             acc = acc * vs
         store_split(po_ptr, plse_ptr, bh, split, splits, rows, row_ok, dims, acc, m, l, GROUP, D)
@@ -780,10 +778,7 @@ if triton is not None:
                 v = v.to(q.dtype)
             elif FP8:
                 v = (v.to(tl.float32) * vs).to(q.dtype)
-            if F16_DOTS:
-                acc, l, m = accumulate_rounded(acc, l, m_new, p, alpha, v, q_ptr.dtype.element_ty)  # noqa: E741
-            else:
-                acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
+            acc, l, m = accumulate_rounded(acc, l, m_new, p, alpha, v, q_ptr.dtype.element_ty)  # noqa: E741
             first += BLOCK_N
         if FP8 and FOLD_SCALES:
             acc = acc * vs
