@@ -188,12 +188,14 @@ def int_checks(check, Hq, Hkv, D) -> None:
         engine = None
 
         def walk(launch):  # the launch without its unpacking options: how it walks the cache
-            return replace(launch, split_nibbles=False)
+            return replace(launch, split_nibbles=False, word_codes=False)
 
-        unpacking = [replace(int_kernels.LAUNCH, split_nibbles=n) for n in (False, True)]
+        unpacking = [replace(int_kernels.LAUNCH, split_nibbles=n, word_codes=w, interleave_groups=i)
+                     for n, w, i in itertools.product((False, True), repeat=3)]
         for launch in (int_kernels.LAUNCH, int_kernels.AttentionLaunch(block=16, group_keys=False),
                        int_kernels.AttentionLaunch(block=32, group_keys=False),
                        int_kernels.AttentionLaunch(group_keys=False), int_kernels.AttentionLaunch(block=16),
+                       int_kernels.AttentionLaunch(block=16, word_codes=True, interleave_groups=True),
                        *[u for u in unpacking if u != int_kernels.LAUNCH]):
             a = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D), splits,
                                              launch)

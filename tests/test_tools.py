@@ -73,11 +73,14 @@ def test_sass_count_finds_the_int4_loop_and_counts_it_per_element():
     mma.m16n8k16 for q.k and (16/16)(128/8)(64/16) for p.v, 128 for 4 warps (32 HMMA a warp), and converts each of
     the 2 x 64 x 128 / 128 = 128 K and V codes a thread dequantizes to float once; the launch that splits nibbles
     has fewer instructions than the one that shifts and masks (it ran faster on an H100, session l), and fp8 with
-    float16 dots fewer than with bf16 dots (session n), the same HMMA count."""
-    split, shifted, fp8_bf16, fp8_f16 = _sass_count(
+    float16 dots fewer than with bf16 dots (session n), the same HMMA count. The word-codes launch converts no code
+    with I2F: each takes one FADD (its exponent's subtraction) and one LOP3 (mask and OR); with interleaved groups
+    it converts fewer float16 scales (HADD2), and issues fewer instructions than the engine's launch."""
+    split, shifted, words, fp8_bf16, fp8_f16 = _sass_count(
         "engine = s.int_kernels.LAUNCH\n"
         "counts = [s.count_int('int4', launch, 32, 8192)\n"
-        "          for launch in (engine, dataclasses.replace(engine, split_nibbles=False))]\n"
+        "          for launch in (engine, dataclasses.replace(engine, split_nibbles=False),\n"
+        "                         dataclasses.replace(engine, word_codes=True, interleave_groups=True))]\n"
         "counts += [s.count_plain(True, 32, 8192, f16) for f16 in (False, True)]\n"
         "for c in counts:\n"
         "    print(json.dumps({'instructions': c.loop.instructions, 'ops': c.loop.ops, 'elements': c.elements}))")
@@ -87,6 +90,11 @@ def test_sass_count_finds_the_int4_loop_and_counts_it_per_element():
         assert count["ops"]["HMMA"] == hmma
         assert count["ops"].get("I2FP", 0) + count["ops"].get("I2F", 0) == count["elements"]
     assert split["instructions"] < shifted["instructions"]
+    assert words["ops"]["HMMA"] == hmma and words["elements"] == split["elements"]
+    assert words["ops"].get("I2FP", 0) + words["ops"].get("I2F", 0) == 0
+    assert words["ops"]["FADD"] >= words["elements"] and words["ops"]["LOP3"] >= words["elements"]
+    assert words["ops"]["HADD2"] < split["ops"]["HADD2"]
+    assert words["instructions"] < split["instructions"]
     assert fp8_bf16["ops"]["HMMA"] == fp8_f16["ops"]["HMMA"] == hmma
     assert fp8_f16["instructions"] < fp8_bf16["instructions"]
 

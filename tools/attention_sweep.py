@@ -8,9 +8,9 @@ caches hold e4m3 codes with one scale per sequence (fp8, dms-8x+fp8), the bytes 
 kernel is timed with and without its scales folded out of the loop (FOLD_SCALES), and folded with its dots in float16
 (F16_DOTS).
 `--int`: the int4 / int2 cache's kernel (engine/fast/int_kernels.py, KIVI: group 32, window 128) over its launch
-choices (int_kernels.AttentionLaunch: block, warps, group_keys, split_nibbles) at the engine's split count
-(kernels.wave_splits) and at 4 and 8 programs a SM, in TB/s of what it reads (codes, scales and zero points, the
-bf16 ring). `--int-splits` / `--fp8-splits`: int4's or fp8's engine launch at every split count (1..24, then every
+choices (int_kernels.AttentionLaunch: block, warps, group_keys, split_nibbles, word_codes, interleave_groups) at
+the engine's split count (kernels.wave_splits) and at 4 and 8 programs a SM, in TB/s of what it reads (codes, scales
+and zero points, the bf16 ring). `--int-splits` / `--fp8-splits`: int4's or fp8's engine launch at every split count (1..24, then every
 8th; up to 8 waves of the programs an SM holds) and at the engine's own, in us. `--smoke` (CPU, TRITON_INTERPRET=1,
 in the test suite): one small shape through every launch, in float32, checked against the engine's torch twins.
 
@@ -139,6 +139,10 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
                 for block, warps in ((16, 2), (32, 4), (64, 4))]
     launches += [int_kernels.AttentionLaunch(64, warps, group_keys=True, split_nibbles=nibbles)
                  for nibbles, warps in itertools.product((False, True), (4, 8))]
+    # session p's candidates, counted on a CPU only (10 % fewer instructions together: int_kernels.AttentionLaunch)
+    launches += [int_kernels.AttentionLaunch(64, 4, group_keys=True, split_nibbles=True, word_codes=words,
+                                             interleave_groups=interleave)
+                 for words, interleave in ((True, False), (False, True), (True, True))]
     choices = [(launch, per_sm) for launch, per_sm in itertools.product(launches, ("waves", kernels.PER_SM, 8))
                if not smoke_run or per_sm == "waves"]  # a CPU splits the same way whatever per_sm says
     if smoke_run:  # the interpreter ignores num_warps: launches that differ only in warps run the same program

@@ -122,7 +122,7 @@ def registers(kernel) -> int:
 @dataclasses.dataclass
 class Count:
     name: str
-    loop: Loop  # the loop over the cache (the int kernels: the one that converts codes to float)
+    loop: Loop  # the loop over the cache (the int kernels: the one over the codes)
     elements: int  # K and V elements one thread handles in one trip
     registers: int
     shared: int  # bytes
@@ -143,10 +143,9 @@ def count_int(spec_label: str, launch: int_kernels.AttentionLaunch, batch: int, 
         int_kernels.decode_attention(q, layer, torch.full((batch,), tokens), spec, D ** -0.5, torch.empty_like(q),
                                      1, launch)
     kernel = dict(compiled)["_int_attention_partial_kernel"]
-    dequantizing = [loop for loop in loops(sass(kernel)) if loop.ops["I2FP"] or loop.ops["I2F"]]
-    if len(dequantizing) != 1:
-        raise RuntimeError(f"expected one loop that converts codes, found {len(dequantizing)}")
-    return Count(f"{spec_label} {launch}", dequantizing[0], 2 * launch.block * D // (32 * launch.warps),
+    # the loop over the codes: the longer of the two with dots (the other reads the bf16 ring)
+    dequantizing = max((loop for loop in loops(sass(kernel)) if loop.ops["HMMA"]), key=lambda loop: loop.instructions)
+    return Count(f"{spec_label} {launch}", dequantizing, 2 * launch.block * D // (32 * launch.warps),
                  registers(kernel), kernel.metadata.shared)
 
 
@@ -183,6 +182,7 @@ def main(argv=None) -> int:
         print(count_plain(fp8, args.batch, args.tokens, f16_dots).line())
     engine = int_kernels.LAUNCH
     for label, launch in [("int4", engine), ("int4", dataclasses.replace(engine, split_nibbles=False)),
+                          ("int4", dataclasses.replace(engine, word_codes=True, interleave_groups=True)),
                           ("int2", engine)]:
         print(count_int(label, launch, args.batch, args.tokens).line())
     return 0

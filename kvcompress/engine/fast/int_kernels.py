@@ -170,14 +170,27 @@ class AttentionLaunch:
     engine's splits): int4 8K x 8 133.3 -> 131.4 us, 8K x 32 399.7 -> 344.9 us, 32K x 8 472.6 -> 457.2 us (int2 has
     no nibbles); the engine's launch splits them. A code made float32 through the exponent's bits (2**23 + code,
     minus 2**23) instead of an int-to-float conversion lost at every shape (alone 138.8 / 413.5 / 494.6 us) and was
-    removed (1f8cec7 has it)."""
+    removed (1f8cec7 has it).
+    `word_codes` (int4 only; overrides split_nibbles): each packed row read as int32 words, each code masked at its
+    own place and OR'd under an exponent in one LOP3, then one FADD (_word_codes_of): two instructions a code where
+    the bytes take a PRMT, a mask or shift and an I2FP (and an SGXT), the same float32 codes bit for bit. (Session l's
+    exponent trick OR'd 2**23 into codes already unpacked: an instruction more a code, not fewer.)
+    `interleave_groups` (with group_keys): block row GROUPS * a + g holds token G * g + a (GROUPS = BLOCK_N / G), so
+    the rows one thread holds in the q . k operand (rows r and r + 32) lie in one key group, and it converts
+    half as many key scales and zero points from float16 (the tokens are in another order within the block: the same
+    softmax, summed in another order). Both counted on a CPU (tools/sass_count.py, sm_90, batch 32 x 8K, one trip):
+    1,183 instructions -> 1,144 (words), 1,140 (interleave), 1,068 (both, 8.34 an element, 168 registers); batch 8:
+    1,173 -> 1,059. Not yet timed on a GPU (the sweep's --int has them), so not the engine's launch."""
 
     block: int = 64
     warps: int = 4
     group_keys: bool = True
     split_nibbles: bool = False
+    word_codes: bool = False
+    interleave_groups: bool = False
 
 
+TWO23 = 0x4B000000  # the bits of float32 2**23 (_word_codes_of)
 LAUNCH = AttentionLaunch(split_nibbles=True)  # block 64 of whole key groups, nibbles split: the H100's best (session l)
 
 
@@ -198,16 +211,20 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
         # vector; otherwise each token reads its group's.
         step = max(block, spec.group) if spec.group % block == 0 else block
         chunk = max(step, math.ceil(math.ceil(capacity / splits) / step) * step)
+        group_keys = launch.group_keys and block % spec.group == 0 and block > spec.group
+        words = launch.word_codes and spec.bits == 4
+        key_codes, value_codes = ((layer.key_codes.view(torch.int32), layer.value_codes.view(torch.int32)) if words
+                                  else (layer.key_codes, layer.value_codes))
         _int_attention_partial_kernel[(batch * heads_kv, splits)](
-            q, layer.key_codes, layer.key_scale, layer.key_zero, layer.value_codes, layer.value_scale,
+            q, key_codes, layer.key_scale, layer.key_zero, value_codes, layer.value_scale,
             layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale, chunk,
-            q.stride(0), q.stride(1), *layer.key_codes.stride()[:3], *layer.key_scale.stride()[:3],
+            TWO23, q.stride(0), q.stride(1), *key_codes.stride()[:3], *layer.key_scale.stride()[:3],
             *layer.value_scale.stride()[:3], *layer.ring_keys.stride()[:3],
             HEADS_KV=heads_kv, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), D=dim,
             BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block), G=spec.group,
             BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
-            GROUP_KEYS=launch.group_keys and block % spec.group == 0 and block > spec.group,
-            SPLIT_NIBBLES=launch.split_nibbles and spec.bits == 4,
+            GROUP_KEYS=group_keys, SPLIT_NIBBLES=launch.split_nibbles and spec.bits == 4, WORDS=words,
+            INTERLEAVE=launch.interleave_groups and group_keys,
             num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
         kernels._attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
@@ -327,14 +344,44 @@ if triton is not None:
                        QMAX, SPLIT_NIBBLES)
 
     @triton.jit
+    def _word_codes_of(ptr, at, live, two23, ROWS: tl.constexpr, D: tl.constexpr):
+        """(ROWS, D) float32 int4 codes of the rows at ptr + at[:, None], read as int32 words (ptr an int32 view of
+        the codes: word j holds channels 8j .. 8j + 7, channel 8j + i in bits 4i .. 4i + 3, as quant.pack lays them).
+        Each code becomes float32 without a conversion: OR'd into the mantissa of 2**(23 - 4p) at its own place p
+        (bits 4p .. 4p + 3, below the exponent for p <= 4) it reads 2**(23 - 4p) + code, and one subtraction leaves
+        the code, exactly. Codes 5 .. 7 take places 2 .. 4 of the word shifted right by 12. two23: the bits of
+        2**23, a run-time value so that the mask and the OR make one LOP3 (two constants would make two)."""
+        words = tl.load(ptr + at[:, None] + tl.arange(0, D // 8)[None, :], mask=live[:, None], other=0)
+        high = words >> 12
+        c0 = _nibble(words, two23, 0)
+        c1 = _nibble(words, two23, 1)
+        c2 = _nibble(words, two23, 2)
+        c3 = _nibble(words, two23, 3)
+        c4 = _nibble(words, two23, 4)
+        c5 = _nibble(high, two23, 2)
+        c6 = _nibble(high, two23, 3)
+        c7 = _nibble(high, two23, 4)
+        # the joins put code i of a word at index i of a last axis of 8 (join appends an axis: pair i with i + 4,
+        # then with i + 2, then with i + 1), so the reshape gives channel 8j + i
+        codes = tl.join(tl.join(tl.join(c0, c4), tl.join(c2, c6)), tl.join(tl.join(c1, c5), tl.join(c3, c7)))
+        return tl.reshape(codes, (ROWS, D))
+
+    @triton.jit
+    def _nibble(words, two23, P: tl.constexpr):
+        """The code in bits 4P .. 4P + 3 of each word as float32 (P <= 4; _word_codes_of)."""
+        magic = two23 - ((4 * P) << 23)  # the bits of 2**(23 - 4P)
+        return ((words & (15 << (4 * P))) | magic).to(tl.float32, bitcast=True) - (2.0 ** (23 - 4 * P))
+
+    @triton.jit
     def _int_attention_partial_kernel(q_ptr, kc_ptr, ks_ptr, kz_ptr, vc_ptr, vs_ptr, vz_ptr, rk_ptr, rv_ptr, len_ptr,
-                                      po_ptr, plse_ptr, scale, chunk, s_qb, s_qh, s_cb, s_ch, s_cs, s_kb, s_kh,
+                                      po_ptr, plse_ptr, scale, chunk, two23, s_qb, s_qh, s_cb, s_ch, s_cs, s_kb, s_kh,
                                       s_kg, s_vb, s_vh, s_vs, s_rb, s_rh, s_rs,
                                       HEADS_KV: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
                                       D: tl.constexpr, BLOCK_N: tl.constexpr,
                                       WINDOW: tl.constexpr, R: tl.constexpr, R_BLOCKS: tl.constexpr,
                                       G: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr,
-                                      GROUP_KEYS: tl.constexpr, SPLIT_NIBBLES: tl.constexpr):
+                                      GROUP_KEYS: tl.constexpr, SPLIT_NIBBLES: tl.constexpr, WORDS: tl.constexpr,
+                                      INTERLEAVE: tl.constexpr):
         bh, split, b, kvh, splits = program_row(HEADS_KV)
         n = tl.load(len_ptr + b)
         quantized = tl.maximum(n - WINDOW, 0) // G * G
@@ -347,11 +394,19 @@ if triton is not None:
         start = split * chunk
         end = tl.minimum(start + chunk, quantized)
         codes = b * s_cb + kvh * s_ch
+        GROUPS: tl.constexpr = BLOCK_N // G
+        if INTERLEAVE:  # row GROUPS * a + g holds token G * g + a of the block: a thread's rows share a key group
+            order = (tl.arange(0, BLOCK_N) % GROUPS) * G + tl.arange(0, BLOCK_N) // GROUPS
+        else:
+            order = tl.arange(0, BLOCK_N)
         for offset in range(0, chunk, BLOCK_N):  # the quantized tokens of this split's chunk
-            cols = start + offset + tl.arange(0, BLOCK_N)
+            cols = start + offset + order
             live = cols < end
             at = codes + cols * s_cs
-            k = _codes_of(kc_ptr, at, live, BLOCK_N, D, PER, BITS, QMAX, SPLIT_NIBBLES)
+            if WORDS:
+                k = _word_codes_of(kc_ptr, at, live, two23, BLOCK_N, D)
+            else:
+                k = _codes_of(kc_ptr, at, live, BLOCK_N, D, PER, BITS, QMAX, SPLIT_NIBBLES)
             if G % BLOCK_N == 0:  # the block lies in one key group: its scale and zero are one vector
                 kat = b * s_kb + kvh * s_kh + ((start + offset) // G) * s_kg + dims
                 any_live = (start + offset) < end
@@ -367,7 +422,11 @@ if triton is not None:
                 kat = b * s_kb + kvh * s_kh + (cols // G)[:, None] * s_kg + dims[None, :]
                 kscale = tl.load(ks_ptr + kat, mask=live[:, None], other=0.0).to(tl.float32)
                 kzero = tl.load(kz_ptr + kat, mask=live[:, None], other=0.0).to(tl.float32)
-            if GROUP_KEYS:
+            if INTERLEAVE:
+                k = tl.reshape(tl.reshape(k, (G, GROUPS, D)) * tl.reshape(kscale, (1, GROUPS, D))
+                               + tl.reshape(kzero, (1, GROUPS, D)), (BLOCK_N, D))
+                s = tl.dot(q, tl.trans(k.to(q.dtype)))
+            elif GROUP_KEYS:
                 k = tl.reshape(tl.reshape(k, (BLOCK_N // G, G, D)) * kscale + kzero, (BLOCK_N, D))
                 s = tl.dot(q, tl.trans(k.to(q.dtype)))
             else:
@@ -378,8 +437,11 @@ if triton is not None:
             vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + groups[None, :]
             vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
             vzero = tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
-            v = tl.reshape(_codes_of(vc_ptr, at, live, BLOCK_N, D, PER, BITS, QMAX, SPLIT_NIBBLES),
-                           (BLOCK_N, D // G, G))
+            if WORDS:
+                v = tl.reshape(_word_codes_of(vc_ptr, at, live, two23, BLOCK_N, D), (BLOCK_N, D // G, G))
+            else:
+                v = tl.reshape(_codes_of(vc_ptr, at, live, BLOCK_N, D, PER, BITS, QMAX, SPLIT_NIBBLES),
+                               (BLOCK_N, D // G, G))
             v = tl.reshape(v * vscale[:, :, None] + vzero[:, :, None], (BLOCK_N, D)).to(q.dtype)
             acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
         ring = b * s_rb + kvh * s_rh
