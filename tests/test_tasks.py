@@ -316,3 +316,30 @@ def test_every_family_fits_the_tiny_presets_contexts(tiny, family):
     if family in ("cwe", "fwe"):
         with pytest.raises(UserError, match=rf"{family} needs a context of at least \d+ tokens"):
             contract.build_prompt(tiny.tokenizer, 200, None, families.make(family, 0, 1))
+
+
+def test_build_all_names_every_task_too_long_for_a_context_in_one_line(tiny):
+    """Issue 23 item 5's refusal, whole: the byte tokenizer cannot hold ruler_vt at 1K or ruler_cwe at 1K and 4K
+    (each says so alone, cell.build), and the run's build names all of them, with what each needs, in one line
+    instead of the first one only; where every cell fits, it builds what each cell builds alone."""
+    from kvcompress.tasks.cell import Cell, build_all
+
+    cells = [Cell(target_tokens=n, task_family=f, needle_seed=s) for n in (1024, 4096)
+             for f in ("niah_single_1", "ruler_vt", "ruler_cwe") for s in (0, 1)]
+    refused = {}
+    for cell in cells[::2]:  # seed 0 of each (task, length), built alone
+        try:
+            cell.build(tiny.tokenizer)
+        except contract.ContextTooSmall as exc:
+            refused[(cell.task_family, cell.target_tokens)] = exc.needed
+    assert set(refused) == {("ruler_vt", 1024), ("ruler_cwe", 1024), ("ruler_cwe", 4096)}
+    with pytest.raises(UserError) as info:
+        build_all(cells, tiny.tokenizer)
+    line = str(info.value)
+    assert "\n" not in line and "niah_single_1" not in line
+    assert f"ruler_vt needs at least {refused[('ruler_vt', 1024)]:,} tokens (1,024 asked)" in line
+    assert (f"ruler_cwe needs at least {refused[('ruler_cwe', 1024)]:,} tokens at 1,024 and "
+            f"{refused[('ruler_cwe', 4096)]:,} tokens at 4,096") in line
+    fitting = [c for c in cells if c.task_family == "niah_single_1"]
+    assert [p.context_ids.tolist() for p, _ in build_all(fitting, tiny.tokenizer)] == [
+        c.build(tiny.tokenizer)[0].context_ids.tolist() for c in fitting]

@@ -41,6 +41,7 @@ from kvcompress.results import BenchmarkResult
 from kvcompress.report import context_label
 from kvcompress.run.one_cell import console, failure_line, free_memory, grade, pick_decoder, skeleton
 from kvcompress.tasks import contract
+from kvcompress.tasks.cell import build_all
 
 # The result file is rewritten whole (results.ResultFile): after every record, thousands of answers would cost
 # minutes of JSON. A quality run writes at most this often (and at the end, and when it stops on an error or ^C);
@@ -205,8 +206,8 @@ def run_local(cfg, lm, methods: list[Method], cells, task: str, out, annotate, p
               answer_batch: int | None = None) -> None:
     """`answer_batch`: samples decoded together (None: auto_answer_batch per context length)."""
     settings = cfg.settings
-    samples = [Sample(cell, prompt, needle, budget_of(needle, settings)) for cell in cells
-               for prompt, needle in [cell.build(lm.tokenizer)]]
+    samples = [Sample(cell, prompt, needle, budget_of(needle, settings))
+               for cell, (prompt, needle) in zip(cells, build_all(cells, lm.tokenizer))]
     ranks = progress.get("ranks") or Ranks()  # a plain run (tools call this without the runner)
     state = Progress(progress.get("done", 0), progress["total"])
     sizes = state.sizes  # answer batch per context length, filled by size()

@@ -28,7 +28,7 @@ from kvcompress.run.one_cell import (console, free_memory, pick_decoder,  # noqa
                                  progress_line, run_cell, run_cell_questions, skeleton)
 from kvcompress.ranks import OtherRankDone, Ranks, RunStopped, stop_on_sigterm, unfinished
 from kvcompress.results import BenchmarkResult, ResultFile, run_header
-from kvcompress.tasks.cell import Cell
+from kvcompress.tasks.cell import Cell, build_all
 
 
 def run(cfg: RunConfig, cells: list[Cell], *, task: str, header_extra: dict | None = None,
@@ -303,7 +303,7 @@ def _run_local(cfg, lm, methods, cells, task, out, annotate, progress) -> None:
     progress["gpu"] = _gpu_name(cfg.device)
     # Every prompt is built before the first measurement: a cell that cannot be built (a target too short for a
     # task's text, say) ends the run in one line before anything is measured, not half-way through.
-    built = [cell.build(lm.tokenizer) for cell in cells]
+    built = build_all(cells, lm.tokenizer)
     too_long = next((p for p, _ in built if p.input_tokens + cfg.settings.max_new_tokens > lm.max_positions), None)
     if too_long is not None:  # a --prompts text past the model's positions: refuse it, do not run it for minutes
         raise UserError(f"a prompt of {too_long.input_tokens} tokens + {cfg.settings.max_new_tokens} new tokens "

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
+from kvcompress.errors import UserError
 from kvcompress.prompt import Prompt, token_ids
 from kvcompress.tasks import contract, families, niah
-
 
 
 @dataclass
@@ -57,3 +57,35 @@ class Cell:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def build_all(cells: list[Cell], tokenizer) -> list[tuple[Prompt, niah.Needle | None]]:
+    """Every cell's prompt and needle, in order. One cell of each (task, length) is built first, so that every
+    task too long for a context it is asked at is named in one line before the rest are built: not the first one
+    alone, each after its own run (the byte tokenizer's ruler_vt needs ~2.2K tokens, its ruler_cwe ~7K)."""
+    built, seen, too_small = {}, set(), []
+    for index, cell in enumerate(cells):
+        if (cell.task_family, cell.target_tokens) in seen:
+            continue
+        seen.add((cell.task_family, cell.target_tokens))
+        try:
+            built[index] = cell.build(tokenizer)
+        except contract.ContextTooSmall as exc:
+            too_small.append(exc)
+    if too_small:
+        by_family = {}
+        for exc in too_small:
+            by_family.setdefault(exc.family, []).append(exc)
+        raise UserError("contexts too short for these tasks on this tokenizer: " + "; ".join(
+            _needs(family, misses) for family, misses in by_family.items())
+            + ": give longer --contexts or leave them out of --tasks")
+    return [built[index] if index in built else cell.build(tokenizer) for index, cell in enumerate(cells)]
+
+
+def _needs(family: str, misses: list[contract.ContextTooSmall]) -> str:
+    """'ruler_vt needs at least 2,159 tokens (1,024 and 2,048 asked)'; where a task's configuration grows with the
+    context (RULER's cwe), what each asked length needs."""
+    if len({m.needed for m in misses}) == 1:
+        return (f"{family} needs at least {misses[0].needed:,} tokens "
+                f"({' and '.join(f'{m.asked:,}' for m in misses)} asked)")
+    return f"{family} needs at least " + " and ".join(f"{m.needed:,} tokens at {m.asked:,}" for m in misses)

@@ -64,6 +64,15 @@ class TaskContext:
         return self.make_body is None
 
 
+class ContextTooSmall(UserError):
+    """A context shorter than a task's smallest prompt on this tokenizer (cell.build_all names them all at once)."""
+
+    def __init__(self, family: str, needed: int, asked: int, why: str = ""):
+        self.family, self.needed, self.asked = family, needed, asked
+        super().__init__(f"{family} needs a context of at least {needed} tokens on this tokenizer{why}; {asked} is "
+                         "too small")
+
+
 @dataclass
 class TaskPrompt:
     prompt: Prompt  # context + the first question
@@ -87,8 +96,7 @@ def build_prompt(tokenizer, target_tokens: int, depth: float | None, task: TaskC
         if smallest > target_tokens * (1 + tolerance):
             if task.shorter is not None:  # e.g. cwe without its solved example
                 return build_prompt(tokenizer, target_tokens, depth, task.shorter(), haystack, thinking, tolerance)
-            raise UserError(f"{task.family} needs a context of at least {smallest} tokens on this tokenizer; "
-                            f"{target_tokens} is too small")
+            raise ContextTooSmall(task.family, smallest, target_tokens)
         best = _size_items(tokenizer, target_tokens, task, thinking)
     total, text, achieved, context_ids, first = best
     if task.tokens_to_generate is None and abs(total - target_tokens) > tolerance * target_tokens:
@@ -147,9 +155,8 @@ def _fit_below(tokenizer, target_tokens, task, thinking, tolerance):
     lo = task.min_items
     smallest = best = _attempt(tokenizer, task, task.make_body(lo), None, thinking)
     if best[0] > budget:
-        raise UserError(f"{task.family} needs a context of at least {best[0] + task.tokens_to_generate} tokens on "
-                        f"this tokenizer (its smallest prompt plus {task.tokens_to_generate} generated tokens); "
-                        f"{target_tokens} is too small")
+        raise ContextTooSmall(task.family, best[0] + task.tokens_to_generate, target_tokens,
+                              f" (its smallest prompt plus {task.tokens_to_generate} generated tokens)")
     key = (task.family, target_tokens, id(tokenizer))
     n, hi, over = _LAST_N.get(key) or max(lo + 1, int(budget * task.items_hint)), None, None
     for step in range(64):
