@@ -22,6 +22,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -185,11 +186,29 @@ def stop_on_sigterm(ranks: Ranks):
     """The process that writes the file (a plain run, or rank 0 under torchrun, which stops the ranks with SIGTERM
     after one failed): SIGTERM becomes RunStopped, so the file is saved, a quality run's header block with it, and the
     unfinished cells are named (`timeout`, `kill`, a scheduler's preemption all send SIGTERM). Other ranks keep the
-    default: what they finished was sent to rank 0 as it was done."""
+    default: what they finished was sent to rank 0 as it was done.
+    Python runs a signal handler wherever the main thread is; inside a finalizer (__del__, a weakref callback) its
+    exception cannot propagate and goes to sys.unraisablehook instead, so there the signal is sent again, 10 ms
+    later from another thread (sent at once, it would be handled inside the hook): by then the finalizer has
+    returned, or the hook sends it again."""
     if ranks.writer and threading.current_thread() is threading.main_thread():
         def stop(signum, frame):
             raise RunStopped()
         signal.signal(signal.SIGTERM, stop)
+        if not getattr(sys.unraisablehook, "redelivers_sigterm", False):
+            sys.unraisablehook = _redeliver_sigterm(sys.unraisablehook)
+
+
+def _redeliver_sigterm(previous):
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RunStopped):
+            timer = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM))
+            timer.daemon = True
+            timer.start()
+        else:
+            previous(unraisable)
+    hook.redelivers_sigterm = True
+    return hook
 
 
 def local_device(device):
