@@ -255,8 +255,11 @@ def parse_batches(text: str) -> list[int]:
     return list(dict.fromkeys(values))
 
 
-def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True) -> RunConfig:
-    """Validate everything that can be checked before loading a model; apply the tiny preset when there is no GPU."""
+def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True,
+            output_in_context: bool = False) -> RunConfig:
+    """Validate everything that can be checked before loading a model; apply the tiny preset when there is no GPU.
+    `output_in_context`: every answer's tokens count within its context length (RULER's tasks in a quality run:
+    prompt + tokens_to_generate <= context), so a context fits the model where it is at most its positions."""
     check_cheap(args, fixed_length)
     import torch
 
@@ -308,7 +311,10 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True)
     contexts = parse_contexts(args.contexts)
     batches = parse_batches(getattr(args, "batch", "1"))
     limit = spec.max_positions
-    too_long = [c for c in contexts if limit and c + args.max_new_tokens > limit]
+    new_tokens = 0 if output_in_context else args.max_new_tokens
+    too_long = [c for c in contexts if limit and c + new_tokens > limit]
+    if too_long and output_in_context:
+        raise UserError(f"context {too_long[0]} exceeds {spec.name}'s {limit} positions")
     if too_long:
         raise UserError(f"context {too_long[0]} + {args.max_new_tokens} new tokens exceeds {spec.name}'s "
                         f"{limit} positions")

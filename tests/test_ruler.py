@@ -238,3 +238,24 @@ def test_fit_below_takes_the_largest_size_that_fits(tiny):
         largest = max(n for n, s in zip(range(1, 400), sizes) if s <= budget)
         built = contract.build_prompt(tiny.tokenizer, target, None, task)
         assert built.text == body(largest) and built.prompt.input_tokens == sizes[largest - 1]
+
+
+@pytest.mark.parametrize("tasks, contexts, refusal", [
+    ("ruler", "8K", None),  # prompt + tokens_to_generate <= 8,192: the tiny model's whole window
+    ("ruler", "16K", "context 16384 exceeds tiny's 8192 positions"),
+    ("ruler,niah", "8K", "context 8192 + 16 new tokens exceeds tiny's 8192 positions"),  # niah answers past it
+])
+def test_ruler_contexts_count_their_answers_so_the_whole_window_is_offered(tasks, contexts, refusal, tmp_path):
+    """RULER sizes each prompt to context - tokens_to_generate and a quality run answers within that budget, so a
+    context fits the model where it is at most its positions: the tiny preset's byte tokenizer needs 8K for
+    ruler_cwe, and 8K was refused as 8,192 + --max-new-tokens (16) > 8,192."""
+    from kvcompress.commands import long_context
+
+    args = long_context.build_parser().parse_args(["--preset", "tiny", "--tasks", tasks, "--contexts", contexts,
+                                                   "--samples", "1", "--out", str(tmp_path / "o.json")])
+    if refusal is None:
+        cfg, cells, _ = long_context._grid(args)
+        assert cfg.contexts == [8192] and {c.target_tokens for c in cells} == {8192}
+    else:
+        with pytest.raises(UserError, match=re.escape(refusal)):
+            long_context._grid(args)

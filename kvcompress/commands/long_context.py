@@ -129,7 +129,9 @@ def _grid(args: argparse.Namespace):
     source = args.match_from or (args.out if args.resume else None)
     if args.match_kv and source is None:
         raise UserError(f"--match-kv {args.match_kv}: pass the file holding its records with --match-from")
-    cfg = cli.resolve(args, "long_context", fixed_length=False)
+    # RULER's tasks size each prompt to context - tokens_to_generate, and a quality run answers within that budget
+    output_in_context = args.mode == "quality" and all(t in families.ruler.TOKENS_TO_GENERATE for t in tasks)
+    cfg = cli.resolve(args, "long_context", fixed_length=False, output_in_context=output_in_context)
     changing = [m.name for m in cfg.methods if not m.shares_prefill]
     if args.questions > 1 and changing:
         raise UserError(f"--questions > 1 answers every question from one compressed context, which "
