@@ -188,9 +188,9 @@ def stop_on_sigterm(ranks: Ranks):
     unfinished cells are named (`timeout`, `kill`, a scheduler's preemption all send SIGTERM). Other ranks keep the
     default: what they finished was sent to rank 0 as it was done.
     Python runs a signal handler wherever the main thread is; inside a finalizer (__del__, a weakref callback) its
-    exception cannot propagate and goes to sys.unraisablehook instead, so there the signal is sent again, 10 ms
-    later from another thread (sent at once, it would be handled inside the hook): by then the finalizer has
-    returned, or the hook sends it again."""
+    exception cannot propagate and goes to sys.unraisablehook instead, printed as a traceback, and the run goes on.
+    There the signal (SIGTERM, or Ctrl-C's SIGINT) is sent again, 10 ms later from another thread (sent at once, it
+    would be handled inside the hook): by then the finalizer has returned, or the hook sends it again."""
     if ranks.writer and threading.current_thread() is threading.main_thread():
         def stop(signum, frame):
             raise RunStopped()
@@ -201,12 +201,13 @@ def stop_on_sigterm(ranks: Ranks):
 
 def _redeliver_sigterm(previous):
     def hook(unraisable):
-        if isinstance(unraisable.exc_value, RunStopped):
-            timer = threading.Timer(0.01, os.kill, (os.getpid(), signal.SIGTERM))
-            timer.daemon = True
-            timer.start()
-        else:
+        signum = {RunStopped: signal.SIGTERM, KeyboardInterrupt: signal.SIGINT}.get(type(unraisable.exc_value))
+        if signum is None:
             previous(unraisable)
+            return
+        timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
+        timer.daemon = True
+        timer.start()
     hook.redelivers_sigterm = True
     return hook
 

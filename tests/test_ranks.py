@@ -178,25 +178,29 @@ def test_sigterm_to_rank_0_after_its_cells_were_saved_is_one_line(capsys):
 
 
 FINALIZER_STOP = """
-import os, signal, time
+import os, signal, sys, time
 from kvcompress.ranks import Ranks, RunStopped, stop_on_sigterm
 stop_on_sigterm(Ranks())
 class Finalized:
-    def __del__(self):  # SIGTERM arrives while a finalizer runs (the regex module's, in the suite's torchrun run)
-        os.kill(os.getpid(), signal.SIGTERM)
+    def __del__(self):  # the signal arrives while a finalizer runs (the regex module's, in the suite's torchrun run)
+        os.kill(os.getpid(), getattr(signal, sys.argv[1]))
         time.sleep(0.05)  # the handler runs here, inside the finalizer, where Python cannot raise
 try:
     Finalized()
     time.sleep(2)
     print("not stopped")
-except RunStopped:
-    print("stopped")
+except (RunStopped, KeyboardInterrupt) as stop:
+    print("stopped by", type(stop).__name__)
 """
 
 
-def test_sigterm_inside_a_finalizer_still_stops_the_run():
-    """SIGTERM's RunStopped raised inside a __del__ is 'Exception ignored' by Python: the writer went on, and torchrun
-    killed it 30 s later without the line that names the unfinished cells (test_a_lost_rank_... failed so once in
-    the suite). It must still stop, at the first moment Python can raise."""
-    proc = subprocess.run([sys.executable, "-c", FINALIZER_STOP], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert proc.stdout.strip() == "stopped", (proc.stdout, proc.stderr[-2000:])
+@pytest.mark.parametrize("signame, stop", [("SIGTERM", "RunStopped"), ("SIGINT", "KeyboardInterrupt")])
+def test_a_signal_inside_a_finalizer_still_stops_the_run(signame, stop):
+    """SIGTERM's RunStopped (or Ctrl-C's KeyboardInterrupt) raised inside a __del__ is 'Exception ignored' by Python,
+    a traceback on stderr: the writer went on, and torchrun killed it 30 s later without the line that names the
+    unfinished cells (test_a_lost_rank_... failed so once in the suite). It must still stop, at the first moment
+    Python can raise, and print no traceback."""
+    proc = subprocess.run([sys.executable, "-c", FINALIZER_STOP, signame], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.stdout.strip() == f"stopped by {stop}", (proc.stdout, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr[-2000:]
