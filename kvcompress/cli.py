@@ -313,11 +313,9 @@ def resolve(args: argparse.Namespace, script: str, *, fixed_length: bool = True,
     limit = spec.max_positions
     new_tokens = 0 if output_in_context else args.max_new_tokens
     too_long = [c for c in contexts if limit and c + new_tokens > limit]
-    if too_long and output_in_context:
-        raise UserError(f"context {too_long[0]} exceeds {spec.name}'s {limit} positions")
     if too_long:
-        raise UserError(f"context {too_long[0]} + {args.max_new_tokens} new tokens exceeds {spec.name}'s "
-                        f"{limit} positions")
+        beyond = f" + {new_tokens} new tokens" if new_tokens else ""
+        raise UserError(f"context {too_long[0]}{beyond} exceeds {spec.name}'s {limit} positions")
     engine = args.engine if args.engine != "auto" else ("fast" if device.type == "cuda" else "hf")
     dtype = getattr(torch, args.dtype) if args.dtype else None
     out = args.out or Path("results") / f"{script}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"

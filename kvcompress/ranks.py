@@ -195,11 +195,11 @@ def stop_on_sigterm(ranks: Ranks):
         def stop(signum, frame):
             raise RunStopped()
         signal.signal(signal.SIGTERM, stop)
-        if not getattr(sys.unraisablehook, "redelivers_sigterm", False):
-            sys.unraisablehook = _redeliver_sigterm(sys.unraisablehook)
+        if not getattr(sys.unraisablehook, "redelivers_stops", False):
+            sys.unraisablehook = _redeliver_stops(sys.unraisablehook)
 
 
-def _redeliver_sigterm(previous):
+def _redeliver_stops(previous):
     def hook(unraisable):
         signum = {RunStopped: signal.SIGTERM, KeyboardInterrupt: signal.SIGINT}.get(type(unraisable.exc_value))
         if signum is None:
@@ -208,7 +208,7 @@ def _redeliver_sigterm(previous):
         timer = threading.Timer(0.01, os.kill, (os.getpid(), signum))
         timer.daemon = True
         timer.start()
-    hook.redelivers_sigterm = True
+    hook.redelivers_stops = True
     return hook
 
 

@@ -10,9 +10,10 @@ kernel is timed with and without its scales folded out of the loop (FOLD_SCALES)
 `--int`: the int4 / int2 cache's kernel (engine/fast/int_kernels.py, KIVI: group 32, window 128) over its launch
 choices (int_kernels.AttentionLaunch: block, warps, group_keys, split_nibbles, word_codes, interleave_groups) at
 the engine's split count (kernels.wave_splits) and at 4 and 8 programs a SM, in TB/s of what it reads (codes, scales
-and zero points, the bf16 ring). `--int-splits` / `--fp8-splits`: int4's or fp8's engine launch at every split count (1..24, then every
-8th; up to 8 waves of the programs an SM holds) and at the engine's own, in us. `--smoke` (CPU, TRITON_INTERPRET=1,
-in the test suite): one small shape through every launch, in float32, checked against the engine's torch twins.
+and zero points, the bf16 ring). `--int-splits` / `--fp8-splits`: int4's or fp8's engine launch at every split count
+(1..24, then every 8th; up to 8 waves of the programs an SM holds) and at the engine's own, in us. `--smoke` (CPU,
+TRITON_INTERPRET=1, in the test suite): one small shape through every launch, in float32, checked against the
+engine's torch twins.
 
     python tools/attention_sweep.py [--ragged-only] [--fp8] [--int | --int-splits | --fp8-splits]
         [--shapes 8x8192,32x8192]

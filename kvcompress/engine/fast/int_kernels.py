@@ -336,9 +336,12 @@ if triton is not None:
                         G, D, BITS, PER, QMAX)
 
     @triton.jit
-    def _codes_of(ptr, at, live, ROWS: tl.constexpr, D: tl.constexpr, PER: tl.constexpr, BITS: tl.constexpr,
-                  QMAX: tl.constexpr, SPLIT_NIBBLES: tl.constexpr):
-        """(ROWS, D) float32 codes of the packed rows at ptr + at[:, None]."""
+    def _codes_of(ptr, at, live, two23, ROWS: tl.constexpr, D: tl.constexpr, PER: tl.constexpr, BITS: tl.constexpr,
+                  QMAX: tl.constexpr, SPLIT_NIBBLES: tl.constexpr, WORDS: tl.constexpr):
+        """(ROWS, D) float32 codes of the packed rows at ptr + at[:, None] (WORDS: ptr an int32 view, int4's codes
+        read as words, _word_codes_of)."""
+        if WORDS:
+            return _word_codes_of(ptr, at, live, two23, ROWS, D)
         packs = tl.arange(0, D // PER)
         return _unpack(tl.load(ptr + at[:, None] + packs[None, :], mask=live[:, None], other=0), ROWS, D, PER, BITS,
                        QMAX, SPLIT_NIBBLES)
@@ -403,10 +406,7 @@ if triton is not None:
             cols = start + offset + order
             live = cols < end
             at = codes + cols * s_cs
-            if WORDS:
-                k = _word_codes_of(kc_ptr, at, live, two23, BLOCK_N, D)
-            else:
-                k = _codes_of(kc_ptr, at, live, BLOCK_N, D, PER, BITS, QMAX, SPLIT_NIBBLES)
+            k = _codes_of(kc_ptr, at, live, two23, BLOCK_N, D, PER, BITS, QMAX, SPLIT_NIBBLES, WORDS)
             if G % BLOCK_N == 0:  # the block lies in one key group: its scale and zero are one vector
                 kat = b * s_kb + kvh * s_kh + ((start + offset) // G) * s_kg + dims
                 any_live = (start + offset) < end
@@ -425,23 +425,18 @@ if triton is not None:
             if INTERLEAVE:
                 k = tl.reshape(tl.reshape(k, (G, GROUPS, D)) * tl.reshape(kscale, (1, GROUPS, D))
                                + tl.reshape(kzero, (1, GROUPS, D)), (BLOCK_N, D))
-                s = tl.dot(q, tl.trans(k.to(q.dtype)))
             elif GROUP_KEYS:
                 k = tl.reshape(tl.reshape(k, (BLOCK_N // G, G, D)) * kscale + kzero, (BLOCK_N, D))
-                s = tl.dot(q, tl.trans(k.to(q.dtype)))
             else:
-                s = tl.dot(q, tl.trans((k * kscale + kzero).to(q.dtype)))
-            s = tl.where(live[None, :], s * scale, float("-inf"))
+                k = k * kscale + kzero
+            s = tl.where(live[None, :], tl.dot(q, tl.trans(k.to(q.dtype))) * scale, float("-inf"))
             m_new, p, alpha = softmax_step(m, s)
             groups = tl.arange(0, D // G)  # values: one scale and zero per token and group of G channels
             vat = b * s_vb + kvh * s_vh + cols[:, None] * s_vs + groups[None, :]
             vscale = tl.load(vs_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
             vzero = tl.load(vz_ptr + vat, mask=live[:, None], other=0.0).to(tl.float32)
-            if WORDS:
-                v = tl.reshape(_word_codes_of(vc_ptr, at, live, two23, BLOCK_N, D), (BLOCK_N, D // G, G))
-            else:
-                v = tl.reshape(_codes_of(vc_ptr, at, live, BLOCK_N, D, PER, BITS, QMAX, SPLIT_NIBBLES),
-                               (BLOCK_N, D // G, G))
+            v = tl.reshape(_codes_of(vc_ptr, at, live, two23, BLOCK_N, D, PER, BITS, QMAX, SPLIT_NIBBLES, WORDS),
+                           (BLOCK_N, D // G, G))
             v = tl.reshape(v * vscale[:, :, None] + vzero[:, :, None], (BLOCK_N, D)).to(q.dtype)
             acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
         ring = b * s_rb + kvh * s_rh
