@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from transformers import AutoTokenizer, PreTrainedModel
@@ -48,8 +49,11 @@ class LoadedModel:
     def max_positions(self) -> int:
         return int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
 
-    @property
+    @cached_property
     def weights_bytes(self) -> int:
+        """Walked once: every record carries it, and a walk over Qwen3-8B's ~400 parameters costs milliseconds (a
+        RULER 4K run's 4,950 records spent ~14 s of host time there). The bytes never change after loading: the fast
+        engine's fusing re-points parameters at views of the fused tensors, the same bytes."""
         return weights_bytes(self.model)
 
 
