@@ -187,8 +187,9 @@ def int_checks(check, Hq, Hkv, D) -> None:
         # scale row a token, a block of whole groups with one scale row a group)
         engine = None
 
-        def walk(launch):  # the launch without its unpacking options: how it walks the cache
-            return replace(launch, split_nibbles=False, word_codes=False)
+        def walk(launch):  # the launch without its unpacking options: how it walks the cache (ring "first" skips
+            return replace(launch, split_nibbles=False, word_codes=False,  # only masked trips)
+                           ring="every" if launch.ring == "first" else launch.ring)
 
         unpacking = [replace(int_kernels.LAUNCH, split_nibbles=n, word_codes=w, interleave_groups=i)
                      for n, w, i in itertools.product((False, True), repeat=3)]
@@ -196,7 +197,11 @@ def int_checks(check, Hq, Hkv, D) -> None:
                        int_kernels.AttentionLaunch(block=32, group_keys=False),
                        int_kernels.AttentionLaunch(group_keys=False), int_kernels.AttentionLaunch(block=16),
                        int_kernels.AttentionLaunch(block=16, word_codes=True, interleave_groups=True),
-                       *[u for u in unpacking if u != int_kernels.LAUNCH]):
+                       *[u for u in unpacking if u != int_kernels.LAUNCH],
+                       *[replace(int_kernels.LAUNCH, ring=r) for r in ("every", "first", "own")
+                         if r != int_kernels.LAUNCH.ring],
+                       int_kernels.AttentionLaunch(block=16, ring="own"),
+                       replace(int_kernels.LAUNCH, word_codes=True, interleave_groups=True, ring="own")):
             a = int_kernels.decode_attention(q, layer, lengths, spec, D ** -0.5, torch.empty(B, Hq, D), splits,
                                              launch)
             name = f"{tag} decode_attention {launch}"

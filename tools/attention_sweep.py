@@ -8,7 +8,7 @@ caches hold e4m3 codes with one scale per sequence (fp8, dms-8x+fp8), the bytes 
 kernel is timed with and without its scales folded out of the loop (FOLD_SCALES), and folded with its dots in float16
 (F16_DOTS).
 `--int`: the int4 / int2 cache's kernel (engine/fast/int_kernels.py, KIVI: group 32, window 128) over its launch
-choices (int_kernels.AttentionLaunch: block, warps, group_keys, split_nibbles, word_codes, interleave_groups) at
+choices (int_kernels.AttentionLaunch: block, warps, group_keys, split_nibbles, word_codes, interleave_groups, ring) at
 the engine's split count (kernels.wave_splits) and at 4 and 8 programs a SM, in TB/s of what it reads (codes, scales
 and zero points, the bf16 ring). `--int-splits` / `--fp8-splits`: int4's or fp8's engine launch at every split count
 (1..24, then every 8th; up to 8 waves of the programs an SM holds) and at the engine's own, in us. `--smoke` (CPU,
@@ -144,6 +144,11 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
     launches += [int_kernels.AttentionLaunch(64, 4, group_keys=True, split_nibbles=True, word_codes=words,
                                              interleave_groups=interleave)
                  for words, interleave in ((True, False), (False, True), (True, True))]
+    # session q's: the ring walked by split 0 alone ("first", the same bits) or by a program of its own ("own"), not
+    # by every program (masked; int_kernels.AttentionLaunch.ring), counted on a CPU only
+    launches += [dataclasses.replace(int_kernels.LAUNCH, ring=ring) for ring in ("first", "own")]
+    launches += [int_kernels.AttentionLaunch(64, 4, group_keys=True, split_nibbles=True, word_codes=True,
+                                             interleave_groups=True, ring="own")]
     choices = [(launch, per_sm) for launch, per_sm in itertools.product(launches, ("waves", kernels.PER_SM, 8))
                if not smoke_run or per_sm == "waves"]  # a CPU splits the same way whatever per_sm says
     if smoke_run:  # the interpreter ignores num_warps: launches that differ only in warps run the same program

@@ -180,7 +180,17 @@ class AttentionLaunch:
     half as many key scales and zero points from float16 (the tokens are in another order within the block: the same
     softmax, summed in another order). Both counted on a CPU (tools/sass_count.py, sm_90, batch 32 x 8K, one trip):
     1,183 instructions -> 1,144 (words), 1,140 (interleave), 1,068 (both, 8.34 an element, 168 registers); batch 8:
-    1,173 -> 1,059. Not yet timed on a GPU (the sweep's --int has them), so not the engine's launch."""
+    1,173 -> 1,059. Not yet timed on a GPU (the sweep's --int has them), so not the engine's launch.
+    `ring`: which programs walk the bf16 ring. "every" (the engine's so far): every program walks its R_BLOCKS
+    blocks, masked but in split 0. Masked trips read no memory, but this kernel is bound by instructions (sm_90,
+    batch 32 x 8K: a ring trip is 435 SASS instructions, the ring's three 1,305 against a code trip's 1,183), so
+    each split paid ~1.1 code trips for nothing: at batch 1, whose splits make 2-4 code trips, a third of a program.
+    "first": split 0 alone walks it (the same tokens in the same order: the same bits); split 0, a full chunk and
+    the ring, stays the longest program. "own": a program of its own walks it (split index `splits`, one more
+    partial for the combine; it walks no codes), so no program makes both (the same softmax, summed in another
+    order). The code loop keeps its trip count, the chunk's: bounded by the row's length instead, which the
+    compiler cannot prove uniform across a program, its address arithmetic left the uniform datapath (+22
+    instructions a trip)."""
 
     block: int = 64
     warps: int = 4
@@ -188,6 +198,7 @@ class AttentionLaunch:
     split_nibbles: bool = False
     word_codes: bool = False
     interleave_groups: bool = False
+    ring: str = "every"
 
 
 TWO23 = 0x4B000000  # the bits of float32 2**23 (_word_codes_of)
@@ -198,14 +209,15 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
                      out: torch.Tensor, splits: int = 1, launch: AttentionLaunch | None = None) -> torch.Tensor:
     """One query token per head, q (B, Hq, D), over each row's lengths[b] tokens: the quantized ones dequantized in
     the kernel (code x scale + zero in float32, rounded to q's dtype, as quant.int_dequantize), then the ring's.
-    The quantized part is split across `splits` programs per (row, KV head), the ring is the first split's; the
-    partials combine as kernels.decode_attention's."""
+    The quantized part is split across `splits` programs per (row, KV head), the ring is the first split's (or
+    a program's of its own: launch.ring); the partials combine as kernels.decode_attention's."""
     batch, heads_q, dim = q.shape
     heads_kv, capacity = layer.key_codes.shape[1], layer.key_codes.shape[2]
     group = heads_q // heads_kv
     if use_triton(q):
         launch = launch or LAUNCH
-        partial_out, partial_lse = attention_workspace(batch, heads_q, dim, splits, q.device)
+        own = launch.ring == "own"  # the ring's program: split index `splits`
+        partial_out, partial_lse = attention_workspace(batch, heads_q, dim, splits + own, q.device)
         block = launch.block
         # A block within one key group (G a multiple of the block) reads that group's scale and zero once, as a
         # vector; otherwise each token reads its group's.
@@ -215,7 +227,7 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
         words = launch.word_codes and spec.bits == 4
         key_codes, value_codes = ((layer.key_codes.view(torch.int32), layer.value_codes.view(torch.int32)) if words
                                   else (layer.key_codes, layer.value_codes))
-        _int_attention_partial_kernel[(batch * heads_kv, splits)](
+        _int_attention_partial_kernel[(batch * heads_kv, splits + own)](
             q, key_codes, layer.key_scale, layer.key_zero, value_codes, layer.value_scale,
             layer.value_zero, layer.ring_keys, layer.ring_values, lengths, partial_out, partial_lse, scale, chunk,
             TWO23, q.stride(0), q.stride(1), *key_codes.stride()[:3], *layer.key_scale.stride()[:3],
@@ -224,11 +236,11 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
             BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block), G=spec.group,
             BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
             GROUP_KEYS=group_keys, SPLIT_NIBBLES=launch.split_nibbles and spec.bits == 4, WORDS=words,
-            INTERLEAVE=launch.interleave_groups and group_keys,
+            INTERLEAVE=launch.interleave_groups and group_keys, RING=("every", "first", "own").index(launch.ring),
             num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
         kernels._attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
-            SPLITS=splits, SPLITS_PAD=triton.next_power_of_2(splits), D=dim)
+            SPLITS=splits + own, SPLITS_PAD=triton.next_power_of_2(splits + own), D=dim)
         return out
     for b, n in enumerate(lengths.tolist()):
         keys, values = layer.row(b, n, spec, q.dtype)
@@ -384,7 +396,7 @@ if triton is not None:
                                       WINDOW: tl.constexpr, R: tl.constexpr, R_BLOCKS: tl.constexpr,
                                       G: tl.constexpr, BITS: tl.constexpr, PER: tl.constexpr, QMAX: tl.constexpr,
                                       GROUP_KEYS: tl.constexpr, SPLIT_NIBBLES: tl.constexpr, WORDS: tl.constexpr,
-                                      INTERLEAVE: tl.constexpr):
+                                      INTERLEAVE: tl.constexpr, RING: tl.constexpr):
         bh, split, b, kvh, splits = program_row(HEADS_KV)
         n = tl.load(len_ptr + b)
         quantized = tl.maximum(n - WINDOW, 0) // G * G
@@ -402,7 +414,9 @@ if triton is not None:
             order = (tl.arange(0, BLOCK_N) % GROUPS) * G + tl.arange(0, BLOCK_N) // GROUPS
         else:
             order = tl.arange(0, BLOCK_N)
-        for offset in range(0, chunk, BLOCK_N):  # the quantized tokens of this split's chunk
+        # RING 2 ("own"): the last program walks the ring alone (its start lies past the codes: no code is live)
+        span = tl.where(split < splits - 1, chunk, 0) if RING == 2 else chunk
+        for offset in range(0, span, BLOCK_N):  # the quantized tokens of this split's chunk
             cols = start + offset + order
             live = cols < end
             at = codes + cols * s_cs
@@ -441,9 +455,11 @@ if triton is not None:
             acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
         ring = b * s_rb + kvh * s_rh
         first = quantized % R  # the ring's oldest token's slot
-        for offset in range(0, R_BLOCKS * BLOCK_N, BLOCK_N):  # the bf16 ring, in the first split only
+        owner = splits - 1 if RING == 2 else 0  # the ring's program: split 0, or the ring's own ("own")
+        ring_span = tl.where(split == owner, R_BLOCKS * BLOCK_N, 0) if RING > 0 else R_BLOCKS * BLOCK_N
+        for offset in range(0, ring_span, BLOCK_N):  # the bf16 ring: its owner's (RING "every": all walk, masked)
             slots = offset + tl.arange(0, BLOCK_N)
-            live = (split == 0) & (slots < R) & ((slots - first + R) % R < in_ring)
+            live = (split == owner) & (slots < R) & ((slots - first + R) % R < in_ring)
             k = tl.load(rk_ptr + ring + slots[:, None] * s_rs + dims[None, :], mask=live[:, None], other=0.0)
             s = tl.where(live[None, :], tl.dot(q, tl.trans(k.to(q.dtype))) * scale, float("-inf"))
             m_new, p, alpha = softmax_step(m, s)
