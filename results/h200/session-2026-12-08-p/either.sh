@@ -11,4 +11,4 @@ export PYTHONUNBUFFERED=1
 source tools/device_checks.sh  # sets t0 to its end
 timeout 120 python3 tests/kernel_check.py quality-gpu > $OUT/kernel-check-quality-gpu.log 2>&1
 echo "kernel check quality-gpu rc=$? $((SECONDS - t0)) s" >> $OUT/gpu.txt; t0=$SECONDS
-bash results/h200/session-2026-12-08-p/sweep.sh
+bash ${SWEEP:-results/h200/session-2026-12-08-p/sweep.sh}  # SWEEP=results/h200/session-2026-12-08-q/sweep.sh: batch 1 too
