@@ -148,7 +148,8 @@ def int_checks(check, Hq, Hkv, D) -> None:
 
     B = 3
     cases = {QuantSpec("int4", group=8, window=5): [13, 40, 61], QuantSpec("int2", group=4, window=0): [12, 41, 64],
-             QuantSpec("int4", group=16, window=3): [19, 40, 61]}  # G = 16: a block lies within one key group
+             QuantSpec("int4", group=16, window=3): [19, 40, 61],  # G = 16: a block lies within one key group
+             QuantSpec("int4", group=8, window=20): [3, 28, 61]}  # row 0 holds no codes yet: all in the ring
     for spec, held in cases.items():
         tag, capacity = f"{spec.format}[group={spec.group},window={spec.window}]", 70
         layer = int_kernels.IntLayer.allocate(spec, B, Hkv, D, capacity, torch.float32,
