@@ -181,16 +181,16 @@ class AttentionLaunch:
     softmax, summed in another order). Both counted on a CPU (tools/sass_count.py, sm_90, batch 32 x 8K, one trip):
     1,183 instructions -> 1,144 (words), 1,140 (interleave), 1,068 (both, 8.34 an element, 168 registers); batch 8:
     1,173 -> 1,059. Not yet timed on a GPU (the sweep's --int has them), so not the engine's launch.
-    `ring`: which programs walk the bf16 ring. "every" (the engine's so far): every program walks its R_BLOCKS
-    blocks, masked in all splits but split 0. Masked trips read no memory, but this kernel is bound by instructions
-    (sm_90, batch 32 x 8K: a ring trip is 435 SASS instructions, the ring's three 1,305 against a code trip's 1,183),
-    so each split paid ~1.1 code trips for nothing (132 SMs, the engine's splits: 3 code trips a program at batch
-    1 x 8K, a quarter of it; 22 at 8 x 8K; 43 at 32 x 8K; 12 at 1 x 32K). "first": split 0 alone walks it (the
-    same tokens in the same order: the same bits); split 0, a full chunk and the ring, stays the longest program. "own": a program of its own walks it (split index `splits`, one
-    more partial for the combine; it walks no codes), so no program makes both (the same softmax, summed in another
-    order). The code loop keeps its trip count, the chunk's: bounded by the row's length instead, which the
-    compiler cannot prove uniform across a program, its address arithmetic left the uniform datapath (+22
-    instructions a trip)."""
+    `ring`: which programs walk the bf16 ring. "every" (the engine's so far): every program walks its R_BLOCKS blocks,
+    masked in all splits but split 0. Masked trips read no memory, but this kernel is bound by instructions (sm_90,
+    batch 32 x 8K: a ring trip is 435 SASS instructions, the ring's three 1,305 against a code trip's 1,183), so each
+    split paid ~1.1 code trips for nothing (132 SMs, the engine's splits: 3 code trips a program at batch 1 x 8K, a
+    quarter of it; 22 at 8 x 8K; 43 at 32 x 8K; 12 at 1 x 32K). "first": split 0 alone walks it (the same tokens in the
+    same order: the same bits); split 0, a full chunk and the ring, stays the longest program. "own": a program of its
+    own walks it (split index `splits`, one more partial for the combine; it walks no codes), so no program makes both
+    (the same softmax, summed in another order). The code loop keeps its trip count, the chunk's: bounded by the row's
+    length instead, which the compiler cannot prove uniform across a program, its address arithmetic left the uniform
+    datapath (+22 instructions a trip)."""
 
     block: int = 64
     warps: int = 4
