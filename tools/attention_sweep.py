@@ -147,8 +147,7 @@ def int_sweep(shapes, device, smoke_run: bool = False) -> float:
     # session q's: the ring walked by split 0 alone ("first", the same bits) or by a program of its own ("own"), not
     # by every program (masked; int_kernels.AttentionLaunch.ring), counted on a CPU only
     launches += [dataclasses.replace(int_kernels.LAUNCH, ring=ring) for ring in ("first", "own")]
-    launches += [int_kernels.AttentionLaunch(64, 4, group_keys=True, split_nibbles=True, word_codes=True,
-                                             interleave_groups=True, ring="own")]
+    launches += [dataclasses.replace(int_kernels.LAUNCH, word_codes=True, interleave_groups=True, ring="own")]
     choices = [(launch, per_sm) for launch, per_sm in itertools.product(launches, ("waves", kernels.PER_SM, 8))
                if not smoke_run or per_sm == "waves"]  # a CPU splits the same way whatever per_sm says
     if smoke_run:  # the interpreter ignores num_warps: launches that differ only in warps run the same program

@@ -202,6 +202,7 @@ class AttentionLaunch:
 
 
 TWO23 = 0x4B000000  # the bits of float32 2**23 (_word_codes_of)
+RINGS = ("every", "first", "own")  # AttentionLaunch.ring; the kernel's RING is the index
 LAUNCH = AttentionLaunch(split_nibbles=True)  # block 64 of whole key groups, nibbles split: the H100's best (session l)
 
 
@@ -236,7 +237,7 @@ def decode_attention(q: torch.Tensor, layer: IntLayer, lengths: torch.Tensor, sp
             BLOCK_N=block, WINDOW=spec.window, R=layer.ring, R_BLOCKS=triton.cdiv(layer.ring, block), G=spec.group,
             BITS=spec.bits, PER=8 // spec.bits, QMAX=2**spec.bits - 1,
             GROUP_KEYS=group_keys, SPLIT_NIBBLES=launch.split_nibbles and spec.bits == 4, WORDS=words,
-            INTERLEAVE=launch.interleave_groups and group_keys, RING=("every", "first", "own").index(launch.ring),
+            INTERLEAVE=launch.interleave_groups and group_keys, RING=RINGS.index(launch.ring),
             num_stages=attention_stages(batch * heads_kv, q.device), num_warps=launch.warps)
         kernels._attention_combine_kernel[(batch * heads_q,)](
             partial_out, partial_lse, out, out.stride(0), out.stride(1), HEADS_Q=heads_q, GROUP=group,
@@ -414,8 +415,10 @@ if triton is not None:
             order = (tl.arange(0, BLOCK_N) % GROUPS) * G + tl.arange(0, BLOCK_N) // GROUPS
         else:
             order = tl.arange(0, BLOCK_N)
-        # RING 2 ("own"): the last program walks the ring alone (its start lies past the codes: no code is live)
-        span = tl.where(split < splits - 1, chunk, 0) if RING == 2 else chunk
+        # the ring's program: split 0, or (RING 2, "own") the last, which walks the ring alone (its start lies past
+        # the codes: no code is live)
+        owner = splits - 1 if RING == 2 else 0
+        span = tl.where(split != owner, chunk, 0) if RING == 2 else chunk
         for offset in range(0, span, BLOCK_N):  # the quantized tokens of this split's chunk
             cols = start + offset + order
             live = cols < end
@@ -455,7 +458,6 @@ if triton is not None:
             acc, l, m = accumulate(acc, l, m_new, p, alpha, v)  # noqa: E741
         ring = b * s_rb + kvh * s_rh
         first = quantized % R  # the ring's oldest token's slot
-        owner = splits - 1 if RING == 2 else 0  # the ring's program: split 0, or the ring's own ("own")
         ring_span = tl.where(split == owner, R_BLOCKS * BLOCK_N, 0) if RING > 0 else R_BLOCKS * BLOCK_N
         for offset in range(0, ring_span, BLOCK_N):  # the bf16 ring: its owner's (RING "every": all walk, masked)
             slots = offset + tl.arange(0, BLOCK_N)
